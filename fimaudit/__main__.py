@@ -1,0 +1,5 @@
+"""``python -m fimaudit``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,219 @@
+"""Command line: ``fimaudit scan`` and ``fimaudit report``; thin over the core.
+
+Exit codes: 0 success (gate passed), 1 the ``--fail-above`` gate failed, 2 bad input or error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .data import eval_fraction, parse_floats, parse_range
+from .errors import ConfigError, FimauditError
+from .model.loader import parse_input_shape
+from .report import render_json, renderer_for
+from .report.terminal import render_to_console
+from .result import ScanResult
+from .scan import ScanConfig, scan
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Audit ONNX classifiers: input-space Fisher information, exact or sketched, from black-box queries.",
+)
+
+EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"fimaudit: error: {message}\n")
+    sys.stderr.flush()
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (``-``: stdout) via a temporary file, so no half-written report remains."""
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{path} is a folder; give a file name for the report")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _run_guarded(fn) -> int:
+    try:
+        return fn()
+    except FimauditError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_ERROR
+    except MemoryError:
+        _err("out of memory; lower --max-batch or --budget")
+        return EXIT_ERROR
+    except Exception as exc:  # an internal bug: still one line, traceback on request
+        if os.environ.get("FIMAUDIT_DEBUG"):
+            raise
+        _err(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (set FIMAUDIT_DEBUG=1 for the traceback)")
+        return EXIT_ERROR
+
+
+@app.command("scan")
+def scan_cmd(
+    model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npy (inputs) or .npz (x, optional y) in the model's input layout."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Scan the first N samples (default 100, or 16 synthetic)."),
+    method: str = typer.Option("auto", "--method", help="auto | exact | sketch. auto: exact when 2d+1 <= budget."),
+    probes: str = typer.Option("orthogonal", "--probes", help="Sketch probes: orthogonal | gaussian."),
+    budget: int = typer.Option(2000, "--budget", help="Maximum queries per sample (never exceeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice: same seed, same numbers."),
+    fd_step: Optional[float] = typer.Option(None, "--fd-step", help="Finite-difference step h (default: chosen and checked)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: CUDA only if it really loads)."),
+    input_name: Optional[str] = typer.Option(None, "--input", help="Input to audit when the model has several."),
+    output_name: Optional[str] = typer.Option(None, "--output", help="Output to audit when the model has several."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Per-sample shape C,H,W for dynamic dimensions."),
+    output_kind: str = typer.Option("auto", "--output-kind", help="auto | logits | probabilities | log-probabilities."),
+    scale: str = typer.Option("1", "--scale", help="Model input = (x*scale - mean)/std; e.g. 1/255 for uint8 pixels."),
+    mean: str = typer.Option("0", "--mean", help="Mean, one value or one per channel."),
+    std: str = typer.Option("1", "--std", help="Std, one value or one per channel."),
+    space: str = typer.Option("input", "--space", help="Report per model-input unit (input) or per stored-data unit (data)."),
+    input_range: str = typer.Option("0,1", "--input-range", help="LO,HI of synthetic inputs when no --data is given."),
+    max_batch: int = typer.Option(256, "--max-batch", help="Most rows per onnxruntime call."),
+    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: its default)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
+    report_path: Optional[str] = typer.Option(None, "--report", help="Also write a report file (.md, .txt, .json)."),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit 1 when the median lambda_max exceeds X."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table (errors still go to stderr)."),
+) -> None:
+    """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
+
+    def body() -> int:
+        try:
+            scale_v = eval_fraction(scale)
+        except ValueError:
+            raise ConfigError(f"--scale '{scale}' must be a number such as 0.00392 or 1/255") from None
+        config = ScanConfig(
+            model=str(model),
+            data=None if data is None else str(data),
+            samples=samples,
+            method=method,
+            probes=probes,
+            budget=budget,
+            seed=seed,
+            fd_step=fd_step,
+            device=device,
+            input_name=input_name,
+            output_name=output_name,
+            input_shape=None if input_shape is None else parse_input_shape(input_shape),
+            output_kind=output_kind,
+            scale=scale_v,
+            mean=parse_floats(mean, "--mean") or (0.0,),
+            std=parse_floats(std, "--std") or (1.0,),
+            space=space,
+            input_range=parse_range(input_range),
+            max_batch=max_batch,
+            threads=threads,
+            fail_above=fail_above,
+        )
+        config.validate()
+        err_console = Console(stderr=True)
+        to_stdout = json_path == "-"
+        show = not quiet
+        if show:
+            with Progress(
+                TextColumn("[bold]scanning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("samples"),
+                TextColumn("{task.fields[queries]} queries"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("scan", total=None, queries=0)
+
+                def progress(done: int, total: int, queries: int) -> None:
+                    bar.update(task, completed=done, total=total, queries=queries)
+
+                result = scan(config, progress)
+        else:
+            result = scan(config)
+        if json_path is not None:
+            write_atomic(json_path, render_json(result))
+        if report_path is not None:
+            write_atomic(report_path, renderer_for(None, report_path)(result))
+        if show:
+            render_to_console(result, err_console if to_stdout else Console())
+        return _gate(result, fail_above, quiet)
+
+    raise typer.Exit(_run_guarded(body))
+
+
+def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
+    if fail_above is None:
+        return EXIT_OK
+    median = result.summary.lambda_max.median
+    if median is not None and median > fail_above:
+        if not quiet:
+            sys.stderr.write(f"fimaudit: gate failed: median lambda_max {median:.4g} > --fail-above {fail_above:g}\n")
+        return EXIT_GATE
+    return EXIT_OK
+
+
+@app.command("report")
+def report_cmd(
+    saved: Path = typer.Argument(..., help="A JSON report written by `fimaudit scan --json`."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="text | markdown | json (default: from --out, else text)."),
+    out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
+) -> None:
+    """Re-render a saved JSON report in another format."""
+
+    def body() -> int:
+        try:
+            raw = json.loads(saved.read_text(encoding="utf-8"))
+            result = ScanResult.from_dict(raw)
+        except FileNotFoundError:
+            raise ConfigError(f"report not found: {saved}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{saved} is not a fimaudit scan report ({type(exc).__name__}: {exc})") from None
+        write_atomic(out, renderer_for(fmt, out)(result))
+        return EXIT_OK
+
+    raise typer.Exit(_run_guarded(body))
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from . import __version__
+
+        typer.echo(f"fimaudit {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,181 @@
+"""Sample data: .npy/.npz loading, shape and dtype checks, preprocessing, synthetic inputs."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Affine map from stored data x to model input u = (x * scale - mean) / std.
+
+    ``mean`` and ``std`` are scalars or one value per channel (axis 0 of a sample).
+    """
+
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and all(m == 0.0 for m in self.mean) and all(s == 1.0 for s in self.std)
+
+    def _broadcast(self, values: tuple[float, ...], sample_shape: tuple[int, ...]) -> np.ndarray:
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.size == 1:
+            return arr.reshape(())
+        if not sample_shape or sample_shape[0] != arr.size:
+            raise ConfigError(
+                f"--mean/--std have {arr.size} values but the model's sample shape {list(sample_shape)} does not have "
+                f"{arr.size} channels on its first axis"
+            )
+        return arr.reshape((arr.size,) + (1,) * (len(sample_shape) - 1))
+
+    def check(self, sample_shape: tuple[int, ...]) -> None:
+        if not np.isfinite(self.scale) or self.scale == 0:
+            raise ConfigError("--scale must be a nonzero finite number")
+        if any((not np.isfinite(s)) or s == 0 for s in self.std):
+            raise ConfigError("--std values must be nonzero and finite")
+        self._broadcast(self.mean, sample_shape)
+        self._broadcast(self.std, sample_shape)
+
+    def apply(self, x: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
+        """Rows ``(n, *sample_shape)`` of stored data -> model input, float64."""
+        mean = self._broadcast(self.mean, sample_shape)
+        std = self._broadcast(self.std, sample_shape)
+        return (np.asarray(x, dtype=np.float64) * self.scale - mean) / std
+
+    def jacobian_diag(self, sample_shape: tuple[int, ...]) -> np.ndarray:
+        """du/dx = scale / std, broadcast to ``sample_shape`` (MATH §1: D)."""
+        std = self._broadcast(self.std, sample_shape)
+        return np.broadcast_to(self.scale / std, sample_shape).astype(np.float64)
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+
+def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(eval_fraction(t)) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} '{text}' must be numbers separated by commas") from None
+    if not vals:
+        raise ConfigError(f"{flag} needs at least one number")
+    return vals
+
+
+def eval_fraction(token: str) -> float:
+    """Accept '0.5' and '1/255'."""
+    token = token.strip()
+    if "/" in token:
+        num, den = token.split("/", 1)
+        value = float(num) / float(den)
+    else:
+        value = float(token)
+    if not np.isfinite(value):
+        raise ValueError(token)
+    return value
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    vals = parse_floats(text, "--input-range")
+    if vals is None or len(vals) != 2 or not vals[0] < vals[1]:
+        raise ConfigError(f"--input-range '{text}' must be LO,HI with LO < HI")
+    return vals[0], vals[1]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples in stored-data units, ``x`` of shape ``(n, *sample_shape)``; labels optional."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    source: str  # file path or "synthetic"
+    synthetic: bool = False
+
+
+_OK_KINDS = "uif"  # unsigned, signed integer, float
+
+
+def _fit_shape(x: np.ndarray, sample_shape: tuple[int, ...], name: str) -> np.ndarray:
+    if x.ndim == 0:
+        raise DataError(f"{name} holds a scalar, not a batch of samples")
+    if tuple(x.shape[1:]) == sample_shape:
+        return x
+    # Singleton axes may be added or dropped: that never reorders the data (NHWC vs NCHW would).
+    squeeze = tuple(d for d in x.shape[1:] if d != 1)
+    want = tuple(d for d in sample_shape if d != 1)
+    if squeeze == want:
+        return x.reshape((x.shape[0],) + sample_shape)
+    if tuple(x.shape) == sample_shape:
+        raise DataError(
+            f"{name} holds one sample of shape {list(x.shape)}; add a leading batch axis (shape {[1, *sample_shape]})"
+        )
+    raise DataError(
+        f"{name} has samples of shape {list(x.shape[1:])} but the model takes {list(sample_shape)} per sample "
+        "(data must be in the model's input layout, batch first)"
+    )
+
+
+def load_data(path: str | Path, sample_shape: tuple[int, ...], samples: int | None = None) -> Dataset:
+    """Read ``.npy`` (inputs) or ``.npz`` (``x``, optional ``y``); never unpickles objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}")
+    y = None
+    try:
+        if p.suffix.lower() == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                if "x" not in z.files:
+                    raise DataError(f"{p.name} has no array 'x' (it has: {', '.join(z.files) or 'nothing'})")
+                x = z["x"]
+                y = z["y"] if "y" in z.files else None
+        elif p.suffix.lower() == ".npy":
+            x = np.load(p, allow_pickle=False)
+        else:
+            raise DataError(f"{p.name}: data must be a .npy or .npz file")
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(f"{p.name} holds Python objects; only plain numeric arrays are read") from None
+        raise DataError(f"cannot read {p.name}: {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"cannot read {p.name}: corrupt or truncated file ({type(exc).__name__})") from None
+    if x.dtype.kind not in _OK_KINDS:
+        raise DataError(f"{p.name}: x has dtype {x.dtype}; expected numbers (uint8 pixels or floats)")
+    x = _fit_shape(x, sample_shape, f"{p.name}")
+    if x.shape[0] == 0:
+        raise DataError(f"{p.name} holds no samples")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"{p.name}: x contains NaN or Inf")
+    if y is not None:
+        if y.dtype.kind not in "ui" or y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(
+                f"{p.name}: y must be integer class labels, one per sample (got dtype {y.dtype}, shape {list(y.shape)})"
+            )
+        if np.any(y < 0):
+            raise DataError(f"{p.name}: y has negative labels")
+    if samples is not None:
+        if samples < 1:
+            raise ConfigError("--samples must be >= 1")
+        x = x[:samples]
+        y = y[:samples] if y is not None else None
+    return Dataset(x=x, y=None if y is None else y.astype(np.int64), source=str(p))
+
+
+def synthetic_data(
+    sample_shape: tuple[int, ...], n: int, input_range: tuple[float, float], rng: np.random.Generator
+) -> Dataset:
+    """Uniform inputs in ``input_range`` (model-input units). Not representative of real data."""
+    lo, hi = input_range
+    x = rng.uniform(lo, hi, size=(n,) + tuple(sample_shape))
+    return Dataset(x=x, y=None, source="synthetic", synthetic=True)

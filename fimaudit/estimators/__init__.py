@@ -1,0 +1,18 @@
+"""Estimators of lambda_max(F) and tr(F): exact, sketch, Hutchinson, lower bound; finite differences."""
+
+from .core import PROBES, Estimate, exact, probe_directions, quadratic_form, sketch, small_matrix
+from .fd import StepChoice, choose_step, input_scale, jvp
+
+__all__ = [
+    "PROBES",
+    "Estimate",
+    "exact",
+    "sketch",
+    "probe_directions",
+    "quadratic_form",
+    "small_matrix",
+    "StepChoice",
+    "choose_step",
+    "input_scale",
+    "jvp",
+]

@@ -1,0 +1,188 @@
+"""Exact and sketched estimates of lambda_max(F) and tr(F) at one sample (MATH §3.1, 3.2, 3.4).
+
+Everything works with the K x K matrix G = P^{1/2} S S^T P^{1/2} (or its sketch), never
+with the d x d Fisher matrix F = S^T P S.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg
+
+from ..model.oracle import LogProbOracle
+from .fd import jvp, jvp_coordinates
+
+PROBES = ("orthogonal", "gaussian")
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 400
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One sample's estimate. ``direction`` (unit, flattened input space) is not serialised."""
+
+    method: str
+    lambda_max: float
+    lambda_max_ci: tuple[float, float] | None
+    trace: float
+    trace_se: float
+    queries: int
+    probes: int
+    top_eigenvalues: tuple[float, ...]
+    lower_bound: float | None = None
+    direction: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+def small_matrix(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """G = P^{1/2} (Y diag(w) Y^T) P^{1/2} for Y of shape (K, k); symmetric K x K."""
+    sp = np.sqrt(p)
+    yw = y if weights is None else y * weights[None, :]
+    g = (sp[:, None] * (yw @ y.T)) * sp[None, :]
+    return 0.5 * (g + g.T)
+
+
+def top_eigen(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors of a symmetric PSD matrix."""
+    w, v = linalg.eigh(g)
+    order = np.argsort(w)[::-1]
+    return np.clip(w[order], 0.0, None), v[:, order]
+
+
+LOWER_BOUND_STEP_DIVISOR = 8.0
+
+
+def quadratic_form(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, v: np.ndarray, h: float) -> float:
+    """v^T F v = |P^{1/2} S v|^2 for a unit ``v`` (two queries): a certified lower bound on lambda_max.
+
+    Evaluated with the step h/8: along a high-sensitivity direction |S v| is large, so round-off
+    stays small, while a short step crosses fewer ReLU kinks than a dense direction at h would.
+    """
+    sv = jvp(oracle, x0, v[None, :], h / LOWER_BOUND_STEP_DIVISOR)[0]
+    return float(np.sum(p * sv * sv))
+
+
+def exact(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, h: float, chunk: int = 128) -> Estimate:
+    """Full Jacobian of log p by central differences along every coordinate: 2d queries.
+
+    ``p``: probabilities at ``x0`` (from the caller's centre query, counted there).
+    """
+    before = oracle.queries
+    d = int(np.prod(oracle.sample_shape))
+    s_cols = np.empty((p.shape[0], d))
+    for start in range(0, d, chunk):
+        coords = np.arange(start, min(d, start + chunk))
+        s_cols[:, coords] = jvp_coordinates(oracle, x0, coords, h).T
+    g = small_matrix(p, s_cols)
+    evals, evecs = top_eigen(g)
+    # Worst direction v = S^T P^{1/2} u / |.| (MATH §3.1); its Rayleigh quotient is lambda_max.
+    v = s_cols.T @ (np.sqrt(p) * evecs[:, 0])
+    nv = np.linalg.norm(v)
+    direction = v / nv if nv > 0 else None
+    return Estimate(
+        method="exact",
+        lambda_max=float(evals[0]),
+        lambda_max_ci=None,
+        trace=float(np.trace(g)),
+        trace_se=0.0,
+        queries=oracle.queries - before,
+        probes=d,
+        top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
+        lower_bound=None,
+        direction=direction,
+    )
+
+
+def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Unit probe directions ``(k, d)`` and the scale of each probe, so that w_i = scale_i * unit_i.
+
+    gaussian: w ~ N(0, I_d). orthogonal: columns of the orthonormal DCT-II basis behind random
+    coordinate signs, drawn without replacement (a subsampled randomised trigonometric
+    transform), scaled by sqrt(d): E[W W^T]/k = I, exactly W W^T/k = I when k = d, and far
+    cheaper than a QR factorisation at large d. Blocks of d repeat when k > d.
+    """
+    if kind == "gaussian":
+        w = rng.standard_normal((k, d))
+        norms = np.linalg.norm(w, axis=1)
+        return w / norms[:, None], norms
+    if kind != "orthogonal":
+        raise ValueError(f"probes must be one of {PROBES}")
+    units = np.empty((k, d))
+    n = np.arange(d)
+    done = 0
+    while done < k:
+        m = min(d, k - done)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=d)
+        freqs = rng.choice(d, size=m, replace=False)
+        basis = np.cos(np.pi * (2 * n[None, :] + 1) * freqs[:, None] / (2 * d)) * np.sqrt(2.0 / d)
+        basis[freqs == 0] = np.sqrt(1.0 / d)
+        units[done : done + m] = basis * signs[None, :]
+        done += m
+    return units, np.full(k, np.sqrt(d))
+
+
+def bootstrap_ci(
+    p: np.ndarray, y: np.ndarray, rng: np.random.Generator, level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
+    """Basic (pivotal) bootstrap interval for lambda_max over the k sketch columns of ``y``.
+
+    The pivotal form 2*theta - quantiles corrects the upward bias of lambda_max of a sketch.
+    """
+    k = y.shape[1]
+    lam = top_eigen(small_matrix(p, y) / k)[0][0]
+    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=resamples).astype(np.float64)
+    boots = np.empty(resamples)
+    for b in range(resamples):
+        boots[b] = np.linalg.eigvalsh(small_matrix(p, y, counts[b]) / k)[-1]
+    alpha = (1.0 - level) / 2
+    lo_q, hi_q = np.quantile(boots, [alpha, 1 - alpha])
+    return float(max(0.0, 2 * lam - hi_q)), float(max(0.0, 2 * lam - lo_q))
+
+
+def sketch(
+    oracle: LogProbOracle,
+    x0: np.ndarray,
+    p: np.ndarray,
+    h: float,
+    k: int,
+    rng: np.random.Generator,
+    probes: str = "orthogonal",
+    check_lower_bound: bool = True,
+) -> Estimate:
+    """Output-space sketch G_hat = P^{1/2} (Y Y^T / k) P^{1/2} with Y = S W from 2k queries.
+
+    The Hutchinson trace comes from the same probes: tr(F) ~ (1/k) sum_i |P^{1/2} y_i|^2,
+    with its standard error. With ``check_lower_bound`` two more queries evaluate v^T F v
+    along the sketch's top direction mapped back to input space (a certified lower bound).
+    """
+    before = oracle.queries
+    d = int(np.prod(oracle.sample_shape))
+    units, scales = probe_directions(d, k, probes, rng)
+    y = (jvp(oracle, x0, units, h) * scales[:, None]).T  # (K, k)
+    g = small_matrix(p, y) / k
+    evals, evecs = top_eigen(g)
+    per_probe = np.sum(p[:, None] * y * y, axis=0)  # w_i^T F w_i
+    trace = float(np.mean(per_probe))
+    trace_se = float(np.std(per_probe, ddof=1) / np.sqrt(k)) if k > 1 else float("inf")
+    ci = bootstrap_ci(p, y, rng) if k > 1 else None
+    # The sketch's top direction in input space: project S^T P^{1/2} u onto the probe span.
+    coeff = y.T @ (np.sqrt(p) * evecs[:, 0])
+    v = (units * scales[:, None]).T @ coeff
+    nv = np.linalg.norm(v)
+    direction = v / nv if nv > 0 else None
+    lower = None
+    if check_lower_bound and direction is not None:
+        lower = quadratic_form(oracle, x0, p, direction, h)
+    return Estimate(
+        method=f"sketch-{probes}",
+        lambda_max=float(evals[0]),
+        lambda_max_ci=ci,
+        trace=trace,
+        trace_se=trace_se,
+        queries=oracle.queries - before,
+        probes=k,
+        top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
+        lower_bound=lower,
+        direction=direction,
+    )

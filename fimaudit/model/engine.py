@@ -1,0 +1,82 @@
+"""The query engine: batched evaluation of an onnxruntime session with query counting.
+
+A query is one row of input evaluated by the model (MATH §2). ``Model.run`` splits any
+number of rows into batches the model accepts (``max_batch`` for a symbolic batch axis,
+the fixed size otherwise, padding the last batch) and counts the real rows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import ModelOutputError
+from .loader import ModelInfo
+from .session import translate_ort_error
+
+
+class Model:
+    """A validated ONNX classifier ready to be queried. Not thread-safe."""
+
+    def __init__(self, session, info: ModelInfo, *, provider: str, input_dtype, max_batch: int = 256) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._session = session
+        self.info = info
+        self.provider = provider
+        self._dtype = np.dtype(input_dtype)
+        self.max_batch = int(max_batch) if info.fixed_batch is None else int(info.fixed_batch)
+        self.queries = 0
+        self.run_seconds = 0.0  # wall time inside onnxruntime's run
+        self.n_classes: int | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.info.sample_shape
+
+    @property
+    def d(self) -> int:
+        return self.info.d
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate rows ``x`` of shape ``(n, *sample_shape)``; returns float64 ``(n, K)``.
+
+        Raises ``ModelOutputError`` when the model returns NaN or Inf.
+        """
+        n = x.shape[0]
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"expected rows of shape {self.sample_shape}, got {x.shape[1:]}")
+        outs = []
+        for start in range(0, n, self.max_batch):
+            chunk = x[start : start + self.max_batch]
+            real = chunk.shape[0]
+            if self.info.fixed_batch is not None and real < self.info.fixed_batch:
+                pad = np.repeat(chunk[:1], self.info.fixed_batch - real, axis=0)
+                chunk = np.concatenate([chunk, pad], axis=0)
+            feed = {self.info.input.name: np.ascontiguousarray(chunk, dtype=self._dtype)}
+            t0 = time.perf_counter()
+            try:
+                (out,) = self._session.run([self.info.output.name], feed)
+            except Exception as exc:
+                raise ModelOutputError(f"onnxruntime failed while running the model: {translate_ort_error(exc)}") from None
+            self.run_seconds += time.perf_counter() - t0
+            self.queries += real
+            out = np.asarray(out)
+            if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
+                raise ModelOutputError(
+                    f"output '{self.info.output.name}' has shape {list(out.shape)}, which has no batch axis of "
+                    f"{chunk.shape[0]} rows"
+                )
+            outs.append(out[:real].reshape(real, -1).astype(np.float64))
+        result = np.concatenate(outs, axis=0) if outs else np.zeros((0, self.n_classes or 0))
+        if not np.all(np.isfinite(result)):
+            raise ModelOutputError(f"the model returned NaN or Inf in output '{self.info.output.name}'")
+        if self.n_classes is None and result.shape[0]:
+            self.n_classes = int(result.shape[1])
+            if self.n_classes < 2:
+                raise ModelOutputError(
+                    f"output '{self.info.output.name}' has {self.n_classes} value per sample; fimaudit needs scores for "
+                    "at least 2 classes"
+                )
+        return result

@@ -1,0 +1,123 @@
+"""onnxruntime session creation: provider choice (CUDA only when it really loads) and quiet logs."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
+
+# onnxruntime-gpu prints provider-load failures at ERROR level; keep its logger at FATAL
+# unless the user asks for it (FIMAUDIT_ORT_LOG=0..4).
+_SEVERITY = int(os.environ.get("FIMAUDIT_ORT_LOG", "4"))
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(_SEVERITY)
+    return ort
+
+
+@contextlib.contextmanager
+def _silenced_stderr():
+    """Redirect the C-level stderr while native code may print load errors."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+@lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """True when onnxruntime's CUDA provider library and its CUDA/cuDNN dependencies load."""
+    ort = _ort()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not lib.exists():
+        return False
+    sink = io.StringIO()
+    try:
+        # preload_dlls finds CUDA libraries installed from PyPI; it prints when they are absent.
+        with _silenced_stderr(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            if hasattr(ort, "preload_dlls"):
+                with contextlib.suppress(Exception):
+                    ort.preload_dlls()
+            ctypes.CDLL(str(lib))
+    except OSError:
+        return False
+    return True
+
+
+def _options(threads: int):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.log_severity_level = _SEVERITY
+    # Spinning threads starve anything else in the process (numpy, torch in benchmarks).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if threads > 0:
+        so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+_NOT_REGISTERED = re.compile(r"(?:Fatal error:\s*)?([\w.]*):?(\w+)\(-?\d+\) is not a registered function/op")
+_NO_OP = re.compile(r"No Op registered for (\w+) with domain_version of (\d+)")
+
+
+def translate_ort_error(exc: BaseException) -> str:
+    """Turn an onnxruntime exception into one readable line."""
+    text = str(exc)
+    m = _NOT_REGISTERED.search(text)
+    if m:
+        dom = f"{m.group(1)}:" if m.group(1) else ""
+        return f"unsupported operator '{dom}{m.group(2)}': onnxruntime has no implementation for it"
+    m = _NO_OP.search(text)
+    if m:
+        return f"unsupported operator '{m.group(1)}' at opset {m.group(2)}: onnxruntime has no implementation for it"
+    m = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
+    if m:
+        return f"model IR version {m.group(1)} is newer than onnxruntime supports (max supported IR version: {m.group(2)})"
+    # Drop onnxruntime's "[ONNXRuntimeError] : 1 : FAIL :" prefix and source locations.
+    text = re.sub(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    text = re.sub(r"/onnxruntime_src/\S+\s+\S+.*?\)\s*", "", text)
+    line = " ".join(text.split())
+    return line[:300] if line else type(exc).__name__
+
+
+def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0):
+    """Return ``(session, provider)``. ``device`` is auto, cpu or cuda."""
+    ort = _ort()
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not '{device}'")
+    want_cuda = device == "cuda" or (device == "auto" and cuda_available())
+    if device == "cuda" and not cuda_available():
+        raise ConfigError("--device cuda: onnxruntime's CUDA provider does not load on this machine (use --device cpu)")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+    try:
+        with _silenced_stderr() if want_cuda else contextlib.nullcontext():
+            session = ort.InferenceSession(model_bytes, sess_options=_options(threads), providers=providers)
+    except Exception as exc:
+        message = translate_ort_error(exc)
+        if "unsupported operator" in message:
+            raise UnsupportedModelError(message) from None
+        raise ModelLoadError(f"onnxruntime cannot load the model: {message}") from None
+    used = session.get_providers()[0]
+    if device == "cuda" and used != "CUDAExecutionProvider":
+        raise ConfigError("--device cuda: the CUDA provider failed to initialise for this model")
+    return session, used

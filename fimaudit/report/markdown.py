@@ -1,0 +1,32 @@
+"""Markdown rendering of a scan report."""
+
+from __future__ import annotations
+
+from ..result import ScanResult
+from .terminal import _fmt
+
+
+def render_markdown(result: ScanResult) -> str:
+    s = result.summary
+    m = result.model
+    cfg = result.config
+    lines = [
+        f"# fimaudit scan: {m['path']}",
+        "",
+        f"- sha256: `{m['sha256']}`",
+        f"- input: `{m['input']['name']}` {m['input']['sample_shape']} ({m['input']['dtype']}), d = {m['input']['d']}",
+        f"- output: `{m['output']['name']}`, {m['output']['kind']}, {m['output']['classes']} classes",
+        f"- method: {cfg.get('method_used')}, budget {cfg.get('budget')} queries per sample, seed {cfg.get('seed')}",
+        f"- units: {result.units.get('description', '')}",
+        f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
+        f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
+        "",
+        "| quantity | mean | median | p90 | max | n |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, st in (("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace), ("lower bound", s.lower_bound)):
+        if st.count:
+            lines.append(f"| {name} | {_fmt(st.mean)} | {_fmt(st.median)} | {_fmt(st.p90)} | {_fmt(st.max)} | {st.count} |")
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""Terminal rendering of a scan: a rich summary table plus the facts needed to read it."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+
+from ..result import ScanResult, Stats
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.3e}"
+    return f"{x:.4g}"
+
+
+def summary_table(result: ScanResult) -> Table:
+    s = result.summary
+    table = Table(title=f"Input-space Fisher information ({result.units.get('space', 'input')} units)", title_justify="left")
+    table.add_column("quantity")
+    for col in ("mean", "median", "p90", "max"):
+        table.add_column(col, justify="right")
+    rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
+    if s.lower_bound.count:
+        rows.append(("certified lower bound", s.lower_bound))
+    for name, st in rows:
+        table.add_row(name, _fmt(st.mean), _fmt(st.median), _fmt(st.p90), _fmt(st.max))
+    return table
+
+
+def render_to_console(result: ScanResult, console: Console) -> None:
+    s = result.summary
+    cfg = result.config
+    console.print(summary_table(result))
+    m = result.model
+    facts = [
+        ("model", f"{m['path']}  (sha256 {m['sha256'][:12]}…)"),
+        ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
+        ("output", f"{m['output']['name']}: {m['output']['kind']} ({m['output']['kind_source']}), {m['output']['classes']} classes"),
+        ("samples", f"{s.lambda_max.count} from {cfg.get('data_source')}"),
+        ("method", f"{cfg.get('method_used')} ({cfg.get('probes_per_sample')} probes per sample"
+         + (f", {cfg.get('probes')} probes" if cfg.get("method_used") == "sketch" else "") + ")"),
+        ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
+        ("queries", f"{s.queries_total} total, budget {cfg.get('budget')} per sample, {s.calibration_queries} for the step check"),
+        ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
+         f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
+        ("provider", str(result.runtime.get("provider"))),
+        ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
+        ("units", result.units.get("description", "")),
+    ]
+    facts_table = Table(show_header=False, box=None, pad_edge=False)
+    facts_table.add_column(style="bold")
+    facts_table.add_column()
+    for k, v in facts:
+        facts_table.add_row(k, v)
+    console.print(facts_table)
+    for note in result.notes:
+        style = "bold yellow" if note.startswith("NOT REPRESENTATIVE") else "yellow"
+        console.print(f"note: {note}", style=style, soft_wrap=True)
+
+
+def render_text(result: ScanResult) -> str:
+    """Plain-text rendering (no colour), e.g. for a .txt report."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=110, color_system=None, force_terminal=False)
+    render_to_console(result, console)
+    return buf.getvalue()

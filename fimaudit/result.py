@@ -1,0 +1,180 @@
+"""Frozen result objects of a scan, with ``to_dict``/``from_dict`` and the schema version.
+
+The JSON report is ``ScanResult.to_dict()``; any renderer can re-render a saved report
+through ``ScanResult.from_dict``. fimaudit/report/scan.schema.json describes the format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe plain values: numpy scalars to Python, tuples to lists, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_clean(v) for v in value.tolist()]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if np.isfinite(f) else None
+    return value
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Aggregate of per-sample values (MATH: mean, median, 90th percentile, max, count)."""
+
+    mean: float | None
+    median: float | None
+    p90: float | None
+    max: float | None
+    count: int
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> "Stats":
+        vals = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+        if vals.size == 0:
+            return cls(None, None, None, None, 0)
+        return cls(
+            float(np.mean(vals)),
+            float(np.median(vals)),
+            float(np.percentile(vals, 90)),
+            float(np.max(vals)),
+            int(vals.size),
+        )
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        return cls(d.get("mean"), d.get("median"), d.get("p90"), d.get("max"), int(d.get("count", 0)))
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    index: int
+    label: int | None
+    predicted: int
+    lambda_max: float
+    lambda_max_ci: tuple[float, float] | None
+    trace: float
+    trace_se: float
+    lower_bound: float | None
+    queries: int
+    method: str
+    probes: int
+    top_eigenvalues: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SampleResult":
+        ci = d.get("lambda_max_ci")
+        return cls(
+            index=int(d["index"]),
+            label=d.get("label"),
+            predicted=int(d["predicted"]),
+            lambda_max=float(d["lambda_max"]),
+            lambda_max_ci=None if ci is None else (float(ci[0]), float(ci[1])),
+            trace=float(d["trace"]),
+            trace_se=float(d["trace_se"]) if d.get("trace_se") is not None else float("nan"),
+            lower_bound=d.get("lower_bound"),
+            queries=int(d["queries"]),
+            method=str(d["method"]),
+            probes=int(d.get("probes", 0)),
+            top_eigenvalues=tuple(d.get("top_eigenvalues", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    lambda_max: Stats
+    trace: Stats
+    lower_bound: Stats
+    accuracy: float | None
+    queries_total: int
+    calibration_queries: int
+    seconds: float
+    runtime_fraction: float | None  # share of wall time inside onnxruntime's run
+
+    def to_dict(self) -> dict:
+        return {
+            "lambda_max": self.lambda_max.to_dict(),
+            "trace": self.trace.to_dict(),
+            "lower_bound": self.lower_bound.to_dict(),
+            "accuracy": _clean(self.accuracy),
+            "queries_total": self.queries_total,
+            "calibration_queries": self.calibration_queries,
+            "seconds": _clean(self.seconds),
+            "runtime_fraction": _clean(self.runtime_fraction),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Summary":
+        return cls(
+            lambda_max=Stats.from_dict(d["lambda_max"]),
+            trace=Stats.from_dict(d["trace"]),
+            lower_bound=Stats.from_dict(d.get("lower_bound", {"count": 0})),
+            accuracy=d.get("accuracy"),
+            queries_total=int(d["queries_total"]),
+            calibration_queries=int(d.get("calibration_queries", 0)),
+            seconds=float(d.get("seconds") or 0.0),
+            runtime_fraction=d.get("runtime_fraction"),
+        )
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Everything a scan learnt; what the CLI renders and ``fimaudit.scan`` returns."""
+
+    model: dict
+    runtime: dict
+    config: dict
+    units: dict
+    finite_differences: dict
+    samples: tuple[SampleResult, ...]
+    summary: Summary
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    schema_version: str = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "model": _clean(self.model),
+            "runtime": _clean(self.runtime),
+            "config": _clean(self.config),
+            "units": _clean(self.units),
+            "finite_differences": _clean(self.finite_differences),
+            "samples": [s.to_dict() for s in self.samples],
+            "summary": self.summary.to_dict(),
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScanResult":
+        version = str(d.get("schema_version", ""))
+        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"unsupported report schema_version {version!r} (this fimaudit reads {SCHEMA_VERSION})")
+        return cls(
+            model=d["model"],
+            runtime=d["runtime"],
+            config=d["config"],
+            units=d.get("units", {}),
+            finite_differences=d.get("finite_differences", {}),
+            samples=tuple(SampleResult.from_dict(s) for s in d["samples"]),
+            summary=Summary.from_dict(d["summary"]),
+            notes=tuple(d.get("notes", ())),
+            schema_version=version,
+        )

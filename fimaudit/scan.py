@@ -1,0 +1,273 @@
+"""The scan job: model + data -> per-sample Fisher estimates -> ``ScanResult``.
+
+``scan(ScanConfig(...))`` is the Python API behind ``fimaudit scan``; it never prints.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .data import Preprocess, load_data, synthetic_data
+from .errors import ConfigError
+from .estimators.core import PROBES, Estimate, exact, quadratic_form, sketch
+from .estimators.fd import choose_step, input_scale
+from .model import OUTPUT_KINDS, LogProbOracle, detect_output_kind, load_model
+from .model.oracle import check_output_kind, to_log_probs
+from .result import SampleResult, ScanResult, Stats, Summary
+
+METHODS = ("auto", "exact", "sketch")
+SPACES = ("input", "data")
+DEFAULT_SAMPLES_DATA = 100
+DEFAULT_SAMPLES_SYNTHETIC = 16
+
+ProgressFn = Callable[[int, int, int], None]  # (samples done, samples total, queries so far)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Every option of a scan; recorded verbatim in the report's ``config``."""
+
+    model: str
+    data: str | None = None
+    samples: int | None = None
+    method: str = "auto"
+    probes: str = "orthogonal"
+    budget: int = 2000
+    seed: int = 0
+    fd_step: float | None = None
+    device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    output_kind: str = "auto"
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    space: str = "input"
+    input_range: tuple[float, float] = (0.0, 1.0)
+    max_batch: int = 256
+    threads: int = 0
+    fail_above: float | None = None
+    lower_bound: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not '{self.method}'")
+        if self.probes not in PROBES:
+            raise ConfigError(f"--probes must be one of {', '.join(PROBES)}, not '{self.probes}'")
+        if self.output_kind not in ("auto",) + OUTPUT_KINDS:
+            raise ConfigError(f"--output-kind must be auto or one of {', '.join(OUTPUT_KINDS)}")
+        if self.space not in SPACES:
+            raise ConfigError(f"--space must be input or data, not '{self.space}'")
+        if self.budget < 7:
+            raise ConfigError("--budget must be at least 7 queries per sample (1 centre + 3 probes x 2)")
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError("--samples must be >= 1")
+        if self.fd_step is not None and not (np.isfinite(self.fd_step) and self.fd_step > 0):
+            raise ConfigError("--fd-step must be a positive number")
+        if self.max_batch < 1:
+            raise ConfigError("--max-batch must be >= 1")
+        if self.data is None and self.space == "data":
+            raise ConfigError("--space data needs --data: synthetic inputs are drawn in model-input units")
+
+
+def plan(method: str, d: int, budget: int, lower_bound: bool) -> tuple[str, int]:
+    """Choose the estimator and its probe count so a sample never exceeds ``budget`` queries.
+
+    A sample costs 1 centre query, plus 2d (exact) or 2k (+2 for the lower-bound check) for the sketch.
+    """
+    exact_cost = 2 * d + 1
+    if method == "exact" or (method == "auto" and exact_cost <= budget):
+        if exact_cost > budget:
+            raise ConfigError(
+                f"--method exact needs 2d+1 = {exact_cost} queries per sample (d = {d}) but --budget is {budget}; "
+                f"raise --budget to {exact_cost} or use --method sketch"
+            )
+        return "exact", d
+    extra = 2 if lower_bound else 0
+    k = (budget - 1 - extra) // 2
+    if k < 3:
+        raise ConfigError(f"--budget {budget} leaves fewer than 3 sketch probes per sample")
+    return "sketch", k
+
+
+def _runtime(model) -> dict:
+    import onnx
+    import onnxruntime
+    import scipy
+
+    return {
+        "provider": model.provider,
+        "fimaudit": __version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
+    """Run a scan. Raises ``FimauditError`` subclasses for bad input (one-line messages)."""
+    t_start = time.perf_counter()
+    config.validate()
+    model = load_model(
+        config.model,
+        input_name=config.input_name,
+        output_name=config.output_name,
+        input_shape=config.input_shape,
+        device=config.device,
+        max_batch=config.max_batch,
+        threads=config.threads,
+    )
+    shape = model.sample_shape
+    d = model.d
+    pre = Preprocess(config.scale, tuple(config.mean), tuple(config.std))
+    pre.check(shape)
+    notes: list[str] = list(model.info.notes)
+    rng_data = np.random.default_rng([config.seed, 1])
+
+    if config.data is not None:
+        n_default = config.samples or DEFAULT_SAMPLES_DATA
+        dataset = load_data(config.data, shape, n_default)
+        total_available = dataset.x.shape[0]
+        if config.samples is None:
+            notes.append(f"scanned the first {total_available} samples (set --samples to change)")
+        if config.space == "data":
+            points = np.asarray(dataset.x, dtype=np.float64)
+            to_input = lambda rows: pre.apply(rows, shape)  # noqa: E731
+        else:
+            points = pre.apply(dataset.x, shape)
+            to_input = None
+    else:
+        if not pre.is_identity:
+            notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
+        dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
+        points = dataset.x
+        to_input = None
+        notes.append(
+            "NOT REPRESENTATIVE: no --data given, so samples are synthetic uniform inputs in "
+            f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
+        )
+
+    kind_oracle = LogProbOracle(model, "logits", to_input)
+    raw_centre = kind_oracle.raw(points)  # one centre query per sample
+    if config.output_kind == "auto":
+        kind = detect_output_kind(raw_centre, model.info.final_op)
+        kind_source = "detected from the outputs"
+    else:
+        kind = config.output_kind
+        check_output_kind(raw_centre, kind, model.info.output.name)
+        kind_source = "given by --output-kind"
+    oracle = LogProbOracle(model, kind, to_input)
+    logp_centre = to_log_probs(raw_centre, kind)
+    probs = np.exp(logp_centre)
+    predicted = np.argmax(logp_centre, axis=1)
+    n_classes = int(logp_centre.shape[1])
+    if dataset.y is not None and np.any(dataset.y >= n_classes):
+        raise ConfigError(f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {n_classes} classes")
+
+    method, k = plan(config.method, d, config.budget, config.lower_bound)
+    q0 = model.queries
+    step = choose_step(oracle, points[0], input_scale(points), np.random.default_rng([config.seed, 2]), config.fd_step)
+    if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
+        notes.append(
+            f"finite differences are unstable here: JVPs at h and h/2 differ by {100 * step.relative_discrepancy:.1f}% "
+            "(kinks or round-off); estimates carry that error"
+        )
+    calibration = model.queries - q0
+
+    n = points.shape[0]
+    samples: list[SampleResult] = []
+    if progress:
+        progress(0, n, model.queries)
+    for i in range(n):
+        before = model.queries
+        rng = np.random.default_rng([config.seed, 3, i])
+        p = probs[i]
+        if method == "exact":
+            est: Estimate = exact(oracle, points[i], p, step.h)
+            lower = None
+            if config.lower_bound and est.direction is not None and 2 * d + 3 <= config.budget:
+                lower = quadratic_form(oracle, points[i], p, est.direction, step.h)
+        else:
+            est = sketch(oracle, points[i], p, step.h, k, rng, probes=config.probes, check_lower_bound=config.lower_bound)
+            lower = est.lower_bound
+        spent = model.queries - before + 1  # + the centre query made up front
+        if spent > config.budget:  # a planning bug, never a user error
+            raise AssertionError(f"sample {i} spent {spent} queries over the budget {config.budget}")
+        samples.append(
+            SampleResult(
+                index=i,
+                label=None if dataset.y is None else int(dataset.y[i]),
+                predicted=int(predicted[i]),
+                lambda_max=est.lambda_max,
+                lambda_max_ci=est.lambda_max_ci,
+                trace=est.trace,
+                trace_se=est.trace_se,
+                lower_bound=lower,
+                queries=spent,
+                method=est.method,
+                probes=est.probes,
+                top_eigenvalues=est.top_eigenvalues,
+            )
+        )
+        if progress:
+            progress(i + 1, n, model.queries)
+
+    seconds = time.perf_counter() - t_start
+    accuracy = None if dataset.y is None else float(np.mean(predicted == dataset.y))
+    summary = Summary(
+        lambda_max=Stats.of([s.lambda_max for s in samples]),
+        trace=Stats.of([s.trace for s in samples]),
+        lower_bound=Stats.of([s.lower_bound for s in samples]),
+        accuracy=accuracy,
+        queries_total=model.queries,
+        calibration_queries=calibration,
+        seconds=seconds,
+        runtime_fraction=model.run_seconds / seconds if seconds > 0 else None,
+    )
+    info = model.info
+    model_dict = {
+        "path": info.path,
+        "sha256": info.sha256,
+        "input": info.input.to_dict() | {"sample_shape": list(shape), "d": d},
+        "output": info.output.to_dict() | {"kind": kind, "kind_source": kind_source, "classes": n_classes},
+        "ir_version": info.ir_version,
+        "opsets": info.opsets,
+    }
+    if config.space == "data" and not pre.is_identity:
+        units = {
+            "space": "data",
+            "description": "per stored-data unit: perturbations of the data as stored, before --scale/--mean/--std "
+            "(F_data = D F_input D with D = scale/std)",
+        }
+    else:
+        units = {
+            "space": "input",
+            "description": "per model-input unit: perturbations of the tensor the model receives"
+            + ("" if pre.is_identity else " (after --scale/--mean/--std)"),
+        }
+    cfg = asdict(config)
+    cfg.pop("extra", None)
+    cfg["method_used"] = method
+    cfg["probes_per_sample"] = k
+    cfg["samples_scanned"] = n
+    cfg["data_source"] = dataset.source
+    return ScanResult(
+        model=model_dict,
+        runtime=_runtime(model),
+        config=cfg,
+        units=units,
+        finite_differences=step.to_dict(),
+        samples=tuple(samples),
+        summary=summary,
+        notes=tuple(notes),
+    )
