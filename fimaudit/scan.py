@@ -15,7 +15,7 @@ import numpy as np
 from . import __version__
 from .data import Preprocess, load_data, synthetic_data
 from .errors import ConfigError
-from .estimators.core import PROBES, Estimate, exact, quadratic_form, sketch
+from .estimators.core import PROBES, Estimate, certified_lower_bound, exact, sketch
 from .estimators.fd import choose_step, input_scale
 from .model import OUTPUT_KINDS, LogProbOracle, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
@@ -66,8 +66,8 @@ class ScanConfig:
             raise ConfigError(f"--output-kind must be auto or one of {', '.join(OUTPUT_KINDS)}")
         if self.space not in SPACES:
             raise ConfigError(f"--space must be input or data, not '{self.space}'")
-        if self.budget < 7:
-            raise ConfigError("--budget must be at least 7 queries per sample (1 centre + 3 probes x 2)")
+        if self.budget < 9:
+            raise ConfigError("--budget must be at least 9 queries per sample (1 centre, 3 probes x 2, 2 for the lower bound)")
         if self.samples is not None and self.samples < 1:
             raise ConfigError("--samples must be >= 1")
         if self.fd_step is not None and not (np.isfinite(self.fd_step) and self.fd_step > 0):
@@ -196,9 +196,12 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
             est: Estimate = exact(oracle, points[i], p, step.h)
             lower = None
             if config.lower_bound and est.direction is not None and 2 * d + 3 <= config.budget:
-                lower = quadratic_form(oracle, points[i], p, est.direction, step.h)
+                lower = certified_lower_bound(oracle, points[i], p, est.direction, step.h, step.relative_discrepancy)
         else:
-            est = sketch(oracle, points[i], p, step.h, k, rng, probes=config.probes, check_lower_bound=config.lower_bound)
+            est = sketch(
+                oracle, points[i], p, step.h, k, rng, probes=config.probes,
+                check_lower_bound=config.lower_bound, fd_rel_error=step.relative_discrepancy,
+            )
             lower = est.lower_bound
         spent = model.queries - before + 1  # + the centre query made up front
         if spent > config.budget:  # a planning bug, never a user error

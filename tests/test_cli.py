@@ -1,0 +1,167 @@
+"""The CLI through typer's CliRunner: reports, schema, determinism, gates, budget, re-rendering."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import fimaudit
+from fimaudit.cli import app
+from fimaudit.result import ScanResult
+from fimaudit.scan import plan
+
+from . import builders as B
+
+runner = CliRunner()
+SCHEMA = json.loads(resources.files("fimaudit.report").joinpath("scan.schema.json").read_text())
+VOLATILE = ("seconds", "runtime_fraction")
+
+
+def strip_volatile(d):
+    if isinstance(d, dict):
+        return {k: strip_volatile(v) for k, v in d.items() if k not in VOLATILE}
+    if isinstance(d, list):
+        return [strip_volatile(v) for v in d]
+    return d
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    params = B.random_mlp(rng, d=50, hidden=12, k=5, gain=2.0)
+    model = B.save(B.mlp_model(*params, sample_shape=(2, 5, 5)), tmp / "mlp.onnx")
+    x = rng.integers(0, 256, size=(12, 2, 5, 5)).astype(np.uint8)
+    y = rng.integers(0, 5, size=12)
+    np.savez(tmp / "d.npz", x=x, y=y)
+    return tmp, model, tmp / "d.npz"
+
+
+def scan_json(*args):
+    res = runner.invoke(app, ["scan", *map(str, args), "-q", "--json", "-"], catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_json_report_matches_schema_and_issue_fields(setup):
+    tmp, model, data = setup
+    rep = scan_json(model, "--data", data, "--scale", "1/255", "--method", "sketch", "--budget", "61")
+    jsonschema.validate(rep, SCHEMA)
+    assert rep["schema_version"] == "1.0"
+    assert rep["model"]["input"]["name"] == "x" and rep["model"]["output"]["classes"] == 5
+    for key in ("index", "label", "predicted", "lambda_max", "lambda_max_ci", "trace", "trace_se", "queries", "method"):
+        assert key in rep["samples"][0]
+    for key in ("mean", "median", "p90", "max"):
+        assert key in rep["summary"]["lambda_max"] and key in rep["summary"]["trace"]
+    assert rep["config"]["seed"] == 0 and rep["config"]["budget"] == 61
+    assert rep["summary"]["accuracy"] is not None
+    assert len(rep["samples"]) == 12
+    lam = [s["lambda_max"] for s in rep["samples"]]
+    assert rep["summary"]["lambda_max"]["median"] == pytest.approx(float(np.median(lam)))
+    assert rep["summary"]["lambda_max"]["p90"] == pytest.approx(float(np.percentile(lam, 90)))
+    assert rep["summary"]["queries_total"] == sum(s["queries"] for s in rep["samples"]) + rep["summary"]["calibration_queries"]
+
+
+def test_same_seed_same_report_different_seed_differs(setup):
+    tmp, model, data = setup
+    args = (model, "--data", data, "--method", "sketch", "--budget", "41")
+    a = scan_json(*args, "--seed", "7")
+    b = scan_json(*args, "--seed", "7")
+    c = scan_json(*args, "--seed", "8")
+    assert strip_volatile(a) == strip_volatile(b)
+    assert [s["lambda_max"] for s in a["samples"]] != [s["lambda_max"] for s in c["samples"]]
+
+
+def test_fail_above_gate(setup):
+    tmp, model, data = setup
+    rep = scan_json(model, "--data", data, "--samples", "4")
+    med = rep["summary"]["lambda_max"]["median"]
+    base = ["scan", str(model), "--data", str(data), "--samples", "4", "-q"]
+    assert runner.invoke(app, base + ["--fail-above", str(med * 0.5)]).exit_code == 1
+    assert runner.invoke(app, base + ["--fail-above", str(med * 2)]).exit_code == 0
+
+
+def test_terminal_output_and_progress(setup):
+    tmp, model, data = setup
+    res = runner.invoke(app, ["scan", str(model), "--data", str(data), "--samples", "3"], catch_exceptions=False)
+    assert res.exit_code == 0
+    assert "lambda_max(F)" in res.stdout and "CPUExecutionProvider" in res.stdout
+    assert "queries" in res.stdout
+
+
+def test_synthetic_inputs_carry_a_prominent_note(setup):
+    tmp, model, _ = setup
+    rep = scan_json(model, "--samples", "2")
+    assert rep["config"]["data_source"] == "synthetic"
+    assert any(n.startswith("NOT REPRESENTATIVE") for n in rep["notes"])
+
+
+def test_report_rerenders_saved_json(setup):
+    tmp, model, data = setup
+    out = tmp / "saved.json"
+    res = runner.invoke(app, ["scan", str(model), "--data", str(data), "--samples", "3", "-q", "--json", str(out)])
+    assert res.exit_code == 0
+    md = runner.invoke(app, ["report", str(out), "--format", "markdown"])
+    assert md.exit_code == 0 and "| lambda_max(F) |" in md.stdout
+    again = runner.invoke(app, ["report", str(out), "--out", str(tmp / "again.json")])
+    assert again.exit_code == 0
+    assert json.loads((tmp / "again.json").read_text()) == json.loads(out.read_text())
+    (tmp / "bogus.json").write_text('{"schema_version": "9.0"}')
+    bad = runner.invoke(app, ["report", str(tmp / "bogus.json")])
+    assert bad.exit_code == 2 and "schema_version" in bad.stderr
+
+
+def test_api_returns_result_object(setup):
+    tmp, model, data = setup
+    res = fimaudit.scan(model, data, samples=2, seed=3)
+    assert isinstance(res, ScanResult)
+    assert ScanResult.from_dict(res.to_dict()).to_dict() == res.to_dict()
+
+
+def test_log_probability_output_detected(tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 6))
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["z"], transB=1), helper.make_node("LogSoftmax", ["z"], ["lp"], axis=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("lp", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w.astype(np.float32), "W")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "lp.onnx"))
+    x = rng.uniform(size=(3, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    res = fimaudit.scan(tmp_path / "lp.onnx", tmp_path / "d.npz", method="exact")
+    assert res.model["output"]["kind"] == "log-probabilities"
+    for s, xi in zip(res.samples, x):
+        assert s.lambda_max == pytest.approx(B.lam_max(B.linear_reference(w, np.zeros(4), xi)), rel=1e-4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(d=st.integers(1, 400), budget=st.integers(9, 3000), method=st.sampled_from(["auto", "sketch"]))
+def test_plan_never_exceeds_budget(d, budget, method):
+    try:
+        chosen, k = plan(method, d, budget, lower_bound=True)
+    except fimaudit.FimauditError:
+        return
+    cost = 1 + 2 * k + (2 if (chosen == "sketch" or 2 * d + 3 <= budget) else 0)
+    assert cost <= budget
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(budget=st.integers(9, 140), seed=st.integers(0, 10), probes=st.sampled_from(["gaussian", "orthogonal"]))
+def test_no_sample_spends_more_than_budget(setup, budget, seed, probes):
+    tmp, model, data = setup
+    res = fimaudit.scan(model, data, samples=3, budget=budget, seed=seed, probes=probes)
+    assert all(s.queries <= budget for s in res.samples)
