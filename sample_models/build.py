@@ -276,16 +276,16 @@ SPECS: list[Spec] = [
     Spec("resnet_small", "resnet", lambda: ResNet([16, 32]), epochs=3),
     Spec("resnet_small_noise", "resnet", lambda: ResNet([16, 32]), epochs=3, augmentation="gaussian",
          noise_sigma=0.3),
-    Spec("densenet_small", "densenet", lambda: DenseNet(growth=8, layers=(3, 3), stem=16), epochs=3),
+    Spec("densenet_small", "densenet", lambda: DenseNet(growth=8, layers=(3, 3), stem=16, stem_stride=2), epochs=4),
     Spec("vit_tiny", "transformer", lambda: ViT(28, 7, 48, 2, 4, 96, cls_token=True), epochs=5, lr=1e-3),
     Spec("vit_tiny_meanpool_adv", "transformer", lambda: ViT(28, 7, 48, 2, 4, 96, cls_token=False), epochs=5,
          lr=1e-3, adv_eps=0.05),
     # 96x96 inputs: d = 9216, far above the default query budget.
-    Spec("vgg96", "vgg", lambda: VGG([16, "M", 32, "M", 32, "M"], stem_stride=2), size=96, epochs=2, train_n=15000),
-    Spec("resnet96_noise", "resnet", lambda: ResNet([16, 32], stem_stride=4), size=96, epochs=2, train_n=15000,
-         augmentation="gaussian", noise_sigma=0.2),
+    Spec("vgg96", "vgg", lambda: VGG([16, "M", 32, "M", 32, "M"], stem_stride=2), size=96, epochs=4, train_n=20000),
+    Spec("resnet96_noise", "resnet", lambda: ResNet([16, 32], stem_stride=4), size=96, epochs=4, train_n=20000,
+         lr=3e-3, augmentation="gaussian", noise_sigma=0.2),
     Spec("densenet96", "densenet", lambda: DenseNet(growth=8, layers=(2, 2), stem=16, stem_stride=4), size=96,
-         epochs=2, train_n=15000),
+         epochs=4, train_n=20000, lr=3e-3),
 ]
 
 

@@ -119,13 +119,16 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
     if kind != "orthogonal":
         raise ValueError(f"probes must be one of {PROBES}")
     units = np.empty((k, d))
-    n = np.arange(d)
+    itype = np.int32 if 2 * d * d < 2**31 else np.int64
+    odd = 2 * np.arange(d, dtype=itype) + 1
+    # cos(pi (2n+1) f / (2d)) depends only on (2n+1) f mod 4d: one table of 4d cosines.
+    table = np.cos(np.pi * np.arange(4 * d) / (2 * d)) * np.sqrt(2.0 / d)
     done = 0
     while done < k:
         m = min(d, k - done)
         signs = rng.choice(np.array([-1.0, 1.0]), size=d)
-        freqs = rng.choice(d, size=m, replace=False)
-        basis = np.cos(np.pi * (2 * n[None, :] + 1) * freqs[:, None] / (2 * d)) * np.sqrt(2.0 / d)
+        freqs = rng.choice(d, size=m, replace=False).astype(itype)
+        basis = table[(freqs[:, None] * odd[None, :]) % (4 * d)]
         basis[freqs == 0] = np.sqrt(1.0 / d)
         units[done : done + m] = basis * signs[None, :]
         done += m
@@ -144,10 +147,15 @@ def bootstrap_ci(
     """
     k = y.shape[1]
     lam = top_eigen(small_matrix(p, y) / k)[0][0]
-    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=resamples).astype(np.float64)
-    boots = np.empty(resamples)
-    for b in range(resamples):
-        boots[b] = np.linalg.eigvalsh(small_matrix(p, y, counts[b]) / k)[-1]
+    # Resampling columns with replacement = multinomial counts per column; bincount over
+    # offset indices draws all resamples at once.
+    idx = rng.integers(0, k, size=(resamples, k)) + (np.arange(resamples) * k)[:, None]
+    counts = np.bincount(idx.ravel(), minlength=resamples * k).reshape(resamples, k).astype(np.float64)
+    a = np.sqrt(p)[:, None] * y  # (K, k)
+    kk = a.shape[0]
+    outer = (a.T[:, :, None] * a.T[:, None, :]).reshape(k, kk * kk)  # a_i a_i^T per column
+    mats = (counts @ outer / k).reshape(resamples, kk, kk)
+    boots = np.linalg.eigvalsh(0.5 * (mats + np.swapaxes(mats, 1, 2)))[:, -1]
     alpha = (1.0 - level) / 2
     lo_q, hi_q = np.quantile(boots, [alpha, 1 - alpha])
     lo = min(2 * lam - hi_q, lo_q)

@@ -36,11 +36,12 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
     out = []
     for start in range(0, dirs.shape[0], chunk):
         block = dirs[start : start + chunk]
-        plus = flat[None, :] + h * block
-        minus = flat[None, :] - h * block
-        both = np.concatenate([plus, minus], axis=0).reshape((-1,) + shape)
-        lp = oracle.logp(both)
         m = block.shape[0]
+        both = np.empty((2 * m, flat.size))
+        step = h * block
+        np.add(flat[None, :], step, out=both[:m])
+        np.subtract(flat[None, :], step, out=both[m:])
+        lp = oracle.logp(both.reshape((-1,) + shape))
         out.append((lp[:m] - lp[m:]) / (2.0 * h))
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0))
 
