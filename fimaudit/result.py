@@ -75,6 +75,7 @@ class SampleResult:
     method: str
     probes: int
     top_eigenvalues: tuple[float, ...] = ()
+    kl_ratio: float | None = None  # KL(p(x)||p(x+eps v)) / (eps^2/2 v^T F v); ~1 when F is right
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -95,6 +96,7 @@ class SampleResult:
             method=str(d["method"]),
             probes=int(d.get("probes", 0)),
             top_eigenvalues=tuple(d.get("top_eigenvalues", ())),
+            kl_ratio=d.get("kl_ratio"),
         )
 
 

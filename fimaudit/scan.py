@@ -15,13 +15,15 @@ import numpy as np
 from . import __version__
 from .data import Preprocess, load_data, synthetic_data
 from .errors import ConfigError
-from .estimators.core import PROBES, Estimate, certified_lower_bound, exact, sketch
+from .estimators.core import PROBES, Estimate, exact, quadratic_form, shrink_to_bound, sketch
+from .estimators.power import power_fixed, power_fresh
+from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch
 from .estimators.fd import choose_step, input_scale
 from .model import OUTPUT_KINDS, LogProbOracle, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
 from .result import SampleResult, ScanResult, Stats, Summary
 
-METHODS = ("auto", "exact", "sketch")
+METHODS = ("auto", "exact", "sketch", "power", "power-fresh", "deflated")
 SPACES = ("input", "data")
 DEFAULT_SAMPLES_DATA = 100
 DEFAULT_SAMPLES_SYNTHETIC = 16
@@ -55,6 +57,9 @@ class ScanConfig:
     threads: int = 0
     fail_above: float | None = None
     lower_bound: bool = True
+    subspace: str = "dct"
+    subspace_dim: int | None = None
+    save_direction: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -64,10 +69,16 @@ class ScanConfig:
             raise ConfigError(f"--probes must be one of {', '.join(PROBES)}, not '{self.probes}'")
         if self.output_kind not in ("auto",) + OUTPUT_KINDS:
             raise ConfigError(f"--output-kind must be auto or one of {', '.join(OUTPUT_KINDS)}")
+        if self.subspace not in SUBSPACES:
+            raise ConfigError(f"--subspace must be one of {', '.join(SUBSPACES)}, not '{self.subspace}'")
+        if self.subspace_dim is not None and self.subspace_dim < 0:
+            raise ConfigError("--subspace-dim must be >= 0")
         if self.space not in SPACES:
             raise ConfigError(f"--space must be input or data, not '{self.space}'")
-        if self.budget < 9:
-            raise ConfigError("--budget must be at least 9 queries per sample (1 centre, 3 probes x 2, 2 for the lower bound)")
+        if self.budget < 10:
+            raise ConfigError(
+                "--budget must be at least 10 queries per sample (1 centre, 3 probes x 2, 3 for the lower-bound and KL checks)"
+            )
         if self.samples is not None and self.samples < 1:
             raise ConfigError("--samples must be >= 1")
         if self.fd_step is not None and not (np.isfinite(self.fd_step) and self.fd_step > 0):
@@ -78,11 +89,31 @@ class ScanConfig:
             raise ConfigError("--space data needs --data: synthetic inputs are drawn in model-input units")
 
 
-def plan(method: str, d: int, budget: int, lower_bound: bool) -> tuple[str, int]:
-    """Choose the estimator and its probe count so a sample never exceeds ``budget`` queries.
+@dataclass(frozen=True)
+class Plan:
+    """How a sample's query budget is spent: 1 centre query + the estimator + the checks."""
 
-    A sample costs 1 centre query, plus 2d (exact) or 2k (+2 for the lower-bound check) for the sketch.
-    """
+    method: str  # exact | sketch | power | power-fresh | deflated
+    k: int  # probes: d for exact, sketch/power probes, or complement probes for deflated
+    r: int  # subspace dimension (deflated)
+    checks: int  # 2 for the certified lower bound + 1 for the KL check, or 0
+
+    def cost(self) -> int:
+        if self.method == "exact":
+            core = 2 * self.k
+        elif self.method == "power-fresh":
+            core = self.k  # k holds the query allowance of the iteration itself
+        else:
+            core = 2 * (self.k + self.r)
+        return 1 + core + self.checks
+
+
+CHECK_QUERIES = 3
+
+
+def plan(method: str, d: int, budget: int, lower_bound: bool = True, subspace_dim: int | None = None) -> Plan:
+    """Choose the estimator and its size so that a sample never exceeds ``budget`` queries."""
+    checks = CHECK_QUERIES if lower_bound else 0
     exact_cost = 2 * d + 1
     if method == "exact" or (method == "auto" and exact_cost <= budget):
         if exact_cost > budget:
@@ -90,12 +121,38 @@ def plan(method: str, d: int, budget: int, lower_bound: bool) -> tuple[str, int]
                 f"--method exact needs 2d+1 = {exact_cost} queries per sample (d = {d}) but --budget is {budget}; "
                 f"raise --budget to {exact_cost} or use --method sketch"
             )
-        return "exact", d
-    extra = 2 if lower_bound else 0
-    k = (budget - 1 - extra) // 2
+        return Plan("exact", d, 0, checks if exact_cost + checks <= budget else 0)
+    room = budget - 1 - checks
+    if method == "power-fresh":
+        if room < 12:
+            raise ConfigError(f"--budget {budget} is too small for --method power-fresh (needs at least {13 + checks})")
+        return Plan("power-fresh", room, 0, checks)
+    r = 0
+    if method == "deflated":
+        r = min(d, room // 4) if subspace_dim is None else min(d, subspace_dim)
+        if 2 * r > room - 6:
+            raise ConfigError(f"--subspace-dim {r} leaves fewer than 3 sketch probes within --budget {budget}")
+    k = (room - 2 * r) // 2
     if k < 3:
         raise ConfigError(f"--budget {budget} leaves fewer than 3 sketch probes per sample")
-    return "sketch", k
+    name = "sketch" if method == "auto" else method
+    return Plan(name, k, r, checks)
+
+
+KL_TARGET = 1e-4
+
+
+def kl_check(oracle: LogProbOracle, x0: np.ndarray, logp0: np.ndarray, v: np.ndarray, quad: float, h: float) -> float | None:
+    """Ratio KL(p(x) || p(x + eps v)) / (eps^2/2 v^T F v) for a small eps (one query); ~1 when F is right.
+
+    eps is chosen so the predicted KL is ``KL_TARGET`` (capped at 100 h).
+    """
+    if quad <= 0:
+        return None
+    eps = min(np.sqrt(2 * KL_TARGET / quad), 100 * h)
+    lp = oracle.logp((x0.reshape(-1) + eps * v).reshape((1,) + oracle.sample_shape))[0]
+    kl = float(np.sum(np.exp(logp0) * (logp0 - lp)))
+    return float(kl / (0.5 * eps * eps * quad))
 
 
 def _runtime(model) -> dict:
@@ -174,7 +231,8 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     if dataset.y is not None and np.any(dataset.y >= n_classes):
         raise ConfigError(f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {n_classes} classes")
 
-    method, k = plan(config.method, d, config.budget, config.lower_bound)
+    chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim)
+    method, k = chosen.method, chosen.k
     q0 = model.queries
     step = choose_step(oracle, points[0], input_scale(points), np.random.default_rng([config.seed, 2]), config.fd_step)
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
@@ -186,23 +244,25 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
 
     n = points.shape[0]
     samples: list[SampleResult] = []
+    directions = np.zeros((n, d), dtype=np.float32) if config.save_direction else None
+    learnt = LearntSubspace(d) if method == "deflated" and config.subspace == "learnt" else None
+    dct_basis = dct_lowfreq_basis(shape, chosen.r) if method == "deflated" and config.subspace == "dct" else None
     if progress:
         progress(0, n, model.queries)
     for i in range(n):
         before = model.queries
         rng = np.random.default_rng([config.seed, 3, i])
         p = probs[i]
-        if method == "exact":
-            est: Estimate = exact(oracle, points[i], p, step.h)
-            lower = None
-            if config.lower_bound and est.direction is not None and 2 * d + 3 <= config.budget:
-                lower = certified_lower_bound(oracle, points[i], p, est.direction, step.h, step.relative_discrepancy)
-        else:
-            est = sketch(
-                oracle, points[i], p, step.h, k, rng, probes=config.probes,
-                check_lower_bound=config.lower_bound, fd_rel_error=step.relative_discrepancy,
-            )
-            lower = est.lower_bound
+        est = _estimate(chosen, oracle, points[i], p, step, rng, config, dct_basis, learnt)
+        lower = kl_ratio = None
+        if chosen.checks and est.direction is not None:
+            quad = quadratic_form(oracle, points[i], p, est.direction, step.h)
+            lower = shrink_to_bound(quad, step.relative_discrepancy)
+            kl_ratio = kl_check(oracle, points[i], logp_centre[i], est.direction, quad, step.h)
+        if learnt is not None and est.direction is not None:
+            learnt.add(est.direction)
+        if directions is not None and est.direction is not None:
+            directions[i] = est.direction
         spent = model.queries - before + 1  # + the centre query made up front
         if spent > config.budget:  # a planning bug, never a user error
             raise AssertionError(f"sample {i} spent {spent} queries over the budget {config.budget}")
@@ -220,10 +280,13 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                 method=est.method,
                 probes=est.probes,
                 top_eigenvalues=est.top_eigenvalues,
+                kl_ratio=kl_ratio,
             )
         )
         if progress:
             progress(i + 1, n, model.queries)
+    if directions is not None:
+        _save_directions(config.save_direction, directions.reshape((n,) + shape))
 
     seconds = time.perf_counter() - t_start
     accuracy = None if dataset.y is None else float(np.mean(predicted == dataset.y))
@@ -261,6 +324,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     cfg = asdict(config)
     cfg.pop("extra", None)
     cfg["method_used"] = method
+    cfg["subspace_dim_used"] = chosen.r
     cfg["probes_per_sample"] = k
     cfg["samples_scanned"] = n
     cfg["data_source"] = dataset.source
@@ -274,3 +338,49 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         summary=summary,
         notes=tuple(notes),
     )
+
+
+def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_basis, learnt) -> Estimate:
+    """Run the planned estimator at one sample (the checks are made by the caller)."""
+    h, err = step.h, step.relative_discrepancy
+    if chosen.method == "exact":
+        return exact(oracle, x, p, h)
+    if chosen.method == "sketch":
+        return sketch(oracle, x, p, h, chosen.k, rng, probes=config.probes, check_lower_bound=False)
+    if chosen.method == "power":
+        return power_fixed(oracle, x, p, h, chosen.k, rng, probes=config.probes, check_lower_bound=False)
+    if chosen.method == "power-fresh":
+        return power_fresh(oracle, x, p, h, chosen.k, rng, fd_rel_error=err)
+    if chosen.method == "deflated":
+        if learnt is not None:
+            basis = learnt.basis(chosen.r)
+            # Unused subspace queries go to the complement sketch, keeping the sample's cost.
+            k = chosen.k + (chosen.r - basis.shape[0])
+            name = "deflated-learnt"
+        else:
+            basis, k, name = dct_basis, chosen.k, "deflated-dct"
+        return deflated_sketch(oracle, x, p, h, basis, k, rng, probes=config.probes, check_lower_bound=False, name=name)
+    raise ConfigError(f"unknown method {chosen.method}")
+
+
+def _save_directions(path: str, directions: np.ndarray) -> None:
+    """Write the per-sample worst directions (unit, estimation space) as .npy, atomically."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path)
+    if target.suffix != ".npy":
+        raise ConfigError("--save-direction must name a .npy file")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, directions)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

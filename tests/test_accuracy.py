@@ -36,7 +36,8 @@ def test_linear_softmax_exact_matches_closed_form(tmp_path):
         lam, tr = B.lam_max(f), float(np.trace(f))
         assert s.lambda_max == pytest.approx(lam, rel=1e-4)
         assert s.trace == pytest.approx(tr, rel=1e-4)
-        assert s.queries == 2 * d + 1 + 2  # centre + coordinates + lower-bound check
+        assert s.queries == 2 * d + 1 + 3  # centre + coordinates + lower bound (2) + KL check (1)
+        assert s.kl_ratio == pytest.approx(1.0, abs=0.02)  # KL ~ eps^2/2 v^T F v
         assert s.lower_bound is not None and s.lower_bound <= lam * (1 + 1e-4)
         assert s.lower_bound >= 0.99 * lam  # exact top direction is the top direction
 

@@ -149,19 +149,33 @@ def test_log_probability_output_detected(tmp_path):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(d=st.integers(1, 400), budget=st.integers(9, 3000), method=st.sampled_from(["auto", "sketch"]))
-def test_plan_never_exceeds_budget(d, budget, method):
+@given(
+    d=st.integers(1, 400),
+    budget=st.integers(10, 3000),
+    method=st.sampled_from(["auto", "sketch", "exact", "power", "power-fresh", "deflated"]),
+    sub=st.one_of(st.none(), st.integers(0, 500)),
+)
+def test_plan_never_exceeds_budget(d, budget, method, sub):
     try:
-        chosen, k = plan(method, d, budget, lower_bound=True)
+        chosen = plan(method, d, budget, lower_bound=True, subspace_dim=sub)
     except fimaudit.FimauditError:
         return
-    cost = 1 + 2 * k + (2 if (chosen == "sketch" or 2 * d + 3 <= budget) else 0)
-    assert cost <= budget
+    assert chosen.cost() <= budget
+    if method == "auto":
+        assert chosen.method == ("exact" if 2 * d + 1 <= budget else "sketch")
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(budget=st.integers(9, 140), seed=st.integers(0, 10), probes=st.sampled_from(["gaussian", "orthogonal"]))
-def test_no_sample_spends_more_than_budget(setup, budget, seed, probes):
+@given(
+    budget=st.integers(10, 140),
+    seed=st.integers(0, 10),
+    probes=st.sampled_from(["gaussian", "orthogonal"]),
+    method=st.sampled_from(["auto", "sketch", "power", "power-fresh", "deflated"]),
+)
+def test_no_sample_spends_more_than_budget(setup, budget, seed, probes, method):
     tmp, model, data = setup
-    res = fimaudit.scan(model, data, samples=3, budget=budget, seed=seed, probes=probes)
+    try:
+        res = fimaudit.scan(model, data, samples=3, budget=budget, seed=seed, probes=probes, method=method)
+    except fimaudit.FimauditError:
+        return  # a budget too small for the method is refused up front
     assert all(s.queries <= budget for s in res.samples)

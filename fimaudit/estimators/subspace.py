@@ -1,0 +1,139 @@
+"""Variance reduction for large inputs: exact products on a chosen subspace plus a sketch of its complement.
+
+With Q (r x d, orthonormal rows) and probes w' = (I - Q^T Q) w, E[w' w'^T] = I - Q^T Q, so
+
+    G_defl = P^{1/2} (Z Z^T + Y' Y'^T / k) P^{1/2},   Z = S Q^T (2r queries), Y' = S W' (2k queries)
+
+is unbiased for G (Hutch++-style deflation). When most of S's energy lies in span(Q) the
+sketch only has to capture the remainder, and its variance falls accordingly. Subspaces:
+low-frequency 2-D DCT directions of image inputs, and directions learnt from earlier samples
+of the same scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model.oracle import LogProbOracle
+from .core import Estimate, bootstrap_ci, certified_lower_bound, probe_directions, small_matrix, top_eigen
+from .fd import jvp
+
+SUBSPACES = ("dct", "learnt")
+
+
+def _dct_1d(n: int, freqs: np.ndarray) -> np.ndarray:
+    """Orthonormal DCT-II basis vectors (rows) of length n for the given frequencies."""
+    idx = np.arange(n)
+    basis = np.cos(np.pi * (2 * idx[None, :] + 1) * freqs[:, None] / (2 * n)) * np.sqrt(2.0 / n)
+    basis[freqs == 0] = np.sqrt(1.0 / n)
+    return basis
+
+
+def dct_lowfreq_basis(sample_shape: tuple[int, ...], r: int) -> np.ndarray:
+    """The r lowest-frequency separable DCT directions (rows, orthonormal) of a (C, H, W) or (d,) input.
+
+    Images: 2-D DCT per channel ordered by i + j (then i, then channel). Other shapes: 1-D DCT
+    of the flattened input.
+    """
+    d = int(np.prod(sample_shape))
+    r = max(0, min(r, d))
+    if len(sample_shape) == 3 and sample_shape[1] > 1 and sample_shape[2] > 1:
+        c, hgt, wid = sample_shape
+        order = sorted(
+            ((i + j, i, j, ch) for i in range(hgt) for j in range(wid) for ch in range(c)),
+        )[:r]
+        rows = np.zeros((r, d))
+        cache_h: dict[int, np.ndarray] = {}
+        cache_w: dict[int, np.ndarray] = {}
+        for n, (_, i, j, ch) in enumerate(order):
+            bh = cache_h.setdefault(i, _dct_1d(hgt, np.array([i]))[0])
+            bw = cache_w.setdefault(j, _dct_1d(wid, np.array([j]))[0])
+            block = np.zeros((c, hgt, wid))
+            block[ch] = np.outer(bh, bw)
+            rows[n] = block.reshape(-1)
+        return rows
+    return _dct_1d(d, np.arange(r))
+
+
+class LearntSubspace:
+    """Directions learnt from earlier samples of the same scan (their top input-space directions).
+
+    ``basis(r)`` returns the top-r right singular vectors of the stored directions: the
+    subspace that best captured the sensitive directions seen so far.
+    """
+
+    def __init__(self, d: int, memory: int = 256) -> None:
+        self.d = d
+        self.memory = memory
+        self._rows: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, directions: np.ndarray) -> None:
+        for v in np.atleast_2d(directions):
+            n = np.linalg.norm(v)
+            if n > 0 and np.all(np.isfinite(v)):
+                self._rows.append(v / n)
+        self._rows = self._rows[-self.memory :]
+
+    def basis(self, r: int) -> np.ndarray:
+        if not self._rows or r <= 0:
+            return np.zeros((0, self.d))
+        stack = np.asarray(self._rows)
+        _, sv, vt = np.linalg.svd(stack, full_matrices=False)
+        keep = min(r, int(np.sum(sv > 1e-8 * sv[0])))
+        return vt[:keep]
+
+
+def deflated_sketch(
+    oracle: LogProbOracle,
+    x0: np.ndarray,
+    p: np.ndarray,
+    h: float,
+    q: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    probes: str = "gaussian",
+    check_lower_bound: bool = True,
+    fd_rel_error: float | None = None,
+    name: str = "deflated",
+) -> Estimate:
+    """Exact on span(q) (rows orthonormal, 2r queries) plus a k-probe sketch of the complement (2k)."""
+    before = oracle.queries
+    d = int(np.prod(oracle.sample_shape))
+    r = q.shape[0]
+    z = jvp(oracle, x0, q, h).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
+    units, scales = probe_directions(d, k, probes, rng)
+    w = units * scales[:, None]
+    if r:
+        w = w - (w @ q.T) @ q
+    norms = np.linalg.norm(w, axis=1)
+    norms[norms == 0] = 1.0
+    y = (jvp(oracle, x0, w / norms[:, None], h) * norms[:, None]).T  # (K, k) = S W'
+    fixed = small_matrix(p, z) if r else np.zeros((p.shape[0], p.shape[0]))
+    g = fixed + small_matrix(p, y) / k
+    evals, evecs = top_eigen(g)
+    per_probe = np.sum(p[:, None] * y * y, axis=0)
+    trace = float(np.trace(fixed) + np.mean(per_probe))
+    trace_se = float(np.std(per_probe, ddof=1) / np.sqrt(k)) if k > 1 else float("inf")
+    ci = bootstrap_ci(p, y, rng, fixed=fixed) if k > 1 else None
+    su = np.sqrt(p) * evecs[:, 0]
+    v = (q.T @ (z.T @ su) if r else 0.0) + w.T @ (y.T @ su) / k
+    nv = float(np.linalg.norm(v))
+    direction = v / nv if nv > 0 else None
+    lower = None
+    if check_lower_bound and direction is not None:
+        lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
+    return Estimate(
+        method=f"{name}-{probes}",
+        lambda_max=float(evals[0]),
+        lambda_max_ci=ci,
+        trace=trace,
+        trace_se=trace_se,
+        queries=oracle.queries - before,
+        probes=k + r,
+        top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
+        lower_bound=lower,
+        direction=direction,
+    )
