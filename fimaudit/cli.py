@@ -85,8 +85,15 @@ def scan_cmd(
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
     data: Optional[Path] = typer.Option(None, "--data", help=".npy (inputs) or .npz (x, optional y) in the model's input layout."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Scan the first N samples (default 100, or 16 synthetic)."),
-    method: str = typer.Option("auto", "--method", help="auto | exact | sketch. auto: exact when 2d+1 <= budget."),
+    method: str = typer.Option(
+        "auto", "--method", help="auto | exact | sketch | power | power-fresh | deflated. auto: exact when 2d+1 <= budget."
+    ),
     probes: str = typer.Option("orthogonal", "--probes", help="Sketch probes: orthogonal | gaussian."),
+    subspace: str = typer.Option("dct", "--subspace", help="deflated: dct (low frequencies) | learnt (earlier samples)."),
+    subspace_dim: Optional[int] = typer.Option(None, "--subspace-dim", help="deflated: subspace size (default budget/4)."),
+    save_direction: Optional[str] = typer.Option(
+        None, "--save-direction", help="Write each sample's worst unit direction to this .npy file."
+    ),
     budget: int = typer.Option(2000, "--budget", help="Maximum queries per sample (never exceeded)."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice: same seed, same numbers."),
     fd_step: Optional[float] = typer.Option(None, "--fd-step", help="Finite-difference step h (default: chosen and checked)."),
@@ -136,6 +143,9 @@ def scan_cmd(
             max_batch=max_batch,
             threads=threads,
             fail_above=fail_above,
+            subspace=subspace,
+            subspace_dim=subspace_dim,
+            save_direction=save_direction,
         )
         config.validate()
         err_console = Console(stderr=True)

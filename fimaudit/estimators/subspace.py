@@ -118,10 +118,7 @@ def deflated_sketch(
     trace = float(np.trace(fixed) + np.mean(per_probe))
     trace_se = float(np.std(per_probe, ddof=1) / np.sqrt(k)) if k > 1 else float("inf")
     ci = bootstrap_ci(p, y, rng, fixed=fixed) if k > 1 else None
-    su = np.sqrt(p) * evecs[:, 0]
-    v = (q.T @ (z.T @ su) if r else 0.0) + w.T @ (y.T @ su) / k
-    nv = float(np.linalg.norm(v))
-    direction = v / nv if nv > 0 else None
+    direction = _best_measured_direction(p, q, z, w / norms[:, None], y / norms[None, :])
     lower = None
     if check_lower_bound and direction is not None:
         lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
@@ -137,3 +134,27 @@ def deflated_sketch(
         lower_bound=lower,
         direction=direction,
     )
+
+
+def _ritz(p: np.ndarray, rows: np.ndarray, s_rows: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """Best unit direction in span(rows) for (near-)orthonormal ``rows`` with measured S rows^T.
+
+    Returns its predicted v^T F v (from the measured JVPs, by linearity) and the direction.
+    """
+    if rows.shape[0] == 0:
+        return 0.0, None
+    evals, evecs = top_eigen(small_matrix(p, s_rows))
+    v = rows.T @ (s_rows.T @ (np.sqrt(p) * evecs[:, 0]))
+    nv = float(np.linalg.norm(v))
+    return (float(evals[0]), v / nv) if nv > 0 else (0.0, None)
+
+
+def _best_measured_direction(p, q, z, units, y_units) -> np.ndarray | None:
+    """Ritz directions of the exact subspace and of the complement probes; keep the better.
+
+    A direction mixing both is no better in practice: the complement part of a sketch
+    direction is mostly noise when k << d (it captures about k/d of S's energy).
+    """
+    q_sub, v_sub = _ritz(p, q, z)
+    q_cmp, v_cmp = _ritz(p, units, y_units)
+    return v_sub if q_sub >= q_cmp and v_sub is not None else v_cmp
