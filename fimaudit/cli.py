@@ -112,6 +112,7 @@ def scan_cmd(
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
     report_path: Optional[str] = typer.Option(None, "--report", help="Also write a report file (.md, .txt, .json)."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit 1 when the median lambda_max exceeds X."),
+    no_bounds: bool = typer.Option(False, "--no-bounds", help="Skip the closed-form bound from the weights."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table (errors still go to stderr)."),
 ) -> None:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
@@ -146,6 +147,7 @@ def scan_cmd(
             subspace=subspace,
             subspace_dim=subspace_dim,
             save_direction=save_direction,
+            bounds=not no_bounds,
         )
         config.validate()
         err_console = Console(stderr=True)
@@ -190,6 +192,35 @@ def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
             sys.stderr.write(f"fimaudit: gate failed: median lambda_max {median:.4g} > --fail-above {fail_above:g}\n")
         return EXIT_GATE
     return EXIT_OK
+
+
+@app.command("bounds")
+def bounds_cmd(
+    model: Path = typer.Argument(..., help="ONNX classifier to bound from its weights.", show_default=False),
+    input_name: Optional[str] = typer.Option(None, "--input", help="Input to use when the model has several."),
+    output_name: Optional[str] = typer.Option(None, "--output", help="Output to use when the model has several."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Per-sample shape C,H,W for dynamic dimensions."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here ('-': stdout)."),
+    ops: bool = typer.Option(False, "--ops", help="Also list every operation's constant."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
+) -> None:
+    """Closed-form upper bound on lambda_max(F) from the exported weights (per-block Lipschitz constants)."""
+
+    def body() -> int:
+        from .graph import compute_bounds
+        from .report.bounds import render_bounds
+
+        result = compute_bounds(
+            str(model), input_name=input_name, output_name=output_name,
+            input_shape=None if input_shape is None else parse_input_shape(input_shape),
+        )
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+        if not quiet:
+            render_bounds(result, Console(stderr=True) if json_path == "-" else Console(), show_ops=ops)
+        return EXIT_OK
+
+    raise typer.Exit(_run_guarded(body))
 
 
 @app.command("report")

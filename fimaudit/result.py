@@ -149,6 +149,7 @@ class ScanResult:
     samples: tuple[SampleResult, ...]
     summary: Summary
     notes: tuple[str, ...] = field(default_factory=tuple)
+    bound: dict | None = None
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -159,6 +160,7 @@ class ScanResult:
             "config": _clean(self.config),
             "units": _clean(self.units),
             "finite_differences": _clean(self.finite_differences),
+            "bound": _clean(self.bound),
             "samples": [s.to_dict() for s in self.samples],
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
@@ -178,5 +180,6 @@ class ScanResult:
             samples=tuple(SampleResult.from_dict(s) for s in d["samples"]),
             summary=Summary.from_dict(d["summary"]),
             notes=tuple(d.get("notes", ())),
+            bound=d.get("bound"),
             schema_version=version,
         )

@@ -60,6 +60,7 @@ class ScanConfig:
     subspace: str = "dct"
     subspace_dim: int | None = None
     save_direction: str | None = None
+    bounds: bool = True
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -321,6 +322,15 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
             "description": "per model-input unit: perturbations of the tensor the model receives"
             + ("" if pre.is_identity else " (after --scale/--mean/--std)"),
         }
+    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
+    if bound is not None and bound.get("fim_upper"):
+        lam = summary.lambda_max
+        bound["measured_over_bound"] = {
+            "median": None if lam.median is None else lam.median / bound["fim_upper"],
+            "max": None if lam.max is None else lam.max / bound["fim_upper"],
+        }
+        if lam.max is not None and lam.max > bound["fim_upper"]:
+            notes.append("a measured lambda_max exceeds the closed-form bound: please report this as a bug")
     cfg = asdict(config)
     cfg.pop("extra", None)
     cfg["method_used"] = method
@@ -334,6 +344,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         config=cfg,
         units=units,
         finite_differences=step.to_dict(),
+        bound=bound,
         samples=tuple(samples),
         summary=summary,
         notes=tuple(notes),
@@ -384,3 +395,22 @@ def _save_directions(path: str, directions: np.ndarray) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int, ...]) -> dict:
+    """The closed-form bound (MATH §4) in the report's units; never fails the scan."""
+    from .errors import FimauditError
+    from .graph import bounds_from_proto
+
+    try:
+        res = bounds_from_proto(model.proto, model.info.input.name, model.info.output.name, shape, model.info.path)
+    except FimauditError as exc:
+        return {"lipschitz": None, "fim_upper": None, "reason": str(exc), "family": None}
+    except Exception as exc:  # the bound is extra evidence: report why it is missing
+        return {"lipschitz": None, "fim_upper": None, "reason": f"graph analysis failed: {type(exc).__name__}: {exc}",
+                "family": None}
+    lip, upper = res.lipschitz, res.fim_upper
+    if lip is not None and config.space == "data" and not pre.is_identity:
+        factor = float(np.max(np.abs(pre.jacobian_diag(shape))))  # |D|_2 for F_data = D F D
+        lip, upper = lip * factor, upper * factor * factor
+    return {"lipschitz": lip, "fim_upper": upper, "reason": res.reason, "family": res.family}

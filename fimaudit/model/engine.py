@@ -19,7 +19,9 @@ from .session import translate_ort_error
 class Model:
     """A validated ONNX classifier ready to be queried. Not thread-safe."""
 
-    def __init__(self, session, info: ModelInfo, *, provider: str, input_dtype, max_batch: int = 256) -> None:
+    def __init__(
+        self, session, info: ModelInfo, *, provider: str, input_dtype, max_batch: int = 256, proto=None
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self._session = session
@@ -30,6 +32,7 @@ class Model:
         self.queries = 0
         self.run_seconds = 0.0  # wall time inside onnxruntime's run
         self.n_classes: int | None = None
+        self.proto = proto  # the validated onnx.ModelProto (external data loaded), for graph analysis
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -401,7 +401,7 @@ def load_model(
         notes=tuple(notes),
         final_op=final_op,
     )
-    return Model(session, info, provider=provider, input_dtype=_FLOAT_TYPES[in_type], max_batch=max_batch)
+    return Model(session, info, provider=provider, input_dtype=_FLOAT_TYPES[in_type], max_batch=max_batch, proto=model)
 
 
 _IR_MAX_RE = re.compile(r"max supported IR version:\s*(\d+)")

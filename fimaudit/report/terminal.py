@@ -54,6 +54,14 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
+    b = result.bound
+    if b is not None:
+        if b.get("fim_upper") is not None:
+            ratio = (b.get("measured_over_bound") or {}).get("median")
+            facts.insert(3, ("bound", f"lambda_max <= {_fmt(b['fim_upper'])} from the weights (L = {_fmt(b['lipschitz'])}, "
+                                      f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"))
+        else:
+            facts.insert(3, ("bound", f"none from the weights: {b.get('reason')}"))
     facts_table = Table(show_header=False, box=None, pad_edge=False)
     facts_table.add_column(style="bold")
     facts_table.add_column()

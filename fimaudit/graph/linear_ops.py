@@ -1,0 +1,141 @@
+"""Operator norms of the linear operations found in classifiers, computed from exported weights.
+
+Convolutions are measured as applied (stride, padding, dilation, groups, input size): the
+exact L2 operator norm comes from Lanczos (scipy eigsh) on A^T A with A the convolution as a
+sparse matrix, and a check comes from the FFT: on a grid large enough to hold the full
+linear correlation, the circular convolution's norm max_f sigma_max(K_hat(f)) (Sedghi et al.
+2019) is an upper bound of the zero-padded, strided convolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+# Lanczos converges to ~1e-10 here; the returned norm is raised by this factor so that
+# residual convergence error can never make it fall below the true norm.
+NORM_SAFETY = 1.0 + 1e-6
+
+
+def conv_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
+    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv_sparse_matrix(
+    weight: np.ndarray,
+    in_shape: tuple[int, int, int],
+    strides=(1, 1),
+    pads=(0, 0, 0, 0),
+    dilations=(1, 1),
+    groups: int = 1,
+) -> sparse.csr_matrix:
+    """The 2-D cross-correlation (ONNX Conv semantics, pads = top, left, bottom, right) as a sparse matrix."""
+    o, cg, kh, kw = weight.shape
+    c, h, w = in_shape
+    if c != cg * groups:
+        raise ValueError(f"conv weight expects {cg * groups} input channels, got {c}")
+    sh, sw = strides
+    dh, dw = dilations
+    oh = conv_output_size(h, kh, sh, pads[0], pads[2], dh)
+    ow = conv_output_size(w, kw, sw, pads[1], pads[3], dw)
+    og = o // groups
+    oo, yy, xx, cc, aa, bb = np.meshgrid(
+        np.arange(o), np.arange(oh), np.arange(ow), np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij"
+    )
+    iy = yy * sh - pads[0] + aa * dh
+    ix = xx * sw - pads[1] + bb * dw
+    valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    cin = (oo // og) * cg + cc
+    rows = ((oo * oh + yy) * ow + xx)[valid]
+    cols = ((cin * h + iy) * w + ix)[valid]
+    vals = weight[oo, cc, aa, bb][valid].astype(np.float64)
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(o * oh * ow, c * h * w))
+
+
+def sparse_operator_norm(a, rng: np.random.Generator | None = None) -> float:
+    """Largest singular value of a sparse or dense matrix via Lanczos on A^T A (dense SVD when small)."""
+    m, n = a.shape
+    if min(m, n) <= 64:
+        dense = a.toarray() if sparse.issparse(a) else np.asarray(a, dtype=np.float64)
+        return float(np.linalg.norm(dense, 2)) if dense.size else 0.0
+    rng = rng or np.random.default_rng(0)
+    at = a.T.tocsr() if sparse.issparse(a) else a.T
+    op = LinearOperator((n, n), matvec=lambda v: at @ (a @ v), dtype=np.float64)
+    try:
+        lam = eigsh(op, k=1, which="LA", v0=rng.standard_normal(n), tol=1e-10, return_eigenvectors=False)[0]
+    except ArpackNoConvergence as exc:  # pragma: no cover - ARPACK converges on these sizes
+        lam = float(np.max(exc.eigenvalues)) if len(exc.eigenvalues) else float("nan")
+    return float(np.sqrt(max(lam, 0.0)))
+
+
+def conv_norm_fft(
+    weight: np.ndarray, in_hw: tuple[int, int], pads=(0, 0, 0, 0), dilations=(1, 1), groups: int = 1
+) -> float:
+    """Upper bound on a zero-padded (any stride) convolution's norm via the circular FFT norm.
+
+    The grid (H + dil*(kh-1)) x (W + dil*(kw-1)) holds the full linear correlation, so the
+    circular operator restricted to the padded input and subsampled output dominates the
+    convolution as applied. Exact for stride 1 when padding makes no boundary difference.
+    """
+    o, cg, kh, kw = weight.shape
+    dh, dw = dilations
+    ekh, ekw = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    n1 = in_hw[0] + pads[0] + pads[2] + ekh - 1
+    n2 = in_hw[1] + pads[1] + pads[3] + ekw - 1
+    dil = np.zeros((o, cg, ekh, ekw))
+    dil[:, :, ::dh, ::dw] = weight
+    spec = np.fft.fft2(dil, s=(n1, n2), axes=(2, 3))  # (O, Cg, n1, n2)
+    og = o // groups
+    best = 0.0
+    for g in range(groups):
+        block = spec[g * og : (g + 1) * og]  # (og, cg, n1, n2)
+        mats = np.transpose(block, (2, 3, 0, 1)).reshape(n1 * n2, og, cg)
+        best = max(best, float(np.max(np.linalg.svd(mats, compute_uv=False)[:, 0])))
+    return best
+
+
+def conv_operator_norm(
+    weight: np.ndarray,
+    in_shape: tuple[int, int, int],
+    strides=(1, 1),
+    pads=(0, 0, 0, 0),
+    dilations=(1, 1),
+    groups: int = 1,
+) -> tuple[float, float]:
+    """(exact operator norm as applied, FFT upper-bound check)."""
+    a = conv_sparse_matrix(weight, in_shape, strides, pads, dilations, groups)
+    exact = sparse_operator_norm(a) * NORM_SAFETY
+    fft = conv_norm_fft(weight, in_shape[1:], pads, dilations, groups)
+    return exact, fft
+
+
+def pool_overlap_factor(in_hw, kernel, strides, pads, dilations=(1, 1)) -> int:
+    """The largest number of pooling windows that contain one input pixel."""
+    h, w = in_hw
+    counts = np.zeros((h, w), dtype=np.int64)
+    oh = conv_output_size(h, kernel[0], strides[0], pads[0], pads[2], dilations[0])
+    ow = conv_output_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1])
+    for y in range(oh):
+        ys = [y * strides[0] - pads[0] + a * dilations[0] for a in range(kernel[0])]
+        ys = [v for v in ys if 0 <= v < h]
+        for x in range(ow):
+            xs = [x * strides[1] - pads[1] + b * dilations[1] for b in range(kernel[1])]
+            xs = [v for v in xs if 0 <= v < w]
+            for v in ys:
+                counts[v, xs] += 1
+    return int(counts.max()) if counts.size else 0
+
+
+def avgpool_operator_norm(channels: int, in_hw, kernel, strides, pads, count_include_pad: bool) -> float:
+    """Average pooling as a depthwise convolution; without count_include_pad, border windows
+    divide by fewer elements, so the exact matrix is built row by row scale."""
+    h, w = in_hw
+    kh, kw = kernel
+    ones = np.ones((1, 1, kh, kw))
+    a = conv_sparse_matrix(ones, (1, h, w), strides, pads).tocsr()
+    counts = np.asarray(a.sum(axis=1)).ravel()
+    divisor = np.full_like(counts, kh * kw) if count_include_pad else np.maximum(counts, 1)
+    a = sparse.diags(1.0 / divisor) @ a
+    del channels  # channels are independent copies: same norm
+    return sparse_operator_norm(a) * NORM_SAFETY

@@ -1,0 +1,200 @@
+"""ONNX graph -> typed operation graph: constants, static tensors, shapes, producers and consumers.
+
+Constants come from initializers and Constant nodes; tensors computed only from constants
+or from Shape are *static* (independent of the input's values). Shapes come from onnx shape
+inference with the batch fixed to 1 and, where inference cannot tell, from one onnxruntime
+run with the missing tensors exposed as outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    name: str
+    op: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict = field(hash=False, compare=False)
+
+
+@dataclass
+class OpGraph:
+    nodes: list[Node]
+    input_name: str
+    output_name: str
+    sample_shape: tuple[int, ...]
+    consts: dict[str, np.ndarray]
+    static: set[str]
+    shapes: dict[str, tuple[int, ...]]
+    producer: dict[str, Node]
+    consumers: dict[str, list[Node]]
+
+    def is_var(self, name: str) -> bool:
+        return bool(name) and name not in self.static
+
+    def var_inputs(self, node: Node) -> list[str]:
+        return [i for i in node.inputs if self.is_var(i)]
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name)
+
+    def ancestors(self, name: str) -> set[str]:
+        """Variable tensors on which ``name`` depends (itself included)."""
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            t = stack.pop()
+            if t in seen or not self.is_var(t):
+                continue
+            seen.add(t)
+            node = self.producer.get(t)
+            if node is not None:
+                stack.extend(node.inputs)
+        return seen
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        out[a.name] = helper.get_attribute_value(a)
+        if isinstance(out[a.name], bytes):
+            out[a.name] = out[a.name].decode("utf-8", "replace")
+    return out
+
+
+def _fold_constant(node: Node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> list:
+    """Evaluate the few constant ops that export pipelines leave behind; None when unknown."""
+    ins = [consts.get(i) for i in node.inputs]
+    op = node.op
+    try:
+        if op == "Shape" and node.inputs[0] in shapes:
+            return [np.array(shapes[node.inputs[0]], dtype=np.int64)]
+        if any(v is None for v in ins if v is not None) or any(v is None for v in ins):
+            return [None] * len(node.outputs)
+        if op == "Identity" or op == "Cast":
+            return [ins[0]]
+        if op == "Unsqueeze":
+            axes = node.attrs.get("axes") if "axes" in node.attrs else ins[1]
+            out = ins[0]
+            for ax in sorted(int(a) for a in np.atleast_1d(axes)):
+                out = np.expand_dims(out, ax)
+            return [out]
+        if op == "Squeeze":
+            axes = node.attrs.get("axes") if "axes" in node.attrs else (ins[1] if len(ins) > 1 else None)
+            return [np.squeeze(ins[0], axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)))]
+        if op == "Concat":
+            return [np.concatenate([np.atleast_1d(v) for v in ins], axis=int(node.attrs.get("axis", 0)))]
+        if op == "Gather":
+            return [np.take(ins[0], ins[1], axis=int(node.attrs.get("axis", 0)))]
+        if op in ("Add", "Sub", "Mul", "Div"):
+            f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
+            return [f(ins[0], ins[1])]
+        if op == "Sqrt":
+            return [np.sqrt(ins[0])]
+        if op == "Reshape":
+            return [ins[0].reshape([int(s) if s != 0 else ins[0].shape[i] for i, s in enumerate(ins[1])])]
+    except Exception:
+        return [None] * len(node.outputs)
+    return [None] * len(node.outputs)
+
+
+def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name == input_name:
+            dims = inp.type.tensor_type.shape.dim
+            full = (1,) + tuple(sample_shape)
+            if len(dims) != len(full):
+                raise UnsupportedModelError(f"input '{input_name}' rank does not match sample shape {sample_shape}")
+            for dim, val in zip(dims, full):
+                dim.Clear()
+                dim.dim_value = val
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:
+        inferred = m
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def _runtime_shapes(model: onnx.ModelProto, input_name: str, sample_shape, names: list[str]) -> dict:
+    """Shapes of ``names`` from one onnxruntime run on zeros (batch 1)."""
+    from ..model.session import create_session
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(helper.ValueInfoProto(name=n))
+    try:
+        sess, _ = create_session(m.SerializeToString(), device="cpu")
+        outs = sess.run(names, {input_name: np.zeros((1,) + tuple(sample_shape), dtype=np.float32)})
+    except Exception:
+        return {}
+    return {n: tuple(np.asarray(o).shape) for n, o in zip(names, outs)}
+
+
+def parse(
+    model: onnx.ModelProto, input_name: str, output_name: str, sample_shape: tuple[int, ...]
+) -> OpGraph:
+    consts: dict[str, np.ndarray] = {}
+    for init in model.graph.initializer:
+        consts[init.name] = numpy_helper.to_array(init)
+    nodes = [
+        Node(i, n.name or f"{n.op_type}_{i}", n.op_type, n.domain or "", tuple(n.input), tuple(n.output), _attrs(n))
+        for i, n in enumerate(model.graph.node)
+    ]
+    shapes = _infer_shapes(model, input_name, sample_shape)
+    static: set[str] = set(consts)
+    for node in nodes:
+        if node.op == "Constant":
+            a = node.attrs
+            if "value" in a:
+                consts[node.outputs[0]] = numpy_helper.to_array(a["value"])
+            elif "value_float" in a:
+                consts[node.outputs[0]] = np.array(a["value_float"], dtype=np.float32)
+            elif "value_floats" in a:
+                consts[node.outputs[0]] = np.array(a["value_floats"], dtype=np.float32)
+            elif "value_int" in a:
+                consts[node.outputs[0]] = np.array(a["value_int"], dtype=np.int64)
+            elif "value_ints" in a:
+                consts[node.outputs[0]] = np.array(a["value_ints"], dtype=np.int64)
+            static.update(node.outputs)
+            continue
+        data_inputs = [i for i in node.inputs if i]
+        if node.op in ("Shape", "Size") or (data_inputs and all(i in static for i in data_inputs)):
+            static.update(node.outputs)
+            for name, val in zip(node.outputs, _fold_constant(node, consts, shapes)):
+                if val is not None:
+                    consts[name] = np.asarray(val)
+    producer = {o: n for n in nodes for o in n.outputs}
+    consumers: dict[str, list[Node]] = {}
+    for n in nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    shape_ops = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum",
+                 "LayerNormalization", "Gather", "Expand"}
+    missing = sorted({n.inputs[0] for n in nodes if n.op in shape_ops and n.inputs[0] not in shapes
+                      and n.inputs[0] not in static})
+    if missing:
+        shapes.update(_runtime_shapes(model, input_name, sample_shape, missing))
+    return OpGraph(nodes, input_name, output_name, tuple(sample_shape), consts, static, shapes, producer, consumers)
