@@ -223,6 +223,125 @@ def bounds_cmd(
     raise typer.Exit(_run_guarded(body))
 
 
+def _floats_list(text: str, flag: str) -> tuple[float, ...]:
+    vals = parse_floats(text, flag)
+    if vals is None or any(v < 0 for v in vals):
+        raise ConfigError(f"{flag} '{text}' must be nonnegative numbers separated by commas")
+    return vals
+
+
+@app.command("attack")
+def attack_cmd(
+    model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
+    data: Path = typer.Option(..., "--data", help=".npz with x and integer labels y."),
+    attack: str = typer.Option("pgd", "--attack", help="fgsm | bim | pgd | square."),
+    norm: str = typer.Option("linf", "--norm", help="linf | l2."),
+    eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
+    budget: int = typer.Option(2000, "--budget", help="Maximum queries per sample and eps."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Attack the first N samples."),
+    input_range: str = typer.Option("0,1", "--input-range", help="Valid range LO,HI of attack-space inputs."),
+    scale: str = typer.Option("1", "--scale", help="Attack space = stored data x scale (e.g. 1/255)."),
+    mean: str = typer.Option("0", "--mean", help="Model input = (attack-space x - mean)/std."),
+    std: str = typer.Option("1", "--std", help="Std, one value or one per channel."),
+    taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
+    grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
+) -> None:
+    """Robust accuracy and robust ratio under a black-box attack at one or more eps."""
+
+    def body() -> int:
+        from .evidence import AttackConfig, run_attack
+
+        try:
+            scale_v = eval_fraction(scale)
+        except ValueError:
+            raise ConfigError(f"--scale '{scale}' must be a number such as 1/255") from None
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
+        cfg = AttackConfig(
+            model=str(model), data=str(data), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
+            budget=budget, samples=samples, input_range=parse_range(input_range), scale=scale_v,
+            mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
+            seed=seed, taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, device=device,
+        )
+        rep = run_attack(cfg)
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
+        if not quiet:
+            from rich.table import Table
+
+            console = Console(stderr=True) if json_path == "-" else Console()
+            t = Table(title=f"{attack} ({norm}) on {model.name}: clean accuracy {100 * rep['clean_accuracy']:.1f}%",
+                      title_justify="left")
+            t.add_column("eps", justify="right")
+            t.add_column("robust acc.", justify="right")
+            for tau in cfg.taus:
+                t.add_column(f"RR tau={tau:g}", justify="right")
+            t.add_column("queries", justify="right")
+            for r in rep["results"]:
+                t.add_row(f"{r['eps']:g}", f"{100 * r['robust_accuracy']:.1f}%",
+                          *[f"{100 * r['robust_ratio'][f'{tau:g}']:.1f}%" for tau in cfg.taus], str(r["queries_total"]))
+            console.print(t)
+        return EXIT_OK
+
+    raise typer.Exit(_run_guarded(body))
+
+
+@app.command("compare")
+def compare_cmd(
+    models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
+    data: Optional[Path] = typer.Option(None, "--data", help=".npz with x and y, shared by the models."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A zoo manifest: each model with its own data."),
+    scale: str = typer.Option("1", "--scale", help="Attack space = data x scale (shared models)."),
+    mean: str = typer.Option("0", "--mean"),
+    std: str = typer.Option("1", "--std"),
+    samples: int = typer.Option(20, "--samples", help="Samples per model."),
+    eps_linf: float = typer.Option(0.03, "--eps-linf", help="L-inf radius for PGD and Square."),
+    eps_l2: float = typer.Option(0.5, "--eps-l2", help="L2 radius for PGD; CLEVER uses 4x it as its ball."),
+    budget: int = typer.Option(2000, "--budget", help="Queries per sample for scans and attacks."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
+
+    def body() -> int:
+        from .evidence import ModelSpec, compare_models
+
+        specs: list[ModelSpec] = []
+        if manifest is not None:
+            try:
+                entries = json.loads(manifest.read_text())["models"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConfigError(f"cannot read manifest {manifest}: {exc}") from None
+            for e in entries:
+                pp = e["preprocess"]
+                specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
+                                       float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"]))
+        for m in models or []:
+            if data is None:
+                raise ConfigError("--data is needed for models given on the command line")
+            specs.append(ModelSpec(str(m), str(data), eval_fraction(scale), parse_floats(mean, "--mean") or (0.0,),
+                                   parse_floats(std, "--std") or (1.0,), m.stem))
+        if len(specs) < 2:
+            raise ConfigError("compare needs at least two models")
+        rep = compare_models(specs, samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget, seed=seed,
+                             progress=None if quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
+        if not quiet:
+            from .report.compare import render_compare
+
+            render_compare(rep, Console(stderr=True) if json_path == "-" else Console())
+        return EXIT_OK
+
+    raise typer.Exit(_run_guarded(body))
+
+
 @app.command("report")
 def report_cmd(
     saved: Path = typer.Argument(..., help="A JSON report written by `fimaudit scan --json`."),

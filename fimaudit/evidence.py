@@ -1,0 +1,206 @@
+"""Attack-based evidence: ``fimaudit attack`` (RA/RR curves) and ``fimaudit compare`` (models side by side).
+
+Attacks and CLEVER run in attack space: stored data times ``--scale`` (e.g. pixels in
+[0, 1]), bounded by ``--input-range``; the model receives (x - mean) / std. eps is in those
+units.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from .attacks import make_attack
+from .data import Preprocess, load_data
+from .errors import ConfigError
+from .metrics.clever import clever
+from .metrics.robustness import robust_accuracy, robust_ratio
+from .model import LogProbOracle, detect_output_kind, load_model
+
+DEFAULT_TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    model: str
+    data: str
+    attack: str = "pgd"
+    norm: str = "linf"
+    eps: tuple[float, ...] = (0.03,)
+    budget: int = 2000
+    samples: int | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    seed: int = 0
+    taus: tuple[float, ...] = DEFAULT_TAUS
+    steps: int | None = None
+    grad: str = "auto"
+    device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    output_kind: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray):
+    shape = model.sample_shape
+    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    pre.check(shape)
+    to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
+    probe = LogProbOracle(model, "logits", to_input)
+    kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
+    return LogProbOracle(model, kind, to_input), kind
+
+
+def load_attack_inputs(cfg: AttackConfig):
+    if cfg.budget < 3:
+        raise ConfigError("--budget must be at least 3 queries per sample")
+    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
+                       input_shape=cfg.input_shape, device=cfg.device)
+    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+    if ds.y is None:
+        raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
+    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
+    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+    return model, oracle, kind, x, ds.y
+
+
+def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Attack every sample at every eps; returns the JSON-ready report."""
+    t0 = time.perf_counter()
+    model, oracle, kind, x, y = load_attack_inputs(cfg)
+    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad)
+    results = []
+    clean = oracle.logp(x)
+    for k, eps in enumerate(cfg.eps):
+        q0 = model.queries
+        out = attack(oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k]), cfg.budget,
+                     clean_logp=clean)
+        rr = {f"{tau:g}": robust_ratio(out, tau) for tau in cfg.taus}
+        rr_tv = {f"{tau:g}": robust_ratio(out, tau, "tv") for tau in cfg.taus}
+        pert = (out.x_adv - x).reshape(len(x), -1)
+        dist = np.abs(pert).max(axis=1) if cfg.norm == "linf" else np.linalg.norm(pert, axis=1)
+        results.append({
+            "eps": eps,
+            "robust_accuracy": robust_accuracy(out),
+            "robust_ratio": rr,
+            "robust_ratio_tv": rr_tv,
+            "queries_total": int(model.queries - q0),
+            "queries_max_per_sample": int(out.queries.max()),
+            "samples": [
+                {"index": i, "label": int(y[i]), "correct": bool(out.correct[i]), "success": bool(out.success[i]),
+                 "adv_predicted": int(np.argmax(out.adv_logp[i])), "perturbation_norm": float(dist[i]),
+                 "queries": int(out.queries[i])}
+                for i in range(len(x))
+            ],
+        })
+        if progress:
+            progress(k + 1, len(cfg.eps))
+    cfg_d = asdict(cfg)
+    cfg_d.pop("extra", None)
+    return {
+        "schema_version": "1.0",
+        "kind": "attack",
+        "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
+                  "sample_shape": list(model.sample_shape)},
+        "runtime": {"provider": model.provider},
+        "config": cfg_d,
+        "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
+        "results": results,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+# --------------------------------------------------------------------------- compare
+@dataclass(frozen=True)
+class ModelSpec:
+    path: str
+    data: str
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    name: str = ""
+
+
+def compare_models(
+    specs: list[ModelSpec],
+    samples: int = 20,
+    eps_linf: float = 0.03,
+    eps_l2: float = 0.5,
+    budget: int = 2000,
+    clever_points: int = 20,
+    clever_samples: int = 5,
+    seed: int = 0,
+    tau: float = 0.1,
+    boot: int = 1000,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs)."""
+    from .scan import ScanConfig, scan
+
+    rows = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                              scale=spec.scale, mean=spec.mean, std=spec.std))
+        row = {
+            "model": spec.name or spec.path,
+            "clean_accuracy": res.summary.accuracy,
+            "lambda_median": res.summary.lambda_max.median,
+            "lambda_p90": res.summary.lambda_max.p90,
+            "trace_median": res.summary.trace.median,
+            "fim_upper": (res.bound or {}).get("fim_upper"),
+        }
+        base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                            scale=spec.scale, mean=spec.mean, std=spec.std)
+        for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
+            rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
+                                             "taus": (tau,)}))
+            r = rep["results"][0]
+            row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
+            row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
+        model, oracle, _, x, y = load_attack_inputs(base)
+        n_batches = max(2, clever_points // 5)
+        scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
+                         batch_size=5).score for i in range(min(clever_samples, len(x)))]
+        row["clever_l2_median"] = float(np.median(scores))
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        if progress:
+            progress(row["model"])
+    target = "ra_pgd_linf"
+    metrics = [k for k in rows[0] if k not in ("model", "seconds", target)]
+    correlations = {}
+    rng = np.random.default_rng(seed)
+    for m in metrics:
+        pairs = [(r[m], r[target]) for r in rows if r.get(m) is not None and r.get(target) is not None]
+        correlations[m] = correlate(np.array(pairs, dtype=float), rng, boot) if len(pairs) >= 3 else None
+    return {"schema_version": "1.0", "kind": "compare", "target": target, "rows": rows,
+            "correlations": correlations,
+            "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
+                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}}
+
+
+def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, level: float = 0.95) -> dict:
+    """Spearman and Kendall coefficients with percentile bootstrap intervals over models."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    out = {"n": int(len(a))}
+    for name, fn in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
+        val = float(fn(a, b).statistic)
+        reps = []
+        for _ in range(boot):
+            idx = rng.integers(0, len(a), len(a))
+            if np.ptp(a[idx]) == 0 or np.ptp(b[idx]) == 0:
+                continue
+            reps.append(fn(a[idx], b[idx]).statistic)
+        reps = np.array([r for r in reps if np.isfinite(r)])
+        lo, hi = (np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]) if reps.size else (np.nan, np.nan))
+        out[name] = {"value": val if np.isfinite(val) else None, "ci": [float(lo), float(hi)] if reps.size else None}
+    return out

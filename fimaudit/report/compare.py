@@ -1,0 +1,49 @@
+"""Terminal and Markdown rendering of a ``fimaudit compare`` report."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .terminal import _fmt
+
+COLUMNS = ("clean_accuracy", "lambda_median", "lambda_p90", "trace_median", "fim_upper", "ra_pgd_linf",
+           "ra_square_linf", "ra_pgd_l2", "rr_pgd_linf", "clever_l2_median")
+
+
+def render_compare(rep: dict, console: Console) -> None:
+    t = Table(title="Models", title_justify="left")
+    t.add_column("model")
+    for c in COLUMNS:
+        t.add_column(c, justify="right")
+    for r in rep["rows"]:
+        t.add_row(r["model"], *[_fmt(r.get(c)) for c in COLUMNS])
+    console.print(t)
+    c = Table(title=f"Rank correlation with {rep['target']} (95% bootstrap CI)", title_justify="left")
+    for col in ("metric", "n", "Spearman", "Kendall"):
+        c.add_column(col)
+    for m, v in rep["correlations"].items():
+        if v is None:
+            continue
+        cells = []
+        for k in ("spearman", "kendall"):
+            val, ci = v[k]["value"], v[k]["ci"]
+            cells.append("-" if val is None else f"{val:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{val:+.2f}")
+        c.add_row(m, str(v["n"]), *cells)
+    console.print(c)
+
+
+def compare_markdown(rep: dict) -> str:
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for r in rep["rows"]:
+        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
+    lines += ["", f"| metric vs {rep['target']} | n | Spearman [95% CI] | Kendall [95% CI] |", "|---|---:|---|---|"]
+    for m, v in rep["correlations"].items():
+        if v is None:
+            continue
+        cells = []
+        for k in ("spearman", "kendall"):
+            val, ci = v[k]["value"], v[k]["ci"]
+            cells.append("-" if val is None else (f"{val:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{val:+.2f}"))
+        lines.append(f"| {m} | {v['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
