@@ -113,6 +113,9 @@ def scan_cmd(
     report_path: Optional[str] = typer.Option(None, "--report", help="Also write a report file (.md, .txt, .json)."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit 1 when the median lambda_max exceeds X."),
     no_bounds: bool = typer.Option(False, "--no-bounds", help="Skip the closed-form bound from the weights."),
+    dither: float = typer.Option(
+        0.0, "--dither", help="Add Gaussian noise of this std to each input first (breaks ReLU/max-pool ties)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table (errors still go to stderr)."),
 ) -> None:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
@@ -148,6 +151,7 @@ def scan_cmd(
             subspace_dim=subspace_dim,
             save_direction=save_direction,
             bounds=not no_bounds,
+            dither=dither,
         )
         config.validate()
         err_console = Console(stderr=True)

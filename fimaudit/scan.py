@@ -61,6 +61,7 @@ class ScanConfig:
     subspace_dim: int | None = None
     save_direction: str | None = None
     bounds: bool = True
+    dither: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -84,6 +85,8 @@ class ScanConfig:
             raise ConfigError("--samples must be >= 1")
         if self.fd_step is not None and not (np.isfinite(self.fd_step) and self.fd_step > 0):
             raise ConfigError("--fd-step must be a positive number")
+        if not (np.isfinite(self.dither) and self.dither >= 0):
+            raise ConfigError("--dither must be a nonnegative number")
         if self.max_batch < 1:
             raise ConfigError("--max-batch must be >= 1")
         if self.data is None and self.space == "data":
@@ -141,6 +144,13 @@ def plan(method: str, d: int, budget: int, lower_bound: bool = True, subspace_di
 
 
 KL_TARGET = 1e-4
+TIE_WARNING_SHARE = 0.05
+
+
+def _tie_fraction(row: np.ndarray) -> float:
+    """Share of a sample's coordinates equal to its most common exact value."""
+    _, counts = np.unique(np.asarray(row).ravel(), return_counts=True)
+    return float(counts.max() / counts.sum()) if counts.size else 0.0
 
 
 def kl_check(oracle: LogProbOracle, x0: np.ndarray, logp0: np.ndarray, v: np.ndarray, quad: float, h: float) -> float | None:
@@ -215,6 +225,21 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
             f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
         )
 
+    tie_share = float(np.median([_tie_fraction(row) for row in points]))
+    if config.dither > 0:
+        points = points + config.dither * np.random.default_rng([config.seed, 4]).standard_normal(points.shape)
+        notes.append(
+            f"inputs dithered with Gaussian noise of std {config.dither:g} ({'data' if config.space == 'data' else 'model-input'} "
+            "units) so that the Fisher matrix is defined (no ReLU/max-pool ties)"
+        )
+    elif tie_share >= TIE_WARNING_SHARE:
+        notes.append(
+            f"{100 * tie_share:.0f}% of each input's values are exact ties (a constant background): ReLU/max-pool "
+            "units can sit exactly at kinks, where F is not defined and central differences average one-sided "
+            "derivatives, so estimators along different directions can disagree; --dither SIGMA evaluates a "
+            "nearby differentiable point"
+        )
+
     kind_oracle = LogProbOracle(model, "logits", to_input)
     raw_centre = kind_oracle.raw(points)  # one centre query per sample
     if config.output_kind == "auto":
@@ -235,7 +260,10 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim)
     method, k = chosen.method, chosen.k
     q0 = model.queries
-    step = choose_step(oracle, points[0], input_scale(points), np.random.default_rng([config.seed, 2]), config.fd_step)
+    step = choose_step(
+        oracle, points[0], input_scale(points), np.random.default_rng([config.seed, 2]), config.fd_step,
+        max_step=config.dither / 3 if config.dither > 0 else None,
+    )
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
         notes.append(
             f"finite differences are unstable here: JVPs at h and h/2 differ by {100 * step.relative_discrepancy:.1f}% "
@@ -338,6 +366,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     cfg["probes_per_sample"] = k
     cfg["samples_scanned"] = n
     cfg["data_source"] = dataset.source
+    cfg["tie_share"] = tie_share
     return ScanResult(
         model=model_dict,
         runtime=_runtime(model),

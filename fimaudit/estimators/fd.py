@@ -101,6 +101,7 @@ def choose_step(
     data_scale: float,
     rng: np.random.Generator,
     user_step: float | None = None,
+    max_step: float | None = None,
 ) -> StepChoice:
     """Pick h from the input's scale and validate it by comparing JVPs at h and h/2.
 
@@ -116,6 +117,9 @@ def choose_step(
     # One h serves coordinate and random unit directions: both have |S v| ~ |S|_F / sqrt(d)
     # on average, and the output round-off eps * |log p| / h does not depend on the direction.
     candidates = [user_step] if user_step is not None else [r * data_scale for r in CANDIDATE_REL_STEPS]
+    if user_step is None and max_step is not None:
+        # With dithering the step must stay well inside the dither so it does not reach the kinks again.
+        candidates = [h for h in candidates if h <= max_step] or [max_step]
     best: tuple[float, float] | None = None
     for h in candidates:
         full = jvp(oracle, x0, dirs, h)
