@@ -148,7 +148,7 @@ def test_probe_second_moment_is_identity(kind):
     np.testing.assert_allclose(acc / reps, np.eye(d), atol=0.12)
     units, scales = probe_directions(d, d, "orthogonal", rng)
     w = units * scales[:, None]
-    np.testing.assert_allclose(w.T @ w / d, np.eye(d), atol=1e-10)
+    np.testing.assert_allclose(w.T @ w / d, np.eye(d), atol=1e-6)  # float32 probes
 
 
 def test_orthogonal_sketch_is_exact_at_k_equals_d(tmp_path):

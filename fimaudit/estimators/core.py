@@ -122,11 +122,11 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
         return w / norms[:, None], norms
     if kind != "orthogonal":
         raise ValueError(f"probes must be one of {PROBES}")
-    units = np.empty((k, d))
+    units = np.empty((k, d), dtype=np.float32)
     itype = np.int32 if 2 * d * d < 2**31 else np.int64
     odd = 2 * np.arange(d, dtype=itype) + 1
     # cos(pi (2n+1) f / (2d)) depends only on (2n+1) f mod 4d: one table of 4d cosines.
-    table = np.cos(np.pi * np.arange(4 * d) / (2 * d)) * np.sqrt(2.0 / d)
+    table = (np.cos(np.pi * np.arange(4 * d) / (2 * d)) * np.sqrt(2.0 / d)).astype(np.float32)
     done = 0
     while done < k:
         m = min(d, k - done)
@@ -134,7 +134,7 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
         freqs = rng.choice(d, size=m, replace=False).astype(itype)
         basis = table[(freqs[:, None] * odd[None, :]) % (4 * d)]
         basis[freqs == 0] = np.sqrt(1.0 / d)
-        units[done : done + m] = basis * signs[None, :]
+        units[done : done + m] = basis * signs[None, :].astype(np.float32)
         done += m
     return units, np.full(k, np.sqrt(d))
 

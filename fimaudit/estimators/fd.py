@@ -32,13 +32,16 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
     returns ``(m, K)`` with row i ~ S dirs[i]. Spends ``2 m`` queries.
     """
     shape = oracle.sample_shape
-    flat = np.asarray(x0, dtype=np.float64).reshape(-1)
+    # Rows are built in float32, the precision the model receives anyway: casting later would
+    # round the same way, and this halves the memory traffic at large d.
+    flat = np.asarray(x0, dtype=np.float32).reshape(-1)
+    h32 = np.float32(h)
     out = []
     for start in range(0, dirs.shape[0], chunk):
-        block = dirs[start : start + chunk]
+        block = np.asarray(dirs[start : start + chunk], dtype=np.float32)
         m = block.shape[0]
-        both = np.empty((2 * m, flat.size))
-        step = h * block
+        both = np.empty((2 * m, flat.size), dtype=np.float32)
+        step = h32 * block
         np.add(flat[None, :], step, out=both[:m])
         np.subtract(flat[None, :], step, out=both[m:])
         lp = oracle.logp(both.reshape((-1,) + shape))
@@ -49,15 +52,22 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
 def jvp_coordinates(oracle: LogProbOracle, x0: np.ndarray, coords: np.ndarray, h: float) -> np.ndarray:
     """JVPs along unit coordinate vectors e_i for i in ``coords``; returns ``(len(coords), K)``."""
     shape = oracle.sample_shape
-    flat = np.asarray(x0, dtype=np.float64).reshape(-1)
     m = coords.shape[0]
+    rows = np.arange(m)
+    direct = oracle.feeds_directly and oracle.model.input_dtype == np.float32
+    dtype = np.float32 if direct else np.float64
+    flat = np.asarray(x0, dtype=dtype).reshape(-1)
     plus = np.repeat(flat[None, :], m, axis=0)
     minus = plus.copy()
-    rows = np.arange(m)
-    plus[rows, coords] += h
-    minus[rows, coords] -= h
+    plus[rows, coords] += dtype(h)
+    minus[rows, coords] -= dtype(h)
+    if direct:
+        # The model sees exactly these float32 values: divide by the step they really differ by.
+        denom = plus[rows, coords].astype(np.float64) - minus[rows, coords].astype(np.float64)
+    else:
+        denom = np.full(m, 2.0 * h)
     lp = oracle.logp(np.concatenate([plus, minus], axis=0).reshape((-1,) + shape))
-    return (lp[:m] - lp[m:]) / (2.0 * h)
+    return (lp[:m] - lp[m:]) / denom[:, None]
 
 
 @dataclass(frozen=True)

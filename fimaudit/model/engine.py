@@ -28,6 +28,7 @@ class Model:
         self.info = info
         self.provider = provider
         self._dtype = np.dtype(input_dtype)
+        self.input_dtype = self._dtype.type
         self.max_batch = int(max_batch) if info.fixed_batch is None else int(info.fixed_batch)
         self.queries = 0
         self.run_seconds = 0.0  # wall time inside onnxruntime's run

@@ -82,6 +82,11 @@ class LogProbOracle:
     def sample_shape(self) -> tuple[int, ...]:
         return self.model.sample_shape
 
+    @property
+    def feeds_directly(self) -> bool:
+        """True when rows reach the model unchanged (no preprocessing map in between)."""
+        return self._to_input is None
+
     def raw(self, x: np.ndarray) -> np.ndarray:
         u = self._to_input(x) if self._to_input is not None else x
         return self.model.run(u)
