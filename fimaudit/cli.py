@@ -295,6 +295,55 @@ def attack_cmd(
     raise typer.Exit(_run_guarded(body))
 
 
+@app.command("metrics")
+def metrics_cmd(
+    model: Path = typer.Argument(..., help="ONNX classifier.", show_default=False),
+    data: Path = typer.Option(..., "--data", help=".npz with x and integer labels y."),
+    samples: int = typer.Option(500, "--samples", help="Use the first N samples."),
+    scale: str = typer.Option("1", "--scale", help="Images = data x scale, in [0, 1] (e.g. 1/255)."),
+    mean: str = typer.Option("0", "--mean", help="Model input = (image - mean)/std."),
+    std: str = typer.Option("1", "--std"),
+    seed: int = typer.Option(0, "--seed"),
+    no_corruptions: bool = typer.Option(False, "--no-corruptions", help="Skip the natural corruptions."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
+
+    def body() -> int:
+        from .metrics.suite import MetricsConfig, run_metrics
+
+        cfg = MetricsConfig(model=str(model), data=str(data), samples=samples, scale=eval_fraction(scale),
+                            mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
+                            seed=seed, corruptions=not no_corruptions)
+        rep = run_metrics(cfg)
+        if json_path is not None:
+            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
+        if not quiet:
+            from rich.table import Table
+
+            from .report.terminal import _fmt
+
+            console = Console(stderr=True) if json_path == "-" else Console()
+            t = Table(title=f"Metrics of {model.name}", title_justify="left")
+            t.add_column("metric")
+            t.add_column("value", justify="right")
+            for k, v in rep["metrics"].items():
+                t.add_row(k, _fmt(v))
+            console.print(t)
+            if rep["corruptions"]:
+                c = Table(title="Accuracy under corruptions (severity 0-5)", title_justify="left")
+                c.add_column("corruption")
+                for sev in range(6):
+                    c.add_column(str(sev), justify="right")
+                for name, row in rep["corruptions"].items():
+                    c.add_row(name, *[f"{100 * row[str(s)]:.1f}" for s in range(6)])
+                console.print(c)
+        return EXIT_OK
+
+    raise typer.Exit(_run_guarded(body))
+
+
 @app.command("compare")
 def compare_cmd(
     models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
@@ -307,6 +356,9 @@ def compare_cmd(
     eps_linf: float = typer.Option(0.03, "--eps-linf", help="L-inf radius for PGD and Square."),
     eps_l2: float = typer.Option(0.5, "--eps-l2", help="L2 radius for PGD; CLEVER uses 4x it as its ball."),
     budget: int = typer.Option(2000, "--budget", help="Queries per sample for scans and attacks."),
+    clever_points: int = typer.Option(20, "--clever-points", help="CLEVER: points sampled per sample (2d queries each)."),
+    clever_samples: int = typer.Option(5, "--clever-samples", help="CLEVER: samples per model."),
+    no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
     seed: int = typer.Option(0, "--seed"),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -334,6 +386,7 @@ def compare_cmd(
         if len(specs) < 2:
             raise ConfigError("compare needs at least two models")
         rep = compare_models(specs, samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget, seed=seed,
+                             clever_points=clever_points, clever_samples=clever_samples, with_metrics=not no_metrics,
                              progress=None if quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
         if json_path is not None:
             write_atomic(json_path, json.dumps(rep, indent=2) + "\n")

@@ -141,6 +141,8 @@ def compare_models(
     tau: float = 0.1,
     boot: int = 1000,
     progress: Callable[[str], None] | None = None,
+    with_metrics: bool = True,
+    metric_samples: int = 300,
 ) -> dict:
     """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs)."""
     from .scan import ScanConfig, scan
@@ -171,19 +173,33 @@ def compare_models(
         scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
                          batch_size=5).score for i in range(min(clever_samples, len(x)))]
         row["clever_l2_median"] = float(np.median(scores))
+        if with_metrics:
+            from .metrics.suite import MetricsConfig, run_metrics
+
+            met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
+                                            mean=spec.mean, std=spec.std, seed=seed))["metrics"]
+            for k, v in met.items():
+                if k not in ("accuracy", "layers"):
+                    row[k] = v
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         if progress:
             progress(row["model"])
     target = "ra_pgd_linf"
-    metrics = [k for k in rows[0] if k not in ("model", "seconds", target)]
-    correlations = {}
+    targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
+    metrics = [k for k in rows[0] if k not in ("model", "seconds")]
     rng = np.random.default_rng(seed)
-    for m in metrics:
-        pairs = [(r[m], r[target]) for r in rows if r.get(m) is not None and r.get(target) is not None]
-        correlations[m] = correlate(np.array(pairs, dtype=float), rng, boot) if len(pairs) >= 3 else None
+    by_target = {}
+    for tgt in targets:
+        corr = {}
+        for m in metrics:
+            if m == tgt:
+                continue
+            pairs = [(r[m], r[tgt]) for r in rows if r.get(m) is not None and r.get(tgt) is not None]
+            corr[m] = correlate(np.array(pairs, dtype=float), rng, boot) if len(pairs) >= 3 else None
+        by_target[tgt] = corr
     return {"schema_version": "1.0", "kind": "compare", "target": target, "rows": rows,
-            "correlations": correlations,
+            "correlations": by_target[target], "correlations_by_target": by_target,
             "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
                        "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}}
 

@@ -33,12 +33,14 @@ def render_compare(rep: dict, console: Console) -> None:
     console.print(c)
 
 
-def compare_markdown(rep: dict) -> str:
-    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+def compare_markdown(rep: dict, columns=COLUMNS, target: str | None = None) -> str:
+    target = target or rep["target"]
+    corr = rep.get("correlations_by_target", {}).get(target, rep["correlations"])
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for r in rep["rows"]:
-        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |")
-    lines += ["", f"| metric vs {rep['target']} | n | Spearman [95% CI] | Kendall [95% CI] |", "|---|---:|---|---|"]
-    for m, v in rep["correlations"].items():
+        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    lines += ["", f"| metric vs {target} | n | Spearman [95% CI] | Kendall [95% CI] |", "|---|---:|---|---|"]
+    for m, v in corr.items():
         if v is None:
             continue
         cells = []

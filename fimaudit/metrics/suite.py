@@ -1,0 +1,81 @@
+"""``fimaudit metrics``: performance, norm-based measures, path norm, sharpness and corruption robustness."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..data import load_data
+from ..errors import ConfigError
+from ..evidence import _attack_oracle
+from ..model import load_model
+from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from .performance import performance, shift_robustness
+from .weights import norm_measures, path_norm, sharpness_sigma
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    model: str
+    data: str
+    samples: int | None = 500
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    seed: int = 0
+    sharpness_samples: int = 200
+    sharpness_draws: int = 3
+    corruptions: bool = True
+    device: str = "auto"
+
+
+def run_metrics(cfg: MetricsConfig) -> dict:
+    t0 = time.perf_counter()
+    model = load_model(cfg.model, device=cfg.device)
+    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+    if ds.y is None:
+        raise ConfigError(f"{cfg.data} has no labels 'y': the metric suite needs labels")
+    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale  # attack/corruption space, e.g. [0, 1]
+    y = ds.y
+    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, "auto", x)
+    clean = performance(oracle.logp(x), y)
+    metrics: dict[str, float] = dict(clean)
+    metrics.update(norm_measures(model.proto, clean["margin_p10"]))
+    pn = path_norm(model.proto, model.info.input.name, model.info.output.name, model.sample_shape)
+    metrics["path_norm"] = pn
+    metrics["path_norm_over_margin"] = pn / clean["margin_p10"] ** 2 if clean["margin_p10"] > 0 else float("nan")
+    ns = min(cfg.sharpness_samples, len(x))
+    u = (oracle._to_input(x[:ns]) if oracle._to_input is not None else x[:ns]).astype(np.float32)
+    sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
+                         np.random.default_rng([cfg.seed, 5]), draws=cfg.sharpness_draws)
+    sh_m = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
+                           np.random.default_rng([cfg.seed, 6]), draws=cfg.sharpness_draws, magnitude_aware=True)
+    metrics.update({"sharpness_sigma": sh["sigma"], "sharpness_flatness": sh["flatness"],
+                    "sharpness_magnitude_sigma": sh_m["sigma"], "sharpness_magnitude_flatness": sh_m["flatness"]})
+    corr: dict[str, dict[str, float]] = {}
+    shifts = []
+    if cfg.corruptions:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-9 or hi > 1 + 1e-9:
+            raise ConfigError("corruptions need images in [0, 1] after --scale (e.g. --scale 1/255 for uint8 pixels)")
+        rng = np.random.default_rng([cfg.seed, 7])
+        for name in CORRUPTIONS:
+            corr[name] = {"0": clean["accuracy"]}
+            for sev in SEVERITIES:
+                perf = performance(oracle.logp(corrupt(x, name, sev, rng)), y)
+                corr[name][str(sev)] = perf["accuracy"]
+                shifts.append(shift_robustness(clean, perf))
+        for key in ("accuracy_gap", "relative_accuracy", "relative_confidence", "uncertainty_shift"):
+            metrics[f"corruption_{key}"] = float(np.mean([s[key] for s in shifts]))
+    cfg_d = asdict(cfg)
+    return {
+        "schema_version": "1.0",
+        "kind": "metrics",
+        "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
+        "config": cfg_d,
+        "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
+        "corruptions": corr,
+        "seconds": time.perf_counter() - t0,
+    }

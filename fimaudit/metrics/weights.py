@@ -1,0 +1,230 @@
+"""Weight-based measures: BatchNorm folding, per-layer matrix norms, path norm and sharpness.
+
+All weight edits are made on a copy of the ONNX graph and evaluated through onnxruntime.
+Layers are Conv, Gemm and MatMul nodes with constant weights (after folding a directly
+following BatchNormalization); conv kernels are reshaped to (out, in*kh*kw); biases are not
+part of the matrix norms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..model.session import create_session
+
+
+def _init_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every BatchNormalization that directly follows a Conv/Gemm (sole consumer) folded in."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = _init_map(m)
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in m.graph.output}
+    remove = []
+    for node in list(m.graph.node):
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        cons = consumers.get(node.output[0], [])
+        if len(cons) != 1 or cons[0].op_type != "BatchNormalization" or node.output[0] in graph_outputs:
+            continue
+        bn = cons[0]
+        if not all(i in inits for i in bn.input[1:5]):
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        if node.op_type == "Conv":
+            w2 = w * scale[:, None, None, None]
+        else:
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            w2 = w * (scale[:, None] if trans_b else scale[None, :])
+        b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+        b2 = (b - mean) * scale + beta
+        dtype = numpy_helper.to_array(inits[node.input[1]]).dtype
+        wname, bname = node.input[1] + "_bnfold", (node.output[0] + "_bnfold_bias")
+        m.graph.initializer.append(numpy_helper.from_array(w2.astype(dtype), wname))
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(b2, dtype=dtype), bname))
+        new_inputs = [node.input[0], wname, bname]
+        del node.input[:]
+        node.input.extend(new_inputs)
+        node.output[0] = bn.output[0]
+        remove.append(bn)
+        inits = _init_map(m)
+    for bn in remove:
+        m.graph.node.remove(bn)
+    return m
+
+
+@dataclass(frozen=True)
+class Layer:
+    node: str
+    op: str
+    weight: str
+    bias: str | None
+    matrix: np.ndarray  # (out, in*kh*kw)
+
+
+def layers(model: onnx.ModelProto) -> list[Layer]:
+    """Conv/Gemm/MatMul layers with constant weights, as (out, in) matrices."""
+    inits = _init_map(model)
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+            out.append(Layer(n.name, n.op_type, n.input[1], n.input[2] if len(n.input) > 2 and n.input[2] else None,
+                             w.reshape(w.shape[0], -1)))
+        elif n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            out.append(Layer(n.name, n.op_type, n.input[1], n.input[2] if len(n.input) > 2 and n.input[2] else None,
+                             w if trans_b else w.T))
+        elif n.op_type == "MatMul":
+            for pos, name in enumerate(n.input[:2]):
+                if name in inits:
+                    w = numpy_helper.to_array(inits[name]).astype(np.float64)
+                    if w.ndim == 2:
+                        out.append(Layer(n.name, n.op_type, name, None, w.T if pos == 1 else w))
+    return out
+
+
+def norm_measures(model: onnx.ModelProto, margin: float) -> dict[str, float]:
+    """Products and log-sums of spectral / Frobenius / nuclear norms; over-margin variants (/ gamma^2)."""
+    ls = layers(fold_batchnorm(model))
+    spec = np.array([np.linalg.norm(layer.matrix, 2) for layer in ls])
+    fro = np.array([np.linalg.norm(layer.matrix) for layer in ls])
+    nuc = np.array([np.linalg.norm(layer.matrix, "nuc") for layer in ls])
+    g2 = margin**2 if margin > 0 else float("nan")
+    return {
+        "layers": float(len(ls)),
+        "spectral_product": float(np.prod(spec)),
+        "log_spectral_sum": float(np.sum(np.log(spec))),
+        "spectral_over_margin": float(np.prod(spec**2) / g2),
+        "frobenius_product": float(np.prod(fro)),
+        "log_frobenius_sum": float(np.sum(np.log(fro))),
+        "frobenius_over_margin": float(np.prod(fro**2) / g2),
+        "fro_spec_ratio_sum": float(np.sum(fro**2 / spec**2)),
+        "nuclear_product": float(np.prod(nuc)),
+    }
+
+
+def _logit_output(model: onnx.ModelProto, output_name: str) -> str:
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(output_name)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        return node.input[0]
+    return output_name
+
+
+def _run(model: onnx.ModelProto, feeds: dict, output: str) -> np.ndarray:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if output not in {o.name for o in m.graph.output}:
+        m.graph.output.append(helper.ValueInfoProto(name=output))
+    sess, _ = create_session(m.SerializeToString(), device="cpu")
+    return np.asarray(sess.run([output], feeds)[0])
+
+
+def path_norm(model: onnx.ModelProto, input_name: str, output_name: str, sample_shape: tuple[int, ...]) -> float:
+    """Square every layer parameter (weights and biases, BatchNorm folded), feed ones, sum the logits."""
+    m = fold_batchnorm(model)
+    inits = _init_map(m)
+    names = set()
+    for layer in layers(m):
+        names.add(layer.weight)
+        if layer.bias:
+            names.add(layer.bias)
+    for name in names:
+        arr = numpy_helper.to_array(inits[name])
+        inits[name].CopyFrom(numpy_helper.from_array((arr.astype(np.float64) ** 2).astype(arr.dtype), name))
+    out = _run(m, {input_name: np.ones((1,) + tuple(sample_shape), dtype=np.float32)}, _logit_output(m, output_name))
+    return float(np.sum(out))
+
+
+class NoisyWeights:
+    """One onnxruntime session whose layer weights can be replaced at run time (declared as inputs)."""
+
+    def __init__(self, model: onnx.ModelProto, input_name: str, output_name: str) -> None:
+        m = fold_batchnorm(model)
+        self.layers = layers(m)
+        inits = _init_map(m)
+        self.weights = {layer.weight: numpy_helper.to_array(inits[layer.weight]) for layer in self.layers}
+        existing = {i.name for i in m.graph.input}
+        for name, arr in self.weights.items():
+            if name not in existing:
+                m.graph.input.append(helper.make_tensor_value_info(
+                    name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+        self.output = _logit_output(m, output_name)
+        if self.output not in {o.name for o in m.graph.output}:
+            m.graph.output.append(helper.ValueInfoProto(name=self.output))
+        self.session, _ = create_session(m.SerializeToString(), device="cpu")
+        self.input_name = input_name
+
+    def predict(self, x: np.ndarray, weights: dict[str, np.ndarray] | None = None, batch: int = 256) -> np.ndarray:
+        feeds_w = {k: v.astype(self.weights[k].dtype) for k, v in (weights or self.weights).items()}
+        preds = []
+        for s in range(0, len(x), batch):
+            out = self.session.run([self.output], {self.input_name: x[s : s + batch].astype(np.float32), **feeds_w})[0]
+            preds.append(np.argmax(out.reshape(out.shape[0], -1), axis=1))
+        return np.concatenate(preds)
+
+
+def sharpness_sigma(
+    model: onnx.ModelProto,
+    input_name: str,
+    output_name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    rng: np.random.Generator,
+    target: float = 0.1,
+    tol: float = 0.01,
+    draws: int = 3,
+    magnitude_aware: bool = False,
+    eps: float = 1e-3,
+    max_steps: int = 20,
+) -> dict[str, float]:
+    """PAC-Bayes sharpness: bisection on sigma so Gaussian weight noise lowers accuracy by ``target``.
+
+    Noise std is sigma (or sigma * sqrt(w^2 + eps) when ``magnitude_aware``); each step averages
+    ``draws`` Monte-Carlo draws. Bisection is on log sigma in [1e-6, 10]; it stops when the drop
+    is within ``tol`` of ``target``. Returns sigma, the flatness 1/sigma^2 and the achieved drop.
+    """
+    nw = NoisyWeights(model, input_name, output_name)
+    clean = float(np.mean(nw.predict(x) == y))
+
+    def drop(sigma: float) -> float:
+        accs = []
+        for _ in range(draws):
+            noisy = {}
+            for k, w in nw.weights.items():
+                w64 = w.astype(np.float64)
+                std = sigma * (np.sqrt(w64**2 + eps) if magnitude_aware else 1.0)
+                noisy[k] = w64 + std * rng.standard_normal(w.shape)
+            accs.append(np.mean(nw.predict(x, noisy) == y))
+        return clean - float(np.mean(accs))
+
+    lo, hi = math.log(1e-6), math.log(10.0)
+    sigma, achieved = math.exp(hi), float("nan")
+    for _ in range(max_steps):
+        mid = 0.5 * (lo + hi)
+        sigma = math.exp(mid)
+        achieved = drop(sigma)
+        if abs(achieved - target) <= tol:
+            break
+        if achieved > target:
+            hi = mid
+        else:
+            lo = mid
+    return {"sigma": sigma, "flatness": 1.0 / sigma**2, "accuracy_drop": achieved, "clean_accuracy": clean}
