@@ -96,6 +96,34 @@ def write_doc(rows, args) -> None:
         f"Agreement between the two rankings over {len(bounded)} bounded models: Spearman ρ = {rho.statistic:.2f} "
         f"(p = {rho.pvalue:.2g}), Kendall τ = {tau.statistic:.2f} (p = {tau.pvalue:.2g}).",
         "",
+        "## Reading",
+        "",
+    ]
+    rank_b = {r["model"]: i for i, r in enumerate(by_bound)}
+    rank_m = {r["model"]: i for i, r in enumerate(by_meas)}
+    far = [f"{m} (bound rank {rank_b[m] + 1}, measured rank {rank_m[m] + 1})" for m in rank_b
+           if abs(rank_b[m] - rank_m[m]) >= 4]
+    same, agree = 0, 0
+    for i, a in enumerate(bounded):
+        for b in bounded[i + 1:]:
+            if a["family"] == b["family"] and a["d"] == b["d"]:
+                same += 1
+                agree += (a["fim_upper"] < b["fim_upper"]) == (a["median_lambda"] < b["median_lambda"])
+    lines += [
+        f"- Soundness: {sum(r['violations'] for r in rows)} of {sum(1 for _ in bounded) * args.samples} "
+        "measured values exceed their bound.",
+        f"- Tightness: measured/bound medians range from {min(r['median_over_bound'] for r in bounded):.1e} to "
+        f"{max(r['median_over_bound'] for r in bounded):.1e}. Products of per-layer norms ignore that the "
+        "layers' worst directions do not line up and that ReLUs switch units off, so the looseness compounds "
+        "with depth: shallow MLPs are within 4 orders of magnitude, DenseNets (concatenation after "
+        "concatenation) 12-15.",
+        f"- Across architectures the two rankings disagree (ρ above); the bound ranks depth and width, the "
+        f"measurement ranks local sensitivity. Largest disagreements: {'; '.join(far) or 'none'}.",
+        f"- Within a family and input size the bound orders {agree} of {same} model pairs as the measurement "
+        "does: there, adversarial and noise training lower both.",
+        "- Transformers get no global bound: dot-product attention and LayerNorm have no useful global "
+        "Lipschitz constant, so their audit rests on the measurement and the certified lower bound.",
+        "",
     ]
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text("\n".join(lines) + "\n")
