@@ -81,14 +81,18 @@ class Square(Attack):
             sh = min(s, hh)
             cand = x_adv[todo].copy()
             cur = cand - xs[todo]
-            for j in range(len(todo)):
-                r0 = rng.integers(0, hh - sh + 1)
-                c0 = rng.integers(0, ww - s + 1)
-                if norm == "linf":
-                    signs = rng.choice(np.array([-1.0, 1.0]), size=(c, 1, 1))
-                    cur[j, :, r0 : r0 + sh, c0 : c0 + s] = eps * signs
-                else:
-                    cur[j] = self._l2_update(cur[j], r0, c0, sh, s, eps, rng)
+            na = len(todo)
+            r0 = rng.integers(0, hh - sh + 1, size=na)
+            c0 = rng.integers(0, ww - s + 1, size=na)
+            if norm == "linf":
+                # One batched assignment of every active sample's window.
+                rr = (r0[:, None] + np.arange(sh))[:, None, :, None]
+                cc = (c0[:, None] + np.arange(s))[:, None, None, :]
+                signs = rng.choice(np.array([-1.0, 1.0]), size=(na, c, 1, 1))
+                cur[np.arange(na)[:, None, None, None], np.arange(c)[None, :, None, None], rr, cc] = eps * signs
+            else:
+                for j in range(na):
+                    cur[j] = self._l2_update(cur[j], int(r0[j]), int(c0[j]), sh, s, eps, rng)
             cur = project(cur, eps, norm)
             cand = np.clip(xs[todo] + cur, lo, hi)
             new_loss = margins(oracle.logp(cand.reshape((-1,) + x.shape[1:])), y[todo])
