@@ -9,7 +9,9 @@ def performance(logp: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, fl
     """Metrics from log-probabilities ``(n, K)`` and labels ``(n,)``.
 
     margin: true-class logit minus the largest other logit (= the log-probability margin);
-    ``margin_p10`` is its 10th percentile over the data, the margin gamma of the norm measures.
+    ``margin_p10`` is its 10th percentile over the data; ``margin_p10_correct`` the same over the
+    correctly classified samples (positive by construction), the margin gamma of the norm measures:
+    on test data with more than 10% errors ``margin_p10`` is <= 0 and cannot normalise anything.
     ECE: equal-width confidence bins, |accuracy - confidence| weighted by bin size.
     """
     n, k = logp.shape
@@ -49,6 +51,7 @@ def performance(logp: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str, fl
         "entropy_mean": float(np.mean(entropy)),
         "confidence_mean": float(np.mean(conf)),
         "margin_p10": float(np.percentile(margin, 10)),
+        "margin_p10_correct": float(np.percentile(margin[correct], 10)) if correct.any() else float("nan"),
         "margin_median": float(np.median(margin)),
         "ece": float(ece),
     }

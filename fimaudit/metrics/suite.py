@@ -42,10 +42,11 @@ def run_metrics(cfg: MetricsConfig) -> dict:
     oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, "auto", x)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
-    metrics.update(norm_measures(model.proto, clean["margin_p10"]))
+    gamma = clean["margin_p10_correct"]
+    metrics.update(norm_measures(model.proto, gamma))
     pn = path_norm(model.proto, model.info.input.name, model.info.output.name, model.sample_shape)
     metrics["path_norm"] = pn
-    metrics["path_norm_over_margin"] = pn / clean["margin_p10"] ** 2 if clean["margin_p10"] > 0 else float("nan")
+    metrics["path_norm_over_margin"] = pn / gamma**2 if gamma > 0 else float("nan")
     ns = min(cfg.sharpness_samples, len(x))
     u = (oracle._to_input(x[:ns]) if oracle._to_input is not None else x[:ns]).astype(np.float32)
     sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
