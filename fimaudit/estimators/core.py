@@ -117,9 +117,10 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
     cheaper than a QR factorisation at large d. Blocks of d repeat when k > d.
     """
     if kind == "gaussian":
-        w = rng.standard_normal((k, d))
-        norms = np.linalg.norm(w, axis=1)
-        return w / norms[:, None], norms
+        w = rng.standard_normal((k, d), dtype=np.float32)
+        norms = np.linalg.norm(w.astype(np.float64), axis=1) if d < 64 else np.linalg.norm(w, axis=1).astype(np.float64)
+        w /= norms[:, None].astype(np.float32)
+        return w, norms
     if kind != "orthogonal":
         raise ValueError(f"probes must be one of {PROBES}")
     units = np.empty((k, d), dtype=np.float32)
@@ -132,9 +133,12 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
         m = min(d, k - done)
         signs = rng.choice(np.array([-1.0, 1.0]), size=d)
         freqs = rng.choice(d, size=m, replace=False).astype(itype)
-        basis = table[(freqs[:, None] * odd[None, :]) % (4 * d)]
-        basis[freqs == 0] = np.sqrt(1.0 / d)
-        units[done : done + m] = basis * signs[None, :].astype(np.float32)
+        idx = np.multiply.outer(freqs, odd)
+        np.remainder(idx, 4 * d, out=idx)
+        block = units[done : done + m]
+        np.take(table, idx, out=block, mode="clip")  # indices are in range; 'clip' skips the check
+        block[freqs == 0] = np.float32(np.sqrt(1.0 / d))
+        block *= signs.astype(np.float32)[None, :]
         done += m
     return units, np.full(k, np.sqrt(d))
 
@@ -203,7 +207,7 @@ def sketch(
     ci = bootstrap_ci(p, y, rng) if k > 1 else None
     # The sketch's top direction in input space: project S^T P^{1/2} u onto the probe span.
     coeff = y.T @ (np.sqrt(p) * evecs[:, 0])
-    v = (units * scales[:, None]).T @ coeff
+    v = units.T @ (scales * coeff).astype(units.dtype)
     nv = np.linalg.norm(v)
     direction = v / nv if nv > 0 else None
     lower = None
