@@ -195,33 +195,10 @@ def sketch(
     with its standard error. With ``check_lower_bound`` two more queries evaluate v^T F v
     along the sketch's top direction mapped back to input space (a certified lower bound).
     """
-    before = oracle.queries
+    from .subspace import deflated_sketch  # the plain sketch is deflation with an empty subspace
+
     d = int(np.prod(oracle.sample_shape))
-    units, scales = probe_directions(d, k, probes, rng)
-    y = (jvp(oracle, x0, units, h) * scales[:, None]).T  # (K, k)
-    g = small_matrix(p, y) / k
-    evals, evecs = top_eigen(g)
-    per_probe = np.sum(p[:, None] * y * y, axis=0)  # w_i^T F w_i
-    trace = float(np.mean(per_probe))
-    trace_se = float(np.std(per_probe, ddof=1) / np.sqrt(k)) if k > 1 else float("inf")
-    ci = bootstrap_ci(p, y, rng) if k > 1 else None
-    # The sketch's top direction in input space: project S^T P^{1/2} u onto the probe span.
-    coeff = y.T @ (np.sqrt(p) * evecs[:, 0])
-    v = units.T @ (scales * coeff).astype(units.dtype)
-    nv = np.linalg.norm(v)
-    direction = v / nv if nv > 0 else None
-    lower = None
-    if check_lower_bound and direction is not None:
-        lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
-    return Estimate(
-        method=f"sketch-{probes}",
-        lambda_max=float(evals[0]),
-        lambda_max_ci=ci,
-        trace=trace,
-        trace_se=trace_se,
-        queries=oracle.queries - before,
-        probes=k,
-        top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
-        lower_bound=lower,
-        direction=direction,
+    return deflated_sketch(
+        oracle, x0, p, h, np.zeros((0, d)), k, rng, probes=probes, check_lower_bound=check_lower_bound,
+        fd_rel_error=fd_rel_error, name="sketch",
     )

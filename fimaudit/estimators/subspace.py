@@ -105,12 +105,15 @@ def deflated_sketch(
     r = q.shape[0]
     z = jvp(oracle, x0, q, h).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
     units, scales = probe_directions(d, k, probes, rng)
-    w = units * scales[:, None]
     if r:
-        w = w - (w @ q.T) @ q
-    norms = np.linalg.norm(w, axis=1)
-    norms[norms == 0] = 1.0
-    y = (jvp(oracle, x0, w / norms[:, None], h) * norms[:, None]).T  # (K, k) = S W'
+        w = units * scales[:, None].astype(units.dtype)
+        w = w - (w @ q.T.astype(w.dtype)) @ q.astype(w.dtype)
+        norms = np.linalg.norm(w, axis=1).astype(np.float64)
+        norms[norms == 0] = 1.0
+        units = w / norms[:, None].astype(w.dtype)
+    else:
+        norms = scales
+    y = (jvp(oracle, x0, units, h) * norms[:, None]).T  # (K, k) = S W'
     fixed = small_matrix(p, z) if r else np.zeros((p.shape[0], p.shape[0]))
     g = fixed + small_matrix(p, y) / k
     evals, evecs = top_eigen(g)
@@ -118,7 +121,7 @@ def deflated_sketch(
     trace = float(np.trace(fixed) + np.mean(per_probe))
     trace_se = float(np.std(per_probe, ddof=1) / np.sqrt(k)) if k > 1 else float("inf")
     ci = bootstrap_ci(p, y, rng, fixed=fixed) if k > 1 else None
-    direction = _best_measured_direction(p, q, z, w / norms[:, None], y / norms[None, :])
+    direction = _best_measured_direction(p, q, z, units, y / norms[None, :])
     lower = None
     if check_lower_bound and direction is not None:
         lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
