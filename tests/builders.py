@@ -182,3 +182,51 @@ def conv_reference(kernel, cbias, w2, b2, in_shape, x, pads=(1, 1, 1, 1), stride
 
 def lam_max(f: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(f)[-1])
+
+
+# ---------------------------------------------------------------- MobileNetV3-style block
+MOBILE_WEIGHT_SHAPES = {"K1": (8, 3, 3, 3), "S1": (2, 8, 1, 1), "S2": (8, 2, 1, 1), "W": (5, 8)}
+
+
+def mobile_weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    scale = {"K1": 0.3, "S1": 1.0, "S2": 1.0, "W": 1.0}
+    return {k: (rng.standard_normal(s) * scale[k]).astype(np.float32) for k, s in MOBILE_WEIGHT_SHAPES.items()}
+
+
+def mobile_nodes(gated: bool = True) -> list:
+    """Conv(stride 2) -> HardSwish -> [squeeze-and-excitation gate] -> GlobalAveragePool -> Gemm."""
+    head = [
+        helper.make_node("Conv", ["x", "K1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("HardSwish", ["c1"], ["h1"]),
+    ]
+    tail = [helper.make_node("Flatten", ["gp"], ["f"]), helper.make_node("Gemm", ["f", "W"], ["z"], transB=1)]
+    if not gated:
+        return head + [helper.make_node("GlobalAveragePool", ["h1"], ["gp"])] + tail
+    gate = [
+        helper.make_node("GlobalAveragePool", ["h1"], ["sq"]),
+        helper.make_node("Conv", ["sq", "S1"], ["s1"]),
+        helper.make_node("Relu", ["s1"], ["s1r"]),
+        helper.make_node("Conv", ["s1r", "S2"], ["s2"]),
+        helper.make_node("HardSigmoid", ["s2"], ["gate"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["h1", "gate"], ["se"]),
+        helper.make_node("GlobalAveragePool", ["se"], ["gp"]),
+    ]
+    return head + gate + tail
+
+
+def mobile_model(weights: dict[str, np.ndarray], gated: bool = True, constant_nodes: bool = False,
+                 spatial=(16, 16)) -> onnx.ModelProto:
+    """The block as an ONNX model; weights as initializers or as Constant nodes (as some exporters write)."""
+    nodes = mobile_nodes(gated)
+    used = {i for n in nodes for i in n.input}
+    arrays = {k: v for k, v in weights.items() if k in used}
+    if constant_nodes:
+        consts = [helper.make_node("Constant", [], [k], value=numpy_helper.from_array(v, k + "_v")) for k, v in arrays.items()]
+        nodes, inits = consts + nodes, []
+    else:
+        inits = [numpy_helper.from_array(v, k) for k, v in arrays.items()]
+    g = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, *spatial])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = IR
+    return m

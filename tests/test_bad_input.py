@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -99,15 +100,15 @@ def test_ir_version_needed_by_opset_is_explained(tmp_path):
     assert_one_line_error(run_cli("scan", str(p), "-q"))
 
 
-def test_external_data_outside_folder_refused(tmp_path):
-    outside = tmp_path / "secret.bin"
-    outside.write_bytes(np.ones(24, np.float32).tobytes())
+def _external_weight_model(tmp_path, location: str) -> Path:
+    """A MatMul model whose weight points at external data ``location``; a secret file lies beside its folder."""
+    (tmp_path / "secret.bin").write_bytes(np.ones(24, np.float32).tobytes())
     folder = tmp_path / "model"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     w = numpy_helper.from_array(np.ones((3, 8), np.float32), "W")
     w.ClearField("raw_data")
     w.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "96")):
+    for k, v in (("location", location), ("offset", "0"), ("length", "96")):
         e = w.external_data.add()
         e.key, e.value = k, v
     m = _simple_graph(
@@ -118,33 +119,20 @@ def test_external_data_outside_folder_refused(tmp_path):
     )
     p = folder / "m.onnx"
     p.write_bytes(m.SerializeToString())
+    return p
+
+
+def test_external_data_outside_folder_refused(tmp_path):
+    p = _external_weight_model(tmp_path, "../secret.bin")
     assert_one_line_error(run_cli("scan", str(p), "-q"), "outside the model's folder")
-    # absolute paths too
-    w.external_data[0].value = str(outside)
-    m.graph.initializer[0].CopyFrom(w)
-    p.write_bytes(m.SerializeToString())
+    p = _external_weight_model(tmp_path, str(tmp_path / "secret.bin"))
     assert_one_line_error(run_cli("scan", str(p), "-q"), "absolute path")
 
 
 def test_external_data_symlink_escape_refused(tmp_path):
-    outside = tmp_path / "secret.bin"
-    outside.write_bytes(np.ones(24, np.float32).tobytes())
-    folder = tmp_path / "model"
-    folder.mkdir()
-    os.symlink(outside, folder / "w.bin")
-    w = numpy_helper.from_array(np.ones((3, 8), np.float32), "W")
-    w.ClearField("raw_data")
-    w.data_location = TensorProto.EXTERNAL
-    e = w.external_data.add()
-    e.key, e.value = "location", "w.bin"
-    m = _simple_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["z"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
-        [w],
-    )
-    p = folder / "m.onnx"
-    p.write_bytes(m.SerializeToString())
+    (tmp_path / "model").mkdir()
+    os.symlink(tmp_path / "secret.bin", tmp_path / "model" / "w.bin")
+    p = _external_weight_model(tmp_path, "w.bin")
     assert_one_line_error(run_cli("scan", str(p), "-q"), "outside the model's folder")
 
 

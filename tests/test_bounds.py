@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
@@ -15,6 +14,8 @@ import fimaudit
 from fimaudit.cli import app
 from fimaudit.graph import bounds_from_proto, compute_bounds
 from fimaudit.graph.linear_ops import avgpool_operator_norm, conv_operator_norm, pool_overlap_factor
+
+from . import builders as B
 
 ZOO = Path(__file__).resolve().parent.parent / "sample_models"
 MANIFEST = json.loads((ZOO / "manifest.json").read_text())["models"]
@@ -142,34 +143,14 @@ def test_unknown_op_gives_null_with_reason():
 
 def test_mobilenet_style_block_gets_bound_or_reason():
     """HardSwish activations and squeeze-and-excitation gating: a reason, never an error."""
-    rng = np.random.default_rng(4)
-    k1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3
-    se1 = rng.standard_normal((2, 8, 1, 1)).astype(np.float32)
-    se2 = rng.standard_normal((8, 2, 1, 1)).astype(np.float32)
-    w = rng.standard_normal((5, 8)).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["x", "K1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("HardSwish", ["c1"], ["h1"]),
-        helper.make_node("GlobalAveragePool", ["h1"], ["sq"]),
-        helper.make_node("Conv", ["sq", "S1"], ["s1"]),
-        helper.make_node("Relu", ["s1"], ["s1r"]),
-        helper.make_node("Conv", ["s1r", "S2"], ["s2"]),
-        helper.make_node("HardSigmoid", ["s2"], ["gate"], alpha=1 / 6, beta=0.5),
-        helper.make_node("Mul", ["h1", "gate"], ["se"]),
-        helper.make_node("GlobalAveragePool", ["se"], ["gp"]),
-        helper.make_node("Flatten", ["gp"], ["f"]),
-        helper.make_node("Gemm", ["f", "W"], ["z"], transB=1),
-    ]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((k1, "K1"), (se1, "S1"), (se2, "S2"), (w, "W"))]
-    m = _model(nodes, (3, 16, 16), (5,), inits)
-    res = _bound(m, (3, 16, 16))
+    wts = B.mobile_weights(np.random.default_rng(4))
+    res = _bound(B.mobile_model(wts), (3, 16, 16))
     assert res.lipschitz is None and "gating" in res.reason
     assert any(b.kind == "squeeze-excitation" for b in res.blocks)
     # without the gate (plain HardSwish network) the bound is finite and HardSwish counts 1.5
-    nodes2 = nodes[:3] + [helper.make_node("Flatten", ["sq"], ["f"]), nodes[-1]]
-    m2 = _model(nodes2, (3, 16, 16), (5,), inits[:1] + inits[3:])
-    res2 = _bound(m2, (3, 16, 16))
+    res2 = _bound(B.mobile_model(wts, gated=False), (3, 16, 16))
     assert res2.lipschitz is not None
+    k1, w = wts["K1"], wts["W"]
     conv = conv_operator_norm(k1.astype(np.float64), (3, 16, 16), (2, 2), (1, 1, 1, 1))[0]
     assert res2.lipschitz == pytest.approx(conv * 1.5 / 8 * np.linalg.norm(w, 2), rel=1e-4)
 

@@ -183,32 +183,8 @@ def test_no_sample_spends_more_than_budget(setup, budget, seed, probes, method):
 
 def test_third_party_style_model_scans_without_special_handling(tmp_path):
     """Constant-node weights, HardSwish/HardSigmoid gating and a dynamic spatial shape."""
-    rng = np.random.default_rng(5)
-
-    def const(name, arr):
-        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr.astype(np.float32), name + "_v"))
-
-    nodes = [
-        const("K1", rng.standard_normal((6, 3, 3, 3)) * 0.3),
-        const("S1", rng.standard_normal((2, 6, 1, 1))),
-        const("S2", rng.standard_normal((6, 2, 1, 1))),
-        const("W", rng.standard_normal((4, 6))),
-        helper.make_node("Conv", ["x", "K1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("HardSwish", ["c1"], ["h1"]),
-        helper.make_node("GlobalAveragePool", ["h1"], ["sq"]),
-        helper.make_node("Conv", ["sq", "S1"], ["s1"]),
-        helper.make_node("Relu", ["s1"], ["s1r"]),
-        helper.make_node("Conv", ["s1r", "S2"], ["s2"]),
-        helper.make_node("HardSigmoid", ["s2"], ["gate"], alpha=1 / 6, beta=0.5),
-        helper.make_node("Mul", ["h1", "gate"], ["se"]),
-        helper.make_node("GlobalAveragePool", ["se"], ["gp"]),
-        helper.make_node("Flatten", ["gp"], ["f"]),
-        helper.make_node("Gemm", ["f", "W"], ["z"], transB=1),
-    ]
-    g = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
+    m = B.mobile_model(B.mobile_weights(np.random.default_rng(5)), constant_nodes=True, spatial=("H", "W"))
+    assert not m.graph.initializer
     onnx.save(m, str(tmp_path / "mobile.onnx"))
     res = runner.invoke(app, ["scan", str(tmp_path / "mobile.onnx"), "--input-shape", "3,12,12", "--samples", "3",
                               "-q", "--json", "-"])
