@@ -49,11 +49,9 @@ class GradientAttack(Attack):
             if steps < 1:
                 raise ConfigError(f"--budget {budget} cannot pay one finite-difference gradient (2d+2 = {fd_cost})")
             return "fd", steps, 0
-        m = self.zo_probes
-        steps = min(self.steps, budget // (2 * m + 1))
-        if steps < 1:
-            m = max(1, (budget - 1) // 2)
-            steps = 1
+        # NES: spend the whole budget, at least zo_probes probes per gradient when it allows.
+        steps = max(1, min(self.steps, budget // (2 * self.zo_probes + 1)))
+        m = max(1, (budget // steps - 1) // 2)
         return "zo", steps, m
 
     def step_size(self, eps: float, steps: int, norm: str) -> float:
