@@ -28,6 +28,9 @@ class MetricsConfig:
     sharpness_samples: int = 200
     sharpness_draws: int = 3
     corruptions: bool = True
+    attack_eps: float = 0.03  # L-inf radius of the attacked set (Square), in image units
+    attack_samples: int = 100
+    attack_budget: int = 300
     device: str = "auto"
 
 
@@ -70,6 +73,18 @@ def run_metrics(cfg: MetricsConfig) -> dict:
                 shifts.append(shift_robustness(clean, perf))
         for key in ("accuracy_gap", "relative_accuracy", "relative_confidence", "uncertainty_shift"):
             metrics[f"corruption_{key}"] = float(np.mean([s[key] for s in shifts]))
+    if cfg.attack_samples > 0 and cfg.attack_eps > 0:
+        # The attacked set as a shift: Square L-inf (score-based, no gradients) on the first samples.
+        from ..attacks import make_attack
+
+        na = min(cfg.attack_samples, len(x))
+        lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
+        out = make_attack("square")(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
+                                    np.random.default_rng([cfg.seed, 8]), cfg.attack_budget)
+        clean_a = performance(out.clean_logp, y[:na])
+        adv = performance(out.adv_logp, y[:na])
+        for key, val in shift_robustness(clean_a, adv).items():
+            metrics[f"adversarial_{key}"] = val
     cfg_d = asdict(cfg)
     return {
         "schema_version": "1.0",
