@@ -122,3 +122,24 @@ def test_correlate_reports_intervals():
     assert res["spearman"]["value"] > 0.8
     lo, hi = res["spearman"]["ci"]
     assert lo <= res["spearman"]["value"] <= hi
+
+
+def test_clever_cli_reports_spread_over_seeds(tmp_path):
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((3, 6))
+    path = B.save(B.linear_model(w, np.zeros(3)), tmp_path / "lin.onnx")
+    x = rng.uniform(0.3, 0.7, size=(3, 6)).astype(np.float32)
+    z = x.astype(np.float64) @ w.astype(np.float32).astype(np.float64).T
+    np.savez(tmp_path / "d.npz", x=x, y=z.argmax(1))
+    out = tmp_path / "c.json"
+    r = CliRunner().invoke(app, ["clever", str(path), "--data", str(tmp_path / "d.npz"), "--points", "20", "--seeds", "2",
+                                 "--radius", "5", "--input-range", "-10,10", "--json", str(out), "-q"])
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert len(rep["samples"]) == 3 and all(len(s["scores"]) == 2 for s in rep["samples"])
+    wd = w.astype(np.float32).astype(np.float64)
+    for s, zi in zip(rep["samples"], z):
+        c = int(zi.argmax())
+        ref = min((zi[c] - zi[j]) / np.linalg.norm(wd[c] - wd[j]) for j in range(3) if j != c)
+        assert s["mean"] == pytest.approx(min(ref, 5.0), rel=1e-3)
+        assert s["spread"] <= 1e-3 * s["mean"]  # linear model: every seed gives the closed form
