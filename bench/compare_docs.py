@@ -45,8 +45,8 @@ def reading(rep: dict) -> str:
         f"{_rho(rep, 'lambda_median', 'corruption_uncertainty_shift')}.",
         f"- Sharpness tracks adversarial robustness most closely of the cheap metrics: σ {_rho(rep, 'sharpness_sigma', t)}"
         f", magnitude-aware σ {_rho(rep, 'sharpness_magnitude_sigma', t)}. Weight-norm products do not "
-        f"(spectral product {_rho(rep, 'spectral_product', t)}); the closed-form bound does, weakly "
-        f"({_rho(rep, 'fim_upper', t)}, 12 bounded models).",
+        f"(spectral product {_rho(rep, 'spectral_product', t)}); the closed-form bound: "
+        f"{_rho(rep, 'fim_upper', t)} (12 bounded models).",
         "- Confounds: the robust models are the adversarially or noise-trained ones, which are also less accurate, "
         "so any metric that separates training recipes correlates; 14 models from one data set make wide "
         "intervals; RA counts clean errors as failures, so with 20 samples per model it moves in steps of 5 points "
