@@ -211,3 +211,21 @@ def test_bounds_cli_json(tmp_path):
     assert any(b["kind"].startswith("resnet-residual") for b in data["blocks"])
     bad = runner.invoke(app, ["bounds", str(tmp_path / "none.onnx")])
     assert bad.exit_code == 2 and bad.stderr.startswith("fimaudit: error:")
+
+
+def test_large_convolutions_fall_back_to_sound_cheaper_bounds(monkeypatch):
+    """Above the size limits the FFT bound, then the reshaped-kernel bound, replace the exact norm."""
+    from fimaudit.graph import linear_ops as L
+
+    rng = np.random.default_rng(7)
+    kernel = rng.standard_normal((4, 2, 3, 3))
+    for stride in (1, 2, 3):
+        exact = np.linalg.norm(dense_conv(kernel, (2, 7, 7), stride, (1, 1, 1, 1)), 2)
+        assert L.conv_reshaped_bound(kernel, (stride, stride)) >= exact
+        monkeypatch.setattr(L, "MAX_SPARSE_ENTRIES", 0)
+        fft_only, _ = L.conv_operator_norm(kernel, (2, 7, 7), (stride, stride), (1, 1, 1, 1))
+        assert "FFT" in L.conv_norm_method(kernel, (2, 7, 7), (stride, stride), (1, 1, 1, 1))
+        monkeypatch.setattr(L, "MAX_FFT_ENTRIES", 0)
+        cheap, _ = L.conv_operator_norm(kernel, (2, 7, 7), (stride, stride), (1, 1, 1, 1))
+        assert exact <= fft_only <= cheap + 1e-12  # the FFT path returns min(FFT, reshaped)
+        monkeypatch.undo()

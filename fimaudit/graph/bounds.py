@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from scipy.special import erf
 
-from .linear_ops import avgpool_operator_norm, conv_operator_norm, pool_overlap_factor
+from .linear_ops import avgpool_operator_norm, conv_norm_method, conv_operator_norm, pool_overlap_factor
 from .parse import Node, OpGraph, parse
 
 INF = math.inf
@@ -354,8 +354,8 @@ class _Propagator:
         dil = tuple(node.attrs.get("dilations", [1, 1]))
         pads = _conv_pads(node, shape[2:], (kh, kw), strides, dil)
         groups = int(node.attrs.get("group", 1))
-        exact, fft = conv_operator_norm(w, tuple(shape[1:]), strides, pads, dil, groups)
-        how = f"exact operator norm as applied (Lanczos), FFT check {fft:.4g}{how_extra}"
+        exact, check = conv_operator_norm(w, tuple(shape[1:]), strides, pads, dil, groups)
+        how = f"{conv_norm_method(w, tuple(shape[1:]), strides, pads, dil)}, check {check:.4g}{how_extra}"
         self._set(node, exact * self.lip(x), how, exact)
 
     def _bn_scale(self, bn: Node) -> np.ndarray | None:

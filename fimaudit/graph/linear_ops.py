@@ -95,6 +95,26 @@ def conv_norm_fft(
     return best
 
 
+# Above these sizes the exact sparse matrix (int64 index arrays of this many entries) or the
+# FFT grid would take too much memory; cheaper, looser bounds are used and said so.
+MAX_SPARSE_ENTRIES = 5_000_000
+MAX_FFT_ENTRIES = 20_000_000
+
+
+def conv_reshaped_bound(weight: np.ndarray, strides=(1, 1), dilations=(1, 1), groups: int = 1) -> float:
+    """sqrt(windows per input pixel) * max_g |W_g reshaped (out, in*kh*kw)|_2: a cheap upper bound.
+
+    |A x|^2 = sum over output positions |W_g p|^2 <= |W_g|^2 sum |p|^2, and every input pixel
+    appears in at most ceil(kh/sh) * ceil(kw/sw) patches (dilation does not add overlaps).
+    """
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    overlap = int(np.ceil(kh / strides[0]) * np.ceil(kw / strides[1]))
+    norm = max(np.linalg.norm(weight[g * og : (g + 1) * og].reshape(og, -1), 2) for g in range(groups))
+    del dilations
+    return float(np.sqrt(overlap) * norm)
+
+
 def conv_operator_norm(
     weight: np.ndarray,
     in_shape: tuple[int, int, int],
@@ -103,11 +123,41 @@ def conv_operator_norm(
     dilations=(1, 1),
     groups: int = 1,
 ) -> tuple[float, float]:
-    """(exact operator norm as applied, FFT upper-bound check)."""
-    a = conv_sparse_matrix(weight, in_shape, strides, pads, dilations, groups)
-    exact = sparse_operator_norm(a) * NORM_SAFETY
-    fft = conv_norm_fft(weight, in_shape[1:], pads, dilations, groups)
-    return exact, fft
+    """(a bound on the operator norm as applied, a second, independent upper bound as a check).
+
+    Small enough convolutions get the exact norm (Lanczos on the sparse matrix, raised by
+    ``NORM_SAFETY``) checked by the FFT bound; larger ones the FFT bound checked by the
+    reshaped-kernel bound; the largest the reshaped bound alone (check = same value).
+    """
+    o, cg, kh, kw = weight.shape
+    c, h, w = in_shape
+    oh = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+    ow = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
+    n1 = h + pads[0] + pads[2] + dilations[0] * (kh - 1)
+    n2 = w + pads[1] + pads[3] + dilations[1] * (kw - 1)
+    cheap = conv_reshaped_bound(weight, strides, dilations, groups)
+    fft = conv_norm_fft(weight, in_shape[1:], pads, dilations, groups) if o * cg * n1 * n2 <= MAX_FFT_ENTRIES else None
+    if o * oh * ow * cg * kh * kw <= MAX_SPARSE_ENTRIES:
+        a = conv_sparse_matrix(weight, in_shape, strides, pads, dilations, groups)
+        return sparse_operator_norm(a) * NORM_SAFETY, fft if fft is not None else cheap
+    if fft is not None:
+        return min(fft, cheap), cheap
+    return cheap, cheap
+
+
+def conv_norm_method(weight: np.ndarray, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)) -> str:
+    """Which bound ``conv_operator_norm`` uses for this convolution (for reports)."""
+    o, cg, kh, kw = weight.shape
+    c, h, w = in_shape
+    oh = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+    ow = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
+    if o * oh * ow * cg * kh * kw <= MAX_SPARSE_ENTRIES:
+        return "exact operator norm as applied (Lanczos)"
+    n1 = h + pads[0] + pads[2] + dilations[0] * (kh - 1)
+    n2 = w + pads[1] + pads[3] + dilations[1] * (kw - 1)
+    if o * cg * n1 * n2 <= MAX_FFT_ENTRIES:
+        return "FFT upper bound (too large for the exact sparse norm)"
+    return "reshaped-kernel bound sqrt(overlap) |W|_2 (too large for exact or FFT)"
 
 
 def pool_overlap_factor(in_hw, kernel, strides, pads, dilations=(1, 1)) -> int:
