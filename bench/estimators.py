@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fimaudit.data import Preprocess, load_data
-from fimaudit.estimators.core import exact, probe_directions, sketch, small_matrix
+from fimaudit.estimators.core import exact, probe_directions, sketch
 from fimaudit.estimators.fd import choose_step, input_scale, jvp
 from fimaudit.estimators.power import power_fixed, power_fresh
 from fimaudit.estimators.subspace import LearntSubspace, dct_lowfreq_basis, deflated_sketch
