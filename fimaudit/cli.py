@@ -120,6 +120,11 @@ def scan_cmd(
     report_path: Optional[str] = typer.Option(None, "--report", help="Also write a report file (.md, .txt, .json)."),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit 1 when the median lambda_max exceeds X."),
     no_bounds: bool = typer.Option(False, "--no-bounds", help="Skip the closed-form bound from the weights."),
+    trace_budget: int = typer.Option(
+        0, "--trace-budget", help="Queries per sample for a separate Hutchinson trace (0: trace from the probes)."
+    ),
+    trace_rse: float = typer.Option(0.05, "--trace-rse", help="Hutchinson stops at this relative standard error."),
+    trace_probes: str = typer.Option("rademacher", "--trace-probes", help="Hutchinson probes: rademacher | gaussian."),
     dither: float = typer.Option(
         0.0, "--dither", help="Add Gaussian noise of this std to each input first (breaks ReLU/max-pool ties)."
     ),
@@ -159,6 +164,9 @@ def scan_cmd(
             save_direction=save_direction,
             bounds=not no_bounds,
             dither=dither,
+            trace_budget=trace_budget,
+            trace_rse=trace_rse,
+            trace_probes=trace_probes,
         )
         config.validate()
         err_console = Console(stderr=True)

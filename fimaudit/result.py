@@ -76,6 +76,8 @@ class SampleResult:
     probes: int
     top_eigenvalues: tuple[float, ...] = ()
     kl_ratio: float | None = None  # KL(p(x)||p(x+eps v)) / (eps^2/2 v^T F v); ~1 when F is right
+    trace_ci: tuple[float, float] | None = None
+    trace_method: str = ""
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -97,6 +99,8 @@ class SampleResult:
             probes=int(d.get("probes", 0)),
             top_eigenvalues=tuple(d.get("top_eigenvalues", ())),
             kl_ratio=d.get("kl_ratio"),
+            trace_ci=None if d.get("trace_ci") is None else (float(d["trace_ci"][0]), float(d["trace_ci"][1])),
+            trace_method=str(d.get("trace_method", "")),
         )
 
 

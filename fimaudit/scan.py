@@ -16,6 +16,7 @@ from . import __version__
 from .data import Preprocess, load_data, synthetic_data
 from .errors import ConfigError
 from .estimators.core import PROBES, Estimate, exact, quadratic_form, shrink_to_bound, sketch
+from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
 from .estimators.power import power_fixed, power_fresh
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch
 from .estimators.fd import choose_step, input_scale
@@ -62,6 +63,9 @@ class ScanConfig:
     save_direction: str | None = None
     bounds: bool = True
     dither: float = 0.0
+    trace_budget: int = 0
+    trace_rse: float = 0.05
+    trace_probes: str = "rademacher"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -85,6 +89,10 @@ class ScanConfig:
             raise ConfigError("--samples must be >= 1")
         if self.fd_step is not None and not (np.isfinite(self.fd_step) and self.fd_step > 0):
             raise ConfigError("--fd-step must be a positive number")
+        if self.trace_budget < 0 or not (0 <= self.trace_rse < 1):
+            raise ConfigError("--trace-budget must be >= 0 and --trace-rse in [0, 1)")
+        if self.trace_probes not in HUTCHINSON_PROBES:
+            raise ConfigError(f"--trace-probes must be one of {', '.join(HUTCHINSON_PROBES)}")
         if not (np.isfinite(self.dither) and self.dither >= 0):
             raise ConfigError("--dither must be a nonnegative number")
         if self.max_batch < 1:
@@ -101,6 +109,7 @@ class Plan:
     k: int  # probes: d for exact, sketch/power probes, or complement probes for deflated
     r: int  # subspace dimension (deflated)
     checks: int  # 2 for the certified lower bound + 1 for the KL check, or 0
+    trace: int = 0  # queries reserved for a separate Hutchinson trace (0: trace from the probes)
 
     def cost(self) -> int:
         if self.method == "exact":
@@ -109,13 +118,15 @@ class Plan:
             core = self.k  # k holds the query allowance of the iteration itself
         else:
             core = 2 * (self.k + self.r)
-        return 1 + core + self.checks
+        return 1 + core + self.checks + self.trace
 
 
 CHECK_QUERIES = 3
 
 
-def plan(method: str, d: int, budget: int, lower_bound: bool = True, subspace_dim: int | None = None) -> Plan:
+def plan(
+    method: str, d: int, budget: int, lower_bound: bool = True, subspace_dim: int | None = None, trace_budget: int = 0
+) -> Plan:
     """Choose the estimator and its size so that a sample never exceeds ``budget`` queries."""
     checks = CHECK_QUERIES if lower_bound else 0
     exact_cost = 2 * d + 1
@@ -126,11 +137,13 @@ def plan(method: str, d: int, budget: int, lower_bound: bool = True, subspace_di
                 f"raise --budget to {exact_cost} or use --method sketch"
             )
         return Plan("exact", d, 0, checks if exact_cost + checks <= budget else 0)
-    room = budget - 1 - checks
+    if trace_budget and trace_budget > budget // 2:
+        raise ConfigError(f"--trace-budget {trace_budget} may use at most half of --budget {budget}")
+    room = budget - 1 - checks - trace_budget
     if method == "power-fresh":
         if room < 12:
             raise ConfigError(f"--budget {budget} is too small for --method power-fresh (needs at least {13 + checks})")
-        return Plan("power-fresh", room, 0, checks)
+        return Plan("power-fresh", room, 0, checks, trace_budget)
     r = 0
     if method == "deflated":
         r = min(d, room // 4) if subspace_dim is None else min(d, subspace_dim)
@@ -140,7 +153,7 @@ def plan(method: str, d: int, budget: int, lower_bound: bool = True, subspace_di
     if k < 3:
         raise ConfigError(f"--budget {budget} leaves fewer than 3 sketch probes per sample")
     name = "sketch" if method == "auto" else method
-    return Plan(name, k, r, checks)
+    return Plan(name, k, r, checks, trace_budget)
 
 
 KL_TARGET = 1e-4
@@ -257,7 +270,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     if dataset.y is not None and np.any(dataset.y >= n_classes):
         raise ConfigError(f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {n_classes} classes")
 
-    chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim)
+    chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     method, k = chosen.method, chosen.k
     q0 = model.queries
     step = choose_step(
@@ -283,6 +296,12 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         rng = np.random.default_rng([config.seed, 3, i])
         p = probs[i]
         est = _estimate(chosen, oracle, points[i], p, step, rng, config, dct_basis, learnt)
+        trace, trace_se, trace_ci, trace_how = est.trace, est.trace_se, None, "probes"
+        if chosen.trace and chosen.method != "exact":
+            te = hutchinson(oracle, points[i], p, step.h, chosen.trace, rng, probes=config.trace_probes,
+                            rse_target=config.trace_rse)
+            trace, trace_se, trace_ci = te.trace, te.se, te.ci
+            trace_how = f"hutchinson-{config.trace_probes} ({te.probes} probes, stopped by {te.stopped_by})"
         lower = kl_ratio = None
         if chosen.checks and est.direction is not None:
             quad = quadratic_form(oracle, points[i], p, est.direction, step.h)
@@ -302,8 +321,10 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                 predicted=int(predicted[i]),
                 lambda_max=est.lambda_max,
                 lambda_max_ci=est.lambda_max_ci,
-                trace=est.trace,
-                trace_se=est.trace_se,
+                trace=trace,
+                trace_se=trace_se,
+                trace_ci=trace_ci,
+                trace_method=trace_how if chosen.method != "exact" else "exact",
                 lower_bound=lower,
                 queries=spent,
                 method=est.method,

@@ -211,3 +211,19 @@ def test_step_choice_balances_roundoff_and_curvature(tmp_path):
     assert err_at(step.h) <= max(10 * best, 1e-4)
     assert err_at(1e-5) > err_at(step.h)  # round-off at tiny steps
     assert err_at(1.0) > err_at(step.h)  # curvature at large steps
+
+
+def test_scan_hutchinson_trace_within_budget(tmp_path):
+    rng = np.random.default_rng(17)
+    w = rng.standard_normal((5, 30))
+    b = rng.standard_normal(5)
+    model = B.save(B.linear_model(w, b), tmp_path / "lin.onnx")
+    x = rng.uniform(0, 1, size=(12, 30)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    res = fimaudit.scan(model, tmp_path / "d.npz", method="sketch", budget=300, trace_budget=120, trace_rse=0.05)
+    covered = 0
+    for s, xi in zip(res.samples, x):
+        tr = float(np.trace(B.linear_reference(w, b, xi)))
+        assert s.queries <= 300 and s.trace_method.startswith("hutchinson-rademacher")
+        covered += s.trace_ci[0] <= tr <= s.trace_ci[1]
+    assert covered >= 10
