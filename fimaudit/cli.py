@@ -117,7 +117,9 @@ def scan_cmd(
     max_batch: int = typer.Option(256, "--max-batch", help="Most rows per onnxruntime call."),
     threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: its default)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
-    report_path: Optional[str] = typer.Option(None, "--report", help="Also write a report file (.md, .txt, .json)."),
+    report_path: Optional[str] = typer.Option(
+        None, "--report", help="Also write a report file (.html, .md, .txt, .json)."
+    ),
     fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit 1 when the median lambda_max exceeds X."),
     no_bounds: bool = typer.Option(False, "--no-bounds", help="Skip the closed-form bound from the weights."),
     trace_budget: int = typer.Option(
@@ -463,7 +465,9 @@ def compare_cmd(
 @app.command("report")
 def report_cmd(
     saved: Path = typer.Argument(..., help="A JSON report written by `fimaudit scan --json`."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="text | markdown | json (default: from --out, else text)."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="text | markdown | html | json (default: from --out, else text)."
+    ),
     out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
 ) -> None:
     """Re-render a saved JSON report in another format."""

@@ -203,3 +203,19 @@ def test_device_cuda_without_cuda_is_a_clear_error(setup):
         assert res.exit_code == 0
     else:
         assert res.exit_code == 2 and "CUDA" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_html_report_is_self_contained(setup):
+    tmp, model, data = setup
+    out = tmp / "r.html"
+    res = runner.invoke(app, ["scan", str(model), "--data", str(data), "--samples", "4", "-q", "--report", str(out)])
+    assert res.exit_code == 0, res.stderr
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text and "<script" not in text
+    saved = tmp / "r.json"
+    runner.invoke(app, ["scan", str(model), "--data", str(data), "--samples", "4", "-q", "--json", str(saved)])
+    again = runner.invoke(app, ["report", str(saved), "--format", "html"])
+    assert again.exit_code == 0 and "lambda_max per sample" in again.stdout
+    import html.parser
+
+    html.parser.HTMLParser().feed(text)  # parses without error

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..result import ScanResult
+from .html import render_html
 from .markdown import render_markdown
 from .terminal import render_text
 
@@ -17,11 +18,12 @@ def render_json(result: ScanResult) -> str:
 
 
 RENDERERS: dict[str, Callable[[ScanResult], str]] = {
+    "html": render_html,
     "json": render_json,
     "markdown": render_markdown,
     "text": render_text,
 }
-EXTENSIONS = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".txt": "text"}
+EXTENSIONS = {".html": "html", ".htm": "html", ".json": "json", ".md": "markdown", ".markdown": "markdown", ".txt": "text"}
 
 
 def renderer_for(fmt: str | None, path: str | None) -> Callable[[ScanResult], str]:
@@ -36,4 +38,4 @@ def renderer_for(fmt: str | None, path: str | None) -> Callable[[ScanResult], st
     return RENDERERS[fmt]
 
 
-__all__ = ["RENDERERS", "renderer_for", "render_json", "render_markdown", "render_text"]
+__all__ = ["RENDERERS", "renderer_for", "render_html", "render_json", "render_markdown", "render_text"]

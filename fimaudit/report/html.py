@@ -1,0 +1,98 @@
+"""Self-contained HTML rendering of a scan: summary, a histogram of per-sample lambda_max (inline SVG), samples.
+
+No scripts, no external assets: the file opens anywhere and can be attached to an audit.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from ..result import ScanResult
+from .terminal import _fmt
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.note{background:#fff6d6;padding:.5em;border-left:4px solid #e0b000}
+code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _histogram_svg(values: list[float], width: int = 640, height: int = 220) -> str:
+    """Histogram of log10(lambda_max) per sample as an inline SVG."""
+    vals = np.array([v for v in values if v is not None and v > 0 and math.isfinite(v)])
+    if vals.size == 0:
+        return "<p>No positive lambda_max values to plot.</p>"
+    logs = np.log10(vals)
+    lo, hi = float(np.floor(logs.min())), float(np.ceil(logs.max()))
+    if hi <= lo:
+        hi = lo + 1
+    bins = min(30, max(5, int(np.sqrt(vals.size)) * 2))
+    counts, edges = np.histogram(logs, bins=bins, range=(lo, hi))
+    pad_l, pad_b, pad_t = 40, 30, 10
+    plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
+    top = max(int(counts.max()), 1)
+    bar_w = plot_w / bins
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             'aria-label="histogram of lambda_max per sample">']
+    for i, c in enumerate(counts):
+        h = plot_h * c / top
+        x = pad_l + i * bar_w
+        parts.append(f'<rect x="{x:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar_w - 1:.1f}" height="{h:.1f}" '
+                     f'fill="#4a78b5"><title>{c} samples in [1e{edges[i]:.2f}, 1e{edges[i + 1]:.2f})</title></rect>')
+    parts.append(f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#333"/>')
+    for k in range(int(lo), int(hi) + 1):
+        x = pad_l + plot_w * (k - lo) / (hi - lo)
+        parts.append(f'<text x="{x:.1f}" y="{height - 8}" font-size="11" text-anchor="middle">1e{k}</text>')
+    parts.append(f'<text x="4" y="{pad_t + 10}" font-size="11">{top}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(result: ScanResult) -> str:
+    s = result.summary
+    m = result.model
+    cfg = result.config
+    e = html.escape
+    rows = []
+    for name, st in (("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace), ("certified lower bound", s.lower_bound)):
+        if st.count:
+            rows.append(f"<tr><td class=l>{name}</td><td>{_fmt(st.mean)}</td><td>{_fmt(st.median)}</td>"
+                        f"<td>{_fmt(st.p90)}</td><td>{_fmt(st.max)}</td><td>{st.count}</td></tr>")
+    facts = [
+        ("model", f"{m['path']} (sha256 {m['sha256']})"),
+        ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
+        ("output", f"{m['output']['name']}: {m['output']['kind']}, {m['output']['classes']} classes"),
+        ("method", f"{cfg.get('method_used')}, {cfg.get('probes_per_sample')} probes per sample, budget {cfg.get('budget')}, "
+                   f"seed {cfg.get('seed')}"),
+        ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
+        ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
+        ("provider", str(result.runtime.get("provider"))),
+        ("units", result.units.get("description", "")),
+    ]
+    b = result.bound
+    if b is not None:
+        facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}" if b.get("fim_upper") is not None
+                      else f"none: {b.get('reason')}"))
+    sample_rows = "".join(
+        f"<tr><td>{x.index}</td><td>{'-' if x.label is None else x.label}</td><td>{x.predicted}</td>"
+        f"<td>{_fmt(x.lambda_max)}</td><td>{'-' if x.lambda_max_ci is None else _fmt(x.lambda_max_ci[0]) + ' – ' + _fmt(x.lambda_max_ci[1])}</td>"
+        f"<td>{_fmt(x.trace)}</td><td>{_fmt(x.lower_bound)}</td><td>{x.queries}</td></tr>"
+        for x in result.samples
+    )
+    notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.notes)
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f"<title>fimaudit scan: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
+        f"<h1>fimaudit scan</h1><p><code>{e(m['path'])}</code></p>"
+        "<h2>Input-space Fisher information</h2><table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
+        f"<th>p90</th><th>max</th><th>n</th></tr>{''.join(rows)}</table>"
+        "<table>" + "".join(f"<tr><th class=l>{e(k)}</th><td class=l>{e(v)}</td></tr>" for k, v in facts) + "</table>"
+        f"{notes}<h2>lambda_max per sample</h2>{_histogram_svg([x.lambda_max for x in result.samples])}"
+        "<h2>Samples</h2><table><tr><th>index</th><th>label</th><th>predicted</th><th>lambda_max</th><th>95% interval</th>"
+        f"<th>trace</th><th>lower bound</th><th>queries</th></tr>{sample_rows}</table>"
+        f"<p>fimaudit {e(str(result.runtime.get('fimaudit')))}, schema {e(result.schema_version)}</p></body></html>\n"
+    )
