@@ -129,15 +129,10 @@ def conv_operator_norm(
     ``NORM_SAFETY``) checked by the FFT bound; larger ones the FFT bound checked by the
     reshaped-kernel bound; the largest the reshaped bound alone (check = same value).
     """
-    o, cg, kh, kw = weight.shape
-    c, h, w = in_shape
-    oh = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
-    ow = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
-    n1 = h + pads[0] + pads[2] + dilations[0] * (kh - 1)
-    n2 = w + pads[1] + pads[3] + dilations[1] * (kw - 1)
+    path = _conv_path(weight, in_shape, strides, pads, dilations)
     cheap = conv_reshaped_bound(weight, strides, dilations, groups)
-    fft = conv_norm_fft(weight, in_shape[1:], pads, dilations, groups) if o * cg * n1 * n2 <= MAX_FFT_ENTRIES else None
-    if o * oh * ow * cg * kh * kw <= MAX_SPARSE_ENTRIES:
+    fft = conv_norm_fft(weight, in_shape[1:], pads, dilations, groups) if path != "reshaped" else None
+    if path == "exact":
         a = conv_sparse_matrix(weight, in_shape, strides, pads, dilations, groups)
         return sparse_operator_norm(a) * NORM_SAFETY, fft if fft is not None else cheap
     if fft is not None:
@@ -145,19 +140,29 @@ def conv_operator_norm(
     return cheap, cheap
 
 
-def conv_norm_method(weight: np.ndarray, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)) -> str:
-    """Which bound ``conv_operator_norm`` uses for this convolution (for reports)."""
+def _conv_path(weight: np.ndarray, in_shape, strides, pads, dilations) -> str:
+    """'exact', 'fft' or 'reshaped': the tightest bound whose memory stays within the limits."""
     o, cg, kh, kw = weight.shape
-    c, h, w = in_shape
+    _, h, w = in_shape
     oh = conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
     ow = conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
     if o * oh * ow * cg * kh * kw <= MAX_SPARSE_ENTRIES:
-        return "exact operator norm as applied (Lanczos)"
+        return "exact"
     n1 = h + pads[0] + pads[2] + dilations[0] * (kh - 1)
     n2 = w + pads[1] + pads[3] + dilations[1] * (kw - 1)
-    if o * cg * n1 * n2 <= MAX_FFT_ENTRIES:
-        return "FFT upper bound (too large for the exact sparse norm)"
-    return "reshaped-kernel bound sqrt(overlap) |W|_2 (too large for exact or FFT)"
+    return "fft" if o * cg * n1 * n2 <= MAX_FFT_ENTRIES else "reshaped"
+
+
+_PATH_TEXT = {
+    "exact": "exact operator norm as applied (Lanczos)",
+    "fft": "FFT upper bound (too large for the exact sparse norm)",
+    "reshaped": "reshaped-kernel bound sqrt(overlap) |W|_2 (too large for exact or FFT)",
+}
+
+
+def conv_norm_method(weight: np.ndarray, in_shape, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)) -> str:
+    """Which bound ``conv_operator_norm`` uses for this convolution (for reports)."""
+    return _PATH_TEXT[_conv_path(weight, in_shape, strides, pads, dilations)]
 
 
 def pool_overlap_factor(in_hw, kernel, strides, pads, dilations=(1, 1)) -> int:
