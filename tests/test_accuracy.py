@@ -187,3 +187,18 @@ def test_sketch_interval_coverage(tmp_path):
         covered_tr += abs(est.trace - tr) <= 1.96 * est.trace_se
     assert covered >= 90
     assert covered_tr >= 88  # normal-approximation interval of the Hutchinson mean
+
+
+def test_bootstrap_for_many_classes_matches_the_dense_path(monkeypatch):
+    """The power-iteration path used for large K gives the interval of the dense eigvalsh path."""
+    from fimaudit.estimators import core
+
+    rng = np.random.default_rng(10)
+    k_classes, k = 40, 300
+    s = rng.standard_normal((k_classes, 50)) * np.linspace(3, 0.5, k_classes)[:, None]
+    p = rng.dirichlet(np.ones(k_classes))
+    y = s @ rng.standard_normal((50, k))
+    dense = core.bootstrap_ci(p, y, np.random.default_rng(1))
+    monkeypatch.setattr(core, "MAX_OUTER_ENTRIES", 0)
+    power = core.bootstrap_ci(p, y, np.random.default_rng(1))
+    np.testing.assert_allclose(power, dense, rtol=1e-3)

@@ -143,6 +143,31 @@ def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tup
     return units, np.full(k, np.sqrt(d))
 
 
+# Many classes (K = 1000) would make the per-column outer products K^2 k numbers; above this
+# the resampled eigenvalues come from warm-started power iterations on all resamples at once.
+MAX_OUTER_ENTRIES = 20_000_000
+BOOTSTRAP_POWER_STEPS = 30
+
+
+def _bootstrap_power(a: np.ndarray, base: np.ndarray, weights: np.ndarray, u0: np.ndarray) -> np.ndarray:
+    """lambda_max of base + a diag(w_b) a^T for every row w_b of ``weights``, by power iteration.
+
+    Started from the full sample's top eigenvector, which every resample's is close to; the
+    Rayleigh quotient is returned (it approaches lambda_max from below).
+    """
+    u = np.repeat(u0[:, None], weights.shape[0], axis=1)  # (K, B)
+    lam = np.zeros(weights.shape[0])
+    for _ in range(BOOTSTRAP_POWER_STEPS):
+        v = base @ u + a @ (weights.T * (a.T @ u))
+        lam_new = np.sum(u * v, axis=0)
+        u = v / np.maximum(np.linalg.norm(v, axis=0), 1e-300)
+        if np.all(np.abs(lam_new - lam) <= 1e-10 * np.maximum(lam_new, 1e-300)):
+            lam = lam_new
+            break
+        lam = lam_new
+    return lam
+
+
 def bootstrap_ci(
     p: np.ndarray,
     y: np.ndarray,
@@ -168,9 +193,12 @@ def bootstrap_ci(
     counts = np.bincount(idx.ravel(), minlength=resamples * k).reshape(resamples, k).astype(np.float64)
     a = np.sqrt(p)[:, None] * y  # (K, k)
     kk = a.shape[0]
-    outer = (a.T[:, :, None] * a.T[:, None, :]).reshape(k, kk * kk)  # a_i a_i^T per column
-    mats = (counts @ outer / k).reshape(resamples, kk, kk) + base[None]
-    boots = np.linalg.eigvalsh(0.5 * (mats + np.swapaxes(mats, 1, 2)))[:, -1]
+    if kk * kk * k <= MAX_OUTER_ENTRIES:
+        outer = (a.T[:, :, None] * a.T[:, None, :]).reshape(k, kk * kk)  # a_i a_i^T per column
+        mats = (counts @ outer / k).reshape(resamples, kk, kk) + base[None]
+        boots = np.linalg.eigvalsh(0.5 * (mats + np.swapaxes(mats, 1, 2)))[:, -1]
+    else:
+        boots = _bootstrap_power(a, base, counts / k, top_eigen(base + small_matrix(p, y) / k)[1][:, 0])
     alpha = (1.0 - level) / 2
     lo_q, hi_q = np.quantile(boots, [alpha, 1 - alpha])
     lo = min(2 * lam - hi_q, lo_q)
