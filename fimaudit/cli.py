@@ -26,7 +26,6 @@ from .scan import ScanConfig, scan
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     help="Audit ONNX classifiers: input-space Fisher information, exact or sketched, from black-box queries.",
 )
 
@@ -486,14 +485,18 @@ def report_cmd(
     raise typer.Exit(_run_guarded(body))
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
         from . import __version__
 
         typer.echo(f"fimaudit {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit(0)
 
 

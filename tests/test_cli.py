@@ -219,3 +219,10 @@ def test_html_report_is_self_contained(setup):
     import html.parser
 
     html.parser.HTMLParser().feed(text)  # parses without error
+
+
+def test_version_and_help():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.startswith("fimaudit ")
+    res = runner.invoke(app, [])
+    assert res.exit_code == 0 and "scan" in res.stdout and "bounds" in res.stdout
