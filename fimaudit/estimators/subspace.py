@@ -147,7 +147,8 @@ def _ritz(p: np.ndarray, rows: np.ndarray, s_rows: np.ndarray) -> tuple[float, n
     if rows.shape[0] == 0:
         return 0.0, None
     evals, evecs = top_eigen(small_matrix(p, s_rows))
-    v = rows.T @ (s_rows.T @ (np.sqrt(p) * evecs[:, 0]))
+    coeff = s_rows.T @ (np.sqrt(p) * evecs[:, 0])
+    v = (rows.T @ coeff.astype(rows.dtype)).astype(np.float64)  # no float64 copy of the (k, d) rows
     nv = float(np.linalg.norm(v))
     return (float(evals[0]), v / nv) if nv > 0 else (0.0, None)
 
