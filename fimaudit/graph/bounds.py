@@ -236,28 +236,19 @@ class _Propagator:
         if op == "Concat":
             total = math.sqrt(sum(self.lip(i) ** 2 for i in node.inputs if i))
             return self._set(node, total, "sqrt of the sum of squares", None)
-        if op == "Mul":
-            return self._mul(node)
-        if op == "Div":
-            return self._div(node)
-        if op == "Conv":
-            return self._conv(node)
-        if op == "BatchNormalization":
-            return self._batchnorm(node)
-        if op in ("Gemm", "MatMul"):
-            return self._matmul(node)
-        if op == "MaxPool":
-            return self._maxpool(node)
-        if op == "AveragePool":
-            return self._avgpool(node)
+        handler = {
+            "Mul": self._mul, "Div": self._div, "Conv": self._conv, "BatchNormalization": self._batchnorm,
+            "Gemm": self._matmul, "MatMul": self._matmul, "MaxPool": self._maxpool, "AveragePool": self._avgpool,
+            "ReduceMean": self._reduce, "ReduceSum": self._reduce,
+        }.get(op)
+        if handler is not None:
+            return handler(node)
         if op == "GlobalAveragePool":
             shape = g.shapes.get(node.inputs[0])
             if shape is None:
                 return self._unbounded(node, f"shape of '{node.inputs[0]}' unknown")
             n = int(np.prod(shape[2:]))
             return self._scale(node, 1 / math.sqrt(n), f"1/sqrt({n}) (mean over {n} positions)")
-        if op in ("ReduceMean", "ReduceSum"):
-            return self._reduce(node)
         if op == "LayerNormalization":
             scale = g.consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
             eps = float(node.attrs.get("epsilon", 1e-5))
