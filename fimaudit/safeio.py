@@ -36,7 +36,9 @@ def _header(fh: BinaryIO, label: str) -> tuple[tuple[int, ...], bool, np.dtype]:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         else:
             raise ValueError(f"unknown .npy format version {major}")
-    except _READ_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - the header parser raises TokenError, SyntaxError, ...; all mean "corrupt"
+        if isinstance(exc, MemoryError):
+            raise
         raise DataError(f"cannot read {label}: not a valid .npy array ({' '.join(str(exc).split())[:120]})") from None
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise DataError(f"{label} declares an invalid shape {list(shape)}")

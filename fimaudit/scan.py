@@ -426,28 +426,13 @@ def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_bas
 
 def _save_directions(path: str, directions: np.ndarray) -> None:
     """Write the per-sample worst directions (unit, estimation space) as .npy, atomically."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    target = Path(path)
-    if target.suffix != ".npy":
+    from .runtime_guard import write_atomic
+
+    if Path(path).suffix != ".npy":
         raise ConfigError("--save-direction must name a .npy file")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, directions)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
 
 
 def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int, ...]) -> dict:
