@@ -114,7 +114,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "config": cfg_d,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }
 
 
@@ -181,13 +181,13 @@ def compare_models(
             for k, v in met.items():
                 if k not in ("accuracy", "layers"):
                     row[k] = v
-        row["seconds"] = time.perf_counter() - t0
+        row["timing"] = {"seconds": time.perf_counter() - t0}
         rows.append(row)
         if progress:
             progress(row["model"])
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
-    metrics = [k for k in rows[0] if k not in ("model", "seconds")]
+    metrics = [k for k in rows[0] if k not in ("model", "timing")]
     rng = np.random.default_rng(seed)
     by_target = {}
     for tgt in targets:
@@ -252,5 +252,5 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries)},
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }

@@ -225,3 +225,58 @@ def test_guarded_run_maps_signals_and_timeout():
                 pass
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------- determinism
+def _mlp(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(5)
+    w1, b1, w2, b2 = B.random_mlp(rng, 24, 16, 5, gain=2.0)
+    model = B.save(B.mlp_model(w1, b1, w2, b2), tmp_path / "mlp.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.uniform(0, 1, (6, 24)).astype(np.float32), y=rng.integers(0, 5, 6))
+    return model, data
+
+
+def _without_timing(text: str) -> str:
+    rep = __import__("json").loads(text)
+    assert isinstance(rep.pop("timing"), dict)
+    assert "seconds" not in rep.get("summary", {})
+    return __import__("json").dumps(rep, indent=2)
+
+
+@pytest.mark.parametrize("cmd", [
+    ["scan", "--method", "sketch", "--budget", "40", "--dither", "0.01"],
+    ["attack", "--attack", "pgd", "--budget", "30", "--steps", "3", "--eps", "0.05"],
+])
+def test_same_seed_same_json_apart_from_timing(tmp_path, cmd):
+    model, data = _mlp(tmp_path)
+    texts = []
+    for k in range(2):
+        out = tmp_path / f"r{k}.json"
+        res = run_cli(cmd[0], str(model), "--data", str(data), *cmd[1:], "--seed", "7", "--json", str(out), "-q")
+        assert res.exit_code == 0, res.stderr
+        texts.append(out.read_text())
+    assert texts[0] != texts[1]  # the timing differs ...
+    assert _without_timing(texts[0]) == _without_timing(texts[1])  # ... and nothing else does
+    other = tmp_path / "other.json"
+    run_cli(cmd[0], str(model), "--data", str(data), *cmd[1:], "--seed", "8", "--json", str(other), "-q")
+    assert _without_timing(other.read_text()) != _without_timing(texts[0])  # the seed matters
+
+
+@pytest.mark.parametrize("method", ["exact", "sketch"])
+def test_results_do_not_depend_on_max_batch(tmp_path, method):
+    import json
+
+    model, data = _mlp(tmp_path)
+    reps = []
+    for mb in ("1", "7", "256"):
+        out = tmp_path / f"mb{mb}.json"
+        res = run_cli("scan", str(model), "--data", str(data), "--method", method, "--budget", "60",
+                      "--max-batch", mb, "--json", str(out), "-q")
+        assert res.exit_code == 0, res.stderr
+        reps.append(json.loads(out.read_text()))
+    for rep in reps[1:]:
+        assert rep["config"]["max_batch"] != reps[0]["config"]["max_batch"]
+        for a, b in zip(reps[0]["samples"], rep["samples"]):
+            for key in ("lambda_max", "trace", "lower_bound"):
+                assert abs(b[key] - a[key]) <= 1e-6 * abs(a[key]), (key, a[key], b[key])

@@ -93,5 +93,5 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }
