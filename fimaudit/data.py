@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .guards import require_memory
 from .safeio import read_npy, read_npz
 
 
@@ -77,6 +79,8 @@ def eval_fraction(token: str) -> float:
     token = token.strip()
     if "/" in token:
         num, den = token.split("/", 1)
+        if float(den) == 0:
+            raise ValueError(token)
         value = float(num) / float(den)
     else:
         value = float(token)
@@ -164,10 +168,18 @@ def load_data(path: str | Path, sample_shape: tuple[int, ...], samples: int | No
     return Dataset(x=x, y=None if y is None else y.astype(np.int64), source=str(p))
 
 
+def check_labels(y: np.ndarray, n_classes: int, source: str) -> None:
+    """Labels must name one of the model's classes."""
+    if y.size and int(y.max()) >= n_classes:
+        raise ConfigError(f"labels in {source} go up to {int(y.max())} but the model has {n_classes} classes")
+
+
 def synthetic_data(
     sample_shape: tuple[int, ...], n: int, input_range: tuple[float, float], rng: np.random.Generator
 ) -> Dataset:
     """Uniform inputs in ``input_range`` (model-input units). Not representative of real data."""
     lo, hi = input_range
+    require_memory(3 * 8 * n * math.prod(sample_shape), f"{n} synthetic samples of shape {list(sample_shape)}",
+                   "; lower --samples")
     x = rng.uniform(lo, hi, size=(n,) + tuple(sample_shape))
     return Dataset(x=x, y=None, source="synthetic", synthetic=True)

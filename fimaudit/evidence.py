@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, load_data
+from .data import Preprocess, check_labels, load_data
 from .errors import ConfigError
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
@@ -51,13 +51,17 @@ class AttackConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray):
+def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, labels=None, source: str = ""):
     shape = model.sample_shape
     pre = Preprocess(1.0, tuple(mean), tuple(std))
     pre.check(shape)
     to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     probe = LogProbOracle(model, "logits", to_input)
     kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
+    if labels is not None:
+        if model.n_classes is None:
+            probe.raw(x_attack[:1])
+        check_labels(labels, int(model.n_classes), source)
     return LogProbOracle(model, kind, to_input), kind
 
 
@@ -70,7 +74,7 @@ def load_attack_inputs(cfg: AttackConfig):
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
     x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x, ds.y, ds.source)
     return model, oracle, kind, x, ds.y
 
 

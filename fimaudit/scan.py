@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import __version__
-from .data import Preprocess, load_data, synthetic_data
+from .data import Preprocess, check_labels, load_data, synthetic_data
 from .errors import ConfigError
 from .estimators.core import PROBES, Estimate, exact, quadratic_form, shrink_to_bound, sketch
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
@@ -267,8 +267,8 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     probs = np.exp(logp_centre)
     predicted = np.argmax(logp_centre, axis=1)
     n_classes = int(logp_centre.shape[1])
-    if dataset.y is not None and np.any(dataset.y >= n_classes):
-        raise ConfigError(f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {n_classes} classes")
+    if dataset.y is not None:
+        check_labels(dataset.y, n_classes, dataset.source)
 
     chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     method, k = chosen.method, chosen.k

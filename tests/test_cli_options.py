@@ -31,6 +31,7 @@ BAD = {
     "seed": ("one", "--seed"),
     "budget": ("many", "--budget"),
     "json": None,
+    "timeout": ("-3", "--timeout"),
     "quiet": None,
 }
 NOT_INTEGERS = {"samples": "abc", "max_batch": "1.5", "threads": "x"}  # typer's own parse errors

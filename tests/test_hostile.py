@@ -280,3 +280,106 @@ def test_results_do_not_depend_on_max_batch(tmp_path, method):
         for a, b in zip(reps[0]["samples"], rep["samples"]):
             for key in ("lambda_max", "trace", "lower_bound"):
                 assert abs(b[key] - a[key]) <= 1e-6 * abs(a[key]), (key, a[key], b[key])
+
+
+# ---------------------------------------------------------------- interruption and --timeout
+# Runs the CLI in a child process; a marker line on stdout says the first sample's estimate has
+# started, so the signal lands mid-run without any sleeping.
+_CHILD = """
+import sys
+import fimaudit.scan
+s = sys.modules["fimaudit.scan"]  # the package re-exports a function named scan
+real = s._estimate
+def marked(*a, **k):
+    if not getattr(marked, "done", False):
+        marked.done = True
+        print("MARK", flush=True)
+    return real(*a, **k)
+s._estimate = marked
+from fimaudit.cli import main
+sys.argv = ["fimaudit"] + sys.argv[1:]
+main()
+"""
+
+
+def _long_scan(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(3)
+    w1, b1, w2, b2 = B.random_mlp(rng, 64, 32, 5)
+    model = B.save(B.mlp_model(w1, b1, w2, b2), tmp_path / "m.onnx")
+    data = tmp_path / "d.npz"
+    # 20 000 samples x 129 queries: minutes of work; the run is signalled after its first sample.
+    np.savez(data, x=rng.uniform(0, 1, (20000, 64)).astype(np.float32))
+    return model, data
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_scan_exits_cleanly(tmp_path, sig, code):
+    import os
+    import subprocess
+    import sys
+
+    model, data = _long_scan(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [sys.executable, "-c", _CHILD, "scan", str(model), "--data", str(data), "--samples", "20000",
+            "--method", "exact", "--budget", "200", "--json", str(out / "r.json"), "--report", str(out / "r.html"),
+            "--save-direction", str(out / "dir.npy"), "-q"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "MARK"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"fimaudit: interrupted by {sig.name}; no report was written", lines
+    assert list(out.iterdir()) == []  # no report, no direction file, no temporary file
+
+
+def test_timeout_stops_the_run(tmp_path):
+    model, data = _long_scan(tmp_path)
+    out = tmp_path / "r.json"
+    res = run_cli("scan", str(model), "--data", str(data), "--samples", "20000", "--method", "exact",
+                  "--budget", "200", "--timeout", "1", "--json", str(out), "-q")
+    line = assert_one_line_error(res, "--timeout 1 s")
+    assert "no report" in line and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
+    res = run_cli("bounds", str(model), "--timeout", "600", "-q")  # a run that fits is unaffected
+    assert res.exit_code == 0, res.stderr
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------- crashes found by bench/fuzz.py
+def test_labels_beyond_the_classes_refused_by_every_command(tmp_path):
+    rng = np.random.default_rng(0)
+    model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3)), tmp_path / "lin.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.uniform(size=(4, 8)).astype(np.float32), y=np.array([0, 1, 10**9, 2]))
+    for cmd in (["metrics", "--no-corruptions"], ["attack", "--attack", "fgsm", "--budget", "20"],
+                ["attack", "--output-kind", "logits", "--budget", "20"], ["scan", "--budget", "40"]):
+        assert_one_line_error(run_cli(cmd[0], str(model), "--data", str(data), *cmd[1:], "-q"), "3 classes")
+
+
+@pytest.mark.parametrize("value", ["1/0", "0/0", "inf"])
+def test_fraction_with_zero_denominator(tmp_path, value):
+    rng = np.random.default_rng(0)
+    model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3)), tmp_path / "lin.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=rng.uniform(size=(4, 8)).astype(np.float32), y=np.array([0, 1, 2, 2]))
+    assert_one_line_error(run_cli("clever", str(model), "--data", str(data), "--scale", value, "-q"), "--scale")
+    assert_one_line_error(run_cli("attack", str(model), "--data", str(data), "--std", value, "-q"), "--std")
+
+
+def test_batchnorm_with_negative_or_nan_variance(tmp_path):
+    rng = np.random.default_rng(0)
+    m = B.conv_model(rng.standard_normal((2, 1, 3, 3)), np.zeros(2), rng.standard_normal((3, 2 * 16)), np.zeros(3),
+                     (1, 4, 4))
+    g = m.graph
+    g.node[1].input[0] = "bn"
+    g.node.insert(1, helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["bn"]))
+    for name, val in (("g", [1.0, 1.0]), ("be", [0.0, 0.0]), ("mu", [0.0, 0.0]), ("var", [-4.0, np.nan])):
+        g.initializer.append(numpy_helper.from_array(np.array(val, np.float32), name))
+    res = compute_bounds(str(B.save(m, tmp_path / "bn.onnx")))
+    assert res.lipschitz is None and res.reason

@@ -369,7 +369,10 @@ class _Propagator:
         if any(v is None for v in c):
             return None
         gamma, _beta, _mean, var = (v.astype(np.float64) for v in c)
-        return gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        denom = var + float(bn.attrs.get("epsilon", 1e-5))
+        if not (np.all(np.isfinite(denom)) and np.all(denom > 0) and np.all(np.isfinite(gamma))):
+            return None  # negative or NaN variance, NaN/Inf scale: no constant (the rule says why)
+        return gamma / np.sqrt(denom)
 
     def _batchnorm(self, node: Node) -> None:
         if node.name in self.folded_bn:

@@ -49,7 +49,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         raise ConfigError(f"{cfg.data} has no labels 'y': the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * cfg.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x, y, ds.source)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
