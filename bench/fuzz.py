@@ -718,6 +718,10 @@ def _leftovers(case: Case, code: int) -> list[str]:
 
 def worker(conn, mem_limit: int, extra: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+    # Write through the real file descriptors (a test runner may have replaced sys.stdout/stderr),
+    # so that the fd-level capture around each case sees everything the CLI prints.
+    sys.stdout = open(1, "w", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", closefd=False, buffering=1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import fimaudit.cli  # noqa: F401 - import once, outside the per-case timing
 

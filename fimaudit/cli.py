@@ -46,6 +46,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -339,7 +340,11 @@ def write_atomic(path: str, text: str) -> None:
 
 def _run_guarded(fn: Callable[[], int], timeout: float | None = None) -> int:
     try:
-        with guarded_run(timeout):  # SIGINT/SIGTERM and --timeout unwind the run; temporary files removed
+        # SIGINT/SIGTERM and --timeout unwind the run, temporary files removed. numpy's overflow and
+        # invalid-value warnings on hostile numbers would add lines to stderr: NaN/Inf are checked where
+        # they matter and become one-line errors.
+        with guarded_run(timeout), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             return fn()
     except Interrupted as exc:
         sys.stderr.write(f"fimaudit: {exc.message}\n")

@@ -383,3 +383,22 @@ def test_batchnorm_with_negative_or_nan_variance(tmp_path):
         g.initializer.append(numpy_helper.from_array(np.array(val, np.float32), name))
     res = compute_bounds(str(B.save(m, tmp_path / "bn.onnx")))
     assert res.lipschitz is None and res.reason
+
+
+def test_huge_fixed_batch_refused_before_any_query(tmp_path):
+    rng = np.random.default_rng(0)
+    model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3), batch=2**31 - 1), tmp_path / "m.onnx")
+    assert_one_line_error(run_cli("scan", str(model), "-q"), "fixed batch of 2147483647", "memory")
+
+
+def test_overflowing_data_is_one_line_without_numpy_warnings(tmp_path):
+    rng = np.random.default_rng(0)
+    model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3)), tmp_path / "m.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.full((4, 8), 1e300), y=np.array([0, 1, 2, 0]))  # float64 -> float32 overflows to inf
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # what a plain python process would print to stderr
+        assert_one_line_error(run_cli("attack", str(model), "--data", str(data), "-q"))
+    assert not [w for w in seen if issubclass(w.category, RuntimeWarning)]
