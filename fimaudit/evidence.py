@@ -15,8 +15,9 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, load_data
+from .data import Preprocess
 from .errors import ConfigError
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
 from .model import LogProbOracle, detect_output_kind, load_model
@@ -46,12 +47,20 @@ class AttackConfig:
     output_name: str | None = None
     input_shape: tuple[int, ...] | None = None
     output_kind: str = "auto"
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.layout, self.resize, self.channels, self.preset)
 
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray):
+
+def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0):
     shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
     pre.check(shape)
     to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     probe = LogProbOracle(model, "logits", to_input)
@@ -64,11 +73,12 @@ def load_attack_inputs(cfg: AttackConfig):
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device)
-    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    ds, pre = prep.dataset, prep.pre
     if ds.y is None:
-        raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
-    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+        raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
+    x = np.asarray(ds.x, dtype=np.float64) * pre.scale
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis)
     return model, oracle, kind, x, ds.y
 
 
@@ -127,6 +137,7 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     name: str = ""
+    options: DataOptions = DataOptions()
 
 
 def compare_models(
@@ -151,7 +162,7 @@ def compare_models(
     for spec in specs:
         t0 = time.perf_counter()
         res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std))
+                              scale=spec.scale, mean=spec.mean, std=spec.std, **asdict(spec.options)))
         row = {
             "model": spec.name or spec.path,
             "clean_accuracy": res.summary.accuracy,
@@ -161,7 +172,7 @@ def compare_models(
             "fim_upper": (res.bound or {}).get("fim_upper"),
         }
         base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                            scale=spec.scale, mean=spec.mean, std=spec.std)
+                            scale=spec.scale, mean=spec.mean, std=spec.std, **asdict(spec.options))
         for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
             rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
                                              "taus": (tau,)}))
@@ -177,7 +188,7 @@ def compare_models(
             from .metrics.suite import MetricsConfig, run_metrics
 
             met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
-                                            mean=spec.mean, std=spec.std, seed=seed))["metrics"]
+                                            mean=spec.mean, std=spec.std, seed=seed, **asdict(spec.options)))["metrics"]
             for k, v in met.items():
                 if k not in ("accuracy", "layers"):
                     row[k] = v
