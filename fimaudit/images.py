@@ -290,11 +290,13 @@ def decode_image(path: Path, layout: Layout, resize: str, channels: str) -> np.n
 
 
 def _reason(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    if "truncated" in text.lower() or isinstance(exc, EOFError):
-        return f"truncated or corrupt file ({text or type(exc).__name__})"
-    if type(exc).__name__ == "UnidentifiedImageError":
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
         return "not a PNG, JPEG or BMP image Pillow can identify"
+    text = " ".join(str(exc).split())
+    if "truncated" in text.lower() or isinstance(exc, (EOFError, SyntaxError, struct.error)):
+        return f"truncated or corrupt file ({text or type(exc).__name__})"
     return f"{type(exc).__name__}: {text}"[:200]
 
 
