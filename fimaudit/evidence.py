@@ -137,7 +137,6 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     name: str = ""
-    options: DataOptions = DataOptions()
 
 
 def compare_models(
@@ -162,7 +161,7 @@ def compare_models(
     for spec in specs:
         t0 = time.perf_counter()
         res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std, **asdict(spec.options)))
+                              scale=spec.scale, mean=spec.mean, std=spec.std))
         row = {
             "model": spec.name or spec.path,
             "clean_accuracy": res.summary.accuracy,
@@ -172,7 +171,7 @@ def compare_models(
             "fim_upper": (res.bound or {}).get("fim_upper"),
         }
         base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                            scale=spec.scale, mean=spec.mean, std=spec.std, **asdict(spec.options))
+                            scale=spec.scale, mean=spec.mean, std=spec.std)
         for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
             rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
                                              "taus": (tau,)}))
@@ -188,7 +187,7 @@ def compare_models(
             from .metrics.suite import MetricsConfig, run_metrics
 
             met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
-                                            mean=spec.mean, std=spec.std, seed=seed, **asdict(spec.options)))["metrics"]
+                                            mean=spec.mean, std=spec.std, seed=seed))["metrics"]
             for k, v in met.items():
                 if k not in ("accuracy", "layers"):
                     row[k] = v

@@ -79,8 +79,7 @@ def test_modes_rgba_palette_grey_and_16_bit(tmp_path):
     np.testing.assert_array_equal(decode_image(tmp_path / "a.png", NHWC16, "stretch", "rgb")[0, 0], [10, 20, 30])
     pal = Image.new("P", (16, 16), 1)
     pal.putpalette([0, 0, 0, 90, 120, 150] + [0] * 762)
-    pal.info["transparency"] = 0
-    pal.save(tmp_path / "p.png", transparency=0)
+    pal.save(tmp_path / "p.png", transparency=bytes([0, 255, 128]))  # per-entry alpha, as PNG's tRNS
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow warns when palette transparency is converted carelessly
         np.testing.assert_array_equal(decode_image(tmp_path / "p.png", NHWC16, "stretch", "rgb")[3, 3], [90, 120, 150])
@@ -281,3 +280,12 @@ def test_corpus_photos_round_trip_keep_the_accuracy(tmp_path):
         assert np.mean(pred == prep.dataset.y) >= 0.9, path.name
         done += 1
     assert done >= 2
+
+
+def test_corruptions_blur_space_not_channels_on_nhwc():
+    """Each channel constant over the image: a spatial blur leaves it unchanged in either layout."""
+    from fimaudit.metrics.suite import _corrupt_images
+
+    x = np.broadcast_to(np.array([0.0, 0.5, 1.0]), (2, 16, 16, 3)).copy()
+    out = _corrupt_images(x, "gaussian_blur", 5, np.random.default_rng(0), NHWC16)
+    np.testing.assert_allclose(out, x, atol=1e-12)
