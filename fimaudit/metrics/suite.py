@@ -33,6 +33,12 @@ class MetricsConfig:
     attack_samples: int = 100
     attack_budget: int = 300
     device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    output_kind: str = "auto"
+    max_batch: int = 256
+    threads: int = 0
     layout: str = "auto"
     resize: str = DEFAULT_RESIZE
     channels: str = "rgb"
@@ -41,7 +47,8 @@ class MetricsConfig:
 
 def run_metrics(cfg: MetricsConfig) -> dict:
     t0 = time.perf_counter()
-    model = load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
+                       device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
     prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
                    DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
     ds, pre = prep.dataset, prep.pre
@@ -49,7 +56,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, "auto", x, pre.channel_axis)
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
