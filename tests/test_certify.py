@@ -180,3 +180,12 @@ def test_bad_options_are_one_line_errors(linear, bad, match):
     _, model, data, _ = linear
     with pytest.raises(ConfigError, match=match):
         certify(CertifyConfig(model=str(model), data=str(data), **bad))
+
+
+def test_each_sample_draws_its_own_noise(tmp_path, linear):
+    """The same point at two indices gets independent draws (a seed per sample, not one stream)."""
+    _, model, data, _ = linear
+    x = np.load(data)["x"][[0, 0, 0]]
+    np.save(tmp_path / "same.npy", x)
+    res = certify(CertifyConfig(model=str(model), data=str(tmp_path / "same.npy"), sigma=SIGMA, n=4000))
+    assert len({s.n_a for s in res.samples}) == 3
