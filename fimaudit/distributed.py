@@ -266,7 +266,10 @@ def _run_on_client(client, work, blob, spec, points, labels, chunk, progress) ->
             if progress:
                 progress(len(by_index), n, queries)
     except KilledWorker as exc:
-        raise FimauditError(f"a chunk of samples killed Dask workers repeatedly and was given up: {exc}") from None
+        raise FimauditError(
+            "Dask workers died every time they ran one chunk of samples, so it was given up (out of memory? "
+            "see the worker logs)"
+        ) from exc
     finally:
         for fut in futures:
             fut.cancel()
