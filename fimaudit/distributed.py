@@ -114,6 +114,7 @@ class ModelSpec:
 
 
 _WORKER_MODELS: dict[tuple, Model] = {}
+SESSIONS_OPENED = [0]  # per process; the tests check that chunks reuse the worker's session
 
 
 def worker_model(blob: bytes, spec: ModelSpec) -> Model:
@@ -128,6 +129,7 @@ def worker_model(blob: bytes, spec: ModelSpec) -> Model:
         session, provider, _ = _open(proto, Path(spec.info.path), spec.device, spec.threads)
         model = Model(session, spec.info, provider=provider, input_dtype=spec.input_dtype, max_batch=spec.max_batch)
         _WORKER_MODELS[spec.key] = model
+        SESSIONS_OPENED[0] += 1
     return model
 
 

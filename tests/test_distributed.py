@@ -72,11 +72,11 @@ def test_each_worker_opens_the_session_once(setup, cluster):
     m = load_model(str(model))
     from fimaudit.certify import SmoothingJob
 
-    before = cluster[1].run(lambda: len(__import__("fimaudit.distributed").distributed._WORKER_MODELS))
+    before = cluster[1].run(lambda: __import__("fimaudit.distributed").distributed.SESSIONS_OPENED[0])
     points = np.random.default_rng(0).uniform(size=(6, 12))
     run_per_sample(SmoothingJob(0.3, 5, 40, 0.01, 0), m, points, [None] * 6,
                    execution=Execution(scheduler=cluster[0].scheduler_address, chunk=1))
-    after = cluster[1].run(lambda: len(__import__("fimaudit.distributed").distributed._WORKER_MODELS))
+    after = cluster[1].run(lambda: __import__("fimaudit.distributed").distributed.SESSIONS_OPENED[0])
     # six chunks, at most one new session per worker (none when an earlier test opened it)
     assert all(after[w] - before.get(w, 0) <= 1 for w in after)
 
