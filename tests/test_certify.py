@@ -189,3 +189,14 @@ def test_each_sample_draws_its_own_noise(tmp_path, linear):
     np.save(tmp_path / "same.npy", x)
     res = certify(CertifyConfig(model=str(model), data=str(tmp_path / "same.npy"), sigma=SIGMA, n=4000))
     assert len({s.n_a for s in res.samples}) == 3
+
+
+def test_terminal_rendering_shows_the_table_and_facts(linear):
+    from fimaudit.report.certify import render_certify_text
+
+    _, model, data, _ = linear
+    res = certify(CertifyConfig(model=str(model), data=str(data), sigma=SIGMA, n=2000, radii=(0.0, 0.3)))
+    text = render_certify_text(res)
+    row = res.summary.certified_accuracy[1]
+    assert "sigma = 0.25" in text and f"{100 * row.accuracy:.1f}%" in text
+    assert "n = 2000 estimation draws" in text and "abstained on 20.0%" in text
