@@ -106,7 +106,9 @@ class ModelSpec:
 
     @classmethod
     def of(cls, model: Model, device: str, threads: int) -> "ModelSpec":
-        return cls(model.info.sha256, model.info, np.dtype(model.input_dtype).name, model.max_batch, device, threads)
+        # The requested batch, not this machine's choice: each worker sizes batches for its own device.
+        return cls(model.info.sha256, model.info, np.dtype(model.input_dtype).name, model.requested_batch, device,
+                   threads)
 
     @property
     def key(self) -> tuple:
@@ -127,7 +129,8 @@ def worker_model(blob: bytes, spec: ModelSpec) -> Model:
 
         proto = onnx.load_from_string(blob)
         session, provider, _ = _open(proto, Path(spec.info.path), spec.device, spec.threads)
-        model = Model(session, spec.info, provider=provider, input_dtype=spec.input_dtype, max_batch=spec.max_batch)
+        model = Model(session, spec.info, provider=provider, input_dtype=spec.input_dtype, max_batch=spec.max_batch,
+                      proto=proto)
         _WORKER_MODELS[spec.key] = model
         SESSIONS_OPENED[0] += 1
     return model
@@ -153,6 +156,8 @@ def run_chunk(
         "worker": _worker_name(),
         "pid": os.getpid(),
         "provider": model.provider,
+        "batch": model.max_batch,
+        "io_binding": model.device_plan.binding,
         "samples": len(indices),
         "queries": model.queries - q0,
         "run_seconds": model.run_seconds - r0,
@@ -196,8 +201,9 @@ def run_per_sample(
         results, tasks = _run_on_client(client, work, blob, spec, points, labels, chunk, progress)
     per_worker: dict[str, dict] = {}
     for t in tasks:
-        w = per_worker.setdefault(t["worker"], {"worker": t["worker"], "provider": t["provider"], "samples": 0,
-                                                "queries": 0, "seconds": 0.0, "tasks": 0})
+        w = per_worker.setdefault(t["worker"], {"worker": t["worker"], "provider": t["provider"], "batch": t["batch"],
+                                                "io_binding": t["io_binding"], "samples": 0, "queries": 0,
+                                                "seconds": 0.0, "tasks": 0})
         w["samples"] += t["samples"]
         w["queries"] += t["queries"]
         w["seconds"] += t["seconds"]
@@ -233,6 +239,8 @@ def _run_local(work: SampleWork, model: Model, points: np.ndarray, labels: Seque
         "provider": model.provider,
         "run_seconds": model.run_seconds - r0,
         "execution": {"mode": "local", "workers": 1, "per_worker": [{"worker": "local", "provider": model.provider,
+                                                                      "batch": model.max_batch,
+                                                                      "io_binding": model.device_plan.binding,
                                                                       "samples": n}]},
     }
     return results, info
