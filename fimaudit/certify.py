@@ -329,8 +329,9 @@ class CertifyConfig:
     std: tuple[float, ...] = (1.0,)
     space: str = "input"
     input_range: tuple[float, float] = (0.0, 1.0)
-    max_batch: int = 256
+    max_batch: int = 256  # 0: automatic (from free memory on a GPU)
     threads: int = 0
+    output_kind: str = "auto"  # recorded only: the argmax is the same for logits and (log-)probabilities
 
     def validate(self) -> None:
         if not (np.isfinite(self.sigma) and self.sigma > 0):
@@ -345,7 +346,7 @@ class CertifyConfig:
             raise ConfigError(f"--space must be input or data, not '{self.space}'")
         if self.samples is not None and self.samples < 1:
             raise ConfigError("--samples must be >= 1")
-        if self.max_batch < 1:
+        if self.max_batch < 0:
             raise ConfigError("--max-batch must be >= 1")
         if self.data is None and self.space == "data":
             raise ConfigError("--space data needs --data: synthetic inputs are drawn in model-input units")

@@ -200,3 +200,42 @@ def test_terminal_rendering_shows_the_table_and_facts(linear):
     row = res.summary.certified_accuracy[1]
     assert "sigma = 0.25" in text and f"{100 * row.accuracy:.1f}%" in text
     assert "n = 2000 estimation draws" in text and "abstained on 20.0%" in text
+
+
+def test_cli_certify_json_and_exit_codes(linear, tmp_path):
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    _, model, data, _ = linear
+    runner = CliRunner()
+    args = ["certify", str(model), "--data", str(data), "--sigma", "0.25", "--n", "3000", "--n0", "20",
+            "--radii", "0,0.1"]
+    res = runner.invoke(app, args + ["-q", "--json", "-"], catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads(res.stdout)
+    api = certify(CertifyConfig(model=str(model), data=str(data), sigma=SIGMA, n=3000, n0=20, radii=(0.0, 0.1)))
+    assert [s.to_dict() for s in api.samples] == rep["samples"]
+    assert [r["radius"] for r in rep["summary"]["certified_accuracy"]] == [0.0, 0.1]
+    res = runner.invoke(app, args + ["--json", str(tmp_path / "c.json")], catch_exceptions=False)
+    assert res.exit_code == 0 and "certified accuracy" in res.stdout
+    assert CertifyResult.from_dict(json.loads((tmp_path / "c.json").read_text())).samples == api.samples
+    # missing --sigma, and an option that needs Dask where it is not installed: one line, exit 2
+    res = runner.invoke(app, ["certify", str(model), "--data", str(data)])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "--sigma" in res.stderr
+    bad = runner.invoke(app, args + ["--json", str(tmp_path / "bad.json"), "--alpha", "1"])
+    assert bad.exit_code == 2 and not (tmp_path / "bad.json").exists()
+
+
+def test_cli_workers_without_dask_is_one_line(linear, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    _, model, data, _ = linear
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    res = CliRunner().invoke(app, ["certify", str(model), "--data", str(data), "--sigma", "0.25", "--workers", "2"])
+    assert res.exit_code == 2 and res.stderr.strip().count("\n") == 0
+    assert "pip install 'fimaudit[distributed]'" in res.stderr
