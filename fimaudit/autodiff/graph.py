@@ -37,6 +37,8 @@ class DerivativeGraphs:
     primal: onnx.ModelProto  # x -> log p, every intermediate exposed (FD bisection, probing)
     reverse: onnx.ModelProto  # x, U -> log p, Uᵀ S
     forward: onnx.ModelProto  # x, V -> log p, S V
+    fisher: onnx.ModelProto  # x, V -> log p, S V, F V = Sᵀ diag(p) S V (one fused pass)
+    logp_model: onnx.ModelProto  # x -> log p
     input_name: str
     sample_shape: tuple[int, ...]
     input_dtype: np.dtype
@@ -212,12 +214,28 @@ def build_graphs(
         if any(i in active for i in n.input if i)
     ]
 
-    reverse, cotangents, contributions = _reverse(m, input_name, dtype, opset, shapes, dtypes, values, active, batch)
-    forward, tangents = _forward(m, input_name, dtype, opset, shapes, dtypes, values, active, batch)
+    rem, cotangents, contributions = _reverse(m, input_name, opset, shapes, dtypes, values, active, batch)
+    fem, tangents = _forward(m, input_name, opset, shapes, dtypes, values, active, batch)
+    t = helper.np_dtype_to_tensor_dtype(dtype)
+    bd = _batch_dim(batch)
+    cot_vi = helper.make_tensor_value_info(COTANGENT, t, [bd, n_classes])
+    tan_vi = helper.make_tensor_value_info(TANGENT, t, [bd] + list(sample_shape))
+    logp_vi = helper.make_tensor_value_info(LOGP, t, [bd, n_classes])
+    grad_vi = helper.make_tensor_value_info(GRAD, t, [bd] + list(sample_shape))
+    jvp_vi = helper.make_tensor_value_info(JVP_OUT, t, [bd, n_classes])
+    reverse = _finish(m, [rem], [cot_vi], [logp_vi, grad_vi])
+    forward = _finish(m, [fem], [tan_vi], [logp_vi, jvp_vi])
+    # F v in one pass: the tangent's S v weighted by p becomes the cotangent of the reverse part.
+    weight = Emitter(opset, {}, {}, {}, PREFIX + "w_", batch is None)
+    weight.nodes.append(helper.make_node("Mul", [weight.op("Exp", [LOGP]), JVP_OUT], [COTANGENT], name=COTANGENT))
+    fisher = _finish(m, [fem, weight, rem], [tan_vi], [logp_vi, jvp_vi, grad_vi])
+    logp_model = _finish(m, [], [], [logp_vi])
     return DerivativeGraphs(
         primal=probe,
         reverse=reverse,
         forward=forward,
+        fisher=fisher,
+        logp_model=logp_model,
         input_name=input_name,
         sample_shape=tuple(sample_shape),
         input_dtype=dtype,
@@ -235,25 +253,24 @@ def _batch_dim(batch: int | None):
     return "batch" if batch is None else int(batch)
 
 
-def _finish(m: onnx.ModelProto, em: Emitter, inputs: list, outputs: list) -> onnx.ModelProto:
+def _finish(m: onnx.ModelProto, emitters: list[Emitter], inputs: list, outputs: list) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(m)
     g = out.graph
-    g.node.extend(em.nodes)
-    g.initializer.extend(em.initializers)
+    for em in emitters:
+        g.node.extend(em.nodes)
+        g.initializer.extend(em.initializers)
     g.input.extend(inputs)
     del g.output[:]
     g.output.extend(outputs)
     return out
 
 
-def _reverse(m, x, dtype, opset, shapes, dtypes, values, active, batch):
+def _reverse(m, x, opset, shapes, dtypes, values, active, batch):
     em = Emitter(opset, dict(shapes), dict(dtypes), values, PREFIX + "r_", batch is None)
     em.active_names = active
-    t = helper.np_dtype_to_tensor_dtype(dtype)
-    k = shapes[LOGP][1]
     grads: dict[str, list[str]] = {LOGP: [COTANGENT]}
-    em.note_shape(COTANGENT, shapes[LOGP], dtype)
+    em.note_shape(COTANGENT, shapes[LOGP], dtypes[LOGP])
     summed: dict[str, str] = {}
     contributions: dict[str, list[tuple[str, str]]] = {}
     for node in reversed(list(m.graph.node)):
@@ -286,21 +303,14 @@ def _reverse(m, x, dtype, opset, shapes, dtypes, values, active, batch):
     gx = em.add_all(parts) if parts else em.zeros_like(x)
     summed[x] = gx
     em.nodes.append(helper.make_node("Identity", [gx], [GRAD], name=GRAD))
-    bd = _batch_dim(batch)
-    inputs = [helper.make_tensor_value_info(COTANGENT, t, [bd, k])]
-    outputs = [
-        helper.make_tensor_value_info(LOGP, t, [bd, k]),
-        helper.make_tensor_value_info(GRAD, t, [bd] + list(shapes[x][1:])),
-    ]
-    return _finish(m, em, inputs, outputs), summed, contributions
+    return em, summed, contributions
 
 
-def _forward(m, x, dtype, opset, shapes, dtypes, values, active, batch):
+def _forward(m, x, opset, shapes, dtypes, values, active, batch):
     em = Emitter(opset, dict(shapes), dict(dtypes), values, PREFIX + "f_", batch is None)
     em.active_names = active
-    t = helper.np_dtype_to_tensor_dtype(dtype)
     tang: dict[str, str] = {x: TANGENT}
-    em.note_shape(TANGENT, shapes[x], dtype)
+    em.note_shape(TANGENT, shapes[x], dtypes[x])
     for node in m.graph.node:
         tin = [tang.get(i) if i else None for i in node.input]
         if not any(tin) or not any(o in active for o in node.output):
@@ -315,11 +325,7 @@ def _forward(m, x, dtype, opset, shapes, dtypes, values, active, batch):
                 em.note_shape(to, shapes[o], dtypes[o])
     tl = tang.get(LOGP) or em.zeros_like(LOGP)
     em.nodes.append(helper.make_node("Identity", [tl], [JVP_OUT], name=JVP_OUT))
-    bd = _batch_dim(batch)
-    k = shapes[LOGP][1]
-    inputs = [helper.make_tensor_value_info(TANGENT, t, [bd] + list(shapes[x][1:]))]
-    outputs = [helper.make_tensor_value_info(LOGP, t, [bd, k]), helper.make_tensor_value_info(JVP_OUT, t, [bd, k])]
-    return _finish(m, em, inputs, outputs), tang
+    return em, tang
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
