@@ -17,8 +17,8 @@ from onnx import helper, numpy_helper
 class GradientUnsupported(Exception):
     """A node has no derivative rule here; ``op`` names it for the fallback note."""
 
-    def __init__(self, op: str, node: str, why: str) -> None:
-        super().__init__(f"no gradient rule for operator '{op}' (node '{node}'): {why}")
+    def __init__(self, op: str | None, node: str | None, why: str) -> None:
+        super().__init__(f"no gradient rule for operator '{op}' (node '{node}'): {why}" if op else why)
         self.op = op
         self.node = node
         self.why = why

@@ -201,7 +201,7 @@ def build_graphs(
         try:
             probe, values = _probe(m, input_name, sample_shape, batch, dtype, threads)
         except Exception as exc:
-            raise GradientUnsupported("?", "?", f"the primal graph does not run at batch {batch}: {exc}") from None
+            raise GradientUnsupported(None, None, f"the primal graph does not run at batch {batch}: {exc}") from None
     for init in m.graph.initializer:
         values.setdefault(init.name, numpy_helper.to_array(init))
     shapes = {k: tuple(v.shape) for k, v in values.items()}

@@ -701,13 +701,13 @@ def _vjp_pad(em, node, g):
         terms = [inner]
         if mode == "reflect":
             if b:
-                part = em.slice(gx, [b - 1], [np.iinfo(np.int64).min], [ax], [-1])
+                part = em.op("Gather", [gx, em.const(np.arange(b - 1, -1, -1, dtype=np.int64))], axis=ax)
                 # part[j] = g[b-1-j] lands on x[j+1], j < b
                 padv = [0] * (2 * rank)
                 padv[ax], padv[rank + ax] = 1, n - 1 - b
                 terms.append(em.pad(part, padv))
             if e:
-                part = em.slice(gx, [b + n + e - 1], [b + n - 1], [ax], [-1])
+                part = em.op("Gather", [gx, em.const(np.arange(b + n + e - 1, b + n - 1, -1, dtype=np.int64))], axis=ax)
                 # part[j] = g[b+n+e-1-j] lands on x[n-1-e+j], j < e
                 padv = [0] * (2 * rank)
                 padv[ax], padv[rank + ax] = n - 1 - e, 1
