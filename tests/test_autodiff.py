@@ -237,6 +237,13 @@ def test_unary_rules(op):
     assert_gradients(model, [5], x=np.random.default_rng(1).standard_normal((3, 5)))
 
 
+def test_prelu_rule():
+    rng = np.random.default_rng(3)
+    model = single([helper.make_node("Gemm", ["x", "W"], ["h"]), helper.make_node("PRelu", ["h", "slope"], ["y"])],
+                   [init("W", rng.standard_normal((5, 6))), init("slope", rng.uniform(0.05, 0.5, 6))], [5])
+    assert_gradients(model, [5])
+
+
 @pytest.mark.parametrize("op", ["Log", "Sqrt", "Reciprocal"])
 def test_positive_domain_rules(op):
     model = single([helper.make_node("Exp", ["x"], ["e"]), helper.make_node(op, ["e"], ["y"])], [], [6])

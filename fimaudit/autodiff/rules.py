@@ -335,10 +335,7 @@ def _vjp_gemm(em, node, g):
         else:
             gA = em.op("Gemm", [B, g[0]] + z, alpha=alpha, transA=tb, transB=1)
     if em.active(B):
-        if tb == 0:
-            gB = em.op("Gemm", [A, g[0]] + z, alpha=alpha, transA=1 - ta)
-        else:
-            gB = em.op("Gemm", [g[0], A] + z, alpha=alpha, transA=1, transB=ta)
+        _refuse(node, "a weight matrix B that depends on the input (use MatMul)")
     if C and em.active(C):
         gC = em.unbroadcast(em.op("Mul", [g[0], em.scalar(beta, C)]), em.shape(node.output[0]), em.shape(C), C)
     return [gA, gB] + ([gC] if len(node.input) > 2 else [])
