@@ -172,6 +172,14 @@ def test_maxpool_rule(dims, k, stride, pad, ceil, dil, seed):
     assert_gradients(model, [2] + [size] * dims, seed=seed)
 
 
+@pytest.mark.parametrize("k, size, ceil", [(2, 8, 0), (2, 7, 1), (2, 7, 0), (3, 8, 0), (3, 8, 1)])
+def test_maxpool_non_overlapping_tiles(k, size, ceil):
+    """Stride = kernel, no padding: the tile path (partial tiles with ceil_mode, unread rows without)."""
+    model = single([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k], ceil_mode=ceil)], [],
+                   [3, size, size])
+    assert_gradients(model, [3, size, size])
+
+
 @FAST
 @given(st.integers(1, 2), st.integers(2, 3), st.integers(1, 3), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
        st.integers(0, 10**6))

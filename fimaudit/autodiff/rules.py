@@ -400,9 +400,21 @@ def _vjp_conv(em, node, g):
     if em.active(w) or (len(node.input) > 2 and node.input[2] and em.active(node.input[2])):
         _refuse(node, "weights that depend on the input")
     kernel = tuple(em.shape(w)[2:])
-    strides, dil, begins, _ = _window(em, node, x, kernel)
+    strides, dil, begins, ends = _window(em, node, x, kernel)
     group = int(attrs(node).get("group", 1))
-    dx = _place(em, g[0], w, x, em.shape(node.output[0])[2:], kernel, strides, dil, begins, group)
+    weight = em.value(w)
+    reach = [(k - 1) * d for k, d in zip(kernel, dil)]
+    if weight is not None and all(s == 1 for s in strides) and all(b <= r and e <= r for b, e, r in zip(begins, ends, reach)):
+        # Stride 1: the transpose is a convolution with the flipped, transposed kernel
+        # (onnxruntime's Conv is several times faster than its ConvTranspose).
+        m, cg = weight.shape[:2]
+        wt = weight.reshape((group, m // group, cg) + kernel).swapaxes(1, 2).reshape((cg * group, m // group) + kernel)
+        wt = np.flip(wt, axis=tuple(range(2, wt.ndim)))
+        pads = [r - b for r, b in zip(reach, begins)] + [r - e for r, e in zip(reach, ends)]
+        dx = em.op("Conv", [g[0], em.const(np.ascontiguousarray(wt))], pads=pads, dilations=list(dil), group=group,
+                   kernel_shape=list(kernel))
+    else:
+        dx = _place(em, g[0], w, x, em.shape(node.output[0])[2:], kernel, strides, dil, begins, group)
     return [dx, None] + ([None] if len(node.input) > 2 else [])
 
 
@@ -499,6 +511,8 @@ def _vjp_maxpool(em, node, g):
     local = em.op("Mod", [idx, em.const(np.array(plane, np.int64))]) if em.opset >= 10 else em.op(
         "Sub", [idx, em.op("Mul", [em.op("Div", [idx, em.const(np.array(plane, np.int64))]),
                                   em.const(np.array(plane, np.int64))])])
+    if tuple(strides) == kernel and all(d == 1 for d in dil) and not any(begins) and len(kernel) == 2:
+        return [_maxpool_tiles(em, g[0], local, kernel, spatial, out_sp, x)]
     # For each kernel offset, the flat position it reads at each output (-1 where in padding);
     # the cotangent goes to offset j where the picked index equals that position.
     offsets = list(np.ndindex(*kernel))
@@ -524,6 +538,27 @@ def _vjp_maxpool(em, node, g):
         for j, off in enumerate(offsets):
             kern[(ci * len(offsets) + j, 0) + off] = 1.0
     return [_place(em, flat, em.const(kern), x, out_sp, kernel, strides, dil, begins, c)]
+
+
+def _maxpool_tiles(em: Emitter, g: str, local: str, kernel, spatial, out_sp, x: str) -> str:
+    """Non-overlapping 2-D max-pool: the masked cotangents of the kh x kw tile offsets, interleaved back.
+
+    Only Equal/Mul in output space, Concat and one Reshape: no scatter, no transposed convolution.
+    """
+    (kh, kw), (oh, ow), (h, w) = kernel, out_sp, spatial
+    rows = []
+    for a in range(kh):
+        parts = []
+        for b in range(kw):
+            i = np.arange(oh)[:, None] * kh + a
+            j = np.arange(ow)[None, :] * kw + b
+            pos = np.where((i < h) & (j < w), i * w + j, -1).astype(np.int64)
+            hit = em.mask(em.op("Equal", [local, em.const(pos[None, None])]), x)
+            parts.append(em.unsqueeze(em.op("Mul", [g, hit]), [3, 5]))
+        rows.append(em.op("Concat", parts, axis=5) if kw > 1 else parts[0])
+    tiles = em.op("Concat", rows, axis=3) if kh > 1 else rows[0]
+    up = em.op("Reshape", [tiles, em.const(np.array([0, 0, oh * kh, ow * kw], np.int64))])
+    return em.pad(up, [0, 0, 0, 0, 0, 0, h - oh * kh, w - ow * kw])
 
 
 @jvp("MaxPool")
