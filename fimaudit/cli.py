@@ -130,7 +130,7 @@ class SharedOption:
 
 
 OPTIONS: dict[str, SharedOption] = {}
-GROUPS: dict[str, list[str]] = {"graph": [], "run": [], "data": [], "budget": [], "out": []}
+GROUPS: dict[str, list[str]] = {"graph": [], "run": [], "data": [], "budget": [], "out": [], "cluster": []}
 # A group includes the groups listed here (run = graph + its own, data = run + its own).
 _INCLUDES = {"run": ("graph",), "data": ("run",)}
 
@@ -252,6 +252,12 @@ shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same s
               groups=("data",))
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
               groups=("budget",), parse=_at_least("--budget", 1))
+shared_option("workers", ("--workers",), Optional[int], None,
+              "Spread samples over N local Dask worker processes (needs the distributed extra).",
+              groups=("cluster",), parse=_at_least("--workers", 1), config=False)
+shared_option("scheduler", ("--scheduler",), Optional[str], None,
+              "Spread samples over the Dask cluster at this address (tcp://HOST:PORT).",
+              groups=("cluster",), config=False)
 shared_option("json", ("--json",), Optional[str], None, "Write the JSON result here ('-': stdout).",
               groups=("out",), config=False)
 shared_option("timeout", ("--timeout",), Optional[float], None,
@@ -285,6 +291,14 @@ class Opts:
         if missing:
             raise TypeError(f"{cls.__name__} lacks shared option fields {missing}")
         return cls(**{**shared, **own})
+
+    def execution(self):
+        """Where per-sample work runs (``--workers``/``--scheduler``), checked; None for this process."""
+        from .distributed import Execution
+
+        ex = Execution(workers=self._values.get("workers"), scheduler=self._values.get("scheduler"))
+        ex.validate()
+        return ex if ex.distributed else None
 
     @property
     def console(self) -> Console:
@@ -615,6 +629,43 @@ def compare_cmd(
         from .report.compare import render_compare
 
         render_compare(rep, opts.console)
+    return EXIT_OK
+
+
+def _with_progress(quiet: bool, verb: str, run: Callable[[Any], Any]) -> Any:
+    """``run(progress)`` under a progress bar on stderr (samples done, queries), or ``run(None)`` when quiet."""
+    if quiet:
+        return run(None)
+    with Progress(TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
+                  TextColumn("{task.fields[queries]} queries"), TimeElapsedColumn(), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(verb, total=None, queries=0)
+        return run(lambda done, total, queries: bar.update(task, completed=done, total=total, queries=queries))
+
+
+@command("certify", "data", "cluster", "out")
+def certify_cmd(
+    opts: Opts,
+    model: Path = typer.Argument(..., help="ONNX classifier to certify.", show_default=False),
+    sigma: float = typer.Option(..., "--sigma", help="Std of the Gaussian noise (in --space units); sets the scale of radii."),
+    n0: int = typer.Option(100, "--n0", help="Noisy queries per sample to select the smoothed prediction."),
+    n: int = typer.Option(100_000, "--n", help="Noisy queries per sample to bound its probability."),
+    alpha: float = typer.Option(0.001, "--alpha", help="Each certificate fails with probability at most alpha."),
+    radii: str = typer.Option("0,0.25,0.5,0.75,1", "--radii", help="Radii at which to report certified accuracy."),
+    space: str = typer.Option("input", "--space", help="Noise and radii per model-input unit (input) or stored-data unit (data)."),
+) -> int:
+    """Certified L2 radius per sample by Gaussian randomized smoothing (Cohen et al. 2019), certified accuracy."""
+    from .certify import CertifyConfig, certify
+    from .report.certify import render_certify
+
+    config = opts.config(CertifyConfig, model=str(model), sigma=sigma, n0=n0, n=n, alpha=alpha,
+                         radii=_floats_list(radii, "--radii"), space=space)
+    config.validate()
+    execution = opts.execution()
+    result = _with_progress(opts.quiet, "certifying", lambda progress: certify(config, progress, execution))
+    _write_json(opts, result.to_dict())
+    if not opts.quiet:
+        render_certify(result, opts.console)
     return EXIT_OK
 
 

@@ -17,12 +17,14 @@ from .safeio import read_npy, read_npz
 class Preprocess:
     """Affine map from stored data x to model input u = (x * scale - mean) / std.
 
-    ``mean`` and ``std`` are scalars or one value per channel (axis 0 of a sample).
+    ``mean`` and ``std`` are scalars or one value per channel; channels lie on ``channel_axis``
+    of a sample (0 for NCHW, 2 for NHWC: see ``fimaudit.model.layout``).
     """
 
     scale: float = 1.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    channel_axis: int = 0
 
     @property
     def is_identity(self) -> bool:
@@ -32,12 +34,15 @@ class Preprocess:
         arr = np.asarray(values, dtype=np.float64)
         if arr.size == 1:
             return arr.reshape(())
-        if not sample_shape or sample_shape[0] != arr.size:
+        axis = self.channel_axis
+        if not 0 <= axis < len(sample_shape) or sample_shape[axis] != arr.size:
             raise ConfigError(
                 f"--mean/--std have {arr.size} values but the model's sample shape {list(sample_shape)} does not have "
-                f"{arr.size} channels on its first axis"
+                f"{arr.size} channels on its channel axis ({axis}; --layout sets it for image inputs)"
             )
-        return arr.reshape((arr.size,) + (1,) * (len(sample_shape) - 1))
+        shape = [1] * len(sample_shape)
+        shape[axis] = arr.size
+        return arr.reshape(shape)
 
     def check(self, sample_shape: tuple[int, ...]) -> None:
         if not np.isfinite(self.scale) or self.scale == 0:
@@ -59,7 +64,7 @@ class Preprocess:
         return np.broadcast_to(self.scale / std, sample_shape).astype(np.float64)
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std), "channel_axis": self.channel_axis}
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:

@@ -15,8 +15,9 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, check_labels, load_data
+from .data import Preprocess, check_labels
 from .errors import ConfigError
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
 from .model import LogProbOracle, detect_output_kind, load_model
@@ -48,12 +49,21 @@ class AttackConfig:
     output_kind: str = "auto"
     max_batch: int = 256
     threads: int = 0
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.layout, self.resize, self.channels, self.preset)
 
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, labels=None, source: str = ""):
+
+def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0,
+                   labels=None, source: str = ""):
     shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
     pre.check(shape)
     to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     probe = LogProbOracle(model, "logits", to_input)
@@ -70,11 +80,13 @@ def load_attack_inputs(cfg: AttackConfig):
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    ds, pre = prep.dataset, prep.pre
     if ds.y is None:
-        raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
-    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x, ds.y, ds.source)
+        raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
+    x = np.asarray(ds.x, dtype=np.float64) * pre.scale
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+                                  ds.y, ds.source)
     return model, oracle, kind, x, ds.y
 
 
