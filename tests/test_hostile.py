@@ -402,3 +402,30 @@ def test_overflowing_data_is_one_line_without_numpy_warnings(tmp_path):
         warnings.simplefilter("always")  # what a plain python process would print to stderr
         assert_one_line_error(run_cli("attack", str(model), "--data", str(data), "-q"))
     assert not [w for w in seen if issubclass(w.category, RuntimeWarning)]
+
+
+def test_image_bomb_in_a_folder_is_one_line_and_the_pixel_limit_stays_on(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    import fimaudit.images  # noqa: F401 - importing fimaudit must not lift Pillow's limit
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 2 * 89_478_485
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # 100 000 x 100 000 pixels declared in a 70-byte file.
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10**5, 10**5, 8, 0, 0, 0, 0))
+                                   + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    model = _conv(tmp_path, "m.onnx")
+    tracemalloc.start()
+    res = run_cli("scan", str(model), "--data", str(folder), "-q")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert_one_line_error(res, "a.png", "decompression-bomb")
+    assert peak < 64 << 20
