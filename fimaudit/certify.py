@@ -234,9 +234,11 @@ class CertifySummary:
             "clean_accuracy": _clean(self.clean_accuracy),
             "smoothed_accuracy": _clean(self.smoothed_accuracy),
             "queries_total": self.queries_total,
-            "seconds": _clean(self.seconds),
-            "runtime_fraction": _clean(self.runtime_fraction),
         }
+
+    def timing_dict(self) -> dict:
+        """Wall-clock fields, kept apart so that equal seeds give equal results."""
+        return {"seconds": _clean(self.seconds), "runtime_fraction": _clean(self.runtime_fraction)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CertifySummary":
@@ -285,6 +287,7 @@ class CertifyResult:
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
             "execution": _clean(self.execution),
+            "timing": self.summary.timing_dict(),
         }
 
     @classmethod
@@ -299,7 +302,7 @@ class CertifyResult:
             config=d["config"],
             units=d.get("units", {}),
             samples=tuple(CertifiedSample.from_dict(s) for s in d["samples"]),
-            summary=CertifySummary.from_dict(d["summary"]),
+            summary=CertifySummary.from_dict({**d["summary"], **(d.get("timing") or {})}),
             notes=tuple(d.get("notes", ())),
             execution=d.get("execution", {}),
             schema_version=version,

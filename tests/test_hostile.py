@@ -247,6 +247,8 @@ def _without_timing(text: str) -> str:
 @pytest.mark.parametrize("cmd", [
     ["scan", "--method", "sketch", "--budget", "40", "--dither", "0.01"],
     ["attack", "--attack", "pgd", "--budget", "30", "--steps", "3", "--eps", "0.05"],
+    ["certify", "--sigma", "0.25", "--n0", "10", "--n", "200"],
+    ["metrics", "--no-corruptions"],
 ])
 def test_same_seed_same_json_apart_from_timing(tmp_path, cmd):
     model, data = _mlp(tmp_path)
