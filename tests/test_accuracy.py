@@ -7,7 +7,8 @@ import pytest
 
 import fimaudit
 from fimaudit.estimators import probe_directions
-from fimaudit.estimators.core import sketch
+from fimaudit.estimators.source import FiniteDifferences
+from fimaudit.estimators.subspace import sketch
 from fimaudit.model import LogProbOracle, load_model
 
 from . import builders as B
@@ -30,7 +31,7 @@ def test_linear_softmax_exact_matches_closed_form(tmp_path):
     x = rng.uniform(0, 1, size=(6, 3, 4, 4)).astype(np.float32)
     data = _npz(tmp_path / "d.npz", x)
     res = fimaudit.scan(model, data, method="exact", seed=0)
-    assert res.config["method_used"] == "exact"
+    assert res.run.method_used == "exact"
     for s, xi in zip(res.samples, x):
         f = B.linear_reference(w, b, xi)
         lam, tr = B.lam_max(f), float(np.trace(f))
@@ -160,7 +161,7 @@ def test_orthogonal_sketch_is_exact_at_k_equals_d(tmp_path):
     m = load_model(model)
     oracle = LogProbOracle(m, "logits")
     p = np.exp(oracle.logp(x[None])[0])
-    est = sketch(oracle, x, p, 1e-2, 20, np.random.default_rng(0), probes="orthogonal")
+    est = sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), 20, np.random.default_rng(0), probes="orthogonal")
     f = B.linear_reference(w, b, x)
     assert est.lambda_max == pytest.approx(B.lam_max(f), rel=1e-4)
     assert est.trace == pytest.approx(np.trace(f), rel=1e-4)
@@ -181,7 +182,7 @@ def test_sketch_interval_coverage(tmp_path):
     p = np.exp(oracle.logp(x[None])[0])
     covered = covered_tr = 0
     for seed in range(100):
-        est = sketch(oracle, x, p, 1e-2, k, np.random.default_rng(seed), probes="gaussian")
+        est = sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), k, np.random.default_rng(seed), probes="gaussian")
         lo, hi = est.lambda_max_ci
         covered += lo <= lam <= hi
         covered_tr += abs(est.trace - tr) <= 1.96 * est.trace_se

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.oracle import LogProbOracle
-from .core import Estimate, bootstrap_ci, certified_lower_bound, probe_directions, small_matrix, top_eigen
-from .fd import jvp
+from .core import Estimate, bootstrap_ci, certified_lower_bound, small_matrix, top_eigen
+from .probes import probe_directions
+from .source import JacobianSource
 
 SUBSPACES = ("dct", "learnt")
 
@@ -87,23 +87,19 @@ class LearntSubspace:
 
 
 def deflated_sketch(
-    oracle: LogProbOracle,
-    x0: np.ndarray,
-    p: np.ndarray,
-    h: float,
+    source: JacobianSource,
     q: np.ndarray,
     k: int,
     rng: np.random.Generator,
     probes: str = "gaussian",
     check_lower_bound: bool = True,
-    fd_rel_error: float | None = None,
     name: str = "deflated",
 ) -> Estimate:
-    """Exact on span(q) (rows orthonormal, 2r queries) plus a k-probe sketch of the complement (2k)."""
-    before = oracle.queries
-    d = int(np.prod(oracle.sample_shape))
+    """Exact on span(q) (rows orthonormal, r JVPs) plus a k-probe sketch of the complement (k JVPs)."""
+    before = source.queries
+    d, p = source.d, source.p
     r = q.shape[0]
-    z = jvp(oracle, x0, q, h).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
+    z = source.jvp(q).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
     units, scales = probe_directions(d, k, probes, rng)
     if r:
         w = units * scales[:, None].astype(units.dtype)
@@ -113,7 +109,7 @@ def deflated_sketch(
         units = w / norms[:, None].astype(w.dtype)
     else:
         norms = scales
-    y = (jvp(oracle, x0, units, h) * norms[:, None]).T  # (K, k) = S W'
+    y = (source.jvp(units) * norms[:, None]).T  # (K, k) = S W'
     fixed = small_matrix(p, z) if r else np.zeros((p.shape[0], p.shape[0]))
     g = fixed + small_matrix(p, y) / k
     evals, evecs = top_eigen(g)
@@ -124,14 +120,14 @@ def deflated_sketch(
     direction = _best_measured_direction(p, q, z, units, y / norms[None, :])
     lower = None
     if check_lower_bound and direction is not None:
-        lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
+        lower = certified_lower_bound(source, direction)
     return Estimate(
         method=f"{name}-{probes}",
         lambda_max=float(evals[0]),
         lambda_max_ci=ci,
         trace=trace,
         trace_se=trace_se,
-        queries=oracle.queries - before,
+        queries=source.queries - before,
         probes=k + r,
         top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
         lower_bound=lower,
@@ -162,3 +158,22 @@ def _best_measured_direction(p, q, z, units, y_units) -> np.ndarray | None:
     q_sub, v_sub = _ritz(p, q, z)
     q_cmp, v_cmp = _ritz(p, units, y_units)
     return v_sub if q_sub >= q_cmp and v_sub is not None else v_cmp
+
+
+def sketch(
+    source: JacobianSource,
+    k: int,
+    rng: np.random.Generator,
+    probes: str = "orthogonal",
+    check_lower_bound: bool = True,
+) -> Estimate:
+    """Output-space sketch G_hat = P^{1/2} (Y Y^T / k) P^{1/2} with Y = S W from k JVPs (2k queries).
+
+    The Hutchinson trace comes from the same probes: tr(F) ~ (1/k) sum_i |P^{1/2} y_i|^2,
+    with its standard error. With ``check_lower_bound`` one more JVP evaluates v^T F v
+    along the sketch's top direction mapped back to input space (a certified lower bound).
+    """
+    # The plain sketch is deflation with an empty subspace.
+    return deflated_sketch(
+        source, np.zeros((0, source.d)), k, rng, probes=probes, check_lower_bound=check_lower_bound, name="sketch"
+    )
