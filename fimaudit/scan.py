@@ -350,8 +350,10 @@ def estimate_sample(
     chosen, step = calib.plan, calib.step
     rng = np.random.default_rng([config.seed, 3, index])
     logp0 = calib.logp[index]
+    block = probe_block(config)
     source = FiniteDifferences(
-        oracle, x, step.h, logp0=logp0, rel_error=step.relative_discrepancy, vjp_probes=fresh_probes(chosen.k), rng=rng
+        oracle, x, step.h, logp0=logp0, rel_error=step.relative_discrepancy, vjp_probes=fresh_probes(chosen.k), rng=rng,
+        chunk=block,
     )
     est = _estimate(chosen, source, rng, config, calib.dct_basis, learnt_basis)
     trace, trace_se, trace_ci, trace_how = est.trace, est.trace_se, None, "probes"
@@ -387,14 +389,20 @@ def estimate_sample(
     return SampleOutcome(result, est.direction)
 
 
+def probe_block(config: ScanConfig) -> int:
+    """Probes per JVP call: two rows each by central differences, so a call stays within --max-batch rows."""
+    return max(1, config.max_batch // 2)
+
+
 def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, dct_basis, learnt_basis) -> Estimate:
     """Run the planned estimator at one sample (the checks are made by the caller)."""
+    block = probe_block(config)
     if chosen.method == "exact":
         return exact(source)
     if chosen.method == "sketch":
-        return sketch(source, chosen.k, rng, probes=config.probes, check_lower_bound=False)
+        return sketch(source, chosen.k, rng, probes=config.probes, check_lower_bound=False, block=block)
     if chosen.method == "power":
-        return power_fixed(source, chosen.k, rng, probes=config.probes, check_lower_bound=False)
+        return power_fixed(source, chosen.k, rng, probes=config.probes, check_lower_bound=False, block=block)
     if chosen.method == "power-fresh":
         return power_fresh(source, chosen.k, rng)
     if chosen.method == "deflated":
@@ -407,11 +415,30 @@ def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, 
             name = "deflated-learnt"
         else:
             basis, k, name = dct_basis, chosen.k, "deflated-dct"
-        return deflated_sketch(source, basis, k, rng, probes=config.probes, check_lower_bound=False, name=name)
+        return deflated_sketch(source, basis, k, rng, probes=config.probes, check_lower_bound=False, name=name,
+                              block=block)
     raise ConfigError(f"unknown method {chosen.method}")
 
 
 # ------------------------------------------------------------------ stage 5: assemble
+CHANCE_MIN_SAMPLES = 10
+
+
+def chance_note(accuracy: float | None, n: int, n_classes: int) -> str | None:
+    """A hint when labelled accuracy is within two standard errors of guessing (1/K): usually wrong preprocessing."""
+    if accuracy is None or n < CHANCE_MIN_SAMPLES or n_classes < 2:
+        return None
+    chance = 1.0 / n_classes
+    if accuracy > chance + 2.0 * np.sqrt(chance * (1 - chance) / n):
+        return None
+    return (
+        f"accuracy {100 * accuracy:.0f}% is near chance ({100 * chance:.0f}% for {n_classes} classes): the inputs are "
+        "probably not preprocessed the way the model expects; check --scale and --mean/--std (or --preset), and the "
+        "channel order and layout"
+    )
+
+
+
 def assemble(
     config: ScanConfig,
     loaded: Loaded,
@@ -427,6 +454,9 @@ def assemble(
     samples = tuple(o.result for o in outcomes)
     predicted = np.array([s.predicted for s in samples])
     accuracy = None if points.labels is None else float(np.mean(predicted == points.labels[: len(samples)]))
+    note = chance_note(accuracy, len(samples), calib.n_classes)
+    if note:
+        notes.append(note)
     summary = Summary(
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),

@@ -168,7 +168,11 @@ def test_orthogonal_sketch_is_exact_at_k_equals_d(tmp_path):
 
 
 def test_sketch_interval_coverage(tmp_path):
-    """The bootstrap interval covers the exact value in >= 90% of 100 seeded runs."""
+    """The bootstrap interval covers the exact value in >= 90% of 400 seeded runs (nominal 95%).
+
+    400 runs, not 100: at a true coverage of 92-93% a 100-run window falls below 90 one time
+    in six (binomial sd 2.6 runs); 400 runs measure it to +-1.3%.
+    """
     rng = np.random.default_rng(9)
     d, k = 60, 40
     w = rng.standard_normal((8, d)) * 0.4
@@ -181,13 +185,13 @@ def test_sketch_interval_coverage(tmp_path):
     oracle = LogProbOracle(m, "logits")
     p = np.exp(oracle.logp(x[None])[0])
     covered = covered_tr = 0
-    for seed in range(100):
+    for seed in range(400):
         est = sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), k, np.random.default_rng(seed), probes="gaussian")
         lo, hi = est.lambda_max_ci
         covered += lo <= lam <= hi
         covered_tr += abs(est.trace - tr) <= 1.96 * est.trace_se
-    assert covered >= 90
-    assert covered_tr >= 88  # normal-approximation interval of the Hutchinson mean
+    assert covered >= 360
+    assert covered_tr >= 352  # normal-approximation interval of the Hutchinson mean
 
 
 def test_bootstrap_for_many_classes_matches_the_dense_path(monkeypatch):

@@ -157,3 +157,61 @@ def test_a_1_0_report_reads_with_its_run_outputs_from_config(mlp_scan):
     back = ScanResult.from_dict(old)
     assert back.run == res.run
     assert back.config == res.to_dict()["config"]
+
+
+@pytest.mark.parametrize("probes", ["orthogonal", "gaussian"])
+@pytest.mark.parametrize("r", [0, 4])
+def test_streamed_sketch_equals_the_unstreamed_one(linear, probes, r):
+    """Blocks of 7 probes (directions rebuilt from seeds) = all probes held at once, same seed."""
+    from fimaudit.estimators.probes import ProbeStream
+    from fimaudit.estimators.subspace import deflated_sketch, dct_lowfreq_basis
+
+    oracle, x, p, s = linear
+    src = ClosedFormSource(s, np.log(p))
+    q = dct_lowfreq_basis((30,), r)
+    k = 45  # more than d: the orthogonal stream repeats with new signs
+    got = [deflated_sketch(src, q, k, np.random.default_rng(4), probes=probes, block=b) for b in (7, k)]
+    # The unstreamed reference, float64: all k probes, projected, Y = S W', Ritz direction W'^T c.
+    rng = np.random.default_rng(4)
+    units, scales = ProbeStream(30, k, probes, rng).block(0, k)
+    w = units.astype(np.float64) * scales[:, None]
+    w = w - (w @ q.T) @ q
+    y = s @ w.T
+    g = np.diag(np.sqrt(p)) @ (s @ q.T @ q @ s.T + y @ y.T / k) @ np.diag(np.sqrt(p))
+    lam = np.linalg.eigvalsh(g)[-1]
+    for est in got:
+        assert est.lambda_max == pytest.approx(lam, rel=1e-5)
+        assert est.trace == pytest.approx(np.trace(g), rel=1e-5)
+    a, b = got
+    assert a.lambda_max_ci == pytest.approx(b.lambda_max_ci, rel=1e-5)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-5)
+    if r == 0:
+        wn = w / np.linalg.norm(w, axis=1, keepdims=True)
+        sn = s @ wn.T
+        u = np.linalg.eigh(np.diag(np.sqrt(p)) @ sn @ sn.T @ np.diag(np.sqrt(p)))[1][:, -1]
+        v = wn.T @ (sn.T @ (np.sqrt(p) * u))
+        np.testing.assert_allclose(np.abs(a.direction @ (v / np.linalg.norm(v))), 1.0, atol=1e-5)
+
+
+def test_near_chance_accuracy_gets_a_preprocessing_hint():
+    from fimaudit.scan import chance_note
+
+    note = chance_note(0.11, 100, 10)
+    assert "--mean/--std" in note and "--preset" in note and "near chance" in note
+    assert chance_note(0.17, 100, 10) is None  # above 0.1 + 2 * 0.03: clearly better than guessing
+    assert chance_note(0.0, 5, 10) is None  # too few samples to tell
+    assert chance_note(None, 100, 10) is None
+
+
+def test_scan_says_so_when_labels_look_shuffled(mlp_scan, tmp_path):
+    model, data = mlp_scan
+    with np.load(data) as d:
+        x = np.repeat(d["x"], 4, axis=0)
+    pred = np.argmax(LogProbOracle(load_model(model), "logits").logp(x.astype(np.float64)), axis=1)
+    np.savez(tmp_path / "wrong.npz", x=x, y=(pred + 1) % 4)  # every label wrong: accuracy 0
+    res = fimaudit.scan(model, tmp_path / "wrong.npz", method="sketch", budget=30, bounds=False)
+    assert res.summary.accuracy == 0.0
+    assert any("near chance" in n for n in res.notes)
+    np.savez(tmp_path / "right.npz", x=x, y=pred)
+    res = fimaudit.scan(model, tmp_path / "right.npz", method="sketch", budget=30, bounds=False)
+    assert res.summary.accuracy == 1.0 and not any("near chance" in n for n in res.notes)

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from .core import Estimate, certified_lower_bound, quadratic_form, shrink_to_bound
-from .probes import probe_directions
+from .probes import ProbeStream
 from .source import JacobianSource
 
 POWER_MODES = ("fixed", "fresh")
@@ -55,16 +55,23 @@ def power_fixed(
     probes: str = "gaussian",
     iters: int = 500,
     check_lower_bound: bool = True,
+    block: int = 128,
 ) -> Estimate:
-    """Power iteration with m fixed, reused probes: m JVPs (+1 for the lower bound)."""
+    """Power iteration with m fixed, reused probes: m JVPs (+1 for the lower bound), streamed ``block`` at a time."""
     before = source.queries
     d, p = source.d, source.p
-    units, scales = probe_directions(d, m, probes, rng)
-    y = (source.jvp(units) * scales[:, None]).T  # (K, m): Y = S W
+    stream = ProbeStream(d, m, probes, rng)
+    y = np.empty((p.shape[0], m))
+    scales = np.empty(m)
+    for start in range(0, m, max(1, block)):
+        units, sc = stream.block(start, start + block)
+        scales[start : start + sc.size] = sc
+        y[:, start : start + sc.size] = (source.jvp(units) * sc[:, None]).T  # Y = S W, block by block
+        del units
     # On span(W), v = W c and F_hat v = (1/m) W Y^T P S v = W [(1/m) Y^T P Y c].
     apply = lambda c: (y.T @ (p * (y @ c))) / m  # noqa: E731
     lam, c, _ = power_iteration_matrix(apply, rng.standard_normal(m), iters)
-    v = (units * scales[:, None]).T @ c  # the iterate in input space
+    v = stream.combine(c * scales)  # the iterate W c in input space, rebuilt from the probe seeds
     nv = float(np.linalg.norm(v))
     direction = v / nv if nv > 0 else None
     per_probe = np.sum(p[:, None] * y * y, axis=0)

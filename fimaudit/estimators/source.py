@@ -30,7 +30,7 @@ import numpy as np
 from ..model.oracle import LogProbOracle
 from .fd import jvp as fd_jvp
 from .fd import jvp_coordinates
-from .probes import probe_directions
+from .probes import ProbeStream
 
 
 @runtime_checkable
@@ -134,10 +134,16 @@ class FiniteDifferences:
         return 2 * self.vjp_probes if m > 0 else 0
 
     def vjp(self, u: np.ndarray) -> np.ndarray:
-        """Zeroth-order S^T u for each row of ``u`` from ``vjp_probes`` fresh Gaussian probes (MATH §2)."""
+        """Zeroth-order S^T u for each row of ``u`` from ``vjp_probes`` fresh Gaussian probes (MATH §2).
+
+        Probes are streamed ``chunk`` at a time: memory O(chunk * d), whatever ``vjp_probes`` is.
+        """
         u = np.atleast_2d(np.asarray(u, dtype=np.float64))
         m = self.vjp_probes
-        units, scales = probe_directions(self.d, m, "gaussian", self.rng)
-        ys = self.jvp(units) * scales[:, None]  # (m, K): rows S w_j
-        coeff = (ys @ u.T) * scales[:, None] / m  # (m, rows): (u^T S w_j) |w_j| / m
-        return (units.T @ coeff.astype(units.dtype)).T.astype(np.float64)
+        stream = ProbeStream(self.d, m, "gaussian", self.rng)
+        coeff = np.empty((m, u.shape[0]))
+        for start in range(0, m, self.chunk):
+            units, scales = stream.block(start, start + self.chunk)
+            ys = self.jvp(units) * scales[:, None]  # rows S w_j
+            coeff[start : start + scales.size] = (ys @ u.T) * scales[:, None] / m  # (u^T S w_j) |w_j| / m
+        return np.stack([stream.combine(c, self.chunk) for c in coeff.T])
