@@ -249,7 +249,7 @@ shared_option("input_range", ("--input-range",), str, "0,1",
               "LO,HI: valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
               groups=("data",), parse=parse_range)
 shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
-              groups=("data",))
+              groups=("data",), parse=_at_least("--seed", 0))  # numpy seeds are nonnegative
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
               groups=("budget",), parse=_at_least("--budget", 1))
 shared_option("workers", ("--workers",), Optional[int], None,

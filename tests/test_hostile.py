@@ -435,3 +435,10 @@ def test_image_bomb_in_a_folder_is_one_line_and_the_pixel_limit_stays_on(tmp_pat
     tracemalloc.stop()
     assert_one_line_error(res, "a.png", "decompression-bomb")
     assert peak < 64 << 20
+
+
+def test_negative_seed_is_a_clean_refusal(tmp_path):
+    model, data = _mlp(tmp_path)
+    for cmd in (["metrics", "--no-corruptions"], ["scan", "--budget", "60"], ["certify", "--sigma", "0.2", "--n", "50"]):
+        assert_one_line_error(run_cli(cmd[0], str(model), "--data", str(data), *cmd[1:], "--seed", "-1", "-q"),
+                              "--seed")
