@@ -217,7 +217,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     d = model.d
     prepared = prepare(
         model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
-        tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset),
+        tuple(config.std), DataOptions.of(config),
     )
     pre = prepared.pre
     notes: list[str] = list(model.info.notes) + list(prepared.notes)

@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from PIL import Image
 
