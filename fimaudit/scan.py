@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import __version__
-from .data import Preprocess, synthetic_data
+from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
 from .estimators.core import PROBES, Estimate, exact, quadratic_form, shrink_to_bound, sketch
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
@@ -274,8 +274,8 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     probs = np.exp(logp_centre)
     predicted = np.argmax(logp_centre, axis=1)
     n_classes = int(logp_centre.shape[1])
-    if dataset.y is not None and np.any(dataset.y >= n_classes):
-        raise ConfigError(f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {n_classes} classes")
+    if dataset.y is not None:
+        check_labels(dataset.y, n_classes, dataset.source)
 
     chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     method, k = chosen.method, chosen.k
@@ -440,28 +440,13 @@ def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_bas
 
 def _save_directions(path: str, directions: np.ndarray) -> None:
     """Write the per-sample worst directions (unit, estimation space) as .npy, atomically."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    target = Path(path)
-    if target.suffix != ".npy":
+    from .runtime_guard import write_atomic
+
+    if Path(path).suffix != ".npy":
         raise ConfigError("--save-direction must name a .npy file")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, directions)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
 
 
 def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int, ...]) -> dict:

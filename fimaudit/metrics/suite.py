@@ -55,7 +55,8 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis)
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+                                  y, ds.source)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
@@ -106,7 +107,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }
 
 
