@@ -59,6 +59,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from .data import eval_fraction, parse_floats, parse_range
 from .errors import ConfigError, FimauditError
+from .images import CHANNEL_ORDERS, DEFAULT_RESIZE, PRESETS, RESIZE_POLICIES
+from .model.layout import LAYOUTS
 from .model.loader import parse_input_shape
 from .model.oracle import OUTPUT_KINDS
 from .report import render_json, renderer_for
@@ -182,6 +184,11 @@ def _choice(flag: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _optional_choice(flag: str, allowed: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
+    check = _choice(flag, allowed)
+    return lambda value: None if value is None else check(value)
+
+
 def _at_least(flag: str, low: int) -> Callable[[Optional[int]], Optional[int]]:
     def parse(value: Optional[int]) -> Optional[int]:
         if value is not None and value < low:
@@ -234,7 +241,8 @@ shared_option("max_batch", ("--max-batch",), int, 256, "Most rows per onnxruntim
 shared_option("threads", ("--threads",), int, 0, "onnxruntime intra-op threads (0: its default).", groups=("run",),
               parse=_at_least("--threads", 0))
 shared_option("data", ("--data",), Optional[Path], None,
-              ".npy (inputs) or .npz (x, optional integer labels y) in the model's input layout.",
+              ".npy (inputs), .npz (x, optional integer labels y) in the model's input layout, or a folder of "
+              "PNG/JPEG/BMP images (labels from subfolders or labels.csv).",
               groups=("data",), parse=_optional_str)
 shared_option("samples", ("--samples",), Optional[int], None, "Use the first N samples.", groups=("data",),
               parse=_at_least("--samples", 1))
@@ -245,6 +253,16 @@ shared_option("mean", ("--mean",), str, "0", "Model input = (x*scale - mean)/std
               groups=("data",), parse=_floats("--mean", 0.0))
 shared_option("std", ("--std",), str, "1", "Std, one value or one per channel.", groups=("data",),
               parse=_floats("--std", 1.0))
+shared_option("preset", ("--preset",), Optional[str], None,
+              "Named normalisation: imagenet | inception | unit | none (instead of --scale/--mean/--std).",
+              groups=("data",), parse=_optional_choice("--preset", tuple(PRESETS)))
+shared_option("layout", ("--layout",), str, "auto", "Input layout: auto (read from the graph) | nchw | nhwc.",
+              groups=("data",), parse=_choice("--layout", LAYOUTS))
+shared_option("resize", ("--resize",), str, DEFAULT_RESIZE,
+              "Image folders: shorter-side+center-crop | stretch to the model's size.", groups=("data",),
+              parse=_choice("--resize", RESIZE_POLICIES))
+shared_option("channels", ("--channels",), str, "rgb", "Image folders: channel order the model expects, rgb | bgr.",
+              groups=("data",), parse=_choice("--channels", CHANNEL_ORDERS))
 shared_option("input_range", ("--input-range",), str, "0,1",
               "LO,HI: valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
               groups=("data",), parse=parse_range)

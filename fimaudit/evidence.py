@@ -55,10 +55,6 @@ class AttackConfig:
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
-    def data_options(self) -> DataOptions:
-        return DataOptions(self.layout, self.resize, self.channels, self.preset)
-
 
 def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0,
                    labels=None, source: str = ""):
@@ -80,7 +76,7 @@ def load_attack_inputs(cfg: AttackConfig):
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")

@@ -213,7 +213,7 @@ def load(config: ScanConfig) -> Loaded:
     )
     prepared = prepare(
         model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
-        tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset),
+        tuple(config.std), DataOptions.of(config),
     )
     return Loaded(model, prepared.pre, prepared, tuple(model.info.notes) + tuple(prepared.notes))
 

@@ -49,8 +49,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
     t0 = time.perf_counter()
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
                        device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
-                   DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
