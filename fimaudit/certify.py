@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
-from .data import Preprocess, load_data, synthetic_data
+from .data import Preprocess, synthetic_data
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .errors import ConfigError
 from .model import load_model
 from .model.engine import Model
@@ -332,6 +333,10 @@ class CertifyConfig:
     max_batch: int = 256  # 0: automatic (from free memory on a GPU)
     threads: int = 0
     output_kind: str = "auto"  # recorded only: the argmax is the same for logits and (log-)probabilities
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
 
     def validate(self) -> None:
         if not (np.isfinite(self.sigma) and self.sigma > 0):
@@ -377,6 +382,16 @@ def _runtime(provider: str) -> dict:
     }
 
 
+def _units(data_space: bool, identity: bool, images: bool, preset: str | None) -> dict:
+    """The unit of the noise and of the radii (the same unit: both live where the noise is added)."""
+    how = f"--preset {preset}" if preset is not None else "--scale/--mean/--std"
+    if data_space:
+        stored = "pixel values 0-255 as decoded from the images" if images else "the data as stored"
+        return {"space": "data", "description": f"L2 radius in stored-data units: noise added to {stored}, before {how}"}
+    return {"space": "input", "description": "L2 radius in model-input units: noise added to the tensor the model "
+            "receives" + ("" if identity else f" (after {how})")}
+
+
 def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution=None) -> CertifyResult:
     """Certify each sample. ``execution`` (``fimaudit.distributed.Execution``) spreads samples over
     Dask workers; the result is the same as in one process apart from timing and ``execution``.
@@ -396,11 +411,12 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         threads=config.threads,
     )
     shape = model.sample_shape
-    pre = Preprocess(config.scale, tuple(config.mean), tuple(config.std))
-    pre.check(shape)
-    notes: list[str] = list(model.info.notes)
-    if config.data is not None:
-        dataset = load_data(config.data, shape, config.samples or DEFAULT_SAMPLES_DATA)
+    prepared = prepare(model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
+                       tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset))
+    pre = prepared.pre
+    notes: list[str] = list(model.info.notes) + list(prepared.notes)
+    if prepared.dataset is not None:
+        dataset = prepared.dataset
         if config.samples is None:
             notes.append(f"certified the first {dataset.x.shape[0]} samples (set --samples to change)")
         data_space = config.space == "data"
@@ -447,16 +463,11 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
             f"{config.sigma:g} may be too large for this model, or --n too small for --alpha"
         )
     info = model.info
-    units_space = "data" if job_pre is not None and not pre.is_identity else "input"
-    if units_space == "data":
-        units = {"space": "data", "description": "L2 radius per stored-data unit: noise and radius in the data as "
-                 "stored, before --scale/--mean/--std"}
-    else:
-        units = {"space": "input", "description": "L2 radius per model-input unit: noise added to the tensor the "
-                 "model receives" + ("" if pre.is_identity else " (after --scale/--mean/--std)")}
+    units = _units(job_pre is not None and not pre.is_identity, pre.is_identity, prepared.images, config.preset)
     cfg = asdict(config)
     cfg["samples_certified"] = n_samples
     cfg["data_source"] = dataset.source
+    cfg["preprocess"] = prepared.config
     cfg["noise_chunk_rows"] = noise_chunk(model.d)
     return CertifyResult(
         model={
