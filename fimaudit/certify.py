@@ -235,9 +235,11 @@ class CertifySummary:
             "clean_accuracy": _clean(self.clean_accuracy),
             "smoothed_accuracy": _clean(self.smoothed_accuracy),
             "queries_total": self.queries_total,
-            "seconds": _clean(self.seconds),
-            "runtime_fraction": _clean(self.runtime_fraction),
         }
+
+    def timing_dict(self) -> dict:
+        """Wall-clock fields, kept apart from the results so that equal seeds give equal results."""
+        return {"seconds": _clean(self.seconds), "runtime_fraction": _clean(self.runtime_fraction)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CertifySummary":
@@ -257,7 +259,8 @@ class CertifySummary:
 
 @dataclass(frozen=True)
 class CertifyResult:
-    """Everything ``certify`` learnt. ``execution`` says how it ran (workers, providers), not what it found."""
+    """Everything ``certify`` learnt. ``execution`` says how it ran (workers, providers), not what it found;
+    it is written under ``timing`` with the wall-clock fields."""
 
     model: dict
     runtime: dict
@@ -285,7 +288,8 @@ class CertifyResult:
             "samples": [s.to_dict() for s in self.samples],
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
-            "execution": _clean(self.execution),
+            # How it ran (workers, per-worker providers and seconds) varies between equal runs: it goes with timing.
+            "timing": self.summary.timing_dict() | {"execution": _clean(self.execution)},
         }
 
     @classmethod
@@ -300,9 +304,9 @@ class CertifyResult:
             config=d["config"],
             units=d.get("units", {}),
             samples=tuple(CertifiedSample.from_dict(s) for s in d["samples"]),
-            summary=CertifySummary.from_dict(d["summary"]),
+            summary=CertifySummary.from_dict({**d["summary"], **(d.get("timing") or {})}),
             notes=tuple(d.get("notes", ())),
-            execution=d.get("execution", {}),
+            execution=(d.get("timing") or {}).get("execution", {}),
             schema_version=version,
         )
 
