@@ -11,6 +11,7 @@ probability at least 1 − α over the noise, a returned radius is a true certif
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ DEFAULT_SAMPLES_SYNTHETIC = 16
 # A noise chunk holds at most this many float64 values, so 10^5 draws at 224x224x3 never sit
 # in memory at once; results do not depend on it (the Generator's stream is chunk-invariant).
 NOISE_VALUES = 1 << 22
+_RADIUS_KEY = re.compile(r"(certified_accuracy|certified)\[r=([^\]]+)\]")
 SEED_TAG = 5  # per-sample Generator seed is [seed, SEED_TAG, index]; scan uses tags 1..4
 
 ProgressFn = Callable[[int, int, int], None]  # (samples done, samples total, queries so far)
@@ -276,6 +278,36 @@ class CertifyResult:
     def certified_accuracy(self, radius: float) -> float | None:
         """Certified accuracy at any radius (not only the listed ones); None without labels."""
         return certified_rows(self.samples, [radius])[0].accuracy
+
+    def metrics(self) -> dict[str, float | None]:
+        """Flat named values for an audit policy (``certify.<name> >= X``), one per listed radius."""
+        s = self.summary
+        out: dict[str, float | None] = {}
+        for row in s.certified_accuracy:
+            out[f"certified_accuracy[r={row.radius:g}]"] = row.accuracy
+            out[f"certified[r={row.radius:g}]"] = row.certified
+        out.update({"abstain_rate": s.abstain_rate, "clean_accuracy": s.clean_accuracy,
+                    "smoothed_accuracy": s.smoothed_accuracy, "radius.median": s.radius.median,
+                    "radius.mean": s.radius.mean})
+        return out
+
+    def metric(self, name: str) -> float | None:
+        """One policy value by name; ``certified_accuracy[r=R]`` and ``certified[r=R]`` take any radius R."""
+        m = _RADIUS_KEY.fullmatch(name.strip())
+        if m:
+            try:
+                radius = float(m.group(2))
+            except ValueError:
+                radius = -1.0
+            if not (np.isfinite(radius) and radius >= 0):
+                raise ConfigError(f"certify.{name}: the radius must be a nonnegative number")
+            row = certified_rows(self.samples, [radius])[0]
+            return row.accuracy if m.group(1) == "certified_accuracy" else row.certified
+        values = self.metrics()
+        if name not in values:
+            raise ConfigError(f"certify has no value '{name}' (it has certified_accuracy[r=R], certified[r=R], "
+                              f"{', '.join(k for k in values if '[' not in k)})")
+        return values[name]
 
     def to_dict(self) -> dict:
         return {
