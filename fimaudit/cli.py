@@ -583,7 +583,7 @@ def clever_cmd(
     return EXIT_OK
 
 
-@command("compare", "data", "budget", "out", defaults={"samples": 20})
+@command("compare", "data", "budget", "cluster", "out", defaults={"samples": 20})
 def compare_cmd(
     opts: Opts,
     models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
@@ -617,7 +617,7 @@ def compare_cmd(
         raise ConfigError("compare needs at least two models")
     rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
-                         with_metrics=not no_metrics, options=common,
+                         with_metrics=not no_metrics, options=common, execution=opts.execution(),
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
     _write_json(opts, rep)
     if not opts.quiet:
