@@ -418,6 +418,10 @@ def _runtime(provider: str) -> dict:
     }
 
 
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole > 0 else None
+
+
 def _units(data_space: bool, identity: bool, images: bool, preset: str | None) -> dict:
     """The unit of the noise and of the radii (the same unit: both live where the noise is added)."""
     how = f"--preset {preset}" if preset is not None else "--scale/--mean/--std"
@@ -491,7 +495,8 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         smoothed_accuracy=float(np.mean([bool(s.correct) for s in samples])) if labelled else None,
         queries_total=setup_queries + int(sum(s.queries for s in samples)),
         seconds=seconds,
-        runtime_fraction=run_info["run_seconds"] / seconds if seconds > 0 else None,
+        # On workers: the share of their busy time inside onnxruntime (a sum over workers / wall could exceed 1).
+        runtime_fraction=_share(run_info["run_seconds"], run_info.get("busy_seconds", seconds)),
     )
     if summary.abstain_rate > 0.5:
         notes.append(

@@ -182,8 +182,8 @@ def run_per_sample(
 ) -> tuple[list, dict]:
     """Run ``work`` on every sample; returns the results in sample order and ``run_info``.
 
-    ``run_info`` holds ``provider``, ``run_seconds`` (inside onnxruntime, summed over workers)
-    and ``execution`` (mode, workers, chunks, per-worker provider/samples/queries/seconds).
+    ``run_info`` holds ``provider``, ``run_seconds`` (inside onnxruntime, summed over workers),
+    ``busy_seconds`` (worker time on the chunks; absent in one process) and ``execution`` (mode, workers, chunks, per-worker provider/samples/queries/seconds).
     """
     n = points.shape[0]
     if execution is None or not execution.distributed:
@@ -212,6 +212,7 @@ def run_per_sample(
     info = {
         "provider": providers[0] if len(providers) == 1 else "mixed: " + ", ".join(providers),
         "run_seconds": float(sum(t["run_seconds"] for t in tasks)),
+        "busy_seconds": float(sum(t["seconds"] for t in tasks)),  # worker time spent on the chunks
         "execution": {
             "mode": "dask",
             "scheduler": execution.scheduler or "local cluster",
