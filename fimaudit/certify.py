@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .model import load_model
 from .model.engine import Model
 from .result import Stats, _clean
+from .scan import _runtime as scan_runtime
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -398,26 +399,6 @@ class CertifyConfig:
             )
 
 
-def _runtime(provider: str) -> dict:
-    import platform
-
-    import onnx
-    import onnxruntime
-    import scipy
-
-    from . import __version__
-
-    return {
-        "provider": provider,
-        "fimaudit": __version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _share(part: float, whole: float) -> float | None:
     return part / whole if whole > 0 else None
 
@@ -519,7 +500,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
             "ir_version": info.ir_version,
             "opsets": info.opsets,
         },
-        runtime=_runtime(run_info["provider"]),
+        runtime=scan_runtime(model) | {"provider": run_info["provider"]},
         config=cfg,
         units=units,
         samples=samples,
