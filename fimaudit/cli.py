@@ -390,7 +390,7 @@ def _floats_list(text: str, flag: str) -> tuple[float, ...]:
 
 
 # --------------------------------------------------------------------------- commands
-@command("scan", "data", "budget", "out")
+@command("scan", "data", "budget", "cluster", "out")
 def scan_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
@@ -426,26 +426,8 @@ def scan_cmd(
         bounds=not no_bounds, dither=dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
-    err_console = Console(stderr=True)
-    if opts.quiet:
-        result = scan(config)
-    else:
-        with Progress(
-            TextColumn("[bold]scanning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("samples"),
-            TextColumn("{task.fields[queries]} queries"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("scan", total=None, queries=0)
-
-            def progress(done: int, total: int, queries: int) -> None:
-                bar.update(task, completed=done, total=total, queries=queries)
-
-            result = scan(config, progress)
+    execution = opts.execution()
+    result = _with_progress(opts.quiet, "scanning", lambda progress: scan(config, progress, execution))
     _write_json(opts, render_json(result))
     if report_path is not None:
         write_atomic(report_path, renderer_for(None, report_path)(result))

@@ -154,3 +154,23 @@ def test_compare_distributes_models_with_the_same_rows(tmp_path, cluster):
     assert remote["correlations"] == local["correlations"]
     assert sorted(done) == ["m0", "m1", "m2"]
     assert all("worker" in r["timing"] for r in remote["rows"])
+
+
+def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_path):
+    from fimaudit.scan import ScanConfig, scan
+
+    model, data = setup
+    cfg = ScanConfig(model=str(model), data=str(data), method="sketch", budget=40, scale=1 / 255, space="data",
+                     save_direction=str(tmp_path / "local.npy"))
+    local = scan(cfg)
+    from dataclasses import replace
+
+    remote = scan(replace(cfg, save_direction=str(tmp_path / "remote.npy")),
+                  execution=Execution(scheduler=cluster[0].scheduler_address, chunk=3))
+    def strip(d: dict) -> dict:
+        d = {k: v for k, v in d.items() if k != "timing"}
+        return d | {"config": {k: v for k, v in d["config"].items() if k != "save_direction"}}
+
+    assert strip(remote.to_dict()) == strip(local.to_dict())
+    assert remote.summary.queries_total == local.summary.queries_total
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), np.load(tmp_path / "local.npy"))
