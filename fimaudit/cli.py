@@ -413,7 +413,7 @@ def _floats_list(text: str, flag: str) -> tuple[float, ...]:
 
 
 # --------------------------------------------------------------------------- commands
-@command("scan", "data", "budget", "out")
+@command("scan", "data", "budget", "cluster", "out")
 def scan_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
@@ -449,26 +449,8 @@ def scan_cmd(
         bounds=not no_bounds, dither=dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
-    err_console = Console(stderr=True)
-    if opts.quiet:
-        result = scan(config)
-    else:
-        with Progress(
-            TextColumn("[bold]scanning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("samples"),
-            TextColumn("{task.fields[queries]} queries"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("scan", total=None, queries=0)
-
-            def progress(done: int, total: int, queries: int) -> None:
-                bar.update(task, completed=done, total=total, queries=queries)
-
-            result = scan(config, progress)
+    execution = opts.execution()
+    result = _with_progress(opts.quiet, "scanning", lambda progress: scan(config, progress, execution))
     _write_json(opts, render_json(result))
     if report_path is not None:
         write_atomic(report_path, renderer_for(None, report_path)(result))
@@ -606,7 +588,7 @@ def clever_cmd(
     return EXIT_OK
 
 
-@command("compare", "data", "budget", "out", defaults={"samples": 20})
+@command("compare", "data", "budget", "cluster", "out", defaults={"samples": 20})
 def compare_cmd(
     opts: Opts,
     models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
@@ -640,7 +622,7 @@ def compare_cmd(
         raise ConfigError("compare needs at least two models")
     rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
-                         with_metrics=not no_metrics, options=common,
+                         with_metrics=not no_metrics, options=common, execution=opts.execution(),
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
     _write_json(opts, rep)
     if not opts.quiet:

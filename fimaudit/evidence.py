@@ -143,6 +143,50 @@ class ModelSpec:
     name: str = ""
 
 
+def compare_row(
+    spec: ModelSpec, *, samples: int, eps_linf: float, eps_l2: float, budget: int, clever_points: int,
+    clever_samples: int, seed: int, tau: float, with_metrics: bool, metric_samples: int, common: dict,
+) -> dict:
+    """One model's row of the comparison (a function of the model alone, so models can run on Dask workers)."""
+    from .scan import ScanConfig, scan
+
+    t0 = time.perf_counter()
+    res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                          scale=spec.scale, mean=spec.mean, std=spec.std, **common))
+    row = {
+        "model": spec.name or spec.path,
+        "clean_accuracy": res.summary.accuracy,
+        "lambda_median": res.summary.lambda_max.median,
+        "lambda_p90": res.summary.lambda_max.p90,
+        "trace_median": res.summary.trace.median,
+        "fim_upper": (res.bound or {}).get("fim_upper"),
+    }
+    base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                        scale=spec.scale, mean=spec.mean, std=spec.std, **common)
+    for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
+        rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
+                                         "taus": (tau,)}))
+        r = rep["results"][0]
+        row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
+        row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
+    model, oracle, _, x, y = load_attack_inputs(base)
+    n_batches = max(2, clever_points // 5)
+    scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
+                     batch_size=5).score for i in range(min(clever_samples, len(x)))]
+    row["clever_l2_median"] = float(np.median(scores))
+    if with_metrics:
+        from .metrics.suite import MetricsConfig, run_metrics
+
+        met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
+                                        mean=spec.mean, std=spec.std, seed=seed,
+                                        **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
+        for k, v in met.items():
+            if k not in ("accuracy", "layers"):
+                row[k] = v
+    row["timing"] = {"seconds": time.perf_counter() - t0}
+    return row
+
+
 def compare_models(
     specs: list[ModelSpec],
     samples: int = 20,
@@ -158,53 +202,27 @@ def compare_models(
     with_metrics: bool = True,
     metric_samples: int = 300,
     options: dict | None = None,
+    execution=None,
 ) -> dict:
     """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs).
 
     ``options``: fields shared by every model's scan, attack and metric configs (device, input_name, ...).
+    ``execution`` (``fimaudit.distributed.Execution``) runs the models' rows on Dask workers.
     """
-    from .scan import ScanConfig, scan
-
     common = dict(options or {})
-    rows = []
-    for spec in specs:
-        t0 = time.perf_counter()
-        res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std, **common))
-        row = {
-            "model": spec.name or spec.path,
-            "clean_accuracy": res.summary.accuracy,
-            "lambda_median": res.summary.lambda_max.median,
-            "lambda_p90": res.summary.lambda_max.p90,
-            "trace_median": res.summary.trace.median,
-            "fim_upper": (res.bound or {}).get("fim_upper"),
-        }
-        base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                            scale=spec.scale, mean=spec.mean, std=spec.std, **common)
-        for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
-            rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
-                                             "taus": (tau,)}))
-            r = rep["results"][0]
-            row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
-            row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
-        model, oracle, _, x, y = load_attack_inputs(base)
-        n_batches = max(2, clever_points // 5)
-        scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
-                         batch_size=5).score for i in range(min(clever_samples, len(x)))]
-        row["clever_l2_median"] = float(np.median(scores))
-        if with_metrics:
-            from .metrics.suite import MetricsConfig, run_metrics
+    kwargs = dict(samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget, clever_points=clever_points,
+                  clever_samples=clever_samples, seed=seed, tau=tau, with_metrics=with_metrics,
+                  metric_samples=metric_samples, common=common)
+    if execution is not None:
+        from .distributed import run_per_model
 
-            met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
-                                            mean=spec.mean, std=spec.std, seed=seed,
-                                            **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
-            for k, v in met.items():
-                if k not in ("accuracy", "layers"):
-                    row[k] = v
-        row["timing"] = {"seconds": time.perf_counter() - t0}
-        rows.append(row)
-        if progress:
-            progress(row["model"])
+        rows = run_per_model(compare_row, specs, kwargs, execution, progress)
+    else:
+        rows = []
+        for spec in specs:
+            rows.append(compare_row(spec, **kwargs))
+            if progress:
+                progress(rows[-1]["model"])
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
     metrics = [k for k in rows[0] if k not in ("model", "timing")]

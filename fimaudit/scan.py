@@ -518,10 +518,28 @@ def assemble(
     )
 
 
-def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
+@dataclass(frozen=True)
+class ScanWork:
+    """Stage 4 on a chunk of samples, for ``fimaudit.distributed``: picklable, rebuilds the oracle per model."""
+
+    config: ScanConfig
+    calib: Calibration
+    pre: Preprocess | None  # estimation space -> model input when the points are in data units
+
+    def __call__(self, model: Model, indices, points: np.ndarray, labels) -> list[SampleOutcome]:
+        shape = model.sample_shape
+        to_input = None if self.pre is None else (lambda rows: self.pre.apply(rows, shape))
+        oracle = LogProbOracle(model, self.calib.kind, to_input)
+        return [estimate_sample(oracle, self.config, self.calib, int(i), x, label)
+                for i, x, label in zip(indices, points, labels)]
+
+
+def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None) -> ScanResult:
     """Run a scan: load, prepare points, calibrate, estimate each sample, assemble.
 
-    Raises ``FimauditError`` subclasses for bad input (one-line messages).
+    ``execution`` (``fimaudit.distributed.Execution``) runs stage 4 on Dask workers; the
+    report is the same apart from ``timing``. Raises ``FimauditError`` subclasses for bad
+    input (one-line messages).
     """
     t_start = time.perf_counter()
     loaded = load(config)
@@ -529,6 +547,8 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     points = prepare_points(config, loaded)
     oracle, calib = calibrate(config, model, points)
     n = points.x.shape[0]
+    if execution is not None and execution.distributed:
+        return _scan_distributed(config, loaded, points, calib, execution, progress, t_start)
     learnt = LearntSubspace(model.d) if needs_learnt_basis(config, calib) else None
     outcomes: list[SampleOutcome] = []
     if progress:
@@ -549,6 +569,40 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                 directions[i] = o.direction
         _save_directions(config.save_direction, directions.reshape((n,) + model.sample_shape))
     return assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
+
+
+def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib: Calibration, execution, progress,
+                      t_start: float) -> ScanResult:
+    """Stage 4 on Dask workers (fimaudit/distributed.py); stages 1-3 and 5 stay here."""
+    from dataclasses import replace
+
+    from .distributed import run_per_sample
+
+    if needs_learnt_basis(config, calib):
+        raise ConfigError("--subspace learnt carries state from sample to sample and cannot run on --workers; "
+                          "use --subspace dct")
+    model = loaded.model
+    n = points.x.shape[0]
+    labels = [None] * n if points.labels is None else [int(v) for v in points.labels]
+    work = ScanWork(config, calib, loaded.pre if points.to_input is not None else None)
+    client_queries = model.queries
+    outcomes, info = run_per_sample(
+        work, model, points.x, labels, execution=execution, device=config.device, threads=config.threads,
+        progress=None if progress is None else (lambda done, total, q: progress(done, total, client_queries + q)),
+    )
+    if config.save_direction:
+        directions = np.zeros((n, model.d), dtype=np.float32)
+        for i, o in enumerate(outcomes):
+            if o.direction is not None:
+                directions[i] = o.direction
+        _save_directions(config.save_direction, directions.reshape((n,) + model.sample_shape))
+    result = assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
+    # The workers' queries (each sample's count includes its centre query, made here in stage 3).
+    total = client_queries + sum(o.result.queries - 1 for o in outcomes)
+    busy = info.get("busy_seconds") or 0.0
+    summary = replace(result.summary, queries_total=total,
+                      runtime_fraction=info["run_seconds"] / busy if busy > 0 else None)
+    return replace(result, summary=summary, runtime=result.runtime | {"provider": info["provider"]})
 
 
 def _units(space: str, pre: Preprocess, images: bool, preset: str | None) -> dict:

@@ -67,13 +67,18 @@ def render_to_console(result: ScanResult, console: Console) -> None:
                                       f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"))
         else:
             facts.insert(3, ("bound", f"none from the weights: {b.get('reason')}"))
+    print_facts(console, facts, result.notes)
+
+
+def print_facts(console: Console, facts: list[tuple[str, str]], notes: tuple[str, ...] | list[str]) -> None:
+    """The key/value lines under a result's table, then its notes (the NOT REPRESENTATIVE one in bold)."""
     facts_table = Table(show_header=False, box=None, pad_edge=False)
     facts_table.add_column(style="bold")
     facts_table.add_column()
     for k, v in facts:
         facts_table.add_row(k, v)
     console.print(facts_table)
-    for note in result.notes:
+    for note in notes:
         style = "bold yellow" if note.startswith("NOT REPRESENTATIVE") else "yellow"
         console.print(f"note: {note}", style=style, soft_wrap=True)
 
