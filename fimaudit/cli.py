@@ -60,7 +60,9 @@ from .data import eval_fraction, parse_floats, parse_range
 from .errors import ConfigError, FimauditError
 from .model.loader import parse_input_shape
 from .model.oracle import OUTPUT_KINDS
-from .report import render_json, renderer_for
+from .audit import AuditConfig, AuditResult, Section, run_audit
+from .policy import Policy, apply_to_config, evaluate, load_policy, parse_check
+from .report import load_result, render_json, renderer_for
 from .report.terminal import render_to_console
 from .result import ScanResult
 from .scan import ScanConfig, scan
@@ -444,14 +446,17 @@ def scan_cmd(
 
 
 def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
+    """``--fail-above X`` is the one-line policy ``fisher.lambda_max.median <= X``."""
     if fail_above is None:
         return EXIT_OK
-    median = result.summary.lambda_max.median
-    if median is not None and median > fail_above:
-        if not quiet:
-            sys.stderr.write(f"fimaudit: gate failed: median lambda_max {median:.4g} > --fail-above {fail_above:g}\n")
-        return EXIT_GATE
-    return EXIT_OK
+    policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
+    wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
+    failed = [c for c in evaluate(policy, wrapped) if not c.passed]
+    if failed and not quiet:
+        c = failed[0]
+        value = "not computed" if c.value is None else f"{c.value:.4g}"
+        sys.stderr.write(f"fimaudit: gate failed: median lambda_max {value} > --fail-above {fail_above:g}\n")
+    return EXIT_GATE if failed else EXIT_OK
 
 
 @command("bounds", "graph", "out")
@@ -616,26 +621,81 @@ def compare_cmd(
     return EXIT_OK
 
 
+AUDIT_FILES = {"audit.json": "json", "audit.html": "html", "audit.md": "markdown", "junit.xml": "junit"}
+
+
+def _timestamp() -> str:
+    """UTC time of the run; SOURCE_DATE_EPOCH (the reproducible-builds convention) fixes it."""
+    import datetime as dt
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    except ValueError:
+        raise ConfigError(f"SOURCE_DATE_EPOCH '{epoch}' must be whole seconds since 1970") from None
+    return when.replace(microsecond=0).isoformat()
+
+
+@command("audit", "data", "budget", "out", defaults={"samples": 20})
+def audit_cmd(
+    opts: Opts,
+    model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
+    policy_path: Optional[Path] = typer.Option(None, "--policy", help="TOML policy: checks and what to compute."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json, audit.html, audit.md, junit.xml."),
+) -> int:
+    """Every kind of evidence, one policy, one dossier: exit 0 all checks pass, 1 a check fails, 2 bad input."""
+    policy = None if policy_path is None else load_policy(policy_path)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    cfg = AuditConfig(**apply_to_config(policy, {**opts.config_fields(), "model": str(model)}))
+    cfg.validate()
+    created = _timestamp()
+    if opts.quiet:
+        result = run_audit(cfg)
+    else:
+        with Progress(TextColumn("[bold]auditing"), TextColumn("{task.fields[section]}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("audit", total=None, section="")
+
+            def progress(section: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, section=section)
+
+            result = run_audit(cfg, progress)
+    checks = () if policy is None else evaluate(policy, result)
+    result = AuditResult(result.model, result.config, result.sections, checks,
+                         None if policy is None else policy.to_dict(), created)
+    if out is not None:
+        out.mkdir(exist_ok=True)
+        for name, fmt in AUDIT_FILES.items():
+            write_atomic(str(out / name), renderer_for(fmt, None, "audit")(result))
+    _write_json(opts, renderer_for("json", None, "audit")(result))
+    if not opts.quiet:
+        (sys.stderr if opts.json == "-" else sys.stdout).write(renderer_for("text", None, "audit")(result))
+    return EXIT_OK if result.verdict != "fail" else EXIT_GATE
+
+
 @command("report")
 def report_cmd(
     opts: Opts,
-    saved: Path = typer.Argument(..., help="A JSON report written by `fimaudit scan --json`."),
+    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan --json` or `fimaudit audit`."),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="text | markdown | html | json (default: from --out, else text)."
+        None, "--format", help="text | markdown | html | json | junit (audit) (default: from --out, else text)."
     ),
     out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
 ) -> int:
     """Re-render a saved JSON report in another format."""
     try:
         raw = json.loads(saved.read_text(encoding="utf-8"))
-        result = ScanResult.from_dict(raw)
+        kind, result = load_result(raw)
     except FileNotFoundError:
         raise ConfigError(f"report not found: {saved}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {saved}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{saved} is not a fimaudit scan report ({type(exc).__name__}: {exc})") from None
-    write_atomic(out, renderer_for(fmt, out)(result))
+        raise ConfigError(f"{saved} is not a fimaudit result ({type(exc).__name__}: {exc})") from None
+    write_atomic(out, renderer_for(fmt, out, kind)(result))
     return EXIT_OK
 
 
@@ -645,7 +705,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
-        from . import __version__
+        from ._version import __version__
 
         typer.echo(f"fimaudit {__version__}")
         raise typer.Exit(0)

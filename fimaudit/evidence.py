@@ -15,11 +15,14 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, load_data
+from .attack_space import attack_oracle
+from .data import load_data
 from .errors import ConfigError
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
-from .model import LogProbOracle, detect_output_kind, load_model
+from .metrics.suite import MetricsConfig, run_metrics
+from .model import load_model
+from .scan import ScanConfig, scan
 
 DEFAULT_TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -51,16 +54,6 @@ class AttackConfig:
     extra: dict = field(default_factory=dict)
 
 
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray):
-    shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std))
-    pre.check(shape)
-    to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
-    probe = LogProbOracle(model, "logits", to_input)
-    kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
-    return LogProbOracle(model, kind, to_input), kind
-
-
 def load_attack_inputs(cfg: AttackConfig):
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
@@ -70,7 +63,7 @@ def load_attack_inputs(cfg: AttackConfig):
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
     x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+    oracle, kind = attack_oracle(model, cfg.mean, cfg.std, cfg.output_kind, x)
     return model, oracle, kind, x, ds.y
 
 
@@ -151,8 +144,6 @@ def compare_models(
 
     ``options``: fields shared by every model's scan, attack and metric configs (device, input_name, ...).
     """
-    from .scan import ScanConfig, scan
-
     common = dict(options or {})
     rows = []
     for spec in specs:
@@ -181,8 +172,6 @@ def compare_models(
                          batch_size=5).score for i in range(min(clever_samples, len(x)))]
         row["clever_l2_median"] = float(np.median(scores))
         if with_metrics:
-            from .metrics.suite import MetricsConfig, run_metrics
-
             met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
                                             mean=spec.mean, std=spec.std, seed=seed,
                                             **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]

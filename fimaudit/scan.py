@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .data import Preprocess, load_data, synthetic_data
 from .errors import ConfigError
 from .estimators.core import PROBES, Estimate, exact, quadratic_form, shrink_to_bound, sketch

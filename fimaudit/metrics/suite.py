@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..attack_space import attack_oracle
+from ..attacks import make_attack
 from ..data import load_data
 from ..errors import ConfigError
-from ..evidence import _attack_oracle
 from ..model import load_model
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from .performance import performance, shift_robustness
@@ -49,7 +50,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         raise ConfigError(f"{cfg.data} has no labels 'y': the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * cfg.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+    oracle, kind = attack_oracle(model, cfg.mean, cfg.std, cfg.output_kind, x)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
@@ -82,8 +83,6 @@ def run_metrics(cfg: MetricsConfig) -> dict:
             metrics[f"corruption_{key}"] = float(np.mean([s[key] for s in shifts]))
     if cfg.attack_samples > 0 and cfg.attack_eps > 0:
         # The attacked set as a shift: Square L-inf (score-based, no gradients) on the first samples.
-        from ..attacks import make_attack
-
         na = min(cfg.attack_samples, len(x))
         lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
         out = make_attack("square")(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from ..errors import ModelOutputError
-from .loader import ModelInfo
+from .spec import ModelInfo
 from .session import translate_ort_error
 
 
