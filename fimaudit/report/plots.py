@@ -29,6 +29,8 @@ def to_svg(fig) -> str:
     with matplotlib.rc_context(_STYLE):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
+    # The RDF metadata block only names the generator; the page has its own footer.
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.S)
     return text[text.index("<svg"):]
 
 
