@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from ._version import __version__
 from .errors import ConfigError, FimauditError
 from .evidence import AttackConfig, run_attack, run_clever
 from .graph import compute_bounds
+from .images import DEFAULT_RESIZE, DataOptions, prepare
+from .model import load_model
 from .metrics.suite import MetricsConfig, run_metrics
 from .result import ScanResult, _clean
 from .scan import ScanConfig, scan
@@ -55,6 +58,10 @@ class AuditConfig:
     output_kind: str = "auto"
     max_batch: int = 256
     threads: int = 0
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     eps: tuple[float, ...] = (0.01, 0.03)
     norm: str = "linf"
     attacks: tuple[str, ...] = ("pgd", "square")
@@ -348,21 +355,17 @@ SECTIONS: list[SectionSpec] = [
 
 def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None) -> AuditResult:
     """Every section in order; bad input (model, data, options) raises, a failing section is recorded."""
-    import time
-
     cfg.validate()
     # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
-    from .data import load_data
-    from .model import load_model
-
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
     ctx = AuditContext(cfg, progress=progress)
     if cfg.data is not None:
-        ds = load_data(cfg.data, model.sample_shape, cfg.samples)
-        ctx.arrays["inputs"] = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-        if ds.y is None:
-            ctx.unlabelled_reason = f"{cfg.data} has no array 'y'"
+        prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
+                       DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
+        ctx.arrays["inputs"] = np.asarray(prep.dataset.x, dtype=np.float64) * prep.pre.scale
+        if prep.dataset.y is None:
+            ctx.unlabelled_reason = f"{cfg.data} has no labels (y, subfolders or labels.csv)"
     wanted = set(cfg.sections) or {s.name for s in SECTIONS}
     sections = []
     for spec in SECTIONS:
