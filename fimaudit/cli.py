@@ -715,9 +715,10 @@ def audit_cmd(
     result = AuditResult(result.model, result.config, result.sections, checks,
                          None if policy is None else policy.to_dict(), created)
     if out is not None:
+        pages = {name: renderer_for(fmt, None, "audit")(result) for name, fmt in AUDIT_FILES.items()}  # all, then write
         out.mkdir(exist_ok=True)
-        for name, fmt in AUDIT_FILES.items():
-            write_atomic(str(out / name), renderer_for(fmt, None, "audit")(result))
+        for name, text in pages.items():
+            write_atomic(str(out / name), text)
     _write_json(opts, renderer_for("json", None, "audit")(result))
     if not opts.quiet:
         (sys.stderr if opts.json == "-" else sys.stdout).write(renderer_for("text", None, "audit")(result))
