@@ -289,7 +289,7 @@ def _attack_section(ctx: AuditContext) -> dict:
     runs = []
     for k, name in enumerate(cfg.attacks):
         acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)))
-        runs.append(run_attack(acfg))
+        runs.append(run_attack(acfg).to_dict())
         ctx.step("attacks", k + 1, len(cfg.attacks))
     return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs}
 
@@ -298,14 +298,14 @@ def _clever_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "CLEVER scores")
     acfg = cfg.build(AttackConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), budget=10**9)
-    return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2)
+    return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2).to_dict()
 
 
 def _metrics_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "the metric suite")
     mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0)
-    rep = run_metrics(mcfg)
+    rep = run_metrics(mcfg).to_dict()
     if rep["corruptions"]:
         sev = sorted({int(s) for row in rep["corruptions"].values() for s in row})
         rep["corruption_mean_by_severity"] = {str(s): float(np.mean([row[str(s)] for row in rep["corruptions"].values()]))

@@ -63,6 +63,7 @@ from .model.oracle import OUTPUT_KINDS
 from .audit import AuditConfig, AuditResult, Section, run_audit
 from .policy import Policy, apply_to_config, evaluate, load_policy, parse_check
 from .report import load_result, render_json, renderer_for
+from .report.evidence import tables as evidence_tables
 from .report.terminal import render_to_console
 from .result import ScanResult
 from .runtime_guard import Interrupted, RunTimeout, guarded_run
@@ -505,22 +506,11 @@ def attack_cmd(
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
                       taus=_floats_list(taus, "--tau"), steps=steps, grad=grad)
-    rep = run_attack(cfg)
-    _write_json(opts, rep)
+    result = run_attack(cfg)
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from rich.table import Table
-
-        t = Table(title=f"{attack} ({norm}) on {model.name}: clean accuracy {100 * rep['clean_accuracy']:.1f}%",
-                  title_justify="left")
-        t.add_column("eps", justify="right")
-        t.add_column("robust acc.", justify="right")
-        for tau in cfg.taus:
-            t.add_column(f"RR tau={tau:g}", justify="right")
-        t.add_column("queries", justify="right")
-        for r in rep["results"]:
-            t.add_row(f"{r['eps']:g}", f"{100 * r['robust_accuracy']:.1f}%",
-                      *[f"{100 * r['robust_ratio'][f'{tau:g}']:.1f}%" for tau in cfg.taus], str(r["queries_total"]))
-        opts.console.print(t)
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -533,28 +523,11 @@ def metrics_cmd(
     """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
     from .metrics.suite import MetricsConfig, run_metrics
 
-    rep = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
-    _write_json(opts, rep)
+    result = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from rich.table import Table
-
-        from .report.terminal import _fmt
-
-        console = opts.console
-        t = Table(title=f"Metrics of {model.name}", title_justify="left")
-        t.add_column("metric")
-        t.add_column("value", justify="right")
-        for k, v in rep["metrics"].items():
-            t.add_row(k, _fmt(v))
-        console.print(t)
-        if rep["corruptions"]:
-            c = Table(title="Accuracy under corruptions (severity 0-5)", title_justify="left")
-            c.add_column("corruption")
-            for sev in range(6):
-                c.add_column(str(sev), justify="right")
-            for name, row in rep["corruptions"].items():
-                c.add_row(name, *[f"{100 * row[str(s)]:.1f}" for s in range(6)])
-            console.print(c)
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -570,21 +543,11 @@ def clever_cmd(
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
 
-    rep = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
-    _write_json(opts, rep)
+    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from rich.table import Table
-
-        console = opts.console
-        t = Table(title=f"CLEVER ({norm}, R = {radius:g}) over {seeds} seeds", title_justify="left")
-        for col in ("sample", "label", "mean score", "spread (std)", "queries"):
-            t.add_column(col, justify="right")
-        for s_ in rep["samples"]:
-            t.add_row(str(s_["index"]), str(s_["label"]), f"{s_['mean']:.4g}", f"{s_['spread']:.2g}", str(s_["queries"]))
-        console.print(t)
-        sm = rep["summary"]
-        console.print(f"median score {sm['median_score']:.4g}; median relative spread over seeds "
-                      f"{sm['median_relative_spread']:.2%}; Weibull fit accepted in {sm['fit_ok_share']:.0%} of runs")
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -620,15 +583,14 @@ def compare_cmd(
         specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem))
     if len(specs) < 2:
         raise ConfigError("compare needs at least two models")
-    rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
+    result = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
                          with_metrics=not no_metrics, options=common,
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
-    _write_json(opts, rep)
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from .report.compare import render_compare
-
-        render_compare(rep, opts.console)
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from scipy import stats
 from .attacks import make_attack
 from .attack_space import attack_oracle
 from .errors import ConfigError
+from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
@@ -76,7 +77,7 @@ def load_attack_inputs(cfg: AttackConfig):
     return model, oracle, kind, x, ds.y
 
 
-def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> AttackResult:
     """Attack every sample at every eps; returns the JSON-ready report."""
     t0 = time.perf_counter()
     model, oracle, kind, x, y = load_attack_inputs(cfg)
@@ -109,9 +110,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             progress(k + 1, len(cfg.eps))
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
-    return {
-        "schema_version": "1.0",
-        "kind": "attack",
+    return AttackResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
                   "sample_shape": list(model.sample_shape)},
         "runtime": {"provider": model.provider},
@@ -119,7 +118,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })
 
 
 # --------------------------------------------------------------------------- compare
@@ -204,10 +203,10 @@ def compare_models(
             pairs = [(r[m], r[tgt]) for r in rows if r.get(m) is not None and r.get(tgt) is not None]
             corr[m] = correlate(np.array(pairs, dtype=float), rng, boot) if len(pairs) >= 3 else None
         by_target[tgt] = corr
-    return {"schema_version": "1.0", "kind": "compare", "target": target, "rows": rows,
+    return CompareResult.of({"target": target, "rows": rows,
             "correlations": by_target[target], "correlations_by_target": by_target,
             "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
-                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}}
+                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}})
 
 
 def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, level: float = 0.95) -> dict:
@@ -229,7 +228,7 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10) -> dict:
+               batch_size: int = 10) -> CleverResult:
     """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread."""
     if norm not in ("l2", "linf"):
         raise ConfigError(f"--norm must be l2 or linf, not '{norm}'")
@@ -250,8 +249,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     rel = np.array([s["spread"] / s["mean"] for s in samples if s["mean"] > 0])
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
-    return {
-        "schema_version": "1.0", "kind": "clever",
+    return CleverResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds},
         "samples": samples,
@@ -259,4 +257,4 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries)},
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })

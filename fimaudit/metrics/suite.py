@@ -10,6 +10,7 @@ import numpy as np
 from ..attack_space import attack_oracle
 from ..attacks import make_attack
 from ..errors import ConfigError
+from ..evidence_result import MetricsResult
 from ..images import DEFAULT_RESIZE, DataOptions, prepare
 from ..model.layout import Layout
 from ..model import load_model
@@ -46,7 +47,7 @@ class MetricsConfig:
     preset: str | None = None
 
 
-def run_metrics(cfg: MetricsConfig) -> dict:
+def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     t0 = time.perf_counter()
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
                        device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
@@ -100,15 +101,13 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         for key, val in shift_robustness(clean_a, adv).items():
             metrics[f"adversarial_{key}"] = val
     cfg_d = asdict(cfg)
-    return {
-        "schema_version": "1.0",
-        "kind": "metrics",
+    return MetricsResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })
 
 
 def _corrupt_images(x: np.ndarray, name: str, severity: int, rng: np.random.Generator, layout: Layout) -> np.ndarray:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..audit import AuditResult
 from ..errors import ConfigError
+from ..evidence_result import EVIDENCE_KINDS
+from . import evidence as _evidence
 from ..result import ScanResult
 from .audit import render_audit_html, render_audit_json, render_audit_junit, render_audit_markdown, render_audit_text
 from .html import render_html
@@ -29,11 +31,13 @@ EXTENSIONS = {".html": "html", ".htm": "html", ".json": "json", ".md": "markdown
 
 
 # Every result kind with its loader and its renderers by format name.
-LOADERS: dict[str, Callable[[dict], object]] = {"scan": ScanResult.from_dict, "audit": AuditResult.from_dict}
+LOADERS: dict[str, Callable[[dict], object]] = {"scan": ScanResult.from_dict, "audit": AuditResult.from_dict,
+                                               **{k: c.from_dict for k, c in EVIDENCE_KINDS.items()}}
 KIND_RENDERERS: dict[str, dict[str, Callable]] = {
     "scan": RENDERERS,
     "audit": {"html": render_audit_html, "json": render_audit_json, "markdown": render_audit_markdown,
               "text": render_audit_text, "junit": render_audit_junit},
+    **{k: _evidence.RENDERERS for k in EVIDENCE_KINDS},
 }
 EXTENSIONS[".xml"] = "junit"
 

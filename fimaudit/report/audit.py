@@ -84,8 +84,8 @@ def render_audit_html(result: AuditResult) -> str:
     check_table = (f"<table><tr><th class=l>check</th><th>value</th><th>result</th><th class=l>note</th></tr>{checks}</table>"
                    if result.checks else "<p>No policy was given: the dossier reports evidence without a verdict.</p>")
     sec_rows = "".join(
-        f"<tr><td class=l>{e(s.name)}</td><td class=l>{e(s.status)}</td><td class=l>{e(s.reason or '')}</td>"
-        f"<td>{s.seconds:.1f}</td></tr>" for s in result.sections
+        f"<tr><td class=l>{e(s.name)}</td><td class=l>{e(s.status)}</td><td class=l>{e(s.reason or '')}</td></tr>"
+        for s in result.sections  # no wall times here: the page is byte-identical run to run (they are in audit.json)
     )
     figures = []
     for pid, title, svg, reason in _plots(result):
@@ -116,7 +116,7 @@ def render_audit_html(result: AuditResult) -> str:
         f"<section id=checks><h2>Policy checks</h2>{check_table}</section>"
         + "".join(figures) + worst_html
         + "<section id=sections><h2>Sections</h2><table><tr><th class=l>section</th><th class=l>status</th>"
-        f"<th class=l>reason</th><th>seconds</th></tr>{sec_rows}</table></section>"
+        f"<th class=l>reason</th></tr>{sec_rows}</table></section>"
         f"<p>fimaudit {e(result.fimaudit)}, audit schema {e(result.schema_version)}{created}</p></body></html>\n"
     )
 
