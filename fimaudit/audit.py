@@ -20,6 +20,7 @@ from scipy import stats
 
 from ._version import __version__
 from .errors import ConfigError, FimauditError
+from .certify import CertifyConfig, certify
 from .evidence import AttackConfig, run_attack, run_clever
 from .graph import compute_bounds
 from .images import DEFAULT_RESIZE, DataOptions, prepare
@@ -72,6 +73,9 @@ class AuditConfig:
     clever_radius: float = 2.0
     metrics_samples: int = 200
     corruptions: bool = True
+    certify_sigma: float | None = None  # randomized smoothing runs only when set (it is expensive)
+    certify_n: int = 1000
+    certify_radii: tuple[float, ...] = (0.0, 0.25, 0.5)
     sections: tuple[str, ...] = ()  # empty: all
     extra: dict = field(default_factory=dict)
 
@@ -342,6 +346,15 @@ def _validity_section(ctx: AuditContext) -> dict:
             "eps_units": f"attack units ({att['norm']})"}
 
 
+def _certify_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    if cfg.certify_sigma is None:
+        raise Unavailable("randomized smoothing runs only when the policy's [audit] sets certify_sigma")
+    ccfg = cfg.build(CertifyConfig, sigma=cfg.certify_sigma, n=cfg.certify_n, radii=tuple(cfg.certify_radii))
+    ccfg.validate()
+    return certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total)).to_dict()
+
+
 SECTIONS: list[SectionSpec] = [
     SectionSpec("scan", "Input-space Fisher information", _scan_section),
     SectionSpec("worst", "Worst samples", _worst_section),
@@ -350,6 +363,7 @@ SECTIONS: list[SectionSpec] = [
     SectionSpec("clever", "CLEVER scores", _clever_section),
     SectionSpec("metrics", "Metric suite and corruptions", _metrics_section),
     SectionSpec("validity", "FIM-predicted radius against attacks", _validity_section),
+    SectionSpec("certify", "Certified radius (randomized smoothing)", _certify_section),
 ]
 
 

@@ -47,7 +47,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 AUDIT_KEYS: dict[str, type] = {
     "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "grad": str, "taus": list,
     "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
-    "sections": list,
+    "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
 }
 
 
@@ -146,6 +146,17 @@ def _corruption(result: AuditResult, m: re.Match) -> float:
     return met[key]
 
 
+def _certified(result: AuditResult, m: re.Match) -> float:
+    data = _section(result, "certify")
+    r = float(m.group(1))
+    for row in data["summary"]["certified_accuracy"]:
+        if math.isclose(float(row["radius"]), r, abs_tol=1e-12):
+            if row.get("accuracy") is None:
+                raise Missing("certified accuracy needs labels")
+            return row["accuracy"]
+    raise Missing(f"certified accuracy at radius {r:g} was not computed (add it to [audit] certify_radii)")
+
+
 # (pattern, resolver, kind): kind "number" or "bool". Later sections add theirs here (e.g. certify.*).
 KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
     (re.compile(r"^fisher\.(lambda_max|trace|lower_bound)\.(mean|median|p90|max)$"),
@@ -160,6 +171,7 @@ KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
      _corruption, "number"),
     (re.compile(r"^clever\.(median_score|fit_ok_share)$"), _stat("clever", ("summary",)), "number"),
     (re.compile(r"^validity\.spearman$"), _stat("validity", ("spearman",)), "number"),
+    (re.compile(r"^certify\.certified_accuracy\[r=" + _NUM + r"\]$"), _certified, "number"),
 ]
 
 
@@ -248,6 +260,9 @@ def apply_to_config(policy: Policy | None, fields: dict) -> dict:
     need = policy.eps_needed()
     if need:
         out["eps"] = tuple(sorted(set(out.get("eps", AuditConfig.eps)) | set(need)))
+    radii = [float(m.group(1)) for c in policy.checks for m in [re.match(r"^certify\.certified_accuracy\[r=" + _NUM, c.key)] if m]
+    if radii:
+        out["certify_radii"] = tuple(sorted(set(out.get("certify_radii", AuditConfig.certify_radii)) | set(radii)))
     taus = [float(m.group(1)) for c in policy.checks for m in [re.search(r"\[tau=" + _NUM + r"\]", c.key)] if m]
     if taus:
         out["taus"] = tuple(sorted(set(out.get("taus", AuditConfig.taus)) | set(taus)))

@@ -279,3 +279,22 @@ def test_browser_check_catches_a_failed_request_and_an_empty_plot(full, tmp_path
     dom, problems = render_in_browser(tmp_path / "broken.html", tmp_path)
     assert problems and "missing.png" in " ".join(problems)
     assert _Plots(dom).drawn["plot-bound"] == 0
+
+
+def test_certify_section_slots_in_with_its_policy_key(zoo, tmp_path):
+    tmp, model, data = zoo
+    key = "certify.certified_accuracy[r=0.3]"
+    off = write_policy(tmp_path / "off.toml", [f"{key} >= 0"], samples=3, budget=100, sections=["scan", "certify"])
+    res = audit(model, data, off, tmp_path / "off")
+    assert res.exit_code == 1
+    rep = json.loads((tmp_path / "off" / "audit.json").read_text())
+    assert "certify_sigma" in rep["checks"][0]["reason"]
+    on = write_policy(tmp_path / "on.toml", [f"{key} >= 0"], samples=3, budget=100, sections=["scan", "certify"],
+                      certify_sigma=0.25, certify_n=200)
+    res = audit(model, data, on, tmp_path / "on")
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads((tmp_path / "on" / "audit.json").read_text())
+    jsonschema.validate(rep, SCHEMA)
+    cert = next(s for s in rep["sections"] if s["name"] == "certify")["data"]
+    row = next(r for r in cert["summary"]["certified_accuracy"] if r["radius"] == 0.3)  # radius named in the check
+    assert rep["checks"][0]["value"] == row["accuracy"]
