@@ -359,21 +359,13 @@ class _Propagator:
             how += "; BatchNorm folded in"
         self._set(node, exact * self.lip(x), how, exact)
 
-    def _bn_scale(self, bn: Node) -> np.ndarray | None:
-        c = [self.g.consts.get(i) for i in bn.inputs[1:5]]
-        if any(v is None for v in c):
-            return None
-        gamma, _beta, _mean, var = (v.astype(np.float64) for v in c)
-        denom = var + float(bn.attrs.get("epsilon", 1e-5))
-        if not (np.all(np.isfinite(denom)) and np.all(denom > 0) and np.all(np.isfinite(gamma))):
-            return None  # negative or NaN variance, NaN/Inf scale: no constant (the rule says why)
-        return gamma / np.sqrt(denom)
-
     def _batchnorm(self, node: Node) -> None:
         c = [self.g.consts.get(i) for i in node.inputs[1:5]]
         if len(c) < 4 or any(v is None for v in c):
             return self._unbounded(node, f"BatchNormalization '{node.name}' without constant statistics")
         scale = batchnorm_scale(c[0], c[3], float(node.attrs.get("epsilon", 1e-5)))
+        if scale is None:  # negative or NaN variance, non-finite gamma: no constant
+            return self._unbounded(node, f"BatchNormalization '{node.name}' has negative or NaN variance")
         m = float(np.max(np.abs(scale)))
         return self._scale(node, m, "max |gamma / sqrt(var + eps)|", node.inputs[0])
 

@@ -11,9 +11,17 @@ import onnx
 from onnx import numpy_helper
 
 
-def batchnorm_scale(gamma: np.ndarray, var: np.ndarray, eps: float) -> np.ndarray:
-    """Per-channel slope gamma / sqrt(var + eps) of BatchNormalization in inference mode."""
-    return np.asarray(gamma, dtype=np.float64) / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+def batchnorm_scale(gamma: np.ndarray, var: np.ndarray, eps: float) -> np.ndarray | None:
+    """Per-channel slope gamma / sqrt(var + eps) of BatchNormalization in inference mode.
+
+    None for statistics no real BatchNorm has (negative or NaN variance, non-finite gamma): such a
+    layer is neither folded nor bounded.
+    """
+    gamma = np.asarray(gamma, dtype=np.float64)
+    denom = np.asarray(var, dtype=np.float64) + eps
+    if not (np.all(np.isfinite(denom)) and np.all(denom > 0) and np.all(np.isfinite(gamma))):
+        return None
+    return gamma / np.sqrt(denom)
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -52,6 +60,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
             continue  # a computed bias: leave the pair alone
         gamma, beta, mean, var = (consts[i].astype(np.float64) for i in bn.input[1:5])
         scale = batchnorm_scale(gamma, var, next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5))
+        if scale is None:
+            continue
         w = consts[node.input[1]]
         w64 = w.astype(np.float64)
         if node.op_type == "Conv":
