@@ -80,7 +80,8 @@ def test_audit_writes_four_files_valid_schema_and_exit_by_policy(full):
     jsonschema.validate(rep, SCHEMA)
     assert rep["created"] == "1970-01-01T00:00:00+00:00"
     status = {s["name"]: s["status"] for s in rep["sections"]}
-    assert status == {n: "ok" for n in ("scan", "worst", "bounds", "attacks", "clever", "metrics", "validity")}
+    assert status == {**{n: "ok" for n in ("scan", "worst", "bounds", "attacks", "clever", "metrics", "validity")},
+                      "certify": "unavailable"}  # randomized smoothing only with [audit] certify_sigma
     checks = {c["key"]: c for c in rep["checks"]}
     assert [c["passed"] for c in rep["checks"]] == [True] * 6 + [False]
     assert checks["clean.accuracy"]["value"] == pytest.approx(4 / 6)  # samples 0,1 mislabelled of 6
@@ -138,7 +139,7 @@ def test_passing_policy_exits_zero_and_output_is_deterministic(zoo, tmp_path):
     assert (tmp_path / "a" / "junit.xml").read_bytes() == (tmp_path / "b" / "junit.xml").read_bytes()
     rep = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert {s["name"]: s["reason"] for s in rep["sections"] if s["status"] != "ok"} == {
-        n: "not requested" for n in ("attacks", "clever", "metrics", "validity")}
+        n: "not requested" for n in ("attacks", "clever", "metrics", "validity", "certify")}
 
 
 def test_sections_without_labels_carry_their_reason(zoo, tmp_path):

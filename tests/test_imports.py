@@ -80,13 +80,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-# estimators/core <-> subspace goes with the Jacobian-source change on branch i10 (sketch moves to
-# subspace.py); drop this entry once that is merged.
-PENDING = [["fimaudit.estimators.core", "fimaudit.estimators.subspace"]]
-
-
 def test_no_import_cycles():
-    assert [c for c in cycles(import_graph()) if c not in PENDING] == []
+    assert cycles(import_graph()) == []
 
 
 def test_checker_finds_a_cycle(tmp_path):

@@ -12,7 +12,7 @@ lambda_max(F) <= L^2 / 2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -116,8 +116,15 @@ def _num(x: float | None) -> float | None:
 
 
 class _Propagator:
-    def __init__(self, g: OpGraph) -> None:
+    """Propagates per-tensor Lipschitz bounds. ``structural``: weights count as 1, no norm is computed.
+
+    A structural pass finds in milliseconds whether the output is unbounded for any weights
+    (gating, attention, division by activations): infinity only arises from the structure.
+    """
+
+    def __init__(self, g: OpGraph, structural: bool = False) -> None:
         self.g = g
+        self.structural = structural
         self.L: dict[str, float] = {g.input_name: 1.0}
         self.reason: dict[str, str] = {}
         self.ops: list[OpBound] = []
@@ -348,6 +355,8 @@ class _Propagator:
             return self._unbounded(
                 node, f"Conv '{node.name}': input shape {list(shape)} does not fit weights {list(w.shape)} (group {groups})"
             )
+        if self.structural:
+            return self._set(node, self.lip(x), "not computed: the model has no global bound", None)
         w = w.astype(np.float64)
         kh, kw = w.shape[2:]
         strides = tuple(node.attrs.get("strides", [1, 1]))
@@ -381,6 +390,8 @@ class _Propagator:
         w = g.consts.get(wname)
         if w is None:
             return self._unbounded(node, f"{node.op} '{node.name}' with weights of unknown value")
+        if self.structural:
+            return self._set(node, self.lip(a if g.is_var(a) else b), "not computed: the model has no global bound", None)
         w = w.astype(np.float64)
         if node.op == "Gemm":
             if int(node.attrs.get("transA", 0)) and g.is_var(a):
@@ -595,17 +606,24 @@ def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str,
     n_folded = sum(n.op_type == "BatchNormalization" for n in proto.graph.node) - sum(
         n.op_type == "BatchNormalization" for n in folded.graph.node)
     g = parse(folded, input_name, output_name, tuple(sample_shape))
-    prop = _Propagator(g)
-    for node in g.nodes:
-        prop.visit(node)
     walk = logit_output({t: (n.op, n.inputs) for t, n in g.producer.items()}, output_name)
     target = walk.logits
     excluded = walk.final_op if walk.logits != output_name else None
+    # Decide "no global bound" (gating, attention, ...) from the structure before computing any norm.
+    prop = _Propagator(g, structural=True)
+    for node in g.nodes:
+        prop.visit(node)
+    if math.isfinite(prop.lip(target)):
+        prop = _Propagator(g)
+        for node in g.nodes:
+            prop.visit(node)
     lip = prop.lip(target)
     reason = None
     if not math.isfinite(lip):
         reason = prop.reason.get(target) or "a part of the graph has no known Lipschitz constant"
     blocks = detect_blocks(g, prop)
+    if prop.structural:  # weights were not measured: no block constant means anything
+        blocks = [replace(b, lipschitz=None) for b in blocks]
     notes = []
     if excluded:
         notes.append(f"the final {excluded} is excluded: the bound is on the logit map")
