@@ -31,8 +31,9 @@ To add an option to every data-taking command (e.g. ``--layout``):
    ``parse`` turns the raw value into the typed one and raises ``ConfigError`` naming the flag;
    ``config=False`` keeps it out of the core configs (like ``--json``). Register before the commands.
 2. add a field of the same name to each config that takes data (``ScanConfig``, ``AttackConfig``,
-   ``MetricsConfig``; ``AuditConfig`` takes it through ``ScanConfig``). ``opts.config(Cls, ...)``
-   passes every config option by name, so a config that lacks the field fails the CLI tests at once.
+   ``MetricsConfig``, ``AuditConfig``, ``CertifyConfig``). ``opts.config(Cls, ...)`` passes every config
+   option by name, so a config that lacks the field fails the CLI tests at once
+   (``tests/test_cli_options.py::test_configs_take_every_shared_option`` names it).
 3. add a bad-value case to ``tests/test_cli_options.py`` (one table covers every command).
 
 A new command: ``@command("name", "data", "out")`` over ``def name_cmd(opts: Opts, <own options>) -> int``;
