@@ -236,9 +236,9 @@ def _bounds_section(ctx: AuditContext) -> dict:
 
 def _labels_needed(ctx: AuditContext, what: str) -> None:
     if ctx.config.data is None:
-        raise Unavailable(f"{what} need labelled data (--data with x and y); none was given")
+        raise Unavailable(f"{what}: labelled data needed (--data with x and y); none was given")
     if ctx.unlabelled_reason:
-        raise Unavailable(f"{what} need labels: {ctx.unlabelled_reason}")
+        raise Unavailable(f"{what}: labels needed; {ctx.unlabelled_reason}")
 
 
 def _is_image(shape: tuple[int, ...]) -> bool:
