@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
 from .estimators.core import Estimate, exact, kl_check, quadratic_form, shrink_to_bound
