@@ -137,7 +137,7 @@ class TorchGraph:
         self.weights = {}
         for t in proto.graph.initializer:
             a = numpy_helper.to_array(t)
-            self.weights[t.name] = torch_module.tensor(a) if a.dtype.kind == "f" else a
+            self.weights[t.name] = torch_module.tensor(np.array(a)) if a.dtype.kind == "f" else a
         self.input = proto.graph.input[0].name
         self.output = proto.graph.output[0].name
         self.cache: dict[int, list] = {}
@@ -163,11 +163,15 @@ class TorchGraph:
         for i, node in enumerate(self.proto.graph.node):
             a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
             ins = [env[n] if n else None for n in node.input]
+            if node.op_type == "Shape":  # shapes are static: numpy, like every integer tensor
+                env[node.output[0]] = np.array(ins[0].shape, dtype=np.int64)
+                continue
             if all(not isinstance(v, torch.Tensor) for v in ins if v is not None):
                 for o, v in zip(node.output, self._const(i, node, env)):
                     env[o] = v
                 continue
-            T = [torch.as_tensor(v, dtype=x.dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for v in ins]
+            T = [torch.as_tensor(np.array(v), dtype=x.dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+                 for v in ins]
             op = node.op_type
             if op == "Conv":
                 k = len(T[1].shape) - 2
@@ -332,8 +336,9 @@ def main() -> None:
             x = rng.uniform(0, 1, (n,) + model.sample_shape)
         x = x + 1e-3 * rng.standard_normal(x.shape)  # dithered: no exact ties
         setup, t_graph, s, lam, choice = graph_exact(model, x, kind, args.threads)
-        t_exact = blackbox(path, data, min(n, 4), "exact", 2 * d + 3, pre, args.threads) if d <= 10_000 else None
-        t_sketch = blackbox(path, data, min(n, 4), "sketch", args.budget, pre, args.threads)
+        nb = min(n, 4 if d <= 10_000 else 2)  # black-box samples (a 224x224 sketch costs seconds each)
+        t_exact = blackbox(path, data, nb, "exact", 2 * d + 3, pre, args.threads) if d <= 10_000 else None
+        t_sketch = blackbox(path, data, nb, "sketch", args.budget, pre, args.threads)
         t_jac = diff = None
         if not args.no_torch:
             try:

@@ -415,6 +415,28 @@ def test_probability_outputs_and_opset9_gemm():
     assert_gradients(model, [2, 3], kind="probabilities")
 
 
+@pytest.mark.parametrize("mode, ctm", [("nearest", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners"),
+                                       ("cubic", "pytorch_half_pixel"), ("nearest", "half_pixel")])
+@pytest.mark.parametrize("by", ["scales", "sizes"])
+def test_resize_rule(mode, ctm, by):
+    if by == "scales" and ctm == "align_corners":
+        pytest.skip("onnxruntime and onnx's reference evaluator disagree on align_corners with a fractional scale")
+    if by == "scales":
+        node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode=mode, coordinate_transformation_mode=ctm)
+        inits = [init("sc", [1.0, 1.0, 2.0, 1.5])]
+    else:
+        node = helper.make_node("Resize", ["x", "", "", "sz"], ["y"], mode=mode, coordinate_transformation_mode=ctm)
+        inits = [init("sz", [2, 2, 7, 3], np.int64)]
+    model = single([node], inits, [2, 4, 5], batch=2)
+    assert_gradients(model, [2, 4, 5], batch=2)
+
+
+def test_upsample_opset9():
+    model = single([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="nearest")],
+                   [init("sc", [1.0, 1.0, 2.0, 3.0])], [2, 3, 4], opset=9)
+    assert_gradients(model, [2, 3, 4])
+
+
 # ------------------------------------------------------------------------- sources, checks
 def test_linear_model_exact_against_closed_form(tmp_path):
     rng = np.random.default_rng(7)

@@ -134,11 +134,11 @@ def _extra_outputs(m: onnx.ModelProto) -> None:
                     node.output[i] = PREFIX + node.name + "_" + what
 
 
-def _probe(m: onnx.ModelProto, input_name: str, sample_shape, batch: int, dtype, threads: int):
-    """Run the primal once with every intermediate exposed: shapes, dtypes and values."""
+def _probe(m: onnx.ModelProto, input_name: str, sample_shape, batch: int, dtype, threads: int, outputs: bool = True):
+    """Run the primal once with every intermediate exposed (``outputs``): shapes, dtypes and values."""
     probe = onnx.ModelProto()
     probe.CopyFrom(m)
-    names = [o for n in probe.graph.node for o in n.output if o and o != LOGP]
+    names = [o for n in probe.graph.node for o in n.output if o and o != LOGP] if outputs else []
     del probe.graph.output[:]
     probe.graph.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
     probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in names)
@@ -189,11 +189,17 @@ def build_graphs(
 
     # A symbolic batch when the graph accepts two rows and returns two rows; the model's own
     # fixed batch (or 1) otherwise (e.g. a Reshape with the batch size written in).
+    if fixed_batch is None:
+        dims = in_vi.type.tensor_type.shape.dim
+        fixed_batch = int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
     batch: int | None = None
     try:
         m = prepared(None)
         probe, values = _probe(m, input_name, sample_shape, 2, dtype, threads)
-        if values[LOGP].shape[0] != 2:
+        # A second batch size: a graph with its batch written in (Reshape, Resize sizes) fails or
+        # returns the wrong number of rows at one of them.
+        _, check = _probe(m, input_name, sample_shape, 3, dtype, threads, outputs=False)
+        if values[LOGP].shape[0] != 2 or check[LOGP].shape[0] != 3:
             raise ValueError("batch not preserved")
     except Exception:
         batch = int(fixed_batch or 1)

@@ -885,3 +885,84 @@ def _jvp_layernorm(em, node, t):
     return [em.op("Mul", [core, node.input[1]]), None, None]
 
 
+
+
+def _resize_matrix(em: Emitter, node: onnx.NodeProto, axis: int, rank: int, n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) interpolation matrix of a Resize/Upsample along one axis, by resizing the identity.
+
+    Resize modes nearest, linear and cubic are separable: the map along each axis is the
+    same node applied to a one-axis input. onnxruntime runs it once here, at build time, so
+    every coordinate-transformation and rounding mode is the runtime's own.
+    """
+    from ..model.session import create_session
+
+    a = attrs(node)
+    shape_in = [n_in] + [1] * (rank - 1)
+    shape_in[axis] = n_in
+    per_axis = [1.0] * rank
+    per_axis[axis] = n_out / n_in
+    sizes = [n_in] + [1] * (rank - 1)
+    sizes[axis] = n_out
+    inits = []
+    if node.op_type == "Upsample" or em.opset < 11:
+        scales = np.array(per_axis, np.float32)
+        scales[axis] = float(em.value(node.input[1]).reshape(-1)[axis]) if node.op_type == "Upsample" or len(node.input) > 1 \
+            else scales[axis]
+        inputs = ["x", "scales"]
+        inits.append(onnx.numpy_helper.from_array(scales, "scales"))
+        if "scales" in a:  # Upsample-7 keeps scales as an attribute
+            inputs = ["x"]
+            a = {**a, "scales": [float(v) for v in scales]}
+            inits = []
+    else:
+        use_sizes = len(node.input) > 3 and node.input[3]
+        if use_sizes:
+            inputs = ["x", "", "", "sizes"]
+            inits.append(onnx.numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        else:
+            scales = np.ones(rank, np.float32)
+            scales[axis] = float(em.value(node.input[2]).reshape(-1)[axis])
+            inputs = ["x", "", "scales"]
+            inits.append(onnx.numpy_helper.from_array(scales, "scales"))
+    one = helper.make_node(node.op_type, inputs, ["y"], **a)
+    graph = helper.make_graph([one], "axis", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", em.opset)])
+    model.ir_version = 8
+    session, _ = create_session(model.SerializeToString(), device="cpu", threads=1)
+    eye = np.eye(n_in, dtype=np.float32).reshape(shape_in)
+    out = np.asarray(session.run(None, {"x": eye})[0], dtype=np.float64)
+    out = np.moveaxis(out, axis, -1).reshape(n_in, -1)
+    if out.shape[1] != n_out:
+        _refuse(node, "an output size the per-axis interpolation does not reproduce")
+    return out.T  # (n_out, n_in): column i is the response to the i-th unit input
+
+
+@vjp("Resize", "Upsample")
+def _vjp_resize(em, node, g):
+    x, y = node.input[0], node.output[0]
+    a = attrs(node)
+    if _s(a.get("coordinate_transformation_mode", "")) == "tf_crop_and_resize":
+        _refuse(node, "tf_crop_and_resize (a region of interest)")
+    if any(em.active(n) for n in node.input[1:] if n):
+        _refuse(node, "scales or sizes that depend on the input")
+    sin, sout = em.shape(x), em.shape(y)
+    rank = len(sin)
+    gx = g[0]
+    for ax in range(rank):
+        if sin[ax] == sout[ax]:
+            continue
+        _refuse_batch_axis(em, node, ax)
+        m = _resize_matrix(em, node, ax, rank, sin[ax], sout[ax])
+        perm = [i for i in range(rank) if i != ax] + [ax]
+        inv = [perm.index(i) for i in range(rank)]
+        moved = em.op("Transpose", [gx], perm=perm)
+        gx = em.op("Transpose", [em.op("MatMul", [moved, em.const(m.astype(em.dtype(x)))])], perm=inv)
+    return [gx] + [None] * (len(node.input) - 1)
+
+
+@jvp("Resize", "Upsample")
+def _jvp_resize(em, node, t):
+    if any(t[1:]):
+        _refuse(node, "scales or sizes that depend on the input")
+    return [em.op(node.op_type, [t[0]] + list(node.input[1:]), **attrs(node))]
