@@ -497,6 +497,24 @@ def test_self_check_refuses_a_broken_rule_and_names_it(monkeypatch, op, mode):
     assert op in check.reason
 
 
+@pytest.mark.parametrize("op, mode", [("LayerNormalization", "reverse"), ("Softmax", "forward")])
+def test_self_check_names_the_broken_rule_in_a_transformer(monkeypatch, op, mode):
+    table = rules.VJP if mode == "reverse" else rules.JVP
+    good = table[op]
+
+    def broken(em, node, g):
+        out = good(em, node, g)
+        return [em.op("Neg", [out[0]])] + list(out[1:])
+
+    monkeypatch.setitem(table, op, broken)
+    model = load_model(ROOT / "sample_models" / "vit_tiny.onnx", device="cpu")
+    graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
+                          sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
+    check = check_graph(GraphEngine(graphs, device="cpu"), np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)),
+                        np.random.default_rng(0))
+    assert not check.passed and check.suspect is not None and check.suspect.startswith(op), check.suspect
+
+
 def test_self_check_passes_the_intact_graph():
     engine = GraphEngine(graphs_of(_conv_net(), [1, 10, 10]), device="cpu")
     check = check_graph(engine, np.random.default_rng(9).standard_normal((2, 1, 10, 10)), np.random.default_rng(0))

@@ -180,10 +180,11 @@ def build_graphs(
     in_vi = next(i for i in proto.graph.input if i.name == input_name)
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(in_vi.type.tensor_type.elem_type))
 
-    def prepared(batch):
+    def prepared(batch, extra: bool = True):
         m = _static_copy(proto, input_name, output_name, sample_shape, batch)
         _name_nodes(m)
-        _extra_outputs(m)
+        if extra:
+            _extra_outputs(m)
         _add_head(m, output_name, kind, opset, dtype)
         return m
 
@@ -235,7 +236,8 @@ def build_graphs(
     weight = Emitter(opset, {}, {}, {}, PREFIX + "w_", batch is None)
     weight.nodes.append(helper.make_node("Mul", [weight.op("Exp", [LOGP]), JVP_OUT], [COTANGENT], name=COTANGENT))
     fisher = _finish(m, [fem, weight, rem], [tan_vi], [logp_vi, jvp_vi, grad_vi])
-    logp_model = _finish(m, [], [], [logp_vi])
+    # log p alone without the extra outputs the rules asked for (MaxPool is slower with indices).
+    logp_model = _finish(prepared(batch, extra=False), [], [], [logp_vi])
     return DerivativeGraphs(
         primal=probe,
         reverse=reverse,
