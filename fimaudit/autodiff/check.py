@@ -130,8 +130,8 @@ def _intermediate_fd(engine: GraphEngine, x: np.ndarray, v: np.ndarray, h: float
     sub = engine.variant(logp_model=engine.graphs.primal)  # every intermediate (and the extra outputs) exposed
     rows = np.concatenate([x + h * v, x - h * v, x + h / 2 * v, x - h / 2 * v], axis=0)
     outs = sub.run("logp_model", names, rows)
-    fd_h = {k: (o[0] - o[1]) / (2 * h) for k, o in zip(names, outs)}
-    fd_h2 = {k: (o[2] - o[3]) / h for k, o in zip(names, outs)}
+    fd_h = {k: (o[0:1] - o[1:2]) / (2 * h) for k, o in zip(names, outs)}  # rows kept: (1, *shape)
+    fd_h2 = {k: (o[2:3] - o[3:4]) / h for k, o in zip(names, outs)}
     scale = {k: float(np.max(np.abs(o))) + 1.0 for k, o in zip(names, outs)}
     return fd_h, fd_h2, scale
 
