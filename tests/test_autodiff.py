@@ -180,6 +180,23 @@ def test_maxpool_non_overlapping_tiles(k, size, ceil):
     assert_gradients(model, [3, size, size])
 
 
+@pytest.mark.parametrize("k, stride", [(2, 2), (3, 2)])
+def test_maxpool_ties_give_each_window_one_subgradient(k, stride):
+    """Exact ties (a constant image): each window's cotangent goes to exactly one of its elements."""
+    model = single([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[stride, stride])], [], [1, 6, 6])
+    engine = GraphEngine(graphs_of(model, [1, 6, 6]), device="cpu")
+    x = np.zeros((1, 1, 6, 6))
+    u = np.random.default_rng(0).standard_normal((1, engine.n_classes))
+    _, g = engine.vjp(x, u)
+    lp = engine.logp(x)
+    # The cotangent reaching the pooled values is u - softmax * sum(u) (through the log-softmax head).
+    gy = u - np.exp(lp) * u.sum()
+    assert np.isclose(g.sum(), gy.sum(), atol=1e-5)
+    assert np.count_nonzero(np.abs(g) > 1e-9) <= engine.n_classes
+    if k == stride:
+        assert np.count_nonzero(np.abs(g) > 1e-9) == engine.n_classes
+
+
 @FAST
 @given(st.integers(1, 2), st.integers(2, 3), st.integers(1, 3), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
        st.integers(0, 10**6))

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from ..model.session import create_session
 from .emit import Emitter, GradientUnsupported
-from .rules import JVP, NON_DIFFERENTIABLE, VJP
+from .rules import JVP, NON_DIFFERENTIABLE, VJP, tiled_maxpool
 
 PREFIX = "fimaudit_ad_"
 LOGP = PREFIX + "logp"
@@ -121,8 +121,9 @@ def _name_nodes(m: onnx.ModelProto) -> None:
 
 def _extra_outputs(m: onnx.ModelProto) -> None:
     """Ask MaxPool for its indices and LayerNormalization for mean and inverse std (their rules need them)."""
+    opset = _opset(m)
     for node in m.graph.node:
-        if node.op_type == "MaxPool" and (len(node.output) < 2 or not node.output[1]):
+        if node.op_type == "MaxPool" and not tiled_maxpool(node, opset) and (len(node.output) < 2 or not node.output[1]):
             if len(node.output) < 2:
                 node.output.append("")
             node.output[1] = PREFIX + node.name + "_indices"
