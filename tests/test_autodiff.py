@@ -30,6 +30,7 @@ from fimaudit.autodiff import (
     lanczos_top,
     rules,
 )
+from fimaudit.autodiff.reference import float64_copy
 from fimaudit.model import load_model
 
 from .builders import linear_model, save
@@ -40,25 +41,7 @@ F32 = TensorProto.FLOAT
 
 
 # ------------------------------------------------------------------------- references
-def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same model computing in float64 (initializers, Constant tensors, Cast targets, graph types)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    for t in g.initializer:
-        if t.data_type == F32:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
-    for vi in list(g.input) + list(g.output):
-        if vi.type.tensor_type.elem_type == F32:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
-    del g.value_info[:]
-    for n in g.node:
-        for a in n.attribute:
-            if a.name == "to" and a.i == F32:
-                a.i = TensorProto.DOUBLE
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
-    return m
+to_float64 = float64_copy
 
 
 class Erf(OpRun):
@@ -530,6 +513,20 @@ def test_self_check_names_the_broken_rule_in_a_transformer(monkeypatch, op, mode
     check = check_graph(GraphEngine(graphs, device="cpu"), np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)),
                         np.random.default_rng(0))
     assert not check.passed and check.suspect is not None and check.suspect.startswith(op), check.suspect
+
+
+def test_self_check_second_opinion_near_kinks():
+    """Dithered Fashion-MNIST ties put max-pool/ReLU kinks within float32's reach: float64 settles it."""
+    model = load_model(ROOT / "sample_models" / "vgg_deep.onnx", device="cpu")
+    raw = np.load(ROOT / "sample_models" / "fmnist_test_1000_28.npz")["x"][:2].astype(np.float64)
+    x = (raw / 255 - 0.286) / 0.353 + 1e-3 * np.random.default_rng(0).standard_normal(raw.shape)
+    graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
+                          sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
+    engine = GraphEngine(graphs, device="cpu")
+    alone = check_graph(engine, x, np.random.default_rng(0), second_opinion=False, bisect=False)
+    settled = check_graph(engine, x, np.random.default_rng(0))
+    assert not alone.passed  # float32 central differences alone refuse a correct graph here
+    assert settled.passed and "float64" in settled.second_opinion
 
 
 def test_self_check_passes_the_intact_graph():
