@@ -57,6 +57,8 @@ def test_json_report_matches_schema_and_issue_fields(setup):
     rep = scan_json(model, "--data", data, "--scale", "1/255", "--method", "sketch", "--budget", "61")
     jsonschema.validate(rep, SCHEMA)
     assert rep["schema_version"] == "1.1"
+    assert rep["run"]["method_used"] == "sketch" and rep["run"]["samples_scanned"] == 12
+    assert not {"method_used", "data_source", "tie_share"} & set(rep["config"])  # run outputs are not options
     assert rep["model"]["input"]["name"] == "x" and rep["model"]["output"]["classes"] == 5
     for key in ("index", "label", "predicted", "lambda_max", "lambda_max_ci", "trace", "trace_se", "queries", "method"):
         assert key in rep["samples"][0]
@@ -101,7 +103,7 @@ def test_terminal_output_and_progress(setup):
 def test_synthetic_inputs_carry_a_prominent_note(setup):
     tmp, model, _ = setup
     rep = scan_json(model, "--samples", "2")
-    assert rep["config"]["data_source"] == "synthetic"
+    assert rep["run"]["data_source"] == "synthetic"
     assert any(n.startswith("NOT REPRESENTATIVE") for n in rep["notes"])
 
 
@@ -190,7 +192,7 @@ def test_third_party_style_model_scans_without_special_handling(tmp_path):
                               "-q", "--json", "-"])
     assert res.exit_code == 0, res.stderr
     rep = json.loads(res.stdout)
-    assert rep["config"]["method_used"] == "exact" and rep["summary"]["lambda_max"]["count"] == 3
+    assert rep["run"]["method_used"] == "exact" and rep["summary"]["lambda_max"]["count"] == 3
     assert rep["bound"]["fim_upper"] is None and "gating" in rep["bound"]["reason"]
 
 

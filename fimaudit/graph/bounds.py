@@ -12,7 +12,7 @@ lambda_max(F) <= L^2 / 2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -113,8 +113,15 @@ def _num(x: float | None) -> float | None:
 
 
 class _Propagator:
-    def __init__(self, g: OpGraph) -> None:
+    """Propagates per-tensor Lipschitz bounds. ``structural``: weights count as 1, no norm is computed.
+
+    A structural pass finds in milliseconds whether the output is unbounded for any weights
+    (gating, attention, division by activations): infinity only arises from the structure.
+    """
+
+    def __init__(self, g: OpGraph, structural: bool = False) -> None:
         self.g = g
+        self.structural = structural
         self.L: dict[str, float] = {g.input_name: 1.0}
         self.reason: dict[str, str] = {}
         self.ops: list[OpBound] = []
@@ -346,6 +353,8 @@ class _Propagator:
             return self._unbounded(
                 node, f"Conv '{node.name}': input shape {list(shape)} does not fit weights {list(w.shape)} (group {groups})"
             )
+        if self.structural:
+            return self._set(node, self.lip(x), "not computed: the model has no global bound", None)
         w = w.astype(np.float64)
         how_extra = ""
         consumers = g.consumers.get(node.outputs[0], [])
@@ -395,6 +404,8 @@ class _Propagator:
         w = g.consts.get(wname)
         if w is None:
             return self._unbounded(node, f"{node.op} '{node.name}' with weights of unknown value")
+        if self.structural:
+            return self._set(node, self.lip(a if g.is_var(a) else b), "not computed: the model has no global bound", None)
         w = w.astype(np.float64)
         if node.op == "Gemm":
             if int(node.attrs.get("transA", 0)) and g.is_var(a):
@@ -608,9 +619,6 @@ def compute_bounds(model_path: str, input_name: str | None = None, output_name: 
 def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str, sample_shape: tuple[int, ...],
                       label: str = "") -> BoundResult:
     g = parse(proto, input_name, output_name, tuple(sample_shape))
-    prop = _Propagator(g)
-    for node in g.nodes:
-        prop.visit(node)
     target = output_name
     excluded = None
     node = g.producer.get(output_name)
@@ -619,11 +627,21 @@ def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str,
     if node is not None and node.op in ("Softmax", "LogSoftmax"):
         target = node.inputs[0]
         excluded = node.op
+    # Decide "no global bound" (gating, attention, ...) from the structure before computing any norm.
+    prop = _Propagator(g, structural=True)
+    for node in g.nodes:
+        prop.visit(node)
+    if math.isfinite(prop.lip(target)):
+        prop = _Propagator(g)
+        for node in g.nodes:
+            prop.visit(node)
     lip = prop.lip(target)
     reason = None
     if not math.isfinite(lip):
         reason = prop.reason.get(target) or "a part of the graph has no known Lipschitz constant"
     blocks = detect_blocks(g, prop)
+    if prop.structural:  # weights were not measured: no block constant means anything
+        blocks = [replace(b, lipschitz=None) for b in blocks]
     notes = []
     if excluded:
         notes.append(f"the final {excluded} is excluded: the bound is on the logit map")

@@ -12,7 +12,7 @@ from ..evidence import _attack_oracle
 from ..images import DEFAULT_RESIZE, DataOptions, prepare
 from ..model.layout import Layout
 from ..model import load_model
-from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from .corruptions import CORRUPTIONS, SEVERITIES, applicable, corrupt
 from .performance import performance, shift_robustness
 from .weights import norm_measures, path_norm, sharpness_sigma
 
@@ -68,22 +68,31 @@ def run_metrics(cfg: MetricsConfig) -> dict:
     ns = min(cfg.sharpness_samples, len(x))
     u = (oracle._to_input(x[:ns]) if oracle._to_input is not None else x[:ns]).astype(np.float32)
     sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                         np.random.default_rng([cfg.seed, 5]), draws=cfg.sharpness_draws)
+                         np.random.default_rng([cfg.seed, 5]), draws=cfg.sharpness_draws,
+                         fixed_batch=model.info.fixed_batch)
     sh_m = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                           np.random.default_rng([cfg.seed, 6]), draws=cfg.sharpness_draws, magnitude_aware=True)
+                           np.random.default_rng([cfg.seed, 6]), draws=cfg.sharpness_draws, magnitude_aware=True,
+                           fixed_batch=model.info.fixed_batch)
     metrics.update({"sharpness_sigma": sh["sigma"], "sharpness_flatness": sh["flatness"],
                     "sharpness_magnitude_sigma": sh_m["sigma"], "sharpness_magnitude_flatness": sh_m["flatness"]})
     corr: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     shifts = []
     if cfg.corruptions:
         lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-9 or hi > 1 + 1e-9:
+        # float32 exports round 0 and 1 by a few ulps of 1 (values such as -5e-9 occur): allow 1e-6.
+        if lo < -1e-6 or hi > 1 + 1e-6:
             raise ConfigError("corruptions need images in [0, 1] after --scale (e.g. --scale 1/255 for uint8 pixels)")
         rng = np.random.default_rng([cfg.seed, 7])
-        for name in CORRUPTIONS:
+        names = applicable(model.sample_shape)
+        skipped = [n for n in CORRUPTIONS if n not in names]
+        if skipped:
+            notes.append(f"{', '.join(skipped)} skipped: the last two axes of the sample shape "
+                         f"{list(model.sample_shape)} are not an image's height and width")
+        for name in names:
             corr[name] = {"0": clean["accuracy"]}
             for sev in SEVERITIES:
-                perf = performance(oracle.logp(_corrupt_images(x, name, sev, rng, prep.layout)), y)
+                perf = performance(oracle.logp(_corrupt_images(np.clip(x, 0.0, 1.0), name, sev, rng, prep.layout)), y)
                 corr[name][str(sev)] = perf["accuracy"]
                 shifts.append(shift_robustness(clean, perf))
         for key in ("accuracy_gap", "relative_accuracy", "relative_confidence", "uncertainty_shift"):
@@ -108,6 +117,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
+        "notes": notes,
         "timing": {"seconds": time.perf_counter() - t0},
     }
 

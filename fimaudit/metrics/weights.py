@@ -156,8 +156,9 @@ def path_norm(model: onnx.ModelProto, input_name: str, output_name: str, sample_
 class NoisyWeights:
     """One onnxruntime session whose layer weights can be replaced at run time (declared as inputs)."""
 
-    def __init__(self, model: onnx.ModelProto, input_name: str, output_name: str) -> None:
+    def __init__(self, model: onnx.ModelProto, input_name: str, output_name: str, fixed_batch: int | None = None) -> None:
         m = fold_batchnorm(model)
+        self.fixed_batch = fixed_batch  # the model's fixed batch size (None: any)
         self.layers = layers(m)
         inits = _init_map(m)
         self.weights = {layer.weight: numpy_helper.to_array(inits[layer.weight]) for layer in self.layers}
@@ -175,8 +176,13 @@ class NoisyWeights:
     def predict(self, x: np.ndarray, weights: dict[str, np.ndarray] | None = None, batch: int = 256) -> np.ndarray:
         feeds_w = {k: v.astype(self.weights[k].dtype) for k, v in (weights or self.weights).items()}
         preds = []
+        batch = self.fixed_batch or batch
         for s in range(0, len(x), batch):
-            out = self.session.run([self.output], {self.input_name: x[s : s + batch].astype(np.float32), **feeds_w})[0]
+            chunk = x[s : s + batch].astype(np.float32)
+            real = chunk.shape[0]
+            if self.fixed_batch is not None and real < self.fixed_batch:  # pad a fixed batch with copies
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.fixed_batch - real, axis=0)])
+            out = self.session.run([self.output], {self.input_name: chunk, **feeds_w})[0][:real]
             preds.append(np.argmax(out.reshape(out.shape[0], -1), axis=1))
         return np.concatenate(preds)
 
@@ -194,6 +200,7 @@ def sharpness_sigma(
     magnitude_aware: bool = False,
     eps: float = 1e-3,
     max_steps: int = 20,
+    fixed_batch: int | None = None,
 ) -> dict[str, float]:
     """PAC-Bayes sharpness: bisection on sigma so Gaussian weight noise lowers accuracy by ``target``.
 
@@ -201,7 +208,7 @@ def sharpness_sigma(
     ``draws`` Monte-Carlo draws. Bisection is on log sigma in [1e-6, 10]; it stops when the drop
     is within ``tol`` of ``target``. Returns sigma, the flatness 1/sigma^2 and the achieved drop.
     """
-    nw = NoisyWeights(model, input_name, output_name)
+    nw = NoisyWeights(model, input_name, output_name, fixed_batch)
     clean = float(np.mean(nw.predict(x) == y))
 
     def drop(sigma: float) -> float:

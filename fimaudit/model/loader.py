@@ -280,10 +280,12 @@ def _resolve_sample_shape(
     if len(shape) == 0:
         raise UnsupportedModelError(f"input '{spec.name}' is a scalar; fimaudit needs a batch of samples")
     batch_dim, rest = shape[0], shape[1:]
-    # Some exporters write a dynamic batch as dim_value -1 or 0: only a positive size is fixed.
+    # Exporters write a dynamic batch as a name, nothing, or dim_value -1 or 0 (Paddle, some
+    # TensorFlow converters): only a positive value is a fixed batch.
     fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
-    # A per-sample dimension of 0 or less is no size at all; treat it as unknown (asks for --input-shape).
-    rest = tuple(d if not isinstance(d, int) or d > 0 else None for d in rest)
+    if isinstance(batch_dim, int) and batch_dim <= 0:
+        notes.append(f"the batch axis is declared as {batch_dim}; treated as dynamic")
+    rest = tuple(d if not isinstance(d, int) or d > 0 else None for d in rest)  # -1/0 elsewhere: unknown
     if fixed_batch is not None and fixed_batch > 1:
         notes.append(f"the model has a fixed batch of {fixed_batch}; queries are padded to it")
     if override is not None:
@@ -305,6 +307,14 @@ def _resolve_sample_shape(
             "--input-shape, e.g. --input-shape " + ",".join(str(d) if isinstance(d, int) else "N" for d in rest)
         )
     return tuple(int(d) for d in rest), fixed_batch, notes
+
+
+def _free_batch_axis(*values: onnx.ValueInfoProto) -> None:
+    """Declare a batch axis stored as dim_value <= 0 as symbolic, in memory (onnxruntime would insist on 0)."""
+    for vi in values:
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value <= 0:
+            dims[0].dim_param = "batch"  # a oneof: clears dim_value
 
 
 def _fmt_shape(shape: tuple) -> str:
@@ -400,6 +410,7 @@ def load_model(
     notes.extend(shape_notes)
 
     final_op = _final_op(model, chosen_out.name)
+    _free_batch_axis(chosen_in, chosen_out)
     session, provider, ir_note = _open(model, p, device, threads)
     if ir_note:
         notes.append(ir_note)
