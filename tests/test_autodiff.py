@@ -564,6 +564,30 @@ def test_source_follows_the_protocol_shapes():
     assert rel(fv, ((v[:1] @ s.T) * src.p) @ s) < 1e-4
 
 
+def test_gradient_graph_is_a_jacobian_source_for_the_estimators(tmp_path):
+    """The estimators take it like FiniteDifferences; exact agrees with the closed form on a linear model."""
+    from fimaudit.estimators.core import exact
+    from fimaudit.estimators.source import FiniteDifferences, JacobianSource
+    from fimaudit.model import LogProbOracle
+
+    rng = np.random.default_rng(12)
+    k, d = 4, 10
+    w, b = rng.standard_normal((k, d)), rng.standard_normal(k)
+    model = load_model(save(linear_model(w, b), tmp_path / "lin.onnx"), device="cpu")
+    x0 = rng.standard_normal(d)
+    choice = build_gradient_source(model, "logits", "graph", x0[None], np.random.default_rng(0))
+    src = choice.at(x0)
+    assert isinstance(src, JacobianSource)
+    z = w @ x0 + b
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    s_ref = w - p @ w
+    lam = np.linalg.eigvalsh(np.sqrt(p)[:, None] * (s_ref @ s_ref.T) * np.sqrt(p)[None, :])[-1]
+    est = exact(src)
+    assert abs(est.lambda_max - lam) <= 1e-4 * lam and src.queries == k + 1
+    fd = exact(FiniteDifferences(LogProbOracle(model, "logits"), x0, 1e-2))
+    assert abs(fd.lambda_max - lam) <= 1e-3 * lam
+
+
 # ------------------------------------------------------------------------- the zoo and the corpus
 def _zoo():
     files = sorted(glob.glob(str(ROOT / "sample_models" / "*.onnx")))
