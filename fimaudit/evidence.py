@@ -15,8 +15,9 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, load_data
+from .data import Preprocess, check_labels
 from .errors import ConfigError
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
 from .model import LogProbOracle, detect_output_kind, load_model
@@ -46,16 +47,31 @@ class AttackConfig:
     output_name: str | None = None
     input_shape: tuple[int, ...] | None = None
     output_kind: str = "auto"
+    max_batch: int = 256
+    threads: int = 0
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.layout, self.resize, self.channels, self.preset)
 
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray):
+
+def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0,
+                   labels=None, source: str = ""):
     shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
     pre.check(shape)
     to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     probe = LogProbOracle(model, "logits", to_input)
     kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
+    if labels is not None:
+        if model.n_classes is None:
+            probe.raw(x_attack[:1])
+        check_labels(labels, int(model.n_classes), source)
     return LogProbOracle(model, kind, to_input), kind
 
 
@@ -63,12 +79,14 @@ def load_attack_inputs(cfg: AttackConfig):
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
-                       input_shape=cfg.input_shape, device=cfg.device)
-    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+                       input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    ds, pre = prep.dataset, prep.pre
     if ds.y is None:
-        raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
-    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+        raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
+    x = np.asarray(ds.x, dtype=np.float64) * pre.scale
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+                                  ds.y, ds.source)
     return model, oracle, kind, x, ds.y
 
 
@@ -114,7 +132,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "config": cfg_d,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }
 
 
@@ -143,15 +161,20 @@ def compare_models(
     progress: Callable[[str], None] | None = None,
     with_metrics: bool = True,
     metric_samples: int = 300,
+    options: dict | None = None,
 ) -> dict:
-    """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs)."""
+    """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs).
+
+    ``options``: fields shared by every model's scan, attack and metric configs (device, input_name, ...).
+    """
     from .scan import ScanConfig, scan
 
+    common = dict(options or {})
     rows = []
     for spec in specs:
         t0 = time.perf_counter()
         res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std))
+                              scale=spec.scale, mean=spec.mean, std=spec.std, **common))
         row = {
             "model": spec.name or spec.path,
             "clean_accuracy": res.summary.accuracy,
@@ -161,7 +184,7 @@ def compare_models(
             "fim_upper": (res.bound or {}).get("fim_upper"),
         }
         base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                            scale=spec.scale, mean=spec.mean, std=spec.std)
+                            scale=spec.scale, mean=spec.mean, std=spec.std, **common)
         for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
             rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
                                              "taus": (tau,)}))
@@ -177,17 +200,18 @@ def compare_models(
             from .metrics.suite import MetricsConfig, run_metrics
 
             met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
-                                            mean=spec.mean, std=spec.std, seed=seed))["metrics"]
+                                            mean=spec.mean, std=spec.std, seed=seed,
+                                            **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
             for k, v in met.items():
                 if k not in ("accuracy", "layers"):
                     row[k] = v
-        row["seconds"] = time.perf_counter() - t0
+        row["timing"] = {"seconds": time.perf_counter() - t0}
         rows.append(row)
         if progress:
             progress(row["model"])
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
-    metrics = [k for k in rows[0] if k not in ("model", "seconds")]
+    metrics = [k for k in rows[0] if k not in ("model", "timing")]
     rng = np.random.default_rng(seed)
     by_target = {}
     for tgt in targets:
@@ -252,5 +276,5 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries)},
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import __version__
-from .data import Preprocess, load_data, synthetic_data
+from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
 from .estimators.core import Estimate, exact, kl_check, quadratic_form, shrink_to_bound
 from .estimators.fd import StepChoice, choose_step, input_scale
@@ -22,6 +22,7 @@ from .estimators.power import fresh_probes, power_fixed, power_fresh
 from .estimators.probes import PROBES
 from .estimators.source import FiniteDifferences
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .model import OUTPUT_KINDS, LogProbOracle, Model, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
 from .result import RunInfo, SampleResult, ScanResult, Stats, Summary
@@ -68,6 +69,10 @@ class ScanConfig:
     trace_budget: int = 0
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -186,15 +191,14 @@ def _runtime(model) -> dict:
 # ------------------------------------------------------------------ stage 1: load
 @dataclass(frozen=True)
 class Loaded:
-    """The validated model and the preprocessing map, with the loader's notes."""
+    """The validated model with the loader's notes."""
 
     model: Model
-    pre: Preprocess
     notes: tuple[str, ...]
 
 
 def load(config: ScanConfig) -> Loaded:
-    """Validate the config, load the model and check the preprocessing against its input."""
+    """Validate the config and load the model."""
     config.validate()
     model = load_model(
         config.model,
@@ -205,9 +209,7 @@ def load(config: ScanConfig) -> Loaded:
         max_batch=config.max_batch,
         threads=config.threads,
     )
-    pre = Preprocess(config.scale, tuple(config.mean), tuple(config.std))
-    pre.check(model.sample_shape)
-    return Loaded(model, pre, tuple(model.info.notes))
+    return Loaded(model, tuple(model.info.notes))
 
 
 # ------------------------------------------------------------------ stage 2: points
@@ -221,15 +223,24 @@ class Points:
     tie_share: float  # median share of each input's most common exact value (before dithering)
     to_input: Callable[[np.ndarray], np.ndarray] | None  # estimation space -> model input (None: identity)
     notes: tuple[str, ...]
+    pre: Preprocess  # stored data -> model input
+    images: bool  # the data came from a folder of images
+    preprocess: dict  # the resolved preprocessing (preset, layout, channels, resize), for the report
 
 
 def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
-    """Load or draw the samples, map them to estimation space, measure ties, dither if asked."""
-    shape, pre = loaded.model.sample_shape, loaded.pre
-    notes: list[str] = []
+    """Load (arrays or images) or draw the samples, map them to estimation space, measure ties, dither if asked."""
+    model = loaded.model
+    shape = model.sample_shape
+    prepared = prepare(
+        model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
+        tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset),
+    )
+    pre = prepared.pre
+    notes: list[str] = list(prepared.notes)
     to_input = None
-    if config.data is not None:
-        dataset = load_data(config.data, shape, config.samples or DEFAULT_SAMPLES_DATA)
+    if prepared.dataset is not None:
+        dataset = prepared.dataset
         if config.samples is None:
             notes.append(f"scanned the first {dataset.x.shape[0]} samples (set --samples to change)")
         if config.space == "data":
@@ -261,7 +272,8 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
             "derivatives, so estimators along different directions can disagree; --dither SIGMA evaluates a "
             "nearby differentiable point"
         )
-    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes))
+    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes), pre, prepared.images,
+                  prepared.config)
 
 
 # ------------------------------------------------------------------ stage 3: calibrate
@@ -297,10 +309,8 @@ def calibrate(config: ScanConfig, model: Model, points: Points) -> tuple[LogProb
     oracle = LogProbOracle(model, kind, points.to_input)
     logp = to_log_probs(raw_centre, kind)
     n_classes = int(logp.shape[1])
-    if points.labels is not None and np.any(points.labels >= n_classes):
-        raise ConfigError(
-            f"labels in {points.source} go up to {int(points.labels.max())} but the model has {n_classes} classes"
-        )
+    if points.labels is not None:
+        check_labels(points.labels, n_classes, points.source)
     chosen = plan(config.method, model.d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     q0 = model.queries
     step = choose_step(
@@ -448,7 +458,7 @@ def assemble(
     seconds: float,
 ) -> ScanResult:
     """Summary, model facts, units, the closed-form bound and notes -> ``ScanResult``."""
-    model, pre = loaded.model, loaded.pre
+    model, pre = loaded.model, points.pre
     shape, d = model.sample_shape, model.d
     notes = list(loaded.notes) + list(model.notes) + list(points.notes) + list(calib.notes)
     samples = tuple(o.result for o in outcomes)
@@ -477,18 +487,7 @@ def assemble(
         "ir_version": info.ir_version,
         "opsets": info.opsets,
     }
-    if config.space == "data" and not pre.is_identity:
-        units = {
-            "space": "data",
-            "description": "per stored-data unit: perturbations of the data as stored, before --scale/--mean/--std "
-            "(F_data = D F_input D with D = scale/std)",
-        }
-    else:
-        units = {
-            "space": "input",
-            "description": "per model-input unit: perturbations of the tensor the model receives"
-            + ("" if pre.is_identity else " (after --scale/--mean/--std)"),
-        }
+    units = _units(config.space, pre, points.images, config.preset)
     bound = _bound_summary(model, config, pre, shape) if config.bounds else None
     if bound is not None and bound.get("fim_upper"):
         lam = summary.lambda_max
@@ -508,6 +507,7 @@ def assemble(
         data_source=points.source,
         tie_share=points.tie_share,
     )
+    cfg["preprocess"] = points.preprocess
     return ScanResult(
         model=model_dict,
         runtime=_runtime(model),
@@ -555,30 +555,32 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     return assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
 
 
+def _units(space: str, pre: Preprocess, images: bool, preset: str | None) -> dict:
+    """What one unit of perturbation means in this report (MATH §1: F_data = D F_input D)."""
+    how = f"--preset {preset}" if preset is not None else "--scale/--mean/--std"
+    if space == "data" and not pre.is_identity:
+        stored = "per pixel-value unit (0-255 pixels as decoded from the images" if images else \
+            "per stored-data unit (the data as stored"
+        return {
+            "space": "data",
+            "description": f"{stored}, before {how}; F_data = D F_input D with D = scale/std)",
+        }
+    return {
+        "space": "input",
+        "description": "per model-input unit: perturbations of the tensor the model receives"
+        + ("" if pre.is_identity else f" (after {how})"),
+    }
+
+
 def _save_directions(path: str, directions: np.ndarray) -> None:
     """Write the per-sample worst directions (unit, estimation space) as .npy, atomically."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    target = Path(path)
-    if target.suffix != ".npy":
+    from .runtime_guard import write_atomic
+
+    if Path(path).suffix != ".npy":
         raise ConfigError("--save-direction must name a .npy file")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, directions)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
 
 
 def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int, ...]) -> dict:
