@@ -432,6 +432,7 @@ def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, 
 
 # ------------------------------------------------------------------ stage 5: assemble
 CHANCE_MIN_SAMPLES = 10
+VACUOUS_FACTOR = 1e6  # a closed-form bound this far above the measured median is labelled vacuous
 
 
 def chance_note(accuracy: float | None, n: int, n_classes: int) -> str | None:
@@ -495,6 +496,13 @@ def assemble(
             "median": None if lam.median is None else lam.median / bound["fim_upper"],
             "max": None if lam.max is None else lam.max / bound["fim_upper"],
         }
+        # A bound a million times above what the model does is true but says nothing: label it.
+        bound["vacuous"] = bool(lam.median is not None and bound["fim_upper"] > VACUOUS_FACTOR * lam.median)
+        if bound["vacuous"]:
+            notes.append(
+                f"the closed-form bound {bound['fim_upper']:.3g} is vacuous: more than {VACUOUS_FACTOR:.0e} times the "
+                f"measured median lambda_max {lam.median:.3g} (per-layer norms multiply; it is a guarantee, not an estimate)"
+            )
         if lam.max is not None and lam.max > bound["fim_upper"]:
             notes.append("a measured lambda_max exceeds the closed-form bound: please report this as a bug")
     cfg = asdict(config)
