@@ -360,7 +360,7 @@ def estimate_sample(
     chosen, step = calib.plan, calib.step
     rng = np.random.default_rng([config.seed, 3, index])
     logp0 = calib.logp[index]
-    block = probe_block(config)
+    block = probe_block(oracle.model.max_batch)
     source = FiniteDifferences(
         oracle, x, step.h, logp0=logp0, rel_error=step.relative_discrepancy, vjp_probes=fresh_probes(chosen.k), rng=rng,
         chunk=block,
@@ -399,14 +399,14 @@ def estimate_sample(
     return SampleOutcome(result, est.direction)
 
 
-def probe_block(config: ScanConfig) -> int:
-    """Probes per JVP call: two rows each by central differences, so a call stays within --max-batch rows."""
-    return max(1, config.max_batch // 2)
+def probe_block(max_batch: int) -> int:
+    """Probes per JVP call: two rows each by central differences, so a call stays within one model batch."""
+    return max(1, max_batch // 2)
 
 
 def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, dct_basis, learnt_basis) -> Estimate:
     """Run the planned estimator at one sample (the checks are made by the caller)."""
-    block = probe_block(config)
+    block = source.chunk
     if chosen.method == "exact":
         return exact(source)
     if chosen.method == "sketch":
