@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.1"  # 1.1: run outputs moved from "config" to "run"; wall-clock fields in "timing"
+SCHEMA_VERSION = "1.2"  # 1.1: timing apart from the summary; 1.2: run outputs moved from "config" to "run"
 
 
 def _clean(value: Any) -> Any:

@@ -191,7 +191,7 @@ def _runtime(model) -> dict:
 # ------------------------------------------------------------------ stage 1: load
 @dataclass(frozen=True)
 class Loaded:
-    """The validated model and the preprocessing map, with the loader's notes."""
+    """The validated model with the loader's notes."""
 
     model: Model
     pre: Preprocess
@@ -200,7 +200,7 @@ class Loaded:
 
 
 def load(config: ScanConfig) -> Loaded:
-    """Validate the config, load the model and check the preprocessing against its input."""
+    """Validate the config and load the model."""
     config.validate()
     model = load_model(
         config.model,
@@ -229,15 +229,21 @@ class Points:
     tie_share: float  # median share of each input's most common exact value (before dithering)
     to_input: Callable[[np.ndarray], np.ndarray] | None  # estimation space -> model input (None: identity)
     notes: tuple[str, ...]
+    pre: Preprocess  # stored data -> model input
+    images: bool  # the data came from a folder of images
+    preprocess: dict  # the resolved preprocessing (preset, layout, channels, resize), for the report
 
 
 def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
-    """Load or draw the samples, map them to estimation space, measure ties, dither if asked."""
-    shape, pre = loaded.model.sample_shape, loaded.pre
-    notes: list[str] = []
+    """Load (arrays or images) or draw the samples, map them to estimation space, measure ties, dither if asked."""
+    model = loaded.model
+    shape = model.sample_shape
+    prepared = loaded.prepared  # read in stage 1 (the preset and layout decide the preprocessing)
+    pre = prepared.pre
+    notes: list[str] = []  # the preparation's notes are the loaded stage's
     to_input = None
-    if loaded.prepared.dataset is not None:
-        dataset = loaded.prepared.dataset
+    if prepared.dataset is not None:
+        dataset = prepared.dataset
         if config.samples is None:
             notes.append(f"scanned the first {dataset.x.shape[0]} samples (set --samples to change)")
         if config.space == "data":
@@ -269,7 +275,8 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
             "derivatives, so estimators along different directions can disagree; --dither SIGMA evaluates a "
             "nearby differentiable point"
         )
-    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes))
+    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes), pre, prepared.images,
+                  prepared.config)
 
 
 # ------------------------------------------------------------------ stage 3: calibrate
@@ -356,7 +363,7 @@ def estimate_sample(
     chosen, step = calib.plan, calib.step
     rng = np.random.default_rng([config.seed, 3, index])
     logp0 = calib.logp[index]
-    block = probe_block(config)
+    block = probe_block(oracle.model.max_batch)
     source = FiniteDifferences(
         oracle, x, step.h, logp0=logp0, rel_error=step.relative_discrepancy, vjp_probes=fresh_probes(chosen.k), rng=rng,
         chunk=block,
@@ -395,14 +402,14 @@ def estimate_sample(
     return SampleOutcome(result, est.direction)
 
 
-def probe_block(config: ScanConfig) -> int:
-    """Probes per JVP call: two rows each by central differences, so a call stays within --max-batch rows."""
-    return max(1, config.max_batch // 2)
+def probe_block(max_batch: int) -> int:
+    """Probes per JVP call: two rows each by central differences, so a call stays within one model batch."""
+    return max(1, max_batch // 2)
 
 
 def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, dct_basis, learnt_basis) -> Estimate:
     """Run the planned estimator at one sample (the checks are made by the caller)."""
-    block = probe_block(config)
+    block = source.chunk
     if chosen.method == "exact":
         return exact(source)
     if chosen.method == "sketch":
@@ -428,6 +435,7 @@ def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, 
 
 # ------------------------------------------------------------------ stage 5: assemble
 CHANCE_MIN_SAMPLES = 10
+VACUOUS_FACTOR = 1e6  # a closed-form bound this far above the measured median is labelled vacuous
 
 
 def chance_note(accuracy: float | None, n: int, n_classes: int) -> str | None:
@@ -454,7 +462,7 @@ def assemble(
     seconds: float,
 ) -> ScanResult:
     """Summary, model facts, units, the closed-form bound and notes -> ``ScanResult``."""
-    model, pre = loaded.model, loaded.pre
+    model, pre = loaded.model, points.pre
     shape, d = model.sample_shape, model.d
     notes = list(loaded.notes) + list(model.notes) + list(points.notes) + list(calib.notes)
     samples = tuple(o.result for o in outcomes)
@@ -491,6 +499,13 @@ def assemble(
             "median": None if lam.median is None else lam.median / bound["fim_upper"],
             "max": None if lam.max is None else lam.max / bound["fim_upper"],
         }
+        # A bound a million times above what the model does is true but says nothing: label it.
+        bound["vacuous"] = bool(lam.median is not None and bound["fim_upper"] > VACUOUS_FACTOR * lam.median)
+        if bound["vacuous"]:
+            notes.append(
+                f"the closed-form bound {bound['fim_upper']:.3g} is vacuous: more than {VACUOUS_FACTOR:.0e} times the "
+                f"measured median lambda_max {lam.median:.3g} (per-layer norms multiply; it is a guarantee, not an estimate)"
+            )
         if lam.max is not None and lam.max > bound["fim_upper"]:
             notes.append("a measured lambda_max exceeds the closed-form bound: please report this as a bug")
     cfg = asdict(config)

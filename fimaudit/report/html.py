@@ -75,8 +75,9 @@ def render_html(result: ScanResult) -> str:
     ]
     b = result.bound
     if b is not None:
-        facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}" if b.get("fim_upper") is not None
-                      else f"none: {b.get('reason')}"))
+        facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}"
+                      + (" (vacuous: more than 1e6 times the measured median)" if b.get("vacuous") else "")
+                      if b.get("fim_upper") is not None else f"none: {b.get('reason')}"))
     sample_rows = "".join(
         f"<tr><td>{x.index}</td><td>{'-' if x.label is None else x.label}</td><td>{x.predicted}</td>"
         f"<td>{_fmt(x.lambda_max)}</td><td>{'-' if x.lambda_max_ci is None else _fmt(x.lambda_max_ci[0]) + ' – ' + _fmt(x.lambda_max_ci[1])}</td>"

@@ -64,7 +64,8 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         if b.get("fim_upper") is not None:
             ratio = (b.get("measured_over_bound") or {}).get("median")
             facts.insert(3, ("bound", f"lambda_max <= {_fmt(b['fim_upper'])} from the weights (L = {_fmt(b['lipschitz'])}, "
-                                      f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"))
+                                      f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"
+                                      + ("; VACUOUS (> 1e6 x measured)" if b.get("vacuous") else "")))
         else:
             facts.insert(3, ("bound", f"none from the weights: {b.get('reason')}"))
     print_facts(console, facts, result.notes)
