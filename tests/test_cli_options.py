@@ -88,6 +88,21 @@ def test_data_commands_take_every_data_option():
     assert data_opts - {"input_range"} <= set(_takes("metrics"))
 
 
+def test_configs_take_every_shared_option():
+    """Each data-taking command builds its config from every shared option it accepts, by field name."""
+    from dataclasses import fields
+
+    from fimaudit.audit import AuditConfig
+    from fimaudit.evidence import AttackConfig
+    from fimaudit.metrics.suite import MetricsConfig
+    from fimaudit.scan import ScanConfig
+
+    for cmd, cls in (("scan", ScanConfig), ("attack", AttackConfig), ("clever", AttackConfig),
+                     ("metrics", MetricsConfig), ("audit", AuditConfig)):
+        wanted = {n for n in _takes(cmd) if OPTIONS[n].config}
+        assert wanted <= {f.name for f in fields(cls)}, (cmd, wanted - {f.name for f in fields(cls)})
+
+
 CASES = [(cmd, name) for cmd in COMMANDS for name in _takes(cmd) if BAD.get(name)]
 
 

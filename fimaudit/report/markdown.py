@@ -16,7 +16,7 @@ def render_markdown(result: ScanResult) -> str:
         f"- sha256: `{m['sha256']}`",
         f"- input: `{m['input']['name']}` {m['input']['sample_shape']} ({m['input']['dtype']}), d = {m['input']['d']}",
         f"- output: `{m['output']['name']}`, {m['output']['kind']}, {m['output']['classes']} classes",
-        f"- method: {cfg.get('method_used')}, budget {cfg.get('budget')} queries per sample, seed {cfg.get('seed')}",
+        f"- method: {result.run.method_used}, budget {cfg.get('budget')} queries per sample, seed {cfg.get('seed')}",
         f"- units: {result.units.get('description', '')}",
         f"- preprocess: {preprocess_line(cfg) or '-'}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
