@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..result import ScanResult
-from .terminal import _fmt
+from .terminal import _fmt, preprocess_line
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
@@ -72,6 +72,7 @@ def render_html(result: ScanResult) -> str:
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
+        ("preprocess", preprocess_line(cfg) or "-"),
     ]
     b = result.bound
     if b is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..result import ScanResult
-from .terminal import _fmt
+from .terminal import _fmt, preprocess_line
 
 
 def render_markdown(result: ScanResult) -> str:
@@ -18,6 +18,7 @@ def render_markdown(result: ScanResult) -> str:
         f"- output: `{m['output']['name']}`, {m['output']['kind']}, {m['output']['classes']} classes",
         f"- method: {result.run.method_used}, budget {cfg.get('budget')} queries per sample, seed {cfg.get('seed')}",
         f"- units: {result.units.get('description', '')}",
+        f"- preprocess: {preprocess_line(cfg) or '-'}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
         f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
         "",

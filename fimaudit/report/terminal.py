@@ -20,6 +20,15 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def preprocess_line(cfg: dict) -> str | None:
+    """How stored data became model input (preset or --scale/--mean/--std, layout and its evidence)."""
+    pp = cfg.get("preprocess")
+    if not pp:
+        return None
+    lay = pp.get("layout") or {}
+    return f"{pp.get('how')}; layout {str(lay.get('name', '?')).upper()} ({lay.get('evidence', '')})"
+
+
 def summary_table(result: ScanResult) -> Table:
     s = result.summary
     table = Table(title=f"Input-space Fisher information ({result.units.get('space', 'input')} units)", title_justify="left")
@@ -54,11 +63,8 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
-    pp = cfg.get("preprocess")
-    if pp:
-        lay = pp.get("layout") or {}
-        facts.insert(4, ("preprocess", f"{pp.get('how')}; layout {str(lay.get('name', '?')).upper()} "
-                                       f"({lay.get('evidence', '')})"))
+    if preprocess_line(cfg):
+        facts.insert(4, ("preprocess", preprocess_line(cfg)))
     b = result.bound
     if b is not None:
         if b.get("fim_upper") is not None:
