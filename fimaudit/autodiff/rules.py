@@ -79,7 +79,7 @@ def _unary_factor(em: Emitter, node: onnx.NodeProto) -> str:
     x, y, a, op = node.input[0], node.output[0], attrs(node), node.op_type
     one = em.scalar(1.0, x)
     if op == "Relu":
-        return em.mask(em.op("Greater", [x, em.scalar(0.0, x)]), x)
+        return em.op("Sign", [y])  # y = max(x, 0) >= 0: Sign(y) is the 0/1 mask of x > 0, in one op
     if op == "LeakyRelu":
         alpha = em.scalar(a.get("alpha", 0.01), x)
         return em.op("Where", [em.op("Greater", [x, em.scalar(0.0, x)]), one, alpha])
