@@ -78,6 +78,11 @@ class SampleResult:
     kl_ratio: float | None = None  # KL(p(x)||p(x+eps v)) / (eps^2/2 v^T F v); ~1 when F is right
     trace_ci: tuple[float, float] | None = None
     trace_method: str = ""
+    # lower_bound is certified (exact Jacobian); lower_estimate is the finite-difference value
+    # with its margin measured along v ("not certified: finite differences").
+    lower_estimate: float | None = None
+    lower_check: dict | None = None  # kind, margin, the independent finite-difference check
+    dither: float | None = None  # sigma of the dither added to this sample, if any
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -101,6 +106,9 @@ class SampleResult:
             kl_ratio=d.get("kl_ratio"),
             trace_ci=None if d.get("trace_ci") is None else (float(d["trace_ci"][0]), float(d["trace_ci"][1])),
             trace_method=str(d.get("trace_method", "")),
+            lower_estimate=d.get("lower_estimate"),
+            lower_check=d.get("lower_check"),
+            dither=d.get("dither"),
         )
 
 
@@ -114,12 +122,14 @@ class Summary:
     calibration_queries: int
     seconds: float
     runtime_fraction: float | None  # share of wall time inside onnxruntime's run
+    lower_estimate: Stats = field(default_factory=lambda: Stats(None, None, None, None, 0))
 
     def to_dict(self) -> dict:
         return {
             "lambda_max": self.lambda_max.to_dict(),
             "trace": self.trace.to_dict(),
             "lower_bound": self.lower_bound.to_dict(),
+            "lower_estimate": self.lower_estimate.to_dict(),
             "accuracy": _clean(self.accuracy),
             "queries_total": self.queries_total,
             "calibration_queries": self.calibration_queries,
@@ -138,6 +148,7 @@ class Summary:
             calibration_queries=int(d.get("calibration_queries", 0)),
             seconds=float(d.get("seconds") or 0.0),
             runtime_fraction=d.get("runtime_fraction"),
+            lower_estimate=Stats.from_dict(d.get("lower_estimate", {"count": 0})),
         )
 
 

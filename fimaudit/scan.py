@@ -15,11 +15,12 @@ import numpy as np
 from . import __version__
 from .data import Preprocess, load_data, synthetic_data
 from .errors import ConfigError
-from .estimators.core import PROBES, Estimate, exact, quadratic_form, shrink_to_bound, sketch
+from .estimators.core import PROBES, Estimate, exact, sketch
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
 from .estimators.power import power_fixed, power_fresh
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch
 from .estimators.fd import choose_step, input_scale
+from .estimators.lower import fd_lower_estimate
 from .model import OUTPUT_KINDS, LogProbOracle, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
 from .result import SampleResult, ScanResult, Stats, Summary
@@ -121,7 +122,7 @@ class Plan:
         return 1 + core + self.checks + self.trace
 
 
-CHECK_QUERIES = 3
+CHECK_QUERIES = 5  # 4 along v for the lower estimate and its margin + 1 for the KL check
 
 
 def plan(
@@ -139,6 +140,9 @@ def plan(
         return Plan("exact", d, 0, checks if exact_cost + checks <= budget else 0)
     if trace_budget and trace_budget > budget // 2:
         raise ConfigError(f"--trace-budget {trace_budget} may use at most half of --budget {budget}")
+    least = 12 if method in ("power-fresh", "deflated") else 6  # the estimator's own minimum
+    if checks and budget - 1 - checks - trace_budget < least:
+        checks = 0  # a budget this small pays the estimator only: no lower estimate, no KL check
     room = budget - 1 - checks - trace_budget
     if method == "power-fresh":
         if room < 12:
@@ -302,11 +306,10 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                             rse_target=config.trace_rse)
             trace, trace_se, trace_ci = te.trace, te.se, te.ci
             trace_how = f"hutchinson-{config.trace_probes} ({te.probes} probes, stopped by {te.stopped_by})"
-        lower = kl_ratio = None
+        kl_ratio = check = None
         if chosen.checks and est.direction is not None:
-            quad = quadratic_form(oracle, points[i], p, est.direction, step.h)
-            lower = shrink_to_bound(quad, step.relative_discrepancy)
-            kl_ratio = kl_check(oracle, points[i], logp_centre[i], est.direction, quad, step.h)
+            check = fd_lower_estimate(oracle, points[i], logp_centre[i], est.direction, step.h)
+            kl_ratio = kl_check(oracle, points[i], logp_centre[i], est.direction, check.quadratic_form, step.h)
         if learnt is not None and est.direction is not None:
             learnt.add(est.direction)
         if directions is not None and est.direction is not None:
@@ -325,7 +328,9 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                 trace_se=trace_se,
                 trace_ci=trace_ci,
                 trace_method=trace_how if chosen.method != "exact" else "exact",
-                lower_bound=lower,
+                lower_bound=check.value if check is not None and check.certified else None,
+                lower_estimate=check.value if check is not None and not check.certified else None,
+                lower_check=None if check is None else check.to_dict(),
                 queries=spent,
                 method=est.method,
                 probes=est.probes,
@@ -344,6 +349,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),
         lower_bound=Stats.of([s.lower_bound for s in samples]),
+        lower_estimate=Stats.of([s.lower_estimate for s in samples]),
         accuracy=accuracy,
         queries_total=model.queries,
         calibration_queries=calibration,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..result import ScanResult
-from .terminal import _fmt
+from .terminal import _fmt, summary_rows
 
 
 def render_markdown(result: ScanResult) -> str:
@@ -24,9 +24,8 @@ def render_markdown(result: ScanResult) -> str:
         "| quantity | mean | median | p90 | max | n |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, st in (("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace), ("lower bound", s.lower_bound)):
-        if st.count:
-            lines.append(f"| {name} | {_fmt(st.mean)} | {_fmt(st.median)} | {_fmt(st.p90)} | {_fmt(st.max)} | {st.count} |")
+    for name, st in summary_rows(s):
+        lines.append(f"| {name} | {_fmt(st.mean)} | {_fmt(st.median)} | {_fmt(st.p90)} | {_fmt(st.max)} | {st.count} |")
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     return "\n".join(lines) + "\n"

@@ -20,16 +20,23 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def summary_rows(s) -> list[tuple[str, Stats]]:
+    """The summary's quantities with their display names; lower bounds only when measured."""
+    rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
+    if s.lower_bound.count:
+        rows.append(("certified lower bound", s.lower_bound))
+    if s.lower_estimate.count:
+        rows.append(("lower estimate (not certified: finite differences)", s.lower_estimate))
+    return rows
+
+
 def summary_table(result: ScanResult) -> Table:
     s = result.summary
     table = Table(title=f"Input-space Fisher information ({result.units.get('space', 'input')} units)", title_justify="left")
     table.add_column("quantity")
     for col in ("mean", "median", "p90", "max"):
         table.add_column(col, justify="right")
-    rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
-    if s.lower_bound.count:
-        rows.append(("certified lower bound", s.lower_bound))
-    for name, st in rows:
+    for name, st in summary_rows(s):
         table.add_row(name, _fmt(st.mean), _fmt(st.median), _fmt(st.p90), _fmt(st.max))
     return table
 
