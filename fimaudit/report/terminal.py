@@ -20,6 +20,14 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def _dither_text(d: dict | None) -> str:
+    """Where F was evaluated: x, or x + sigma xi and why."""
+    if not d or not d.get("sigma"):
+        return "none: F at the samples themselves"
+    how = "automatic: exact input ties" if d.get("source") == "auto" else "set by --dither"
+    return f"sigma = {_fmt(d['sigma'])} ({how}); F at x + sigma*xi"
+
+
 def summary_rows(s) -> list[tuple[str, Stats]]:
     """The summary's quantities with their display names; lower bounds only when measured."""
     rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
@@ -57,6 +65,7 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("queries", f"{s.queries_total} total, budget {cfg.get('budget')} per sample, {s.calibration_queries} for the step check"),
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
+        ("dither", _dither_text(cfg.get("dither_used"))),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
