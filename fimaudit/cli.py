@@ -1,33 +1,69 @@
-"""Command line: ``fimaudit scan`` and ``fimaudit report``; thin over the core.
+"""Command line: parses options, dispatches to the core, maps exit codes; nothing else.
 
-Exit codes: 0 success (gate passed), 1 the ``--fail-above`` gate failed, 2 bad input or error.
+Exit codes: 0 success (policy or gate passed), 1 a policy check or the ``--fail-above`` gate failed,
+2 bad input or error (one line on stderr, ``fimaudit: error: ...``, never a traceback).
+
+Shared options
+--------------
+Options that mean the same thing in several commands (``--data``, ``--scale``, ``--seed``,
+``--json``, ``-q``, ...) are declared ONCE, in the registry below, with the function that
+parses and checks their value. A command names the *groups* it takes, and receives the parsed
+values as one ``Opts`` object; a malformed value (``--scale abc``, ``--samples 0``) is one
+``fimaudit: error:`` line and exit 2 in every command, before the command runs.
+
+Groups (a command takes the union of the groups it names):
+
+* ``graph``  -- which tensors to audit: ``--input``, ``--output``, ``--input-shape``.
+* ``run``    -- ``graph`` plus running the model: ``--output-kind``, ``--device``, ``--max-batch``, ``--threads``.
+* ``data``   -- ``run`` plus the samples: ``--data``, ``--samples``, ``--scale``, ``--mean``, ``--std``,
+  ``--input-range``, ``--seed``. Every data-taking command (scan, attack, metrics, clever, compare, audit).
+* ``budget`` -- ``--budget`` (queries per sample).
+* ``out``    -- ``--json`` and ``-q/--quiet``.
+
+To add an option to every data-taking command (e.g. ``--layout``):
+
+1. register it next to the others below::
+
+       shared_option("layout", ("--layout",), str, "auto", "NCHW | NHWC | auto.", groups=("data",),
+                     parse=_choice("--layout", ("auto", "NCHW", "NHWC")))
+
+   ``parse`` turns the raw value into the typed one and raises ``ConfigError`` naming the flag;
+   ``config=False`` keeps it out of the core configs (like ``--json``). Register before the commands.
+2. add a field of the same name to each config that takes data (``ScanConfig``, ``AttackConfig``,
+   ``MetricsConfig``; ``AuditConfig`` takes it through ``ScanConfig``). ``opts.config(Cls, ...)``
+   passes every config option by name, so a config that lacks the field fails the CLI tests at once.
+3. add a bad-value case to ``tests/test_cli_options.py`` (one table covers every command).
+
+A new command: ``@command("name", "data", "out")`` over ``def name_cmd(opts: Opts, <own options>) -> int``;
+the body returns an exit code and raises ``FimauditError`` for bad input. Per-command defaults:
+``defaults={"samples": 500}``; ``...`` as a default makes the option required.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperCommand, TyperGroup
 
 from .data import eval_fraction, parse_floats, parse_range
 from .errors import ConfigError, FimauditError
 from .model.loader import parse_input_shape
+from .model.oracle import OUTPUT_KINDS
 from .report import render_json, renderer_for
 from .report.terminal import render_to_console
 from .result import ScanResult
 from .scan import ScanConfig, scan
-
-app = typer.Typer(
-    add_completion=False,
-    help="Audit ONNX classifiers: input-space Fisher information, exact or sketched, from black-box queries.",
-)
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -37,6 +73,250 @@ def _err(message: str) -> None:
     sys.stderr.flush()
 
 
+def _usage_error(prefix: str, exc: Exception) -> typer.Exit:
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    _err(prefix + " ".join(message.split()))
+    return typer.Exit(EXIT_ERROR)
+
+
+class _Command(TyperCommand):
+    """Usage errors (unknown option, ``--samples abc``, missing argument) as one line and exit 2."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as exc:  # typer's (vendored click's) UsageError and BadParameter
+            raise _usage_error(f"{self.name}: ", exc) from None
+
+
+class _Group(TyperGroup):
+    """An unknown command or root option as one line and exit 2."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as exc:
+            raise _usage_error("", exc) from None
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):  # type: ignore[no-untyped-def]
+        try:
+            return super().resolve_command(ctx, args)
+        except typer.TyperException as exc:
+            raise _usage_error("", exc) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    help="Audit ONNX classifiers: input-space Fisher information, exact or sketched, from black-box queries.",
+)
+
+
+# --------------------------------------------------------------------------- shared options
+@dataclass(frozen=True)
+class SharedOption:
+    """One option used by several commands: its flags, the type typer parses, and our own check."""
+
+    name: str  # attribute on Opts and field name in the core configs
+    flags: tuple[str, ...]
+    annotation: Any  # what typer parses the text into (str, int, Optional[Path], bool)
+    default: Any
+    help: str
+    parse: Callable[[Any], Any]
+    config: bool  # passed to the core configs by opts.config()
+
+
+OPTIONS: dict[str, SharedOption] = {}
+GROUPS: dict[str, list[str]] = {"graph": [], "run": [], "data": [], "budget": [], "out": []}
+# A group includes the groups listed here (run = graph + its own, data = run + its own).
+_INCLUDES = {"run": ("graph",), "data": ("run",)}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def shared_option(
+    name: str,
+    flags: tuple[str, ...],
+    annotation: Any,
+    default: Any,
+    help: str,
+    *,
+    groups: tuple[str, ...],
+    parse: Callable[[Any], Any] = _same,
+    config: bool = True,
+) -> None:
+    """Register an option once; every command taking one of ``groups`` gets it, parsed by ``parse``."""
+    if name in OPTIONS:
+        raise ValueError(f"shared option {name} registered twice")
+    OPTIONS[name] = SharedOption(name, flags, annotation, default, help, parse, config)
+    for g in groups:
+        GROUPS.setdefault(g, []).append(name)
+
+
+def _resolve(groups: tuple[str, ...]) -> list[str]:
+    names: list[str] = []
+
+    def add(g: str) -> None:
+        if g not in GROUPS:
+            raise ValueError(f"unknown option group {g}")
+        for inc in _INCLUDES.get(g, ()):
+            add(inc)
+        names.extend(n for n in GROUPS[g] if n not in names)
+
+    for g in groups:
+        add(g)
+    return names
+
+
+def _choice(flag: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, not '{value}'")
+        return value
+
+    return parse
+
+
+def _at_least(flag: str, low: int) -> Callable[[Optional[int]], Optional[int]]:
+    def parse(value: Optional[int]) -> Optional[int]:
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} must be >= {low}, not {value}")
+        return value
+
+    return parse
+
+
+def _scale(text: str) -> float:
+    try:
+        value = eval_fraction(text)
+    except ValueError:
+        raise ConfigError(f"--scale '{text}' must be a number such as 0.00392 or 1/255") from None
+    if value == 0:
+        raise ConfigError("--scale must be nonzero")
+    return value
+
+
+def _floats(flag: str, fallback: float) -> Callable[[str], tuple[float, ...]]:
+    return lambda text: parse_floats(text, flag) or (fallback,)
+
+
+def _optional_str(value: Optional[Path]) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _input_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    return None if text is None else parse_input_shape(text)
+
+
+shared_option("input_name", ("--input",), Optional[str], None, "Input to audit when the model has several.",
+              groups=("graph",))
+shared_option("output_name", ("--output",), Optional[str], None, "Output to audit when the model has several.",
+              groups=("graph",))
+shared_option("input_shape", ("--input-shape",), Optional[str], None,
+              "Per-sample shape C,H,W for dynamic dimensions.", groups=("graph",), parse=_input_shape)
+shared_option("output_kind", ("--output-kind",), str, "auto", "auto | logits | probabilities | log-probabilities.",
+              groups=("run",), parse=_choice("--output-kind", ("auto",) + OUTPUT_KINDS))
+shared_option("device", ("--device",), str, "auto", "auto | cpu | cuda (auto: CUDA only if it really loads).",
+              groups=("run",), parse=_choice("--device", ("auto", "cpu", "cuda")))
+shared_option("max_batch", ("--max-batch",), int, 256, "Most rows per onnxruntime call.", groups=("run",),
+              parse=_at_least("--max-batch", 1))
+shared_option("threads", ("--threads",), int, 0, "onnxruntime intra-op threads (0: its default).", groups=("run",),
+              parse=_at_least("--threads", 0))
+shared_option("data", ("--data",), Optional[Path], None,
+              ".npy (inputs) or .npz (x, optional integer labels y) in the model's input layout.",
+              groups=("data",), parse=_optional_str)
+shared_option("samples", ("--samples",), Optional[int], None, "Use the first N samples.", groups=("data",),
+              parse=_at_least("--samples", 1))
+shared_option("scale", ("--scale",), str, "1",
+              "Stored data x scale = image/attack space (e.g. 1/255 for uint8 pixels); eps is in these units.",
+              groups=("data",), parse=_scale)
+shared_option("mean", ("--mean",), str, "0", "Model input = (x*scale - mean)/std; one value or one per channel.",
+              groups=("data",), parse=_floats("--mean", 0.0))
+shared_option("std", ("--std",), str, "1", "Std, one value or one per channel.", groups=("data",),
+              parse=_floats("--std", 1.0))
+shared_option("input_range", ("--input-range",), str, "0,1",
+              "LO,HI: valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
+              groups=("data",), parse=parse_range)
+shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
+              groups=("data",))
+shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
+              groups=("budget",), parse=_at_least("--budget", 1))
+shared_option("json", ("--json",), Optional[str], None, "Write the JSON result here ('-': stdout).",
+              groups=("out",), config=False)
+shared_option("quiet", ("--quiet", "-q"), bool, False, "No progress display or table (errors still go to stderr).",
+              groups=("out",), config=False)
+
+
+class Opts:
+    """Parsed shared options of one command run: ``opts.scale``, ``opts.config(ScanConfig, model=...)``."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(f"this command does not take the shared option {name}") from None
+
+    def config_fields(self) -> dict[str, Any]:
+        """The options that the core configs take, by field name."""
+        return {k: v for k, v in self._values.items() if OPTIONS[k].config}
+
+    def config(self, cls: type, **own: Any) -> Any:
+        """``cls(**shared options, **own)``; ``own`` wins. A config lacking a shared field is a bug: it raises."""
+        names = {f.name for f in fields(cls)}
+        shared = self.config_fields()
+        missing = [k for k in shared if k not in names]
+        if missing:
+            raise TypeError(f"{cls.__name__} lacks shared option fields {missing}")
+        return cls(**{**shared, **own})
+
+    @property
+    def console(self) -> Console:
+        """Where tables go: stderr when the JSON goes to stdout."""
+        return Console(stderr=True) if self._values.get("json") == "-" else Console()
+
+
+def command(name: str, *groups: str, defaults: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()):
+    """Register ``fn(opts, **own) -> exit code`` as a command taking the shared options of ``groups``."""
+    defaults = defaults or {}
+    shared = [OPTIONS[n] for n in _resolve(groups) if n not in exclude]
+
+    def deco(fn: Callable[..., int]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
+        extra = [
+            inspect.Parameter(
+                o.name, inspect.Parameter.KEYWORD_ONLY, annotation=o.annotation,
+                default=typer.Option(defaults.get(o.name, o.default), *o.flags, help=o.help,
+                                     rich_help_panel="Shared options", show_default=o.default is not None),
+            )
+            for o in shared
+        ]
+
+        def wrapper(**kwargs: Any) -> None:
+            raw = {o.name: kwargs.pop(o.name) for o in shared}
+
+            def body() -> int:
+                opts = Opts({o.name: o.parse(raw[o.name]) for o in shared})
+                return fn(opts, **kwargs)
+
+            raise typer.Exit(_run_guarded(body))
+
+        params = own + extra
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        app.command(name, cls=_Command)(wrapper)
+        return wrapper
+
+    return deco
+
+
+# --------------------------------------------------------------------------- I/O and exit codes
 def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` (``-``: stdout) via a temporary file, so no half-written report remains."""
     if path == "-":
@@ -67,7 +347,7 @@ def _umask() -> int:
     return mask
 
 
-def _run_guarded(fn) -> int:
+def _run_guarded(fn: Callable[[], int]) -> int:
     try:
         return fn()
     except FimauditError as exc:
@@ -86,11 +366,23 @@ def _run_guarded(fn) -> int:
         return EXIT_ERROR
 
 
-@app.command("scan")
+def _write_json(opts: Opts, payload: dict | str) -> None:
+    if opts.json is not None:
+        write_atomic(opts.json, payload if isinstance(payload, str) else json.dumps(payload, indent=2) + "\n")
+
+
+def _floats_list(text: str, flag: str) -> tuple[float, ...]:
+    vals = parse_floats(text, flag)
+    if vals is None or any(v < 0 for v in vals):
+        raise ConfigError(f"{flag} '{text}' must be nonnegative numbers separated by commas")
+    return vals
+
+
+# --------------------------------------------------------------------------- commands
+@command("scan", "data", "budget", "out")
 def scan_cmd(
+    opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
-    data: Optional[Path] = typer.Option(None, "--data", help=".npy (inputs) or .npz (x, optional y) in the model's input layout."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Scan the first N samples (default 100, or 16 synthetic)."),
     method: str = typer.Option(
         "auto", "--method", help="auto | exact | sketch | power | power-fresh | deflated. auto: exact when 2d+1 <= budget."
     ),
@@ -100,22 +392,8 @@ def scan_cmd(
     save_direction: Optional[str] = typer.Option(
         None, "--save-direction", help="Write each sample's worst unit direction to this .npy file."
     ),
-    budget: int = typer.Option(2000, "--budget", help="Maximum queries per sample (never exceeded)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice: same seed, same numbers."),
     fd_step: Optional[float] = typer.Option(None, "--fd-step", help="Finite-difference step h (default: chosen and checked)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: CUDA only if it really loads)."),
-    input_name: Optional[str] = typer.Option(None, "--input", help="Input to audit when the model has several."),
-    output_name: Optional[str] = typer.Option(None, "--output", help="Output to audit when the model has several."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Per-sample shape C,H,W for dynamic dimensions."),
-    output_kind: str = typer.Option("auto", "--output-kind", help="auto | logits | probabilities | log-probabilities."),
-    scale: str = typer.Option("1", "--scale", help="Model input = (x*scale - mean)/std; e.g. 1/255 for uint8 pixels."),
-    mean: str = typer.Option("0", "--mean", help="Mean, one value or one per channel."),
-    std: str = typer.Option("1", "--std", help="Std, one value or one per channel."),
     space: str = typer.Option("input", "--space", help="Report per model-input unit (input) or per stored-data unit (data)."),
-    input_range: str = typer.Option("0,1", "--input-range", help="LO,HI of synthetic inputs when no --data is given."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Most rows per onnxruntime call."),
-    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: its default)."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
     report_path: Optional[str] = typer.Option(
         None, "--report", help="Also write a report file (.html, .md, .txt, .json)."
     ),
@@ -129,78 +407,40 @@ def scan_cmd(
     dither: float = typer.Option(
         0.0, "--dither", help="Add Gaussian noise of this std to each input first (breaks ReLU/max-pool ties)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table (errors still go to stderr)."),
-) -> None:
+) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
+    config = opts.config(
+        ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
+        fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
+        bounds=not no_bounds, dither=dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+    )
+    config.validate()
+    err_console = Console(stderr=True)
+    if opts.quiet:
+        result = scan(config)
+    else:
+        with Progress(
+            TextColumn("[bold]scanning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("samples"),
+            TextColumn("{task.fields[queries]} queries"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("scan", total=None, queries=0)
 
-    def body() -> int:
-        try:
-            scale_v = eval_fraction(scale)
-        except ValueError:
-            raise ConfigError(f"--scale '{scale}' must be a number such as 0.00392 or 1/255") from None
-        config = ScanConfig(
-            model=str(model),
-            data=None if data is None else str(data),
-            samples=samples,
-            method=method,
-            probes=probes,
-            budget=budget,
-            seed=seed,
-            fd_step=fd_step,
-            device=device,
-            input_name=input_name,
-            output_name=output_name,
-            input_shape=None if input_shape is None else parse_input_shape(input_shape),
-            output_kind=output_kind,
-            scale=scale_v,
-            mean=parse_floats(mean, "--mean") or (0.0,),
-            std=parse_floats(std, "--std") or (1.0,),
-            space=space,
-            input_range=parse_range(input_range),
-            max_batch=max_batch,
-            threads=threads,
-            fail_above=fail_above,
-            subspace=subspace,
-            subspace_dim=subspace_dim,
-            save_direction=save_direction,
-            bounds=not no_bounds,
-            dither=dither,
-            trace_budget=trace_budget,
-            trace_rse=trace_rse,
-            trace_probes=trace_probes,
-        )
-        config.validate()
-        err_console = Console(stderr=True)
-        to_stdout = json_path == "-"
-        show = not quiet
-        if show:
-            with Progress(
-                TextColumn("[bold]scanning"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("samples"),
-                TextColumn("{task.fields[queries]} queries"),
-                TimeElapsedColumn(),
-                console=err_console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("scan", total=None, queries=0)
+            def progress(done: int, total: int, queries: int) -> None:
+                bar.update(task, completed=done, total=total, queries=queries)
 
-                def progress(done: int, total: int, queries: int) -> None:
-                    bar.update(task, completed=done, total=total, queries=queries)
-
-                result = scan(config, progress)
-        else:
-            result = scan(config)
-        if json_path is not None:
-            write_atomic(json_path, render_json(result))
-        if report_path is not None:
-            write_atomic(report_path, renderer_for(None, report_path)(result))
-        if show:
-            render_to_console(result, err_console if to_stdout else Console())
-        return _gate(result, fail_above, quiet)
-
-    raise typer.Exit(_run_guarded(body))
+            result = scan(config, progress)
+    _write_json(opts, render_json(result))
+    if report_path is not None:
+        write_atomic(report_path, renderer_for(None, report_path)(result))
+    if not opts.quiet:
+        render_to_console(result, opts.console)
+    return _gate(result, fail_above, opts.quiet)
 
 
 def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
@@ -214,275 +454,189 @@ def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
     return EXIT_OK
 
 
-@app.command("bounds")
+@command("bounds", "graph", "out")
 def bounds_cmd(
+    opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to bound from its weights.", show_default=False),
-    input_name: Optional[str] = typer.Option(None, "--input", help="Input to use when the model has several."),
-    output_name: Optional[str] = typer.Option(None, "--output", help="Output to use when the model has several."),
-    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Per-sample shape C,H,W for dynamic dimensions."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON result here ('-': stdout)."),
     ops: bool = typer.Option(False, "--ops", help="Also list every operation's constant."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
-) -> None:
+) -> int:
     """Closed-form upper bound on lambda_max(F) from the exported weights (per-block Lipschitz constants)."""
+    from .graph import compute_bounds
+    from .report.bounds import render_bounds
 
-    def body() -> int:
-        from .graph import compute_bounds
-        from .report.bounds import render_bounds
-
-        result = compute_bounds(
-            str(model), input_name=input_name, output_name=output_name,
-            input_shape=None if input_shape is None else parse_input_shape(input_shape),
-        )
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
-        if not quiet:
-            render_bounds(result, Console(stderr=True) if json_path == "-" else Console(), show_ops=ops)
-        return EXIT_OK
-
-    raise typer.Exit(_run_guarded(body))
+    result = compute_bounds(str(model), **opts.config_fields())
+    _write_json(opts, result.to_dict())
+    if not opts.quiet:
+        render_bounds(result, opts.console, show_ops=ops)
+    return EXIT_OK
 
 
-def _floats_list(text: str, flag: str) -> tuple[float, ...]:
-    vals = parse_floats(text, flag)
-    if vals is None or any(v < 0 for v in vals):
-        raise ConfigError(f"{flag} '{text}' must be nonnegative numbers separated by commas")
-    return vals
-
-
-@app.command("attack")
+@command("attack", "data", "budget", "out", defaults={"data": ...})
 def attack_cmd(
+    opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
-    data: Path = typer.Option(..., "--data", help=".npz with x and integer labels y."),
     attack: str = typer.Option("pgd", "--attack", help="fgsm | bim | pgd | square."),
     norm: str = typer.Option("linf", "--norm", help="linf | l2."),
     eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
-    budget: int = typer.Option(2000, "--budget", help="Maximum queries per sample and eps."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Attack the first N samples."),
-    input_range: str = typer.Option("0,1", "--input-range", help="Valid range LO,HI of attack-space inputs."),
-    scale: str = typer.Option("1", "--scale", help="Attack space = stored data x scale (e.g. 1/255)."),
-    mean: str = typer.Option("0", "--mean", help="Model input = (attack-space x - mean)/std."),
-    std: str = typer.Option("1", "--std", help="Std, one value or one per channel."),
     taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
     grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table."),
-) -> None:
+) -> int:
     """Robust accuracy and robust ratio under a black-box attack at one or more eps."""
+    from .evidence import AttackConfig, run_attack
 
-    def body() -> int:
-        from .evidence import AttackConfig, run_attack
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
+    cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
+                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad)
+    rep = run_attack(cfg)
+    _write_json(opts, rep)
+    if not opts.quiet:
+        from rich.table import Table
 
-        try:
-            scale_v = eval_fraction(scale)
-        except ValueError:
-            raise ConfigError(f"--scale '{scale}' must be a number such as 1/255") from None
-        if norm not in ("linf", "l2"):
-            raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
-        cfg = AttackConfig(
-            model=str(model), data=str(data), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
-            budget=budget, samples=samples, input_range=parse_range(input_range), scale=scale_v,
-            mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
-            seed=seed, taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, device=device,
-        )
-        rep = run_attack(cfg)
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
-        if not quiet:
-            from rich.table import Table
-
-            console = Console(stderr=True) if json_path == "-" else Console()
-            t = Table(title=f"{attack} ({norm}) on {model.name}: clean accuracy {100 * rep['clean_accuracy']:.1f}%",
-                      title_justify="left")
-            t.add_column("eps", justify="right")
-            t.add_column("robust acc.", justify="right")
-            for tau in cfg.taus:
-                t.add_column(f"RR tau={tau:g}", justify="right")
-            t.add_column("queries", justify="right")
-            for r in rep["results"]:
-                t.add_row(f"{r['eps']:g}", f"{100 * r['robust_accuracy']:.1f}%",
-                          *[f"{100 * r['robust_ratio'][f'{tau:g}']:.1f}%" for tau in cfg.taus], str(r["queries_total"]))
-            console.print(t)
-        return EXIT_OK
-
-    raise typer.Exit(_run_guarded(body))
+        t = Table(title=f"{attack} ({norm}) on {model.name}: clean accuracy {100 * rep['clean_accuracy']:.1f}%",
+                  title_justify="left")
+        t.add_column("eps", justify="right")
+        t.add_column("robust acc.", justify="right")
+        for tau in cfg.taus:
+            t.add_column(f"RR tau={tau:g}", justify="right")
+        t.add_column("queries", justify="right")
+        for r in rep["results"]:
+            t.add_row(f"{r['eps']:g}", f"{100 * r['robust_accuracy']:.1f}%",
+                      *[f"{100 * r['robust_ratio'][f'{tau:g}']:.1f}%" for tau in cfg.taus], str(r["queries_total"]))
+        opts.console.print(t)
+    return EXIT_OK
 
 
-@app.command("metrics")
+@command("metrics", "data", "out", defaults={"data": ..., "samples": 500}, exclude=("input_range",))
 def metrics_cmd(
+    opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier.", show_default=False),
-    data: Path = typer.Option(..., "--data", help=".npz with x and integer labels y."),
-    samples: int = typer.Option(500, "--samples", help="Use the first N samples."),
-    scale: str = typer.Option("1", "--scale", help="Images = data x scale, in [0, 1] (e.g. 1/255)."),
-    mean: str = typer.Option("0", "--mean", help="Model input = (image - mean)/std."),
-    std: str = typer.Option("1", "--std"),
-    seed: int = typer.Option(0, "--seed"),
     no_corruptions: bool = typer.Option(False, "--no-corruptions", help="Skip the natural corruptions."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
+) -> int:
     """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
+    from .metrics.suite import MetricsConfig, run_metrics
 
-    def body() -> int:
-        from .metrics.suite import MetricsConfig, run_metrics
+    rep = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
+    _write_json(opts, rep)
+    if not opts.quiet:
+        from rich.table import Table
 
-        cfg = MetricsConfig(model=str(model), data=str(data), samples=samples, scale=eval_fraction(scale),
-                            mean=parse_floats(mean, "--mean") or (0.0,), std=parse_floats(std, "--std") or (1.0,),
-                            seed=seed, corruptions=not no_corruptions)
-        rep = run_metrics(cfg)
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
-        if not quiet:
-            from rich.table import Table
+        from .report.terminal import _fmt
 
-            from .report.terminal import _fmt
-
-            console = Console(stderr=True) if json_path == "-" else Console()
-            t = Table(title=f"Metrics of {model.name}", title_justify="left")
-            t.add_column("metric")
-            t.add_column("value", justify="right")
-            for k, v in rep["metrics"].items():
-                t.add_row(k, _fmt(v))
-            console.print(t)
-            if rep["corruptions"]:
-                c = Table(title="Accuracy under corruptions (severity 0-5)", title_justify="left")
-                c.add_column("corruption")
-                for sev in range(6):
-                    c.add_column(str(sev), justify="right")
-                for name, row in rep["corruptions"].items():
-                    c.add_row(name, *[f"{100 * row[str(s)]:.1f}" for s in range(6)])
-                console.print(c)
-        return EXIT_OK
-
-    raise typer.Exit(_run_guarded(body))
+        console = opts.console
+        t = Table(title=f"Metrics of {model.name}", title_justify="left")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in rep["metrics"].items():
+            t.add_row(k, _fmt(v))
+        console.print(t)
+        if rep["corruptions"]:
+            c = Table(title="Accuracy under corruptions (severity 0-5)", title_justify="left")
+            c.add_column("corruption")
+            for sev in range(6):
+                c.add_column(str(sev), justify="right")
+            for name, row in rep["corruptions"].items():
+                c.add_row(name, *[f"{100 * row[str(s)]:.1f}" for s in range(6)])
+            console.print(c)
+    return EXIT_OK
 
 
-@app.command("clever")
+@command("clever", "data", "out", defaults={"data": ..., "samples": 5})
 def clever_cmd(
+    opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier.", show_default=False),
-    data: Path = typer.Option(..., "--data", help=".npz with x and integer labels y."),
     norm: str = typer.Option("l2", "--norm", help="l2 | linf."),
     radius: float = typer.Option(2.0, "--radius", help="Radius R of the sampling ball (attack units); caps the score."),
     points: int = typer.Option(50, "--points", help="Points sampled per sample (2d queries each), in batches of 10."),
     seeds: int = typer.Option(3, "--seeds", help="Repeat with this many seeds and report the spread."),
-    samples: int = typer.Option(5, "--samples", help="Use the first N samples."),
-    input_range: str = typer.Option("0,1", "--input-range", help="Valid range LO,HI of attack-space inputs."),
-    scale: str = typer.Option("1", "--scale", help="Attack space = data x scale (e.g. 1/255)."),
-    mean: str = typer.Option("0", "--mean"),
-    std: str = typer.Option("1", "--std"),
-    seed: int = typer.Option(0, "--seed"),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
+) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
+    from .evidence import AttackConfig, run_clever
 
-    def body() -> int:
-        from .evidence import AttackConfig, run_clever
+    rep = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
+    _write_json(opts, rep)
+    if not opts.quiet:
+        from rich.table import Table
 
-        cfg = AttackConfig(model=str(model), data=str(data), samples=samples, input_range=parse_range(input_range),
-                           scale=eval_fraction(scale), mean=parse_floats(mean, "--mean") or (0.0,),
-                           std=parse_floats(std, "--std") or (1.0,), seed=seed, budget=10**9)
-        rep = run_clever(cfg, norm, radius, points, seeds)
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
-        if not quiet:
-            from rich.table import Table
-
-            console = Console(stderr=True) if json_path == "-" else Console()
-            t = Table(title=f"CLEVER ({norm}, R = {radius:g}) over {seeds} seeds", title_justify="left")
-            for col in ("sample", "label", "mean score", "spread (std)", "queries"):
-                t.add_column(col, justify="right")
-            for s_ in rep["samples"]:
-                t.add_row(str(s_["index"]), str(s_["label"]), f"{s_['mean']:.4g}", f"{s_['spread']:.2g}", str(s_["queries"]))
-            console.print(t)
-            sm = rep["summary"]
-            console.print(f"median score {sm['median_score']:.4g}; median relative spread over seeds "
-                          f"{sm['median_relative_spread']:.2%}; Weibull fit accepted in {sm['fit_ok_share']:.0%} of runs")
-        return EXIT_OK
-
-    raise typer.Exit(_run_guarded(body))
+        console = opts.console
+        t = Table(title=f"CLEVER ({norm}, R = {radius:g}) over {seeds} seeds", title_justify="left")
+        for col in ("sample", "label", "mean score", "spread (std)", "queries"):
+            t.add_column(col, justify="right")
+        for s_ in rep["samples"]:
+            t.add_row(str(s_["index"]), str(s_["label"]), f"{s_['mean']:.4g}", f"{s_['spread']:.2g}", str(s_["queries"]))
+        console.print(t)
+        sm = rep["summary"]
+        console.print(f"median score {sm['median_score']:.4g}; median relative spread over seeds "
+                      f"{sm['median_relative_spread']:.2%}; Weibull fit accepted in {sm['fit_ok_share']:.0%} of runs")
+    return EXIT_OK
 
 
-@app.command("compare")
+@command("compare", "data", "budget", "out", defaults={"samples": 20})
 def compare_cmd(
+    opts: Opts,
     models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
-    data: Optional[Path] = typer.Option(None, "--data", help=".npz with x and y, shared by the models."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="A zoo manifest: each model with its own data."),
-    scale: str = typer.Option("1", "--scale", help="Attack space = data x scale (shared models)."),
-    mean: str = typer.Option("0", "--mean"),
-    std: str = typer.Option("1", "--std"),
-    samples: int = typer.Option(20, "--samples", help="Samples per model."),
     eps_linf: float = typer.Option(0.03, "--eps-linf", help="L-inf radius for PGD and Square."),
     eps_l2: float = typer.Option(0.5, "--eps-l2", help="L2 radius for PGD; CLEVER uses 4x it as its ball."),
-    budget: int = typer.Option(2000, "--budget", help="Queries per sample for scans and attacks."),
     clever_points: int = typer.Option(20, "--clever-points", help="CLEVER: points sampled per sample (2d queries each)."),
     clever_samples: int = typer.Option(5, "--clever-samples", help="CLEVER: samples per model."),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
-    seed: int = typer.Option(0, "--seed"),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write the JSON report here ('-': stdout)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
+) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
+    from .evidence import ModelSpec, compare_models
 
-    def body() -> int:
-        from .evidence import ModelSpec, compare_models
+    per_model = ("data", "samples", "scale", "mean", "std", "seed", "budget")  # set per spec or passed explicitly
+    common = {k: v for k, v in opts.config_fields().items() if k not in per_model}
+    specs: list[ModelSpec] = []
+    if manifest is not None:
+        try:
+            entries = json.loads(manifest.read_text())["models"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot read manifest {manifest}: {exc}") from None
+        for e in entries:
+            pp = e["preprocess"]
+            specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
+                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"]))
+    for m in models or []:
+        if opts.data is None:
+            raise ConfigError("--data is needed for models given on the command line")
+        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem))
+    if len(specs) < 2:
+        raise ConfigError("compare needs at least two models")
+    rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
+                         seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
+                         with_metrics=not no_metrics, options=common,
+                         progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
+    _write_json(opts, rep)
+    if not opts.quiet:
+        from .report.compare import render_compare
 
-        specs: list[ModelSpec] = []
-        if manifest is not None:
-            try:
-                entries = json.loads(manifest.read_text())["models"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise ConfigError(f"cannot read manifest {manifest}: {exc}") from None
-            for e in entries:
-                pp = e["preprocess"]
-                specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
-                                       float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"]))
-        for m in models or []:
-            if data is None:
-                raise ConfigError("--data is needed for models given on the command line")
-            specs.append(ModelSpec(str(m), str(data), eval_fraction(scale), parse_floats(mean, "--mean") or (0.0,),
-                                   parse_floats(std, "--std") or (1.0,), m.stem))
-        if len(specs) < 2:
-            raise ConfigError("compare needs at least two models")
-        rep = compare_models(specs, samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget, seed=seed,
-                             clever_points=clever_points, clever_samples=clever_samples, with_metrics=not no_metrics,
-                             progress=None if quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
-        if json_path is not None:
-            write_atomic(json_path, json.dumps(rep, indent=2) + "\n")
-        if not quiet:
-            from .report.compare import render_compare
-
-            render_compare(rep, Console(stderr=True) if json_path == "-" else Console())
-        return EXIT_OK
-
-    raise typer.Exit(_run_guarded(body))
+        render_compare(rep, opts.console)
+    return EXIT_OK
 
 
-@app.command("report")
+@command("report")
 def report_cmd(
+    opts: Opts,
     saved: Path = typer.Argument(..., help="A JSON report written by `fimaudit scan --json`."),
     fmt: Optional[str] = typer.Option(
         None, "--format", help="text | markdown | html | json (default: from --out, else text)."
     ),
     out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
-) -> None:
+) -> int:
     """Re-render a saved JSON report in another format."""
-
-    def body() -> int:
-        try:
-            raw = json.loads(saved.read_text(encoding="utf-8"))
-            result = ScanResult.from_dict(raw)
-        except FileNotFoundError:
-            raise ConfigError(f"report not found: {saved}") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{saved} is not a fimaudit scan report ({type(exc).__name__}: {exc})") from None
-        write_atomic(out, renderer_for(fmt, out)(result))
-        return EXIT_OK
-
-    raise typer.Exit(_run_guarded(body))
+    try:
+        raw = json.loads(saved.read_text(encoding="utf-8"))
+        result = ScanResult.from_dict(raw)
+    except FileNotFoundError:
+        raise ConfigError(f"report not found: {saved}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {saved}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{saved} is not a fimaudit scan report ({type(exc).__name__}: {exc})") from None
+    write_atomic(out, renderer_for(fmt, out)(result))
+    return EXIT_OK
 
 
 @app.callback(invoke_without_command=True)

@@ -46,6 +46,8 @@ class AttackConfig:
     output_name: str | None = None
     input_shape: tuple[int, ...] | None = None
     output_kind: str = "auto"
+    max_batch: int = 256
+    threads: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -63,7 +65,7 @@ def load_attack_inputs(cfg: AttackConfig):
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
-                       input_shape=cfg.input_shape, device=cfg.device)
+                       input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
     ds = load_data(cfg.data, model.sample_shape, cfg.samples)
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
@@ -143,15 +145,20 @@ def compare_models(
     progress: Callable[[str], None] | None = None,
     with_metrics: bool = True,
     metric_samples: int = 300,
+    options: dict | None = None,
 ) -> dict:
-    """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs)."""
+    """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs).
+
+    ``options``: fields shared by every model's scan, attack and metric configs (device, input_name, ...).
+    """
     from .scan import ScanConfig, scan
 
+    common = dict(options or {})
     rows = []
     for spec in specs:
         t0 = time.perf_counter()
         res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std))
+                              scale=spec.scale, mean=spec.mean, std=spec.std, **common))
         row = {
             "model": spec.name or spec.path,
             "clean_accuracy": res.summary.accuracy,
@@ -161,7 +168,7 @@ def compare_models(
             "fim_upper": (res.bound or {}).get("fim_upper"),
         }
         base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                            scale=spec.scale, mean=spec.mean, std=spec.std)
+                            scale=spec.scale, mean=spec.mean, std=spec.std, **common)
         for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
             rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
                                              "taus": (tau,)}))
@@ -177,7 +184,8 @@ def compare_models(
             from .metrics.suite import MetricsConfig, run_metrics
 
             met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
-                                            mean=spec.mean, std=spec.std, seed=seed))["metrics"]
+                                            mean=spec.mean, std=spec.std, seed=seed,
+                                            **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
             for k, v in met.items():
                 if k not in ("accuracy", "layers"):
                     row[k] = v

@@ -32,17 +32,24 @@ class MetricsConfig:
     attack_samples: int = 100
     attack_budget: int = 300
     device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    output_kind: str = "auto"
+    max_batch: int = 256
+    threads: int = 0
 
 
 def run_metrics(cfg: MetricsConfig) -> dict:
     t0 = time.perf_counter()
-    model = load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
+                       device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
     ds = load_data(cfg.data, model.sample_shape, cfg.samples)
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels 'y': the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * cfg.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, "auto", x)
+    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
