@@ -405,14 +405,16 @@ def scan_cmd(
     trace_rse: float = typer.Option(0.05, "--trace-rse", help="Hutchinson stops at this relative standard error."),
     trace_probes: str = typer.Option("rademacher", "--trace-probes", help="Hutchinson probes: rademacher | gaussian."),
     dither: float = typer.Option(
-        0.0, "--dither", help="Add Gaussian noise of this std to each input first (breaks ReLU/max-pool ties)."
+        0.0, "--dither", help="Evaluate F at x + SIGMA*xi (seeded Gaussian xi). Default: automatic, 3% of the input RMS, "
+        "only when exact input ties (constant backgrounds) make F undefined at x.",
     ),
+    no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
     config = opts.config(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
-        bounds=not no_bounds, dither=dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+        bounds=not no_bounds, dither=dither, no_dither=no_dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
     err_console = Console(stderr=True)

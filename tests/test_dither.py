@@ -71,3 +71,19 @@ def test_explicit_sigma_and_untied_inputs(pool_case, tmp_path):
     np.savez(tmp_path / "u.npz", x=np.random.default_rng(0).uniform(size=(2, 1, 8, 8)).astype(np.float32))
     plain = fimaudit.scan(path, tmp_path / "u.npz", method="exact", bounds=False)
     assert plain.config["dither_used"]["sigma"] is None and plain.config["tie_share"] == 0.0
+
+
+def test_cli_no_dither_and_conflict(pool_case, tmp_path):
+    import json
+
+    from .test_bad_input import assert_one_line_error, run_cli
+
+    net, path, data, x = pool_case
+    out = tmp_path / "r.json"
+    res = run_cli("scan", str(path), "--data", str(data), "--samples", "2", "--no-dither", "--no-bounds", "-q",
+                  "--json", str(out))
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(out.read_text())["samples"][0]["dither"] is None
+    res = run_cli("scan", str(path), "--data", str(data), "--samples", "2", "--no-bounds")
+    assert res.exit_code == 0 and "dither" in res.stdout and "automatic: exact input ties" in res.stdout
+    assert_one_line_error(run_cli("scan", str(path), "--data", str(data), "--dither", "0.1", "--no-dither"), "--no-dither")
