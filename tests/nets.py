@@ -176,3 +176,17 @@ def conv_net(rng: np.random.Generator, c: int = 2, side: int = 6, c_out: int = 3
         feat //= 4
     layers.append(("dense", rng.standard_normal((k, feat)) * 2 / np.sqrt(feat), rng.standard_normal(k) * 0.1))
     return Net((c, side, side), layers)
+
+
+def vjp_at(net: Net) -> "callable":
+    """Batched exact VJPs of log-softmax for a ``Net``: (x (n, ...), u (n, K)) -> rows S(x_i)^T u_i, float64."""
+
+    def apply(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        out = np.empty((len(x), net.d))
+        for i, (xi, ui) in enumerate(zip(x, u)):
+            z, j = net.forward_jacobian(np.asarray(xi, dtype=np.float64).astype(np.float32))
+            p = B.softmax(z)
+            out[i] = (ui - ui.sum() * p) @ j  # u^T (I - 1 p^T) J
+        return out.reshape(x.shape)
+
+    return apply

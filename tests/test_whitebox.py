@@ -1,0 +1,94 @@
+"""White-box attacks from exact gradients against closed forms on two-class linear models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fimaudit.attacks import APGD, GradientOracle, WhiteBoxPGD, make_attack, minimal_distance, sanity_flags
+from fimaudit.attacks.whitebox import checkpoints, loss_and_weights
+from fimaudit.errors import ConfigError
+from fimaudit.metrics.clever import clever
+from fimaudit.model import LogProbOracle, load_model
+
+from . import nets as N
+
+BOUNDS = (-50.0, 50.0)  # wide: the closed forms ignore the box
+
+
+@pytest.fixture(scope="module")
+def two_class(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wb")
+    rng = np.random.default_rng(21)
+    d = 20
+    net = N.Net((d,), [("dense", rng.standard_normal((2, d)), rng.standard_normal(2) * 0.1)])
+    oracle = GradientOracle(LogProbOracle(load_model(net.onnx(tmp / "lin2.onnx")), "logits"), N.vjp_at(net))
+    x = rng.uniform(0, 1, size=(12, d))
+    w = net.layers[0][1].astype(np.float32).astype(np.float64)
+    b = net.layers[0][2].astype(np.float32).astype(np.float64)
+    z = x @ w.T + b
+    y = np.argmax(z, axis=1)
+    dw = w[y] - w[1 - y]
+    m = np.abs(z[:, 0] - z[:, 1])
+    return oracle, x, y, m / np.linalg.norm(dw, axis=1), m / np.abs(dw).sum(axis=1)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_minimal_distance_matches_the_hyperplane(two_class, norm):
+    oracle, x, y, d2, dinf = two_class
+    true = d2 if norm == "l2" else dinf
+    found, x_adv = minimal_distance(oracle, x, y, norm, BOUNDS, np.random.default_rng(0), steps=30, search=14)
+    assert np.all(found >= true * (1 - 1e-4)), (found, true)  # nothing closer exists
+    assert np.all(found <= true * (1 + 1e-2)), (found / true)
+    assert np.all(np.argmax(oracle.logp(x_adv), axis=1) != y)
+
+
+@pytest.mark.parametrize("cls,loss", [(APGD, "ce"), (APGD, "dlr"), (WhiteBoxPGD, "ce"), (WhiteBoxPGD, "dlr")])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_attacks_succeed_exactly_beyond_the_distance(two_class, cls, loss, norm):
+    oracle, x, y, d2, dinf = two_class
+    true = d2 if norm == "l2" else dinf
+    attack = cls(steps=40, loss=loss)
+    for factor, expect in ((1.02, True), (0.98, False)):
+        for i in range(3):
+            out = attack(oracle, x[i : i + 1], y[i : i + 1], float(true[i] * factor), norm, BOUNDS,
+                         np.random.default_rng(i), budget=1000)
+            assert bool(out.success[0]) is expect, (cls.name, loss, norm, factor, i)
+
+
+def test_dlr_gradient_against_central_differences():
+    rng = np.random.default_rng(2)
+    lp = rng.standard_normal((5, 6))
+    y = rng.integers(0, 6, 5)
+    f, u = loss_and_weights(lp, y, "dlr")
+    for i in range(5):
+        for j in range(6):
+            e = np.zeros(6)
+            e[j] = 1e-6
+            fp = loss_and_weights((lp[i] + e)[None], y[i : i + 1], "dlr")[0][0]
+            fm = loss_and_weights((lp[i] - e)[None], y[i : i + 1], "dlr")[0][0]
+            assert u[i, j] == pytest.approx((fp - fm) / 2e-6, rel=1e-5, abs=1e-8)
+
+
+def test_apgd_checkpoints_follow_the_schedule():
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_clever_with_exact_gradients_is_the_l2_distance(two_class):
+    oracle, x, y, d2, _ = two_class
+    for i in range(3):
+        res = clever(oracle, x[i], "l2", 100.0, np.random.default_rng(i), n_batches=4, batch_size=5,
+                     vjp_at=oracle.vjp_at)
+        assert res.score == pytest.approx(d2[i], rel=1e-5)
+
+
+def test_sanity_flags_and_black_box_refusal(two_class, tmp_path):
+    oracle, x, y, _, _ = two_class
+    flags = sanity_flags(oracle, x, y, np.zeros(len(x), bool), np.arange(len(x)) == 3)
+    assert flags["blackbox_beats_whitebox"] == [3] and flags["zero_gradient"] == [] and not flags["nondeterministic"]
+    assert len(flags["warnings"]) == 1
+    flat = N.Net((4,), [("dense", np.zeros((3, 4)), np.array([1.0, 0.0, 0.0]))])
+    zero = GradientOracle(LogProbOracle(load_model(flat.onnx(tmp_path / "flat.onnx")), "logits"), N.vjp_at(flat))
+    assert sanity_flags(zero, np.zeros((2, 4)), np.array([0, 1]), np.zeros(2, bool), None)["zero_gradient"] == [0, 1]
+    with pytest.raises(ConfigError, match="gradients"):
+        make_attack("apgd")(oracle.oracle, x, y, 0.1, "linf", BOUNDS, np.random.default_rng(0), 100)
