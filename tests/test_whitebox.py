@@ -74,12 +74,20 @@ def test_apgd_checkpoints_follow_the_schedule():
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
-def test_clever_with_exact_gradients_is_the_l2_distance(two_class):
-    oracle, x, y, d2, _ = two_class
+def test_clever_with_exact_gradients_is_the_l2_distance(tmp_path):
+    """Linear 3-class model: the margin gradients are constant, so CLEVER is min_j (z_c - z_j) / |w_c - w_j|."""
+    rng = np.random.default_rng(8)
+    net = N.Net((10,), [("dense", rng.standard_normal((3, 10)), rng.standard_normal(3))])
+    oracle = GradientOracle(LogProbOracle(load_model(net.onnx(tmp_path / "lin3.onnx")), "logits"), N.vjp_at(net))
+    w = net.layers[0][1].astype(np.float32).astype(np.float64)
+    b = net.layers[0][2].astype(np.float32).astype(np.float64)
     for i in range(3):
-        res = clever(oracle, x[i], "l2", 100.0, np.random.default_rng(i), n_batches=4, batch_size=5,
-                     vjp_at=oracle.vjp_at)
-        assert res.score == pytest.approx(d2[i], rel=1e-5)
+        x = rng.uniform(0, 1, 10)
+        z = w @ x.astype(np.float32).astype(np.float64) + b
+        c = int(np.argmax(z))
+        dist = min((z[c] - z[j]) / np.linalg.norm(w[c] - w[j]) for j in range(3) if j != c)
+        res = clever(oracle, x, "l2", 10.0, np.random.default_rng(i), n_batches=4, batch_size=5, vjp_at=oracle.vjp_at)
+        assert res.score == pytest.approx(dist, rel=1e-5)
 
 
 def test_sanity_flags_and_black_box_refusal(two_class, tmp_path):
