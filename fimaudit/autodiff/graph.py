@@ -1,0 +1,342 @@
+"""Building the derivative graphs of log p: reverse mode (x, U -> log p, Uᵀ S) and forward mode (x, V -> S V).
+
+The primal graph is copied with the chosen input's per-sample shape made static and a
+log-probability head appended (MATH §1: log-softmax of logits, log of probabilities). One
+probe run with every intermediate tensor exposed gives static shapes, dtypes and the values
+of inactive tensors (pads, axes, indices); the rules of ``rules.py`` then emit derivative
+nodes at the model's own opset. The batch axis stays symbolic when the graph allows it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..model.session import create_session
+from .emit import Emitter, GradientUnsupported
+from .rules import JVP, NON_DIFFERENTIABLE, VJP
+
+PREFIX = "fimaudit_ad_"
+LOGP = PREFIX + "logp"
+COTANGENT = PREFIX + "cotangent"
+GRAD = PREFIX + "grad"
+TANGENT = PREFIX + "tangent"
+JVP_OUT = PREFIX + "jvp"
+OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities")
+_FLOATS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+
+
+@dataclass
+class DerivativeGraphs:
+    """The primal (with head), reverse and forward models of one classifier, with what was learnt."""
+
+    primal: onnx.ModelProto  # x -> log p, every intermediate exposed (FD bisection, probing)
+    reverse: onnx.ModelProto  # x, U -> log p, Uᵀ S
+    forward: onnx.ModelProto  # x, V -> log p, S V
+    fisher: onnx.ModelProto  # x, V -> log p, S V, F V = Sᵀ diag(p) S V (one fused pass)
+    logp_model: onnx.ModelProto  # x -> log p
+    input_name: str
+    sample_shape: tuple[int, ...]
+    input_dtype: np.dtype
+    n_classes: int
+    batch: int | None  # None: symbolic batch axis; else the fixed batch every run must have
+    order: list[tuple[str, str, list[str], list[str]]]  # (node name, op, active inputs, active outputs)
+    tangents: dict[str, str] = field(default_factory=dict)  # primal value -> its tangent in ``forward``
+    contributions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (input, cotangent)
+    cotangents: dict[str, str] = field(default_factory=dict)  # primal value -> its summed cotangent in ``reverse``
+    build_seconds: float = 0.0
+
+
+def _static_copy(proto: onnx.ModelProto, input_name: str, output_name: str, sample_shape, batch) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    del g.value_info[:]
+    for vi in g.input:
+        if vi.name == input_name:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            d0 = dims.add()
+            if batch is None:
+                d0.dim_param = "batch"
+            else:
+                d0.dim_value = int(batch)
+            for n in sample_shape:
+                dims.add().dim_value = int(n)
+    keep = [o for o in g.output if o.name == output_name]
+    del g.output[:]
+    g.output.extend(keep)
+    if m.ir_version > 10:
+        m.ir_version = 10
+    return m
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+def _add_head(m: onnx.ModelProto, output_name: str, kind: str, opset: int, dtype) -> None:
+    """Append nodes computing log p (batch, K) from the chosen output."""
+    g = m.graph
+    flat = PREFIX + "scores"
+    nodes = [helper.make_node("Flatten", [output_name], [flat], axis=1, name=flat)]
+    if kind in ("logits", "log-probabilities"):
+        nodes.append(helper.make_node("LogSoftmax", [flat], [LOGP], axis=1, name=LOGP))
+    else:
+        tiny = PREFIX + "tiny"
+        g.initializer.append(numpy_helper.from_array(np.array(np.finfo(dtype).tiny, dtype=dtype), tiny))
+        nodes += [
+            helper.make_node("Max", [flat, tiny], [PREFIX + "pclip"], name=PREFIX + "pclip"),
+            helper.make_node("Log", [PREFIX + "pclip"], [PREFIX + "logpc"], name=PREFIX + "logpc"),
+        ]
+        if opset >= 13:
+            axes = PREFIX + "axis1"
+            g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), axes))
+            nodes.append(helper.make_node("ReduceSum", [PREFIX + "pclip", axes], [PREFIX + "psum"], name=PREFIX + "psum"))
+        else:
+            nodes.append(helper.make_node("ReduceSum", [PREFIX + "pclip"], [PREFIX + "psum"], axes=[1], name=PREFIX + "psum"))
+        nodes += [
+            helper.make_node("Log", [PREFIX + "psum"], [PREFIX + "logpsum"], name=PREFIX + "logpsum"),
+            helper.make_node("Sub", [PREFIX + "logpc", PREFIX + "logpsum"], [LOGP], name=LOGP),
+        ]
+    g.node.extend(nodes)
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
+
+
+def _name_nodes(m: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(m.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _extra_outputs(m: onnx.ModelProto) -> None:
+    """Ask MaxPool for its indices and LayerNormalization for mean and inverse std (their rules need them)."""
+    for node in m.graph.node:
+        if node.op_type == "MaxPool" and (len(node.output) < 2 or not node.output[1]):
+            if len(node.output) < 2:
+                node.output.append("")
+            node.output[1] = PREFIX + node.name + "_indices"
+        if node.op_type == "LayerNormalization":
+            while len(node.output) < 3:
+                node.output.append("")
+            for i, what in ((1, "mean"), (2, "invstd")):
+                if not node.output[i]:
+                    node.output[i] = PREFIX + node.name + "_" + what
+
+
+def _probe(m: onnx.ModelProto, input_name: str, sample_shape, batch: int, dtype, threads: int):
+    """Run the primal once with every intermediate exposed: shapes, dtypes and values."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    names = [o for n in probe.graph.node for o in n.output if o and o != LOGP]
+    del probe.graph.output[:]
+    probe.graph.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
+    probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in names)
+    session, _ = create_session(probe.SerializeToString(), device="cpu", threads=threads)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, size=(batch,) + tuple(sample_shape)).astype(dtype)
+    outs = session.run(None, {input_name: x})
+    values = dict(zip([LOGP] + names, (np.asarray(o) for o in outs)))
+    values[input_name] = x
+    return probe, values
+
+
+def _activity(m: onnx.ModelProto, x: str, dtypes: dict[str, np.dtype]) -> set[str]:
+    active = {x}
+    for node in m.graph.node:
+        if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in node.input if i):
+            continue
+        for o in node.output:
+            if o and dtypes.get(o) in _FLOATS:
+                active.add(o)
+    return active
+
+
+def build_graphs(
+    proto: onnx.ModelProto,
+    *,
+    input_name: str,
+    output_name: str,
+    sample_shape: tuple[int, ...],
+    fixed_batch: int | None,
+    kind: str,
+    threads: int = 0,
+) -> DerivativeGraphs:
+    """Derivative graphs of log p for ``proto``; raises ``GradientUnsupported`` naming the first op without a rule."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"output kind must be one of {OUTPUT_KINDS}")
+    t0 = time.perf_counter()
+    opset = _opset(proto)
+    in_vi = next(i for i in proto.graph.input if i.name == input_name)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(in_vi.type.tensor_type.elem_type))
+
+    def prepared(batch):
+        m = _static_copy(proto, input_name, output_name, sample_shape, batch)
+        _name_nodes(m)
+        _extra_outputs(m)
+        _add_head(m, output_name, kind, opset, dtype)
+        return m
+
+    # A symbolic batch when the graph accepts two rows and returns two rows; the model's own
+    # fixed batch (or 1) otherwise (e.g. a Reshape with the batch size written in).
+    batch: int | None = None
+    try:
+        m = prepared(None)
+        probe, values = _probe(m, input_name, sample_shape, 2, dtype, threads)
+        if values[LOGP].shape[0] != 2:
+            raise ValueError("batch not preserved")
+    except Exception:
+        batch = int(fixed_batch or 1)
+        m = prepared(batch)
+        try:
+            probe, values = _probe(m, input_name, sample_shape, batch, dtype, threads)
+        except Exception as exc:
+            raise GradientUnsupported(None, None, f"the primal graph does not run at batch {batch}: {exc}") from None
+    for init in m.graph.initializer:
+        values.setdefault(init.name, numpy_helper.to_array(init))
+    shapes = {k: tuple(v.shape) for k, v in values.items()}
+    dtypes = {k: v.dtype for k, v in values.items()}
+    active = _activity(m, input_name, dtypes)
+    n_classes = int(values[LOGP].shape[1])
+    order = [
+        (n.name, n.op_type, [i for i in n.input if i in active], [o for o in n.output if o in active])
+        for n in m.graph.node
+        if any(i in active for i in n.input if i)
+    ]
+
+    rem, cotangents, contributions = _reverse(m, input_name, opset, shapes, dtypes, values, active, batch)
+    fem, tangents = _forward(m, input_name, opset, shapes, dtypes, values, active, batch)
+    t = helper.np_dtype_to_tensor_dtype(dtype)
+    bd = _batch_dim(batch)
+    cot_vi = helper.make_tensor_value_info(COTANGENT, t, [bd, n_classes])
+    tan_vi = helper.make_tensor_value_info(TANGENT, t, [bd] + list(sample_shape))
+    logp_vi = helper.make_tensor_value_info(LOGP, t, [bd, n_classes])
+    grad_vi = helper.make_tensor_value_info(GRAD, t, [bd] + list(sample_shape))
+    jvp_vi = helper.make_tensor_value_info(JVP_OUT, t, [bd, n_classes])
+    reverse = _finish(m, [rem], [cot_vi], [logp_vi, grad_vi])
+    forward = _finish(m, [fem], [tan_vi], [logp_vi, jvp_vi])
+    # F v in one pass: the tangent's S v weighted by p becomes the cotangent of the reverse part.
+    weight = Emitter(opset, {}, {}, {}, PREFIX + "w_", batch is None)
+    weight.nodes.append(helper.make_node("Mul", [weight.op("Exp", [LOGP]), JVP_OUT], [COTANGENT], name=COTANGENT))
+    fisher = _finish(m, [fem, weight, rem], [tan_vi], [logp_vi, jvp_vi, grad_vi])
+    logp_model = _finish(m, [], [], [logp_vi])
+    return DerivativeGraphs(
+        primal=probe,
+        reverse=reverse,
+        forward=forward,
+        fisher=fisher,
+        logp_model=logp_model,
+        input_name=input_name,
+        sample_shape=tuple(sample_shape),
+        input_dtype=dtype,
+        n_classes=n_classes,
+        batch=batch,
+        order=order,
+        tangents=tangents,
+        contributions=contributions,
+        cotangents=cotangents,
+        build_seconds=time.perf_counter() - t0,
+    )
+
+
+def _batch_dim(batch: int | None):
+    return "batch" if batch is None else int(batch)
+
+
+def _finish(m: onnx.ModelProto, emitters: list[Emitter], inputs: list, outputs: list) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    g = out.graph
+    for em in emitters:
+        g.node.extend(em.nodes)
+        g.initializer.extend(em.initializers)
+    g.input.extend(inputs)
+    del g.output[:]
+    g.output.extend(outputs)
+    return out
+
+
+def _reverse(m, x, opset, shapes, dtypes, values, active, batch):
+    em = Emitter(opset, dict(shapes), dict(dtypes), values, PREFIX + "r_", batch is None)
+    em.active_names = active
+    grads: dict[str, list[str]] = {LOGP: [COTANGENT]}
+    em.note_shape(COTANGENT, shapes[LOGP], dtypes[LOGP])
+    summed: dict[str, str] = {}
+    contributions: dict[str, list[tuple[str, str]]] = {}
+    for node in reversed(list(m.graph.node)):
+        outs = []
+        for o in node.output:
+            parts = grads.pop(o, None) if o else None
+            if parts:
+                s = em.add_all(parts)
+                em.note_shape(s, shapes[o], dtypes[o])
+                summed[o] = s
+                outs.append(s)
+            else:
+                outs.append(None)
+        if not any(outs) or not any(em.active(i) for i in node.input):
+            continue
+        rule = VJP.get(node.op_type)
+        if rule is None or (node.domain or "") not in ("", "ai.onnx"):
+            raise GradientUnsupported(node.op_type, node.name, "no reverse-mode rule for this operator")
+        if outs[0] is None and node.op_type != "Split":
+            # Rules other than Split read only the first output's cotangent; here it is zero.
+            outs[0] = em.zeros_like(node.output[0])
+            em.note_shape(outs[0], shapes[node.output[0]], dtypes[node.output[0]])
+        ins = rule(em, node, outs)
+        contributions[node.name] = []
+        for name, c in zip(node.input, ins):
+            if c is not None and em.active(name):
+                grads.setdefault(name, []).append(c)
+                contributions[node.name].append((name, c))
+    parts = grads.get(x)
+    gx = em.add_all(parts) if parts else em.zeros_like(x)
+    summed[x] = gx
+    em.nodes.append(helper.make_node("Identity", [gx], [GRAD], name=GRAD))
+    return em, summed, contributions
+
+
+def _forward(m, x, opset, shapes, dtypes, values, active, batch):
+    em = Emitter(opset, dict(shapes), dict(dtypes), values, PREFIX + "f_", batch is None)
+    em.active_names = active
+    tang: dict[str, str] = {x: TANGENT}
+    em.note_shape(TANGENT, shapes[x], dtypes[x])
+    for node in m.graph.node:
+        tin = [tang.get(i) if i else None for i in node.input]
+        if not any(tin) or not any(o in active for o in node.output):
+            continue
+        rule = JVP.get(node.op_type)
+        if rule is None or (node.domain or "") not in ("", "ai.onnx"):
+            raise GradientUnsupported(node.op_type, node.name, "no forward-mode rule for this operator")
+        outs = rule(em, node, tin)
+        for o, to in zip(node.output, outs):
+            if o in active and to is not None:
+                tang[o] = to
+                em.note_shape(to, shapes[o], dtypes[o])
+    tl = tang.get(LOGP) or em.zeros_like(LOGP)
+    em.nodes.append(helper.make_node("Identity", [tl], [JVP_OUT], name=JVP_OUT))
+    return em, tang
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the tensors ``names`` (for bisection)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output}
+    out.graph.output.extend(helper.ValueInfoProto(name=n) for n in names if n not in have)
+    return out
+
+
+def open_session(model: onnx.ModelProto, device: str = "auto", threads: int = 0):
+    """An onnxruntime session for a derivative graph, through the project's session machinery."""
+    return create_session(model.SerializeToString(), device=device, threads=threads)

@@ -1,0 +1,202 @@
+"""The gradient-graph Jacobian source: exact products with S from the derivative graphs, batched over samples.
+
+``GraphEngine`` holds the onnxruntime sessions of one model's derivative graphs and runs any
+number of rows (points with their tangents or cotangents) in batches; it counts rows and
+passes. ``GradientGraph`` binds the engine to one point ``x0`` in estimation space and
+implements the ``JacobianSource`` protocol of ``fimaudit.estimators.source``: ``jvp`` by the
+forward-mode graph, ``vjp`` by the reverse-mode graph, ``jacobian`` from the K VJPs that
+give S exactly (MATH §1). Estimation space may differ from model input by the affine
+preprocessing u = a ⊙ x + b; then S_x = S_u diag(a).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ModelOutputError
+from ..model.session import translate_ort_error
+from .graph import COTANGENT, GRAD, JVP_OUT, LOGP, TANGENT, DerivativeGraphs, open_session
+
+
+class GraphEngine:
+    """Sessions of the derivative graphs; batched log p, VJPs, JVPs, exact S and F v for many rows."""
+
+    def __init__(self, graphs: DerivativeGraphs, *, device: str = "auto", threads: int = 0, max_rows: int = 256):
+        self.graphs = graphs
+        self.device = device
+        self.threads = threads
+        self.max_rows = int(graphs.batch) if graphs.batch is not None else int(max_rows)
+        self._sessions: dict[str, object] = {}
+        self.rows = 0  # rows evaluated (a row = one point through one derivative pass)
+        self.passes = 0  # session runs
+        self.seconds = 0.0
+
+    @property
+    def n_classes(self) -> int:
+        return self.graphs.n_classes
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.graphs.sample_shape
+
+    @property
+    def provider(self) -> str:
+        return self._session("reverse")[1]
+
+    def variant(self, **models) -> GraphEngine:
+        """An engine over the same graphs with some models replaced (extra outputs for bisection)."""
+        graphs = dataclasses.replace(self.graphs, **models)
+        return GraphEngine(graphs, device=self.device, threads=self.threads, max_rows=self.max_rows)
+
+    def _session(self, which: str):
+        if which not in self._sessions:
+            self._sessions[which] = open_session(getattr(self.graphs, which), self.device, self.threads)
+        return self._sessions[which]
+
+    def run(self, which: str, outputs: list[str], x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list:
+        """Evaluate ``outputs`` of graph ``which`` on rows ``x`` (and row-aligned ``extra`` feeds), float64."""
+        session = self._session(which)[0]
+        dtype = self.graphs.input_dtype
+        n = x.shape[0]
+        chunks: list[list[np.ndarray]] = [[] for _ in outputs]
+        for start in range(0, n, self.max_rows):
+            stop = min(n, start + self.max_rows)
+            real = stop - start
+            feed = {self.graphs.input_name: x[start:stop]}
+            for k, v in (extra or {}).items():
+                feed[k] = v[start:stop]
+            if self.graphs.batch is not None and real < self.graphs.batch:
+                feed = {k: np.concatenate([v, np.repeat(v[:1], self.graphs.batch - real, axis=0)]) for k, v in feed.items()}
+            feed = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in feed.items()}
+            t0 = time.perf_counter()
+            try:
+                outs = session.run(outputs, feed)
+            except Exception as exc:
+                raise ModelOutputError(f"onnxruntime failed while running the gradient graph: {translate_ort_error(exc)}") from None
+            self.seconds += time.perf_counter() - t0
+            self.rows += real
+            self.passes += 1
+            for i, o in enumerate(outs):
+                chunks[i].append(np.asarray(o)[:real].astype(np.float64))
+        return [np.concatenate(c, axis=0) for c in chunks]
+
+    def logp(self, x: np.ndarray) -> np.ndarray:
+        (lp,) = self.run("logp_model", [LOGP], x)
+        return lp
+
+    def vjp(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``x`` (n, *shape), cotangents ``u`` (n, K) -> (log p (n, K), Sᵀu (n, *shape))."""
+        return tuple(self.run("reverse", [LOGP, GRAD], x, {COTANGENT: u}))  # type: ignore[return-value]
+
+    def jvp(self, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``x`` and tangents ``v`` (n, *shape) -> (log p, S v (n, K))."""
+        return tuple(self.run("forward", [LOGP, JVP_OUT], x, {TANGENT: v}))  # type: ignore[return-value]
+
+    def fisher(self, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One fused pass: (log p, S v, F v = Sᵀ diag(p) S v) for each row."""
+        return tuple(self.run("fisher", [LOGP, JVP_OUT, GRAD], x, {TANGENT: v}))  # type: ignore[return-value]
+
+    def jacobians(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact S for each of N points: K VJPs each (rows e_k), batched. Returns (log p (N, K), S (N, K, d))."""
+        n, k = x.shape[0], self.n_classes
+        rows = np.repeat(x, k, axis=0)
+        u = np.tile(np.eye(k), (n, 1))
+        lp, g = self.vjp(rows, u)
+        return lp[::k], g.reshape(n, k, -1)
+
+
+class GradientGraph:
+    """``JacobianSource`` from the derivative graphs at one point ``x0`` (estimation space, flattened or shaped).
+
+    ``to_input``: estimation space -> model input rows (affine; None for identity) and
+    ``input_scale``: its diagonal derivative du/dx (scalar or broadcastable to the sample shape).
+    """
+
+    rel_error: float | None = 0.0
+
+    def __init__(
+        self,
+        engine: GraphEngine,
+        x0: np.ndarray,
+        *,
+        logp0: np.ndarray | None = None,
+        to_input: Callable[[np.ndarray], np.ndarray] | None = None,
+        input_scale: np.ndarray | float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sample_shape = tuple(engine.sample_shape)
+        self.x0 = np.asarray(x0, dtype=np.float64).reshape(-1)
+        self.d = int(self.x0.size)
+        self._to_input = to_input
+        scale = np.ones(()) if input_scale is None else np.asarray(input_scale, dtype=np.float64)
+        self._scale = np.broadcast_to(scale, self.sample_shape).reshape(-1)
+        self._u0 = self._model_rows(self.x0[None, :])
+        self._rows0, self._passes0 = engine.rows, engine.passes
+        self._S: np.ndarray | None = None
+        if logp0 is None:
+            logp0 = self.logp(self.x0[None, :])[0]
+        self.logp0 = np.asarray(logp0, dtype=np.float64)
+        self.p = np.exp(self.logp0)
+        self.n_classes = int(self.logp0.size)
+
+    def _model_rows(self, x: np.ndarray) -> np.ndarray:
+        rows = np.asarray(x, dtype=np.float64).reshape((-1,) + self.sample_shape)
+        return self._to_input(rows) if self._to_input is not None else rows
+
+    @property
+    def queries(self) -> int:
+        return self.engine.rows - self._rows0
+
+    @property
+    def passes(self) -> int:
+        return self.engine.passes - self._passes0
+
+    def logp(self, x: np.ndarray) -> np.ndarray:
+        return self.engine.logp(self._model_rows(x))
+
+    def _tile(self, m: int) -> np.ndarray:
+        return np.repeat(self._u0, m, axis=0)
+
+    def jvp(self, v: np.ndarray) -> np.ndarray:
+        v = np.atleast_2d(np.asarray(v, dtype=np.float64))
+        if self._S is not None:
+            return v @ self._S.T
+        vu = (v * self._scale).reshape((-1,) + self.sample_shape)
+        return self.engine.jvp(self._tile(v.shape[0]), vu)[1]
+
+    def vjp(self, u: np.ndarray) -> np.ndarray:
+        u = np.atleast_2d(np.asarray(u, dtype=np.float64))
+        if self._S is not None:
+            return u @ self._S
+        g = self.engine.vjp(self._tile(u.shape[0]), u)[1]
+        return g.reshape(u.shape[0], -1) * self._scale
+
+    def vjp_cost(self, m: int) -> int:
+        return int(m)
+
+    def full_jacobian(self) -> np.ndarray:
+        """S (K, d) exactly, from K VJPs (computed once, then reused by jvp/vjp)."""
+        if self._S is None:
+            _, s = self.engine.jacobians(self._u0)
+            self._S = s[0] * self._scale
+        return self._S
+
+    def set_jacobian(self, S: np.ndarray) -> None:
+        """Adopt an S computed for many samples in one batched run (``GraphEngine.jacobians``), in model-input units."""
+        self._S = np.asarray(S, dtype=np.float64).reshape(self.n_classes, -1) * self._scale
+
+    def jacobian(self, coords: np.ndarray) -> np.ndarray:
+        return self.full_jacobian()[:, np.asarray(coords, dtype=np.int64)].T
+
+    def fisher_matvec(self, v: np.ndarray) -> np.ndarray:
+        """F v = Sᵀ diag(p) S v (rows of ``v``), one fused graph pass, without forming S."""
+        v = np.atleast_2d(np.asarray(v, dtype=np.float64))
+        if self._S is not None:
+            return ((v @ self._S.T) * self.p) @ self._S
+        vu = (v * self._scale).reshape((-1,) + self.sample_shape)
+        _, _, fv = self.engine.fisher(self._tile(v.shape[0]), vu)
+        return fv.reshape(v.shape[0], -1) * self._scale

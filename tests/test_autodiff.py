@@ -1,0 +1,548 @@
+"""Gradient graphs: every derivative rule and every zoo model against float64 central differences.
+
+The reference is independent of onnxruntime and of the rules: the same model converted to
+float64 and evaluated by onnx's numpy reference evaluator, differentiated by central
+differences with a small step (float64: error ~1e-9). The graphs run in float32.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+from scipy.special import erf
+
+from fimaudit.autodiff import (
+    GradientGraph,
+    GraphEngine,
+    build_gradient_source,
+    build_graphs,
+    check_graph,
+    lanczos_top,
+    rules,
+)
+from fimaudit.model import load_model
+
+from .builders import linear_model, save
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = settings(max_examples=6, deadline=None, derandomize=True)
+F32 = TensorProto.FLOAT
+
+
+# ------------------------------------------------------------------------- references
+def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model computing in float64 (initializers, Constant tensors, Cast targets, graph types)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for t in g.initializer:
+        if t.data_type == F32:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == F32:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    del g.value_info[:]
+    for n in g.node:
+        for a in n.attribute:
+            if a.name == "to" and a.i == F32:
+                a.i = TensorProto.DOUBLE
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+    return m
+
+
+class Erf(OpRun):
+    """Erf in float64 (the reference evaluator's own Erf rounds through float32); matched by class name."""
+
+    op_domain = ""
+
+    def _run(self, x):
+        return (erf(x).astype(x.dtype),)
+
+
+def reference_logp(model: onnx.ModelProto, kind: str = "logits"):
+    ev = ReferenceEvaluator(to_float64(model), new_ops=[Erf])
+    name = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
+
+    def logp(x: np.ndarray) -> np.ndarray:
+        z = np.asarray(ev.run(None, {name: np.asarray(x, np.float64)})[0], dtype=np.float64).reshape(x.shape[0], -1)
+        if kind == "probabilities":
+            z = np.log(z)
+        return z - np.log(np.sum(np.exp(z - z.max(axis=1, keepdims=True)), axis=1, keepdims=True)) - z.max(axis=1, keepdims=True)
+
+    return logp
+
+
+def reference_jvp(logp, x: np.ndarray, v: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    return (logp(x + h * v) - logp(x - h * v)) / (2 * h)
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def graphs_of(model: onnx.ModelProto, sample_shape, kind: str = "logits", fixed_batch=None):
+    x = model.graph.input[0]
+    return build_graphs(model, input_name=x.name, output_name=model.graph.output[0].name, sample_shape=tuple(sample_shape),
+                        fixed_batch=fixed_batch, kind=kind)
+
+
+def assert_gradients(model: onnx.ModelProto, sample_shape, *, kind="logits", seed=0, rtol=2e-4, x=None, batch=2, reference=None):
+    """S from K VJPs, S v from the forward graph and F v from the fused graph, against float64 central differences."""
+    graphs = graphs_of(model, sample_shape, kind)
+    engine = GraphEngine(graphs, device="cpu")
+    rng = np.random.default_rng(seed)
+    if x is None:
+        x = rng.standard_normal((batch,) + tuple(sample_shape))
+    v = rng.standard_normal(x.shape)
+    ref = reference_jvp(reference_logp(reference if reference is not None else model, kind), x, v)
+    lp, s = engine.jacobians(x)
+    from_vjp = np.einsum("nkd,nd->nk", s, v.reshape(x.shape[0], -1))
+    _, from_jvp = engine.jvp(x, v)
+    assert rel(from_vjp, ref) < rtol, ("reverse", rel(from_vjp, ref))
+    assert rel(from_jvp, ref) < rtol, ("forward", rel(from_jvp, ref))
+    _, _, fv = engine.fisher(x, v)
+    p = np.exp(lp)
+    want = np.einsum("nkd,nk->nd", s, p * from_vjp)
+    assert rel(fv.reshape(want.shape), want) < 1e-4
+    return engine
+
+
+def single(nodes, inits, in_shape, out_name="y", opset=17, batch="N"):
+    """A model with input x (batch, *in_shape) and output ``out_name``."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", F32, [batch] + list(in_shape))],
+        [helper.make_tensor_value_info(out_name, F32, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def init(name, array, dtype=np.float32):
+    return numpy_helper.from_array(np.asarray(array, dtype=dtype), name)
+
+
+# ------------------------------------------------------------------------- rules
+@FAST
+@given(st.integers(1, 2), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2), st.integers(1, 2), st.sampled_from([1, 2]),
+       st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]), st.integers(0, 10**6))
+def test_conv_rule(dims, stride, k, pad, dil, group, auto, seed):
+    rng = np.random.default_rng(seed)
+    size = 9 if dims == 2 else 13
+    c, m = 2, 4
+    if auto.startswith("SAME"):
+        dil = 1  # onnxruntime has no dilated SAME convolution
+    attrs = {"strides": [stride] * dims, "dilations": [dil] * dims, "group": group}
+    if auto == "NOTSET":
+        attrs["pads"] = [pad] * (2 * dims)
+    else:
+        attrs["auto_pad"] = auto
+    w = rng.standard_normal((m, c // group) + (k,) * dims) * 0.5
+    model = single([helper.make_node("Conv", ["x", "W", "B"], ["y"], **attrs)],
+                   [init("W", w), init("B", rng.standard_normal(m))], [c] + [size] * dims)
+    assert_gradients(model, [c] + [size] * dims, seed=seed)
+
+
+def test_conv_stride_larger_than_kernel():
+    """Stride 4, kernel 3 (the case onnx-ad 0.3.0 gets wrong): inputs no window reads get zero gradient."""
+    rng = np.random.default_rng(3)
+    model = single([helper.make_node("Conv", ["x", "W"], ["y"], strides=[4, 4], pads=[1, 1, 1, 1])],
+                   [init("W", rng.standard_normal((3, 1, 3, 3)))], [1, 14, 14])
+    assert_gradients(model, [1, 14, 14])
+
+
+@FAST
+@given(st.integers(1, 2), st.integers(2, 3), st.integers(1, 3), st.integers(0, 1), st.integers(0, 1), st.integers(1, 2),
+       st.integers(0, 10**6))
+def test_maxpool_rule(dims, k, stride, pad, ceil, dil, seed):
+    size = 8 if dims == 2 else 11
+    model = single([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k] * dims, strides=[stride] * dims,
+                                     pads=[pad] * (2 * dims), ceil_mode=ceil, dilations=[dil] * dims)], [],
+                   [2] + [size] * dims)
+    assert_gradients(model, [2] + [size] * dims, seed=seed)
+
+
+@pytest.mark.parametrize("k, size, ceil", [(2, 8, 0), (2, 7, 1), (2, 7, 0), (3, 8, 0), (3, 8, 1)])
+def test_maxpool_non_overlapping_tiles(k, size, ceil):
+    """Stride = kernel, no padding: the tile path (partial tiles with ceil_mode, unread rows without)."""
+    model = single([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k], ceil_mode=ceil)], [],
+                   [3, size, size])
+    assert_gradients(model, [3, size, size])
+
+
+@FAST
+@given(st.integers(1, 2), st.integers(2, 3), st.integers(1, 3), st.integers(0, 1), st.integers(0, 1), st.integers(0, 1),
+       st.integers(0, 10**6))
+def test_average_pool_rule(dims, k, stride, pad, include, ceil, seed):
+    size = 7 if dims == 2 else 10
+    model = single([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[k] * dims, strides=[stride] * dims,
+                                     pads=[pad] * (2 * dims), count_include_pad=include, ceil_mode=ceil)], [],
+                   [2] + [size] * dims)
+    assert_gradients(model, [2] + [size] * dims, seed=seed)
+
+
+def test_global_average_pool_and_batchnorm():
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"], epsilon=1e-3),
+             helper.make_node("Tanh", ["n"], ["t"]), helper.make_node("GlobalAveragePool", ["t"], ["y"])]
+    inits = [init("s", rng.standard_normal(3)), init("b", rng.standard_normal(3)), init("m", rng.standard_normal(3)),
+             init("v", rng.uniform(0.5, 2, 3))]
+    assert_gradients(single(nodes, inits, [3, 5, 5]), [3, 5, 5])
+
+
+@FAST
+@given(st.integers(0, 1), st.integers(0, 1), st.floats(0.5, 2.0), st.floats(0.0, 1.5), st.sampled_from(["row", "full", "scalar"]),
+       st.integers(0, 10**6))
+def test_gemm_rule(ta, tb, alpha, beta, cshape, seed):
+    rng = np.random.default_rng(seed)
+    d, k = 6, 5
+    w = rng.standard_normal((d, k) if not tb else (k, d))
+    c = {"row": rng.standard_normal(k), "full": rng.standard_normal((1, k)), "scalar": rng.standard_normal(())}[cshape]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0])] if ta else []
+    nodes.append(helper.make_node("Gemm", ["xt" if ta else "x", "W", "C"], ["y"], transA=ta, transB=tb, alpha=alpha, beta=beta))
+    if ta:
+        # transA needs A as (d, batch): feed the transpose of a fixed-batch input.
+        model = single(nodes, [init("W", w), init("C", c)], [d], batch=3)
+        graphs_x = rng.standard_normal((3, d))
+        graphs = graphs_of(model, [d], fixed_batch=3)
+        engine = GraphEngine(graphs, device="cpu")
+        v = rng.standard_normal(graphs_x.shape)
+        ref = reference_jvp(reference_logp(model), graphs_x, v)
+        assert rel(engine.jvp(graphs_x, v)[1], ref) < 2e-4
+        u = rng.standard_normal(ref.shape)
+        assert abs(np.sum(engine.vjp(graphs_x, u)[1] * v) - np.sum(u * ref)) < 2e-4 * np.linalg.norm(u) * np.linalg.norm(ref)
+    else:
+        assert_gradients(single(nodes, [init("W", w), init("C", c)], [d]), [d], seed=seed)
+
+
+def test_matmul_both_operands_active_and_broadcast():
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["a"]),  # (B, 3, 4) @ (4, 4)
+             helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["a", "xt"], ["s"]),  # both active
+             helper.make_node("Softmax", ["s"], ["y"], axis=-1)]
+    assert_gradients(single(nodes, [init("W", rng.standard_normal((4, 4)))], [3, 4]), [3, 4])
+
+
+UNARY = ["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softplus", "Softsign", "Erf", "Exp", "Abs", "Neg",
+         "HardSigmoid", "HardSwish", "Sin", "Cos"]
+
+
+@pytest.mark.parametrize("op", UNARY)
+def test_unary_rules(op):
+    model = single([helper.make_node("Gemm", ["x", "W"], ["h"]), helper.make_node(op, ["h"], ["y"])],
+                   [init("W", np.random.default_rng(0).standard_normal((5, 6)) * 2)], [5])
+    assert_gradients(model, [5], x=np.random.default_rng(1).standard_normal((3, 5)))
+
+
+def test_prelu_rule():
+    rng = np.random.default_rng(3)
+    model = single([helper.make_node("Gemm", ["x", "W"], ["h"]), helper.make_node("PRelu", ["h", "slope"], ["y"])],
+                   [init("W", rng.standard_normal((5, 6))), init("slope", rng.uniform(0.05, 0.5, 6))], [5])
+    assert_gradients(model, [5])
+
+
+@pytest.mark.parametrize("op", ["Log", "Sqrt", "Reciprocal"])
+def test_positive_domain_rules(op):
+    model = single([helper.make_node("Exp", ["x"], ["e"]), helper.make_node(op, ["e"], ["y"])], [], [6])
+    assert_gradients(model, [6])
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_clip_rule(opset):
+    if opset >= 11:
+        node, inits = helper.make_node("Clip", ["x", "lo", "hi"], ["y"]), [init("lo", -0.5), init("hi", 0.7)]
+    else:
+        node, inits = helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.7), []
+    assert_gradients(single([node], inits, [8], opset=opset), [8])
+
+
+def test_gelu_forms_and_pow():
+    s2 = 1 / np.sqrt(2)
+    erf_form = [helper.make_node("Mul", ["x", "c"], ["a"]), helper.make_node("Erf", ["a"], ["e"]),
+                helper.make_node("Add", ["e", "one"], ["f"]), helper.make_node("Mul", ["x", "f"], ["g"]),
+                helper.make_node("Mul", ["g", "half"], ["y"])]
+    inits = [init("c", s2), init("one", 1.0), init("half", 0.5)]
+    assert_gradients(single(erf_form, inits, [7]), [7])
+    tanh_form = [helper.make_node("Pow", ["x", "three"], ["x3"]), helper.make_node("Mul", ["x3", "k"], ["a"]),
+                 helper.make_node("Add", ["x", "a"], ["b"]), helper.make_node("Mul", ["b", "r"], ["c2"]),
+                 helper.make_node("Tanh", ["c2"], ["t"]), helper.make_node("Add", ["t", "one"], ["f"]),
+                 helper.make_node("Mul", ["x", "f"], ["g"]), helper.make_node("Mul", ["g", "half"], ["y"])]
+    inits = [init("three", 3.0), init("k", 0.044715), init("r", np.sqrt(2 / np.pi)), init("one", 1.0), init("half", 0.5)]
+    assert_gradients(single(tanh_form, inits, [7]), [7])
+
+
+BROADCAST_SHAPES = [(3, 4, 5), (1, 4, 1), (5,), (4, 1), (1, 1, 5), ()]
+
+
+@FAST
+@given(st.sampled_from(["Add", "Sub", "Mul", "Div", "Max", "Min"]), st.sampled_from(BROADCAST_SHAPES), st.booleans(),
+       st.lists(st.integers(1, 3), max_size=3, unique=True), st.integers(0, 10**6))
+def test_broadcasting_binary_rules(op, shape, swap, reduce_axes, seed):
+    """x (B, 3, 4, 5) against a constant of a broadcastable shape, or against an active operand with size-1 axes."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    if reduce_axes:
+        # The smaller operand depends on x too: its cotangent must be summed back to its shape.
+        nodes.append(helper.make_node("ReduceMean", ["x"], ["r"], axes=sorted(reduce_axes), keepdims=1))
+        nodes.append(helper.make_node("Sin", ["r"], ["small"]))
+    else:
+        inits.append(init("small", rng.uniform(0.5, 1.5, shape)))
+    a, b = ("small", "x") if swap else ("x", "small")
+    if op == "Div":
+        nodes.append(helper.make_node("Exp", [b], [b + "_p"]))
+        b = b + "_p"
+    nodes.append(helper.make_node(op, [a, b], ["y"]))
+    assert_gradients(single(nodes, inits, [3, 4, 5]), [3, 4, 5], seed=seed)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+@pytest.mark.parametrize("opset", [9, 13])
+def test_pad_rule(mode, opset):
+    pads = [0, 0, 2, 1, 0, 0, 1, 3]
+    if opset >= 11:
+        node, inits = helper.make_node("Pad", ["x", "p", "cv"], ["y"], mode=mode), [init("p", pads, np.int64), init("cv", 0.5)]
+    else:
+        node, inits = helper.make_node("Pad", ["x"], ["y"], mode=mode, pads=pads, value=0.5), []
+    assert_gradients(single([node], inits, [2, 5, 6], opset=opset), [2, 5, 6])
+
+
+def test_shape_operators():
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Split", ["t", "sp"], ["a", "b"], axis=1),
+        helper.make_node("Slice", ["a", "st", "en", "ax", "stp"], ["s"]),
+        helper.make_node("Gather", ["b", "gi"], ["g"], axis=3),
+        helper.make_node("Flatten", ["s"], ["sf"], axis=1),
+        helper.make_node("Reshape", ["g", "rs"], ["gf"]),
+        helper.make_node("Unsqueeze", ["gf", "ua"], ["gu"]),
+        helper.make_node("Squeeze", ["gu", "ua"], ["gs"]),
+        helper.make_node("Concat", ["sf", "gs", "sf"], ["c"], axis=1),
+        helper.make_node("Expand", ["c", "ex"], ["e"]),
+        helper.make_node("ReduceSum", ["e", "rax"], ["y"], keepdims=0),
+        helper.make_node("Identity", ["x"], ["unused"]),
+    ]
+    inits = [init("sp", [2, 3], np.int64), init("st", [0, 5], np.int64), init("en", [2, 0], np.int64),
+             init("ax", [1, 3], np.int64), init("stp", [1, -2], np.int64), init("gi", [[0, 3], [3, 1]], np.int64),
+             init("rs", [0, -1], np.int64), init("ua", [2], np.int64), init("ex", [2, 1, 1], np.int64),
+             init("rax", [0], np.int64)]
+    del rng
+    assert_gradients(single(nodes, inits, [4, 5, 6]), [4, 5, 6])
+
+
+def test_where_dropout_cast_sum_and_scalar_gather():
+    nodes = [
+        helper.make_node("Greater", ["x", "zero"], ["c"]),
+        helper.make_node("Mul", ["x", "x"], ["sq"]),
+        helper.make_node("Where", ["c", "sq", "x"], ["w"]),
+        helper.make_node("Dropout", ["w"], ["d"]),
+        helper.make_node("Cast", ["d"], ["cd"], to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["cd", "i0"], ["g0"], axis=1),
+        helper.make_node("Unsqueeze", ["g0", "one"], ["g1"]),
+        helper.make_node("Sum", ["cd", "g1", "x"], ["y"]),
+    ]
+    inits = [init("zero", 0.0), init("i0", 2, np.int64), init("one", [1], np.int64)]
+    assert_gradients(single(nodes, inits, [6]), [6])
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("axis", [-1, 1, 2])
+@pytest.mark.parametrize("opset", [11, 13])
+def test_softmax_rules(op, axis, opset):
+    model = single([helper.make_node(op, ["x"], ["y"], axis=axis)], [], [3, 4], opset=opset)
+    reference = None
+    if opset < 13 and axis == 1:
+        # Before opset 13 the input is coerced to 2-D at the axis (normalised over axes 1 and 2);
+        # the reference evaluator implements only the per-axis form, so the reference says it
+        # explicitly: flatten, normalise, reshape back.
+        nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node(op, ["f"], ["s"], axis=-1),
+                 helper.make_node("Reshape", ["s", "shape"], ["y"])]
+        reference = single(nodes, [init("shape", [0, 3, 4], np.int64)], [3, 4], opset=13)
+    assert_gradients(model, [3, 4], kind="probabilities" if op == "Softmax" else "logits", reference=reference)
+
+
+@FAST
+@given(st.sampled_from(["ReduceMean", "ReduceSum"]), st.lists(st.integers(1, 3), min_size=0, max_size=2, unique=True),
+       st.integers(0, 1), st.sampled_from([11, 17]))
+def test_reduce_rules(op, axes, keep, opset):
+    if op == "ReduceSum" and opset >= 13:
+        node = helper.make_node(op, ["x", "ax"] if axes else ["x"], ["y"], keepdims=keep)
+        inits = [init("ax", axes, np.int64)] if axes else []
+    else:
+        node = helper.make_node(op, ["x"], ["y"], keepdims=keep, **({"axes": axes} if axes else {}))
+        inits = []
+    model = single([helper.make_node("Tanh", ["x"], ["tx"])] + [node], inits, [3, 4, 5], opset=opset)
+    model.graph.node[1].input[0] = "tx"
+    if not axes:  # reduce over every axis, batch included: one score per batch; keep the batch axis instead
+        return
+    assert_gradients(model, [3, 4, 5])
+
+
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_layernorm_rule_and_decomposed(axis):
+    rng = np.random.default_rng(5)
+    shp = [4, 6] if axis == -1 else [4 * 6]
+    g = rng.standard_normal(6 if axis == -1 else (4, 6))
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=axis, epsilon=1e-3)]
+    model = single(nodes, [init("g", g), init("b", rng.standard_normal(np.shape(g)))], [4, 6])
+    assert_gradients(model, [4, 6])
+    del shp
+    dec = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]), helper.make_node("Sub", ["x", "m"], ["c"]),
+           helper.make_node("Pow", ["c", "two"], ["c2"]), helper.make_node("ReduceMean", ["c2"], ["v"], axes=[-1]),
+           helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["s"]),
+           helper.make_node("Div", ["c", "s"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
+           helper.make_node("Add", ["ng", "b"], ["y"])]
+    inits = [init("two", 2.0), init("eps", 1e-3), init("g", rng.standard_normal(6)), init("b", rng.standard_normal(6))]
+    assert_gradients(single(dec, inits, [4, 6]), [4, 6])
+
+
+def test_probability_outputs_and_opset9_gemm():
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("Gemm", ["f", "W", "b"], ["z"], transB=1),
+             helper.make_node("Softmax", ["z"], ["y"], axis=1)]
+    model = single(nodes, [init("W", rng.standard_normal((4, 6))), init("b", rng.standard_normal(4))], [2, 3], opset=9)
+    assert_gradients(model, [2, 3], kind="probabilities")
+
+
+# ------------------------------------------------------------------------- sources, checks
+def test_linear_model_exact_against_closed_form(tmp_path):
+    rng = np.random.default_rng(7)
+    k, d = 5, 12
+    w, b = rng.standard_normal((k, d)), rng.standard_normal(k)
+    model = load_model(save(linear_model(w, b), tmp_path / "lin.onnx"), device="cpu")
+    x = rng.standard_normal((2, d))
+    choice = build_gradient_source(model, "logits", "auto", x, np.random.default_rng(0))
+    assert choice.source == "graph" and choice.check.passed
+    src = choice.at(x[0])
+    z = w @ x[0] + b
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    s_ref = (np.eye(k) - p[None, :].T @ np.ones((1, k))).T @ w if False else w - p @ w
+    assert rel(src.full_jacobian(), s_ref) < 1e-4
+    g = np.sqrt(p)[:, None] * (s_ref @ s_ref.T) * np.sqrt(p)[None, :]
+    lam = np.linalg.eigvalsh(g)[-1]
+    lr = lanczos_top(choice.at(x[0]), np.random.default_rng(1), tol=1e-10)
+    assert abs(lr.eigenvalues[0] - lam) <= 1e-4 * lam
+    # Preprocessing u = 2x - 1: S_x = 2 S_u.
+    pre = choice.at((x[0] + 1) / 2, to_input=lambda r: 2 * r - 1, input_scale=2.0)
+    assert rel(pre.full_jacobian(), 2 * s_ref) < 1e-4
+    v, u = rng.standard_normal((3, d)), rng.standard_normal((2, k))
+    assert rel(pre.jvp(v), v @ (2 * s_ref).T) < 1e-4 and rel(choice.at(x[0]).vjp(u), u @ s_ref) < 1e-4
+
+
+def _conv_net():
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["m1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["m1", "W2"], ["c2"], strides=[2, 2]), helper.make_node("Tanh", ["c2"], ["t2"]),
+             helper.make_node("Flatten", ["t2"], ["f"]), helper.make_node("Gemm", ["f", "W3"], ["y"], transB=1)]
+    inits = [init("W1", rng.standard_normal((4, 1, 3, 3))), init("W2", rng.standard_normal((4, 4, 3, 3)) * 0.3),
+             init("W3", rng.standard_normal((5, 16)))]
+    return single(nodes, inits, [1, 10, 10])
+
+
+@pytest.mark.parametrize("op, mode", [("Relu", "reverse"), ("Conv", "forward"), ("MaxPool", "reverse")])
+def test_self_check_refuses_a_broken_rule_and_names_it(monkeypatch, op, mode):
+    table = rules.VJP if mode == "reverse" else rules.JVP
+    good = table[op]
+    calls = []
+
+    def broken(em, node, g):
+        # A sign flipped at the first node of this type only (two flips along a chain would cancel).
+        out = good(em, node, g)
+        calls.append(node.name)
+        if len(calls) > 1:
+            return out
+        return [em.op("Neg", [o]) if o is not None and i == 0 else o for i, o in enumerate(out)]
+
+    monkeypatch.setitem(table, op, broken)
+    model = _conv_net()
+    engine = GraphEngine(graphs_of(model, [1, 10, 10]), device="cpu")
+    x = np.random.default_rng(9).standard_normal((2, 1, 10, 10))
+    check = check_graph(engine, x, np.random.default_rng(0))
+    assert not check.passed
+    assert check.suspect is not None and check.suspect.startswith(op), check.suspect
+    assert op in check.reason
+
+
+def test_self_check_passes_the_intact_graph():
+    engine = GraphEngine(graphs_of(_conv_net(), [1, 10, 10]), device="cpu")
+    check = check_graph(engine, np.random.default_rng(9).standard_normal((2, 1, 10, 10)), np.random.default_rng(0))
+    assert check.passed and check.suspect is None and check.jvp_error < check.tolerance
+
+
+def test_unsupported_operator_falls_back_with_its_name(tmp_path):
+    nodes = [helper.make_node("CumSum", ["x", "ax"], ["c"]), helper.make_node("Identity", ["c"], ["y"])]
+    model = single(nodes, [init("ax", 1, np.int64)], [6])
+    loaded = load_model(save(model, tmp_path / "cumsum.onnx"), device="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 6))
+    choice = build_gradient_source(loaded, "logits", "auto", x, np.random.default_rng(0))
+    assert choice.source == "fd" and "CumSum" in choice.reason
+    from fimaudit.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="CumSum"):
+        build_gradient_source(loaded, "logits", "graph", x, np.random.default_rng(0))
+    assert build_gradient_source(loaded, "logits", "fd", x, np.random.default_rng(0)).engine is None
+
+
+def test_source_follows_the_protocol_shapes():
+    engine = GraphEngine(graphs_of(_conv_net(), [1, 10, 10]), device="cpu")
+    x0 = np.random.default_rng(1).standard_normal(100)
+    src = GradientGraph(engine, x0)
+    v = np.random.default_rng(2).standard_normal((3, 100))
+    sv = src.jvp(v)
+    assert sv.shape == (3, 5) and src.vjp(np.eye(5)).shape == (5, 100)
+    before = src.queries
+    s = src.full_jacobian()
+    assert src.queries == before + 5 and rel(sv, v @ s.T) < 1e-5
+    assert src.jacobian(np.array([3, 7])).shape == (2, 5)
+    fv = src.fisher_matvec(v[:1])
+    assert rel(fv, ((v[:1] @ s.T) * src.p) @ s) < 1e-4
+
+
+# ------------------------------------------------------------------------- the zoo and the corpus
+def _zoo():
+    files = sorted(glob.glob(str(ROOT / "sample_models" / "*.onnx")))
+    corpus = os.environ.get("FIMAUDIT_REALMODELS")
+    if corpus:
+        files += sorted(glob.glob(os.path.join(corpus, "*.onnx")))
+    return files
+
+
+@pytest.mark.parametrize("path", _zoo(), ids=lambda p: Path(p).stem)
+def test_zoo_gradient_graph_against_float64_central_differences(path):
+    model = load_model(path, device="cpu")
+    kind = "probabilities" if model.info.final_op == "Softmax" else "logits"
+    rng = np.random.default_rng(11)
+    shape = model.info.sample_shape
+    # A dithered point in the model's usual input range: no exact ties, no kink within the step.
+    x = rng.uniform(0.0, 1.0, (2,) + shape) + 1e-3 * rng.standard_normal((2,) + shape)
+    proto = model.proto
+    graphs = build_graphs(proto, input_name=model.info.input.name, output_name=model.info.output.name, sample_shape=shape,
+                          fixed_batch=model.info.fixed_batch, kind=kind)
+    engine = GraphEngine(graphs, device="cpu")
+    v = rng.standard_normal(x.shape)
+    ref_logp = reference_logp(proto, kind)
+    lp, s = engine.jacobians(x)
+    from_vjp = np.einsum("nkd,nd->nk", s, v.reshape(2, -1))
+    from_jvp = engine.jvp(x, v)[1]
+    # A ReLU unit whose pre-activation lies within the step of its kink biases central
+    # differences by an amount that vanishes with the step: each row must agree at one of
+    # three shrinking steps (float64 keeps the rounding error ~1e-8 even at the smallest).
+    for i in range(2):
+        errors = []
+        for h in (1e-6, 1e-7, 1e-8):
+            ref = reference_jvp(ref_logp, x[i:i + 1], v[i:i + 1], h)[0]
+            scale = np.linalg.norm(ref) + 1e-4 * np.linalg.norm(s[i]) * np.linalg.norm(v[i]) + 1e-12
+            errors.append(max(np.linalg.norm(from_vjp[i] - ref), np.linalg.norm(from_jvp[i] - ref)) / scale)
+        assert min(errors) < 1e-4, errors
