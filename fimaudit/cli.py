@@ -409,12 +409,19 @@ def scan_cmd(
         "only when exact input ties (constant backgrounds) make F undefined at x.",
     ),
     no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
+    gradients: str = typer.Option(
+        "fd", "--gradients", help="auto | graph | fd: exact Jacobians from a gradient graph of the model (self-checked "
+        "against finite differences; auto falls back with the reason) or black-box finite differences.",
+    ),
+    cross_check: bool = typer.Option(
+        False, "--cross-check", help="With the graph: also run the black-box estimator on the same samples and report its error."
+    ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
     config = opts.config(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
-        bounds=not no_bounds, dither=dither, no_dither=no_dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+        bounds=not no_bounds, dither=dither, no_dither=no_dither, gradients=gradients, cross_check=cross_check, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
     err_console = Console(stderr=True)

@@ -83,6 +83,7 @@ class SampleResult:
     lower_estimate: float | None = None
     lower_check: dict | None = None  # kind, margin, the independent finite-difference check
     dither: float | None = None  # sigma of the dither added to this sample, if any
+    exact: dict | None = None  # gradient graph: path (rows | lanczos), products, cross-check against the black box
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -109,6 +110,7 @@ class SampleResult:
             lower_estimate=d.get("lower_estimate"),
             lower_check=d.get("lower_check"),
             dither=d.get("dither"),
+            exact=d.get("exact"),
         )
 
 

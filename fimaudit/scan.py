@@ -65,6 +65,8 @@ class ScanConfig:
     bounds: bool = True
     dither: float = 0.0  # 0: automatic (dither only when exact ties are detected); > 0: this sigma
     no_dither: bool = False  # keep x even with ties
+    gradients: str = "fd"  # auto | graph | fd: where the Jacobian comes from (fimaudit.autodiff)
+    cross_check: bool = False  # with the graph: also run the black-box plan and report its error
     trace_budget: int = 0
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
@@ -97,6 +99,10 @@ class ScanConfig:
             raise ConfigError(f"--trace-probes must be one of {', '.join(HUTCHINSON_PROBES)}")
         if not (np.isfinite(self.dither) and self.dither >= 0):
             raise ConfigError("--dither must be a nonnegative number")
+        if self.gradients not in ("auto", "graph", "fd"):
+            raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{self.gradients}'")
+        if self.cross_check and self.gradients == "fd":
+            raise ConfigError("--cross-check compares the black-box estimate with the gradient graph's: give --gradients auto or graph")
         if self.no_dither and self.dither > 0:
             raise ConfigError("--no-dither and --dither SIGMA contradict each other: give one")
         if self.max_batch < 1:
@@ -326,6 +332,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
             "(kinks or round-off); estimates carry that error"
         )
     calibration = model.queries - q0
+    graph, gradients_record = _gradient_choice(model, kind, config, points, to_input, notes)
 
     n = points.shape[0]
     samples: list[SampleResult] = []
@@ -338,16 +345,22 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         before = model.queries
         rng = np.random.default_rng([config.seed, 3, i])
         p = probs[i]
-        est = _estimate(chosen, oracle, points[i], p, step, rng, config, dct_basis, learnt)
+        exact_info = None
+        if graph is not None:
+            est, check, exact_info = _estimate_graph(graph, oracle, points[i], logp_centre[i], step, rng, config,
+                                                     chosen, dct_basis, learnt, to_input, pre, shape)
+        else:
+            est, check = _estimate(chosen, oracle, points[i], p, step, rng, config, dct_basis, learnt), None
         trace, trace_se, trace_ci, trace_how = est.trace, est.trace_se, None, "probes"
-        if chosen.trace and chosen.method != "exact":
+        if chosen.trace and chosen.method != "exact" and graph is None:
             te = hutchinson(oracle, points[i], p, step.h, chosen.trace, rng, probes=config.trace_probes,
                             rse_target=config.trace_rse)
             trace, trace_se, trace_ci = te.trace, te.se, te.ci
             trace_how = f"hutchinson-{config.trace_probes} ({te.probes} probes, stopped by {te.stopped_by})"
-        kl_ratio = check = None
-        if chosen.checks and est.direction is not None:
+        kl_ratio = None
+        if check is None and chosen.checks and est.direction is not None:
             check = fd_lower_estimate(oracle, points[i], logp_centre[i], est.direction, step.h)
+        if check is not None and est.direction is not None:
             kl_ratio = kl_check(oracle, points[i], logp_centre[i], est.direction, check.quadratic_form, step.h)
         if learnt is not None and est.direction is not None:
             learnt.add(est.direction)
@@ -366,11 +379,12 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                 trace=trace,
                 trace_se=trace_se,
                 trace_ci=trace_ci,
-                trace_method=trace_how if chosen.method != "exact" else "exact",
+                trace_method=trace_how if chosen.method != "exact" and graph is None else "exact",
                 lower_bound=check.value if check is not None and check.certified else None,
                 lower_estimate=check.value if check is not None and not check.certified else None,
                 lower_check=None if check is None else check.to_dict(),
                 dither=sigma if sigma > 0 else None,
+                exact=exact_info,
                 queries=spent,
                 method=est.method,
                 probes=est.probes,
@@ -435,6 +449,15 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     cfg["data_source"] = dataset.source
     cfg["tie_share"] = tie_share
     cfg["dither_used"] = {k: v for k, v in dither.items() if k != "note"}
+    cfg["gradients_used"] = gradients_record
+    if graph is not None:
+        cfg["method_used"] = samples[0].method if samples else method
+        cfg["probes_per_sample"] = samples[0].probes if samples else k
+        errs = [s.exact["cross_check"]["relative_error"] for s in samples
+                if s.exact and s.exact.get("cross_check") and s.exact["cross_check"].get("relative_error") is not None]
+        if errs:
+            cfg["cross_check"] = {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
+                                  "max_relative_error": float(np.max(errs))}
     return ScanResult(
         model=model_dict,
         runtime=_runtime(model),
@@ -446,6 +469,44 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         summary=summary,
         notes=tuple(notes),
     )
+
+
+def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, to_input, notes: list[str]):
+    """Build and self-check the gradient graph (``--gradients auto|graph``): (choice or None, its record for the report)."""
+    if config.gradients == "fd":
+        return None, {"requested": "fd", "source": "fd", "reason": "finite differences requested (--gradients fd)"}
+    from .autodiff.select import build_gradient_source
+
+    rows = to_input(points[:2]) if to_input is not None else points[:2]
+    choice = build_gradient_source(model, kind, config.gradients, rows, np.random.default_rng([config.seed, 5]),
+                                   threads=config.threads)
+    if choice.source != "graph":
+        notes.append(f"gradients: finite differences (black-box), because the {choice.reason}")
+        return None, choice.to_dict()
+    return choice, choice.to_dict()
+
+
+# Samples whose exact Jacobians are computed in one batched run of K VJPs each.
+GRAPH_BATCH_ROWS = 2048
+
+
+def _estimate_graph(choice, oracle, x, logp0, step, rng, config: ScanConfig, chosen: Plan, dct_basis, learnt,
+                    to_input, pre: Preprocess, shape) -> tuple[Estimate, "object", dict]:
+    """Exact estimate from the gradient graph at one sample, its certified lower bound and the optional cross-check."""
+    from .estimators.exact_source import exact_from_source
+
+    scale = None if to_input is None else pre.jacobian_diag(shape)
+    src = choice.at(np.asarray(x).reshape(-1), logp0=logp0, to_input=to_input, input_scale=scale)
+    p = np.exp(logp0)
+    res = exact_from_source(src, p, rng, oracle=oracle, x0=x, h=step.h)
+    info = {"source": "graph", "path": res.path, "products": res.products, "tolerance": res.tolerance,
+            "cross_check": None}
+    if config.cross_check:
+        bb = _estimate(chosen, oracle, x, p, step, rng, config, dct_basis, learnt)
+        lam = res.estimate.lambda_max
+        info["cross_check"] = {"method": bb.method, "lambda_max": bb.lambda_max, "queries": bb.queries,
+                               "relative_error": abs(bb.lambda_max - lam) / lam if lam > 0 else None}
+    return res.estimate, res.lower, info
 
 
 def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_basis, learnt) -> Estimate:

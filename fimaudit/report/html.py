@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, summary_rows
+from .terminal import _dither_text, _fmt, _gradients_text, summary_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
@@ -70,6 +70,7 @@ def render_html(result: ScanResult) -> str:
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
         ("dither", _dither_text(cfg.get("dither_used"))),
+        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check"))),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
     ]

@@ -28,6 +28,19 @@ def _dither_text(d: dict | None) -> str:
     return f"sigma = {_fmt(d['sigma'])} ({how}); F at x + sigma*xi"
 
 
+def _gradients_text(g: dict | None, cross: dict | None = None) -> str:
+    """Which Jacobian source the scan used, the self-check's figures or why the graph was refused."""
+    if not g or g.get("source") != "graph":
+        return "finite differences (black-box)" + (f": {g['reason']}" if g and g.get("reason") else "")
+    c = g.get("check") or {}
+    text = (f"gradient graph (self-check passed: JVP error {_fmt(c.get('jvp_error'))}, VJP error "
+            f"{_fmt(c.get('vjp_error'))}, finite-difference error {_fmt(c.get('fd_discrepancy'))})")
+    if cross:
+        text += (f"; black-box {cross['method']} against it: median relative error {_fmt(cross['median_relative_error'])}, "
+                 f"max {_fmt(cross['max_relative_error'])}")
+    return text
+
+
 def summary_rows(s) -> list[tuple[str, Stats]]:
     """The summary's quantities with their display names; lower bounds only when measured."""
     rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
@@ -66,6 +79,7 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
         ("dither", _dither_text(cfg.get("dither_used"))),
+        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check"))),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
