@@ -50,6 +50,11 @@ def test_ties_are_dithered_by_default_and_sources_agree(pool_case):
     refs = np.array([net.fisher_reference(p)[0] for p in pts])
     assert np.median(np.abs(graph - refs) / refs) <= 1e-5
     assert np.median(np.abs(e - graph) / graph) <= 1e-3 and np.median(np.abs(k - graph) / graph) <= 1e-3
+    # and the ONNX gradient graph, chosen by the scan after its self-check at the dithered points
+    gr = fimaudit.scan(path, data, gradients="graph", seed=2, bounds=False)
+    assert gr.config["dither_used"]["sigma"] == d["sigma"]
+    assert np.median(np.abs(_lams(gr) - refs) / refs) <= 1e-4
+    assert np.median(np.abs(e - _lams(gr)) / _lams(gr)) <= 1e-3
 
 
 def test_no_dither_keeps_x_where_estimators_disagree(pool_case):

@@ -58,3 +58,26 @@ def test_exact_source_against_float64_dense_reference_on_a_smooth_model():
         errs.append(abs(res.estimate.lambda_max - dense) / dense)
         assert res.estimate.trace == pytest.approx(np.trace(f), rel=1e-3)
     assert max(errs) <= 1e-3, errs
+
+
+@pytest.mark.parametrize("k", [10, 80])
+def test_scan_with_the_gradient_graph_matches_the_closed_form(tmp_path, k):
+    import fimaudit
+
+    rng = np.random.default_rng(5)
+    d = 48
+    net = _linear(rng, k, d)
+    w, b = net.layers[0][1], net.layers[0][2]
+    x = rng.uniform(0, 1, size=(4, d)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    res = fimaudit.scan(net.onnx(tmp_path / "lin.onnx"), tmp_path / "d.npz", gradients="graph", cross_check=True,
+                        bounds=False, budget=2000)
+    assert res.config["method_used"] == ("exact-graph" if k < 64 else "lanczos-graph")
+    cross = res.config["cross_check"]
+    assert cross["samples"] == 4 and cross["median_relative_error"] < 1e-3  # black-box exact on a linear model
+    for s, xi in zip(res.samples, x):
+        f = B.linear_reference(w, b, xi)
+        assert s.lambda_max == pytest.approx(B.lam_max(f), rel=1e-4)
+        assert s.lower_bound <= B.lam_max(f) and s.exact["path"] == ("rows" if k < 64 else "lanczos")
+        ratio = s.exact["cross_check"]["relative_error"]
+        assert ratio == pytest.approx(abs(s.exact["cross_check"]["lambda_max"] - s.lambda_max) / s.lambda_max)

@@ -99,3 +99,18 @@ def test_certified_bound_subtracts_a_real_rounding_margin():
     cert = certified_from_jacobian(s32, p, v)
     assert cert.value <= lam and cert.value >= lam * (1 - 1e-3)
     assert cert.quadratic_form > cert.value
+
+
+def test_graph_mode_bound_is_certified_and_never_above(corpus):
+    """--gradients graph: the certified bound from the exact S, the FD re-measurement only reported beside it."""
+    checked = 0
+    for name, (net, path, data, _, refs) in corpus.items():
+        res = fimaudit.scan(path, data, gradients="graph", seed=1, bounds=False)
+        assert res.config["gradients_used"]["source"] == "graph"
+        for s, r in zip(res.samples, refs):
+            assert s.lower_estimate is None and s.lower_check["kind"] == "certified"
+            assert s.lower_bound <= r and s.lower_bound >= 0.99 * r, (name, s.lower_bound, r)
+            assert s.lambda_max == pytest.approx(r, rel=1e-4)
+            assert s.lower_check["fd_check"] is not None and s.exact["path"] == "rows"
+            checked += 1
+    assert checked >= 200
