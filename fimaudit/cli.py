@@ -484,20 +484,25 @@ def bounds_cmd(
 def attack_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
-    attack: str = typer.Option("pgd", "--attack", help="fgsm | bim | pgd | square."),
+    attack: str = typer.Option(
+        "pgd", "--attack", help="fgsm | bim | pgd | square (black-box) | pgd-wb | apgd (white-box: exact gradients from "
+        "the model's gradient graph, with Square run beside it for sanity flags).",
+    ),
     norm: str = typer.Option("linf", "--norm", help="linf | l2."),
     eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
     taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
     grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
+    loss: str = typer.Option("ce", "--loss", help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
+    restarts: int = typer.Option(1, "--restarts", help="White-box runs per sample (the first from x, then random starts)."),
 ) -> int:
-    """Robust accuracy and robust ratio under a black-box attack at one or more eps."""
+    """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
-                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad)
+                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts)
     rep = run_attack(cfg)
     _write_json(opts, rep)
     if not opts.quiet:
@@ -514,6 +519,13 @@ def attack_cmd(
             t.add_row(f"{r['eps']:g}", f"{100 * r['robust_accuracy']:.1f}%",
                       *[f"{100 * r['robust_ratio'][f'{tau:g}']:.1f}%" for tau in cfg.taus], str(r["queries_total"]))
         opts.console.print(t)
+        for r in rep["results"]:
+            sanity = r.get("sanity") or {}
+            if sanity:
+                opts.console.print(f"eps {r['eps']:g}: black-box Square robust accuracy "
+                                   f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
+            for w in sanity.get("warnings", []):
+                opts.console.print(f"warning (eps {r['eps']:g}): {w}", style="yellow", soft_wrap=True)
     return EXIT_OK
 
 

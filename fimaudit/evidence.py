@@ -41,6 +41,9 @@ class AttackConfig:
     taus: tuple[float, ...] = DEFAULT_TAUS
     steps: int | None = None
     grad: str = "auto"
+    loss: str = "ce"  # white-box attacks: ce | dlr
+    restarts: int = 1  # white-box attacks: random restarts after the first run
+    gradients: str = "auto"  # white-box attacks: where exact gradients come from (auto | graph)
     device: str = "auto"
     input_name: str | None = None
     output_name: str | None = None
@@ -74,17 +77,61 @@ def load_attack_inputs(cfg: AttackConfig):
     return model, oracle, kind, x, ds.y
 
 
+def gradient_oracle(model, oracle, kind: str, mean, std, x: np.ndarray, mode: str, seed: int):
+    """Attack-space exact gradients from the model's gradient graph (self-checked), or (None, reason).
+
+    Attack space is the data times --scale; the model receives (x - mean) / std, so a VJP in
+    model-input units is divided by std.
+    """
+    from .attacks import GradientOracle
+    from .autodiff.select import build_gradient_source
+
+    shape = model.sample_shape
+    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    to_input = (lambda rows: rows) if pre.is_identity else (lambda rows: pre.apply(rows, shape))
+    choice = build_gradient_source(model, kind, "graph" if mode == "graph" else "auto", to_input(x[:2]),
+                                   np.random.default_rng([seed, 5]))
+    if choice.source != "graph":
+        return None, choice.to_dict()
+    scale = pre.jacobian_diag(shape)
+
+    def vjp_at(rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return choice.engine.vjp(to_input(rows), u)[1] * scale
+
+    return GradientOracle(oracle, vjp_at), choice.to_dict()
+
+
 def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Attack every sample at every eps; returns the JSON-ready report."""
+    """Attack every sample at every eps; returns the JSON-ready report.
+
+    White-box attacks (pgd-wb, apgd) take exact gradients from the gradient graph and also run
+    black-box Square at each eps for the sanity flags (``sanity``).
+    """
+    from .attacks import WHITEBOX, Square, sanity_flags
+
     t0 = time.perf_counter()
     model, oracle, kind, x, y = load_attack_inputs(cfg)
-    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad)
+    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
+    gradients = None
+    if cfg.attack in WHITEBOX:
+        wb, gradients = gradient_oracle(model, oracle, kind, cfg.mean, cfg.std, x, cfg.gradients, cfg.seed)
+        if wb is None:
+            raise ConfigError(f"--attack {cfg.attack} needs exact gradients, but {gradients['reason']}; "
+                              "use a black-box attack (pgd, square)")
+        oracle = wb
     results = []
     clean = oracle.logp(x)
     for k, eps in enumerate(cfg.eps):
-        q0 = model.queries
+        q0 = oracle.queries
         out = attack(oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k]), cfg.budget,
                      clean_logp=clean)
+        spent = int(oracle.queries - q0)
+        sanity = None
+        if cfg.attack in WHITEBOX:
+            square = Square()(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k, 1]),
+                              cfg.budget, clean_logp=clean)
+            sanity = sanity_flags(oracle, x, y, out.success, square.success)
+            sanity["square_robust_accuracy"] = robust_accuracy(square)
         rr = {f"{tau:g}": robust_ratio(out, tau) for tau in cfg.taus}
         rr_tv = {f"{tau:g}": robust_ratio(out, tau, "tv") for tau in cfg.taus}
         pert = (out.x_adv - x).reshape(len(x), -1)
@@ -94,7 +141,8 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             "robust_accuracy": robust_accuracy(out),
             "robust_ratio": rr,
             "robust_ratio_tv": rr_tv,
-            "queries_total": int(model.queries - q0),
+            "queries_total": spent,
+            "sanity": sanity,
             "queries_max_per_sample": int(out.queries.max()),
             "samples": [
                 {"index": i, "label": int(y[i]), "correct": bool(out.correct[i]), "success": bool(out.success[i]),
@@ -114,6 +162,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
                   "sample_shape": list(model.sample_shape)},
         "runtime": {"provider": model.provider},
         "config": cfg_d,
+        "gradients": gradients,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
         "seconds": time.perf_counter() - t0,

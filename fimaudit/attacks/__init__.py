@@ -19,6 +19,8 @@ def make_attack(name: str, **kw) -> Attack:
         kw = {}
     elif issubclass(cls, WhiteBoxAttack):
         kw = {k: v for k, v in kw.items() if k in ("steps", "loss", "restarts")}
+    else:
+        kw = {k: v for k, v in kw.items() if k in ("steps", "grad")}
     return cls(**kw)
 
 
