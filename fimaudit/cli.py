@@ -603,6 +603,11 @@ def compare_cmd(
     clever_points: int = typer.Option(20, "--clever-points", help="CLEVER: points sampled per sample (2d queries each)."),
     clever_samples: int = typer.Option(5, "--clever-samples", help="CLEVER: samples per model."),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
+    validity: bool = typer.Option(
+        False, "--validity", help="Per model: Spearman rho of the FIM-predicted radius sqrt(2 KL*/lambda_max) with each "
+        "sample's minimal adversarial L2 distance (white-box search when the gradient graph passes its self-check).",
+    ),
+    kl_star: float = typer.Option(0.1, "--kl-star", help="KL* (nats) of the predicted radius; rho does not depend on it."),
 ) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
     from .evidence import ModelSpec, compare_models
@@ -627,7 +632,7 @@ def compare_cmd(
         raise ConfigError("compare needs at least two models")
     rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
-                         with_metrics=not no_metrics, options=common,
+                         with_metrics=not no_metrics, options=common, with_validity=validity, kl_star=kl_star,
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
     _write_json(opts, rep)
     if not opts.quiet:

@@ -178,6 +178,57 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     name: str = ""
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+
+def fd_vjp_at(oracle, h: float):
+    """Black-box fallback for ``vjp_at``: the gradient of u^T log p by central differences on every coordinate (2d queries per row)."""
+    from .estimators.fd import jvp_coordinates
+
+    def apply(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        d = int(np.prod(x.shape[1:]))
+        coords = np.arange(d)
+        return np.stack([jvp_coordinates(oracle, xi, coords, h) @ ui for xi, ui in zip(x, u)]).reshape(x.shape)
+
+    return apply
+
+
+def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: float | None = None, steps: int = 30,
+                   search: int = 10, gradients: str = "auto") -> dict:
+    """Per-sample FIM-predicted radius against the smallest adversarial L2 distance found, for one model.
+
+    lambda_max per attack unit (data x --scale) from a scan (exact with the gradient graph when it
+    passes its self-check); minimal distances by binary search over eps with APGD, with exact
+    gradients from the graph, else central differences (slow: 2d queries per gradient).
+    """
+    from .attacks import GradientOracle, minimal_distance
+    from .metrics.validity import KL_STAR, validity
+    from .scan import ScanConfig, scan
+
+    pre = Preprocess(spec.scale, tuple(spec.mean), tuple(spec.std))
+    space = "input" if pre.is_identity else "data"
+    res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, seed=seed, scale=spec.scale,
+                          mean=tuple(spec.mean), std=tuple(spec.std), space=space, gradients=gradients, bounds=False))
+    lam = np.array([s.lambda_max for s in res.samples]) / (spec.scale**2 if space == "data" else 1.0)
+    base = AttackConfig(model=spec.path, data=spec.data, samples=samples, scale=spec.scale, mean=tuple(spec.mean),
+                        std=tuple(spec.std), seed=seed, input_range=tuple(spec.input_range))
+    model, oracle, kind, x, y = load_attack_inputs(base)
+    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, spec.mean, spec.std, x,
+                                                                        gradients, seed)
+    if wb is None:
+        wb = GradientOracle(oracle, fd_vjp_at(oracle, 1e-3 * (spec.input_range[1] - spec.input_range[0])))
+    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), np.random.default_rng([seed, 7]), steps=steps,
+                               search=search)
+    out = validity(lam, dist, np.random.default_rng([seed, 8]), KL_STAR if kl_star is None else kl_star)
+    out.update({
+        "model": spec.name or spec.path,
+        "lambda_method": res.config["method_used"],
+        "lambda_gradients": res.config["gradients_used"]["source"],
+        "distance_gradients": "graph" if record is not None and record.get("source") == "graph" else "fd",
+        "dither": res.config["dither_used"].get("sigma"),
+        "units": "attack units (data x --scale), L2",
+    })
+    return out
 
 
 def compare_models(
@@ -195,15 +246,20 @@ def compare_models(
     with_metrics: bool = True,
     metric_samples: int = 300,
     options: dict | None = None,
+    with_validity: bool = False,
+    kl_star: float | None = None,
 ) -> dict:
     """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs).
 
     ``options``: fields shared by every model's scan, attack and metric configs (device, input_name, ...).
+    ``with_validity``: also each model's per-sample validity (``model_validity``): Spearman rho of the
+    FIM-predicted radius with the minimal adversarial L2 distance.
     """
     from .scan import ScanConfig, scan
 
     common = dict(options or {})
     rows = []
+    validities: list[dict] = []
     for spec in specs:
         t0 = time.perf_counter()
         res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
@@ -238,13 +294,17 @@ def compare_models(
             for k, v in met.items():
                 if k not in ("accuracy", "layers"):
                     row[k] = v
+        if with_validity:
+            val = model_validity(spec, samples=samples, seed=seed, kl_star=kl_star)
+            validities.append(val)
+            row["validity_spearman"] = val["spearman"]["value"]
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         if progress:
             progress(row["model"])
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
-    metrics = [k for k in rows[0] if k not in ("model", "seconds")]
+    metrics = [k for k in rows[0] if k not in ("model", "seconds", "validity_spearman")]
     rng = np.random.default_rng(seed)
     by_target = {}
     for tgt in targets:
@@ -257,6 +317,7 @@ def compare_models(
         by_target[tgt] = corr
     return {"schema_version": "1.0", "kind": "compare", "target": target, "rows": rows,
             "correlations": by_target[target], "correlations_by_target": by_target,
+            "validity": validities or None,
             "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
                        "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}}
 
