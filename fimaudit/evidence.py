@@ -205,6 +205,8 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     from .metrics.validity import KL_STAR, validity
     from .scan import ScanConfig, scan
 
+    if kl_star is not None and not (np.isfinite(kl_star) and kl_star > 0):
+        raise ConfigError(f"--kl-star must be a positive number, not {kl_star}")
     pre = Preprocess(spec.scale, tuple(spec.mean), tuple(spec.std))
     space = "input" if pre.is_identity else "data"
     res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, seed=seed, scale=spec.scale,
