@@ -135,18 +135,22 @@ def gradient_ascent(oracle, x: np.ndarray, y: np.ndarray, eps: np.ndarray, norm:
     lo, hi = bounds
     n = len(x)
     bshape = (n,) + (1,) * (x.ndim - 1)
-    clip = lambda z: np.clip(x + project_each(z - x, eps, norm), lo, hi)  # noqa: E731
-    cur = clip(x + _random_start(x, eps, norm, rng)) if start == "random" else x.copy()
+
+    def clip(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.clip(x[rows] + project_each(z - x[rows], eps[rows], norm), lo, hi)
+
+    everyone = np.arange(n)
+    cur = clip(x + _random_start(x, eps, norm, rng), everyone) if start == "random" else x.copy()
     used = 0
 
-    def evaluate(z: np.ndarray, labels: np.ndarray = y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def evaluate(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nonlocal used
         lp = oracle.logp(z)
         f, u = loss_and_weights(lp, labels, loss)
         used += len(z)
         return f, margins(lp, labels), u
 
-    f, mg, u = evaluate(cur)
+    f, mg, u = evaluate(cur, y)
     best_x, best_m = cur.copy(), mg.copy()
     f_max, x_max = f.copy(), cur.copy()
     prev = cur.copy()
@@ -158,27 +162,28 @@ def gradient_ascent(oracle, x: np.ndarray, y: np.ndarray, eps: np.ndarray, norm:
     else:
         eta = (2.5 * eps / steps).reshape(bshape)
     for it in range(steps):
-        active = best_m >= 0
-        if not np.any(active):
+        act = np.flatnonzero(best_m >= 0)  # rows already adversarial stop: no more gradients for them
+        if act.size == 0:
             break
-        g = oracle.vjp_at(cur, u)
-        used += n
-        z = clip(cur + eta * _ascent(g, norm))
+        g = oracle.vjp_at(cur[act], u[act])
+        used += act.size
+        z = clip(cur[act] + eta[act] * _ascent(g, norm), act)
         if schedule == "apgd" and it > 0:
-            z = clip(cur + 0.75 * (z - cur) + 0.25 * (cur - prev))
-        prev, cur = cur, np.where(active.reshape(bshape), z, cur)
-        f_new, mg, u = evaluate(cur)
+            z = clip(cur[act] + 0.75 * (z - cur[act]) + 0.25 * (cur[act] - prev[act]), act)
+        prev[act], cur[act] = cur[act], z
+        f_new = f.copy()
+        f_new[act], mg[act], u[act] = evaluate(cur[act], y[act])
         better = mg < best_m
         best_x[better], best_m[better] = cur[better], mg[better]
         if schedule == "apgd":
-            increases += f_new > f
+            increases[act] += f_new[act] > f[act]
             up = f_new > f_max
             f_max[up], x_max[up] = f_new[up], cur[up]
             if it + 1 in marks:
                 span = it + 1 - last_mark
                 stalled = (increases < 0.75 * span) | ((eta_at_mark == eta).reshape(n) & (fmax_at_mark == f_max))
-                if np.any(stalled):
-                    s_idx = np.flatnonzero(stalled)
+                s_idx = np.flatnonzero(stalled & (best_m >= 0))
+                if s_idx.size:
                     eta[s_idx] /= 2
                     cur[s_idx] = x_max[s_idx]
                     prev[s_idx] = x_max[s_idx]
