@@ -623,11 +623,12 @@ def compare_cmd(
         for e in entries:
             pp = e["preprocess"]
             specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
-                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"]))
+                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"],
+                                   opts.input_range))
     for m in models or []:
         if opts.data is None:
             raise ConfigError("--data is needed for models given on the command line")
-        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem))
+        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem, opts.input_range))
     if len(specs) < 2:
         raise ConfigError("compare needs at least two models")
     rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
