@@ -100,3 +100,21 @@ def test_sanity_flags_and_black_box_refusal(two_class, tmp_path):
     assert sanity_flags(zero, np.zeros((2, 4)), np.array([0, 1]), np.zeros(2, bool), None)["zero_gradient"] == [0, 1]
     with pytest.raises(ConfigError, match="gradients"):
         make_attack("apgd")(oracle.oracle, x, y, 0.1, "linf", BOUNDS, np.random.default_rng(0), 100)
+
+
+def test_whitebox_on_vgg_small_is_no_weaker_than_the_black_box():
+    """vgg_small, L-inf eps = 0.03, 10 samples: APGD with the graph's gradients against black-box PGD and Square."""
+    from pathlib import Path
+
+    from fimaudit.evidence import AttackConfig, run_attack
+
+    zoo = Path(__file__).resolve().parent.parent / "sample_models"
+    base = dict(model=str(zoo / "vgg_small.onnx"), data=str(zoo / "fmnist_test_1000_28.npz"), samples=10, eps=(0.03,),
+                scale=1 / 255, mean=(0.286,), std=(0.353,), budget=2000, norm="linf")
+    wb = run_attack(AttackConfig(**base, attack="apgd", steps=50))
+    assert wb["gradients"]["source"] == "graph"
+    res = wb["results"][0]
+    bb = run_attack(AttackConfig(**base, attack="pgd"))["results"][0]
+    assert res["robust_accuracy"] <= min(bb["robust_accuracy"], res["sanity"]["square_robust_accuracy"])
+    assert res["sanity"]["blackbox_beats_whitebox"] == [] and res["sanity"]["zero_gradient"] == []
+    assert not res["sanity"]["nondeterministic"]
