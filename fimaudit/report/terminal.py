@@ -47,7 +47,7 @@ def summary_rows(s) -> list[tuple[str, Stats]]:
     if s.lower_bound.count:
         rows.append(("certified lower bound", s.lower_bound))
     if s.lower_estimate.count:
-        rows.append(("lower estimate (not certified: finite differences)", s.lower_estimate))
+        rows.append(("lower estimate (FD, not certified)", s.lower_estimate))
     return rows
 
 
