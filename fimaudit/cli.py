@@ -571,11 +571,14 @@ def clever_cmd(
     radius: float = typer.Option(2.0, "--radius", help="Radius R of the sampling ball (attack units); caps the score."),
     points: int = typer.Option(50, "--points", help="Points sampled per sample (2d queries each), in batches of 10."),
     seeds: int = typer.Option(3, "--seeds", help="Repeat with this many seeds and report the spread."),
+    gradients: str = typer.Option("fd", "--gradients", help="auto | graph | fd: exact margin gradients from the model's "
+                                  "gradient graph (self-checked) instead of 2d finite-difference queries per point."),
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
 
-    rep = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
+    rep = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds,
+                     gradients=gradients)
     _write_json(opts, rep)
     if not opts.quiet:
         from rich.table import Table

@@ -350,19 +350,30 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10) -> dict:
-    """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread."""
+               batch_size: int = 10, gradients: str = "fd") -> dict:
+    """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread.
+
+    ``gradients`` auto|graph: the margin gradients come from the model's gradient graph (K-1 VJP
+    rows per point instead of 2d queries) when it builds and passes its self-check.
+    """
     if norm not in ("l2", "linf"):
         raise ConfigError(f"--norm must be l2 or linf, not '{norm}'")
     if radius <= 0 or points < 2 * batch_size or seeds < 1:
         raise ConfigError("--radius must be positive, --points at least 2 batches of 10, --seeds at least 1")
     t0 = time.perf_counter()
+    if gradients not in ("auto", "graph", "fd"):
+        raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
     model, oracle, kind, x, y = load_attack_inputs(cfg)
     h = 1e-3 * (cfg.input_range[1] - cfg.input_range[0])
+    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, cfg.mean, cfg.std, x,
+                                                                        gradients, cfg.seed)
+    if wb is None and gradients == "graph":
+        raise ConfigError(f"--gradients graph: {record['reason']}")
     samples = []
     for i in range(len(x)):
         runs = [clever(oracle, x[i], norm, radius, np.random.default_rng([cfg.seed, s, i]),
-                       n_batches=points // batch_size, batch_size=batch_size, h=h) for s in range(seeds)]
+                       n_batches=points // batch_size, batch_size=batch_size, h=h,
+                       vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
         scores = np.array([r.score for r in runs])
         samples.append({"index": i, "label": int(y[i]), "scores": scores.tolist(), "mean": float(scores.mean()),
                         "spread": float(scores.std()), "fit_ok": [r.fit_ok for r in runs],
@@ -375,6 +386,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
         "schema_version": "1.0", "kind": "clever",
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds},
+        "gradients": record or {"requested": "fd", "source": "fd", "reason": "finite differences requested"},
         "samples": samples,
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),

@@ -118,3 +118,20 @@ def test_whitebox_on_vgg_small_is_no_weaker_than_the_black_box():
     assert res["robust_accuracy"] <= min(bb["robust_accuracy"], res["sanity"]["square_robust_accuracy"])
     assert res["sanity"]["blackbox_beats_whitebox"] == [] and res["sanity"]["zero_gradient"] == []
     assert not res["sanity"]["nondeterministic"]
+
+
+def test_clever_from_the_graph_matches_finite_differences(tmp_path):
+    from fimaudit.evidence import AttackConfig, run_clever
+
+    rng = np.random.default_rng(9)
+    net = N.Net((12,), [("dense", rng.standard_normal((16, 12)), rng.standard_normal(16)), ("tanh",),
+                        ("dense", rng.standard_normal((4, 16)), rng.standard_normal(4))])
+    x = rng.uniform(0, 1, size=(3, 12)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(3, dtype=np.int64))
+    cfg = AttackConfig(model=str(net.onnx(tmp_path / "t.onnx")), data=str(tmp_path / "d.npz"), budget=10**9)
+    fd = run_clever(cfg, "l2", 0.5, points=20, seeds=1)
+    gr = run_clever(cfg, "l2", 0.5, points=20, seeds=1, gradients="graph")
+    assert gr["gradients"]["source"] == "graph" and fd["gradients"]["source"] == "fd"
+    for a, b in zip(fd["samples"], gr["samples"]):
+        assert b["mean"] == pytest.approx(a["mean"], rel=1e-3)
+        assert b["queries"] < a["queries"]
