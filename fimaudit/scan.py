@@ -339,6 +339,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     directions = np.zeros((n, d), dtype=np.float32) if config.save_direction else None
     learnt = LearntSubspace(d) if method == "deflated" and config.subspace == "learnt" else None
     dct_basis = dct_lowfreq_basis(shape, chosen.r) if method == "deflated" and config.subspace == "dct" else None
+    jacobians = _JacobianBatches(graph, points, to_input)
     if progress:
         progress(0, n, model.queries)
     for i in range(n):
@@ -347,7 +348,8 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         p = probs[i]
         exact_info = None
         if graph is not None:
-            est, check, exact_info = _estimate_graph(graph, oracle, points[i], logp_centre[i], step, rng, config,
+            s_exact = jacobians.get(i, n_classes)
+            est, check, exact_info = _estimate_graph(graph, oracle, points[i], logp_centre[i], step, rng, config, s_exact,
                                                      chosen, dct_basis, learnt, to_input, pre, shape)
         else:
             est, check = _estimate(chosen, oracle, points[i], p, step, rng, config, dct_basis, learnt), None
@@ -486,20 +488,49 @@ def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, t
     return choice, choice.to_dict()
 
 
-# Samples whose exact Jacobians are computed in one batched run of K VJPs each.
+# Exact Jacobians of several samples come from one batched run of K VJPs each, capped in rows
+# and in the float64 numbers held (K x d per sample).
 GRAPH_BATCH_ROWS = 2048
+GRAPH_BATCH_NUMBERS = 16_000_000
 
 
-def _estimate_graph(choice, oracle, x, logp0, step, rng, config: ScanConfig, chosen: Plan, dct_basis, learnt,
-                    to_input, pre: Preprocess, shape) -> tuple[Estimate, "object", dict]:
-    """Exact estimate from the gradient graph at one sample, its certified lower bound and the optional cross-check."""
+class _JacobianBatches:
+    """S (model-input units) for the samples of a scan, computed chunk by chunk over samples (rows path only)."""
+
+    def __init__(self, choice, points: np.ndarray, to_input) -> None:
+        self.choice, self.points, self.to_input = choice, points, to_input
+        self.start, self.block = 0, None
+
+    def get(self, i: int, k: int) -> np.ndarray | None:
+        from .estimators.exact_source import LANCZOS_FROM_CLASSES
+
+        if self.choice is None or k >= LANCZOS_FROM_CLASSES:
+            return None  # Lanczos: S is never formed
+        d = int(np.prod(self.points.shape[1:]))
+        if self.block is None or not (self.start <= i < self.start + len(self.block)):
+            m = max(1, min(GRAPH_BATCH_ROWS // k, GRAPH_BATCH_NUMBERS // (k * d)))
+            rows = self.points[i : i + m]
+            rows = self.to_input(rows) if self.to_input is not None else rows
+            self.start, self.block = i, self.choice.engine.jacobians(np.asarray(rows, dtype=np.float64))[1]
+        return self.block[i - self.start]
+
+
+def _estimate_graph(choice, oracle, x, logp0, step, rng, config: ScanConfig, s_exact, chosen: Plan, dct_basis,
+                    learnt, to_input, pre: Preprocess, shape) -> tuple[Estimate, "object", dict]:
+    """Exact estimate from the gradient graph at one sample, its certified lower bound and the optional cross-check.
+
+    ``s_exact``: this sample's S in model-input units from a batched run over samples, or None.
+    """
     from .estimators.exact_source import exact_from_source
 
     scale = None if to_input is None else pre.jacobian_diag(shape)
     src = choice.at(np.asarray(x).reshape(-1), logp0=logp0, to_input=to_input, input_scale=scale)
+    if s_exact is not None:
+        src.set_jacobian(s_exact)
     p = np.exp(logp0)
     res = exact_from_source(src, p, rng, oracle=oracle, x0=x, h=step.h)
-    info = {"source": "graph", "path": res.path, "products": res.products, "tolerance": res.tolerance,
+    info = {"source": "graph", "path": res.path, "products": res.products if s_exact is None else int(p.size),
+            "batched_over_samples": s_exact is not None, "tolerance": res.tolerance,
             "cross_check": None}
     if config.cross_check:
         bb = _estimate(chosen, oracle, x, p, step, rng, config, dct_basis, learnt)
