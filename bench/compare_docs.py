@@ -30,7 +30,7 @@ def _rho(rep: dict, metric: str, target: str) -> str:
 def reading(rep: dict) -> str:
     t = rep["target"]
     rows = {r["model"]: r for r in rep["rows"]}
-    secs = sum(r["seconds"] for r in rep["rows"])
+    secs = sum(r["timing"]["seconds"] for r in rep["rows"])
     lines = [
         "## Reading",
         "",

@@ -1,7 +1,8 @@
 """Command line: parses options, dispatches to the core, maps exit codes; nothing else.
 
 Exit codes: 0 success (policy or gate passed), 1 a policy check or the ``--fail-above`` gate failed,
-2 bad input or error (one line on stderr, ``fimaudit: error: ...``, never a traceback).
+2 bad input, error or ``--timeout`` elapsed (one line on stderr, ``fimaudit: error: ...``, never a
+traceback), 130/143 interrupted by SIGINT/SIGTERM (one line; no report written, temporary files removed).
 
 Shared options
 --------------
@@ -45,7 +46,6 @@ import inspect
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -63,6 +63,8 @@ from .model.oracle import OUTPUT_KINDS
 from .report import render_json, renderer_for
 from .report.terminal import render_to_console
 from .result import ScanResult
+from .runtime_guard import Interrupted, RunTimeout, guarded_run
+from .runtime_guard import write_atomic as atomic_file
 from .scan import ScanConfig, scan
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
@@ -127,7 +129,7 @@ class SharedOption:
 
 
 OPTIONS: dict[str, SharedOption] = {}
-GROUPS: dict[str, list[str]] = {"graph": [], "run": [], "data": [], "budget": [], "out": []}
+GROUPS: dict[str, list[str]] = {"graph": [], "run": [], "data": [], "budget": [], "out": [], "cluster": []}
 # A group includes the groups listed here (run = graph + its own, data = run + its own).
 _INCLUDES = {"run": ("graph",), "data": ("run",)}
 
@@ -202,6 +204,12 @@ def _floats(flag: str, fallback: float) -> Callable[[str], tuple[float, ...]]:
     return lambda text: parse_floats(text, flag) or (fallback,)
 
 
+def _seconds(value: Optional[float]) -> Optional[float]:
+    if value is not None and not (0 < value < 1e9):
+        raise ConfigError(f"--timeout must be a positive number of seconds, not {value:g}")
+    return value
+
+
 def _optional_str(value: Optional[Path]) -> Optional[str]:
     return None if value is None else str(value)
 
@@ -243,8 +251,17 @@ shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same s
               groups=("data",))
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
               groups=("budget",), parse=_at_least("--budget", 1))
+shared_option("workers", ("--workers",), Optional[int], None,
+              "Spread samples over N local Dask worker processes (needs the distributed extra).",
+              groups=("cluster",), parse=_at_least("--workers", 1), config=False)
+shared_option("scheduler", ("--scheduler",), Optional[str], None,
+              "Spread samples over the Dask cluster at this address (tcp://HOST:PORT).",
+              groups=("cluster",), config=False)
 shared_option("json", ("--json",), Optional[str], None, "Write the JSON result here ('-': stdout).",
               groups=("out",), config=False)
+shared_option("timeout", ("--timeout",), Optional[float], None,
+              "Stop the whole run after SECONDS: one line, exit 2, nothing written.", groups=("out",), config=False,
+              parse=_seconds)
 shared_option("quiet", ("--quiet", "-q"), bool, False, "No progress display or table (errors still go to stderr).",
               groups=("out",), config=False)
 
@@ -273,6 +290,14 @@ class Opts:
         if missing:
             raise TypeError(f"{cls.__name__} lacks shared option fields {missing}")
         return cls(**{**shared, **own})
+
+    def execution(self):
+        """Where per-sample work runs (``--workers``/``--scheduler``), checked; None for this process."""
+        from .distributed import Execution
+
+        ex = Execution(workers=self._values.get("workers"), scheduler=self._values.get("scheduler"))
+        ex.validate()
+        return ex if ex.distributed else None
 
     @property
     def console(self) -> Console:
@@ -303,7 +328,7 @@ def command(name: str, *groups: str, defaults: dict[str, Any] | None = None, exc
                 opts = Opts({o.name: o.parse(raw[o.name]) for o in shared})
                 return fn(opts, **kwargs)
 
-            raise typer.Exit(_run_guarded(body))
+            raise typer.Exit(_run_guarded(body, raw.get("timeout")))
 
         params = own + extra
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -323,38 +348,24 @@ def write_atomic(path: str, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"{path} is a folder; give a file name for the report")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=parent)
+    atomic_file(path, lambda fh: fh.write(text))
+
+
+def _run_guarded(fn: Callable[[], int], timeout: float | None = None) -> int:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report should get the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _run_guarded(fn: Callable[[], int]) -> int:
-    try:
-        return fn()
+        with guarded_run(timeout):  # SIGINT/SIGTERM and --timeout unwind the run; temporary files removed
+            return fn()
+    except Interrupted as exc:
+        sys.stderr.write(f"fimaudit: {exc.message}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:  # a Ctrl-C outside the guarded block
+        sys.stderr.write("fimaudit: interrupted by SIGINT; no report was written\n")
+        return 130
+    except RunTimeout as exc:
+        _err(exc.message)
+        return EXIT_ERROR
     except FimauditError as exc:
         _err(str(exc))
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        _err("interrupted")
         return EXIT_ERROR
     except MemoryError:
         _err("out of memory; lower --max-batch or --budget")
@@ -643,6 +654,43 @@ def compare_cmd(
         from .report.compare import render_compare
 
         render_compare(rep, opts.console)
+    return EXIT_OK
+
+
+def _with_progress(quiet: bool, verb: str, run: Callable[[Any], Any]) -> Any:
+    """``run(progress)`` under a progress bar on stderr (samples done, queries), or ``run(None)`` when quiet."""
+    if quiet:
+        return run(None)
+    with Progress(TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
+                  TextColumn("{task.fields[queries]} queries"), TimeElapsedColumn(), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task(verb, total=None, queries=0)
+        return run(lambda done, total, queries: bar.update(task, completed=done, total=total, queries=queries))
+
+
+@command("certify", "data", "cluster", "out")
+def certify_cmd(
+    opts: Opts,
+    model: Path = typer.Argument(..., help="ONNX classifier to certify.", show_default=False),
+    sigma: float = typer.Option(..., "--sigma", help="Std of the Gaussian noise (in --space units); sets the scale of radii."),
+    n0: int = typer.Option(100, "--n0", help="Noisy queries per sample to select the smoothed prediction."),
+    n: int = typer.Option(100_000, "--n", help="Noisy queries per sample to bound its probability."),
+    alpha: float = typer.Option(0.001, "--alpha", help="Each certificate fails with probability at most alpha."),
+    radii: str = typer.Option("0,0.25,0.5,0.75,1", "--radii", help="Radii at which to report certified accuracy."),
+    space: str = typer.Option("input", "--space", help="Noise and radii per model-input unit (input) or stored-data unit (data)."),
+) -> int:
+    """Certified L2 radius per sample by Gaussian randomized smoothing (Cohen et al. 2019), certified accuracy."""
+    from .certify import CertifyConfig, certify
+    from .report.certify import render_certify
+
+    config = opts.config(CertifyConfig, model=str(model), sigma=sigma, n0=n0, n=n, alpha=alpha,
+                         radii=_floats_list(radii, "--radii"), space=space)
+    config.validate()
+    execution = opts.execution()
+    result = _with_progress(opts.quiet, "certifying", lambda progress: certify(config, progress, execution))
+    _write_json(opts, result.to_dict())
+    if not opts.quiet:
+        render_certify(result, opts.console)
     return EXIT_OK
 
 

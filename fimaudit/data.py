@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import zipfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, DataError
+from .guards import require_memory
+from .safeio import read_npy, read_npz
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """Affine map from stored data x to model input u = (x * scale - mean) / std.
 
-    ``mean`` and ``std`` are scalars or one value per channel (axis 0 of a sample).
+    ``mean`` and ``std`` are scalars or one value per channel; channels lie on ``channel_axis``
+    of a sample (0 for NCHW, 2 for NHWC: see ``fimaudit.model.layout``).
     """
 
     scale: float = 1.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    channel_axis: int = 0
 
     @property
     def is_identity(self) -> bool:
@@ -30,12 +34,15 @@ class Preprocess:
         arr = np.asarray(values, dtype=np.float64)
         if arr.size == 1:
             return arr.reshape(())
-        if not sample_shape or sample_shape[0] != arr.size:
+        axis = self.channel_axis
+        if not 0 <= axis < len(sample_shape) or sample_shape[axis] != arr.size:
             raise ConfigError(
                 f"--mean/--std have {arr.size} values but the model's sample shape {list(sample_shape)} does not have "
-                f"{arr.size} channels on its first axis"
+                f"{arr.size} channels on its channel axis ({axis}; --layout sets it for image inputs)"
             )
-        return arr.reshape((arr.size,) + (1,) * (len(sample_shape) - 1))
+        shape = [1] * len(sample_shape)
+        shape[axis] = arr.size
+        return arr.reshape(shape)
 
     def check(self, sample_shape: tuple[int, ...]) -> None:
         if not np.isfinite(self.scale) or self.scale == 0:
@@ -57,7 +64,7 @@ class Preprocess:
         return np.broadcast_to(self.scale / std, sample_shape).astype(np.float64)
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std), "channel_axis": self.channel_axis}
 
 
 def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -77,6 +84,8 @@ def eval_fraction(token: str) -> float:
     token = token.strip()
     if "/" in token:
         num, den = token.split("/", 1)
+        if float(den) == 0:
+            raise ValueError(token)
         value = float(num) / float(den)
     else:
         value = float(token)
@@ -130,26 +139,22 @@ def load_data(path: str | Path, sample_shape: tuple[int, ...], samples: int | No
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
+    if samples is not None and samples < 1:
+        raise ConfigError("--samples must be >= 1")
     y = None
-    try:
-        if p.suffix.lower() == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                if "x" not in z.files:
-                    raise DataError(f"{p.name} has no array 'x' (it has: {', '.join(z.files) or 'nothing'})")
-                x = z["x"]
-                y = z["y"] if "y" in z.files else None
-        elif p.suffix.lower() == ".npy":
-            x = np.load(p, allow_pickle=False)
-        else:
-            raise DataError(f"{p.name}: data must be a .npy or .npz file")
-    except DataError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DataError(f"{p.name} holds Python objects; only plain numeric arrays are read") from None
-        raise DataError(f"cannot read {p.name}: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {p.name}: corrupt or truncated file ({type(exc).__name__})") from None
+    x_rows = y_rows = 0
+    # Headers are checked and only the first `samples` rows are read (fimaudit.safeio: no zip bombs).
+    if p.suffix.lower() == ".npz":
+        arrays, names = read_npz(p, ("x", "y"), samples)
+        if "x" not in arrays:
+            raise DataError(f"{p.name} has no array 'x' (it has: {', '.join(names) or 'nothing'})")
+        x, x_rows = arrays["x"]
+        if "y" in arrays:
+            y, y_rows = arrays["y"]
+    elif p.suffix.lower() == ".npy":
+        x, x_rows = read_npy(p, samples)
+    else:
+        raise DataError(f"{p.name}: data must be a .npy or .npz file")
     if x.dtype.kind not in _OK_KINDS:
         raise DataError(f"{p.name}: x has dtype {x.dtype}; expected numbers (uint8 pixels or floats)")
     x = _fit_shape(x, sample_shape, f"{p.name}")
@@ -158,18 +163,20 @@ def load_data(path: str | Path, sample_shape: tuple[int, ...], samples: int | No
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise DataError(f"{p.name}: x contains NaN or Inf")
     if y is not None:
-        if y.dtype.kind not in "ui" or y.ndim != 1 or y.shape[0] != x.shape[0]:
+        if y.dtype.kind not in "ui" or y.ndim != 1 or y_rows != x_rows:
             raise DataError(
-                f"{p.name}: y must be integer class labels, one per sample (got dtype {y.dtype}, shape {list(y.shape)})"
+                f"{p.name}: y must be integer class labels, one per sample (got dtype {y.dtype}, {y_rows} labels for "
+                f"{x_rows} samples)"
             )
         if np.any(y < 0):
             raise DataError(f"{p.name}: y has negative labels")
-    if samples is not None:
-        if samples < 1:
-            raise ConfigError("--samples must be >= 1")
-        x = x[:samples]
-        y = y[:samples] if y is not None else None
     return Dataset(x=x, y=None if y is None else y.astype(np.int64), source=str(p))
+
+
+def check_labels(y: np.ndarray, n_classes: int, source: str) -> None:
+    """Labels must name one of the model's classes."""
+    if y.size and int(y.max()) >= n_classes:
+        raise ConfigError(f"labels in {source} go up to {int(y.max())} but the model has {n_classes} classes")
 
 
 def synthetic_data(
@@ -177,5 +184,7 @@ def synthetic_data(
 ) -> Dataset:
     """Uniform inputs in ``input_range`` (model-input units). Not representative of real data."""
     lo, hi = input_range
+    require_memory(3 * 8 * n * math.prod(sample_shape), f"{n} synthetic samples of shape {list(sample_shape)}",
+                   "; lower --samples")
     x = rng.uniform(lo, hi, size=(n,) + tuple(sample_shape))
     return Dataset(x=x, y=None, source="synthetic", synthetic=True)

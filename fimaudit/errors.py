@@ -35,3 +35,7 @@ class ConfigError(FimauditError):
 
 class ModelOutputError(FimauditError):
     """The model produced NaN/Inf or outputs that do not match the declared kind."""
+
+
+class ResourceError(FimauditError):
+    """The input declares more memory or time than the run may use; refused before work starts."""

@@ -15,8 +15,9 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, load_data
+from .data import Preprocess, check_labels
 from .errors import ConfigError
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
 from .model import LogProbOracle, detect_output_kind, load_model
@@ -51,16 +52,29 @@ class AttackConfig:
     output_kind: str = "auto"
     max_batch: int = 256
     threads: int = 0
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def data_options(self) -> DataOptions:
+        return DataOptions(self.layout, self.resize, self.channels, self.preset)
 
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray):
+
+def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0,
+                   labels=None, source: str = ""):
     shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
     pre.check(shape)
     to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     probe = LogProbOracle(model, "logits", to_input)
     kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
+    if labels is not None:
+        if model.n_classes is None:
+            probe.raw(x_attack[:1])
+        check_labels(labels, int(model.n_classes), source)
     return LogProbOracle(model, kind, to_input), kind
 
 
@@ -69,11 +83,13 @@ def load_attack_inputs(cfg: AttackConfig):
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    ds, pre = prep.dataset, prep.pre
     if ds.y is None:
-        raise ConfigError(f"{cfg.data} has no labels 'y': attacks and robust accuracy need labels")
-    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+        raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
+    x = np.asarray(ds.x, dtype=np.float64) * pre.scale
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+                                  ds.y, ds.source)
     return model, oracle, kind, x, ds.y
 
 
@@ -172,7 +188,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "gradients": gradients,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }
 
 
@@ -307,13 +323,13 @@ def compare_models(
             val = model_validity(spec, samples=samples, seed=seed, kl_star=kl_star)
             validities.append(val)
             row["validity_spearman"] = val["spearman"]["value"]
-        row["seconds"] = time.perf_counter() - t0
+        row["timing"] = {"seconds": time.perf_counter() - t0}
         rows.append(row)
         if progress:
             progress(row["model"])
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
-    metrics = [k for k in rows[0] if k not in ("model", "seconds", "validity_spearman")]
+    metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman")]
     rng = np.random.default_rng(seed)
     by_target = {}
     for tgt in targets:
@@ -391,5 +407,5 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries)},
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 def _clean(value: Any) -> Any:
@@ -135,9 +135,11 @@ class Summary:
             "accuracy": _clean(self.accuracy),
             "queries_total": self.queries_total,
             "calibration_queries": self.calibration_queries,
-            "seconds": _clean(self.seconds),
-            "runtime_fraction": _clean(self.runtime_fraction),
         }
+
+    def timing_dict(self) -> dict:
+        """Wall-clock fields, kept apart from the results so that equal seeds give equal results."""
+        return {"seconds": _clean(self.seconds), "runtime_fraction": _clean(self.runtime_fraction)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Summary":
@@ -181,6 +183,7 @@ class ScanResult:
             "samples": [s.to_dict() for s in self.samples],
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
+            "timing": self.summary.timing_dict(),
         }
 
     @classmethod
@@ -195,7 +198,8 @@ class ScanResult:
             units=d.get("units", {}),
             finite_differences=d.get("finite_differences", {}),
             samples=tuple(SampleResult.from_dict(s) for s in d["samples"]),
-            summary=Summary.from_dict(d["summary"]),
+            # Reports before schema 1.1 kept the wall-clock fields inside the summary.
+            summary=Summary.from_dict({**d["summary"], **(d.get("timing") or {})}),
             notes=tuple(d.get("notes", ())),
             bound=d.get("bound"),
             schema_version=version,

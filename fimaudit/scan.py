@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import __version__
-from .data import Preprocess, load_data, synthetic_data
+from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
 from .estimators.core import PROBES, Estimate, exact, sketch
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
@@ -21,6 +21,7 @@ from .estimators.power import power_fixed, power_fresh
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch
 from .estimators.fd import choose_step, input_scale
 from .estimators.lower import fd_lower_estimate
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .model import OUTPUT_KINDS, LogProbOracle, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
 from .result import SampleResult, ScanResult, Stats, Summary
@@ -70,6 +71,10 @@ class ScanConfig:
     trace_budget: int = 0
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -268,14 +273,16 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     )
     shape = model.sample_shape
     d = model.d
-    pre = Preprocess(config.scale, tuple(config.mean), tuple(config.std))
-    pre.check(shape)
-    notes: list[str] = list(model.info.notes)
+    prepared = prepare(
+        model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
+        tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset),
+    )
+    pre = prepared.pre
+    notes: list[str] = list(model.info.notes) + list(prepared.notes)
     rng_data = np.random.default_rng([config.seed, 1])
 
-    if config.data is not None:
-        n_default = config.samples or DEFAULT_SAMPLES_DATA
-        dataset = load_data(config.data, shape, n_default)
+    if prepared.dataset is not None:
+        dataset = prepared.dataset
         total_available = dataset.x.shape[0]
         if config.samples is None:
             notes.append(f"scanned the first {total_available} samples (set --samples to change)")
@@ -316,8 +323,8 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
     probs = np.exp(logp_centre)
     predicted = np.argmax(logp_centre, axis=1)
     n_classes = int(logp_centre.shape[1])
-    if dataset.y is not None and np.any(dataset.y >= n_classes):
-        raise ConfigError(f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {n_classes} classes")
+    if dataset.y is not None:
+        check_labels(dataset.y, n_classes, dataset.source)
 
     chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     method, k = chosen.method, chosen.k
@@ -421,18 +428,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         "ir_version": info.ir_version,
         "opsets": info.opsets,
     }
-    if config.space == "data" and not pre.is_identity:
-        units = {
-            "space": "data",
-            "description": "per stored-data unit: perturbations of the data as stored, before --scale/--mean/--std "
-            "(F_data = D F_input D with D = scale/std)",
-        }
-    else:
-        units = {
-            "space": "input",
-            "description": "per model-input unit: perturbations of the tensor the model receives"
-            + ("" if pre.is_identity else " (after --scale/--mean/--std)"),
-        }
+    units = _units(config.space, pre, prepared.images, config.preset)
     bound = _bound_summary(model, config, pre, shape) if config.bounds else None
     if bound is not None and bound.get("fim_upper"):
         lam = summary.lambda_max
@@ -460,6 +456,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         if errs:
             cfg["cross_check"] = {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
                                   "max_relative_error": float(np.max(errs))}
+    cfg["preprocess"] = prepared.config
     return ScanResult(
         model=model_dict,
         runtime=_runtime(model),
@@ -482,10 +479,11 @@ def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, t
     rows = to_input(points[:2]) if to_input is not None else points[:2]
     choice = build_gradient_source(model, kind, config.gradients, rows, np.random.default_rng([config.seed, 5]),
                                    threads=config.threads)
+    record = {k: v for k, v in choice.to_dict().items() if k != "build_seconds"}  # same seed, same report
     if choice.source != "graph":
         notes.append(f"gradients: finite differences (black-box), because the {choice.reason}")
-        return None, choice.to_dict()
-    return choice, choice.to_dict()
+        return None, record
+    return choice, record
 
 
 # Exact Jacobians of several samples come from one batched run of K VJPs each, capped in rows
@@ -538,6 +536,21 @@ def _estimate_graph(choice, oracle, x, logp0, step, rng, config: ScanConfig, s_e
         info["cross_check"] = {"method": bb.method, "lambda_max": bb.lambda_max, "queries": bb.queries,
                                "relative_error": abs(bb.lambda_max - lam) / lam if lam > 0 else None}
     return res.estimate, res.lower, info
+def _units(space: str, pre: Preprocess, images: bool, preset: str | None) -> dict:
+    """What one unit of perturbation means in this report (MATH §1: F_data = D F_input D)."""
+    how = f"--preset {preset}" if preset is not None else "--scale/--mean/--std"
+    if space == "data" and not pre.is_identity:
+        stored = "per pixel-value unit (0-255 pixels as decoded from the images" if images else \
+            "per stored-data unit (the data as stored"
+        return {
+            "space": "data",
+            "description": f"{stored}, before {how}; F_data = D F_input D with D = scale/std)",
+        }
+    return {
+        "space": "input",
+        "description": "per model-input unit: perturbations of the tensor the model receives"
+        + ("" if pre.is_identity else f" (after {how})"),
+    }
 
 
 def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_basis, learnt) -> Estimate:
@@ -565,28 +578,13 @@ def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_bas
 
 def _save_directions(path: str, directions: np.ndarray) -> None:
     """Write the per-sample worst directions (unit, estimation space) as .npy, atomically."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    target = Path(path)
-    if target.suffix != ".npy":
+    from .runtime_guard import write_atomic
+
+    if Path(path).suffix != ".npy":
         raise ConfigError("--save-direction must name a .npy file")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".npy", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, directions)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
 
 
 def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int, ...]) -> dict:

@@ -30,10 +30,13 @@ BAD = {
     "input_range": ("1,0", "--input-range"),
     "seed": ("one", "--seed"),
     "budget": ("many", "--budget"),
+    "workers": ("0", "--workers"),
+    "scheduler": (" ", "--scheduler"),
     "json": None,
+    "timeout": ("-3", "--timeout"),
     "quiet": None,
 }
-NOT_INTEGERS = {"samples": "abc", "max_batch": "1.5", "threads": "x"}  # typer's own parse errors
+NOT_INTEGERS = {"samples": "abc", "max_batch": "1.5", "threads": "x", "workers": "two"}  # typer's own parse errors
 
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 
@@ -56,7 +59,8 @@ def _base(cmd: str, model, data) -> list[str]:
     models = [str(model), str(model)] if cmd == "compare" else [str(model)]
     extra = ["--data", str(data)] if "data" in _takes(cmd) else []
     quiet = ["-q"] if "quiet" in _takes(cmd) else []
-    return [cmd, *models, *extra, *quiet]
+    required = ["--sigma", "0.5"] if cmd == "certify" else []
+    return [cmd, *models, *extra, *quiet, *required]
 
 
 def assert_one_line(res, needle: str) -> None:
@@ -128,6 +132,12 @@ COMMAND_OWN = [
     ("clever", ["--points", "many"], "--points"),
     ("compare", ["--eps-linf", "x"], "--eps-linf"),
     ("bounds", ["--ops", "x"], "x"),
+    ("certify", ["--sigma", "0"], "--sigma"),
+    ("certify", ["--n", "5"], "too small to certify"),
+    ("certify", ["--alpha", "0.9"], "--alpha"),
+    ("certify", ["--radii", "0,-1"], "--radii"),
+    ("certify", ["--space", "pixels"], "--space"),
+    ("certify", ["--workers", "2", "--scheduler", "tcp://h:1"], "not both"),
 ]
 
 

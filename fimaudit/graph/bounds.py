@@ -44,6 +44,9 @@ PASS_THROUGH = {
     "Clip", "Softplus", "Softsign", "Abs", "Neg", "Slice", "Split", "GlobalMaxPool", "ReduceMax", "Pad",
     "Max", "Min",
 }
+# Operations whose constant inputs enter a norm: NaN/Inf there makes the bound meaningless (and
+# LAPACK fails on it), so the bound is refused. Masks such as -inf in an Add are left alone.
+WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "BatchNormalization", "Mul", "Div", "LayerNormalization", "Gather"}
 SLOPES = {"Sigmoid": 0.25, "Erf": ERF_SLOPE, "HardSwish": HARDSWISH_SLOPE}
 
 
@@ -99,6 +102,10 @@ class BoundResult:
             "ops": [o.to_dict() for o in self.ops],
             "notes": list(self.notes),
         }
+
+
+def _non_finite(c: np.ndarray | None) -> bool:
+    return c is not None and c.dtype.kind in "fc" and not bool(np.all(np.isfinite(c)))
 
 
 def _num(x: float | None) -> float | None:
@@ -204,6 +211,10 @@ class _Propagator:
         if node.domain not in ("", "ai.onnx"):
             return self._unbounded(node, f"operator '{node.domain}:{op}' has no known Lipschitz constant")
         var = g.var_inputs(node)
+        if op in WEIGHT_OPS:
+            bad = [i for i in node.inputs if i and not g.is_var(i) and _non_finite(g.consts.get(i))]
+            if bad:
+                return self._unbounded(node, f"{op} '{node.name}' has NaN or Inf in its weights ('{bad[0]}')")
         if op in PASS_THROUGH:
             if op in ("Max", "Min") and len(var) > 1:
                 return self._set(node, max(self.lip(v) for v in var), "elementwise max/min of inputs", 1.0)
@@ -330,6 +341,11 @@ class _Propagator:
             return self._unbounded(node, f"Conv '{node.name}' without constant weights")
         if shape is None or len(shape) != 4 or w.ndim != 4:
             return self._unbounded(node, f"Conv '{node.name}': only 2-D convolutions with known input shape are bounded")
+        groups = int(node.attrs.get("group", 1))
+        if min(shape) < 1 or min(w.shape) < 1 or groups < 1 or shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+            return self._unbounded(
+                node, f"Conv '{node.name}': input shape {list(shape)} does not fit weights {list(w.shape)} (group {groups})"
+            )
         w = w.astype(np.float64)
         how_extra = ""
         consumers = g.consumers.get(node.outputs[0], [])
@@ -344,7 +360,6 @@ class _Propagator:
         strides = tuple(node.attrs.get("strides", [1, 1]))
         dil = tuple(node.attrs.get("dilations", [1, 1]))
         pads = _conv_pads(node, shape[2:], (kh, kw), strides, dil)
-        groups = int(node.attrs.get("group", 1))
         exact, check = conv_operator_norm(w, tuple(shape[1:]), strides, pads, dil, groups)
         how = f"{conv_norm_method(w, tuple(shape[1:]), strides, pads, dil)}, check {check:.4g}{how_extra}"
         self._set(node, exact * self.lip(x), how, exact)
@@ -354,7 +369,10 @@ class _Propagator:
         if any(v is None for v in c):
             return None
         gamma, _beta, _mean, var = (v.astype(np.float64) for v in c)
-        return gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+        denom = var + float(bn.attrs.get("epsilon", 1e-5))
+        if not (np.all(np.isfinite(denom)) and np.all(denom > 0) and np.all(np.isfinite(gamma))):
+            return None  # negative or NaN variance, NaN/Inf scale: no constant (the rule says why)
+        return gamma / np.sqrt(denom)
 
     def _batchnorm(self, node: Node) -> None:
         if node.name in self.folded_bn:
@@ -554,7 +572,7 @@ def detect_blocks(g: OpGraph, prop: _Propagator) -> list[Block]:
         var = g.var_inputs(node)
         node = g.producer.get(var[0]) if var else None
     dense = [h for h in head if h.op in ("Gemm", "MatMul")]
-    if dense:
+    if dense and g.var_inputs(head[-1]):
         first = head[-1]
         blocks.append(Block("head", "mlp-head", ratio(head[0].inputs[0] if head[0].op in ("Softmax", "LogSoftmax") else head[0].outputs[0], g.var_inputs(first)[0]),
                             tuple(h.name for h in reversed(head)), f"{len(dense)} dense layers"))

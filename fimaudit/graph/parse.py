@@ -73,6 +73,33 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
+def _outer_refs(graph: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads from the enclosing scope (used but not defined inside it)."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    used: list[str] = []
+    for n in graph.node:
+        for name in list(n.input) + [r for a in n.attribute for g in _subgraphs(a) for r in _outer_refs(g)]:
+            if name and name not in defined and name not in used:
+                used.append(name)
+        defined.update(n.output)
+    return used
+
+
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    if attr.type == onnx.AttributeProto.GRAPHS:
+        return list(attr.graphs)
+    return []
+
+
+def _node_inputs(n: onnx.NodeProto) -> tuple[str, ...]:
+    """A node's inputs plus the outer tensors its subgraphs (If/Loop/Scan bodies) read implicitly,
+    so that dependence on the model input is not lost inside control flow."""
+    extra = [r for a in n.attribute for g in _subgraphs(a) for r in _outer_refs(g) if r not in n.input]
+    return tuple(n.input) + tuple(dict.fromkeys(extra))
+
+
 def _fold_constant(node: Node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> list:
     """Evaluate the few constant ops that export pipelines leave behind; None when unknown."""
     ins = [consts.get(i) for i in node.inputs]
@@ -160,7 +187,7 @@ def parse(
     for init in model.graph.initializer:
         consts[init.name] = numpy_helper.to_array(init)
     nodes = [
-        Node(i, n.name or f"{n.op_type}_{i}", n.op_type, n.domain or "", tuple(n.input), tuple(n.output), _attrs(n))
+        Node(i, n.name or f"{n.op_type}_{i}", n.op_type, n.domain or "", _node_inputs(n), tuple(n.output), _attrs(n))
         for i, n in enumerate(model.graph.node)
     ]
     shapes = _infer_shapes(model, input_name, sample_shape)

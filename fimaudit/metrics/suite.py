@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..data import load_data
 from ..errors import ConfigError
 from ..evidence import _attack_oracle
+from ..images import DEFAULT_RESIZE, DataOptions, prepare
+from ..model.layout import Layout
 from ..model import load_model
 from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from .performance import performance, shift_robustness
@@ -38,18 +39,25 @@ class MetricsConfig:
     output_kind: str = "auto"
     max_batch: int = 256
     threads: int = 0
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
 
 
 def run_metrics(cfg: MetricsConfig) -> dict:
     t0 = time.perf_counter()
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
                        device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    ds = load_data(cfg.data, model.sample_shape, cfg.samples)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
+                   DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
+    ds, pre = prep.dataset, prep.pre
     if ds.y is None:
-        raise ConfigError(f"{cfg.data} has no labels 'y': the metric suite needs labels")
-    x = np.asarray(ds.x, dtype=np.float64) * cfg.scale  # attack/corruption space, e.g. [0, 1]
+        raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
+    x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, cfg.scale, cfg.mean, cfg.std, cfg.output_kind, x)
+    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+                                  y, ds.source)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
@@ -75,7 +83,7 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         for name in CORRUPTIONS:
             corr[name] = {"0": clean["accuracy"]}
             for sev in SEVERITIES:
-                perf = performance(oracle.logp(corrupt(x, name, sev, rng)), y)
+                perf = performance(oracle.logp(_corrupt_images(x, name, sev, rng, prep.layout)), y)
                 corr[name][str(sev)] = perf["accuracy"]
                 shifts.append(shift_robustness(clean, perf))
         for key in ("accuracy_gap", "relative_accuracy", "relative_confidence", "uncertainty_shift"):
@@ -100,5 +108,15 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
-        "seconds": time.perf_counter() - t0,
+        "timing": {"seconds": time.perf_counter() - t0},
     }
+
+
+def _corrupt_images(x: np.ndarray, name: str, severity: int, rng: np.random.Generator, layout: Layout) -> np.ndarray:
+    """Corruptions act on the last two axes: move NHWC channels out of the way, unflatten square grey inputs."""
+    if layout.name == "nhwc":
+        return corrupt(x.transpose(0, 3, 1, 2), name, severity, rng).transpose(0, 2, 3, 1)
+    if layout.name == "flat" and layout.height is not None:
+        grey = x.reshape(len(x), 1, layout.height, layout.width)
+        return corrupt(grey, name, severity, rng).reshape(x.shape)
+    return corrupt(x, name, severity, rng)

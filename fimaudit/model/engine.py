@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from ..errors import ModelOutputError
+from .gpu import BoundRunner, device_plan
 from .loader import ModelInfo
 from .session import translate_ort_error
 
@@ -22,18 +23,29 @@ class Model:
     def __init__(
         self, session, info: ModelInfo, *, provider: str, input_dtype, max_batch: int = 256, proto=None
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+        if max_batch < 0:
+            raise ValueError("max_batch must be >= 1, or 0 for automatic")
         self._session = session
         self.info = info
         self.provider = provider
         self._dtype = np.dtype(input_dtype)
         self.input_dtype = self._dtype.type
-        self.max_batch = int(max_batch) if info.fixed_batch is None else int(info.fixed_batch)
+        # On CUDA the batch follows free device memory and rows go through I/O binding (model/gpu.py).
+        self.requested_batch = int(max_batch)
+        self.device_plan = device_plan(provider, int(max_batch), proto, info.sample_shape)
+        self.max_batch = self.device_plan.batch if info.fixed_batch is None else int(info.fixed_batch)
+        self._bound = None
+        if self.device_plan.binding is not None:
+            self.bind_io(self.device_plan.binding)
         self.queries = 0
         self.run_seconds = 0.0  # wall time inside onnxruntime's run
         self.n_classes: int | None = None
         self.proto = proto  # the validated onnx.ModelProto (external data loaded), for graph analysis
+
+    def bind_io(self, device: str) -> None:
+        """Run through I/O binding on ``device`` (automatic on CUDA; "cpu" exercises it in tests)."""
+        self._bound = BoundRunner(self._session, self.info.input.name, self.info.output.name, self._dtype,
+                                  self.sample_shape, self.max_batch, device)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -61,7 +73,10 @@ class Model:
             feed = {self.info.input.name: np.ascontiguousarray(chunk, dtype=self._dtype)}
             t0 = time.perf_counter()
             try:
-                (out,) = self._session.run([self.info.output.name], feed)
+                if self._bound is not None:
+                    out = self._bound.run(feed[self.info.input.name])
+                else:
+                    (out,) = self._session.run([self.info.output.name], feed)
             except Exception as exc:
                 raise ModelOutputError(f"onnxruntime failed while running the model: {translate_ort_error(exc)}") from None
             self.run_seconds += time.perf_counter() - t0

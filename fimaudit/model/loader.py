@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelLoadError, UnsupportedModelError
+from ..guards import check_declared_tensors, check_model_file
 from .session import create_session
 
 # Data types introduced after IR 8, with the IR version that introduced them.
@@ -111,9 +112,12 @@ def _read_model(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder, not an ONNX file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a regular file")
     size = path.stat().st_size
     if size == 0:
         raise ModelLoadError(f"{path} is empty")
+    check_model_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types on garbage
@@ -169,11 +173,17 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> list[str]:
                 f"refusing external data '{location}' (tensor '{tensor.name}'): it points outside the model's folder"
             )
         if not target.is_file():
-            raise ModelLoadError(f"external data file '{location}' for tensor '{tensor.name}' is missing next to the model")
-        offset = int(info.get("offset", "0") or 0)
-        length = info.get("length")
+            raise ModelLoadError(
+                f"external data file '{location}' for tensor '{tensor.name}' is missing next to the model or not a "
+                "regular file"
+            )
+        try:
+            offset = int(info.get("offset", "0") or 0)
+            length = None if info.get("length") is None else int(info["length"])
+        except ValueError:
+            raise ModelLoadError(f"tensor '{tensor.name}' has a non-numeric external data offset or length") from None
         fsize = target.stat().st_size
-        if offset < 0 or offset > fsize or (length is not None and offset + int(length) > fsize):
+        if offset < 0 or offset > fsize or (length is not None and (length < 0 or offset + length > fsize)):
             raise ModelLoadError(f"external data '{location}' is shorter than tensor '{tensor.name}' needs (truncated file?)")
         files.add(location)
     if external:
@@ -270,7 +280,10 @@ def _resolve_sample_shape(
     if len(shape) == 0:
         raise UnsupportedModelError(f"input '{spec.name}' is a scalar; fimaudit needs a batch of samples")
     batch_dim, rest = shape[0], shape[1:]
-    fixed_batch = batch_dim if isinstance(batch_dim, int) else None
+    # Some exporters write a dynamic batch as dim_value -1 or 0: only a positive size is fixed.
+    fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+    # A per-sample dimension of 0 or less is no size at all; treat it as unknown (asks for --input-shape).
+    rest = tuple(d if not isinstance(d, int) or d > 0 else None for d in rest)
     if fixed_batch is not None and fixed_batch > 1:
         notes.append(f"the model has a fixed batch of {fixed_batch}; queries are padded to it")
     if override is not None:
@@ -288,7 +301,7 @@ def _resolve_sample_shape(
     unknown = [i for i, d in enumerate(rest) if not isinstance(d, int)]
     if unknown:
         raise UnsupportedModelError(
-            f"input '{spec.name}' has unknown dimensions {_fmt_shape(shape)}; give the per-sample shape with "
+            f"input '{spec.name}' has unknown or non-positive dimensions {_fmt_shape(shape)}; give the per-sample shape with "
             "--input-shape, e.g. --input-shape " + ",".join(str(d) if isinstance(d, int) else "N" for d in rest)
         )
     return tuple(int(d) for d in rest), fixed_batch, notes
@@ -324,6 +337,7 @@ def load_model(
     model = _read_model(p)
     digest = sha256_file(p)
     notes: list[str] = []
+    check_declared_tensors(_all_tensors(model), p)  # before external data or weights are read
     ext_files = _load_external_data(model, p)
     if ext_files:
         notes.append(f"external data read from {', '.join(ext_files)}")

@@ -84,6 +84,11 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
+    pp = cfg.get("preprocess")
+    if pp:
+        lay = pp.get("layout") or {}
+        facts.insert(4, ("preprocess", f"{pp.get('how')}; layout {str(lay.get('name', '?')).upper()} "
+                                       f"({lay.get('evidence', '')})"))
     b = result.bound
     if b is not None:
         if b.get("fim_upper") is not None:

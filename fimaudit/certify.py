@@ -1,0 +1,477 @@
+"""Certified L2 radii by Gaussian randomized smoothing (Cohen, Rosenfeld & Kolter 2019, CERTIFY).
+
+The smoothed classifier g(x) = argmax_c P(f(x + σε) = c), ε ~ N(0, I), is robust within
+radius σ·Φ⁻¹(p_A) around x whenever the top class has probability p_A > 1/2. CERTIFY picks
+the candidate class from n0 noisy queries, then bounds p_A from below with n fresh queries
+(one-sided Clopper-Pearson at level α) and abstains when the bound is ≤ 1/2. With
+probability at least 1 − α over the noise, a returned radius is a true certificate.
+
+``certify(CertifyConfig(...))`` is the Python API behind ``fimaudit certify``; it never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import beta, norm
+
+from .data import Preprocess, load_data, synthetic_data
+from .errors import ConfigError
+from .model import load_model
+from .model.engine import Model
+from .result import Stats, _clean
+
+SCHEMA_VERSION = "1.0"
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+SPACES = ("input", "data")
+DEFAULT_SAMPLES_DATA = 100
+DEFAULT_SAMPLES_SYNTHETIC = 16
+# A noise chunk holds at most this many float64 values, so 10^5 draws at 224x224x3 never sit
+# in memory at once; results do not depend on it (the Generator's stream is chunk-invariant).
+NOISE_VALUES = 1 << 22
+SEED_TAG = 5  # per-sample Generator seed is [seed, SEED_TAG, index]; scan uses tags 1..4
+
+ProgressFn = Callable[[int, int, int], None]  # (samples done, samples total, queries so far)
+
+
+# --------------------------------------------------------------------------- the statistics
+def lower_confidence_bound(n_a: Any, n: Any, alpha: float) -> np.ndarray:
+    """One-sided (1 − α) Clopper-Pearson lower bound on a binomial proportion; 0 where ``n_a`` is 0.
+
+    Vectorised over ``n_a`` and ``n``: P(p ≥ bound) ≥ 1 − α for every true p.
+    """
+    n_a = np.asarray(n_a, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(alpha, n_a, n - n_a + 1)
+    return np.where(n_a > 0, bound, 0.0)
+
+
+def radius_from_counts(n_a: Any, n: Any, sigma: float, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(p_A lower bound, radius, abstain)`` from the estimation counts; vectorised.
+
+    The radius is σ·Φ⁻¹(p_A lower) and NaN where the certificate abstains (bound ≤ 1/2).
+    """
+    p_lower = lower_confidence_bound(n_a, n, alpha)
+    abstain = p_lower <= 0.5
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.where(abstain, np.nan, sigma * norm.ppf(np.where(abstain, 0.75, p_lower)))
+    return p_lower, radius, abstain
+
+
+def class_counts(
+    classify: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    sigma: float,
+    num: int,
+    n_classes: int,
+    rng: np.random.Generator,
+    chunk: int,
+) -> np.ndarray:
+    """Counts of the base classifier's classes at ``num`` points x + σε, drawn ``chunk`` rows at a time."""
+    counts = np.zeros(n_classes, dtype=np.int64)
+    # float32 in place: the rows go to a float32 model anyway, and float64 temporaries would
+    # cost more than the draws themselves.
+    x32, s32 = np.asarray(x, dtype=np.float32), np.float32(sigma)
+    done = 0
+    while done < num:
+        rows = min(chunk, num - done)
+        noisy = rng.standard_normal((rows,) + x.shape, dtype=np.float32)
+        noisy *= s32
+        noisy += x32
+        classes = classify(noisy)
+        counts += np.bincount(classes, minlength=n_classes)[:n_classes]
+        done += rows
+    return counts
+
+
+def noise_chunk(d: int) -> int:
+    """Rows per noise draw: bounded memory whatever the input size."""
+    return max(1, NOISE_VALUES // max(d, 1))
+
+
+@dataclass(frozen=True)
+class CertifiedSample:
+    """One sample's certificate. ``prediction`` and ``radius`` are None when CERTIFY abstains."""
+
+    index: int
+    label: int | None
+    base_prediction: int  # the base classifier at the clean point
+    selected: int  # the smoothed classifier's candidate class from the n0 selection draws
+    prediction: int | None
+    abstain: bool
+    n_a: int  # estimation draws that landed on the selected class
+    p_a_lower: float
+    radius: float | None
+    queries: int
+
+    @property
+    def correct(self) -> bool | None:
+        """Smoothed prediction equals the label (an abstention is never correct)."""
+        if self.label is None:
+            return None
+        return (not self.abstain) and self.prediction == self.label
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self) | {"correct": self.correct})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CertifiedSample":
+        return cls(
+            index=int(d["index"]),
+            label=None if d.get("label") is None else int(d["label"]),
+            base_prediction=int(d["base_prediction"]),
+            selected=int(d["selected"]),
+            prediction=None if d.get("prediction") is None else int(d["prediction"]),
+            abstain=bool(d["abstain"]),
+            n_a=int(d["n_a"]),
+            p_a_lower=float(d["p_a_lower"]),
+            radius=None if d.get("radius") is None else float(d["radius"]),
+            queries=int(d["queries"]),
+        )
+
+
+@dataclass(frozen=True)
+class SmoothingJob:
+    """What certifying a sample needs besides the model: picklable, so a Dask worker can run it.
+
+    ``preprocess`` maps estimation-space rows (stored data) to model input; None when the
+    points already are model input.
+    """
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    seed: int
+    preprocess: Preprocess | None = None
+
+    def __call__(
+        self, model: Model, indices: Sequence[int], points: np.ndarray, labels: Sequence[int | None]
+    ) -> list[CertifiedSample]:
+        """Certify ``points[j]`` (sample ``indices[j]``); each sample draws from its own Generator."""
+        shape = model.sample_shape
+        to_input = (lambda rows: rows) if self.preprocess is None else (lambda rows: self.preprocess.apply(rows, shape))
+
+        def classify(rows: np.ndarray) -> np.ndarray:
+            return np.argmax(model.run(to_input(rows)), axis=1)
+
+        chunk = noise_chunk(model.d)
+        out = []
+        for idx, x, label in zip(indices, points, labels):
+            before = model.queries
+            base = int(classify(x[None])[0])
+            n_classes = int(model.n_classes)
+            rng = np.random.default_rng([self.seed, SEED_TAG, int(idx)])
+            selection = class_counts(classify, x, self.sigma, self.n0, n_classes, rng, chunk)
+            selected = int(np.argmax(selection))
+            counts = class_counts(classify, x, self.sigma, self.n, n_classes, rng, chunk)
+            n_a = int(counts[selected])
+            p_lower, radius, abstain = radius_from_counts(n_a, self.n, self.sigma, self.alpha)
+            abstained = bool(abstain)
+            out.append(
+                CertifiedSample(
+                    index=int(idx),
+                    label=None if label is None else int(label),
+                    base_prediction=base,
+                    selected=selected,
+                    prediction=None if abstained else selected,
+                    abstain=abstained,
+                    n_a=n_a,
+                    p_a_lower=float(p_lower),
+                    radius=None if abstained else float(radius),
+                    queries=model.queries - before,
+                )
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- the result
+@dataclass(frozen=True)
+class RadiusRow:
+    """Certified accuracy at one radius: share of samples certified correct with radius ≥ r."""
+
+    radius: float
+    accuracy: float | None  # None without labels
+    certified: float  # share certified (any class) with radius >= r
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self))
+
+
+def certified_rows(samples: Sequence[CertifiedSample], radii: Sequence[float]) -> tuple[RadiusRow, ...]:
+    """Cohen et al.'s certified accuracy (and the label-free certified share) at each radius."""
+    n = len(samples)
+    labelled = n > 0 and all(s.label is not None for s in samples)
+    rows = []
+    for r in radii:
+        ok = [s for s in samples if not s.abstain and s.radius is not None and s.radius >= r]
+        acc = sum(1 for s in ok if s.prediction == s.label) / n if labelled else None
+        rows.append(RadiusRow(float(r), acc, len(ok) / n if n else 0.0))
+    return tuple(rows)
+
+
+@dataclass(frozen=True)
+class CertifySummary:
+    certified_accuracy: tuple[RadiusRow, ...]
+    radius: Stats  # over the samples that were certified
+    abstain_rate: float
+    clean_accuracy: float | None  # base classifier at the clean points
+    smoothed_accuracy: float | None  # smoothed prediction right (abstentions count as wrong)
+    queries_total: int
+    seconds: float
+    runtime_fraction: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "certified_accuracy": [r.to_dict() for r in self.certified_accuracy],
+            "radius": self.radius.to_dict(),
+            "abstain_rate": _clean(self.abstain_rate),
+            "clean_accuracy": _clean(self.clean_accuracy),
+            "smoothed_accuracy": _clean(self.smoothed_accuracy),
+            "queries_total": self.queries_total,
+            "seconds": _clean(self.seconds),
+            "runtime_fraction": _clean(self.runtime_fraction),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CertifySummary":
+        return cls(
+            certified_accuracy=tuple(
+                RadiusRow(float(r["radius"]), r.get("accuracy"), float(r["certified"])) for r in d["certified_accuracy"]
+            ),
+            radius=Stats.from_dict(d["radius"]),
+            abstain_rate=float(d["abstain_rate"]),
+            clean_accuracy=d.get("clean_accuracy"),
+            smoothed_accuracy=d.get("smoothed_accuracy"),
+            queries_total=int(d["queries_total"]),
+            seconds=float(d.get("seconds") or 0.0),
+            runtime_fraction=d.get("runtime_fraction"),
+        )
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """Everything ``certify`` learnt. ``execution`` says how it ran (workers, providers), not what it found."""
+
+    model: dict
+    runtime: dict
+    config: dict
+    units: dict
+    samples: tuple[CertifiedSample, ...]
+    summary: CertifySummary
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    execution: dict = field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
+    kind: str = "certify"
+
+    def certified_accuracy(self, radius: float) -> float | None:
+        """Certified accuracy at any radius (not only the listed ones); None without labels."""
+        return certified_rows(self.samples, [radius])[0].accuracy
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "schema_version": self.schema_version,
+            "model": _clean(self.model),
+            "runtime": _clean(self.runtime),
+            "config": _clean(self.config),
+            "units": _clean(self.units),
+            "samples": [s.to_dict() for s in self.samples],
+            "summary": self.summary.to_dict(),
+            "notes": list(self.notes),
+            "execution": _clean(self.execution),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CertifyResult":
+        version = str(d.get("schema_version", ""))
+        if d.get("kind") != "certify" or version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"not a certify report of schema_version {SCHEMA_VERSION} (kind {d.get('kind')!r}, "
+                             f"schema_version {version!r})")
+        return cls(
+            model=d["model"],
+            runtime=d["runtime"],
+            config=d["config"],
+            units=d.get("units", {}),
+            samples=tuple(CertifiedSample.from_dict(s) for s in d["samples"]),
+            summary=CertifySummary.from_dict(d["summary"]),
+            notes=tuple(d.get("notes", ())),
+            execution=d.get("execution", {}),
+            schema_version=version,
+        )
+
+
+# --------------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class CertifyConfig:
+    """Every option of a certification; recorded in the report's ``config``."""
+
+    model: str
+    data: str | None = None
+    samples: int | None = None
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    radii: tuple[float, ...] = DEFAULT_RADII
+    seed: int = 0
+    device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    space: str = "input"
+    input_range: tuple[float, float] = (0.0, 1.0)
+    max_batch: int = 256  # 0: automatic (from free memory on a GPU)
+    threads: int = 0
+    output_kind: str = "auto"  # recorded only: the argmax is the same for logits and (log-)probabilities
+
+    def validate(self) -> None:
+        if not (np.isfinite(self.sigma) and self.sigma > 0):
+            raise ConfigError("--sigma must be a positive number (the noise standard deviation)")
+        if self.n0 < 1 or self.n < 1:
+            raise ConfigError("--n0 and --n must be >= 1")
+        if not (0 < self.alpha < 0.5):
+            raise ConfigError("--alpha must be in (0, 0.5): the certificate fails with probability at most alpha")
+        if not self.radii or any(not (np.isfinite(r) and r >= 0) for r in self.radii):
+            raise ConfigError("--radii must be nonnegative numbers separated by commas")
+        if self.space not in SPACES:
+            raise ConfigError(f"--space must be input or data, not '{self.space}'")
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError("--samples must be >= 1")
+        if self.max_batch < 0:
+            raise ConfigError("--max-batch must be >= 1")
+        if self.data is None and self.space == "data":
+            raise ConfigError("--space data needs --data: synthetic inputs are drawn in model-input units")
+        # The smallest certifiable radius needs p_A lower > 1/2: n all-correct draws give alpha^(1/n).
+        if self.alpha ** (1.0 / self.n) <= 0.5:
+            raise ConfigError(
+                f"--n {self.n} is too small to certify anything at --alpha {self.alpha:g} (need n > log2(1/alpha))"
+            )
+
+
+def _runtime(provider: str) -> dict:
+    import platform
+
+    import onnx
+    import onnxruntime
+    import scipy
+
+    from . import __version__
+
+    return {
+        "provider": provider,
+        "fimaudit": __version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution=None) -> CertifyResult:
+    """Certify each sample. ``execution`` (``fimaudit.distributed.Execution``) spreads samples over
+    Dask workers; the result is the same as in one process apart from timing and ``execution``.
+    Raises ``FimauditError`` subclasses for bad input (one-line messages).
+    """
+    from .distributed import run_per_sample
+
+    t_start = time.perf_counter()
+    config.validate()
+    model = load_model(
+        config.model,
+        input_name=config.input_name,
+        output_name=config.output_name,
+        input_shape=config.input_shape,
+        device=config.device,
+        max_batch=config.max_batch,
+        threads=config.threads,
+    )
+    shape = model.sample_shape
+    pre = Preprocess(config.scale, tuple(config.mean), tuple(config.std))
+    pre.check(shape)
+    notes: list[str] = list(model.info.notes)
+    if config.data is not None:
+        dataset = load_data(config.data, shape, config.samples or DEFAULT_SAMPLES_DATA)
+        if config.samples is None:
+            notes.append(f"certified the first {dataset.x.shape[0]} samples (set --samples to change)")
+        data_space = config.space == "data"
+        points = np.asarray(dataset.x, dtype=np.float64) if data_space else pre.apply(dataset.x, shape)
+        job_pre = pre if data_space else None
+    else:
+        if not pre.is_identity:
+            notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
+        rng_data = np.random.default_rng([config.seed, 1])
+        dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
+        points, job_pre = dataset.x, None
+        notes.append(
+            "NOT REPRESENTATIVE: no --data given, so samples are synthetic uniform inputs in "
+            f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
+        )
+    n_samples = points.shape[0]
+    labels = [None] * n_samples if dataset.y is None else [int(v) for v in dataset.y]
+    # One query up front learns the class count, so bad labels fail before any long run.
+    model.run(points[:1] if job_pre is None else job_pre.apply(points[:1], shape))
+    setup_queries = model.queries
+    if dataset.y is not None and int(dataset.y.max()) >= model.n_classes:
+        raise ConfigError(
+            f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {model.n_classes} classes"
+        )
+    job = SmoothingJob(config.sigma, config.n0, config.n, config.alpha, config.seed, job_pre)
+    samples, run_info = run_per_sample(job, model, points, labels, execution=execution, progress=progress,
+                                       device=config.device, threads=config.threads)
+    samples = tuple(samples)
+    seconds = time.perf_counter() - t_start
+    labelled = dataset.y is not None
+    summary = CertifySummary(
+        certified_accuracy=certified_rows(samples, config.radii),
+        radius=Stats.of([s.radius for s in samples if s.radius is not None]),
+        abstain_rate=float(np.mean([s.abstain for s in samples])),
+        clean_accuracy=float(np.mean([s.base_prediction == s.label for s in samples])) if labelled else None,
+        smoothed_accuracy=float(np.mean([bool(s.correct) for s in samples])) if labelled else None,
+        queries_total=setup_queries + int(sum(s.queries for s in samples)),
+        seconds=seconds,
+        runtime_fraction=run_info["run_seconds"] / seconds if seconds > 0 else None,
+    )
+    if summary.abstain_rate > 0.5:
+        notes.append(
+            f"the smoothed classifier abstained on {100 * summary.abstain_rate:.0f}% of the samples: sigma "
+            f"{config.sigma:g} may be too large for this model, or --n too small for --alpha"
+        )
+    info = model.info
+    units_space = "data" if job_pre is not None and not pre.is_identity else "input"
+    if units_space == "data":
+        units = {"space": "data", "description": "L2 radius per stored-data unit: noise and radius in the data as "
+                 "stored, before --scale/--mean/--std"}
+    else:
+        units = {"space": "input", "description": "L2 radius per model-input unit: noise added to the tensor the "
+                 "model receives" + ("" if pre.is_identity else " (after --scale/--mean/--std)")}
+    cfg = asdict(config)
+    cfg["samples_certified"] = n_samples
+    cfg["data_source"] = dataset.source
+    cfg["noise_chunk_rows"] = noise_chunk(model.d)
+    return CertifyResult(
+        model={
+            "path": info.path,
+            "sha256": info.sha256,
+            "input": info.input.to_dict() | {"sample_shape": list(shape), "d": model.d},
+            "output": info.output.to_dict() | {"classes": model.n_classes},
+            "ir_version": info.ir_version,
+            "opsets": info.opsets,
+        },
+        runtime=_runtime(run_info["provider"]),
+        config=cfg,
+        units=units,
+        samples=samples,
+        summary=summary,
+        notes=tuple(notes),
+        execution=run_info["execution"],
+    )

@@ -1,0 +1,73 @@
+"""Terminal rendering of a certification: certified accuracy per radius, then the facts to read it.
+
+    Certified L2 robustness (Gaussian smoothing, sigma = 0.25, input units)
+    ┏━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━┓
+    ┃ radius ┃ certified accuracy ┃ certified ┃
+    ┡━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━┩
+    │      0 │              80.0% │     90.0% │
+    │   0.25 │              60.0% │     70.0% │
+    └────────┴────────────────────┴───────────┘
+"""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.table import Table
+
+from ..certify import CertifyResult
+from .terminal import _fmt
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def render_certify(result: CertifyResult, console: Console) -> None:
+    s, cfg, m = result.summary, result.config, result.model
+    title = (f"Certified L2 robustness (Gaussian smoothing, sigma = {cfg['sigma']:g}, "
+             f"{result.units.get('space', 'input')} units)")
+    console.print(title, style="bold", soft_wrap=True)
+    table = Table()
+    for col in ("radius", "certified accuracy", "certified"):
+        table.add_column(col, justify="right")
+    for row in s.certified_accuracy:
+        table.add_row(_fmt(row.radius), _pct(row.accuracy), _pct(row.certified))
+    console.print(table)
+    ex = result.execution
+    where = "this process"
+    if ex.get("mode") == "dask":
+        where = f"{ex.get('workers')} Dask workers ({ex.get('scheduler')}), {ex.get('chunks')} chunks"
+    facts = [
+        ("model", f"{m['path']}  (sha256 {m['sha256'][:12]}…)"),
+        ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
+        ("samples", f"{len(result.samples)} from {cfg.get('data_source')}"),
+        ("certify", f"n0 = {cfg['n0']} selection and n = {cfg['n']} estimation draws per sample, alpha = {cfg['alpha']:g} "
+                    "(one-sided Clopper-Pearson)"),
+        ("radius", f"median {_fmt(s.radius.median)}, max {_fmt(s.radius.max)} over {s.radius.count} certified; "
+                   f"abstained on {_pct(s.abstain_rate)}"),
+        ("accuracy", f"clean {_pct(s.clean_accuracy)}, smoothed {_pct(s.smoothed_accuracy)} (abstentions count as wrong)"),
+        ("queries", f"{s.queries_total} total"),
+        ("provider", str(result.runtime.get("provider"))),
+        ("ran on", where),
+        ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else
+                                          f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
+        ("units", result.units.get("description", "")),
+    ]
+    facts_table = Table(show_header=False, box=None, pad_edge=False)
+    facts_table.add_column(style="bold")
+    facts_table.add_column()
+    for k, v in facts:
+        facts_table.add_row(k, v)
+    console.print(facts_table)
+    for note in result.notes:
+        console.print(f"note: {note}", style="bold yellow" if note.startswith("NOT REPRESENTATIVE") else "yellow",
+                      soft_wrap=True)
+
+
+def render_certify_text(result: CertifyResult) -> str:
+    """Plain-text rendering (no colour)."""
+    buf = io.StringIO()
+    render_certify(result, Console(file=buf, width=110, color_system=None, force_terminal=False))
+    return buf.getvalue()

@@ -1,0 +1,139 @@
+"""Dask scale-out: the merged report equals the single-process one; a killed worker loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+from fimaudit.certify import CertifyConfig, certify
+from fimaudit.distributed import Execution, run_per_sample
+from fimaudit.errors import ConfigError
+from fimaudit.model import load_model
+
+from . import builders as B
+
+distributed = pytest.importorskip("distributed")
+
+VOLATILE = ("seconds", "runtime_fraction", "execution")
+
+
+def strip_volatile(d):
+    if isinstance(d, dict):
+        return {k: strip_volatile(v) for k, v in d.items() if k not in VOLATILE}
+    if isinstance(d, list):
+        return [strip_volatile(v) for v in d]
+    return d
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-thread worker processes, shared by the tests here (starting one costs seconds)."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+    ) as c, distributed.Client(c) as client:
+        yield c, client
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    rng = np.random.default_rng(1)
+    params = B.random_mlp(rng, d=12, hidden=8, k=3, gain=2.0)
+    model = B.save(B.mlp_model(*params, sample_shape=(12,)), tmp / "mlp.onnx")
+    x = rng.uniform(0, 255, size=(7, 12)).astype(np.float32)
+    np.savez(tmp / "d.npz", x=x, y=rng.integers(0, 3, size=7))
+    return model, tmp / "d.npz"
+
+
+def test_cluster_report_equals_single_process_report(setup, cluster):
+    model, data = setup
+    cfg = CertifyConfig(model=str(model), data=str(data), sigma=0.5, n0=20, n=500, scale=1 / 255, space="data")
+    local = certify(cfg)
+    seen = []
+    remote = certify(cfg, progress=lambda done, total, q: seen.append((done, total, q)),
+                     execution=Execution(scheduler=cluster[0].scheduler_address, chunk=2))
+    assert strip_volatile(remote.to_dict()) == strip_volatile(local.to_dict())
+    ex = remote.execution
+    assert ex["mode"] == "dask" and ex["chunks"] == 4 and ex["samples_per_chunk"] == 2
+    assert sum(w["samples"] for w in ex["per_worker"]) == 7
+    assert all(w["provider"] == "CPUExecutionProvider" for w in ex["per_worker"])
+    # progress comes from completed chunks and ends with every sample and query
+    assert seen[0][0] == 0 and seen[-1][:2] == (7, 7)
+    assert seen[-1][2] == remote.summary.queries_total - 1  # all but the client's one set-up query
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)
+
+
+def test_each_worker_opens_the_session_once(setup, cluster):
+    model, data = setup
+    m = load_model(str(model))
+    from fimaudit.certify import SmoothingJob
+
+    before = cluster[1].run(lambda: __import__("fimaudit.distributed").distributed.SESSIONS_OPENED[0])
+    points = np.random.default_rng(0).uniform(size=(6, 12))
+    run_per_sample(SmoothingJob(0.3, 5, 40, 0.01, 0), m, points, [None] * 6,
+                   execution=Execution(scheduler=cluster[0].scheduler_address, chunk=1))
+    after = cluster[1].run(lambda: __import__("fimaudit.distributed").distributed.SESSIONS_OPENED[0])
+    # six chunks, at most one new session per worker (none when an earlier test opened it)
+    assert all(after[w] - before.get(w, 0) <= 1 for w in after)
+
+
+def test_killed_worker_chunks_are_retried_without_loss_or_duplication(setup, cluster):
+    model, _ = setup
+    c, client = cluster
+    m = load_model(str(model))
+    from fimaudit.certify import SmoothingJob
+
+    n = 8
+    points = np.random.default_rng(2).uniform(size=(n, 12))
+    job = SmoothingJob(0.3, 10, 30_000, 0.01, 4)  # a few hundred ms per sample, so chunks are in flight
+    expected, _ = run_per_sample(job, m, points, list(range(n)))
+    killed = []
+
+    def kill_a_busy_worker(done: int, total: int, queries: int) -> None:
+        if killed or done == 0:
+            return
+        busy = [w for w, keys in client.processing().items() if keys]
+        if busy:
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    got, info = run_per_sample(job, m, points, list(range(n)), progress=kill_a_busy_worker,
+                               execution=Execution(scheduler=c.scheduler_address, chunk=1))
+    assert killed, "no worker was busy when the first chunk finished"
+    assert [s.index for s in got] == list(range(n))
+    assert got == expected
+    assert sum(w["samples"] for w in info["execution"]["per_worker"]) == n
+    client.wait_for_workers(2, timeout=30)  # the nanny restarts it for the next test
+
+
+def test_without_dask_the_flags_give_one_clear_line(monkeypatch, setup):
+    model, data = setup
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'fimaudit\[distributed\]'"):
+        certify(CertifyConfig(model=str(model), data=str(data), n=100), execution=Execution(workers=2))
+
+
+@pytest.mark.parametrize(
+    "execution, match",
+    [
+        (Execution(workers=2, scheduler="tcp://x:1"), "not both"),
+        (Execution(workers=0), "--workers must be >= 1"),
+        (Execution(scheduler=" "), "--scheduler needs an address"),
+    ],
+)
+def test_bad_execution_options(execution, match):
+    with pytest.raises(ConfigError, match=match):
+        execution.validate()
+
+
+def test_unreachable_scheduler_is_one_line(setup, monkeypatch):
+    model, data = setup
+    monkeypatch.setattr("fimaudit.distributed.CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
+        certify(CertifyConfig(model=str(model), data=str(data), n=100),
+                execution=Execution(scheduler="tcp://127.0.0.1:9"))
