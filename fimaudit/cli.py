@@ -506,6 +506,10 @@ def attack_cmd(
     grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
     loss: str = typer.Option("ce", "--loss", help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
     restarts: int = typer.Option(1, "--restarts", help="White-box runs per sample (the first from x, then random starts)."),
+    min_distance: bool = typer.Option(
+        False, "--min-distance", help="White-box: also each sample's smallest adversarial L2 and L-inf distance found "
+        "(binary search over eps with APGD).",
+    ),
 ) -> int:
     """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
@@ -513,7 +517,8 @@ def attack_cmd(
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
-                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts)
+                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts,
+                      min_distance=min_distance)
     rep = run_attack(cfg)
     _write_json(opts, rep)
     if not opts.quiet:
@@ -537,6 +542,9 @@ def attack_cmd(
                                    f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
             for w in sanity.get("warnings", []):
                 opts.console.print(f"warning (eps {r['eps']:g}): {w}", style="yellow", soft_wrap=True)
+        for norm, m in (rep.get("minimal_distance") or {}).items():
+            opts.console.print(f"smallest adversarial {norm} distance found: median {m['median']:.4g}"
+                               if m["median"] is not None else f"no adversarial {norm} point found")
     return EXIT_OK
 
 

@@ -45,6 +45,7 @@ class AttackConfig:
     loss: str = "ce"  # white-box attacks: ce | dlr
     restarts: int = 1  # white-box attacks: random restarts after the first run
     gradients: str = "auto"  # white-box attacks: where exact gradients come from (auto | graph)
+    min_distance: bool = False  # white-box attacks: also each sample's smallest adversarial L2 and L-inf distance
     device: str = "auto"
     input_name: str | None = None
     output_name: str | None = None
@@ -176,11 +177,24 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         })
         if progress:
             progress(k + 1, len(cfg.eps))
+    minimal = None
+    if cfg.min_distance:
+        if cfg.attack not in WHITEBOX:
+            raise ConfigError("--min-distance needs a white-box attack (--attack apgd or pgd-wb)")
+        from .attacks import minimal_distance
+
+        minimal = {}
+        for norm in ("l2", "linf"):
+            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, np.random.default_rng([cfg.seed, 9]),
+                                       steps=cfg.steps or 30, loss=cfg.loss)
+            finite = dist[np.isfinite(dist) & (dist > 0)]
+            minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
     return {
         "schema_version": "1.0",
         "kind": "attack",
+        "minimal_distance": minimal,
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
                   "sample_shape": list(model.sample_shape)},
         "runtime": {"provider": model.provider},

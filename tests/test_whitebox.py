@@ -135,3 +135,24 @@ def test_clever_from_the_graph_matches_finite_differences(tmp_path):
     for a, b in zip(fd["samples"], gr["samples"]):
         assert b["mean"] == pytest.approx(a["mean"], rel=1e-3)
         assert b["queries"] < a["queries"]
+
+
+def test_attack_cli_min_distance(two_class, tmp_path):
+    import json
+
+    from .test_bad_input import assert_one_line_error, run_cli
+
+    oracle, x, y, d2, dinf = two_class
+    rng = np.random.default_rng(21)
+    path = N.Net((20,), [("dense", rng.standard_normal((2, 20)), rng.standard_normal(2) * 0.1)]).onnx(tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=x.astype(np.float32), y=y)
+    out = tmp_path / "a.json"
+    res = run_cli("attack", str(path), "--data", str(tmp_path / "d.npz"), "--attack", "apgd", "--eps", "0.05",
+                  "--input-range", "-50,50", "--min-distance", "--json", str(out))
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads(out.read_text())
+    np.testing.assert_allclose(rep["minimal_distance"]["l2"]["per_sample"], d2, rtol=1e-2)
+    np.testing.assert_allclose(rep["minimal_distance"]["linf"]["per_sample"], dinf, rtol=1e-2)
+    assert rep["gradients"]["source"] == "graph" and "smallest adversarial l2 distance" in res.stdout
+    assert_one_line_error(run_cli("attack", str(path), "--data", str(tmp_path / "d.npz"), "--attack", "square",
+                                  "--input-range", "-50,50", "--min-distance"), "white-box")
