@@ -66,5 +66,24 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+
+def markdown(path: str = str(ROOT / "bench/results/validity.json")) -> str:
+    """The table of docs/validity.md from a saved run."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    lines = ["| group | model | n | Spearman ρ [95% CI] | median dist / r | λ_max from | distances from | s |",
+             "|---|---|---:|---|---:|---|---|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['group']} | {r['model']} | - | error: {r['error']} | | | | |")
+            continue
+        sp = r["spearman"]
+        cell = "-" if sp["value"] is None else f"{sp['value']:+.2f}" + (
+            f" [{sp['ci'][0]:+.2f}, {sp['ci'][1]:+.2f}]" if sp["ci"] else "")
+        ratio = r["median_distance_over_radius"]
+        lines.append(f"| {r['group']} | {r['model']} | {sp['n']} | {cell} | {'-' if ratio is None else f'{ratio:.3g}'} | "
+                     f"{r['lambda_method']} ({r['lambda_gradients']}) | {r['distance_gradients']} | {r['seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     main()

@@ -454,7 +454,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         errs = [s.exact["cross_check"]["relative_error"] for s in samples
                 if s.exact and s.exact.get("cross_check") and s.exact["cross_check"].get("relative_error") is not None]
         if errs:
-            cfg["cross_check"] = {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
+            cfg["cross_check_result"] = {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
                                   "max_relative_error": float(np.max(errs))}
     cfg["preprocess"] = prepared.config
     return ScanResult(

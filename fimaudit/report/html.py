@@ -70,7 +70,7 @@ def render_html(result: ScanResult) -> str:
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
         ("dither", _dither_text(cfg.get("dither_used"))),
-        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check"))),
+        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check_result"))),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
     ]

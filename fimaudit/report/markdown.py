@@ -19,7 +19,7 @@ def render_markdown(result: ScanResult) -> str:
         f"- method: {cfg.get('method_used')}, budget {cfg.get('budget')} queries per sample, seed {cfg.get('seed')}",
         f"- units: {result.units.get('description', '')}",
         f"- dither: {_dither_text(cfg.get('dither_used'))}",
-        f"- gradients: {_gradients_text(cfg.get('gradients_used'), cfg.get('cross_check'))}",
+        f"- gradients: {_gradients_text(cfg.get('gradients_used'), cfg.get('cross_check_result'))}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
         f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
         "",

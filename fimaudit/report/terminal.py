@@ -79,7 +79,7 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
         ("dither", _dither_text(cfg.get("dither_used"))),
-        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check"))),
+        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check_result"))),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
