@@ -388,7 +388,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
                 trace=trace,
                 trace_se=trace_se,
                 trace_ci=trace_ci,
-                trace_method=trace_how if chosen.method != "exact" and graph is None else "exact",
+                trace_method=_trace_method(chosen, graph, exact_info, trace_how),
                 lower_bound=check.value if check is not None and check.certified else None,
                 lower_estimate=check.value if check is not None and not check.certified else None,
                 lower_check=None if check is None else check.to_dict(),
@@ -468,6 +468,13 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         summary=summary,
         notes=tuple(notes),
     )
+
+
+def _trace_method(chosen: Plan, graph, exact_info: dict | None, trace_how: str) -> str:
+    """How the trace was obtained: exact (all of S), Hutchinson over VJPs (Lanczos path) or from the probes."""
+    if graph is not None:
+        return "exact" if exact_info and exact_info["path"] == "rows" else "hutchinson-rademacher (VJP probes)"
+    return "exact" if chosen.method == "exact" else trace_how
 
 
 def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, to_input, notes: list[str]):

@@ -80,5 +80,6 @@ def test_scan_with_the_gradient_graph_matches_the_closed_form(tmp_path, k):
         assert s.lambda_max == pytest.approx(B.lam_max(f), rel=1e-4)
         assert s.lower_bound <= B.lam_max(f) and s.exact["path"] == ("rows" if k < 64 else "lanczos")
         assert s.exact["batched_over_samples"] is (k < 64)
+        assert s.trace_method == ("exact" if k < 64 else "hutchinson-rademacher (VJP probes)")
         ratio = s.exact["cross_check"]["relative_error"]
         assert ratio == pytest.approx(abs(s.exact["cross_check"]["lambda_max"] - s.lambda_max) / s.lambda_max)
