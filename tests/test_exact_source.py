@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,28 @@ def test_scan_with_the_gradient_graph_matches_the_closed_form(tmp_path, k):
         assert s.trace_method == ("exact" if k < 64 else "hutchinson-rademacher (VJP probes)")
         ratio = s.exact["cross_check"]["relative_error"]
         assert ratio == pytest.approx(abs(s.exact["cross_check"]["lambda_max"] - s.lambda_max) / s.lambda_max)
+
+
+def test_graph_scan_report_round_trips_and_renders(tmp_path):
+    import json
+
+    import jsonschema
+
+    import fimaudit
+    from fimaudit.report.html import render_html
+    from fimaudit.report.markdown import render_markdown
+    from fimaudit.report.terminal import render_text
+    from fimaudit.result import ScanResult
+
+    rng = np.random.default_rng(6)
+    net = _linear(rng, 4, 12)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(0, 1, size=(3, 12)).astype(np.float32))
+    res = fimaudit.scan(net.onnx(tmp_path / "l.onnx"), tmp_path / "d.npz", gradients="auto", cross_check=True)
+    d = res.to_dict()
+    jsonschema.validate(json.loads(json.dumps(d)), json.loads(
+        (Path(fimaudit.__file__).parent / "report" / "scan.schema.json").read_text()))
+    back = ScanResult.from_dict(d)
+    assert back.to_dict() == d
+    for text in (render_text(back), render_markdown(back), render_html(back)):
+        assert "gradient graph (self-check passed" in text and "certified lower bound" in text
+        assert "black-box exact against it" in text
