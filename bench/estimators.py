@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from fimaudit.data import Preprocess, load_data
-from fimaudit.estimators.core import exact, probe_directions, sketch
+from fimaudit.estimators.core import exact
 from fimaudit.estimators.fd import choose_step, input_scale, jvp
-from fimaudit.estimators.power import power_fixed, power_fresh
-from fimaudit.estimators.subspace import LearntSubspace, dct_lowfreq_basis, deflated_sketch
+from fimaudit.estimators.power import fresh_probes, power_fixed, power_fresh
+from fimaudit.estimators.probes import probe_directions
+from fimaudit.estimators.source import FiniteDifferences
+from fimaudit.estimators.subspace import LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
 from fimaudit.model import LogProbOracle, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +54,14 @@ def run_one(name, oracle, x, p, h, budget, rng, learnt: LearntSubspace, dct_cach
     k = room // 2
     d = int(np.prod(oracle.sample_shape))
     if name == "sketch-gaussian":
-        return sketch(oracle, x, p, h, k, rng, probes="gaussian", check_lower_bound=False).lambda_max
+        return sketch(FiniteDifferences(oracle, x, h, logp0=np.log(p)), k, rng, probes="gaussian", check_lower_bound=False).lambda_max
     if name == "sketch-orthogonal":
-        return sketch(oracle, x, p, h, k, rng, probes="orthogonal", check_lower_bound=False).lambda_max
+        return sketch(FiniteDifferences(oracle, x, h, logp0=np.log(p)), k, rng, probes="orthogonal", check_lower_bound=False).lambda_max
     if name == "power-fixed":
-        return power_fixed(oracle, x, p, h, k, rng, probes="gaussian", check_lower_bound=False).lambda_max
+        return power_fixed(FiniteDifferences(oracle, x, h, logp0=np.log(p)), k, rng, probes="gaussian", check_lower_bound=False).lambda_max
     if name == "power-fresh":
-        return power_fresh(oracle, x, p, h, room, rng).lambda_max
+        source = FiniteDifferences(oracle, x, h, logp0=np.log(p), rng=rng, vjp_probes=fresh_probes(room))
+        return power_fresh(source, room, rng).lambda_max
     if name in ("deflated-dct", "deflated-learnt"):
         r = min(d, room // 4)
         if name == "deflated-dct":
@@ -66,7 +69,7 @@ def run_one(name, oracle, x, p, h, budget, rng, learnt: LearntSubspace, dct_cach
         else:
             q = learnt.basis(r)
         kk = (room - 2 * q.shape[0]) // 2
-        return deflated_sketch(oracle, x, p, h, q, kk, rng, probes="orthogonal", check_lower_bound=False).lambda_max
+        return deflated_sketch(FiniteDifferences(oracle, x, h, logp0=np.log(p)), q, kk, rng, probes="orthogonal", check_lower_bound=False).lambda_max
     if name == "max-random-rayleigh":
         return max_random_rayleigh(oracle, x, p, h, k, rng)
     raise ValueError(name)
@@ -101,7 +104,7 @@ def main() -> None:
         step = choose_step(oracle, pts[0], input_scale(pts), np.random.default_rng(0),
                            max_step=args.dither / 3 if args.dither > 0 else None)
         t0 = time.perf_counter()
-        refs = [exact(oracle, pts[i], probs[i], step.h) for i in range(len(pts))]
+        refs = [exact(FiniteDifferences(oracle, pts[i], step.h, logp0=np.log(probs[i]))) for i in range(len(pts))]
         exact_s = (time.perf_counter() - t0) / len(pts)
         lam_ref = np.array([r.lambda_max for r in refs])
         ratio_tr_d = float(np.median([r.trace / d / r.lambda_max for r in refs if r.lambda_max > 0]))

@@ -15,12 +15,16 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, check_labels
+from .attack_space import attack_oracle
+from .data import Preprocess
 from .errors import ConfigError
+from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
-from .model import LogProbOracle, detect_output_kind, load_model
+from .metrics.suite import MetricsConfig, run_metrics
+from .model import load_model
+from .scan import ScanConfig, scan
 
 DEFAULT_TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -59,38 +63,18 @@ class AttackConfig:
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
-    def data_options(self) -> DataOptions:
-        return DataOptions(self.layout, self.resize, self.channels, self.preset)
-
-
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0,
-                   labels=None, source: str = ""):
-    shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
-    pre.check(shape)
-    to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
-    probe = LogProbOracle(model, "logits", to_input)
-    kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
-    if labels is not None:
-        if model.n_classes is None:
-            probe.raw(x_attack[:1])
-        check_labels(labels, int(model.n_classes), source)
-    return LogProbOracle(model, kind, to_input), kind
-
 
 def load_attack_inputs(cfg: AttackConfig):
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale
-    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
-                                  ds.y, ds.source)
+    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
     return model, oracle, kind, x, ds.y
 
 
@@ -125,7 +109,7 @@ def gradient_oracle(model, oracle, kind: str, mean, std, x: np.ndarray, mode: st
     return GradientOracle(oracle, vjp_at), choice.to_dict()
 
 
-def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> AttackResult:
     """Attack every sample at every eps; returns the JSON-ready report.
 
     White-box attacks (pgd-wb, apgd) take exact gradients from the gradient graph and also run
@@ -191,19 +175,17 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
-    return {
-        "schema_version": "1.0",
-        "kind": "attack",
+    return AttackResult.of({
+        "gradients": gradients,
         "minimal_distance": minimal,
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
                   "sample_shape": list(model.sample_shape)},
         "runtime": {"provider": model.provider},
         "config": cfg_d,
-        "gradients": gradients,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })
 
 
 # --------------------------------------------------------------------------- compare
@@ -261,13 +243,53 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     out = validity(lam, dist, np.random.default_rng([seed, 8]), KL_STAR if kl_star is None else kl_star)
     out.update({
         "model": spec.name or spec.path,
-        "lambda_method": res.config["method_used"],
-        "lambda_gradients": res.config["gradients_used"]["source"],
+        "lambda_method": res.run.method_used,
+        "lambda_gradients": res.run.gradients["source"],
         "distance_gradients": "graph" if record is not None and record.get("source") == "graph" else "fd",
-        "dither": res.config["dither_used"].get("sigma"),
+        "dither": (res.run.dither or {}).get("sigma"),
         "units": "attack units (data x --scale), L2",
     })
     return out
+
+
+def compare_row(
+    spec: ModelSpec, *, samples: int, eps_linf: float, eps_l2: float, budget: int, clever_points: int,
+    clever_samples: int, seed: int, tau: float, with_metrics: bool, metric_samples: int, common: dict,
+) -> dict:
+    """One model's row of the comparison (a function of the model alone, so models can run on Dask workers)."""
+    t0 = time.perf_counter()
+    res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                          scale=spec.scale, mean=spec.mean, std=spec.std, **common))
+    row = {
+        "model": spec.name or spec.path,
+        "clean_accuracy": res.summary.accuracy,
+        "lambda_median": res.summary.lambda_max.median,
+        "lambda_p90": res.summary.lambda_max.p90,
+        "trace_median": res.summary.trace.median,
+        "fim_upper": (res.bound or {}).get("fim_upper"),
+    }
+    base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                        scale=spec.scale, mean=spec.mean, std=spec.std, **common)
+    for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
+        rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
+                                         "taus": (tau,)}))
+        r = rep["results"][0]
+        row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
+        row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
+    model, oracle, _, x, y = load_attack_inputs(base)
+    n_batches = max(2, clever_points // 5)
+    scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
+                     batch_size=5).score for i in range(min(clever_samples, len(x)))]
+    row["clever_l2_median"] = float(np.median(scores))
+    if with_metrics:
+        met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
+                                        mean=spec.mean, std=spec.std, seed=seed,
+                                        **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
+        for k, v in met.items():
+            if k not in ("accuracy", "layers"):
+                row[k] = v
+    row["timing"] = {"seconds": time.perf_counter() - t0}
+    return row
 
 
 def compare_models(
@@ -285,62 +307,35 @@ def compare_models(
     with_metrics: bool = True,
     metric_samples: int = 300,
     options: dict | None = None,
+    execution=None,
     with_validity: bool = False,
     kl_star: float | None = None,
 ) -> dict:
     """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs).
 
     ``options``: fields shared by every model's scan, attack and metric configs (device, input_name, ...).
-    ``with_validity``: also each model's per-sample validity (``model_validity``): Spearman rho of the
-    FIM-predicted radius with the minimal adversarial L2 distance.
+    ``execution`` (``fimaudit.distributed.Execution``) runs the models' rows on Dask workers.
     """
-    from .scan import ScanConfig, scan
-
     common = dict(options or {})
-    rows = []
-    validities: list[dict] = []
-    for spec in specs:
-        t0 = time.perf_counter()
-        res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std, **common))
-        row = {
-            "model": spec.name or spec.path,
-            "clean_accuracy": res.summary.accuracy,
-            "lambda_median": res.summary.lambda_max.median,
-            "lambda_p90": res.summary.lambda_max.p90,
-            "trace_median": res.summary.trace.median,
-            "fim_upper": (res.bound or {}).get("fim_upper"),
-        }
-        base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                            scale=spec.scale, mean=spec.mean, std=spec.std, **common)
-        for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
-            rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
-                                             "taus": (tau,)}))
-            r = rep["results"][0]
-            row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
-            row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
-        model, oracle, _, x, y = load_attack_inputs(base)
-        n_batches = max(2, clever_points // 5)
-        scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
-                         batch_size=5).score for i in range(min(clever_samples, len(x)))]
-        row["clever_l2_median"] = float(np.median(scores))
-        if with_metrics:
-            from .metrics.suite import MetricsConfig, run_metrics
+    kwargs = dict(samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget, clever_points=clever_points,
+                  clever_samples=clever_samples, seed=seed, tau=tau, with_metrics=with_metrics,
+                  metric_samples=metric_samples, common=common)
+    if execution is not None:
+        from .distributed import run_per_model
 
-            met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
-                                            mean=spec.mean, std=spec.std, seed=seed,
-                                            **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
-            for k, v in met.items():
-                if k not in ("accuracy", "layers"):
-                    row[k] = v
-        if with_validity:
+        rows = run_per_model(compare_row, specs, kwargs, execution, progress)
+    else:
+        rows = []
+        for spec in specs:
+            rows.append(compare_row(spec, **kwargs))
+            if progress:
+                progress(rows[-1]["model"])
+    validities = []
+    if with_validity:  # per model: rho of the FIM-predicted radius with the minimal adversarial distance
+        for spec, row in zip(specs, rows):
             val = model_validity(spec, samples=samples, seed=seed, kl_star=kl_star)
             validities.append(val)
             row["validity_spearman"] = val["spearman"]["value"]
-        row["timing"] = {"seconds": time.perf_counter() - t0}
-        rows.append(row)
-        if progress:
-            progress(row["model"])
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
     metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman")]
@@ -354,11 +349,11 @@ def compare_models(
             pairs = [(r[m], r[tgt]) for r in rows if r.get(m) is not None and r.get(tgt) is not None]
             corr[m] = correlate(np.array(pairs, dtype=float), rng, boot) if len(pairs) >= 3 else None
         by_target[tgt] = corr
-    return {"schema_version": "1.0", "kind": "compare", "target": target, "rows": rows,
+    return CompareResult.of({"target": target, "rows": rows,
             "correlations": by_target[target], "correlations_by_target": by_target,
             "validity": validities or None,
             "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
-                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}}
+                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}})
 
 
 def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, level: float = 0.95) -> dict:
@@ -380,7 +375,7 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10, gradients: str = "fd") -> dict:
+               batch_size: int = 10, gradients: str = "fd") -> CleverResult:
     """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread.
 
     ``gradients`` auto|graph: the margin gradients come from the model's gradient graph (K-1 VJP
@@ -412,8 +407,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     rel = np.array([s["spread"] / s["mean"] for s in samples if s["mean"] > 0])
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
-    return {
-        "schema_version": "1.0", "kind": "clever",
+    return CleverResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds},
         "gradients": record or {"requested": "fd", "source": "fd", "reason": "finite differences requested"},
@@ -422,4 +416,4 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries)},
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })

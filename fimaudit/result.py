@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.1"  # 1.1: run outputs moved from "config" to "run"; wall-clock fields in "timing"
 
 
 def _clean(value: Any) -> Any:
@@ -156,6 +156,41 @@ class Summary:
         )
 
 
+RUN_FIELDS = ("method_used", "subspace_dim_used", "probes_per_sample", "samples_scanned", "data_source", "tie_share")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the scan decided and found while running (the options themselves are in ``config``)."""
+
+    method_used: str  # the estimator the plan chose (auto resolves to exact or sketch)
+    subspace_dim_used: int  # deflation subspace dimension r (0 without deflation)
+    probes_per_sample: int  # k: coordinates for exact, probes for the sketches
+    samples_scanned: int
+    data_source: str  # the data file, or "synthetic"
+    tie_share: float  # median share of each input's most common exact value
+    dither: dict | None = None  # sigma (None: F at x), source (auto | user), tie_share
+    gradients: dict | None = None  # Jacobian source: graph or fd, the self-check's figures or the refusal reason
+    cross_check: dict | None = None  # --cross-check: the black-box estimator's error against the graph
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunInfo":
+        return cls(
+            method_used=str(d["method_used"]),
+            subspace_dim_used=int(d.get("subspace_dim_used") or 0),
+            probes_per_sample=int(d["probes_per_sample"]),
+            samples_scanned=int(d.get("samples_scanned") or 0),
+            data_source=str(d.get("data_source", "")),
+            tie_share=float(d.get("tie_share") or 0.0),
+            dither=d.get("dither"),
+            gradients=d.get("gradients"),
+            cross_check=d.get("cross_check"),
+        )
+
+
 @dataclass(frozen=True)
 class ScanResult:
     """Everything a scan learnt; what the CLI renders and ``fimaudit.scan`` returns."""
@@ -163,6 +198,7 @@ class ScanResult:
     model: dict
     runtime: dict
     config: dict
+    run: RunInfo
     units: dict
     finite_differences: dict
     samples: tuple[SampleResult, ...]
@@ -177,6 +213,7 @@ class ScanResult:
             "model": _clean(self.model),
             "runtime": _clean(self.runtime),
             "config": _clean(self.config),
+            "run": self.run.to_dict(),
             "units": _clean(self.units),
             "finite_differences": _clean(self.finite_differences),
             "bound": _clean(self.bound),
@@ -191,10 +228,18 @@ class ScanResult:
         version = str(d.get("schema_version", ""))
         if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise ValueError(f"unsupported report schema_version {version!r} (this fimaudit reads {SCHEMA_VERSION})")
+        config = dict(d["config"])
+        if "run" in d:
+            run = RunInfo.from_dict(d["run"])
+        else:  # a 1.0 report kept the run outputs inside config
+            run = RunInfo.from_dict(config)
+            for key in RUN_FIELDS:
+                config.pop(key, None)
         return cls(
             model=d["model"],
             runtime=d["runtime"],
-            config=d["config"],
+            config=config,
+            run=run,
             units=d.get("units", {}),
             finite_differences=d.get("finite_differences", {}),
             samples=tuple(SampleResult.from_dict(s) for s in d["samples"]),

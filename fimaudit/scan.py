@@ -8,23 +8,25 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
-from .estimators.core import PROBES, Estimate, exact, sketch
+from .estimators.core import Estimate, exact, kl_check
+from .estimators.fd import StepChoice, choose_step, input_scale
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
-from .estimators.power import power_fixed, power_fresh
-from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch
-from .estimators.fd import choose_step, input_scale
-from .estimators.lower import fd_lower_estimate
-from .images import DEFAULT_RESIZE, DataOptions, prepare
-from .model import OUTPUT_KINDS, LogProbOracle, detect_output_kind, load_model
+from .estimators.lower import LowerCheck, fd_lower_estimate
+from .estimators.power import fresh_probes, power_fixed, power_fresh
+from .estimators.probes import PROBES
+from .estimators.source import FiniteDifferences
+from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
+from .images import DEFAULT_RESIZE, DataOptions, Prepared, prepare
+from .model import OUTPUT_KINDS, LogProbOracle, Model, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
-from .result import SampleResult, ScanResult, Stats, Summary
+from .result import RunInfo, SampleResult, ScanResult, Stats, Summary
 
 METHODS = ("auto", "exact", "sketch", "power", "power-fresh", "deflated")
 SPACES = ("input", "data")
@@ -174,12 +176,11 @@ def plan(
     return Plan(name, k, r, checks, trace_budget)
 
 
-KL_TARGET = 1e-4
 TIE_WARNING_SHARE = 0.05
 
 
 def _tie_fraction(row: np.ndarray) -> float:
-    """Share of a sample's coordinates equal to its most common exact value (0 when all values differ)."""
+    """Share of a sample's coordinates equal to its most common exact value."""
     _, counts = np.unique(np.asarray(row).ravel(), return_counts=True)
     return float(counts.max() / counts.sum()) if counts.size and counts.max() > 1 else 0.0
 
@@ -229,19 +230,6 @@ def dither_points(points: np.ndarray, tie_share: float, config: "ScanConfig") ->
     return points, record
 
 
-def kl_check(oracle: LogProbOracle, x0: np.ndarray, logp0: np.ndarray, v: np.ndarray, quad: float, h: float) -> float | None:
-    """Ratio KL(p(x) || p(x + eps v)) / (eps^2/2 v^T F v) for a small eps (one query); ~1 when F is right.
-
-    eps is chosen so the predicted KL is ``KL_TARGET`` (capped at 100 h).
-    """
-    if quad <= 0:
-        return None
-    eps = min(np.sqrt(2 * KL_TARGET / quad), 100 * h)
-    lp = oracle.logp((x0.reshape(-1) + eps * v).reshape((1,) + oracle.sample_shape))[0]
-    kl = float(np.sum(np.exp(logp0) * (logp0 - lp)))
-    return float(kl / (0.5 * eps * eps * quad))
-
-
 def _runtime(model) -> dict:
     import onnx
     import onnxruntime
@@ -258,9 +246,19 @@ def _runtime(model) -> dict:
     }
 
 
-def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
-    """Run a scan. Raises ``FimauditError`` subclasses for bad input (one-line messages)."""
-    t_start = time.perf_counter()
+# ------------------------------------------------------------------ stage 1: load
+@dataclass(frozen=True)
+class Loaded:
+    """The validated model and the preprocessing map, with the loader's notes."""
+
+    model: Model
+    pre: Preprocess
+    prepared: Prepared  # layout, preprocessing and (with --data) the samples
+    notes: tuple[str, ...]
+
+
+def load(config: ScanConfig) -> Loaded:
+    """Validate the config, load the model and check the preprocessing against its input."""
     config.validate()
     model = load_model(
         config.model,
@@ -271,46 +269,91 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         max_batch=config.max_batch,
         threads=config.threads,
     )
-    shape = model.sample_shape
-    d = model.d
     prepared = prepare(
         model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
-        tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset),
+        tuple(config.std), DataOptions.of(config),
     )
-    pre = prepared.pre
-    notes: list[str] = list(model.info.notes) + list(prepared.notes)
-    rng_data = np.random.default_rng([config.seed, 1])
+    return Loaded(model, prepared.pre, prepared, tuple(model.info.notes) + tuple(prepared.notes))
 
-    if prepared.dataset is not None:
-        dataset = prepared.dataset
-        total_available = dataset.x.shape[0]
+
+# ------------------------------------------------------------------ stage 2: points
+@dataclass(frozen=True)
+class Points:
+    """The scan's points in estimation space, their labels and where they came from."""
+
+    x: np.ndarray  # (n, *sample_shape) float64, estimation space (dithered when asked)
+    labels: np.ndarray | None
+    source: str
+    tie_share: float  # median share of each input's most common exact value (before dithering)
+    to_input: Callable[[np.ndarray], np.ndarray] | None  # estimation space -> model input (None: identity)
+    notes: tuple[str, ...]
+    dither: dict = field(default_factory=dict)  # sigma (None: x kept), source (auto | user), tie_share
+
+    @property
+    def sigma(self) -> float:
+        return float(self.dither.get("sigma") or 0.0)
+
+
+def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
+    """Load or draw the samples, map them to estimation space, measure ties, dither if asked."""
+    shape, pre = loaded.model.sample_shape, loaded.pre
+    notes: list[str] = []
+    to_input = None
+    if loaded.prepared.dataset is not None:
+        dataset = loaded.prepared.dataset
         if config.samples is None:
-            notes.append(f"scanned the first {total_available} samples (set --samples to change)")
+            notes.append(f"scanned the first {dataset.x.shape[0]} samples (set --samples to change)")
         if config.space == "data":
             points = np.asarray(dataset.x, dtype=np.float64)
             to_input = lambda rows: pre.apply(rows, shape)  # noqa: E731
         else:
             points = pre.apply(dataset.x, shape)
-            to_input = None
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
+        rng_data = np.random.default_rng([config.seed, 1])
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points = dataset.x
-        to_input = None
         notes.append(
             "NOT REPRESENTATIVE: no --data given, so samples are synthetic uniform inputs in "
             f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
         )
-
     tie_share = float(np.median([_tie_fraction(row) for row in points]))
     points, dither = dither_points(points, tie_share, config)
-    if dither["note"]:
-        notes.append(dither["note"])
-    sigma = dither["sigma"] or 0.0
+    note = dither.pop("note")
+    if note:
+        notes.append(note)
+    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes), dither)
 
-    kind_oracle = LogProbOracle(model, "logits", to_input)
-    raw_centre = kind_oracle.raw(points)  # one centre query per sample
+
+# ------------------------------------------------------------------ stage 3: calibrate
+@dataclass(frozen=True)
+class Calibration:
+    """Everything fixed before the per-sample loop: output kind, centre queries, plan, step."""
+
+    kind: str
+    kind_source: str
+    logp: np.ndarray  # (n, K) log-probabilities at the points (one centre query each)
+    plan: Plan
+    step: StepChoice
+    queries: int  # spent on the step search
+    dct_basis: np.ndarray | None  # the deflation subspace when it is the fixed DCT one
+    notes: tuple[str, ...]
+    graph: object | None = None  # fimaudit.autodiff GradientChoice when the gradient graph is used
+    gradients: dict | None = None  # its record for the report (or why finite differences)
+    input_scale: np.ndarray | None = None  # d(model input)/d(estimation space), diagonal; None: identity
+    dither_sigma: float = 0.0  # sigma of the dither the points carry (0: none)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.logp.shape[1])
+
+
+def calibrate(config: ScanConfig, model: Model, points: Points,
+              pre: Preprocess | None = None) -> tuple[LogProbOracle, Calibration]:
+    """Centre queries, output kind, the budget plan and the finite-difference step."""
+    kind_oracle = LogProbOracle(model, "logits", points.to_input)
+    raw_centre = kind_oracle.raw(points.x)  # one centre query per sample
     if config.output_kind == "auto":
         kind = detect_output_kind(raw_centre, model.info.final_op)
         kind_source = "detected from the outputs"
@@ -318,156 +361,144 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None) -> ScanResult:
         kind = config.output_kind
         check_output_kind(raw_centre, kind, model.info.output.name)
         kind_source = "given by --output-kind"
-    oracle = LogProbOracle(model, kind, to_input)
-    logp_centre = to_log_probs(raw_centre, kind)
-    probs = np.exp(logp_centre)
-    predicted = np.argmax(logp_centre, axis=1)
-    n_classes = int(logp_centre.shape[1])
-    if dataset.y is not None:
-        check_labels(dataset.y, n_classes, dataset.source)
-
-    chosen = plan(config.method, d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
-    method, k = chosen.method, chosen.k
+    oracle = LogProbOracle(model, kind, points.to_input)
+    logp = to_log_probs(raw_centre, kind)
+    n_classes = int(logp.shape[1])
+    if points.labels is not None:
+        check_labels(points.labels, n_classes, points.source)
+    chosen = plan(config.method, model.d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     q0 = model.queries
     step = choose_step(
-        oracle, points[0], input_scale(points), np.random.default_rng([config.seed, 2]), config.fd_step,
-        max_step=sigma * STEP_OVER_DITHER if sigma > 0 else None,
+        oracle, points.x[0], input_scale(points.x), np.random.default_rng([config.seed, 2]), config.fd_step,
+        max_step=points.sigma * STEP_OVER_DITHER if points.sigma > 0 else None,
     )
+    notes = []
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
         notes.append(
             f"finite differences are unstable here: JVPs at h and h/2 differ by {100 * step.relative_discrepancy:.1f}% "
             "(kinks or round-off); estimates carry that error"
         )
-    calibration = model.queries - q0
-    graph, gradients_record = _gradient_choice(model, kind, config, points, to_input, notes)
+    dct = None
+    if chosen.method == "deflated" and config.subspace == "dct":
+        dct = dct_lowfreq_basis(model.sample_shape, chosen.r)
+    queries = model.queries - q0
+    graph, gradients = _gradient_choice(model, kind, config, points.x, points.to_input, notes)
+    scale = None if points.to_input is None or pre is None else pre.jacobian_diag(model.sample_shape)
+    return oracle, Calibration(kind, kind_source, logp, chosen, step, queries, dct, tuple(notes), graph, gradients,
+                               scale, points.sigma)
 
-    n = points.shape[0]
-    samples: list[SampleResult] = []
-    directions = np.zeros((n, d), dtype=np.float32) if config.save_direction else None
-    learnt = LearntSubspace(d) if method == "deflated" and config.subspace == "learnt" else None
-    dct_basis = dct_lowfreq_basis(shape, chosen.r) if method == "deflated" and config.subspace == "dct" else None
-    jacobians = _JacobianBatches(graph, points, to_input)
-    if progress:
-        progress(0, n, model.queries)
-    for i in range(n):
-        before = model.queries
-        rng = np.random.default_rng([config.seed, 3, i])
-        p = probs[i]
-        exact_info = None
-        if graph is not None:
-            s_exact = jacobians.get(i, n_classes)
-            est, check, exact_info = _estimate_graph(graph, oracle, points[i], logp_centre[i], step, rng, config, s_exact,
-                                                     chosen, dct_basis, learnt, to_input, pre, shape)
+
+# ------------------------------------------------------------------ stage 4: one sample
+@dataclass(frozen=True)
+class SampleOutcome:
+    """One sample's result and its worst direction (unit, estimation space; not serialised)."""
+
+    result: SampleResult
+    direction: np.ndarray | None
+
+
+def needs_learnt_basis(config: ScanConfig, calib: Calibration) -> bool:
+    """True when each sample's subspace is learnt from the samples before it (sequential state)."""
+    return calib.plan.method == "deflated" and config.subspace == "learnt"
+
+
+def estimate_sample(
+    oracle: LogProbOracle,
+    config: ScanConfig,
+    calib: Calibration,
+    index: int,
+    x: np.ndarray,
+    label: int | None = None,
+    learnt_basis: np.ndarray | None = None,
+) -> SampleOutcome:
+    """The planned estimator, trace and checks at sample ``index`` (point ``x``); seeded by (seed, 3, index).
+
+    Depends on nothing mutable across samples; ``learnt_basis`` (rows orthonormal) is the
+    only input from earlier samples, required when ``needs_learnt_basis``.
+    """
+    chosen, step = calib.plan, calib.step
+    rng = np.random.default_rng([config.seed, 3, index])
+    logp0 = calib.logp[index]
+    block = probe_block(config)
+    source = FiniteDifferences(
+        oracle, x, step.h, logp0=logp0, rel_error=step.relative_discrepancy, vjp_probes=fresh_probes(chosen.k), rng=rng,
+        chunk=block,
+    )
+    check, exact_info = None, None
+    if calib.graph is not None:
+        est, check, exact_info = _estimate_graph(calib, config, source, x, logp0, rng, learnt_basis)
+    else:
+        est = _estimate(chosen, source, rng, config, calib.dct_basis, learnt_basis)
+    trace, trace_se, trace_ci, trace_how = est.trace, est.trace_se, None, "probes"
+    if chosen.trace and chosen.method != "exact" and calib.graph is None:
+        te = hutchinson(source, chosen.trace, rng, probes=config.trace_probes, rse_target=config.trace_rse)
+        trace, trace_se, trace_ci = te.trace, te.se, te.ci
+        trace_how = f"hutchinson-{config.trace_probes} ({te.probes} probes, stopped by {te.stopped_by})"
+    kl_ratio = None
+    if check is None and chosen.checks and est.direction is not None:
+        check = fd_lower_estimate(source, x, logp0, est.direction, step.h)
+    if check is not None and est.direction is not None:
+        kl_ratio = kl_check(source, est.direction, check.quadratic_form, max_eps=100 * step.h)
+    spent = source.queries + 1  # + the centre query made in calibration
+    if spent > config.budget:  # a planning bug, never a user error
+        raise AssertionError(f"sample {index} spent {spent} queries over the budget {config.budget}")
+    result = SampleResult(
+        index=index,
+        label=label,
+        predicted=int(np.argmax(logp0)),
+        lambda_max=est.lambda_max,
+        lambda_max_ci=est.lambda_max_ci,
+        trace=trace,
+        trace_se=trace_se,
+        trace_ci=trace_ci,
+        trace_method=_trace_method(chosen, calib.graph, exact_info, trace_how),
+        lower_bound=check.value if check is not None and check.certified else None,
+        lower_estimate=check.value if check is not None and not check.certified else None,
+        lower_check=None if check is None else check.to_dict(),
+        dither=calib.dither_sigma or None,
+        exact=exact_info,
+        queries=spent,
+        method=est.method,
+        probes=est.probes,
+        top_eigenvalues=est.top_eigenvalues,
+        kl_ratio=kl_ratio,
+    )
+    return SampleOutcome(result, est.direction)
+
+
+def probe_block(config: ScanConfig) -> int:
+    """Probes per JVP call: two rows each by central differences, so a call stays within --max-batch rows."""
+    return max(1, config.max_batch // 2)
+
+
+def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, dct_basis, learnt_basis) -> Estimate:
+    """Run the planned estimator at one sample (the checks are made by the caller)."""
+    block = probe_block(config)
+    if chosen.method == "exact":
+        return exact(source)
+    if chosen.method == "sketch":
+        return sketch(source, chosen.k, rng, probes=config.probes, check_lower_bound=False, block=block)
+    if chosen.method == "power":
+        return power_fixed(source, chosen.k, rng, probes=config.probes, check_lower_bound=False, block=block)
+    if chosen.method == "power-fresh":
+        return power_fresh(source, chosen.k, rng)
+    if chosen.method == "deflated":
+        if config.subspace == "learnt":
+            if learnt_basis is None:
+                raise ValueError("the learnt subspace needs the basis learnt from earlier samples")
+            basis = learnt_basis
+            # Unused subspace queries go to the complement sketch, keeping the sample's cost.
+            k = chosen.k + (chosen.r - basis.shape[0])
+            name = "deflated-learnt"
         else:
-            est, check = _estimate(chosen, oracle, points[i], p, step, rng, config, dct_basis, learnt), None
-        trace, trace_se, trace_ci, trace_how = est.trace, est.trace_se, None, "probes"
-        if chosen.trace and chosen.method != "exact" and graph is None:
-            te = hutchinson(oracle, points[i], p, step.h, chosen.trace, rng, probes=config.trace_probes,
-                            rse_target=config.trace_rse)
-            trace, trace_se, trace_ci = te.trace, te.se, te.ci
-            trace_how = f"hutchinson-{config.trace_probes} ({te.probes} probes, stopped by {te.stopped_by})"
-        kl_ratio = None
-        if check is None and chosen.checks and est.direction is not None:
-            check = fd_lower_estimate(oracle, points[i], logp_centre[i], est.direction, step.h)
-        if check is not None and est.direction is not None:
-            kl_ratio = kl_check(oracle, points[i], logp_centre[i], est.direction, check.quadratic_form, step.h)
-        if learnt is not None and est.direction is not None:
-            learnt.add(est.direction)
-        if directions is not None and est.direction is not None:
-            directions[i] = est.direction
-        spent = model.queries - before + 1  # + the centre query made up front
-        if spent > config.budget:  # a planning bug, never a user error
-            raise AssertionError(f"sample {i} spent {spent} queries over the budget {config.budget}")
-        samples.append(
-            SampleResult(
-                index=i,
-                label=None if dataset.y is None else int(dataset.y[i]),
-                predicted=int(predicted[i]),
-                lambda_max=est.lambda_max,
-                lambda_max_ci=est.lambda_max_ci,
-                trace=trace,
-                trace_se=trace_se,
-                trace_ci=trace_ci,
-                trace_method=_trace_method(chosen, graph, exact_info, trace_how),
-                lower_bound=check.value if check is not None and check.certified else None,
-                lower_estimate=check.value if check is not None and not check.certified else None,
-                lower_check=None if check is None else check.to_dict(),
-                dither=sigma if sigma > 0 else None,
-                exact=exact_info,
-                queries=spent,
-                method=est.method,
-                probes=est.probes,
-                top_eigenvalues=est.top_eigenvalues,
-                kl_ratio=kl_ratio,
-            )
-        )
-        if progress:
-            progress(i + 1, n, model.queries)
-    if directions is not None:
-        _save_directions(config.save_direction, directions.reshape((n,) + shape))
+            basis, k, name = dct_basis, chosen.k, "deflated-dct"
+        return deflated_sketch(source, basis, k, rng, probes=config.probes, check_lower_bound=False, name=name,
+                              block=block)
+    raise ConfigError(f"unknown method {chosen.method}")
 
-    seconds = time.perf_counter() - t_start
-    accuracy = None if dataset.y is None else float(np.mean(predicted == dataset.y))
-    summary = Summary(
-        lambda_max=Stats.of([s.lambda_max for s in samples]),
-        trace=Stats.of([s.trace for s in samples]),
-        lower_bound=Stats.of([s.lower_bound for s in samples]),
-        lower_estimate=Stats.of([s.lower_estimate for s in samples]),
-        accuracy=accuracy,
-        queries_total=model.queries,
-        calibration_queries=calibration,
-        seconds=seconds,
-        runtime_fraction=model.run_seconds / seconds if seconds > 0 else None,
-    )
-    info = model.info
-    model_dict = {
-        "path": info.path,
-        "sha256": info.sha256,
-        "input": info.input.to_dict() | {"sample_shape": list(shape), "d": d},
-        "output": info.output.to_dict() | {"kind": kind, "kind_source": kind_source, "classes": n_classes},
-        "ir_version": info.ir_version,
-        "opsets": info.opsets,
-    }
-    units = _units(config.space, pre, prepared.images, config.preset)
-    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
-    if bound is not None and bound.get("fim_upper"):
-        lam = summary.lambda_max
-        bound["measured_over_bound"] = {
-            "median": None if lam.median is None else lam.median / bound["fim_upper"],
-            "max": None if lam.max is None else lam.max / bound["fim_upper"],
-        }
-        if lam.max is not None and lam.max > bound["fim_upper"]:
-            notes.append("a measured lambda_max exceeds the closed-form bound: please report this as a bug")
-    cfg = asdict(config)
-    cfg.pop("extra", None)
-    cfg["method_used"] = method
-    cfg["subspace_dim_used"] = chosen.r
-    cfg["probes_per_sample"] = k
-    cfg["samples_scanned"] = n
-    cfg["data_source"] = dataset.source
-    cfg["tie_share"] = tie_share
-    cfg["dither_used"] = {k: v for k, v in dither.items() if k != "note"}
-    cfg["gradients_used"] = gradients_record
-    if graph is not None:
-        cfg["method_used"] = samples[0].method if samples else method
-        cfg["probes_per_sample"] = samples[0].probes if samples else k
-        errs = [s.exact["cross_check"]["relative_error"] for s in samples
-                if s.exact and s.exact.get("cross_check") and s.exact["cross_check"].get("relative_error") is not None]
-        if errs:
-            cfg["cross_check_result"] = {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
-                                  "max_relative_error": float(np.max(errs))}
-    cfg["preprocess"] = prepared.config
-    return ScanResult(
-        model=model_dict,
-        runtime=_runtime(model),
-        config=cfg,
-        units=units,
-        finite_differences=step.to_dict(),
-        bound=bound,
-        samples=tuple(samples),
-        summary=summary,
-        notes=tuple(notes),
-    )
+
+# ------------------------------------------------------------------ stage 5: assemble
+CHANCE_MIN_SAMPLES = 10
 
 
 def _trace_method(chosen: Plan, graph, exact_info: dict | None, trace_how: str) -> str:
@@ -493,56 +524,220 @@ def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, t
     return choice, record
 
 
-# Exact Jacobians of several samples come from one batched run of K VJPs each, capped in rows
-# and in the float64 numbers held (K x d per sample).
-GRAPH_BATCH_ROWS = 2048
-GRAPH_BATCH_NUMBERS = 16_000_000
-
-
-class _JacobianBatches:
-    """S (model-input units) for the samples of a scan, computed chunk by chunk over samples (rows path only)."""
-
-    def __init__(self, choice, points: np.ndarray, to_input) -> None:
-        self.choice, self.points, self.to_input = choice, points, to_input
-        self.start, self.block = 0, None
-
-    def get(self, i: int, k: int) -> np.ndarray | None:
-        from .estimators.exact_source import LANCZOS_FROM_CLASSES
-
-        if self.choice is None or k >= LANCZOS_FROM_CLASSES:
-            return None  # Lanczos: S is never formed
-        d = int(np.prod(self.points.shape[1:]))
-        if self.block is None or not (self.start <= i < self.start + len(self.block)):
-            m = max(1, min(GRAPH_BATCH_ROWS // k, GRAPH_BATCH_NUMBERS // (k * d)))
-            rows = self.points[i : i + m]
-            rows = self.to_input(rows) if self.to_input is not None else rows
-            self.start, self.block = i, self.choice.engine.jacobians(np.asarray(rows, dtype=np.float64))[1]
-        return self.block[i - self.start]
-
-
-def _estimate_graph(choice, oracle, x, logp0, step, rng, config: ScanConfig, s_exact, chosen: Plan, dct_basis,
-                    learnt, to_input, pre: Preprocess, shape) -> tuple[Estimate, "object", dict]:
-    """Exact estimate from the gradient graph at one sample, its certified lower bound and the optional cross-check.
-
-    ``s_exact``: this sample's S in model-input units from a batched run over samples, or None.
-    """
+def _estimate_graph(calib: Calibration, config: ScanConfig, fd: FiniteDifferences, x: np.ndarray, logp0: np.ndarray,
+                    rng: np.random.Generator, learnt_basis) -> tuple[Estimate, LowerCheck, dict]:
+    """Exact estimate from the gradient graph at one sample (K VJPs in one batched pass, or Lanczos), its
+    certified lower bound with the finite-difference re-measurement beside it, and the optional cross-check."""
     from .estimators.exact_source import exact_from_source
 
-    scale = None if to_input is None else pre.jacobian_diag(shape)
-    src = choice.at(np.asarray(x).reshape(-1), logp0=logp0, to_input=to_input, input_scale=scale)
-    if s_exact is not None:
-        src.set_jacobian(s_exact)
+    src = calib.graph.at(np.asarray(x).reshape(-1), logp0=logp0, to_input=fd_to_input(fd), input_scale=calib.input_scale)
     p = np.exp(logp0)
-    res = exact_from_source(src, p, rng, oracle=oracle, x0=x, h=step.h)
-    info = {"source": "graph", "path": res.path, "products": res.products if s_exact is None else int(p.size),
-            "batched_over_samples": s_exact is not None, "tolerance": res.tolerance,
+    res = exact_from_source(src, p, rng, oracle=fd, x0=x, h=calib.step.h)
+    info = {"source": "graph", "path": res.path, "products": res.products, "tolerance": res.tolerance,
             "cross_check": None}
     if config.cross_check:
-        bb = _estimate(chosen, oracle, x, p, step, rng, config, dct_basis, learnt)
+        bb = _estimate(calib.plan, fd, rng, config, calib.dct_basis, learnt_basis)
         lam = res.estimate.lambda_max
-        info["cross_check"] = {"method": bb.method, "lambda_max": bb.lambda_max, "queries": bb.queries,
+        info["cross_check"] = {"method": bb.method, "lambda_max": bb.lambda_max,
                                "relative_error": abs(bb.lambda_max - lam) / lam if lam > 0 else None}
     return res.estimate, res.lower, info
+
+
+def fd_to_input(fd: FiniteDifferences):
+    """The estimation-space -> model-input map behind a finite-difference source's oracle (None: identity)."""
+    return fd.oracle._to_input
+
+
+def _cross_check_summary(samples, method: str) -> dict | None:
+    errs = [s.exact["cross_check"]["relative_error"] for s in samples
+            if s.exact and s.exact.get("cross_check") and s.exact["cross_check"].get("relative_error") is not None]
+    if not errs:
+        return None
+    return {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
+            "max_relative_error": float(np.max(errs))}
+
+
+def chance_note(accuracy: float | None, n: int, n_classes: int) -> str | None:
+    """A hint when labelled accuracy is within two standard errors of guessing (1/K): usually wrong preprocessing."""
+    if accuracy is None or n < CHANCE_MIN_SAMPLES or n_classes < 2:
+        return None
+    chance = 1.0 / n_classes
+    if accuracy > chance + 2.0 * np.sqrt(chance * (1 - chance) / n):
+        return None
+    return (
+        f"accuracy {100 * accuracy:.0f}% is near chance ({100 * chance:.0f}% for {n_classes} classes): the inputs are "
+        "probably not preprocessed the way the model expects; check --scale and --mean/--std (or --preset), and the "
+        "channel order and layout"
+    )
+
+
+
+def assemble(
+    config: ScanConfig,
+    loaded: Loaded,
+    points: Points,
+    calib: Calibration,
+    outcomes: list[SampleOutcome],
+    seconds: float,
+) -> ScanResult:
+    """Summary, model facts, units, the closed-form bound and notes -> ``ScanResult``."""
+    model, pre = loaded.model, loaded.pre
+    shape, d = model.sample_shape, model.d
+    notes = list(loaded.notes) + list(model.notes) + list(points.notes) + list(calib.notes)
+    samples = tuple(o.result for o in outcomes)
+    predicted = np.array([s.predicted for s in samples])
+    accuracy = None if points.labels is None else float(np.mean(predicted == points.labels[: len(samples)]))
+    note = chance_note(accuracy, len(samples), calib.n_classes)
+    if note:
+        notes.append(note)
+    summary = Summary(
+        lambda_max=Stats.of([s.lambda_max for s in samples]),
+        trace=Stats.of([s.trace for s in samples]),
+        lower_bound=Stats.of([s.lower_bound for s in samples]),
+        lower_estimate=Stats.of([s.lower_estimate for s in samples]),
+        accuracy=accuracy,
+        queries_total=model.queries,
+        calibration_queries=calib.queries,
+        seconds=seconds,
+        runtime_fraction=model.run_seconds / seconds if seconds > 0 else None,
+    )
+    info = model.info
+    model_dict = {
+        "path": info.path,
+        "sha256": info.sha256,
+        "input": info.input.to_dict() | {"sample_shape": list(shape), "d": d},
+        "output": info.output.to_dict()
+        | {"kind": calib.kind, "kind_source": calib.kind_source, "classes": calib.n_classes},
+        "ir_version": info.ir_version,
+        "opsets": info.opsets,
+    }
+    units = _units(config.space, pre, loaded.prepared.images, config.preset)
+    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
+    if bound is not None and bound.get("fim_upper"):
+        lam = summary.lambda_max
+        bound["measured_over_bound"] = {
+            "median": None if lam.median is None else lam.median / bound["fim_upper"],
+            "max": None if lam.max is None else lam.max / bound["fim_upper"],
+        }
+        if lam.max is not None and lam.max > bound["fim_upper"]:
+            notes.append("a measured lambda_max exceeds the closed-form bound: please report this as a bug")
+    cfg = asdict(config)
+    cfg.pop("extra", None)
+    cfg["preprocess"] = loaded.prepared.config
+    run = RunInfo(
+        method_used=calib.plan.method,
+        subspace_dim_used=calib.plan.r,
+        probes_per_sample=calib.plan.k,
+        samples_scanned=len(samples),
+        data_source=points.source,
+        tie_share=points.tie_share,
+        dither=dict(points.dither),
+        gradients=calib.gradients,
+        cross_check=_cross_check_summary(samples, calib.plan.method),
+    )
+    if calib.graph is not None and samples:
+        run = replace(run, method_used=samples[0].method, probes_per_sample=samples[0].probes)
+    return ScanResult(
+        model=model_dict,
+        runtime=_runtime(model),
+        config=cfg,
+        run=run,
+        units=units,
+        finite_differences=calib.step.to_dict(),
+        bound=bound,
+        samples=samples,
+        summary=summary,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class ScanWork:
+    """Stage 4 on a chunk of samples, for ``fimaudit.distributed``: picklable, rebuilds the oracle per model."""
+
+    config: ScanConfig
+    calib: Calibration
+    pre: Preprocess | None  # estimation space -> model input when the points are in data units
+
+    def __call__(self, model: Model, indices, points: np.ndarray, labels) -> list[SampleOutcome]:
+        shape = model.sample_shape
+        to_input = None if self.pre is None else (lambda rows: self.pre.apply(rows, shape))
+        oracle = LogProbOracle(model, self.calib.kind, to_input)
+        return [estimate_sample(oracle, self.config, self.calib, int(i), x, label)
+                for i, x, label in zip(indices, points, labels)]
+
+
+def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None) -> ScanResult:
+    """Run a scan: load, prepare points, calibrate, estimate each sample, assemble.
+
+    ``execution`` (``fimaudit.distributed.Execution``) runs stage 4 on Dask workers; the
+    report is the same apart from ``timing``. Raises ``FimauditError`` subclasses for bad
+    input (one-line messages).
+    """
+    t_start = time.perf_counter()
+    loaded = load(config)
+    model = loaded.model
+    points = prepare_points(config, loaded)
+    oracle, calib = calibrate(config, model, points, loaded.pre)
+    n = points.x.shape[0]
+    if execution is not None and execution.distributed:
+        return _scan_distributed(config, loaded, points, calib, execution, progress, t_start)
+    learnt = LearntSubspace(model.d) if needs_learnt_basis(config, calib) else None
+    outcomes: list[SampleOutcome] = []
+    if progress:
+        progress(0, n, model.queries)
+    for i in range(n):
+        label = None if points.labels is None else int(points.labels[i])
+        basis = learnt.basis(calib.plan.r) if learnt is not None else None
+        outcome = estimate_sample(oracle, config, calib, i, points.x[i], label, basis)
+        if learnt is not None and outcome.direction is not None:
+            learnt.add(outcome.direction)
+        outcomes.append(outcome)
+        if progress:
+            progress(i + 1, n, model.queries)
+    if config.save_direction:
+        directions = np.zeros((n, model.d), dtype=np.float32)
+        for i, o in enumerate(outcomes):
+            if o.direction is not None:
+                directions[i] = o.direction
+        _save_directions(config.save_direction, directions.reshape((n,) + model.sample_shape))
+    return assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
+
+
+def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib: Calibration, execution, progress,
+                      t_start: float) -> ScanResult:
+    """Stage 4 on Dask workers (fimaudit/distributed.py); stages 1-3 and 5 stay here."""
+    from dataclasses import replace
+
+    from .distributed import run_per_sample
+
+    if needs_learnt_basis(config, calib):
+        raise ConfigError("--subspace learnt carries state from sample to sample and cannot run on --workers; "
+                          "use --subspace dct")
+    model = loaded.model
+    n = points.x.shape[0]
+    labels = [None] * n if points.labels is None else [int(v) for v in points.labels]
+    work = ScanWork(config, calib, loaded.pre if points.to_input is not None else None)
+    client_queries = model.queries
+    outcomes, info = run_per_sample(
+        work, model, points.x, labels, execution=execution, device=config.device, threads=config.threads,
+        progress=None if progress is None else (lambda done, total, q: progress(done, total, client_queries + q)),
+    )
+    if config.save_direction:
+        directions = np.zeros((n, model.d), dtype=np.float32)
+        for i, o in enumerate(outcomes):
+            if o.direction is not None:
+                directions[i] = o.direction
+        _save_directions(config.save_direction, directions.reshape((n,) + model.sample_shape))
+    result = assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
+    # The workers' queries (each sample's count includes its centre query, made here in stage 3).
+    total = client_queries + sum(o.result.queries - 1 for o in outcomes)
+    busy = info.get("busy_seconds") or 0.0
+    summary = replace(result.summary, queries_total=total,
+                      runtime_fraction=info["run_seconds"] / busy if busy > 0 else None)
+    return replace(result, summary=summary, runtime=result.runtime | {"provider": info["provider"]})
+
+
 def _units(space: str, pre: Preprocess, images: bool, preset: str | None) -> dict:
     """What one unit of perturbation means in this report (MATH §1: F_data = D F_input D)."""
     how = f"--preset {preset}" if preset is not None else "--scale/--mean/--std"
@@ -558,29 +753,6 @@ def _units(space: str, pre: Preprocess, images: bool, preset: str | None) -> dic
         "description": "per model-input unit: perturbations of the tensor the model receives"
         + ("" if pre.is_identity else f" (after {how})"),
     }
-
-
-def _estimate(chosen: Plan, oracle, x, p, step, rng, config: ScanConfig, dct_basis, learnt) -> Estimate:
-    """Run the planned estimator at one sample (the checks are made by the caller)."""
-    h, err = step.h, step.relative_discrepancy
-    if chosen.method == "exact":
-        return exact(oracle, x, p, h)
-    if chosen.method == "sketch":
-        return sketch(oracle, x, p, h, chosen.k, rng, probes=config.probes, check_lower_bound=False)
-    if chosen.method == "power":
-        return power_fixed(oracle, x, p, h, chosen.k, rng, probes=config.probes, check_lower_bound=False)
-    if chosen.method == "power-fresh":
-        return power_fresh(oracle, x, p, h, chosen.k, rng, fd_rel_error=err)
-    if chosen.method == "deflated":
-        if learnt is not None:
-            basis = learnt.basis(chosen.r)
-            # Unused subspace queries go to the complement sketch, keeping the sample's cost.
-            k = chosen.k + (chosen.r - basis.shape[0])
-            name = "deflated-learnt"
-        else:
-            basis, k, name = dct_basis, chosen.k, "deflated-dct"
-        return deflated_sketch(oracle, x, p, h, basis, k, rng, probes=config.probes, check_lower_bound=False, name=name)
-    raise ConfigError(f"unknown method {chosen.method}")
 
 
 def _save_directions(path: str, directions: np.ndarray) -> None:

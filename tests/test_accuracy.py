@@ -7,7 +7,8 @@ import pytest
 
 import fimaudit
 from fimaudit.estimators import probe_directions
-from fimaudit.estimators.core import sketch
+from fimaudit.estimators.source import FiniteDifferences
+from fimaudit.estimators.subspace import sketch
 from fimaudit.model import LogProbOracle, load_model
 
 from . import builders as B
@@ -30,7 +31,7 @@ def test_linear_softmax_exact_matches_closed_form(tmp_path):
     x = rng.uniform(0, 1, size=(6, 3, 4, 4)).astype(np.float32)
     data = _npz(tmp_path / "d.npz", x)
     res = fimaudit.scan(model, data, method="exact", seed=0)
-    assert res.config["method_used"] == "exact"
+    assert res.run.method_used == "exact"
     for s, xi in zip(res.samples, x):
         f = B.linear_reference(w, b, xi)
         lam, tr = B.lam_max(f), float(np.trace(f))
@@ -161,14 +162,18 @@ def test_orthogonal_sketch_is_exact_at_k_equals_d(tmp_path):
     m = load_model(model)
     oracle = LogProbOracle(m, "logits")
     p = np.exp(oracle.logp(x[None])[0])
-    est = sketch(oracle, x, p, 1e-2, 20, np.random.default_rng(0), probes="orthogonal")
+    est = sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), 20, np.random.default_rng(0), probes="orthogonal")
     f = B.linear_reference(w, b, x)
     assert est.lambda_max == pytest.approx(B.lam_max(f), rel=1e-4)
     assert est.trace == pytest.approx(np.trace(f), rel=1e-4)
 
 
 def test_sketch_interval_coverage(tmp_path):
-    """The bootstrap interval covers the exact value in >= 90% of 100 seeded runs."""
+    """The bootstrap interval covers the exact value in >= 90% of 400 seeded runs (nominal 95%).
+
+    400 runs, not 100: at a true coverage of 92-93% a 100-run window falls below 90 one time
+    in six (binomial sd 2.6 runs); 400 runs measure it to +-1.3%.
+    """
     rng = np.random.default_rng(9)
     d, k = 60, 40
     w = rng.standard_normal((8, d)) * 0.4
@@ -181,13 +186,13 @@ def test_sketch_interval_coverage(tmp_path):
     oracle = LogProbOracle(m, "logits")
     p = np.exp(oracle.logp(x[None])[0])
     covered = covered_tr = 0
-    for seed in range(100):
-        est = sketch(oracle, x, p, 1e-2, k, np.random.default_rng(seed), probes="gaussian")
+    for seed in range(400):
+        est = sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), k, np.random.default_rng(seed), probes="gaussian")
         lo, hi = est.lambda_max_ci
         covered += lo <= lam <= hi
         covered_tr += abs(est.trace - tr) <= 1.96 * est.trace_se
-    assert covered >= 90
-    assert covered_tr >= 88  # normal-approximation interval of the Hutchinson mean
+    assert covered >= 360
+    assert covered_tr >= 352  # normal-approximation interval of the Hutchinson mean
 
 
 def test_bootstrap_for_many_classes_matches_the_dense_path(monkeypatch):

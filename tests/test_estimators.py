@@ -8,11 +8,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fimaudit
-from fimaudit.estimators.core import exact, sketch
+from fimaudit.estimators.core import exact
 from fimaudit.estimators.fd import choose_step, jvp
 from fimaudit.estimators.hutchinson import hutchinson
-from fimaudit.estimators.power import fisher_operator, lanczos_top, power_fixed, power_fresh
-from fimaudit.estimators.subspace import LearntSubspace, dct_lowfreq_basis, deflated_sketch
+from fimaudit.estimators.power import fisher_operator, fresh_probes, lanczos_top, power_fixed, power_fresh
+from fimaudit.estimators.source import FiniteDifferences
+from fimaudit.estimators.subspace import LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
 from fimaudit.model import LogProbOracle, load_model
 
 from . import builders as B
@@ -37,8 +38,8 @@ def linear_case(tmp_path_factory):
 def test_power_fixed_equals_sketch_on_same_probes(linear_case):
     oracle, x, p, f = linear_case
     for probes in ("gaussian", "orthogonal"):
-        a = power_fixed(oracle, x, p, 1e-2, 25, np.random.default_rng(3), probes=probes, check_lower_bound=False)
-        s = sketch(oracle, x, p, 1e-2, 25, np.random.default_rng(3), probes=probes, check_lower_bound=False)
+        a = power_fixed(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), 25, np.random.default_rng(3), probes=probes, check_lower_bound=False)
+        s = sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), 25, np.random.default_rng(3), probes=probes, check_lower_bound=False)
         assert a.lambda_max == pytest.approx(s.lambda_max, rel=1e-6)
         assert a.queries == s.queries == 50
 
@@ -46,7 +47,9 @@ def test_power_fixed_equals_sketch_on_same_probes(linear_case):
 def test_power_fresh_is_a_lower_estimate_within_budget(linear_case):
     oracle, x, p, f = linear_case
     lam = B.lam_max(f)
-    est = power_fresh(oracle, x, p, 1e-2, 400, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    source = FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p), rng=rng, vjp_probes=fresh_probes(400))
+    est = power_fresh(source, 400, rng)
     assert est.queries <= 400
     assert est.lambda_max <= lam * (1 + 1e-3)
     assert est.lambda_max >= 0.2 * lam  # d = 40: fresh ZO gradients still find the top direction roughly
@@ -54,7 +57,7 @@ def test_power_fresh_is_a_lower_estimate_within_budget(linear_case):
 
 def test_lanczos_matches_dense_spectrum(linear_case):
     oracle, x, p, f = linear_case
-    est = exact(oracle, x, p, 1e-2)
+    est = exact(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)))
     s_cols = np.column_stack([jvp(oracle, x, e[None, :], 1e-2)[0] for e in np.eye(x.size)])
     top = lanczos_top(fisher_operator(s_cols, p), x.size, 3, np.random.default_rng(0))
     ref = np.linalg.eigvalsh(f)[::-1][:3]
@@ -68,7 +71,7 @@ def test_hutchinson_interval_coverage(linear_case, kind):
     tr = float(np.trace(f))
     covered = 0
     for seed in range(100):
-        est = hutchinson(oracle, x, p, 1e-2, 120, np.random.default_rng(seed), probes=kind, rse_target=0.0)
+        est = hutchinson(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), 120, np.random.default_rng(seed), probes=kind, rse_target=0.0)
         assert est.queries <= 120 and est.stopped_by == "budget"
         covered += est.ci[0] <= tr <= est.ci[1]
     assert covered >= 90
@@ -76,7 +79,7 @@ def test_hutchinson_interval_coverage(linear_case, kind):
 
 def test_hutchinson_stops_on_relative_error_target(linear_case):
     oracle, x, p, f = linear_case
-    est = hutchinson(oracle, x, p, 1e-2, 100000, np.random.default_rng(0), rse_target=0.05)
+    est = hutchinson(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), 100000, np.random.default_rng(0), rse_target=0.05)
     assert est.stopped_by == "target"
     assert est.se <= 0.05 * est.trace
     assert est.queries < 100000
@@ -85,7 +88,7 @@ def test_hutchinson_stops_on_relative_error_target(linear_case):
 def test_deflation_is_exact_when_subspace_holds_the_row_space(linear_case):
     oracle, x, p, f = linear_case
     w = np.linalg.eigh(f)[1][:, -6:].T  # rows span S's row space (rank <= K)
-    est = deflated_sketch(oracle, x, p, 1e-2, w, 5, np.random.default_rng(0), check_lower_bound=False)
+    est = deflated_sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), w, 5, np.random.default_rng(0), check_lower_bound=False)
     assert est.lambda_max == pytest.approx(B.lam_max(f), rel=1e-4)
 
 
@@ -94,7 +97,7 @@ def test_deflation_is_unbiased_with_any_subspace(linear_case):
     q = dct_lowfreq_basis((40,), 8)
     np.testing.assert_allclose(q @ q.T, np.eye(8), atol=1e-12)
     traces = [
-        deflated_sketch(oracle, x, p, 1e-2, q, 10, np.random.default_rng(s), probes="gaussian",
+        deflated_sketch(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)), q, 10, np.random.default_rng(s), probes="gaussian",
                         check_lower_bound=False).trace
         for s in range(200)
     ]
@@ -143,7 +146,7 @@ def test_tanh_mlp_d12288_within_goal_at_budget_2000(tmp_path):
     np.savez(tmp_path / "d.npz", x=x)
     refs = np.array([B.lam_max_factor(B.mlp_reference(*params, xi, factor=True)) for xi in x])
     res = fimaudit.scan(model, tmp_path / "d.npz", budget=2000, seed=0)
-    assert res.config["method_used"] == "sketch"
+    assert res.run.method_used == "sketch"
     errs = np.abs(np.array([s.lambda_max for s in res.samples]) - refs) / refs
     assert np.median(errs) <= 0.05 and np.percentile(errs, 90) <= 0.12, errs
     assert all(s.queries <= 2000 for s in res.samples)
@@ -189,7 +192,7 @@ def test_central_differences_average_one_sided_derivatives_at_relu_ties(tmp_path
     oracle = LogProbOracle(load_model(_relu_model(w, tmp_path)), "logits")
     x = np.array([0.5, -0.5, 0.0] * 4)
     p = np.exp(oracle.logp(x[None])[0])
-    est = exact(oracle, x, p, 1e-2)
+    est = exact(FiniteDifferences(oracle, x, 1e-2, logp0=np.log(p)))
     slope = np.where(x > 0, 1.0, np.where(x < 0, 0.0, 0.5))
     j = w.astype(np.float32).astype(np.float64) * slope[None, :]
     assert est.lambda_max == pytest.approx(B.lam_max(B.fisher_from_jacobian(j, p)), rel=1e-4)
@@ -205,7 +208,7 @@ def test_step_choice_balances_roundoff_and_curvature(tmp_path):
     p = np.exp(oracle.logp(x[None])[0])
     lam = B.lam_max(B.mlp_reference(*params, x))
     step = choose_step(oracle, x, float(np.sqrt(np.mean(x * x))), np.random.default_rng(0))
-    err_at = lambda h: abs(exact(oracle, x, p, h).lambda_max - lam) / lam  # noqa: E731
+    err_at = lambda h: abs(exact(FiniteDifferences(oracle, x, h, logp0=np.log(p))).lambda_max - lam) / lam  # noqa: E731
     grid = [10.0 ** e for e in np.arange(-5, 0.5, 0.5)]
     best = min(err_at(h) for h in grid)
     assert err_at(step.h) <= max(10 * best, 1e-4)

@@ -152,3 +152,11 @@ def test_metrics_cli_json(tmp_path):
         assert key in rep["metrics"], key
     assert set(rep["corruptions"]) == set(CORRUPTIONS)
     assert all(set(v) == {"0", "1", "2", "3", "4", "5"} for v in rep["corruptions"].values())
+
+
+def test_spatial_corruptions_only_for_image_shaped_samples():
+    from fimaudit.metrics.corruptions import CORRUPTIONS, SPATIAL, applicable
+
+    assert applicable((1, 28, 28)) == tuple(CORRUPTIONS)
+    for shape in ((784, 1), (784,), (32, 32, 3)):  # a vector, a rank-3 vector, channels last
+        assert not set(applicable(shape)) & set(SPATIAL)

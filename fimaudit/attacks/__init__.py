@@ -1,5 +1,6 @@
 """Attacks: black-box (FGSM, BIM, PGD, Square) through the query oracle, white-box (PGD, APGD, minimal-norm) from exact gradients."""
 
+from ..errors import ConfigError
 from .base import NORMS, Attack, AttackOutcome, margins, project
 from .gradient import BIM, FGSM, PGD, GradientAttack
 from .square import Square
@@ -10,8 +11,6 @@ WHITEBOX = ("pgd-wb", "apgd")
 
 
 def make_attack(name: str, **kw) -> Attack:
-    from ..errors import ConfigError
-
     if name not in ATTACKS:
         raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, not '{name}'")
     cls = ATTACKS[name]

@@ -1,13 +1,20 @@
-"""Estimators of lambda_max(F) and tr(F): exact, sketch, Hutchinson, lower bound; finite differences."""
+"""Estimators of lambda_max(F) and tr(F): exact, sketch, Hutchinson, lower bound; Jacobian sources."""
 
-from .core import PROBES, Estimate, certified_lower_bound, exact, probe_directions, quadratic_form, sketch, small_matrix
+from .core import Estimate, certified_lower_bound, exact, kl_check, quadratic_form, small_matrix
 from .fd import StepChoice, choose_step, input_scale, jvp
+from .probes import PROBES, probe_directions
+from .source import FiniteDifferences, JacobianSource
+from .subspace import deflated_sketch, sketch
 
 __all__ = [
     "PROBES",
     "Estimate",
+    "FiniteDifferences",
+    "JacobianSource",
     "exact",
     "certified_lower_bound",
+    "deflated_sketch",
+    "kl_check",
     "sketch",
     "probe_directions",
     "quadratic_form",

@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg
 
-from ..model.oracle import LogProbOracle
-from .fd import jvp, jvp_coordinates
-
-PROBES = ("orthogonal", "gaussian")
+from .probes import PROBES, probe_directions
+from .source import JacobianSource
 CI_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 400
 
@@ -53,22 +51,36 @@ def top_eigen(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 MIN_FD_REL_ERROR = 1e-4
 
 
-def quadratic_form(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, v: np.ndarray, h: float) -> float:
-    """v^T F v = |P^{1/2} S v|^2 for a unit ``v``, by central differences (two queries)."""
-    sv = jvp(oracle, x0, v[None, :], h)[0]
-    return float(np.sum(p * sv * sv))
+def quadratic_form(source: JacobianSource, v: np.ndarray) -> float:
+    """v^T F v = |P^{1/2} S v|^2 for a unit ``v`` (one JVP: two queries by finite differences)."""
+    sv = source.jvp(v[None, :])[0]
+    return float(np.sum(source.p * sv * sv))
 
 
-def certified_lower_bound(
-    oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, v: np.ndarray, h: float, fd_rel_error: float | None
-) -> float:
-    """A lower bound on lambda_max(F): v^T F v for a unit ``v`` (MATH §3.5), two queries.
+def certified_lower_bound(source: JacobianSource, v: np.ndarray) -> float:
+    """A lower bound on lambda_max(F): v^T F v for a unit ``v`` (MATH §3.5).
 
-    The finite-difference value carries the relative JVP error measured when the step was
-    chosen (h against h/2); a quadratic form doubles it, so the value is shrunk by
-    2 * max(error, 1e-4) to stay below lambda_max despite that error.
+    The JVP carries the source's relative error (for finite differences, h against h/2
+    measured when the step was chosen); a quadratic form doubles it, so the value is shrunk
+    by 2 * max(error, 1e-4) to stay below lambda_max despite that error.
     """
-    return shrink_to_bound(quadratic_form(oracle, x0, p, v, h), fd_rel_error)
+    return shrink_to_bound(quadratic_form(source, v), source.rel_error)
+
+
+KL_TARGET = 1e-4
+
+
+def kl_check(source: JacobianSource, v: np.ndarray, quad: float, max_eps: float) -> float | None:
+    """Ratio KL(p(x) || p(x + eps v)) / (eps^2/2 v^T F v) for a small eps (one query); ~1 when F is right.
+
+    eps is chosen so the predicted KL is ``KL_TARGET``, capped at ``max_eps``.
+    """
+    if quad <= 0:
+        return None
+    eps = min(np.sqrt(2 * KL_TARGET / quad), max_eps)
+    lp = source.logp((source.x0 + eps * np.asarray(v, dtype=np.float64))[None, :])[0]
+    kl = float(np.sum(source.p * (source.logp0 - lp)))
+    return float(kl / (0.5 * eps * eps * quad))
 
 
 def shrink_to_bound(quad: float, fd_rel_error: float | None) -> float:
@@ -77,17 +89,14 @@ def shrink_to_bound(quad: float, fd_rel_error: float | None) -> float:
     return max(0.0, quad * (1.0 - margin))
 
 
-def exact(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, h: float, chunk: int = 128) -> Estimate:
-    """Full Jacobian of log p by central differences along every coordinate: 2d queries.
-
-    ``p``: probabilities at ``x0`` (from the caller's centre query, counted there).
-    """
-    before = oracle.queries
-    d = int(np.prod(oracle.sample_shape))
-    s_cols = np.empty((p.shape[0], d))
+def exact(source: JacobianSource, chunk: int = 128) -> Estimate:
+    """The full Jacobian S column by column (2d queries by finite differences), then G exactly."""
+    before = source.queries
+    d, p = source.d, source.p
+    s_cols = np.empty((source.n_classes, d))
     for start in range(0, d, chunk):
         coords = np.arange(start, min(d, start + chunk))
-        s_cols[:, coords] = jvp_coordinates(oracle, x0, coords, h).T
+        s_cols[:, coords] = source.jacobian(coords).T
     g = small_matrix(p, s_cols)
     evals, evecs = top_eigen(g)
     # Worst direction v = S^T P^{1/2} u / |.| (MATH §3.1); its Rayleigh quotient is lambda_max.
@@ -100,47 +109,12 @@ def exact(oracle: LogProbOracle, x0: np.ndarray, p: np.ndarray, h: float, chunk:
         lambda_max_ci=None,
         trace=float(np.trace(g)),
         trace_se=0.0,
-        queries=oracle.queries - before,
+        queries=source.queries - before,
         probes=d,
         top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
         lower_bound=None,
         direction=direction,
     )
-
-
-def probe_directions(d: int, k: int, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Unit probe directions ``(k, d)`` and the scale of each probe, so that w_i = scale_i * unit_i.
-
-    gaussian: w ~ N(0, I_d). orthogonal: columns of the orthonormal DCT-II basis behind random
-    coordinate signs, drawn without replacement (a subsampled randomised trigonometric
-    transform), scaled by sqrt(d): E[W W^T]/k = I, exactly W W^T/k = I when k = d, and far
-    cheaper than a QR factorisation at large d. Blocks of d repeat when k > d.
-    """
-    if kind == "gaussian":
-        w = rng.standard_normal((k, d), dtype=np.float32)
-        norms = np.linalg.norm(w.astype(np.float64), axis=1) if d < 64 else np.linalg.norm(w, axis=1).astype(np.float64)
-        w /= norms[:, None].astype(np.float32)
-        return w, norms
-    if kind != "orthogonal":
-        raise ValueError(f"probes must be one of {PROBES}")
-    units = np.empty((k, d), dtype=np.float32)
-    itype = np.int32 if 2 * d * d < 2**31 else np.int64
-    odd = 2 * np.arange(d, dtype=itype) + 1
-    # cos(pi (2n+1) f / (2d)) depends only on (2n+1) f mod 4d: one table of 4d cosines.
-    table = (np.cos(np.pi * np.arange(4 * d) / (2 * d)) * np.sqrt(2.0 / d)).astype(np.float32)
-    done = 0
-    while done < k:
-        m = min(d, k - done)
-        signs = rng.choice(np.array([-1.0, 1.0]), size=d)
-        freqs = rng.choice(d, size=m, replace=False).astype(itype)
-        idx = np.multiply.outer(freqs, odd)
-        np.remainder(idx, 4 * d, out=idx)
-        block = units[done : done + m]
-        np.take(table, idx, out=block, mode="clip")  # indices are in range; 'clip' skips the check
-        block[freqs == 0] = np.float32(np.sqrt(1.0 / d))
-        block *= signs.astype(np.float32)[None, :]
-        done += m
-    return units, np.full(k, np.sqrt(d))
 
 
 # Many classes (K = 1000) would make the per-column outer products K^2 k numbers; above this
@@ -204,29 +178,3 @@ def bootstrap_ci(
     lo = min(2 * lam - hi_q, lo_q)
     hi = max(2 * lam - lo_q, hi_q)
     return float(max(0.0, lo)), float(hi)
-
-
-def sketch(
-    oracle: LogProbOracle,
-    x0: np.ndarray,
-    p: np.ndarray,
-    h: float,
-    k: int,
-    rng: np.random.Generator,
-    probes: str = "orthogonal",
-    check_lower_bound: bool = True,
-    fd_rel_error: float | None = None,
-) -> Estimate:
-    """Output-space sketch G_hat = P^{1/2} (Y Y^T / k) P^{1/2} with Y = S W from 2k queries.
-
-    The Hutchinson trace comes from the same probes: tr(F) ~ (1/k) sum_i |P^{1/2} y_i|^2,
-    with its standard error. With ``check_lower_bound`` two more queries evaluate v^T F v
-    along the sketch's top direction mapped back to input space (a certified lower bound).
-    """
-    from .subspace import deflated_sketch  # the plain sketch is deflation with an empty subspace
-
-    d = int(np.prod(oracle.sample_shape))
-    return deflated_sketch(
-        oracle, x0, p, h, np.zeros((0, d)), k, rng, probes=probes, check_lower_bound=check_lower_bound,
-        fd_rel_error=fd_rel_error, name="sketch",
-    )

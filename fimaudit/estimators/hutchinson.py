@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ..model.oracle import LogProbOracle
-from .fd import jvp
+from .source import JacobianSource
 
 HUTCHINSON_PROBES = ("rademacher", "gaussian")
 
@@ -50,10 +49,7 @@ def summarize(values: np.ndarray, level: float = 0.95) -> tuple[float, float, tu
 
 
 def hutchinson(
-    oracle: LogProbOracle,
-    x0: np.ndarray,
-    p: np.ndarray,
-    h: float,
+    source: JacobianSource,
     budget: int,
     rng: np.random.Generator,
     probes: str = "rademacher",
@@ -62,19 +58,19 @@ def hutchinson(
     batch: int = 16,
     level: float = 0.95,
 ) -> TraceEstimate:
-    """Estimate tr(F) at ``x0`` with at most ``budget`` queries (2 per probe)."""
-    before = oracle.queries
-    d = int(np.prod(oracle.sample_shape))
+    """Estimate tr(F) at the source's point with at most ``budget`` queries (2 per probe)."""
+    before = source.queries
+    d, p = source.d, source.p
     values: list[float] = []
     stopped = "budget"
     while True:
-        room = (budget - (oracle.queries - before)) // 2
+        room = (budget - (source.queries - before)) // 2
         if room <= 0:
             break
         n = min(batch, room)
         w = _draw(probes, n, d, rng)
         norms = np.linalg.norm(w, axis=1)
-        sv = jvp(oracle, x0, w / norms[:, None], h)
+        sv = source.jvp(w / norms[:, None])
         values.extend((norms**2 * np.sum(p[None, :] * sv * sv, axis=1)).tolist())
         arr = np.asarray(values)
         if arr.size >= max(min_probes, 2):
@@ -84,4 +80,4 @@ def hutchinson(
                 break
     arr = np.asarray(values)
     mean, se, ci = summarize(arr, level) if arr.size else (float("nan"), float("inf"), (0.0, float("inf")))
-    return TraceEstimate(mean, se, ci, int(arr.size), oracle.queries - before, stopped)
+    return TraceEstimate(mean, se, ci, int(arr.size), source.queries - before, stopped)

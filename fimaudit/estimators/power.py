@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from ..model.oracle import LogProbOracle
-from .core import Estimate, certified_lower_bound, probe_directions, quadratic_form
-from .fd import jvp
+from .core import Estimate, certified_lower_bound, quadratic_form, shrink_to_bound
+from .probes import ProbeStream
+from .source import JacobianSource
 
 POWER_MODES = ("fixed", "fresh")
 
@@ -49,39 +49,42 @@ def power_iteration_matrix(
 
 
 def power_fixed(
-    oracle: LogProbOracle,
-    x0: np.ndarray,
-    p: np.ndarray,
-    h: float,
+    source: JacobianSource,
     m: int,
     rng: np.random.Generator,
     probes: str = "gaussian",
     iters: int = 500,
     check_lower_bound: bool = True,
-    fd_rel_error: float | None = None,
+    block: int = 128,
 ) -> Estimate:
-    """Power iteration with m fixed, reused probes: 2m queries (+2 for the lower bound)."""
-    before = oracle.queries
-    d = int(np.prod(oracle.sample_shape))
-    units, scales = probe_directions(d, m, probes, rng)
-    y = (jvp(oracle, x0, units, h) * scales[:, None]).T  # (K, m): Y = S W
+    """Power iteration with m fixed, reused probes: m JVPs (+1 for the lower bound), streamed ``block`` at a time."""
+    before = source.queries
+    d, p = source.d, source.p
+    stream = ProbeStream(d, m, probes, rng)
+    y = np.empty((p.shape[0], m))
+    scales = np.empty(m)
+    for start in range(0, m, max(1, block)):
+        units, sc = stream.block(start, start + block)
+        scales[start : start + sc.size] = sc
+        y[:, start : start + sc.size] = (source.jvp(units) * sc[:, None]).T  # Y = S W, block by block
+        del units
     # On span(W), v = W c and F_hat v = (1/m) W Y^T P S v = W [(1/m) Y^T P Y c].
     apply = lambda c: (y.T @ (p * (y @ c))) / m  # noqa: E731
     lam, c, _ = power_iteration_matrix(apply, rng.standard_normal(m), iters)
-    v = (units * scales[:, None]).T @ c  # the iterate in input space
+    v = stream.combine(c * scales)  # the iterate W c in input space, rebuilt from the probe seeds
     nv = float(np.linalg.norm(v))
     direction = v / nv if nv > 0 else None
     per_probe = np.sum(p[:, None] * y * y, axis=0)
     lower = None
     if check_lower_bound and direction is not None:
-        lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
+        lower = certified_lower_bound(source, direction)
     return Estimate(
         method="power-fixed",
         lambda_max=float(lam),
         lambda_max_ci=None,
         trace=float(np.mean(per_probe)),
         trace_se=float(np.std(per_probe, ddof=1) / np.sqrt(m)) if m > 1 else float("inf"),
-        queries=oracle.queries - before,
+        queries=source.queries - before,
         probes=m,
         top_eigenvalues=(float(lam),),
         lower_bound=lower,
@@ -89,60 +92,50 @@ def power_fixed(
     )
 
 
-def power_fresh(
-    oracle: LogProbOracle,
-    x0: np.ndarray,
-    p: np.ndarray,
-    h: float,
-    budget: int,
-    rng: np.random.Generator,
-    m: int | None = None,
-    fd_rel_error: float | None = None,
-) -> Estimate:
-    """Power iteration with fresh zeroth-order probes every step, within ``budget`` queries.
+def fresh_probes(budget: int) -> int:
+    """Zeroth-order probes per gradient of ``power_fresh`` for a query budget (about 4 steps' worth)."""
+    return max(4, min(256, (budget - 2) // 8))
 
-    Each step: S v by central differences (2 queries), then S^T (P S v) from m fresh Gaussian
-    probes (2m queries). The estimate is the Rayleigh quotient v^T F v of the best iterate
-    (each measured by its own two queries), so it is also a lower bound.
+
+def power_fresh(source: JacobianSource, budget: int, rng: np.random.Generator) -> Estimate:
+    """Power iteration v <- S^T P S v / |.| with the source's VJP, within ``budget`` queries.
+
+    Each step: S v (one JVP), then S^T (P S v) from ``source.vjp`` (for finite differences, a
+    zeroth-order estimate from fresh probes). The estimate is the Rayleigh quotient v^T F v of
+    the best iterate (each measured by its own JVP), so it is also a lower bound.
     """
-    before = oracle.queries
-    d = int(np.prod(oracle.sample_shape))
-    if m is None:
-        m = max(4, min(256, (budget - 2) // 8))
+    before = source.queries
+    d, p = source.d, source.p
+    jvp_cost = 2  # finite differences; an exact source spends fewer, so the check stays safe
+    vjp_cost = source.vjp_cost(1)
     v = rng.standard_normal(d)
     v /= np.linalg.norm(v)
     best_q, best_v = -1.0, v
-    quotients = []
-    while oracle.queries - before + 2 + 2 * m + 2 <= budget:
-        sv = jvp(oracle, x0, v[None, :], h)[0]
+    while source.queries - before + jvp_cost + vjp_cost + jvp_cost <= budget:
+        sv = source.jvp(v[None, :])[0]
         q = float(np.sum(p * sv * sv))
-        quotients.append(q)
         if q > best_q:
             best_q, best_v = q, v
-        u = p * sv
-        units, scales = probe_directions(d, m, "gaussian", rng)
-        ys = jvp(oracle, x0, units, h) * scales[:, None]  # (m, K): rows S w_j
-        grad = (units * scales[:, None]).T @ (ys @ u) / m  # ~ S^T u
+        grad = source.vjp((p * sv)[None, :])[0]  # ~ S^T P S v
         ng = np.linalg.norm(grad)
         if ng == 0:
             break
         v = grad / ng
-    if oracle.queries - before + 2 <= budget:
-        q = quadratic_form(oracle, x0, p, v, h)
-        quotients.append(q)
+    if source.queries - before + jvp_cost <= budget:
+        q = quadratic_form(source, v)
         if q > best_q:
             best_q, best_v = q, v
-    margin = 2.0 * max(fd_rel_error or 0.0, 1e-4)
+    lam = float(max(best_q, 0.0))
     return Estimate(
         method="power-fresh",
-        lambda_max=float(max(best_q, 0.0)),
+        lambda_max=lam,
         lambda_max_ci=None,
         trace=float("nan"),
         trace_se=float("nan"),
-        queries=oracle.queries - before,
-        probes=m,
-        top_eigenvalues=(float(max(best_q, 0.0)),),
-        lower_bound=float(max(best_q, 0.0) * (1 - margin)),
+        queries=source.queries - before,
+        probes=getattr(source, "vjp_probes", 0),
+        top_eigenvalues=(lam,),
+        lower_bound=shrink_to_bound(lam, source.rel_error),
         direction=best_v,
     )
 

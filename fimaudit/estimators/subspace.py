@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model.oracle import LogProbOracle
-from .core import Estimate, bootstrap_ci, certified_lower_bound, probe_directions, small_matrix, top_eigen
-from .fd import jvp
+from .core import Estimate, bootstrap_ci, certified_lower_bound, small_matrix, top_eigen
+from .probes import ProbeStream
+from .source import JacobianSource
 
 SUBSPACES = ("dct", "learnt")
 
@@ -86,34 +86,48 @@ class LearntSubspace:
         return vt[:keep]
 
 
+PROBE_BLOCK = 128  # probes per JVP call unless the caller says otherwise (scan: --max-batch / 2)
+
+
 def deflated_sketch(
-    oracle: LogProbOracle,
-    x0: np.ndarray,
-    p: np.ndarray,
-    h: float,
+    source: JacobianSource,
     q: np.ndarray,
     k: int,
     rng: np.random.Generator,
     probes: str = "gaussian",
     check_lower_bound: bool = True,
-    fd_rel_error: float | None = None,
     name: str = "deflated",
+    block: int = PROBE_BLOCK,
 ) -> Estimate:
-    """Exact on span(q) (rows orthonormal, 2r queries) plus a k-probe sketch of the complement (2k)."""
-    before = oracle.queries
-    d = int(np.prod(oracle.sample_shape))
+    """Exact on span(q) (rows orthonormal, r JVPs) plus a k-probe sketch of the complement (k JVPs).
+
+    Probes are streamed ``block`` at a time and reduced to the K x k matrix Y = S W' at once;
+    the Ritz direction is rebuilt from the probe seeds, so memory is O(block * d + K * k).
+    """
+    before = source.queries
+    d, p = source.d, source.p
     r = q.shape[0]
-    z = jvp(oracle, x0, q, h).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
-    units, scales = probe_directions(d, k, probes, rng)
-    if r:
-        w = units * scales[:, None].astype(units.dtype)
-        w = w - (w @ q.T.astype(w.dtype)) @ q.astype(w.dtype)
-        norms = np.linalg.norm(w, axis=1).astype(np.float64)
-        norms[norms == 0] = 1.0
-        units = w / norms[:, None].astype(w.dtype)
-    else:
-        norms = scales
-    y = (jvp(oracle, x0, units, h) * norms[:, None]).T  # (K, k) = S W'
+    z = source.jvp(q).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
+    stream = ProbeStream(d, k, probes, rng)
+    y = np.empty((p.shape[0], k))
+    norms = np.empty(k)
+    scales = np.empty(k)
+    q32 = q.astype(np.float32) if r else None
+    for start in range(0, k, max(1, block)):
+        units, sc = stream.block(start, start + block)
+        stop = start + units.shape[0]
+        scales[start:stop] = sc
+        if r:
+            w = units * sc[:, None].astype(np.float32)
+            w -= (w @ q32.T) @ q32  # the complement of span(q)
+            nb = np.linalg.norm(w, axis=1).astype(np.float64)
+            nb[nb == 0] = 1.0
+            units = w / nb[:, None].astype(np.float32)
+        else:
+            nb = sc
+        norms[start:stop] = nb
+        y[:, start:stop] = (source.jvp(units) * nb[:, None]).T  # S W' for this block
+        del units
     fixed = small_matrix(p, z) if r else np.zeros((p.shape[0], p.shape[0]))
     g = fixed + small_matrix(p, y) / k
     evals, evecs = top_eigen(g)
@@ -121,17 +135,17 @@ def deflated_sketch(
     trace = float(np.trace(fixed) + np.mean(per_probe))
     trace_se = float(np.std(per_probe, ddof=1) / np.sqrt(k)) if k > 1 else float("inf")
     ci = bootstrap_ci(p, y, rng, fixed=fixed) if k > 1 else None
-    direction = _best_measured_direction(p, q, z, units, y / norms[None, :])
+    direction = _best_measured_direction(p, q, z, stream, y, scales, norms)
     lower = None
     if check_lower_bound and direction is not None:
-        lower = certified_lower_bound(oracle, x0, p, direction, h, fd_rel_error)
+        lower = certified_lower_bound(source, direction)
     return Estimate(
         method=f"{name}-{probes}",
         lambda_max=float(evals[0]),
         lambda_max_ci=ci,
         trace=trace,
         trace_se=trace_se,
-        queries=oracle.queries - before,
+        queries=source.queries - before,
         probes=k + r,
         top_eigenvalues=tuple(float(e) for e in evals[: min(5, len(evals))]),
         lower_bound=lower,
@@ -139,26 +153,55 @@ def deflated_sketch(
     )
 
 
-def _ritz(p: np.ndarray, rows: np.ndarray, s_rows: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """Best unit direction in span(rows) for (near-)orthonormal ``rows`` with measured S rows^T.
-
-    Returns its predicted v^T F v (from the measured JVPs, by linearity) and the direction.
-    """
-    if rows.shape[0] == 0:
-        return 0.0, None
+def _ritz_coefficients(p: np.ndarray, s_rows: np.ndarray) -> tuple[float, np.ndarray]:
+    """Top eigenvalue of G for measured S rows^T ``(K, m)`` and the coefficients c of v = sum_i c_i row_i."""
     evals, evecs = top_eigen(small_matrix(p, s_rows))
-    coeff = s_rows.T @ (np.sqrt(p) * evecs[:, 0])
-    v = (rows.T @ coeff.astype(rows.dtype)).astype(np.float64)  # no float64 copy of the (k, d) rows
+    return float(evals[0]), s_rows.T @ (np.sqrt(p) * evecs[:, 0])
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
     nv = float(np.linalg.norm(v))
-    return (float(evals[0]), v / nv) if nv > 0 else (0.0, None)
+    return v / nv if nv > 0 and np.isfinite(nv) else None
 
 
-def _best_measured_direction(p, q, z, units, y_units) -> np.ndarray | None:
+def _best_measured_direction(p, q, z, stream: ProbeStream, y, scales, norms) -> np.ndarray | None:
     """Ritz directions of the exact subspace and of the complement probes; keep the better.
 
     A direction mixing both is no better in practice: the complement part of a sketch
     direction is mostly noise when k << d (it captures about k/d of S's energy).
+    The complement probes are unit'_i = P(scale_i unit_i) / norm_i with P the projection off
+    span(q), so sum_i c_i unit'_i = P(sum_i (c_i scale_i / norm_i) unit_i), rebuilt from seeds.
     """
-    q_sub, v_sub = _ritz(p, q, z)
-    q_cmp, v_cmp = _ritz(p, units, y_units)
+    q_sub, v_sub = 0.0, None
+    if q.shape[0]:
+        q_sub, c = _ritz_coefficients(p, z)
+        v_sub = _unit(q.T @ c)
+    q_cmp, v_cmp = 0.0, None
+    if y.shape[1]:
+        q_cmp, c = _ritz_coefficients(p, y / norms[None, :])
+        v = stream.combine(c * scales / norms)
+        if q.shape[0]:
+            v = v - q.T @ (q @ v)
+        v_cmp = _unit(v)
     return v_sub if q_sub >= q_cmp and v_sub is not None else v_cmp
+
+
+def sketch(
+    source: JacobianSource,
+    k: int,
+    rng: np.random.Generator,
+    probes: str = "orthogonal",
+    check_lower_bound: bool = True,
+    block: int = PROBE_BLOCK,
+) -> Estimate:
+    """Output-space sketch G_hat = P^{1/2} (Y Y^T / k) P^{1/2} with Y = S W from k JVPs (2k queries).
+
+    The Hutchinson trace comes from the same probes: tr(F) ~ (1/k) sum_i |P^{1/2} y_i|^2,
+    with its standard error. With ``check_lower_bound`` one more JVP evaluates v^T F v
+    along the sketch's top direction mapped back to input space (a certified lower bound).
+    """
+    # The plain sketch is deflation with an empty subspace.
+    return deflated_sketch(
+        source, np.zeros((0, source.d)), k, rng, probes=probes, check_lower_bound=check_lower_bound, name="sketch",
+        block=block,
+    )

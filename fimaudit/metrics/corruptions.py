@@ -23,7 +23,8 @@ def gaussian_noise(x, s, rng):
 
 def shot_noise(x, s, rng):
     lam = [60, 25, 12, 5, 3][s - 1]
-    return _clip(rng.poisson(x * lam) / lam)
+    # Clip first: float32 exports store 0 as -1e-17 now and then, and Poisson refuses rates < 0.
+    return _clip(rng.poisson(_clip(x) * lam) / lam)
 
 
 def impulse_noise(x, s, rng):
@@ -86,6 +87,19 @@ CORRUPTIONS = {
     "contrast": contrast,
     "pixelate": pixelate,
 }
+
+
+SPATIAL = ("gaussian_blur", "defocus_blur", "pixelate")  # act on the last two axes as an image
+
+
+def applicable(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The corruptions that make sense for samples of this shape.
+
+    Spatial ones need the last two axes to be an image (both >= 4): a ``[784, 1]`` vector or a
+    channels-last ``[H, W, 3]`` sample would be blurred across the wrong axes.
+    """
+    image = len(sample_shape) >= 2 and min(sample_shape[-2:]) >= 4
+    return tuple(name for name in CORRUPTIONS if image or name not in SPATIAL)
 
 
 def corrupt(x: np.ndarray, name: str, severity: int, rng: np.random.Generator) -> np.ndarray:

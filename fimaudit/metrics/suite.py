@@ -7,12 +7,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..attack_space import attack_oracle
+from ..attacks import make_attack
 from ..errors import ConfigError
-from ..evidence import _attack_oracle
+from ..evidence_result import MetricsResult
 from ..images import DEFAULT_RESIZE, DataOptions, prepare
 from ..model.layout import Layout
 from ..model import load_model
-from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from .corruptions import CORRUPTIONS, SEVERITIES, applicable, corrupt
 from .performance import performance, shift_robustness
 from .weights import norm_measures, path_norm, sharpness_sigma
 
@@ -45,18 +47,17 @@ class MetricsConfig:
     preset: str | None = None
 
 
-def run_metrics(cfg: MetricsConfig) -> dict:
+def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     t0 = time.perf_counter()
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
                        device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
-                   DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
                                   y, ds.source)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
@@ -68,30 +69,37 @@ def run_metrics(cfg: MetricsConfig) -> dict:
     ns = min(cfg.sharpness_samples, len(x))
     u = (oracle._to_input(x[:ns]) if oracle._to_input is not None else x[:ns]).astype(np.float32)
     sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                         np.random.default_rng([cfg.seed, 5]), draws=cfg.sharpness_draws)
+                         np.random.default_rng([cfg.seed, 5]), draws=cfg.sharpness_draws,
+                         fixed_batch=model.info.fixed_batch)
     sh_m = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                           np.random.default_rng([cfg.seed, 6]), draws=cfg.sharpness_draws, magnitude_aware=True)
+                           np.random.default_rng([cfg.seed, 6]), draws=cfg.sharpness_draws, magnitude_aware=True,
+                           fixed_batch=model.info.fixed_batch)
     metrics.update({"sharpness_sigma": sh["sigma"], "sharpness_flatness": sh["flatness"],
                     "sharpness_magnitude_sigma": sh_m["sigma"], "sharpness_magnitude_flatness": sh_m["flatness"]})
     corr: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     shifts = []
     if cfg.corruptions:
         lo, hi = float(x.min()), float(x.max())
-        if lo < -1e-9 or hi > 1 + 1e-9:
+        # float32 exports round 0 and 1 by a few ulps of 1 (values such as -5e-9 occur): allow 1e-6.
+        if lo < -1e-6 or hi > 1 + 1e-6:
             raise ConfigError("corruptions need images in [0, 1] after --scale (e.g. --scale 1/255 for uint8 pixels)")
         rng = np.random.default_rng([cfg.seed, 7])
-        for name in CORRUPTIONS:
+        names = applicable(model.sample_shape)
+        skipped = [n for n in CORRUPTIONS if n not in names]
+        if skipped:
+            notes.append(f"{', '.join(skipped)} skipped: the last two axes of the sample shape "
+                         f"{list(model.sample_shape)} are not an image's height and width")
+        for name in names:
             corr[name] = {"0": clean["accuracy"]}
             for sev in SEVERITIES:
-                perf = performance(oracle.logp(_corrupt_images(x, name, sev, rng, prep.layout)), y)
+                perf = performance(oracle.logp(_corrupt_images(np.clip(x, 0.0, 1.0), name, sev, rng, prep.layout)), y)
                 corr[name][str(sev)] = perf["accuracy"]
                 shifts.append(shift_robustness(clean, perf))
         for key in ("accuracy_gap", "relative_accuracy", "relative_confidence", "uncertainty_shift"):
             metrics[f"corruption_{key}"] = float(np.mean([s[key] for s in shifts]))
     if cfg.attack_samples > 0 and cfg.attack_eps > 0:
         # The attacked set as a shift: Square L-inf (score-based, no gradients) on the first samples.
-        from ..attacks import make_attack
-
         na = min(cfg.attack_samples, len(x))
         lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
         out = make_attack("square")(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
@@ -101,15 +109,14 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         for key, val in shift_robustness(clean_a, adv).items():
             metrics[f"adversarial_{key}"] = val
     cfg_d = asdict(cfg)
-    return {
-        "schema_version": "1.0",
-        "kind": "metrics",
+    return MetricsResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
+        "notes": notes,
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })
 
 
 def _corrupt_images(x: np.ndarray, name: str, severity: int, rng: np.random.Generator, layout: Layout) -> np.ndarray:

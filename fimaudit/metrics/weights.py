@@ -15,57 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.fold import fold_batchnorm
 from ..model.session import create_session
+from ..model.spec import logit_output, onnx_producers
 
 
 def _init_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
-
-
-def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every BatchNormalization that directly follows a Conv/Gemm (sole consumer) folded in."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = _init_map(m)
-    consumers: dict[str, list] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in m.graph.output}
-    remove = []
-    for node in list(m.graph.node):
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        cons = consumers.get(node.output[0], [])
-        if len(cons) != 1 or cons[0].op_type != "BatchNormalization" or node.output[0] in graph_outputs:
-            continue
-        bn = cons[0]
-        if not all(i in inits for i in bn.input[1:5]):
-            continue
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        scale = gamma / np.sqrt(var + eps)
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        if node.op_type == "Conv":
-            w2 = w * scale[:, None, None, None]
-        else:
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            w2 = w * (scale[:, None] if trans_b else scale[None, :])
-        b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-        b2 = (b - mean) * scale + beta
-        dtype = numpy_helper.to_array(inits[node.input[1]]).dtype
-        wname, bname = node.input[1] + "_bnfold", (node.output[0] + "_bnfold_bias")
-        m.graph.initializer.append(numpy_helper.from_array(w2.astype(dtype), wname))
-        m.graph.initializer.append(numpy_helper.from_array(np.asarray(b2, dtype=dtype), bname))
-        new_inputs = [node.input[0], wname, bname]
-        del node.input[:]
-        node.input.extend(new_inputs)
-        node.output[0] = bn.output[0]
-        remove.append(bn)
-        inits = _init_map(m)
-    for bn in remove:
-        m.graph.node.remove(bn)
-    return m
 
 
 @dataclass(frozen=True)
@@ -121,11 +77,7 @@ def norm_measures(model: onnx.ModelProto, margin: float) -> dict[str, float]:
 
 
 def _logit_output(model: onnx.ModelProto, output_name: str) -> str:
-    producer = {o: n for n in model.graph.node for o in n.output}
-    node = producer.get(output_name)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        return node.input[0]
-    return output_name
+    return logit_output(onnx_producers(model), output_name).logits
 
 
 def _run(model: onnx.ModelProto, feeds: dict, output: str) -> np.ndarray:
@@ -156,8 +108,9 @@ def path_norm(model: onnx.ModelProto, input_name: str, output_name: str, sample_
 class NoisyWeights:
     """One onnxruntime session whose layer weights can be replaced at run time (declared as inputs)."""
 
-    def __init__(self, model: onnx.ModelProto, input_name: str, output_name: str) -> None:
+    def __init__(self, model: onnx.ModelProto, input_name: str, output_name: str, fixed_batch: int | None = None) -> None:
         m = fold_batchnorm(model)
+        self.fixed_batch = fixed_batch  # the model's fixed batch size (None: any)
         self.layers = layers(m)
         inits = _init_map(m)
         self.weights = {layer.weight: numpy_helper.to_array(inits[layer.weight]) for layer in self.layers}
@@ -175,8 +128,13 @@ class NoisyWeights:
     def predict(self, x: np.ndarray, weights: dict[str, np.ndarray] | None = None, batch: int = 256) -> np.ndarray:
         feeds_w = {k: v.astype(self.weights[k].dtype) for k, v in (weights or self.weights).items()}
         preds = []
+        batch = self.fixed_batch or batch
         for s in range(0, len(x), batch):
-            out = self.session.run([self.output], {self.input_name: x[s : s + batch].astype(np.float32), **feeds_w})[0]
+            chunk = x[s : s + batch].astype(np.float32)
+            real = chunk.shape[0]
+            if self.fixed_batch is not None and real < self.fixed_batch:  # pad a fixed batch with copies
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.fixed_batch - real, axis=0)])
+            out = self.session.run([self.output], {self.input_name: chunk, **feeds_w})[0][:real]
             preds.append(np.argmax(out.reshape(out.shape[0], -1), axis=1))
         return np.concatenate(preds)
 
@@ -194,6 +152,7 @@ def sharpness_sigma(
     magnitude_aware: bool = False,
     eps: float = 1e-3,
     max_steps: int = 20,
+    fixed_batch: int | None = None,
 ) -> dict[str, float]:
     """PAC-Bayes sharpness: bisection on sigma so Gaussian weight noise lowers accuracy by ``target``.
 
@@ -201,7 +160,7 @@ def sharpness_sigma(
     ``draws`` Monte-Carlo draws. Bisection is on log sigma in [1e-6, 10]; it stops when the drop
     is within ``tol`` of ``target``. Returns sigma, the flatness 1/sigma^2 and the achieved drop.
     """
-    nw = NoisyWeights(model, input_name, output_name)
+    nw = NoisyWeights(model, input_name, output_name, fixed_batch)
     clean = float(np.mean(nw.predict(x) == y))
 
     def drop(sigma: float) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ModelOutputError
 from .gpu import BoundRunner, device_plan
-from .loader import ModelInfo
+from .spec import ModelInfo
 from .session import translate_ort_error
 
 
@@ -38,9 +38,28 @@ class Model:
         if self.device_plan.binding is not None:
             self.bind_io(self.device_plan.binding)
         self.queries = 0
+        self.passes = 0  # onnxruntime run calls
         self.run_seconds = 0.0  # wall time inside onnxruntime's run
         self.n_classes: int | None = None
         self.proto = proto  # the validated onnx.ModelProto (external data loaded), for graph analysis
+        self.notes: list[str] = []  # what running the model taught us (e.g. a batch it cannot take)
+        self._batch_ok = False  # a batch of more than one row has run
+
+    def _one_row_fallback(self, chunk: np.ndarray, rows: int) -> bool:
+        """After a failed multi-row batch on a dynamic batch axis, switch to one row per run if that works.
+
+        Some exports declare a dynamic batch but hard-code 1 inside (e.g. Reshape to [1, -1]).
+        """
+        if self._batch_ok or self.info.fixed_batch is not None or rows < 2 or self.max_batch == 1:
+            return False
+        try:
+            self._session.run([self.info.output.name], {self.info.input.name: np.ascontiguousarray(chunk[:1], dtype=self._dtype)})
+        except Exception:
+            return False
+        self.max_batch = 1
+        self.notes.append("the model declares a dynamic batch but fails on batches of more than one row; "
+                          "it is queried one row at a time")
+        return True
 
     def bind_io(self, device: str) -> None:
         """Run through I/O binding on ``device`` (automatic on CUDA; "cpu" exercises it in tests)."""
@@ -64,7 +83,8 @@ class Model:
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(f"expected rows of shape {self.sample_shape}, got {x.shape[1:]}")
         outs = []
-        for start in range(0, n, self.max_batch):
+        start = 0
+        while start < n:
             chunk = x[start : start + self.max_batch]
             real = chunk.shape[0]
             if self.info.fixed_batch is not None and real < self.info.fixed_batch:
@@ -78,16 +98,23 @@ class Model:
                 else:
                     (out,) = self._session.run([self.info.output.name], feed)
             except Exception as exc:
+                if self._one_row_fallback(chunk, real):
+                    continue  # the same rows again, one at a time
                 raise ModelOutputError(f"onnxruntime failed while running the model: {translate_ort_error(exc)}") from None
+            out = np.asarray(out)
+            if (out.ndim == 0 or out.shape[0] != chunk.shape[0]) and self._one_row_fallback(chunk, real):
+                continue
             self.run_seconds += time.perf_counter() - t0
             self.queries += real
-            out = np.asarray(out)
+            self.passes += 1
+            self._batch_ok = self._batch_ok or chunk.shape[0] > 1
             if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
                 raise ModelOutputError(
                     f"output '{self.info.output.name}' has shape {list(out.shape)}, which has no batch axis of "
                     f"{chunk.shape[0]} rows"
                 )
             outs.append(out[:real].reshape(real, -1).astype(np.float64))
+            start += real
         result = np.concatenate(outs, axis=0) if outs else np.zeros((0, self.n_classes or 0))
         if not np.all(np.isfinite(result)):
             raise ModelOutputError(f"the model returned NaN or Inf in output '{self.info.output.name}'")

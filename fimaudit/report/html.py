@@ -65,12 +65,12 @@ def render_html(result: ScanResult) -> str:
         ("model", f"{m['path']} (sha256 {m['sha256']})"),
         ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
         ("output", f"{m['output']['name']}: {m['output']['kind']}, {m['output']['classes']} classes"),
-        ("method", f"{cfg.get('method_used')}, {cfg.get('probes_per_sample')} probes per sample, budget {cfg.get('budget')}, "
+        ("method", f"{result.run.method_used}, {result.run.probes_per_sample} probes per sample, budget {cfg.get('budget')}, "
                    f"seed {cfg.get('seed')}"),
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
-        ("dither", _dither_text(cfg.get("dither_used"))),
-        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check_result"))),
+        ("dither", _dither_text(result.run.dither)),
+        ("gradients", _gradients_text(result.run.gradients, result.run.cross_check)),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
     ]

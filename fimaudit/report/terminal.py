@@ -71,15 +71,15 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("model", f"{m['path']}  (sha256 {m['sha256'][:12]}…)"),
         ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
         ("output", f"{m['output']['name']}: {m['output']['kind']} ({m['output']['kind_source']}), {m['output']['classes']} classes"),
-        ("samples", f"{s.lambda_max.count} from {cfg.get('data_source')}"),
-        ("method", f"{cfg.get('method_used')} ({cfg.get('probes_per_sample')} probes per sample"
-         + (f", {cfg.get('probes')} probes" if cfg.get("method_used") == "sketch" else "") + ")"),
+        ("samples", f"{s.lambda_max.count} from {result.run.data_source}"),
+        ("method", f"{result.run.method_used} ({result.run.probes_per_sample} probes per sample"
+         + (f", {cfg.get('probes')} probes" if result.run.method_used == "sketch" else "") + ")"),
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} total, budget {cfg.get('budget')} per sample, {s.calibration_queries} for the step check"),
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
-        ("dither", _dither_text(cfg.get("dither_used"))),
-        ("gradients", _gradients_text(cfg.get("gradients_used"), cfg.get("cross_check_result"))),
+        ("dither", _dither_text(result.run.dither)),
+        ("gradients", _gradients_text(result.run.gradients, result.run.cross_check)),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
@@ -97,13 +97,18 @@ def render_to_console(result: ScanResult, console: Console) -> None:
                                       f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"))
         else:
             facts.insert(3, ("bound", f"none from the weights: {b.get('reason')}"))
+    print_facts(console, facts, result.notes)
+
+
+def print_facts(console: Console, facts: list[tuple[str, str]], notes: tuple[str, ...] | list[str]) -> None:
+    """The key/value lines under a result's table, then its notes (the NOT REPRESENTATIVE one in bold)."""
     facts_table = Table(show_header=False, box=None, pad_edge=False)
     facts_table.add_column(style="bold")
     facts_table.add_column()
     for k, v in facts:
         facts_table.add_row(k, v)
     console.print(facts_table)
-    for note in result.notes:
+    for note in notes:
         style = "bold yellow" if note.startswith("NOT REPRESENTATIVE") else "yellow"
         console.print(f"note: {note}", style=style, soft_wrap=True)
 
