@@ -244,9 +244,9 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     out.update({
         "model": spec.name or spec.path,
         "lambda_method": res.run.method_used,
-        "lambda_gradients": res.run.gradients["source"],
+        "lambda_gradients": res.run.gradients_used["source"],
         "distance_gradients": "graph" if record is not None and record.get("source") == "graph" else "fd",
-        "dither": (res.run.dither or {}).get("sigma"),
+        "dither": (res.run.dither_used or {}).get("sigma"),
         "units": "attack units (data x --scale), L2",
     })
     return out

@@ -156,7 +156,8 @@ class Summary:
         )
 
 
-RUN_FIELDS = ("method_used", "subspace_dim_used", "probes_per_sample", "samples_scanned", "data_source", "tie_share")
+RUN_FIELDS = ("method_used", "subspace_dim_used", "probes_per_sample", "samples_scanned", "data_source", "tie_share",
+              "dither_used", "gradients_used", "cross_check_result")
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,9 @@ class RunInfo:
     samples_scanned: int
     data_source: str  # the data file, or "synthetic"
     tie_share: float  # median share of each input's most common exact value
-    dither: dict | None = None  # sigma (None: F at x), source (auto | user), tie_share
-    gradients: dict | None = None  # Jacobian source: graph or fd, the self-check's figures or the refusal reason
-    cross_check: dict | None = None  # --cross-check: the black-box estimator's error against the graph
+    dither_used: dict | None = None  # sigma (None: F at x), source (auto | user), tie_share
+    gradients_used: dict | None = None  # Jacobian source: graph or fd, the self-check's figures or the refusal reason
+    cross_check_result: dict | None = None  # --cross-check: the black-box estimator's error against the graph
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -185,9 +186,9 @@ class RunInfo:
             samples_scanned=int(d.get("samples_scanned") or 0),
             data_source=str(d.get("data_source", "")),
             tie_share=float(d.get("tie_share") or 0.0),
-            dither=d.get("dither"),
-            gradients=d.get("gradients"),
-            cross_check=d.get("cross_check"),
+            dither_used=d.get("dither_used"),
+            gradients_used=d.get("gradients_used"),
+            cross_check_result=d.get("cross_check_result"),
         )
 
 

@@ -631,9 +631,9 @@ def assemble(
         samples_scanned=len(samples),
         data_source=points.source,
         tie_share=points.tie_share,
-        dither=dict(points.dither),
-        gradients=calib.gradients,
-        cross_check=_cross_check_summary(samples, calib.plan.method),
+        dither_used=dict(points.dither),
+        gradients_used=calib.gradients,
+        cross_check_result=_cross_check_summary(samples, calib.plan.method),
     )
     if calib.graph is not None and samples:
         run = replace(run, method_used=samples[0].method, probes_per_sample=samples[0].probes)

@@ -36,7 +36,7 @@ def test_ties_are_dithered_by_default_and_sources_agree(pool_case):
     net, path, data, x = pool_case
     ex = fimaudit.scan(path, data, method="exact", seed=2, bounds=False)
     sk = fimaudit.scan(path, data, method="sketch", budget=2 * 64 + 6, seed=2, bounds=False)  # k = d orthogonal
-    d = ex.run.dither
+    d = ex.run.dither_used
     assert d["source"] == "auto" and d["tie_share"] == pytest.approx(0.75) and d["sigma"] > 0
     assert all(s.dither == d["sigma"] for s in ex.samples)
     assert any("dithered points" in n and "--no-dither" in n for n in ex.notes)
@@ -52,7 +52,7 @@ def test_ties_are_dithered_by_default_and_sources_agree(pool_case):
     assert np.median(np.abs(e - graph) / graph) <= 1e-3 and np.median(np.abs(k - graph) / graph) <= 1e-3
     # and the ONNX gradient graph, chosen by the scan after its self-check at the dithered points
     gr = fimaudit.scan(path, data, gradients="graph", seed=2, bounds=False)
-    assert gr.run.dither["sigma"] == d["sigma"]
+    assert gr.run.dither_used["sigma"] == d["sigma"]
     assert np.median(np.abs(_lams(gr) - refs) / refs) <= 1e-4
     assert np.median(np.abs(e - _lams(gr)) / _lams(gr)) <= 1e-3
 
@@ -61,7 +61,7 @@ def test_no_dither_keeps_x_where_estimators_disagree(pool_case):
     net, path, data, x = pool_case
     ex = fimaudit.scan(path, data, method="exact", seed=2, bounds=False, no_dither=True)
     sk = fimaudit.scan(path, data, method="sketch", budget=2 * 64 + 6, seed=2, bounds=False, no_dither=True)
-    assert ex.run.dither["sigma"] is None and all(s.dither is None for s in ex.samples)
+    assert ex.run.dither_used["sigma"] is None and all(s.dither is None for s in ex.samples)
     assert any("exact ties" in n and "kept by --no-dither" in n for n in ex.notes)
     e, k = _lams(ex), _lams(sk)
     assert np.median(np.abs(e - k) / e) > 3e-3  # F is not defined at x: directions see different one-sided mixtures
@@ -70,12 +70,12 @@ def test_no_dither_keeps_x_where_estimators_disagree(pool_case):
 def test_explicit_sigma_and_untied_inputs(pool_case, tmp_path):
     net, path, data, x = pool_case
     res = fimaudit.scan(path, data, method="exact", seed=2, bounds=False, dither=0.01, samples=2)
-    assert res.run.dither == {"sigma": 0.01, "source": "user", "tie_share": pytest.approx(0.75)}
+    assert res.run.dither_used == {"sigma": 0.01, "source": "user", "tie_share": pytest.approx(0.75)}
     with pytest.raises(ConfigError):
         fimaudit.scan(path, data, dither=0.01, no_dither=True, samples=1)
     np.savez(tmp_path / "u.npz", x=np.random.default_rng(0).uniform(size=(2, 1, 8, 8)).astype(np.float32))
     plain = fimaudit.scan(path, tmp_path / "u.npz", method="exact", bounds=False)
-    assert plain.run.dither["sigma"] is None and plain.run.tie_share == 0.0
+    assert plain.run.dither_used["sigma"] is None and plain.run.tie_share == 0.0
 
 
 def test_cli_no_dither_and_conflict(pool_case, tmp_path):

@@ -75,7 +75,7 @@ def test_scan_with_the_gradient_graph_matches_the_closed_form(tmp_path, k):
     res = fimaudit.scan(net.onnx(tmp_path / "lin.onnx"), tmp_path / "d.npz", gradients="graph", cross_check=True,
                         bounds=False, budget=2000)
     assert res.run.method_used == ("exact-graph" if k < 64 else "lanczos-graph")
-    cross = res.run.cross_check
+    cross = res.run.cross_check_result
     assert cross["samples"] == 4 and cross["median_relative_error"] < 1e-3  # black-box exact on a linear model
     for s, xi in zip(res.samples, x):
         f = B.linear_reference(w, b, xi)

@@ -69,8 +69,8 @@ def render_html(result: ScanResult) -> str:
                    f"seed {cfg.get('seed')}"),
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
-        ("dither", _dither_text(result.run.dither)),
-        ("gradients", _gradients_text(result.run.gradients, result.run.cross_check)),
+        ("dither", _dither_text(result.run.dither_used)),
+        ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
     ]

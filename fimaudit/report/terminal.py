@@ -78,8 +78,8 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("queries", f"{s.queries_total} total, budget {cfg.get('budget')} per sample, {s.calibration_queries} for the step check"),
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
-        ("dither", _dither_text(result.run.dither)),
-        ("gradients", _gradients_text(result.run.gradients, result.run.cross_check)),
+        ("dither", _dither_text(result.run.dither_used)),
+        ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
