@@ -1,11 +1,10 @@
 """fimaudit: audit ONNX classifiers for input-space Fisher information (local fragility)."""
 
-__version__ = "0.1.0"
-
-from .errors import FimauditError  # noqa: E402
-from .result import ScanResult  # noqa: E402
-from .scan import ScanConfig  # noqa: E402
-from .scan import scan as _scan  # noqa: E402
+from ._version import __version__
+from .errors import FimauditError
+from .result import ScanResult
+from .scan import ScanConfig
+from .scan import scan as _scan
 
 
 def scan(model: str, data: str | None = None, **options) -> ScanResult:

@@ -31,8 +31,9 @@ To add an option to every data-taking command (e.g. ``--layout``):
    ``parse`` turns the raw value into the typed one and raises ``ConfigError`` naming the flag;
    ``config=False`` keeps it out of the core configs (like ``--json``). Register before the commands.
 2. add a field of the same name to each config that takes data (``ScanConfig``, ``AttackConfig``,
-   ``MetricsConfig``; ``AuditConfig`` takes it through ``ScanConfig``). ``opts.config(Cls, ...)``
-   passes every config option by name, so a config that lacks the field fails the CLI tests at once.
+   ``MetricsConfig``, ``AuditConfig``, ``CertifyConfig``). ``opts.config(Cls, ...)`` passes every config
+   option by name, so a config that lacks the field fails the CLI tests at once
+   (``tests/test_cli_options.py::test_configs_take_every_shared_option`` names it).
 3. add a bad-value case to ``tests/test_cli_options.py`` (one table covers every command).
 
 A new command: ``@command("name", "data", "out")`` over ``def name_cmd(opts: Opts, <own options>) -> int``;
@@ -46,6 +47,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -58,9 +60,14 @@ from typer.core import TyperCommand, TyperGroup
 
 from .data import eval_fraction, parse_floats, parse_range
 from .errors import ConfigError, FimauditError
+from .images import CHANNEL_ORDERS, DEFAULT_RESIZE, PRESETS, RESIZE_POLICIES
+from .model.layout import LAYOUTS
 from .model.loader import parse_input_shape
 from .model.oracle import OUTPUT_KINDS
-from .report import render_json, renderer_for
+from .audit import AuditConfig, AuditResult, Section, run_audit
+from .policy import Policy, apply_to_config, evaluate, load_policy, parse_check
+from .report import load_result, render_json, renderer_for
+from .report.evidence import tables as evidence_tables
 from .report.terminal import render_to_console
 from .result import ScanResult
 from .runtime_guard import Interrupted, RunTimeout, guarded_run
@@ -181,6 +188,11 @@ def _choice(flag: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _optional_choice(flag: str, allowed: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
+    check = _choice(flag, allowed)
+    return lambda value: None if value is None else check(value)
+
+
 def _at_least(flag: str, low: int) -> Callable[[Optional[int]], Optional[int]]:
     def parse(value: Optional[int]) -> Optional[int]:
         if value is not None and value < low:
@@ -233,7 +245,8 @@ shared_option("max_batch", ("--max-batch",), int, 256, "Most rows per onnxruntim
 shared_option("threads", ("--threads",), int, 0, "onnxruntime intra-op threads (0: its default).", groups=("run",),
               parse=_at_least("--threads", 0))
 shared_option("data", ("--data",), Optional[Path], None,
-              ".npy (inputs) or .npz (x, optional integer labels y) in the model's input layout.",
+              ".npy (inputs), .npz (x, optional integer labels y) in the model's input layout, or a folder of "
+              "PNG/JPEG/BMP images (labels from subfolders or labels.csv).",
               groups=("data",), parse=_optional_str)
 shared_option("samples", ("--samples",), Optional[int], None, "Use the first N samples.", groups=("data",),
               parse=_at_least("--samples", 1))
@@ -244,11 +257,21 @@ shared_option("mean", ("--mean",), str, "0", "Model input = (x*scale - mean)/std
               groups=("data",), parse=_floats("--mean", 0.0))
 shared_option("std", ("--std",), str, "1", "Std, one value or one per channel.", groups=("data",),
               parse=_floats("--std", 1.0))
+shared_option("preset", ("--preset",), Optional[str], None,
+              "Named normalisation: imagenet | inception | unit | none (instead of --scale/--mean/--std).",
+              groups=("data",), parse=_optional_choice("--preset", tuple(PRESETS)))
+shared_option("layout", ("--layout",), str, "auto", "Input layout: auto (read from the graph) | nchw | nhwc.",
+              groups=("data",), parse=_choice("--layout", LAYOUTS))
+shared_option("resize", ("--resize",), str, DEFAULT_RESIZE,
+              "Image folders: shorter-side+center-crop | stretch to the model's size.", groups=("data",),
+              parse=_choice("--resize", RESIZE_POLICIES))
+shared_option("channels", ("--channels",), str, "rgb", "Image folders: channel order the model expects, rgb | bgr.",
+              groups=("data",), parse=_choice("--channels", CHANNEL_ORDERS))
 shared_option("input_range", ("--input-range",), str, "0,1",
               "LO,HI: valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
               groups=("data",), parse=parse_range)
 shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
-              groups=("data",))
+              groups=("data",), parse=_at_least("--seed", 0))  # numpy seeds are nonnegative
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
               groups=("budget",), parse=_at_least("--budget", 1))
 shared_option("workers", ("--workers",), Optional[int], None,
@@ -353,7 +376,11 @@ def write_atomic(path: str, text: str) -> None:
 
 def _run_guarded(fn: Callable[[], int], timeout: float | None = None) -> int:
     try:
-        with guarded_run(timeout):  # SIGINT/SIGTERM and --timeout unwind the run; temporary files removed
+        # SIGINT/SIGTERM and --timeout unwind the run, temporary files removed. numpy's overflow and
+        # invalid-value warnings on hostile numbers would add lines to stderr: NaN/Inf are checked where
+        # they matter and become one-line errors.
+        with guarded_run(timeout), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             return fn()
     except Interrupted as exc:
         sys.stderr.write(f"fimaudit: {exc.message}\n")
@@ -437,14 +464,17 @@ def scan_cmd(
 
 
 def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
+    """``--fail-above X`` is the one-line policy ``fisher.lambda_max.median <= X``."""
     if fail_above is None:
         return EXIT_OK
-    median = result.summary.lambda_max.median
-    if median is not None and median > fail_above:
-        if not quiet:
-            sys.stderr.write(f"fimaudit: gate failed: median lambda_max {median:.4g} > --fail-above {fail_above:g}\n")
-        return EXIT_GATE
-    return EXIT_OK
+    policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
+    wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
+    failed = [c for c in evaluate(policy, wrapped) if not c.passed]
+    if failed and not quiet:
+        c = failed[0]
+        value = "not computed" if c.value is None else f"{c.value:.4g}"
+        sys.stderr.write(f"fimaudit: gate failed: median lambda_max {value} > --fail-above {fail_above:g}\n")
+    return EXIT_GATE if failed else EXIT_OK
 
 
 @command("bounds", "graph", "out")
@@ -482,22 +512,11 @@ def attack_cmd(
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
                       taus=_floats_list(taus, "--tau"), steps=steps, grad=grad)
-    rep = run_attack(cfg)
-    _write_json(opts, rep)
+    result = run_attack(cfg)
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from rich.table import Table
-
-        t = Table(title=f"{attack} ({norm}) on {model.name}: clean accuracy {100 * rep['clean_accuracy']:.1f}%",
-                  title_justify="left")
-        t.add_column("eps", justify="right")
-        t.add_column("robust acc.", justify="right")
-        for tau in cfg.taus:
-            t.add_column(f"RR tau={tau:g}", justify="right")
-        t.add_column("queries", justify="right")
-        for r in rep["results"]:
-            t.add_row(f"{r['eps']:g}", f"{100 * r['robust_accuracy']:.1f}%",
-                      *[f"{100 * r['robust_ratio'][f'{tau:g}']:.1f}%" for tau in cfg.taus], str(r["queries_total"]))
-        opts.console.print(t)
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -510,28 +529,11 @@ def metrics_cmd(
     """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
     from .metrics.suite import MetricsConfig, run_metrics
 
-    rep = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
-    _write_json(opts, rep)
+    result = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from rich.table import Table
-
-        from .report.terminal import _fmt
-
-        console = opts.console
-        t = Table(title=f"Metrics of {model.name}", title_justify="left")
-        t.add_column("metric")
-        t.add_column("value", justify="right")
-        for k, v in rep["metrics"].items():
-            t.add_row(k, _fmt(v))
-        console.print(t)
-        if rep["corruptions"]:
-            c = Table(title="Accuracy under corruptions (severity 0-5)", title_justify="left")
-            c.add_column("corruption")
-            for sev in range(6):
-                c.add_column(str(sev), justify="right")
-            for name, row in rep["corruptions"].items():
-                c.add_row(name, *[f"{100 * row[str(s)]:.1f}" for s in range(6)])
-            console.print(c)
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -547,21 +549,11 @@ def clever_cmd(
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
 
-    rep = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
-    _write_json(opts, rep)
+    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from rich.table import Table
-
-        console = opts.console
-        t = Table(title=f"CLEVER ({norm}, R = {radius:g}) over {seeds} seeds", title_justify="left")
-        for col in ("sample", "label", "mean score", "spread (std)", "queries"):
-            t.add_column(col, justify="right")
-        for s_ in rep["samples"]:
-            t.add_row(str(s_["index"]), str(s_["label"]), f"{s_['mean']:.4g}", f"{s_['spread']:.2g}", str(s_["queries"]))
-        console.print(t)
-        sm = rep["summary"]
-        console.print(f"median score {sm['median_score']:.4g}; median relative spread over seeds "
-                      f"{sm['median_relative_spread']:.2%}; Weibull fit accepted in {sm['fit_ok_share']:.0%} of runs")
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -597,15 +589,14 @@ def compare_cmd(
         specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem))
     if len(specs) < 2:
         raise ConfigError("compare needs at least two models")
-    rep = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
+    result = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
                          with_metrics=not no_metrics, options=common, execution=opts.execution(),
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
-    _write_json(opts, rep)
+    _write_json(opts, result.to_dict())
     if not opts.quiet:
-        from .report.compare import render_compare
-
-        render_compare(rep, opts.console)
+        for item in evidence_tables(result):
+            opts.console.print(item)
     return EXIT_OK
 
 
@@ -646,26 +637,82 @@ def certify_cmd(
     return EXIT_OK
 
 
+AUDIT_FILES = {"audit.json": "json", "audit.html": "html", "audit.md": "markdown", "junit.xml": "junit"}
+
+
+def _timestamp() -> str:
+    """UTC time of the run; SOURCE_DATE_EPOCH (the reproducible-builds convention) fixes it."""
+    import datetime as dt
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch else dt.datetime.now(dt.timezone.utc)
+    except ValueError:
+        raise ConfigError(f"SOURCE_DATE_EPOCH '{epoch}' must be whole seconds since 1970") from None
+    return when.replace(microsecond=0).isoformat()
+
+
+@command("audit", "data", "budget", "out", defaults={"samples": 20})
+def audit_cmd(
+    opts: Opts,
+    model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
+    policy_path: Optional[Path] = typer.Option(None, "--policy", help="TOML policy: checks and what to compute."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json, audit.html, audit.md, junit.xml."),
+) -> int:
+    """Every kind of evidence, one policy, one dossier: exit 0 all checks pass, 1 a check fails, 2 bad input."""
+    policy = None if policy_path is None else load_policy(policy_path)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    cfg = AuditConfig(**apply_to_config(policy, {**opts.config_fields(), "model": str(model)}))
+    cfg.validate()
+    created = _timestamp()
+    if opts.quiet:
+        result = run_audit(cfg)
+    else:
+        with Progress(TextColumn("[bold]auditing"), TextColumn("{task.fields[section]}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("audit", total=None, section="")
+
+            def progress(section: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, section=section)
+
+            result = run_audit(cfg, progress)
+    checks = () if policy is None else evaluate(policy, result)
+    result = AuditResult(result.model, result.config, result.sections, checks,
+                         None if policy is None else policy.to_dict(), created)
+    if out is not None:
+        pages = {name: renderer_for(fmt, None, "audit")(result) for name, fmt in AUDIT_FILES.items()}  # all, then write
+        out.mkdir(exist_ok=True)
+        for name, text in pages.items():
+            write_atomic(str(out / name), text)
+    _write_json(opts, renderer_for("json", None, "audit")(result))
+    if not opts.quiet:
+        (sys.stderr if opts.json == "-" else sys.stdout).write(renderer_for("text", None, "audit")(result))
+    return EXIT_OK if result.verdict != "fail" else EXIT_GATE
+
+
 @command("report")
 def report_cmd(
     opts: Opts,
-    saved: Path = typer.Argument(..., help="A JSON report written by `fimaudit scan --json`."),
+    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan --json` or `fimaudit audit`."),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="text | markdown | html | json (default: from --out, else text)."
+        None, "--format", help="text | markdown | html | json | junit (audit) (default: from --out, else text)."
     ),
     out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
 ) -> int:
     """Re-render a saved JSON report in another format."""
     try:
         raw = json.loads(saved.read_text(encoding="utf-8"))
-        result = ScanResult.from_dict(raw)
+        kind, result = load_result(raw)
     except FileNotFoundError:
         raise ConfigError(f"report not found: {saved}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {saved}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{saved} is not a fimaudit scan report ({type(exc).__name__}: {exc})") from None
-    write_atomic(out, renderer_for(fmt, out)(result))
+        raise ConfigError(f"{saved} is not a fimaudit result ({type(exc).__name__}: {exc})") from None
+    write_atomic(out, renderer_for(fmt, out, kind)(result))
     return EXIT_OK
 
 
@@ -675,7 +722,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
-        from . import __version__
+        from ._version import __version__
 
         typer.echo(f"fimaudit {__version__}")
         raise typer.Exit(0)

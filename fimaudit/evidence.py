@@ -15,12 +15,15 @@ import numpy as np
 from scipy import stats
 
 from .attacks import make_attack
-from .data import Preprocess, check_labels
+from .attack_space import attack_oracle
 from .errors import ConfigError
+from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
-from .model import LogProbOracle, detect_output_kind, load_model
+from .metrics.suite import MetricsConfig, run_metrics
+from .model import load_model
+from .scan import ScanConfig, scan
 
 DEFAULT_TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -55,42 +58,22 @@ class AttackConfig:
     preset: str | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
-    def data_options(self) -> DataOptions:
-        return DataOptions(self.layout, self.resize, self.channels, self.preset)
-
-
-def _attack_oracle(model, cfg_scale, mean, std, output_kind: str, x_attack: np.ndarray, channel_axis: int = 0,
-                   labels=None, source: str = ""):
-    shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
-    pre.check(shape)
-    to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
-    probe = LogProbOracle(model, "logits", to_input)
-    kind = output_kind if output_kind != "auto" else detect_output_kind(probe.raw(x_attack[: min(16, len(x_attack))]))
-    if labels is not None:
-        if model.n_classes is None:
-            probe.raw(x_attack[:1])
-        check_labels(labels, int(model.n_classes), source)
-    return LogProbOracle(model, kind, to_input), kind
-
 
 def load_attack_inputs(cfg: AttackConfig):
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, cfg.data_options)
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale
-    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
-                                  ds.y, ds.source)
+    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
     return model, oracle, kind, x, ds.y
 
 
-def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> dict:
+def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> AttackResult:
     """Attack every sample at every eps; returns the JSON-ready report."""
     t0 = time.perf_counter()
     model, oracle, kind, x, y = load_attack_inputs(cfg)
@@ -123,9 +106,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             progress(k + 1, len(cfg.eps))
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
-    return {
-        "schema_version": "1.0",
-        "kind": "attack",
+    return AttackResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
                   "sample_shape": list(model.sample_shape)},
         "runtime": {"provider": model.provider},
@@ -133,7 +114,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })
 
 
 # --------------------------------------------------------------------------- compare
@@ -152,8 +133,6 @@ def compare_row(
     clever_samples: int, seed: int, tau: float, with_metrics: bool, metric_samples: int, common: dict,
 ) -> dict:
     """One model's row of the comparison (a function of the model alone, so models can run on Dask workers)."""
-    from .scan import ScanConfig, scan
-
     t0 = time.perf_counter()
     res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
                           scale=spec.scale, mean=spec.mean, std=spec.std, **common))
@@ -179,8 +158,6 @@ def compare_row(
                      batch_size=5).score for i in range(min(clever_samples, len(x)))]
     row["clever_l2_median"] = float(np.median(scores))
     if with_metrics:
-        from .metrics.suite import MetricsConfig, run_metrics
-
         met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples, scale=spec.scale,
                                         mean=spec.mean, std=spec.std, seed=seed,
                                         **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
@@ -240,10 +217,10 @@ def compare_models(
             pairs = [(r[m], r[tgt]) for r in rows if r.get(m) is not None and r.get(tgt) is not None]
             corr[m] = correlate(np.array(pairs, dtype=float), rng, boot) if len(pairs) >= 3 else None
         by_target[tgt] = corr
-    return {"schema_version": "1.0", "kind": "compare", "target": target, "rows": rows,
+    return CompareResult.of({"target": target, "rows": rows,
             "correlations": by_target[target], "correlations_by_target": by_target,
             "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
-                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}}
+                       "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}})
 
 
 def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, level: float = 0.95) -> dict:
@@ -265,7 +242,7 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10) -> dict:
+               batch_size: int = 10) -> CleverResult:
     """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread."""
     if norm not in ("l2", "linf"):
         raise ConfigError(f"--norm must be l2 or linf, not '{norm}'")
@@ -286,8 +263,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     rel = np.array([s["spread"] / s["mean"] for s in samples if s["mean"] > 0])
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
-    return {
-        "schema_version": "1.0", "kind": "clever",
+    return CleverResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds},
         "samples": samples,
@@ -295,4 +271,4 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries)},
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })

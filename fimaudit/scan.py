@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
 from .estimators.core import Estimate, exact, kl_check, quadratic_form, shrink_to_bound
@@ -213,7 +213,7 @@ def load(config: ScanConfig) -> Loaded:
     )
     prepared = prepare(
         model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
-        tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset),
+        tuple(config.std), DataOptions.of(config),
     )
     return Loaded(model, prepared.pre, prepared, tuple(model.info.notes) + tuple(prepared.notes))
 

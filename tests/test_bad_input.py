@@ -330,10 +330,39 @@ def test_bad_options(linear, tmp_path):
     assert_one_line_error(run_cli("scan", str(linear), "-q", "--output-kind", "probabilities"), "probabilities")
 
 
-def test_error_leaves_no_half_written_report(tmp_path):
-    p = tmp_path / "x.onnx"
-    p.write_bytes(b"junk")
+def test_error_leaves_no_half_written_report(linear, tmp_path, monkeypatch):
+    """The disk fills up in the middle of writing the report: the old report stays, no partial file appears."""
+    import errno
+
+    import fimaudit.runtime_guard as rg
+
     out = tmp_path / "report.json"
-    assert_one_line_error(run_cli("scan", str(p), "-q", "--json", str(out)))
-    assert not out.exists()
-    assert [f.name for f in tmp_path.iterdir()] == ["x.onnx"]
+    out.write_text("previous report\n")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, text):
+            self.fh.write(text[: len(text) // 2])  # half of it reaches the file, then the disk is full
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+            return False
+
+    monkeypatch.setattr(rg.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    written = []
+    real_replace = rg.os.replace
+    monkeypatch.setattr(rg.os, "replace", lambda src, dst: (written.append(dst), real_replace(src, dst)))
+    line = assert_one_line_error(run_cli("scan", str(linear), "-q", "--samples", "2", "--json", str(out)),
+                                 "No space left")
+    assert "report.json" in line
+    assert out.read_text() == "previous report\n"  # untouched, not truncated or half-replaced
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["lin.onnx", "report.json"]  # no temporary left over
+    assert written == []

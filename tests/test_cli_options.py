@@ -28,6 +28,10 @@ BAD = {
     "mean": ("0.1,x", "--mean"),
     "std": ("y", "--std"),
     "input_range": ("1,0", "--input-range"),
+    "preset": ("caffe", "--preset"),
+    "layout": ("chw", "--layout"),
+    "resize": ("crop", "--resize"),
+    "channels": ("rbg", "--channels"),
     "seed": ("one", "--seed"),
     "budget": ("many", "--budget"),
     "workers": ("0", "--workers"),
@@ -82,6 +86,21 @@ def test_data_commands_take_every_data_option():
     for cmd in ("scan", "attack", "clever", "compare"):
         assert data_opts <= set(_takes(cmd)), cmd
     assert data_opts - {"input_range"} <= set(_takes("metrics"))
+
+
+def test_configs_take_every_shared_option():
+    """Each data-taking command builds its config from every shared option it accepts, by field name."""
+    from dataclasses import fields
+
+    from fimaudit.audit import AuditConfig
+    from fimaudit.evidence import AttackConfig
+    from fimaudit.metrics.suite import MetricsConfig
+    from fimaudit.scan import ScanConfig
+
+    for cmd, cls in (("scan", ScanConfig), ("attack", AttackConfig), ("clever", AttackConfig),
+                     ("metrics", MetricsConfig), ("audit", AuditConfig)):
+        wanted = {n for n in _takes(cmd) if OPTIONS[n].config}
+        assert wanted <= {f.name for f in fields(cls)}, (cmd, wanted - {f.name for f in fields(cls)})
 
 
 CASES = [(cmd, name) for cmd in COMMANDS for name in _takes(cmd) if BAD.get(name)]

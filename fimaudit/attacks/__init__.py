@@ -1,5 +1,6 @@
 """Black-box attacks (FGSM, BIM, PGD, Square) through the query oracle, and robust accuracy / ratio curves."""
 
+from ..errors import ConfigError
 from .base import NORMS, Attack, AttackOutcome, margins, project
 from .gradient import BIM, FGSM, PGD, GradientAttack
 from .square import Square
@@ -8,8 +9,6 @@ ATTACKS = {"fgsm": FGSM, "bim": BIM, "pgd": PGD, "square": Square}
 
 
 def make_attack(name: str, **kw) -> Attack:
-    from ..errors import ConfigError
-
     if name not in ATTACKS:
         raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, not '{name}'")
     cls = ATTACKS[name]

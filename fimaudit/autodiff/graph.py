@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from ..model.session import create_session
 from .emit import Emitter, GradientUnsupported
-from .rules import JVP, NON_DIFFERENTIABLE, VJP
+from .rules import JVP, NON_DIFFERENTIABLE, VJP, tiled_maxpool
 
 PREFIX = "fimaudit_ad_"
 LOGP = PREFIX + "logp"
@@ -121,8 +121,9 @@ def _name_nodes(m: onnx.ModelProto) -> None:
 
 def _extra_outputs(m: onnx.ModelProto) -> None:
     """Ask MaxPool for its indices and LayerNormalization for mean and inverse std (their rules need them)."""
+    opset = _opset(m)
     for node in m.graph.node:
-        if node.op_type == "MaxPool" and (len(node.output) < 2 or not node.output[1]):
+        if node.op_type == "MaxPool" and not tiled_maxpool(node, opset) and (len(node.output) < 2 or not node.output[1]):
             if len(node.output) < 2:
                 node.output.append("")
             node.output[1] = PREFIX + node.name + "_indices"
@@ -134,11 +135,11 @@ def _extra_outputs(m: onnx.ModelProto) -> None:
                     node.output[i] = PREFIX + node.name + "_" + what
 
 
-def _probe(m: onnx.ModelProto, input_name: str, sample_shape, batch: int, dtype, threads: int):
-    """Run the primal once with every intermediate exposed: shapes, dtypes and values."""
+def _probe(m: onnx.ModelProto, input_name: str, sample_shape, batch: int, dtype, threads: int, outputs: bool = True):
+    """Run the primal once with every intermediate exposed (``outputs``): shapes, dtypes and values."""
     probe = onnx.ModelProto()
     probe.CopyFrom(m)
-    names = [o for n in probe.graph.node for o in n.output if o and o != LOGP]
+    names = [o for n in probe.graph.node for o in n.output if o and o != LOGP] if outputs else []
     del probe.graph.output[:]
     probe.graph.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
     probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in names)
@@ -180,20 +181,27 @@ def build_graphs(
     in_vi = next(i for i in proto.graph.input if i.name == input_name)
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(in_vi.type.tensor_type.elem_type))
 
-    def prepared(batch):
+    def prepared(batch, extra: bool = True):
         m = _static_copy(proto, input_name, output_name, sample_shape, batch)
         _name_nodes(m)
-        _extra_outputs(m)
+        if extra:
+            _extra_outputs(m)
         _add_head(m, output_name, kind, opset, dtype)
         return m
 
     # A symbolic batch when the graph accepts two rows and returns two rows; the model's own
     # fixed batch (or 1) otherwise (e.g. a Reshape with the batch size written in).
+    if fixed_batch is None:
+        dims = in_vi.type.tensor_type.shape.dim
+        fixed_batch = int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
     batch: int | None = None
     try:
         m = prepared(None)
         probe, values = _probe(m, input_name, sample_shape, 2, dtype, threads)
-        if values[LOGP].shape[0] != 2:
+        # A second batch size: a graph with its batch written in (Reshape, Resize sizes) fails or
+        # returns the wrong number of rows at one of them.
+        _, check = _probe(m, input_name, sample_shape, 3, dtype, threads, outputs=False)
+        if values[LOGP].shape[0] != 2 or check[LOGP].shape[0] != 3:
             raise ValueError("batch not preserved")
     except Exception:
         batch = int(fixed_batch or 1)
@@ -229,7 +237,8 @@ def build_graphs(
     weight = Emitter(opset, {}, {}, {}, PREFIX + "w_", batch is None)
     weight.nodes.append(helper.make_node("Mul", [weight.op("Exp", [LOGP]), JVP_OUT], [COTANGENT], name=COTANGENT))
     fisher = _finish(m, [fem, weight, rem], [tan_vi], [logp_vi, jvp_vi, grad_vi])
-    logp_model = _finish(m, [], [], [logp_vi])
+    # log p alone without the extra outputs the rules asked for (MaxPool is slower with indices).
+    logp_model = _finish(prepared(batch, extra=False), [], [], [logp_vi])
     return DerivativeGraphs(
         primal=probe,
         reverse=reverse,

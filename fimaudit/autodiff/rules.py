@@ -492,10 +492,58 @@ def _vjp_avgpool(em, node, g):
     return [_place(em, scaled, ones, x, out_sp, kernel, strides, [1] * len(kernel), begins, c)]
 
 
+def tiled_maxpool(node: onnx.NodeProto, opset: int) -> bool:
+    """A 2-D max-pool with non-overlapping tiles (stride = kernel, no padding, no dilation) at opset >= 11.
+
+    Its derivatives need no indices output: the picked element of each tile is found by
+    comparing the tile's strided slices with the pooled value (first match in row-major
+    order), which is cheaper than onnxruntime's MaxPool with indices.
+    """
+    a = attrs(node)
+    k = list(a.get("kernel_shape", []))
+    return (opset >= 11 and len(k) == 2 and list(a.get("strides", [1, 1])) == k and not any(a.get("pads", [0] * 4))
+            and all(d == 1 for d in a.get("dilations", [1, 1])) and _s(a.get("auto_pad", "NOTSET")) in ("NOTSET", "VALID")
+            and int(a.get("storage_order", 0)) == 0)
+
+
+def _tile_slices(em: Emitter, t: str, kernel, spatial, out_sp, fill: float) -> list[str]:
+    """The kh*kw strided slices t[:, :, a::kh, b::kw], cropped or padded (with ``fill``) to the pooled size."""
+    (kh, kw), (h, w), (oh, ow) = kernel, spatial, out_sp
+    big = np.iinfo(np.int64).max
+    out = []
+    for a in range(kh):
+        for b in range(kw):
+            sl = em.slice(t, [a, b], [big, big], [2, 3], [kh, kw])
+            na, nb = len(range(a, h, kh)), len(range(b, w, kw))
+            if na > oh or nb > ow:
+                sl = em.slice(sl, [0, 0], [oh, ow], [2, 3])
+            if na < oh or nb < ow:
+                pads = em.const(np.array([0, 0, 0, 0, 0, 0, max(0, oh - na), max(0, ow - nb)], np.int64))
+                sl = em.op("Pad", [sl, pads, em.scalar(fill, t)], mode="constant")
+            out.append(sl)
+    return out
+
+
+def _tile_masks(em: Emitter, node: onnx.NodeProto, kernel, spatial, out_sp) -> list[str]:
+    """Per tile offset, 0/1 where that offset holds the tile's first maximum."""
+    x, y = node.input[0], node.output[0]
+    masks, taken = [], None
+    for sl in _tile_slices(em, x, kernel, spatial, out_sp, -np.inf):
+        eq = em.op("Equal", [sl, y])
+        first = eq if taken is None else em.op("And", [eq, em.op("Not", [taken])])
+        taken = eq if taken is None else em.op("Or", [taken, eq])
+        masks.append(em.mask(first, x))
+    return masks
+
+
 @vjp("MaxPool")
 def _vjp_maxpool(em, node, g):
     x = node.input[0]
     a = attrs(node)
+    if tiled_maxpool(node, em.opset):
+        kernel = tuple(a["kernel_shape"])
+        masks = _tile_masks(em, node, kernel, em.shape(x)[2:], em.shape(node.output[0])[2:])
+        return [_maxpool_tiles(em, g[0], masks, kernel, em.shape(x)[2:], em.shape(node.output[0])[2:])]
     if int(a.get("storage_order", 0)) != 0:
         _refuse(node, "column-major indices (storage_order=1)")
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else None
@@ -511,8 +559,6 @@ def _vjp_maxpool(em, node, g):
     local = em.op("Mod", [idx, em.const(np.array(plane, np.int64))]) if em.opset >= 10 else em.op(
         "Sub", [idx, em.op("Mul", [em.op("Div", [idx, em.const(np.array(plane, np.int64))]),
                                   em.const(np.array(plane, np.int64))])])
-    if tuple(strides) == kernel and all(d == 1 for d in dil) and not any(begins) and len(kernel) == 2:
-        return [_maxpool_tiles(em, g[0], local, kernel, spatial, out_sp, x)]
     # For each kernel offset, the flat position it reads at each output (-1 where in padding);
     # the cotangent goes to offset j where the picked index equals that position.
     offsets = list(np.ndindex(*kernel))
@@ -540,21 +586,15 @@ def _vjp_maxpool(em, node, g):
     return [_place(em, flat, em.const(kern), x, out_sp, kernel, strides, dil, begins, c)]
 
 
-def _maxpool_tiles(em: Emitter, g: str, local: str, kernel, spatial, out_sp, x: str) -> str:
+def _maxpool_tiles(em: Emitter, g: str, masks: list[str], kernel, spatial, out_sp) -> str:
     """Non-overlapping 2-D max-pool: the masked cotangents of the kh x kw tile offsets, interleaved back.
 
-    Only Equal/Mul in output space, Concat and one Reshape: no scatter, no transposed convolution.
+    Only Mul in output space, Concat and one Reshape: no scatter, no transposed convolution.
     """
     (kh, kw), (oh, ow), (h, w) = kernel, out_sp, spatial
     rows = []
     for a in range(kh):
-        parts = []
-        for b in range(kw):
-            i = np.arange(oh)[:, None] * kh + a
-            j = np.arange(ow)[None, :] * kw + b
-            pos = np.where((i < h) & (j < w), i * w + j, -1).astype(np.int64)
-            hit = em.mask(em.op("Equal", [local, em.const(pos[None, None])]), x)
-            parts.append(em.unsqueeze(em.op("Mul", [g, hit]), [3, 5]))
+        parts = [em.unsqueeze(em.op("Mul", [g, masks[a * kw + b]]), [3, 5]) for b in range(kw)]
         rows.append(em.op("Concat", parts, axis=5) if kw > 1 else parts[0])
     tiles = em.op("Concat", rows, axis=3) if kh > 1 else rows[0]
     up = em.op("Reshape", [tiles, em.const(np.array([0, 0, oh * kh, ow * kw], np.int64))])
@@ -563,6 +603,12 @@ def _maxpool_tiles(em: Emitter, g: str, local: str, kernel, spatial, out_sp, x: 
 
 @jvp("MaxPool")
 def _jvp_maxpool(em, node, t):
+    if tiled_maxpool(node, em.opset):
+        x, y = node.input[0], node.output[0]
+        kernel, spatial, out_sp = tuple(attrs(node)["kernel_shape"]), em.shape(x)[2:], em.shape(y)[2:]
+        masks = _tile_masks(em, node, kernel, spatial, out_sp)
+        parts = _tile_slices(em, t[0], kernel, spatial, out_sp, 0.0)
+        return [em.add_all([em.op("Mul", [p, m]) for p, m in zip(parts, masks)]), None]
     idx = node.output[1] if len(node.output) > 1 and node.output[1] else None
     if idx is None or int(attrs(node).get("storage_order", 0)) != 0:
         _refuse(node, "no row-major indices output")
@@ -885,3 +931,84 @@ def _jvp_layernorm(em, node, t):
     return [em.op("Mul", [core, node.input[1]]), None, None]
 
 
+
+
+def _resize_matrix(em: Emitter, node: onnx.NodeProto, axis: int, rank: int, n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) interpolation matrix of a Resize/Upsample along one axis, by resizing the identity.
+
+    Resize modes nearest, linear and cubic are separable: the map along each axis is the
+    same node applied to a one-axis input. onnxruntime runs it once here, at build time, so
+    every coordinate-transformation and rounding mode is the runtime's own.
+    """
+    from ..model.session import create_session
+
+    a = attrs(node)
+    shape_in = [n_in] + [1] * (rank - 1)
+    shape_in[axis] = n_in
+    per_axis = [1.0] * rank
+    per_axis[axis] = n_out / n_in
+    sizes = [n_in] + [1] * (rank - 1)
+    sizes[axis] = n_out
+    inits = []
+    if node.op_type == "Upsample" or em.opset < 11:
+        scales = np.array(per_axis, np.float32)
+        scales[axis] = float(em.value(node.input[1]).reshape(-1)[axis]) if node.op_type == "Upsample" or len(node.input) > 1 \
+            else scales[axis]
+        inputs = ["x", "scales"]
+        inits.append(onnx.numpy_helper.from_array(scales, "scales"))
+        if "scales" in a:  # Upsample-7 keeps scales as an attribute
+            inputs = ["x"]
+            a = {**a, "scales": [float(v) for v in scales]}
+            inits = []
+    else:
+        use_sizes = len(node.input) > 3 and node.input[3]
+        if use_sizes:
+            inputs = ["x", "", "", "sizes"]
+            inits.append(onnx.numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        else:
+            scales = np.ones(rank, np.float32)
+            scales[axis] = float(em.value(node.input[2]).reshape(-1)[axis])
+            inputs = ["x", "", "scales"]
+            inits.append(onnx.numpy_helper.from_array(scales, "scales"))
+    one = helper.make_node(node.op_type, inputs, ["y"], **a)
+    graph = helper.make_graph([one], "axis", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", em.opset)])
+    model.ir_version = 8
+    session, _ = create_session(model.SerializeToString(), device="cpu", threads=1)
+    eye = np.eye(n_in, dtype=np.float32).reshape(shape_in)
+    out = np.asarray(session.run(None, {"x": eye})[0], dtype=np.float64)
+    out = np.moveaxis(out, axis, -1).reshape(n_in, -1)
+    if out.shape[1] != n_out:
+        _refuse(node, "an output size the per-axis interpolation does not reproduce")
+    return out.T  # (n_out, n_in): column i is the response to the i-th unit input
+
+
+@vjp("Resize", "Upsample")
+def _vjp_resize(em, node, g):
+    x, y = node.input[0], node.output[0]
+    a = attrs(node)
+    if _s(a.get("coordinate_transformation_mode", "")) == "tf_crop_and_resize":
+        _refuse(node, "tf_crop_and_resize (a region of interest)")
+    if any(em.active(n) for n in node.input[1:] if n):
+        _refuse(node, "scales or sizes that depend on the input")
+    sin, sout = em.shape(x), em.shape(y)
+    rank = len(sin)
+    gx = g[0]
+    for ax in range(rank):
+        if sin[ax] == sout[ax]:
+            continue
+        _refuse_batch_axis(em, node, ax)
+        m = _resize_matrix(em, node, ax, rank, sin[ax], sout[ax])
+        perm = [i for i in range(rank) if i != ax] + [ax]
+        inv = [perm.index(i) for i in range(rank)]
+        moved = em.op("Transpose", [gx], perm=perm)
+        gx = em.op("Transpose", [em.op("MatMul", [moved, em.const(m.astype(em.dtype(x)))])], perm=inv)
+    return [gx] + [None] * (len(node.input) - 1)
+
+
+@jvp("Resize", "Upsample")
+def _jvp_resize(em, node, t):
+    if any(t[1:]):
+        _refuse(node, "scales or sizes that depend on the input")
+    return [em.op(node.op_type, [t[0]] + list(node.input[1:]), **attrs(node))]

@@ -18,6 +18,9 @@ import numpy as np
 import onnx
 from scipy.special import erf
 
+from ..model.loader import load_model
+from ..model.spec import logit_output
+from .fold import batchnorm_scale, fold_batchnorm
 from .linear_ops import avgpool_operator_norm, conv_norm_method, conv_operator_norm, pool_overlap_factor
 from .parse import Node, OpGraph, parse
 
@@ -125,7 +128,6 @@ class _Propagator:
         self.L: dict[str, float] = {g.input_name: 1.0}
         self.reason: dict[str, str] = {}
         self.ops: list[OpBound] = []
-        self.folded_bn: set[str] = set()
 
     # -- helpers
     def lip(self, t: str) -> float:
@@ -356,39 +358,23 @@ class _Propagator:
         if self.structural:
             return self._set(node, self.lip(x), "not computed: the model has no global bound", None)
         w = w.astype(np.float64)
-        how_extra = ""
-        consumers = g.consumers.get(node.outputs[0], [])
-        if len(consumers) == 1 and consumers[0].op == "BatchNormalization" and node.outputs[0] != g.output_name:
-            bn = consumers[0]
-            scale = self._bn_scale(bn)
-            if scale is not None:
-                w = w * scale[:, None, None, None]
-                self.folded_bn.add(bn.name)
-                how_extra = f"; BatchNorm '{bn.name}' folded in"
         kh, kw = w.shape[2:]
         strides = tuple(node.attrs.get("strides", [1, 1]))
         dil = tuple(node.attrs.get("dilations", [1, 1]))
         pads = _conv_pads(node, shape[2:], (kh, kw), strides, dil)
         exact, check = conv_operator_norm(w, tuple(shape[1:]), strides, pads, dil, groups)
-        how = f"{conv_norm_method(w, tuple(shape[1:]), strides, pads, dil)}, check {check:.4g}{how_extra}"
+        how = f"{conv_norm_method(w, tuple(shape[1:]), strides, pads, dil)}, check {check:.4g}"
+        if node.inputs[1].endswith("_bnfold"):
+            how += "; BatchNorm folded in"
         self._set(node, exact * self.lip(x), how, exact)
 
-    def _bn_scale(self, bn: Node) -> np.ndarray | None:
-        c = [self.g.consts.get(i) for i in bn.inputs[1:5]]
-        if any(v is None for v in c):
-            return None
-        gamma, _beta, _mean, var = (v.astype(np.float64) for v in c)
-        denom = var + float(bn.attrs.get("epsilon", 1e-5))
-        if not (np.all(np.isfinite(denom)) and np.all(denom > 0) and np.all(np.isfinite(gamma))):
-            return None  # negative or NaN variance, NaN/Inf scale: no constant (the rule says why)
-        return gamma / np.sqrt(denom)
-
     def _batchnorm(self, node: Node) -> None:
-        if node.name in self.folded_bn:
-            return self._scale(node, 1.0, "folded into the preceding Conv")
-        scale = self._bn_scale(node)
-        if scale is None:
+        c = [self.g.consts.get(i) for i in node.inputs[1:5]]
+        if len(c) < 4 or any(v is None for v in c):
             return self._unbounded(node, f"BatchNormalization '{node.name}' without constant statistics")
+        scale = batchnorm_scale(c[0], c[3], float(node.attrs.get("epsilon", 1e-5)))
+        if scale is None:  # negative or NaN variance, non-finite gamma: no constant
+            return self._unbounded(node, f"BatchNormalization '{node.name}' has negative or NaN variance")
         m = float(np.max(np.abs(scale)))
         return self._scale(node, m, "max |gamma / sqrt(var + eps)|", node.inputs[0])
 
@@ -610,23 +596,19 @@ def classify(blocks: list[Block], g: OpGraph) -> str | None:
 def compute_bounds(model_path: str, input_name: str | None = None, output_name: str | None = None,
                    input_shape: tuple[int, ...] | None = None) -> BoundResult:
     """Load (validated) and bound a model file."""
-    from ..model.loader import load_model
-
     m = load_model(model_path, input_name=input_name, output_name=output_name, input_shape=input_shape, device="cpu")
     return bounds_from_proto(m.proto, m.info.input.name, m.info.output.name, m.sample_shape, str(model_path))
 
 
 def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str, sample_shape: tuple[int, ...],
                       label: str = "") -> BoundResult:
-    g = parse(proto, input_name, output_name, tuple(sample_shape))
-    target = output_name
-    excluded = None
-    node = g.producer.get(output_name)
-    while node is not None and node.op in ("Identity", "Reshape", "Flatten", "Squeeze"):
-        node = g.producer.get(node.inputs[0])
-    if node is not None and node.op in ("Softmax", "LogSoftmax"):
-        target = node.inputs[0]
-        excluded = node.op
+    folded = fold_batchnorm(proto)
+    n_folded = sum(n.op_type == "BatchNormalization" for n in proto.graph.node) - sum(
+        n.op_type == "BatchNormalization" for n in folded.graph.node)
+    g = parse(folded, input_name, output_name, tuple(sample_shape))
+    walk = logit_output({t: (n.op, n.inputs) for t, n in g.producer.items()}, output_name)
+    target = walk.logits
+    excluded = walk.final_op if walk.logits != output_name else None
     # Decide "no global bound" (gating, attention, ...) from the structure before computing any norm.
     prop = _Propagator(g, structural=True)
     for node in g.nodes:
@@ -645,6 +627,8 @@ def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str,
     notes = []
     if excluded:
         notes.append(f"the final {excluded} is excluded: the bound is on the logit map")
+    if n_folded:
+        notes.append(f"{n_folded} BatchNormalization layer(s) folded into the preceding Conv/Gemm")
     if any(o.op == "LayerNormalization" for o in g.nodes):
         notes.append("LayerNorm is bounded globally by max|gamma|/sqrt(eps), far above its typical local slope")
     finite = math.isfinite(lip)

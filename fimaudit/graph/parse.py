@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
+from ..model.session import create_session
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,6 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[i
 
 def _runtime_shapes(model: onnx.ModelProto, input_name: str, sample_shape, names: list[str]) -> dict:
     """Shapes of ``names`` from one onnxruntime run on zeros (batch 1)."""
-    from ..model.session import create_session
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}

@@ -7,8 +7,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..attack_space import attack_oracle
+from ..attacks import make_attack
 from ..errors import ConfigError
-from ..evidence import _attack_oracle
+from ..evidence_result import MetricsResult
 from ..images import DEFAULT_RESIZE, DataOptions, prepare
 from ..model.layout import Layout
 from ..model import load_model
@@ -45,18 +47,17 @@ class MetricsConfig:
     preset: str | None = None
 
 
-def run_metrics(cfg: MetricsConfig) -> dict:
+def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     t0 = time.perf_counter()
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
                        device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
-                   DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
+    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = _attack_oracle(model, pre.scale, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
+    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
                                   y, ds.source)
     clean = performance(oracle.logp(x), y)
     metrics: dict[str, float] = dict(clean)
@@ -99,8 +100,6 @@ def run_metrics(cfg: MetricsConfig) -> dict:
             metrics[f"corruption_{key}"] = float(np.mean([s[key] for s in shifts]))
     if cfg.attack_samples > 0 and cfg.attack_eps > 0:
         # The attacked set as a shift: Square L-inf (score-based, no gradients) on the first samples.
-        from ..attacks import make_attack
-
         na = min(cfg.attack_samples, len(x))
         lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
         out = make_attack("square")(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
@@ -110,16 +109,14 @@ def run_metrics(cfg: MetricsConfig) -> dict:
         for key, val in shift_robustness(clean_a, adv).items():
             metrics[f"adversarial_{key}"] = val
     cfg_d = asdict(cfg)
-    return {
-        "schema_version": "1.0",
-        "kind": "metrics",
+    return MetricsResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d,
         "metrics": {k: (float(v) if v is not None and np.isfinite(v) else None) for k, v in metrics.items()},
         "corruptions": corr,
         "notes": notes,
         "timing": {"seconds": time.perf_counter() - t0},
-    }
+    })
 
 
 def _corrupt_images(x: np.ndarray, name: str, severity: int, rng: np.random.Generator, layout: Layout) -> np.ndarray:

@@ -15,57 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.fold import fold_batchnorm
 from ..model.session import create_session
+from ..model.spec import logit_output, onnx_producers
 
 
 def _init_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
-
-
-def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every BatchNormalization that directly follows a Conv/Gemm (sole consumer) folded in."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = _init_map(m)
-    consumers: dict[str, list] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in m.graph.output}
-    remove = []
-    for node in list(m.graph.node):
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        cons = consumers.get(node.output[0], [])
-        if len(cons) != 1 or cons[0].op_type != "BatchNormalization" or node.output[0] in graph_outputs:
-            continue
-        bn = cons[0]
-        if not all(i in inits for i in bn.input[1:5]):
-            continue
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        scale = gamma / np.sqrt(var + eps)
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        if node.op_type == "Conv":
-            w2 = w * scale[:, None, None, None]
-        else:
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            w2 = w * (scale[:, None] if trans_b else scale[None, :])
-        b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-        b2 = (b - mean) * scale + beta
-        dtype = numpy_helper.to_array(inits[node.input[1]]).dtype
-        wname, bname = node.input[1] + "_bnfold", (node.output[0] + "_bnfold_bias")
-        m.graph.initializer.append(numpy_helper.from_array(w2.astype(dtype), wname))
-        m.graph.initializer.append(numpy_helper.from_array(np.asarray(b2, dtype=dtype), bname))
-        new_inputs = [node.input[0], wname, bname]
-        del node.input[:]
-        node.input.extend(new_inputs)
-        node.output[0] = bn.output[0]
-        remove.append(bn)
-        inits = _init_map(m)
-    for bn in remove:
-        m.graph.node.remove(bn)
-    return m
 
 
 @dataclass(frozen=True)
@@ -121,11 +77,7 @@ def norm_measures(model: onnx.ModelProto, margin: float) -> dict[str, float]:
 
 
 def _logit_output(model: onnx.ModelProto, output_name: str) -> str:
-    producer = {o: n for n in model.graph.node for o in n.output}
-    node = producer.get(output_name)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        return node.input[0]
-    return output_name
+    return logit_output(onnx_producers(model), output_name).logits
 
 
 def _run(model: onnx.ModelProto, feeds: dict, output: str) -> np.ndarray:

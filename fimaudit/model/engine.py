@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ModelOutputError
 from .gpu import BoundRunner, device_plan
-from .loader import ModelInfo
+from .spec import ModelInfo
 from .session import translate_ort_error
 
 

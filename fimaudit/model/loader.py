@@ -10,9 +10,9 @@ float tensor of known per-sample shape and the chosen output is a float tensor.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,10 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelLoadError, UnsupportedModelError
-from ..guards import check_declared_tensors, check_model_file
+from ..guards import check_declared_tensors, check_model_file, require_memory
+from .engine import Model
 from .session import create_session
+from .spec import ModelInfo, TensorSpec, logit_output, onnx_producers
 
 # Data types introduced after IR 8, with the IR version that introduced them.
 _TYPE_MIN_IR = {
@@ -45,38 +47,6 @@ _STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 # Domains whose operators onnxruntime implements itself (contrib ops); checked by the session.
 _RUNTIME_DOMAINS = {"com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.preview.training"}
 _MAX_PROTO_BYTES = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, declared shape (ints, symbolic names or None) and dtype of a graph input or output."""
-
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What was learnt about a model file while loading it."""
-
-    path: str
-    sha256: str
-    input: TensorSpec
-    output: TensorSpec
-    sample_shape: tuple[int, ...]  # per-sample input shape, batch axis removed
-    fixed_batch: int | None  # None: symbolic batch axis
-    ir_version: int
-    opsets: dict[str, int]
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    final_op: str | None = None  # op type producing the chosen output (Softmax, LogSoftmax, ...)
-
-    @property
-    def d(self) -> int:
-        return int(np.prod(self.sample_shape))
 
 
 def sha256_file(path: Path) -> str:
@@ -321,15 +291,6 @@ def _fmt_shape(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _final_op(model: onnx.ModelProto, output_name: str) -> str | None:
-    producer = {o: n for n in model.graph.node for o in n.output}
-    node = producer.get(output_name)
-    # Look through shape-only ops to find what really made the output.
-    while node is not None and node.op_type in ("Identity", "Reshape", "Flatten", "Squeeze", "Cast"):
-        node = producer.get(node.input[0])
-    return node.op_type if node is not None else None
-
-
 def load_model(
     path: str | os.PathLike,
     *,
@@ -341,7 +302,6 @@ def load_model(
     threads: int = 0,
 ):
     """Load, validate and open ``path``; returns a ready ``Model`` (see ``fimaudit.model.engine``)."""
-    from .engine import Model
 
     p = Path(path)
     model = _read_model(p)
@@ -408,8 +368,10 @@ def load_model(
     out_spec = TensorSpec(chosen_out.name, _dims(chosen_out.type), _dtype_name(chosen_out.type.tensor_type.elem_type))
     sample_shape, fixed_batch, shape_notes = _resolve_sample_shape(in_spec, input_shape)
     notes.extend(shape_notes)
+    if fixed_batch is not None:  # every query is padded to the fixed batch: float64 rows in and a float32 copy
+        require_memory(12 * fixed_batch * math.prod(sample_shape), f"the model's fixed batch of {fixed_batch} inputs")
 
-    final_op = _final_op(model, chosen_out.name)
+    final_op = logit_output(onnx_producers(model), chosen_out.name).final_op
     _free_batch_axis(chosen_in, chosen_out)
     session, provider, ir_note = _open(model, p, device, threads)
     if ir_note:

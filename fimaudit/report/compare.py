@@ -12,13 +12,18 @@ COLUMNS = ("clean_accuracy", "lambda_median", "lambda_p90", "trace_median", "fim
 
 
 def render_compare(rep: dict, console: Console) -> None:
+    for item in compare_tables(rep):
+        console.print(item)
+
+
+def compare_tables(rep: dict) -> list[Table]:
+    """The models table and the rank-correlation table."""
     t = Table(title="Models", title_justify="left")
     t.add_column("model")
     for c in COLUMNS:
         t.add_column(c, justify="right")
     for r in rep["rows"]:
         t.add_row(r["model"], *[_fmt(r.get(c)) for c in COLUMNS])
-    console.print(t)
     c = Table(title=f"Rank correlation with {rep['target']} (95% bootstrap CI)", title_justify="left")
     for col in ("metric", "n", "Spearman", "Kendall"):
         c.add_column(col)
@@ -30,7 +35,7 @@ def render_compare(rep: dict, console: Console) -> None:
             val, ci = v[k]["value"], v[k]["ci"]
             cells.append("-" if val is None else f"{val:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{val:+.2f}")
         c.add_row(m, str(v["n"]), *cells)
-    console.print(c)
+    return [t, c]
 
 
 def compare_markdown(rep: dict, columns=COLUMNS, target: str | None = None) -> str:

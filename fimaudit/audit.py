@@ -1,0 +1,415 @@
+"""``fimaudit audit``: every kind of evidence for one model, as sections of one ``AuditResult``.
+
+A section is computed by a ``SectionSpec``; a section that cannot be computed for this model
+(no labels, no finite bound, a failing sub-step) is kept with its reason instead of aborting the
+audit. New evidence kinds slot in by appending a ``SectionSpec`` to ``SECTIONS`` (and, for
+policy checks on it, a resolver in ``fimaudit.policy``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from ._version import __version__
+from .errors import ConfigError, FimauditError
+from .certify import CertifyConfig, certify
+from .evidence import AttackConfig, run_attack, run_clever
+from .graph import compute_bounds
+from .images import DEFAULT_RESIZE, DataOptions, prepare
+from .model import load_model
+from .metrics.suite import MetricsConfig, run_metrics
+from .result import ScanResult, _clean
+from .scan import ScanConfig, scan
+
+AUDIT_SCHEMA_VERSION = "1.0"
+STATUSES = ("ok", "unavailable", "error")
+
+ProgressFn = Callable[[str, int, int], None]  # (section, step done, steps total)
+
+
+class Unavailable(Exception):
+    """Raised by a section that cannot be computed for this model; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The shared options (same field names as ScanConfig) plus what the policy's [audit] table sets."""
+
+    model: str
+    data: str | None = None
+    samples: int | None = 20
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    input_range: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+    budget: int = 2000
+    device: str = "auto"
+    input_name: str | None = None
+    output_name: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    output_kind: str = "auto"
+    max_batch: int = 256
+    threads: int = 0
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
+    eps: tuple[float, ...] = (0.01, 0.03)
+    norm: str = "linf"
+    attacks: tuple[str, ...] = ("pgd", "square")
+    grad: str = "auto"
+    taus: tuple[float, ...] = (0.1,)
+    clever_samples: int = 5
+    clever_points: int = 20
+    clever_radius: float = 2.0
+    metrics_samples: int = 200
+    corruptions: bool = True
+    certify_sigma: float | None = None  # randomized smoothing runs only when set (it is expensive)
+    certify_n: int = 1000
+    certify_radii: tuple[float, ...] = (0.0, 0.25, 0.5)
+    sections: tuple[str, ...] = ()  # empty: all
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise ConfigError(f"audit norm must be linf or l2, not '{self.norm}'")
+        if not self.eps or any(not (e > 0 and np.isfinite(e)) for e in self.eps):
+            raise ConfigError("audit eps must be positive numbers")
+        unknown = [s for s in self.sections if s not in {spec.name for spec in SECTIONS}]
+        if unknown:
+            raise ConfigError(f"unknown audit section(s) {', '.join(unknown)}; known: {', '.join(s.name for s in SECTIONS)}")
+
+    def build(self, cls: type, **own: Any) -> Any:
+        """``cls`` (ScanConfig, AttackConfig, MetricsConfig) from the fields it shares with this config, then ``own``."""
+        names = set(cls.__dataclass_fields__) - {"extra"}  # type: ignore[attr-defined]
+        return cls(**{**{k: v for k, v in asdict(self).items() if k in names}, **own})
+
+
+@dataclass(frozen=True)
+class Section:
+    """One kind of evidence: ``data`` is that command's own JSON result, or empty with a reason."""
+
+    name: str
+    status: str  # ok | unavailable | error
+    reason: str | None
+    data: dict
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "reason": self.reason, "seconds": _clean(self.seconds),
+                "data": _clean(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Section":
+        if d["status"] not in STATUSES:
+            raise ValueError(f"section {d.get('name')}: unknown status {d['status']!r}")
+        return cls(str(d["name"]), str(d["status"]), d.get("reason"), dict(d.get("data") or {}),
+                   float(d.get("seconds") or 0.0))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One policy check: ``key op threshold`` evaluated to ``value``; ``reason`` when it could not be."""
+
+    key: str
+    op: str
+    threshold: Any
+    value: Any
+    passed: bool
+    reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        thr = str(self.threshold).lower() if isinstance(self.threshold, bool) else f"{self.threshold:g}"
+        return f"{self.key} {self.op} {thr}"
+
+    def to_dict(self) -> dict:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckResult":
+        return cls(d["key"], d["op"], d["threshold"], d.get("value"), bool(d["passed"]), d.get("reason"))
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    model: dict
+    config: dict
+    sections: tuple[Section, ...]
+    checks: tuple[CheckResult, ...] = ()
+    policy: dict | None = None
+    created: str | None = None  # passed in by the caller: renderers never read the clock
+    fimaudit: str = __version__
+    schema_version: str = AUDIT_SCHEMA_VERSION
+    kind: str = "audit"
+
+    def section(self, name: str) -> Section | None:
+        return next((s for s in self.sections if s.name == name), None)
+
+    @property
+    def verdict(self) -> str:
+        if not self.checks:
+            return "no policy"
+        return "pass" if all(c.passed for c in self.checks) else "fail"
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "fimaudit": self.fimaudit,
+            "created": self.created,
+            "model": _clean(self.model),
+            "config": _clean(self.config),
+            "verdict": self.verdict,
+            "policy": _clean(self.policy),
+            "checks": [c.to_dict() for c in self.checks],
+            "sections": [s.to_dict() for s in self.sections],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AuditResult":
+        version = str(d.get("schema_version", ""))
+        if d.get("kind") != "audit":
+            raise ValueError(f"not an audit result (kind {d.get('kind')!r})")
+        if version.split(".")[0] != AUDIT_SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"unsupported audit schema_version {version!r} (this fimaudit reads {AUDIT_SCHEMA_VERSION})")
+        return cls(
+            model=d["model"], config=d["config"], sections=tuple(Section.from_dict(s) for s in d["sections"]),
+            checks=tuple(CheckResult.from_dict(c) for c in d.get("checks", ())), policy=d.get("policy"),
+            created=d.get("created"), fimaudit=str(d.get("fimaudit", "")), schema_version=version,
+        )
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class AuditContext:
+    """What sections share: the config, earlier sections' data, arrays kept out of the JSON."""
+
+    config: AuditConfig
+    data: dict[str, dict] = field(default_factory=dict)  # section name -> its data (ok sections only)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. inputs and worst directions
+    progress: ProgressFn | None = None
+    unlabelled_reason: str | None = None  # set when the data has no labels 'y'
+
+    def step(self, section: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(section, done, total)
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    name: str
+    title: str
+    run: Callable[[AuditContext], dict]
+
+
+def _scan_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    with tempfile.TemporaryDirectory(prefix="fimaudit-") as tmp:
+        direction_path = os.path.join(tmp, "directions.npy")
+        scfg = cfg.build(ScanConfig, save_direction=direction_path)
+        scfg.validate()
+        result = scan(scfg, lambda done, total, _q: ctx.step("scan", done, total))
+        if os.path.exists(direction_path):
+            ctx.arrays["directions"] = np.load(direction_path, allow_pickle=False)
+    return result.to_dict()
+
+
+def _bounds_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    res = compute_bounds(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
+                         input_shape=cfg.input_shape).to_dict()
+    if res.get("fim_upper") is None:
+        # Still a result: the dossier shows why; the policy check bound.finite fails on it.
+        res.setdefault("reason", "no finite closed-form bound")
+    return res
+
+
+def _labels_needed(ctx: AuditContext, what: str) -> None:
+    if ctx.config.data is None:
+        raise Unavailable(f"{what}: labelled data needed (--data with x and y); none was given")
+    if ctx.unlabelled_reason:
+        raise Unavailable(f"{what}: labels needed; {ctx.unlabelled_reason}")
+
+
+def _is_image(shape: tuple[int, ...]) -> bool:
+    return (len(shape) == 3 and shape[0] in (1, 3) and min(shape[1:]) >= 4) or (len(shape) == 2 and min(shape) >= 4)
+
+
+def _png_data_uri(img: np.ndarray, signed: bool) -> str:
+    """A small PNG of a (C, H, W) or (H, W) array as a data URI; deterministic bytes (no metadata)."""
+    import base64
+    import io
+
+    from matplotlib.image import imsave
+
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    if signed:  # a direction: symmetric around zero, grey = 0
+        m = float(np.max(np.abs(a))) or 1.0
+        a = 0.5 + 0.5 * a / m
+    else:
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    buf = io.BytesIO()
+    kw = {"cmap": "gray"} if a.ndim == 2 else {}
+    imsave(buf, np.clip(a, 0, 1), format="png", metadata={"Software": None}, **kw)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _worst_section(ctx: AuditContext, k: int = 5) -> dict:
+    """The k samples with the largest lambda_max, with thumbnails of the input and the worst direction."""
+    scan_d = ctx.data.get("scan")
+    if scan_d is None:
+        raise Unavailable("needs the scan section")
+    shape = tuple(scan_d["model"]["input"]["sample_shape"])
+    ranked = sorted((s for s in scan_d["samples"] if s["lambda_max"] is not None), key=lambda s: -s["lambda_max"])[:k]
+    image = _is_image(shape)
+    rows = []
+    for s in ranked:
+        row = {"index": s["index"], "label": s["label"], "predicted": s["predicted"], "lambda_max": s["lambda_max"]}
+        if image and "inputs" in ctx.arrays:
+            row["input_png"] = _png_data_uri(ctx.arrays["inputs"][s["index"]].reshape(shape), signed=False)
+        if image and "directions" in ctx.arrays:
+            row["direction_png"] = _png_data_uri(ctx.arrays["directions"][s["index"]].reshape(shape), signed=True)
+        rows.append(row)
+    note = None if image else f"no thumbnails: the input {list(shape)} is not an image"
+    return {"samples": rows, "thumbnails_note": note}
+
+
+def _attack_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    _labels_needed(ctx, "attacks")
+    runs = []
+    for k, name in enumerate(cfg.attacks):
+        acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)))
+        runs.append(run_attack(acfg).to_dict())
+        ctx.step("attacks", k + 1, len(cfg.attacks))
+    return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs}
+
+
+def _clever_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    _labels_needed(ctx, "CLEVER scores")
+    acfg = cfg.build(AttackConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), budget=10**9)
+    return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2).to_dict()
+
+
+def _metrics_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    _labels_needed(ctx, "the metric suite")
+    mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0)
+    rep = run_metrics(mcfg).to_dict()
+    if rep["corruptions"]:
+        sev = sorted({int(s) for row in rep["corruptions"].values() for s in row})
+        rep["corruption_mean_by_severity"] = {str(s): float(np.mean([row[str(s)] for row in rep["corruptions"].values()]))
+                                              for s in sev}
+    return rep
+
+
+def _validity_section(ctx: AuditContext) -> dict:
+    """Per sample: the FIM-predicted radius 1/sqrt(lambda_max) against the smallest eps an attack succeeded at."""
+    scan_d, att = ctx.data.get("scan"), ctx.data.get("attacks")
+    if scan_d is None:
+        raise Unavailable("needs the scan section")
+    if att is None:
+        raise Unavailable("needs the attacks section (labelled data)")
+    lam = {s["index"]: s["lambda_max"] for s in scan_d["samples"]}
+    smallest: dict[int, float] = {}
+    for run in att["runs"]:
+        for r in run["results"]:
+            for s in r["samples"]:
+                if s["success"]:
+                    smallest[s["index"]] = min(smallest.get(s["index"], np.inf), float(r["eps"]))
+    rows = []
+    for i, lm in sorted(lam.items()):
+        if lm is None or lm <= 0:
+            continue
+        rows.append({"index": i, "lambda_max": lm, "fim_radius": float(1.0 / np.sqrt(lm)),
+                     "min_adversarial_eps": smallest.get(i), "censored": i not in smallest})
+    hit = [(r["fim_radius"], r["min_adversarial_eps"]) for r in rows if not r["censored"]]
+    rho = None
+    if len(hit) >= 3 and np.ptp([h[0] for h in hit]) > 0 and np.ptp([h[1] for h in hit]) > 0:
+        rho = float(stats.spearmanr([h[0] for h in hit], [h[1] for h in hit]).statistic)
+    return {"samples": rows, "spearman": rho, "attacked": len(hit), "max_eps": max(att["eps"]),
+            "radius_units": "model-input units (1/sqrt(lambda_max): where the local KL reaches 1/2)",
+            "eps_units": f"attack units ({att['norm']})"}
+
+
+def _certify_section(ctx: AuditContext) -> dict:
+    cfg = ctx.config
+    if cfg.certify_sigma is None:
+        raise Unavailable("randomized smoothing runs only when the policy's [audit] sets certify_sigma")
+    ccfg = cfg.build(CertifyConfig, sigma=cfg.certify_sigma, n=cfg.certify_n, radii=tuple(cfg.certify_radii))
+    ccfg.validate()
+    return certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total)).to_dict()
+
+
+SECTIONS: list[SectionSpec] = [
+    SectionSpec("scan", "Input-space Fisher information", _scan_section),
+    SectionSpec("worst", "Worst samples", _worst_section),
+    SectionSpec("bounds", "Closed-form bound from the weights", _bounds_section),
+    SectionSpec("attacks", "Attacks", _attack_section),
+    SectionSpec("clever", "CLEVER scores", _clever_section),
+    SectionSpec("metrics", "Metric suite and corruptions", _metrics_section),
+    SectionSpec("validity", "FIM-predicted radius against attacks", _validity_section),
+    SectionSpec("certify", "Certified radius (randomized smoothing)", _certify_section),
+]
+
+
+def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None) -> AuditResult:
+    """Every section in order; bad input (model, data, options) raises, a failing section is recorded."""
+    cfg.validate()
+    # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
+    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
+                       input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
+    ctx = AuditContext(cfg, progress=progress)
+    if cfg.data is not None:
+        prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
+                       DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
+        ctx.arrays["inputs"] = np.asarray(prep.dataset.x, dtype=np.float64) * prep.pre.scale
+        if prep.dataset.y is None:
+            ctx.unlabelled_reason = f"{cfg.data} has no labels (y, subfolders or labels.csv)"
+    wanted = set(cfg.sections) or {s.name for s in SECTIONS}
+    sections = []
+    for spec in SECTIONS:
+        if spec.name not in wanted:
+            sections.append(Section(spec.name, "unavailable", "not requested", {}))
+            continue
+        t0 = time.perf_counter()
+        try:
+            data = spec.run(ctx)
+            ctx.data[spec.name] = data
+            sections.append(Section(spec.name, "ok", None, data, time.perf_counter() - t0))
+        except Unavailable as exc:
+            sections.append(Section(spec.name, "unavailable", str(exc), {}, time.perf_counter() - t0))
+        except FimauditError as exc:
+            sections.append(Section(spec.name, "unavailable", str(exc), {}, time.perf_counter() - t0))
+        except Exception as exc:  # a bug in one section must not cost the other sections
+            if os.environ.get("FIMAUDIT_DEBUG"):
+                raise
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            sections.append(Section(spec.name, "error", msg, {}, time.perf_counter() - t0))
+        ctx.step(spec.name, 1, 1)
+    cfg_d = asdict(cfg)
+    cfg_d.pop("extra", None)
+    return AuditResult(
+        model={"path": cfg.model, "sha256": model.info.sha256, "sample_shape": list(model.sample_shape),
+               "input": model.info.input.name, "output": model.info.output.name, "provider": model.provider},
+        config=cfg_d, sections=tuple(sections),
+    )
+
+
+def scan_result_of(result: AuditResult) -> ScanResult | None:
+    sec = result.section("scan")
+    return ScanResult.from_dict(sec.data) if sec is not None and sec.status == "ok" else None

@@ -1,0 +1,286 @@
+"""Audit policies: a TOML file of checks ``key op value`` evaluated against an ``AuditResult``.
+
+Format (see examples/policy.toml)::
+
+    [audit]                       # optional: what to compute (defaults in AuditConfig)
+    eps = [0.01, 0.03]
+    [policy]
+    name = "vendor intake"
+    checks = [
+      "fisher.lambda_max.median <= 50",
+      "attack.pgd.linf[0.03].robust_accuracy >= 0.4",
+      "bound.finite = true",
+    ]
+
+A check is ``KEY OP VALUE`` with spaces around OP (``<=``, ``>=``, ``<``, ``>``, ``=``); VALUE is a
+number or true/false. Keys are matched by the resolvers in ``KEYS``; an unknown key, operator
+or value is an invalid policy (exit 2, the message names the key). A known key whose evidence
+could not be computed fails its check with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .audit import AuditConfig, AuditResult, CheckResult
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
+    "=": lambda a, b: a == b, "==": lambda a, b: a == b,
+}
+_CHECK_RE = re.compile(r"^\s*(?P<key>\S+)\s+(?P<op><=|>=|==|=|<|>)\s+(?P<value>\S+)\s*$")
+_NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+# [audit] keys a policy may set, with their types.
+AUDIT_KEYS: dict[str, type] = {
+    "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "grad": str, "taus": list,
+    "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
+    "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
+}
+
+
+class Missing(Exception):
+    """The evidence a key names is not in this audit (section unavailable); the message says why."""
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str
+    op: str
+    value: float | bool
+
+    @property
+    def text(self) -> str:
+        return f"{self.key} {self.op} {str(self.value).lower() if isinstance(self.value, bool) else f'{self.value:g}'}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    checks: tuple[Check, ...]
+    audit: dict  # overrides for AuditConfig
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "checks": [c.text for c in self.checks], "audit": self.audit}
+
+    def eps_needed(self) -> tuple[float, ...]:
+        """Radii named by attack.* keys: the audit runs them even if [audit] eps omits them."""
+        out = []
+        for c in self.checks:
+            m = re.match(r"^attack\.\w+\.\w+\[" + _NUM + r"\]", c.key)
+            if m:
+                out.append(float(m.group(1)))
+        return tuple(out)
+
+
+# --------------------------------------------------------------------------- key resolvers
+def _section(result: AuditResult, name: str) -> dict:
+    sec = result.section(name)
+    if sec is None:
+        raise Missing(f"the audit has no {name} section")
+    if sec.status != "ok":
+        raise Missing(f"{name} section {sec.status}: {sec.reason}")
+    return sec.data
+
+
+def _stat(section: str, path: tuple[str, ...]) -> Callable[[AuditResult, re.Match], Any]:
+    def get(result: AuditResult, m: re.Match) -> Any:
+        d: Any = _section(result, section)
+        for p in path + tuple(g for g in m.groups() if g is not None):
+            d = d[p]
+        return d
+
+    return get
+
+
+def _attack_value(result: AuditResult, m: re.Match) -> Any:
+    attack, norm, eps, what, tau = m.group(1), m.group(2), float(m.group(3)), m.group(4), m.group(5)
+    data = _section(result, "attacks")
+    for run in data["runs"]:
+        if run["config"]["attack"] == attack and run["config"]["norm"] == norm:
+            for r in run["results"]:
+                if math.isclose(r["eps"], eps, rel_tol=1e-9, abs_tol=1e-12):
+                    return r["robust_accuracy"] if what == "robust_accuracy" else _tau(r["robust_ratio"], tau)
+    raise Missing(f"no {attack} {norm} attack at eps {eps:g} in this audit")
+
+
+def _tau(table: dict, tau: str | None) -> float:
+    if tau is None:
+        raise Missing("robust_ratio needs a tolerance: robust_ratio[tau=0.1]")
+    for k, v in table.items():
+        if math.isclose(float(k), float(tau)):
+            return v
+    raise Missing(f"robust ratio at tau {tau} was not computed (the audit's taus: {', '.join(table)})")
+
+
+def _worst_robust_ratio(result: AuditResult, m: re.Match) -> float:
+    data = _section(result, "attacks")
+    vals = [_tau(r["robust_ratio"], m.group(1)) for run in data["runs"] for r in run["results"]]
+    if not vals:
+        raise Missing("no attack results")
+    return min(vals)
+
+
+def _bound_finite(result: AuditResult, m: re.Match) -> bool:
+    return _section(result, "bounds").get("fim_upper") is not None
+
+
+def _corruption(result: AuditResult, m: re.Match) -> float:
+    met = _section(result, "metrics")["metrics"]
+    key = f"corruption_{m.group(1)}"
+    if met.get(key) is None:
+        raise Missing("corruptions were not computed (corruptions = false, or images outside [0, 1] after --scale)")
+    return met[key]
+
+
+def _certified(result: AuditResult, m: re.Match) -> float:
+    data = _section(result, "certify")
+    r = float(m.group(1))
+    for row in data["summary"]["certified_accuracy"]:
+        if math.isclose(float(row["radius"]), r, abs_tol=1e-12):
+            if row.get("accuracy") is None:
+                raise Missing("certified accuracy needs labels")
+            return row["accuracy"]
+    raise Missing(f"certified accuracy at radius {r:g} was not computed (add it to [audit] certify_radii)")
+
+
+# (pattern, resolver, kind): kind "number" or "bool". Later sections add theirs here (e.g. certify.*).
+KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
+    (re.compile(r"^fisher\.(lambda_max|trace|lower_bound)\.(mean|median|p90|max)$"),
+     lambda r, m: _section(r, "scan")["summary"][m.group(1)][m.group(2)], "number"),
+    (re.compile(r"^clean\.accuracy$"), lambda r, m: _section(r, "scan")["summary"]["accuracy"], "number"),
+    (re.compile(r"^bound\.finite$"), _bound_finite, "bool"),
+    (re.compile(r"^bound\.(fim_upper|lipschitz)$"), _stat("bounds", ()), "number"),
+    (re.compile(r"^attack\.(\w+)\.(linf|l2)\[" + _NUM + r"\]\.(robust_accuracy|robust_ratio)(?:\[tau=" + _NUM + r"\])?$"),
+     _attack_value, "number"),
+    (re.compile(r"^robust_ratio\[tau=" + _NUM + r"\]$"), _worst_robust_ratio, "number"),
+    (re.compile(r"^corruptions\.mean_(relative_accuracy|accuracy_gap|relative_confidence|uncertainty_shift)$"),
+     _corruption, "number"),
+    (re.compile(r"^clever\.(median_score|fit_ok_share)$"), _stat("clever", ("summary",)), "number"),
+    (re.compile(r"^validity\.spearman$"), _stat("validity", ("spearman",)), "number"),
+    (re.compile(r"^certify\.certified_accuracy\[r=" + _NUM + r"\]$"), _certified, "number"),
+]
+
+
+def _resolver(key: str) -> tuple[Callable[[AuditResult, re.Match], Any], re.Match, str] | None:
+    for pattern, fn, kind in KEYS:
+        m = pattern.match(key)
+        if m:
+            return fn, m, kind
+    return None
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_check(text: str, where: str = "policy") -> Check:
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: a check must be a string such as 'clean.accuracy >= 0.9', not {text!r}")
+    m = _CHECK_RE.match(text)
+    if not m:
+        raise ConfigError(f"{where}: check '{text}' must be 'KEY OP VALUE' with spaces around OP (<=, >=, <, >, =)")
+    key, op, raw = m.group("key"), m.group("op"), m.group("value")
+    found = _resolver(key)
+    if found is None:
+        raise ConfigError(f"{where}: unknown key '{key}' in check '{text}' (see examples/policy.toml for the keys)")
+    kind = found[2]
+    if kind == "bool":
+        if raw.lower() not in ("true", "false") or op not in ("=", "=="):
+            raise ConfigError(f"{where}: key '{key}' takes '= true' or '= false', not '{op} {raw}'")
+        return Check(key, "=", raw.lower() == "true")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: key '{key}' needs a number, not '{raw}'") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: key '{key}' needs a finite number, not '{raw}'")
+    return Check(key, op, value)
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"policy not found: {p}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy {p}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"policy {p.name} is not valid TOML: {exc}") from None
+    return policy_from_dict(raw, p.name)
+
+
+def policy_from_dict(raw: dict, source: str = "") -> Policy:
+    unknown = [k for k in raw if k not in ("audit", "policy")]
+    if unknown:
+        raise ConfigError(f"policy {source}: unknown table '{unknown[0]}' (allowed: [audit], [policy])")
+    pol = raw.get("policy", {})
+    if not isinstance(pol, dict):
+        raise ConfigError(f"policy {source}: [policy] must be a table")
+    extra = [k for k in pol if k not in ("name", "checks")]
+    if extra:
+        raise ConfigError(f"policy {source}: unknown key 'policy.{extra[0]}' (allowed: name, checks)")
+    checks_raw = pol.get("checks", [])
+    if not isinstance(checks_raw, list) or not checks_raw:
+        raise ConfigError(f"policy {source}: 'policy.checks' must be a non-empty list of strings")
+    checks = tuple(parse_check(c, f"policy {source}") for c in checks_raw)
+    audit = raw.get("audit", {})
+    if not isinstance(audit, dict):
+        raise ConfigError(f"policy {source}: [audit] must be a table")
+    for k, v in audit.items():
+        want = AUDIT_KEYS.get(k)
+        if want is None:
+            raise ConfigError(f"policy {source}: unknown key 'audit.{k}' (allowed: {', '.join(AUDIT_KEYS)})")
+        ok = isinstance(v, want) and not (want is int and isinstance(v, bool))
+        if want is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not ok:
+            raise ConfigError(f"policy {source}: 'audit.{k}' must be a {want.__name__}, not {v!r}")
+    return Policy(str(pol.get("name", source)), checks, dict(audit), source)
+
+
+def apply_to_config(policy: Policy | None, fields: dict) -> dict:
+    """AuditConfig keyword arguments: the CLI's shared options, then the policy's [audit] table."""
+    out = dict(fields)
+    if policy is None:
+        return out
+    for k, v in policy.audit.items():
+        out[k] = tuple(v) if isinstance(v, list) else v
+    need = policy.eps_needed()
+    if need:
+        out["eps"] = tuple(sorted(set(out.get("eps", AuditConfig.eps)) | set(need)))
+    radii = [float(m.group(1)) for c in policy.checks for m in [re.match(r"^certify\.certified_accuracy\[r=" + _NUM, c.key)] if m]
+    if radii:
+        out["certify_radii"] = tuple(sorted(set(out.get("certify_radii", AuditConfig.certify_radii)) | set(radii)))
+    taus = [float(m.group(1)) for c in policy.checks for m in [re.search(r"\[tau=" + _NUM + r"\]", c.key)] if m]
+    if taus:
+        out["taus"] = tuple(sorted(set(out.get("taus", AuditConfig.taus)) | set(taus)))
+    return out
+
+
+def evaluate(policy: Policy, result: AuditResult) -> tuple[CheckResult, ...]:
+    """Each check against the result; evidence that is missing fails the check with its reason."""
+    out = []
+    for c in policy.checks:
+        fn, m, _kind = _resolver(c.key)  # type: ignore[misc]
+        try:
+            value = fn(result, m)
+        except Missing as exc:
+            out.append(CheckResult(c.key, c.op, c.value, None, False, str(exc)))
+            continue
+        if value is None:
+            out.append(CheckResult(c.key, c.op, c.value, None, False, "the value could not be computed"))
+            continue
+        out.append(CheckResult(c.key, c.op, c.value, value, bool(OPS[c.op](value, c.value))))
+    return tuple(out)

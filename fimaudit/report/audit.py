@@ -1,0 +1,180 @@
+"""Renderers of an ``AuditResult``: the HTML dossier, Markdown, JUnit XML, JSON and terminal text.
+
+All are pure functions of the result (the timestamp is in the result, passed in by the caller).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from xml.etree import ElementTree as ET
+
+from ..audit import AuditResult
+from . import plots
+from .terminal import _fmt
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;color:#222;max-width:72em;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.pass{color:#1e7d32;font-weight:bold}
+.fail{color:#b71c1c;font-weight:bold}.verdict{font-size:1.4em;padding:.4em .8em;border-radius:4px;display:inline-block}
+.verdict.pass{background:#e8f5e9}.verdict.fail{background:#ffebee}.verdict.none{background:#f4f4f4}
+.unavailable{background:#fff6d6;padding:.5em;border-left:4px solid #e0b000}figure{margin:1em 0}
+figure svg{max-width:100%;height:auto}img.thumb{width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc}
+code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    return "-" if v is None else _fmt(v)
+
+
+def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]:
+    """(id, title, svg or None, reason when None) for every plot of the dossier, in order."""
+    out = []
+    scan = result.section("scan")
+    bounds = result.section("bounds")
+    lam = [s["lambda_max"] for s in scan.data.get("samples", [])] if scan and scan.status == "ok" else []
+    bound = bounds.data.get("fim_upper") if bounds and bounds.status == "ok" else None
+    why_scan = None if lam else (scan.reason if scan else "no scan section")
+    out.append(("plot-lambda", "lambda_max per sample", plots.lambda_histogram(lam, bound) if lam else None, why_scan))
+    val = result.section("validity")
+    if val and val.status == "ok":
+        out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack",
+                    plots.radius_scatter(val.data["samples"], val.data["max_eps"]), "no samples"))
+    else:
+        out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack", None,
+                    val.reason if val else "no validity section"))
+    att = result.section("attacks")
+    if att and att.status == "ok":
+        tau = att.data["taus"][0] if att.data.get("taus") else None
+        out.append(("plot-robustness", "Robust accuracy and robust ratio against eps",
+                    plots.robustness_curves(att.data["runs"], tau), "no attack results"))
+    else:
+        out.append(("plot-robustness", "Robust accuracy and robust ratio against eps", None,
+                    att.reason if att else "no attacks section"))
+    met = result.section("metrics")
+    if met and met.status == "ok" and met.data.get("corruptions"):
+        out.append(("plot-corruptions", "Accuracy against corruption severity",
+                    plots.corruption_curves(met.data["corruptions"]), None))
+    else:
+        reason = (met.reason if met and met.status != "ok" else "corruptions were not computed") if met else "no metrics section"
+        out.append(("plot-corruptions", "Accuracy against corruption severity", None, reason))
+    if lam:
+        why = None if bound is not None else f"no finite closed-form bound ({bounds.data.get('reason') if bounds else ''})"
+        out.append(("plot-bound", "Measured lambda_max against the closed-form bound",
+                    plots.bound_vs_measured(lam, bound, bounds.data.get("blocks", []) if bounds else []), why))
+    else:
+        out.append(("plot-bound", "Measured lambda_max against the closed-form bound", None, why_scan))
+    return out
+
+
+def render_audit_html(result: AuditResult) -> str:
+    e = html.escape
+    v = result.verdict
+    cls = {"pass": "pass", "fail": "fail"}.get(v, "none")
+    checks = "".join(
+        f"<tr><td class=l><code>{e(c.text)}</code></td><td>{_value(c.value)}</td>"
+        f"<td class={'pass' if c.passed else 'fail'}>{'PASS' if c.passed else 'FAIL'}</td>"
+        f"<td class=l>{e(c.reason or '')}</td></tr>"
+        for c in result.checks
+    )
+    check_table = (f"<table><tr><th class=l>check</th><th>value</th><th>result</th><th class=l>note</th></tr>{checks}</table>"
+                   if result.checks else "<p>No policy was given: the dossier reports evidence without a verdict.</p>")
+    sec_rows = "".join(
+        f"<tr><td class=l>{e(s.name)}</td><td class=l>{e(s.status)}</td><td class=l>{e(s.reason or '')}</td></tr>"
+        for s in result.sections  # no wall times here: the page is byte-identical run to run (they are in audit.json)
+    )
+    figures = []
+    for pid, title, svg, reason in _plots(result):
+        body = svg if svg else f'<p class="unavailable">Not available: {e(reason or "no data")}</p>'
+        figures.append(f'<section id="{pid}"><h2>{e(title)}</h2><figure class="plot" data-plot="{pid}">{body}</figure></section>'
+                       if svg else f'<section id="{pid}"><h2>{e(title)}</h2>{body}</section>')
+    worst = result.section("worst")
+    worst_html = ""
+    if worst and worst.status == "ok":
+        rows = []
+        for r in worst.data["samples"]:
+            imgs = "".join(f'<img class="thumb" alt="{alt} of sample {r["index"]}" src="{r[k]}">'
+                           for k, alt in (("input_png", "input"), ("direction_png", "worst direction")) if r.get(k))
+            rows.append(f"<tr><td>{r['index']}</td><td>{_value(r['label'])}</td><td>{r['predicted']}</td>"
+                        f"<td>{_fmt(r['lambda_max'])}</td><td class=l>{imgs or '-'}</td></tr>")
+        note = f"<p>{e(worst.data['thumbnails_note'])}</p>" if worst.data.get("thumbnails_note") else ""
+        worst_html = ("<section id=worst><h2>Worst samples</h2>" + note + "<table><tr><th>index</th><th>label</th>"
+                      "<th>predicted</th><th>lambda_max</th><th class=l>input, worst direction</th></tr>"
+                      + "".join(rows) + "</table></section>")
+    m = result.model
+    created = f", {e(result.created)}" if result.created else ""
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
+        f"<title>fimaudit audit: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
+        f"<h1>fimaudit audit</h1><p><code>{e(m['path'])}</code> (sha256 {e(str(m.get('sha256', '')))[:16]}…)</p>"
+        f'<p id="verdict" class="verdict {cls}">Verdict: {e(v.upper())}</p>'
+        f"<section id=checks><h2>Policy checks</h2>{check_table}</section>"
+        + "".join(figures) + worst_html
+        + "<section id=sections><h2>Sections</h2><table><tr><th class=l>section</th><th class=l>status</th>"
+        f"<th class=l>reason</th></tr>{sec_rows}</table></section>"
+        f"<p>fimaudit {e(result.fimaudit)}, audit schema {e(result.schema_version)}{created}</p></body></html>\n"
+    )
+
+
+def render_audit_markdown(result: AuditResult) -> str:
+    lines = [f"# fimaudit audit: `{result.model['path']}`", "", f"**Verdict: {result.verdict.upper()}**", ""]
+    if result.checks:
+        lines += ["| check | value | result | note |", "|---|---:|---|---|"]
+        lines += [f"| `{c.text}` | {_value(c.value)} | {'PASS' if c.passed else 'FAIL'} | {c.reason or ''} |"
+                  for c in result.checks]
+        lines.append("")
+    scan = result.section("scan")
+    if scan and scan.status == "ok":
+        s = scan.data["summary"]
+        lines += ["## Fisher information", "", "| quantity | mean | median | p90 | max |", "|---|---:|---:|---:|---:|"]
+        for k in ("lambda_max", "trace"):
+            st = s[k]
+            lines.append(f"| {k} | {_value(st['mean'])} | {_value(st['median'])} | {_value(st['p90'])} | {_value(st['max'])} |")
+        lines.append("")
+    att = result.section("attacks")
+    if att and att.status == "ok":
+        lines += ["## Attacks", "", "| attack | eps | robust accuracy |", "|---|---:|---:|"]
+        for run in att.data["runs"]:
+            for r in run["results"]:
+                lines.append(f"| {run['config']['attack']} ({run['config']['norm']}) | {r['eps']:g} | {_value(r['robust_accuracy'])} |")
+        lines.append("")
+    lines += ["## Sections", "", "| section | status | reason |", "|---|---|---|"]
+    lines += [f"| {s.name} | {s.status} | {s.reason or ''} |" for s in result.sections]
+    lines += ["", f"fimaudit {result.fimaudit}, audit schema {result.schema_version}" + (f", {result.created}" if result.created else "")]
+    return "\n".join(lines) + "\n"
+
+
+def render_audit_junit(result: AuditResult) -> str:
+    """One testsuite; each policy check a testcase (failure with the value and reason when it fails)."""
+    failures = sum(not c.passed for c in result.checks)
+    suite = ET.Element("testsuite", name=f"fimaudit audit {result.model['path']}", tests=str(len(result.checks)),
+                       failures=str(failures), errors="0", skipped="0")
+    if result.created:
+        suite.set("timestamp", result.created)
+    for c in result.checks:
+        case = ET.SubElement(suite, "testcase", classname="fimaudit.policy", name=c.text)
+        if not c.passed:
+            msg = f"value {_value(c.value)}" + (f": {c.reason}" if c.reason else "")
+            ET.SubElement(case, "failure", message=msg, type="PolicyCheckFailed").text = msg
+    suites = ET.Element("testsuites", name="fimaudit", tests=str(len(result.checks)), failures=str(failures))
+    suites.append(suite)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def render_audit_json(result: AuditResult) -> str:
+    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def render_audit_text(result: AuditResult) -> str:
+    lines = [f"fimaudit audit of {result.model['path']}: verdict {result.verdict.upper()}"]
+    for c in result.checks:
+        lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
+    for s in result.sections:
+        lines.append(f"  section {s.name}: {s.status}" + (f" ({s.reason})" if s.reason else ""))
+    return "\n".join(lines) + "\n"
