@@ -81,10 +81,14 @@ def class_counts(
     # float32 in place: the rows go to a float32 model anyway, and float64 temporaries would
     # cost more than the draws themselves.
     x32, s32 = np.asarray(x, dtype=np.float32), np.float32(sigma)
+    # One buffer refilled in place: fresh chunk-sized arrays cost page faults on every chunk
+    # (notably in Dask workers, whose allocator returns freed memory to the system at once).
+    buf = np.empty((min(chunk, num),) + x.shape, dtype=np.float32)
     done = 0
     while done < num:
         rows = min(chunk, num - done)
-        noisy = rng.standard_normal((rows,) + x.shape, dtype=np.float32)
+        noisy = buf[:rows]
+        rng.standard_normal(out=noisy, dtype=np.float32)
         noisy *= s32
         noisy += x32
         classes = classify(noisy)
