@@ -876,7 +876,7 @@ def run_fuzz(cases: int, seed: int = 0, start: int = 0, workers: int = 2, comman
                                     "leftovers": []})
                     shutil.rmtree(Path(case.folder).parent, ignore_errors=True)
                     idle.append(spawn())
-            if verbose and len(results) and len(results) % 500 == 0 and ready:
+            if verbose and ready and len(results) // 500 > (len(results) - len(ready)) // 500:
                 bad = sum(r["outcome"] in FAILURES for r in results)
                 print(f"  {len(results)}/{cases} cases, {bad} failures, {time.perf_counter() - t_start:.0f} s",
                       file=sys.stderr, flush=True)
