@@ -308,8 +308,13 @@ def _clever_section(ctx: AuditContext) -> dict:
 def _metrics_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "the metric suite")
-    mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0)
+    x = ctx.arrays.get("inputs")
+    # Corruptions are defined on images in [0, 1]; other inputs still get the rest of the suite.
+    in_unit = x is None or (float(x.min()) >= -1e-9 and float(x.max()) <= 1 + 1e-9)
+    mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0, corruptions=cfg.corruptions and in_unit)
     rep = run_metrics(mcfg).to_dict()
+    if cfg.corruptions and not in_unit:
+        rep["corruptions_skipped"] = "inputs after --scale are not in [0, 1]: corruptions are defined on images in [0, 1]"
     if rep["corruptions"]:
         sev = sorted({int(s) for row in rep["corruptions"].values() for s in row})
         rep["corruption_mean_by_severity"] = {str(s): float(np.mean([row[str(s)] for row in rep["corruptions"].values()]))

@@ -139,8 +139,11 @@ def _bound_finite(result: AuditResult, m: re.Match) -> bool:
 
 
 def _corruption(result: AuditResult, m: re.Match) -> float:
-    met = _section(result, "metrics")["metrics"]
+    data = _section(result, "metrics")
+    met = data["metrics"]
     key = f"corruption_{m.group(1)}"
+    if data.get("corruptions_skipped"):
+        raise Missing(data["corruptions_skipped"])
     if met.get(key) is None:
         raise Missing("corruptions were not computed (corruptions = false, or images outside [0, 1] after --scale)")
     return met[key]
