@@ -18,6 +18,7 @@ classified:
     leftover         temporary or half-written output files were left behind
 
 Usage: python bench/fuzz.py --cases 10000 --seed 0 [--workers 2] [--start 0] [--out bench/results/fuzz.json]
+       python bench/fuzz.py --combine chunk0.json chunk1.json ... --out bench/results/fuzz.json
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import resource
 import shutil
 import signal
 import struct
+import zlib
 import sys
 import tempfile
 import time
@@ -438,9 +440,69 @@ DATA_KINDS = ["object-npy", "pickle-npz", "wrong-shape", "nan-inf", "zip-bomb", 
               "complex", "structured", "stored-mode", "wrong-suffix", "huge-header"]
 
 
+def _png(width: int, height: int, idat: bytes, color: int = 0, depth: int = 8) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+IMAGE_KINDS = ["image-ok", "image-bomb", "image-truncated", "image-garbage", "image-labels-csv", "image-symlink-loop",
+               "image-fifo", "image-huge-ok", "image-empty", "image-classes"]
+
+
+def image_folder(kind: str, rng, data: dict[str, np.ndarray], folder: Path) -> Path:
+    """A folder of images (PNG/JPEG/BMP written by Pillow from the data, then damaged per ``kind``)."""
+    from PIL import Image
+
+    root = folder / "images"
+    root.mkdir()
+    x = data["x"]
+    for i in range(min(4, len(x))):
+        arr = (np.clip(np.asarray(x[i], np.float64), 0, 1) * 255).astype(np.uint8).reshape(-1)
+        side = int(math.isqrt(arr.size)) or 1
+        img = Image.fromarray(arr[: side * side].reshape(side, side), "L")
+        img.save(root / f"im{i}.{_pick(rng, ['png', 'jpg', 'bmp'])}")
+    files = sorted(root.iterdir())
+    if kind == "image-bomb":
+        w = int(_pick(rng, [100_000, 20_000, 13_000]))
+        (root / "bomb.png").write_bytes(_png(w, w, zlib.compress(b"\0" * 64)))
+    elif kind == "image-truncated":
+        f = _pick(rng, files)
+        f.write_bytes(bytes_truncate(f.read_bytes(), rng))
+    elif kind == "image-garbage":
+        f = _pick(rng, files)
+        f.write_bytes(bytes_flip(f.read_bytes(), rng) if rng.random() < 0.5 else b"not an image at all")
+    elif kind == "image-labels-csv":
+        rows = [_pick(rng, ["file,label", "im0.png,0", "im1.png,-1", "../../etc/passwd,1", "im2.png,abc",
+                            "im3.png,99999999999999999999", "nofile.png,1", "im0.png", ",,,,", "\x00"])
+                for _ in range(int(rng.integers(1, 6)))]
+        (root / "labels.csv").write_text("\n".join(rows))
+    elif kind == "image-symlink-loop":
+        (root / "cls").mkdir()
+        os.symlink(root, root / "cls" / "loop")
+        os.symlink("/dev/zero", root / "cls" / "zero.png")
+    elif kind == "image-fifo":
+        os.mkfifo(root / "pipe.png")
+    elif kind == "image-huge-ok":  # a real image just under Pillow's limit would be slow: a large but fine one
+        Image.new("L", (2000, 2000)).save(root / "big.png")
+    elif kind == "image-empty":
+        for f in files:
+            f.unlink()
+    elif kind == "image-classes":
+        for i, f in enumerate(files):
+            d = root / f"class{i % 2}"
+            d.mkdir(exist_ok=True)
+            f.rename(d / f.name)
+    return root
+
+
 def mutate_data(kind: str, rng, data: dict[str, np.ndarray], folder: Path) -> Path:
     x, y = data["x"], data["y"]
     p = folder / "data.npz"
+    if kind.startswith("image-"):
+        return image_folder(kind, rng, data, folder)
     if kind == "object-npy":
         p = folder / "data.npy"
         p.write_bytes(_npy_bytes(np.array([{"a": 1}, None], dtype=object), allow_pickle=True))
@@ -512,10 +574,10 @@ BASE_ARGS = {
     "attack": ["--samples", "2", "--budget", "20", "--steps", "2", "--attack", "fgsm"],
     "metrics": ["--samples", "6", "--no-corruptions"],
     "clever": ["--samples", "1", "--points", "10", "--seeds", "1"],
-    "certify": ["--samples", "2"],
+    "certify": ["--samples", "2", "--sigma", "0.25", "--n0", "10", "--n", "60"],
     "audit": ["--samples", "2"],
 }
-DATA_COMMANDS = {"attack", "metrics", "clever"}  # --data required
+DATA_COMMANDS = {"attack", "metrics", "clever", "certify"}  # --data required
 HOSTILE_VALUES = ["-1", "0", "1", "nan", "inf", "-inf", "1e308", "abc", "", "1/0", "0/0", "99999999999999999999", "3",
                   "0.5", "-0.0", "1,2,3", "2147483648", "1e-320", ",", "1/255", " ", "\x00"]
 OPTIONS = {
@@ -529,7 +591,8 @@ OPTIONS = {
     "metrics": ["--samples", "--scale", "--mean", "--std", "--seed"],
     "clever": ["--norm", "--radius", "--points", "--seeds", "--samples", "--input-range", "--scale", "--mean", "--std",
                "--seed"],
-    "certify": ["--samples", "--seed"],
+    "certify": ["--samples", "--seed", "--sigma", "--n0", "--n", "--alpha", "--radii", "--space", "--scale",
+                "--mean", "--std", "--max-batch"],
     "audit": ["--samples", "--seed"],
 }
 ENUM_VALUES = {"--method": ["exact", "sketch", "power", "power-fresh", "deflated", "magic"],
@@ -539,7 +602,8 @@ ENUM_VALUES = {"--method": ["exact", "sketch", "power", "power-fresh", "deflated
                "--device": ["auto", "cpu", "cuda", "tpu"], "--probes": ["orthogonal", "gaussian", "x"],
                "--subspace": ["dct", "learnt", "x"], "--trace-probes": ["rademacher", "gaussian", "x"]}
 # Options whose large values legitimately ask for a long run: capped so a case stays a smoke test.
-WORK_OPTIONS = {"--samples", "--budget", "--points", "--seeds", "--steps", "--subspace-dim", "--trace-budget"}
+WORK_OPTIONS = {"--samples", "--budget", "--points", "--seeds", "--steps", "--subspace-dim", "--trace-budget", "--n0",
+                "--n"}
 
 
 def random_options(cmd: str, rng) -> list[str]:
@@ -571,7 +635,7 @@ class Case:
 
 
 MODEL_KINDS = list(STRUCT_MUTATIONS) + ["byte-flip", "truncate", "splice"]
-KINDS = [f"model:{k}" for k in MODEL_KINDS] + [f"data:{k}" for k in DATA_KINDS] + ["options"]
+KINDS = [f"model:{k}" for k in MODEL_KINDS] + [f"data:{k}" for k in DATA_KINDS + IMAGE_KINDS] + ["options"]
 
 
 def make_case(index: int, seed: int, commands: list[str], work: Path, corpus) -> Case:
@@ -579,6 +643,8 @@ def make_case(index: int, seed: int, commands: list[str], work: Path, corpus) ->
     kind = KINDS[int(rng.integers(len(KINDS)))]
     command = commands[int(rng.integers(len(commands)))]
     name = _pick(rng, sorted(corpus))
+    if kind.startswith("data:image") and rng.random() < 0.8:
+        name = "vgg"  # the image-shaped model
     model, shape, data = corpus[name]
     folder = work / f"case{index}" / "m"
     folder.mkdir(parents=True)
@@ -718,6 +784,10 @@ def _leftovers(case: Case, code: int) -> list[str]:
 
 def worker(conn, mem_limit: int, extra: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+    # Write through the real file descriptors (a test runner may have replaced sys.stdout/stderr),
+    # so that the fd-level capture around each case sees everything the CLI prints.
+    sys.stdout = open(1, "w", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", closefd=False, buffering=1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import fimaudit.cli  # noqa: F401 - import once, outside the per-case timing
 
@@ -807,7 +877,7 @@ def run_fuzz(cases: int, seed: int = 0, start: int = 0, workers: int = 2, comman
                                     "leftovers": []})
                     shutil.rmtree(Path(case.folder).parent, ignore_errors=True)
                     idle.append(spawn())
-            if verbose and len(results) and len(results) % 500 == 0 and ready:
+            if verbose and ready and len(results) // 500 > (len(results) - len(ready)) // 500:
                 bad = sum(r["outcome"] in FAILURES for r in results)
                 print(f"  {len(results)}/{cases} cases, {bad} failures, {time.perf_counter() - t_start:.0f} s",
                       file=sys.stderr, flush=True)
@@ -861,30 +931,8 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
               f"{rss / 2**20:.0f} MiB", file=file)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=10000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--start", type=int, default=0, help="first case index (to run a long campaign in chunks)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--commands", default=",".join(BASE_ARGS))
-    ap.add_argument("--wall-limit", type=float, default=60.0)
-    ap.add_argument("--mem-limit-gb", type=float, default=2.0)
-    ap.add_argument("--timeout-option", type=float, default=30.0, help="--timeout passed to commands that have it")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fuzz.json"))
-    ap.add_argument("--merge", action="store_true", help="add to the results already in --out (chunked runs)")
-    args = ap.parse_args()
-    rep = run_fuzz(args.cases, args.seed, args.start, args.workers, args.commands.split(","), args.wall_limit,
-                   int(args.mem_limit_gb * 2**30), args.timeout_option)
-    out = Path(args.out)
-    if args.merge and out.exists():
-        old = json.loads(out.read_text())
-        seen = {r["index"] for r in rep["results"]}
-        rep["results"] = sorted([r for r in old["results"] if r["index"] not in seen] + rep["results"],
-                                key=lambda r: r["index"])
-        rep["seconds"] += old.get("seconds", 0.0)
-        rep["chunks"] = old.get("chunks", [[old["start"], old["cases"]]]) + [[args.start, args.cases]]
-        rep["start"], rep["cases"] = 0, len(rep["results"])
+def write_report(rep: dict, out: Path) -> int:
+    """Print the tables and failures, write ``out`` (failing cases in full, the rest one line each)."""
     print_table(rep["results"])
     failures = [r for r in rep["results"] if r["outcome"] in FAILURES]
     for r in failures[:40]:
@@ -895,13 +943,43 @@ def main() -> int:
                "by_kind": {k: dict(v) for k, v in sorted(counts.items())},
                "max_seconds": max((r["seconds"] for r in rep["results"]), default=0.0),
                "max_peak_rss_bytes": max((r["peak_rss"] for r in rep["results"]), default=0)}
-    # Keep the JSON small: every failing case in full, the others as one line each.
     slim = [r if r["outcome"] in FAILURES else {k: r[k] for k in ("index", "kind", "command", "outcome", "exit")}
             | {"seconds": round(r["seconds"], 3), "peak_rss": r["peak_rss"]} for r in rep["results"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep | {"summary": summary, "results": slim}, indent=1) + "\n")
     print(f"\n{len(rep['results'])} cases, {len(failures)} failures, {rep['seconds']:.0f} s; wrote {out}")
     return 1 if failures else 0
+
+
+def combine(paths: list[str], out: Path) -> int:
+    """Merge chunk reports (runs with --start) of one seed into one report."""
+    reps = [json.loads(Path(p).read_text()) for p in paths]
+    results = sorted({r["index"]: r for rep in reps for r in rep["results"]}.values(), key=lambda r: r["index"])
+    first = reps[0]
+    merged = {k: first[k] for k in ("seed", "commands", "wall_limit_s", "rlimit_as_bytes", "timeout_option_s")}
+    merged |= {"start": 0, "cases": len(results), "chunks": [[r["start"], r["cases"]] for r in reps],
+               "seconds": sum(r["seconds"] for r in reps), "results": results}
+    return write_report(merged, out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--combine", nargs="+", help="merge these chunk reports into --out instead of running")
+    ap.add_argument("--cases", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="first case index (to run a long campaign in chunks)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--commands", default=",".join(BASE_ARGS))
+    ap.add_argument("--wall-limit", type=float, default=60.0)
+    ap.add_argument("--mem-limit-gb", type=float, default=2.0)
+    ap.add_argument("--timeout-option", type=float, default=30.0, help="--timeout passed to commands that have it")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fuzz.json"))
+    args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, Path(args.out))
+    rep = run_fuzz(args.cases, args.seed, args.start, args.workers, args.commands.split(","), args.wall_limit,
+                   int(args.mem_limit_gb * 2**30), args.timeout_option)
+    return write_report(rep, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ probability at least 1 − α over the noise, a returned radius is a true certif
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,11 +20,13 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
-from .data import Preprocess, load_data, synthetic_data
+from .data import Preprocess, synthetic_data
+from .images import DEFAULT_RESIZE, DataOptions, prepare
 from .errors import ConfigError
 from .model import load_model
 from .model.engine import Model
 from .result import Stats, _clean
+from .scan import _runtime as scan_runtime
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -33,6 +36,7 @@ DEFAULT_SAMPLES_SYNTHETIC = 16
 # A noise chunk holds at most this many float64 values, so 10^5 draws at 224x224x3 never sit
 # in memory at once; results do not depend on it (the Generator's stream is chunk-invariant).
 NOISE_VALUES = 1 << 22
+_RADIUS_KEY = re.compile(r"(certified_accuracy|certified)\[r=([^\]]+)\]")
 SEED_TAG = 5  # per-sample Generator seed is [seed, SEED_TAG, index]; scan uses tags 1..4
 
 ProgressFn = Callable[[int, int, int], None]  # (samples done, samples total, queries so far)
@@ -77,10 +81,14 @@ def class_counts(
     # float32 in place: the rows go to a float32 model anyway, and float64 temporaries would
     # cost more than the draws themselves.
     x32, s32 = np.asarray(x, dtype=np.float32), np.float32(sigma)
+    # One buffer refilled in place: fresh chunk-sized arrays cost page faults on every chunk
+    # (notably in Dask workers, whose allocator returns freed memory to the system at once).
+    buf = np.empty((min(chunk, num),) + x.shape, dtype=np.float32)
     done = 0
     while done < num:
         rows = min(chunk, num - done)
-        noisy = rng.standard_normal((rows,) + x.shape, dtype=np.float32)
+        noisy = buf[:rows]
+        rng.standard_normal(out=noisy, dtype=np.float32)
         noisy *= s32
         noisy += x32
         classes = classify(noisy)
@@ -234,9 +242,11 @@ class CertifySummary:
             "clean_accuracy": _clean(self.clean_accuracy),
             "smoothed_accuracy": _clean(self.smoothed_accuracy),
             "queries_total": self.queries_total,
-            "seconds": _clean(self.seconds),
-            "runtime_fraction": _clean(self.runtime_fraction),
         }
+
+    def timing_dict(self) -> dict:
+        """Wall-clock fields, kept apart from the results so that equal seeds give equal results."""
+        return {"seconds": _clean(self.seconds), "runtime_fraction": _clean(self.runtime_fraction)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CertifySummary":
@@ -256,7 +266,8 @@ class CertifySummary:
 
 @dataclass(frozen=True)
 class CertifyResult:
-    """Everything ``certify`` learnt. ``execution`` says how it ran (workers, providers), not what it found."""
+    """Everything ``certify`` learnt. ``execution`` says how it ran (workers, providers), not what it found;
+    it is written under ``timing`` with the wall-clock fields."""
 
     model: dict
     runtime: dict
@@ -273,6 +284,36 @@ class CertifyResult:
         """Certified accuracy at any radius (not only the listed ones); None without labels."""
         return certified_rows(self.samples, [radius])[0].accuracy
 
+    def metrics(self) -> dict[str, float | None]:
+        """Flat named values for an audit policy (``certify.<name> >= X``), one per listed radius."""
+        s = self.summary
+        out: dict[str, float | None] = {}
+        for row in s.certified_accuracy:
+            out[f"certified_accuracy[r={row.radius:g}]"] = row.accuracy
+            out[f"certified[r={row.radius:g}]"] = row.certified
+        out.update({"abstain_rate": s.abstain_rate, "clean_accuracy": s.clean_accuracy,
+                    "smoothed_accuracy": s.smoothed_accuracy, "radius.median": s.radius.median,
+                    "radius.mean": s.radius.mean})
+        return out
+
+    def metric(self, name: str) -> float | None:
+        """One policy value by name; ``certified_accuracy[r=R]`` and ``certified[r=R]`` take any radius R."""
+        m = _RADIUS_KEY.fullmatch(name.strip())
+        if m:
+            try:
+                radius = float(m.group(2))
+            except ValueError:
+                radius = -1.0
+            if not (np.isfinite(radius) and radius >= 0):
+                raise ConfigError(f"certify.{name}: the radius must be a nonnegative number")
+            row = certified_rows(self.samples, [radius])[0]
+            return row.accuracy if m.group(1) == "certified_accuracy" else row.certified
+        values = self.metrics()
+        if name not in values:
+            raise ConfigError(f"certify has no value '{name}' (it has certified_accuracy[r=R], certified[r=R], "
+                              f"{', '.join(k for k in values if '[' not in k)})")
+        return values[name]
+
     def to_dict(self) -> dict:
         return {
             "kind": self.kind,
@@ -284,7 +325,8 @@ class CertifyResult:
             "samples": [s.to_dict() for s in self.samples],
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
-            "execution": _clean(self.execution),
+            # How it ran (workers, per-worker providers and seconds) varies between equal runs: it goes with timing.
+            "timing": self.summary.timing_dict() | {"execution": _clean(self.execution)},
         }
 
     @classmethod
@@ -299,9 +341,9 @@ class CertifyResult:
             config=d["config"],
             units=d.get("units", {}),
             samples=tuple(CertifiedSample.from_dict(s) for s in d["samples"]),
-            summary=CertifySummary.from_dict(d["summary"]),
+            summary=CertifySummary.from_dict({**d["summary"], **(d.get("timing") or {})}),
             notes=tuple(d.get("notes", ())),
-            execution=d.get("execution", {}),
+            execution=(d.get("timing") or {}).get("execution", {}),
             schema_version=version,
         )
 
@@ -332,6 +374,10 @@ class CertifyConfig:
     max_batch: int = 256  # 0: automatic (from free memory on a GPU)
     threads: int = 0
     output_kind: str = "auto"  # recorded only: the argmax is the same for logits and (log-)probabilities
+    layout: str = "auto"
+    resize: str = DEFAULT_RESIZE
+    channels: str = "rgb"
+    preset: str | None = None
 
     def validate(self) -> None:
         if not (np.isfinite(self.sigma) and self.sigma > 0):
@@ -357,24 +403,18 @@ class CertifyConfig:
             )
 
 
-def _runtime(provider: str) -> dict:
-    import platform
+def _share(part: float, whole: float) -> float | None:
+    return part / whole if whole > 0 else None
 
-    import onnx
-    import onnxruntime
-    import scipy
 
-    from . import __version__
-
-    return {
-        "provider": provider,
-        "fimaudit": __version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "python": platform.python_version(),
-    }
+def _units(data_space: bool, identity: bool, images: bool, preset: str | None) -> dict:
+    """The unit of the noise and of the radii (the same unit: both live where the noise is added)."""
+    how = f"--preset {preset}" if preset is not None else "--scale/--mean/--std"
+    if data_space:
+        stored = "pixel values 0-255 as decoded from the images" if images else "the data as stored"
+        return {"space": "data", "description": f"L2 radius in stored-data units: noise added to {stored}, before {how}"}
+    return {"space": "input", "description": "L2 radius in model-input units: noise added to the tensor the model "
+            "receives" + ("" if identity else f" (after {how})")}
 
 
 def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution=None) -> CertifyResult:
@@ -396,11 +436,12 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         threads=config.threads,
     )
     shape = model.sample_shape
-    pre = Preprocess(config.scale, tuple(config.mean), tuple(config.std))
-    pre.check(shape)
-    notes: list[str] = list(model.info.notes)
-    if config.data is not None:
-        dataset = load_data(config.data, shape, config.samples or DEFAULT_SAMPLES_DATA)
+    prepared = prepare(model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
+                       tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset))
+    pre = prepared.pre
+    notes: list[str] = list(model.info.notes) + list(prepared.notes)
+    if prepared.dataset is not None:
+        dataset = prepared.dataset
         if config.samples is None:
             notes.append(f"certified the first {dataset.x.shape[0]} samples (set --samples to change)")
         data_space = config.space == "data"
@@ -439,7 +480,8 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         smoothed_accuracy=float(np.mean([bool(s.correct) for s in samples])) if labelled else None,
         queries_total=setup_queries + int(sum(s.queries for s in samples)),
         seconds=seconds,
-        runtime_fraction=run_info["run_seconds"] / seconds if seconds > 0 else None,
+        # On workers: the share of their busy time inside onnxruntime (a sum over workers / wall could exceed 1).
+        runtime_fraction=_share(run_info["run_seconds"], run_info.get("busy_seconds", seconds)),
     )
     if summary.abstain_rate > 0.5:
         notes.append(
@@ -447,16 +489,11 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
             f"{config.sigma:g} may be too large for this model, or --n too small for --alpha"
         )
     info = model.info
-    units_space = "data" if job_pre is not None and not pre.is_identity else "input"
-    if units_space == "data":
-        units = {"space": "data", "description": "L2 radius per stored-data unit: noise and radius in the data as "
-                 "stored, before --scale/--mean/--std"}
-    else:
-        units = {"space": "input", "description": "L2 radius per model-input unit: noise added to the tensor the "
-                 "model receives" + ("" if pre.is_identity else " (after --scale/--mean/--std)")}
+    units = _units(job_pre is not None and not pre.is_identity, pre.is_identity, prepared.images, config.preset)
     cfg = asdict(config)
     cfg["samples_certified"] = n_samples
     cfg["data_source"] = dataset.source
+    cfg["preprocess"] = prepared.config
     cfg["noise_chunk_rows"] = noise_chunk(model.d)
     return CertifyResult(
         model={
@@ -467,7 +504,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
             "ir_version": info.ir_version,
             "opsets": info.opsets,
         },
-        runtime=_runtime(run_info["provider"]),
+        runtime=scan_runtime(model) | {"provider": run_info["provider"]},
         config=cfg,
         units=units,
         samples=samples,

@@ -47,6 +47,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,6 +60,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from .data import eval_fraction, parse_floats, parse_range
 from .errors import ConfigError, FimauditError
+from .images import CHANNEL_ORDERS, DEFAULT_RESIZE, PRESETS, RESIZE_POLICIES
+from .model.layout import LAYOUTS
 from .model.loader import parse_input_shape
 from .model.oracle import OUTPUT_KINDS
 from .audit import AuditConfig, AuditResult, Section, run_audit
@@ -185,6 +188,11 @@ def _choice(flag: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _optional_choice(flag: str, allowed: tuple[str, ...]) -> Callable[[Optional[str]], Optional[str]]:
+    check = _choice(flag, allowed)
+    return lambda value: None if value is None else check(value)
+
+
 def _at_least(flag: str, low: int) -> Callable[[Optional[int]], Optional[int]]:
     def parse(value: Optional[int]) -> Optional[int]:
         if value is not None and value < low:
@@ -237,7 +245,8 @@ shared_option("max_batch", ("--max-batch",), int, 256, "Most rows per onnxruntim
 shared_option("threads", ("--threads",), int, 0, "onnxruntime intra-op threads (0: its default).", groups=("run",),
               parse=_at_least("--threads", 0))
 shared_option("data", ("--data",), Optional[Path], None,
-              ".npy (inputs) or .npz (x, optional integer labels y) in the model's input layout.",
+              ".npy (inputs), .npz (x, optional integer labels y) in the model's input layout, or a folder of "
+              "PNG/JPEG/BMP images (labels from subfolders or labels.csv).",
               groups=("data",), parse=_optional_str)
 shared_option("samples", ("--samples",), Optional[int], None, "Use the first N samples.", groups=("data",),
               parse=_at_least("--samples", 1))
@@ -248,11 +257,21 @@ shared_option("mean", ("--mean",), str, "0", "Model input = (x*scale - mean)/std
               groups=("data",), parse=_floats("--mean", 0.0))
 shared_option("std", ("--std",), str, "1", "Std, one value or one per channel.", groups=("data",),
               parse=_floats("--std", 1.0))
+shared_option("preset", ("--preset",), Optional[str], None,
+              "Named normalisation: imagenet | inception | unit | none (instead of --scale/--mean/--std).",
+              groups=("data",), parse=_optional_choice("--preset", tuple(PRESETS)))
+shared_option("layout", ("--layout",), str, "auto", "Input layout: auto (read from the graph) | nchw | nhwc.",
+              groups=("data",), parse=_choice("--layout", LAYOUTS))
+shared_option("resize", ("--resize",), str, DEFAULT_RESIZE,
+              "Image folders: shorter-side+center-crop | stretch to the model's size.", groups=("data",),
+              parse=_choice("--resize", RESIZE_POLICIES))
+shared_option("channels", ("--channels",), str, "rgb", "Image folders: channel order the model expects, rgb | bgr.",
+              groups=("data",), parse=_choice("--channels", CHANNEL_ORDERS))
 shared_option("input_range", ("--input-range",), str, "0,1",
               "LO,HI: valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
               groups=("data",), parse=parse_range)
 shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
-              groups=("data",))
+              groups=("data",), parse=_at_least("--seed", 0))  # numpy seeds are nonnegative
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
               groups=("budget",), parse=_at_least("--budget", 1))
 shared_option("workers", ("--workers",), Optional[int], None,
@@ -357,7 +376,11 @@ def write_atomic(path: str, text: str) -> None:
 
 def _run_guarded(fn: Callable[[], int], timeout: float | None = None) -> int:
     try:
-        with guarded_run(timeout):  # SIGINT/SIGTERM and --timeout unwind the run; temporary files removed
+        # SIGINT/SIGTERM and --timeout unwind the run, temporary files removed. numpy's overflow and
+        # invalid-value warnings on hostile numbers would add lines to stderr: NaN/Inf are checked where
+        # they matter and become one-line errors.
+        with guarded_run(timeout), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             return fn()
     except Interrupted as exc:
         sys.stderr.write(f"fimaudit: {exc.message}\n")
@@ -394,7 +417,7 @@ def _floats_list(text: str, flag: str) -> tuple[float, ...]:
 
 
 # --------------------------------------------------------------------------- commands
-@command("scan", "data", "budget", "out")
+@command("scan", "data", "budget", "cluster", "out")
 def scan_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
@@ -420,36 +443,28 @@ def scan_cmd(
     trace_rse: float = typer.Option(0.05, "--trace-rse", help="Hutchinson stops at this relative standard error."),
     trace_probes: str = typer.Option("rademacher", "--trace-probes", help="Hutchinson probes: rademacher | gaussian."),
     dither: float = typer.Option(
-        0.0, "--dither", help="Add Gaussian noise of this std to each input first (breaks ReLU/max-pool ties)."
+        0.0, "--dither", help="Evaluate F at x + SIGMA*xi (seeded Gaussian xi). Default: automatic, 3% of the input RMS, "
+        "only when exact input ties (constant backgrounds) make F undefined at x.",
+    ),
+    no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
+    gradients: str = typer.Option(
+        "fd", "--gradients", help="auto | graph | fd: exact Jacobians from a gradient graph of the model (self-checked "
+        "against finite differences; auto falls back with the reason) or black-box finite differences.",
+    ),
+    cross_check: bool = typer.Option(
+        False, "--cross-check", help="With the graph: also run the black-box estimator on the same samples and report its error."
     ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
     config = opts.config(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
-        bounds=not no_bounds, dither=dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+        bounds=not no_bounds, dither=dither, no_dither=no_dither, gradients=gradients, cross_check=cross_check,
+        trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
-    err_console = Console(stderr=True)
-    if opts.quiet:
-        result = scan(config)
-    else:
-        with Progress(
-            TextColumn("[bold]scanning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("samples"),
-            TextColumn("{task.fields[queries]} queries"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("scan", total=None, queries=0)
-
-            def progress(done: int, total: int, queries: int) -> None:
-                bar.update(task, completed=done, total=total, queries=queries)
-
-            result = scan(config, progress)
+    execution = opts.execution()
+    result = _with_progress(opts.quiet, "scanning", lambda progress: scan(config, progress, execution))
     _write_json(opts, render_json(result))
     if report_path is not None:
         write_atomic(report_path, renderer_for(None, report_path)(result))
@@ -493,25 +508,46 @@ def bounds_cmd(
 def attack_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
-    attack: str = typer.Option("pgd", "--attack", help="fgsm | bim | pgd | square."),
+    attack: str = typer.Option(
+        "pgd", "--attack", help="fgsm | bim | pgd | square (black-box) | pgd-wb | apgd (white-box: exact gradients from "
+        "the model's gradient graph, with Square run beside it for sanity flags).",
+    ),
     norm: str = typer.Option("linf", "--norm", help="linf | l2."),
     eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
     taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
     grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
+    loss: str = typer.Option("ce", "--loss", help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
+    restarts: int = typer.Option(1, "--restarts", help="White-box runs per sample (the first from x, then random starts)."),
+    min_distance: bool = typer.Option(
+        False, "--min-distance", help="White-box: also each sample's smallest adversarial L2 and L-inf distance found "
+        "(binary search over eps with APGD).",
+    ),
 ) -> int:
-    """Robust accuracy and robust ratio under a black-box attack at one or more eps."""
+    """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
-                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad)
+                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts,
+                      min_distance=min_distance)
     result = run_attack(cfg)
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
             opts.console.print(item)
+        rep = result.to_dict()
+        for r in rep["results"]:
+            sanity = r.get("sanity") or {}
+            if sanity:
+                opts.console.print(f"eps {r['eps']:g}: black-box Square robust accuracy "
+                                   f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
+            for w in sanity.get("warnings", []):
+                opts.console.print(f"warning (eps {r['eps']:g}): {w}", style="yellow", soft_wrap=True)
+        for norm_name, m in (rep.get("minimal_distance") or {}).items():
+            opts.console.print(f"smallest adversarial {norm_name} distance found: median {m['median']:.4g}"
+                               if m["median"] is not None else f"no adversarial {norm_name} point found")
     return EXIT_OK
 
 
@@ -540,11 +576,14 @@ def clever_cmd(
     radius: float = typer.Option(2.0, "--radius", help="Radius R of the sampling ball (attack units); caps the score."),
     points: int = typer.Option(50, "--points", help="Points sampled per sample (2d queries each), in batches of 10."),
     seeds: int = typer.Option(3, "--seeds", help="Repeat with this many seeds and report the spread."),
+    gradients: str = typer.Option("fd", "--gradients", help="auto | graph | fd: exact margin gradients from the model's "
+                                  "gradient graph (self-checked) instead of 2d finite-difference queries per point."),
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
 
-    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
+    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds,
+                        gradients=gradients)
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
@@ -552,7 +591,7 @@ def clever_cmd(
     return EXIT_OK
 
 
-@command("compare", "data", "budget", "out", defaults={"samples": 20})
+@command("compare", "data", "budget", "cluster", "out", defaults={"samples": 20})
 def compare_cmd(
     opts: Opts,
     models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
@@ -562,6 +601,11 @@ def compare_cmd(
     clever_points: int = typer.Option(20, "--clever-points", help="CLEVER: points sampled per sample (2d queries each)."),
     clever_samples: int = typer.Option(5, "--clever-samples", help="CLEVER: samples per model."),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
+    validity: bool = typer.Option(
+        False, "--validity", help="Per model: Spearman rho of the FIM-predicted radius sqrt(2 KL*/lambda_max) with each "
+        "sample's minimal adversarial L2 distance (white-box search when the gradient graph passes its self-check).",
+    ),
+    kl_star: float = typer.Option(0.1, "--kl-star", help="KL* (nats) of the predicted radius; rho does not depend on it."),
 ) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
     from .evidence import ModelSpec, compare_models
@@ -577,16 +621,18 @@ def compare_cmd(
         for e in entries:
             pp = e["preprocess"]
             specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
-                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"]))
+                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"],
+                                   opts.input_range))
     for m in models or []:
         if opts.data is None:
             raise ConfigError("--data is needed for models given on the command line")
-        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem))
+        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem, opts.input_range))
     if len(specs) < 2:
         raise ConfigError("compare needs at least two models")
     result = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
-                         with_metrics=not no_metrics, options=common,
+                         with_metrics=not no_metrics, options=common, execution=opts.execution(),
+                         with_validity=validity, kl_star=kl_star,
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
     _write_json(opts, result.to_dict())
     if not opts.quiet:

@@ -94,7 +94,7 @@ def open_client(execution: Execution, threads: int = 0) -> Iterator[Any]:
 
 # --------------------------------------------------------------------------- worker side
 @dataclass(frozen=True)
-class ModelSpec:
+class SessionSpec:
     """What a worker needs to open a validated model besides its bytes (picklable)."""
 
     sha256: str
@@ -105,7 +105,7 @@ class ModelSpec:
     threads: int
 
     @classmethod
-    def of(cls, model: Model, device: str, threads: int) -> "ModelSpec":
+    def of(cls, model: Model, device: str, threads: int) -> "SessionSpec":
         # The requested batch, not this machine's choice: each worker sizes batches for its own device.
         return cls(model.info.sha256, model.info, np.dtype(model.input_dtype).name, model.requested_batch, device,
                    threads)
@@ -119,7 +119,7 @@ _WORKER_MODELS: dict[tuple, Model] = {}
 SESSIONS_OPENED = [0]  # per process; the tests check that chunks reuse the worker's session
 
 
-def worker_model(blob: bytes, spec: ModelSpec) -> Model:
+def worker_model(blob: bytes, spec: SessionSpec) -> Model:
     """This process's ``Model`` for ``spec``: the session is created once per worker and model."""
     model = _WORKER_MODELS.get(spec.key)
     if model is None:
@@ -146,7 +146,7 @@ def _worker_name() -> str:
 
 
 def run_chunk(
-    work: SampleWork, blob: bytes, spec: ModelSpec, indices: list[int], points: np.ndarray, labels: list
+    work: SampleWork, blob: bytes, spec: SessionSpec, indices: list[int], points: np.ndarray, labels: list
 ) -> tuple[list, dict]:
     """One task: the work on a chunk of samples, with what it cost on this worker."""
     model = worker_model(blob, spec)
@@ -182,8 +182,8 @@ def run_per_sample(
 ) -> tuple[list, dict]:
     """Run ``work`` on every sample; returns the results in sample order and ``run_info``.
 
-    ``run_info`` holds ``provider``, ``run_seconds`` (inside onnxruntime, summed over workers)
-    and ``execution`` (mode, workers, chunks, per-worker provider/samples/queries/seconds).
+    ``run_info`` holds ``provider``, ``run_seconds`` (inside onnxruntime, summed over workers),
+    ``busy_seconds`` (worker time on the chunks; absent in one process) and ``execution`` (mode, workers, chunks, per-worker provider/samples/queries/seconds).
     """
     n = points.shape[0]
     if execution is None or not execution.distributed:
@@ -193,7 +193,7 @@ def run_per_sample(
     if execution.workers is not None and threads == 0:
         # Dask gives each worker one thread; onnxruntime's pool would otherwise take every core per worker.
         local_threads = max(1, (os.cpu_count() or 1) // execution.workers)
-    spec = ModelSpec.of(model, device, local_threads)
+    spec = SessionSpec.of(model, device, local_threads)
     blob = model.proto.SerializeToString()
     with open_client(execution, local_threads) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -212,6 +212,7 @@ def run_per_sample(
     info = {
         "provider": providers[0] if len(providers) == 1 else "mixed: " + ", ".join(providers),
         "run_seconds": float(sum(t["run_seconds"] for t in tasks)),
+        "busy_seconds": float(sum(t["seconds"] for t in tasks)),  # worker time spent on the chunks
         "execution": {
             "mode": "dask",
             "scheduler": execution.scheduler or "local cluster",
@@ -287,3 +288,57 @@ def _run_on_client(client, work, blob, spec, points, labels, chunk, progress) ->
     if missing:
         raise AssertionError(f"samples {missing[:5]} never came back from the cluster")
     return [by_index[i] for i in range(n)], tasks
+
+
+# --------------------------------------------------------------------------- one task per model
+def _model_task(fn: Callable[..., dict], spec: Any, model_blob: bytes, data_blob: bytes | None, kwargs: dict) -> dict:
+    """Run ``fn(spec, **kwargs)`` on a worker, with the model (and a data file) materialised locally."""
+    import dataclasses
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fimaudit-worker-") as tmp:
+        model_path = Path(tmp) / "model.onnx"
+        model_path.write_bytes(model_blob)
+        data = spec.data
+        if data_blob is not None:
+            data = str(Path(tmp) / ("data" + Path(spec.data).suffix))
+            Path(data).write_bytes(data_blob)
+        # The row names the model as the caller named it, not by the worker's temporary path.
+        local = dataclasses.replace(spec, path=str(model_path), data=data, name=spec.name or spec.path)
+        t0 = time.perf_counter()
+        row = fn(local, **kwargs)
+    row["timing"] = {**row.get("timing", {}), "worker": _worker_name(), "worker_seconds": time.perf_counter() - t0}
+    return row
+
+
+def run_per_model(
+    fn: Callable[..., dict], specs: Sequence[Any], kwargs: dict, execution: Execution,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """``[fn(spec, **kwargs) for spec in specs]`` with one Dask task per model, in the order of ``specs``.
+
+    Each model travels once, as the validated bytes (external data inlined), with its data file
+    when that is a file; an image folder is read by path, so the workers must see it.
+    """
+    from .model import load_model
+
+    execution.validate()
+    blobs = []
+    for spec in specs:
+        model_blob = load_model(spec.path, device="cpu").proto.SerializeToString()
+        data_blob = Path(spec.data).read_bytes() if spec.data and Path(spec.data).is_file() else None
+        blobs.append((model_blob, data_blob))
+    with open_client(execution) as client:
+        from distributed import as_completed
+
+        futures = {}
+        for i, (spec, (model_blob, data_blob)) in enumerate(zip(specs, blobs)):
+            model_f = client.scatter(model_blob, hash=False)
+            data_f = None if data_blob is None else client.scatter(data_blob, hash=False)
+            futures[client.submit(_model_task, fn, spec, model_f, data_f, kwargs, pure=False)] = i
+        rows: dict[int, dict] = {}
+        for fut in as_completed(list(futures)):
+            rows[futures[fut]] = fut.result()
+            if progress:
+                progress(rows[futures[fut]]["model"])
+    return [rows[i] for i in range(len(specs))]

@@ -54,6 +54,11 @@ class DataOptions:
     channels: str = "rgb"
     preset: str | None = None
 
+    @classmethod
+    def of(cls, config) -> "DataOptions":
+        """The data options of any config that carries them as fields (ScanConfig, AttackConfig, MetricsConfig)."""
+        return cls(config.layout, config.resize, config.channels, config.preset)
+
     def validate(self) -> None:
         if self.layout not in ("auto", "nchw", "nhwc"):
             raise ConfigError(f"--layout must be auto, nchw or nhwc, not '{self.layout}'")

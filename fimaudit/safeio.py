@@ -57,9 +57,18 @@ def _read_exact(fh: BinaryIO, nbytes: int, label: str) -> bytearray:
     return buf
 
 
-def read_array(fh: BinaryIO, label: str, max_rows: int | None) -> tuple[np.ndarray, int]:
-    """First ``max_rows`` rows (all when None) of the .npy stream ``fh``; returns (rows, declared row count)."""
+def read_array(fh: BinaryIO, label: str, max_rows: int | None, stored: int | None = None) -> tuple[np.ndarray, int]:
+    """First ``max_rows`` rows (all when None) of the .npy stream ``fh``; returns (rows, declared row count).
+
+    ``stored``: the bytes the container says it holds (a zip entry's declared size), checked against
+    the header before anything is decompressed.
+    """
     shape, fortran, dtype = _header(fh, label)
+    if stored is not None and math.prod(shape) * dtype.itemsize > stored:
+        raise DataError(
+            f"cannot read {label}: its header declares {list(shape)} {dtype} ({fmt_bytes(math.prod(shape) * dtype.itemsize)}) "
+            f"but the zip entry holds {fmt_bytes(stored)} (truncated or forged file)"
+        )
     if not shape:
         count = 1
         rows = total_rows = 1
@@ -120,7 +129,7 @@ def read_npz(path: Path, names: tuple[str, ...], max_rows: int | None) -> tuple[
                 with zf.open(info) as fh:
                     # zipfile stops at the entry's declared size and checks the CRC only at its end; the
                     # .npy header bounds what is read, so a bomb is never inflated past the rows needed.
-                    out[name] = read_array(fh, label, max_rows)
+                    out[name] = read_array(fh, label, max_rows, info.file_size)
     except FimauditError:
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile raises many types on garbage; all mean "corrupt"

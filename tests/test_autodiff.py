@@ -30,6 +30,7 @@ from fimaudit.autodiff import (
     lanczos_top,
     rules,
 )
+from fimaudit.autodiff.reference import float64_copy
 from fimaudit.model import load_model
 
 from .builders import linear_model, save
@@ -40,25 +41,7 @@ F32 = TensorProto.FLOAT
 
 
 # ------------------------------------------------------------------------- references
-def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same model computing in float64 (initializers, Constant tensors, Cast targets, graph types)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    for t in g.initializer:
-        if t.data_type == F32:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
-    for vi in list(g.input) + list(g.output):
-        if vi.type.tensor_type.elem_type == F32:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
-    del g.value_info[:]
-    for n in g.node:
-        for a in n.attribute:
-            if a.name == "to" and a.i == F32:
-                a.i = TensorProto.DOUBLE
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == F32:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
-    return m
+to_float64 = float64_copy
 
 
 class Erf(OpRun):
@@ -178,6 +161,23 @@ def test_maxpool_non_overlapping_tiles(k, size, ceil):
     model = single([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k], ceil_mode=ceil)], [],
                    [3, size, size])
     assert_gradients(model, [3, size, size])
+
+
+@pytest.mark.parametrize("k, stride", [(2, 2), (3, 2)])
+def test_maxpool_ties_give_each_window_one_subgradient(k, stride):
+    """Exact ties (a constant image): each window's cotangent goes to exactly one of its elements."""
+    model = single([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[stride, stride])], [], [1, 6, 6])
+    engine = GraphEngine(graphs_of(model, [1, 6, 6]), device="cpu")
+    x = np.zeros((1, 1, 6, 6))
+    u = np.random.default_rng(0).standard_normal((1, engine.n_classes))
+    _, g = engine.vjp(x, u)
+    lp = engine.logp(x)
+    # The cotangent reaching the pooled values is u - softmax * sum(u) (through the log-softmax head).
+    gy = u - np.exp(lp) * u.sum()
+    assert np.isclose(g.sum(), gy.sum(), atol=1e-5)
+    assert np.count_nonzero(np.abs(g) > 1e-9) <= engine.n_classes
+    if k == stride:
+        assert np.count_nonzero(np.abs(g) > 1e-9) == engine.n_classes
 
 
 @FAST
@@ -415,6 +415,28 @@ def test_probability_outputs_and_opset9_gemm():
     assert_gradients(model, [2, 3], kind="probabilities")
 
 
+@pytest.mark.parametrize("mode, ctm", [("nearest", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners"),
+                                       ("cubic", "pytorch_half_pixel"), ("nearest", "half_pixel")])
+@pytest.mark.parametrize("by", ["scales", "sizes"])
+def test_resize_rule(mode, ctm, by):
+    if by == "scales" and ctm == "align_corners":
+        pytest.skip("onnxruntime and onnx's reference evaluator disagree on align_corners with a fractional scale")
+    if by == "scales":
+        node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode=mode, coordinate_transformation_mode=ctm)
+        inits = [init("sc", [1.0, 1.0, 2.0, 1.5])]
+    else:
+        node = helper.make_node("Resize", ["x", "", "", "sz"], ["y"], mode=mode, coordinate_transformation_mode=ctm)
+        inits = [init("sz", [2, 2, 7, 3], np.int64)]
+    model = single([node], inits, [2, 4, 5], batch=2)
+    assert_gradients(model, [2, 4, 5], batch=2)
+
+
+def test_upsample_opset9():
+    model = single([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="nearest")],
+                   [init("sc", [1.0, 1.0, 2.0, 3.0])], [2, 3, 4], opset=9)
+    assert_gradients(model, [2, 3, 4])
+
+
 # ------------------------------------------------------------------------- sources, checks
 def test_linear_model_exact_against_closed_form(tmp_path):
     rng = np.random.default_rng(7)
@@ -475,6 +497,38 @@ def test_self_check_refuses_a_broken_rule_and_names_it(monkeypatch, op, mode):
     assert op in check.reason
 
 
+@pytest.mark.parametrize("op, mode", [("LayerNormalization", "reverse"), ("Softmax", "forward")])
+def test_self_check_names_the_broken_rule_in_a_transformer(monkeypatch, op, mode):
+    table = rules.VJP if mode == "reverse" else rules.JVP
+    good = table[op]
+
+    def broken(em, node, g):
+        out = good(em, node, g)
+        return [em.op("Neg", [out[0]])] + list(out[1:])
+
+    monkeypatch.setitem(table, op, broken)
+    model = load_model(ROOT / "sample_models" / "vit_tiny.onnx", device="cpu")
+    graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
+                          sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
+    check = check_graph(GraphEngine(graphs, device="cpu"), np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)),
+                        np.random.default_rng(0))
+    assert not check.passed and check.suspect is not None and check.suspect.startswith(op), check.suspect
+
+
+def test_self_check_second_opinion_near_kinks():
+    """Dithered Fashion-MNIST ties put max-pool/ReLU kinks within float32's reach: float64 settles it."""
+    model = load_model(ROOT / "sample_models" / "vgg_deep.onnx", device="cpu")
+    raw = np.load(ROOT / "sample_models" / "fmnist_test_1000_28.npz")["x"][:2].astype(np.float64)
+    x = (raw / 255 - 0.286) / 0.353 + 1e-3 * np.random.default_rng(0).standard_normal(raw.shape)
+    graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
+                          sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
+    engine = GraphEngine(graphs, device="cpu")
+    alone = check_graph(engine, x, np.random.default_rng(0), second_opinion=False, bisect=False)
+    settled = check_graph(engine, x, np.random.default_rng(0))
+    assert not alone.passed  # float32 central differences alone refuse a correct graph here
+    assert settled.passed and "float64" in settled.second_opinion
+
+
 def test_self_check_passes_the_intact_graph():
     engine = GraphEngine(graphs_of(_conv_net(), [1, 10, 10]), device="cpu")
     check = check_graph(engine, np.random.default_rng(9).standard_normal((2, 1, 10, 10)), np.random.default_rng(0))
@@ -508,6 +562,30 @@ def test_source_follows_the_protocol_shapes():
     assert src.jacobian(np.array([3, 7])).shape == (2, 5)
     fv = src.fisher_matvec(v[:1])
     assert rel(fv, ((v[:1] @ s.T) * src.p) @ s) < 1e-4
+
+
+def test_gradient_graph_is_a_jacobian_source_for_the_estimators(tmp_path):
+    """The estimators take it like FiniteDifferences; exact agrees with the closed form on a linear model."""
+    from fimaudit.estimators.core import exact
+    from fimaudit.estimators.source import FiniteDifferences, JacobianSource
+    from fimaudit.model import LogProbOracle
+
+    rng = np.random.default_rng(12)
+    k, d = 4, 10
+    w, b = rng.standard_normal((k, d)), rng.standard_normal(k)
+    model = load_model(save(linear_model(w, b), tmp_path / "lin.onnx"), device="cpu")
+    x0 = rng.standard_normal(d)
+    choice = build_gradient_source(model, "logits", "graph", x0[None], np.random.default_rng(0))
+    src = choice.at(x0)
+    assert isinstance(src, JacobianSource)
+    z = w @ x0 + b
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    s_ref = w - p @ w
+    lam = np.linalg.eigvalsh(np.sqrt(p)[:, None] * (s_ref @ s_ref.T) * np.sqrt(p)[None, :])[-1]
+    est = exact(src)
+    assert abs(est.lambda_max - lam) <= 1e-4 * lam and src.queries == k + 1
+    fd = exact(FiniteDifferences(LogProbOracle(model, "logits"), x0, 1e-2))
+    assert abs(fd.lambda_max - lam) <= 1e-3 * lam
 
 
 # ------------------------------------------------------------------------- the zoo and the corpus
@@ -545,4 +623,6 @@ def test_zoo_gradient_graph_against_float64_central_differences(path):
             ref = reference_jvp(ref_logp, x[i:i + 1], v[i:i + 1], h)[0]
             scale = np.linalg.norm(ref) + 1e-4 * np.linalg.norm(s[i]) * np.linalg.norm(v[i]) + 1e-12
             errors.append(max(np.linalg.norm(from_vjp[i] - ref), np.linalg.norm(from_jvp[i] - ref)) / scale)
+            if errors[-1] < 1e-4:
+                break
         assert min(errors) < 1e-4, errors

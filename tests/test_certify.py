@@ -239,3 +239,17 @@ def test_cli_workers_without_dask_is_one_line(linear, monkeypatch):
     res = CliRunner().invoke(app, ["certify", str(model), "--data", str(data), "--sigma", "0.25", "--workers", "2"])
     assert res.exit_code == 2 and res.stderr.strip().count("\n") == 0
     assert "pip install 'fimaudit[distributed]'" in res.stderr
+
+
+def test_policy_values_by_name(linear):
+    """What an audit policy reads: certified_accuracy[r=R] at listed and unlisted radii, and the rates."""
+    _, model, data, _ = linear
+    res = certify(CertifyConfig(model=str(model), data=str(data), sigma=SIGMA, n=2000, radii=(0.0, 0.25)))
+    assert res.metric("certified_accuracy[r=0.25]") == res.summary.certified_accuracy[1].accuracy
+    hand = np.mean([(not s.abstain) and s.prediction == s.label and s.radius >= 0.1 for s in res.samples])
+    assert res.metric("certified_accuracy[r=0.1]") == pytest.approx(hand)
+    assert res.metric("abstain_rate") == res.summary.abstain_rate
+    assert set(res.metrics()) >= {"certified_accuracy[r=0]", "certified_accuracy[r=0.25]", "smoothed_accuracy"}
+    for bad in ("certified_accuracy[r=-1]", "certified_accuracy[r=x]", "lambda_max"):
+        with pytest.raises(ConfigError):
+            res.metric(bad)

@@ -18,15 +18,10 @@ from . import builders as B
 
 distributed = pytest.importorskip("distributed")
 
-VOLATILE = ("seconds", "runtime_fraction", "execution")
-
-
-def strip_volatile(d):
-    if isinstance(d, dict):
-        return {k: strip_volatile(v) for k, v in d.items() if k not in VOLATILE}
-    if isinstance(d, list):
-        return [strip_volatile(v) for v in d]
-    return d
+def strip_volatile(d: dict) -> dict:
+    """The report without its ``timing`` object (wall-clock fields and how the run was spread)."""
+    assert "seconds" not in d["summary"] and "execution" not in d
+    return {k: v for k, v in d.items() if k != "timing"}
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +132,45 @@ def test_unreachable_scheduler_is_one_line(setup, monkeypatch):
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
         certify(CertifyConfig(model=str(model), data=str(data), n=100),
                 execution=Execution(scheduler="tcp://127.0.0.1:9"))
+
+
+def test_compare_distributes_models_with_the_same_rows(tmp_path, cluster):
+    from fimaudit.evidence import ModelSpec, compare_models
+
+    rng = np.random.default_rng(3)
+    specs = []
+    x = rng.uniform(0, 1, size=(6, 10)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=rng.integers(0, 3, size=6))
+    for i, gain in enumerate((0.5, 1.5, 3.0)):
+        path = B.save(B.mlp_model(*B.random_mlp(rng, d=10, hidden=6, k=3, gain=gain)), tmp_path / f"m{i}.onnx")
+        specs.append(ModelSpec(str(path), str(tmp_path / "d.npz"), name=f"m{i}"))
+    kw = dict(samples=3, budget=60, clever_points=10, clever_samples=2, with_metrics=False, boot=50)
+    local = compare_models(specs, **kw)
+    done = []
+    remote = compare_models(specs, **kw, execution=Execution(scheduler=cluster[0].scheduler_address),
+                            progress=done.append)
+    drop = lambda rep: [{k: v for k, v in r.items() if k != "timing"} for r in rep["rows"]]  # noqa: E731
+    assert drop(remote) == drop(local)
+    assert remote["correlations"] == local["correlations"]
+    assert sorted(done) == ["m0", "m1", "m2"]
+    assert all("worker" in r["timing"] for r in remote["rows"])
+
+
+def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_path):
+    from fimaudit.scan import ScanConfig, scan
+
+    model, data = setup
+    cfg = ScanConfig(model=str(model), data=str(data), method="sketch", budget=40, scale=1 / 255, space="data",
+                     save_direction=str(tmp_path / "local.npy"))
+    local = scan(cfg)
+    from dataclasses import replace
+
+    remote = scan(replace(cfg, save_direction=str(tmp_path / "remote.npy")),
+                  execution=Execution(scheduler=cluster[0].scheduler_address, chunk=3))
+    def strip(d: dict) -> dict:
+        d = {k: v for k, v in d.items() if k != "timing"}
+        return d | {"config": {k: v for k, v in d["config"].items() if k != "save_direction"}}
+
+    assert strip(remote.to_dict()) == strip(local.to_dict())
+    assert remote.summary.queries_total == local.summary.queries_total
+    np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), np.load(tmp_path / "local.npy"))

@@ -124,18 +124,22 @@ def test_npz_zip_bomb_reads_only_the_rows_needed(tmp_path):
 
 
 def test_npz_declaring_more_than_memory_is_a_clear_refusal(tmp_path, monkeypatch):
-    # Header declares 31 GB; only a few rows are stored.
-    p = _bomb(tmp_path / "huge.npz", rows=31 * 10**9 // 32, stored_rows=16)
-    with pytest.raises(ResourceError, match="--samples"):
-        safeio.read_npz(p, ("x",), max_rows=None)
-    x = safeio.read_npz(p, ("x",), max_rows=3)[0]["x"][0]
-    assert x.shape == (3, 8)
-    with pytest.raises(DataError, match="truncated"):
-        safeio.read_npz(p, ("x",), max_rows=100)
+    # A header declaring 31 GB in an entry holding a few rows: refused before decompressing, as forged.
+    forged = _bomb(tmp_path / "huge.npz", rows=31 * 10**9 // 32, stored_rows=16)
+    with pytest.raises(DataError, match="zip entry holds"):
+        safeio.read_npz(forged, ("x",), max_rows=3)
     rng = np.random.default_rng(0)
     model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3)), tmp_path / "lin.onnx")
-    monkeypatch.setenv("FIMAUDIT_MEMORY_LIMIT", "1G")
-    line = assert_one_line_error(run_cli("attack", str(model), "--data", str(p), "-q"), "--samples", "memory")
+    line = assert_one_line_error(run_cli("attack", str(model), "--data", str(forged), "-q"), "31 GB", "huge.npz")
+    assert "memory" not in line and "max-batch" not in line
+    # A consistent entry (256 MiB of zeros, a real bomb) larger than the memory available: refused
+    # naming --samples when every row is asked for; the first rows are still readable.
+    bomb = _bomb(tmp_path / "bomb.npz", rows=(256 << 20) // 32)
+    monkeypatch.setenv("FIMAUDIT_MEMORY_LIMIT", "64M")
+    with pytest.raises(ResourceError, match="--samples"):
+        safeio.read_npz(bomb, ("x",), max_rows=None)
+    assert safeio.read_npz(bomb, ("x",), max_rows=3)[0]["x"][0].shape == (3, 8)
+    line = assert_one_line_error(run_cli("attack", str(model), "--data", str(bomb), "-q"), "--samples", "memory")
     assert "max-batch" not in line
 
 
@@ -247,6 +251,8 @@ def _without_timing(text: str) -> str:
 @pytest.mark.parametrize("cmd", [
     ["scan", "--method", "sketch", "--budget", "40", "--dither", "0.01"],
     ["attack", "--attack", "pgd", "--budget", "30", "--steps", "3", "--eps", "0.05"],
+    ["certify", "--sigma", "0.25", "--n0", "10", "--n", "200"],
+    ["metrics", "--no-corruptions"],
 ])
 def test_same_seed_same_json_apart_from_timing(tmp_path, cmd):
     model, data = _mlp(tmp_path)
@@ -278,7 +284,7 @@ def test_results_do_not_depend_on_max_batch(tmp_path, method):
     for rep in reps[1:]:
         assert rep["config"]["max_batch"] != reps[0]["config"]["max_batch"]
         for a, b in zip(reps[0]["samples"], rep["samples"]):
-            for key in ("lambda_max", "trace", "lower_bound"):
+            for key in ("lambda_max", "trace", "lower_estimate"):
                 assert abs(b[key] - a[key]) <= 1e-6 * abs(a[key]), (key, a[key], b[key])
 
 
@@ -383,3 +389,56 @@ def test_batchnorm_with_negative_or_nan_variance(tmp_path):
         g.initializer.append(numpy_helper.from_array(np.array(val, np.float32), name))
     res = compute_bounds(str(B.save(m, tmp_path / "bn.onnx")))
     assert res.lipschitz is None and res.reason
+
+
+def test_huge_fixed_batch_refused_before_any_query(tmp_path):
+    rng = np.random.default_rng(0)
+    model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3), batch=2**31 - 1), tmp_path / "m.onnx")
+    assert_one_line_error(run_cli("scan", str(model), "-q"), "fixed batch of 2147483647", "memory")
+
+
+def test_overflowing_data_is_one_line_without_numpy_warnings(tmp_path):
+    rng = np.random.default_rng(0)
+    model = B.save(B.linear_model(rng.standard_normal((3, 8)), np.zeros(3)), tmp_path / "m.onnx")
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.full((4, 8), 1e300), y=np.array([0, 1, 2, 0]))  # float64 -> float32 overflows to inf
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # what a plain python process would print to stderr
+        assert_one_line_error(run_cli("attack", str(model), "--data", str(data), "-q"))
+    assert not [w for w in seen if issubclass(w.category, RuntimeWarning)]
+
+
+def test_image_bomb_in_a_folder_is_one_line_and_the_pixel_limit_stays_on(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    import fimaudit.images  # noqa: F401 - importing fimaudit must not lift Pillow's limit
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 2 * 89_478_485
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # 100 000 x 100 000 pixels declared in a 70-byte file.
+    (folder / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10**5, 10**5, 8, 0, 0, 0, 0))
+                                   + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    model = _conv(tmp_path, "m.onnx")
+    tracemalloc.start()
+    res = run_cli("scan", str(model), "--data", str(folder), "-q")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert_one_line_error(res, "a.png", "decompression-bomb")
+    assert peak < 64 << 20
+
+
+def test_negative_seed_is_a_clean_refusal(tmp_path):
+    model, data = _mlp(tmp_path)
+    for cmd in (["metrics", "--no-corruptions"], ["scan", "--budget", "60"], ["certify", "--sigma", "0.2", "--n", "50"]):
+        assert_one_line_error(run_cli(cmd[0], str(model), "--data", str(data), *cmd[1:], "--seed", "-1", "-q"),
+                              "--seed")

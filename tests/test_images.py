@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from PIL import Image
 
@@ -289,3 +288,65 @@ def test_corruptions_blur_space_not_channels_on_nhwc():
     x = np.broadcast_to(np.array([0.0, 0.5, 1.0]), (2, 16, 16, 3)).copy()
     out = _corrupt_images(x, "gaussian_blur", 5, np.random.default_rng(0), NHWC16)
     np.testing.assert_allclose(out, x, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ the CLI
+def _cli(*args):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res, (json.loads(res.stdout) if res.exit_code == 0 and "--json" in args else None)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Photos of assorted sizes and formats in two class folders, and a 224x224 MobileNet-style model."""
+    tmp = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(5)
+    for cls, items in (("cat", [((300, 200), "a.jpg"), ((224, 224), "b.png")]), ("dog", [((180, 240), "c.bmp")])):
+        (tmp / "photos" / cls).mkdir(parents=True)
+        for (w, h), name in items:
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp / "photos" / cls / name)
+    model = B.save(B.mobile_model(B.mobile_weights(np.random.default_rng(0)), spatial=(224, 224)), tmp / "m224.onnx")
+    return tmp, model
+
+
+def test_cli_scans_a_224_model_from_a_photo_folder_with_a_preset(photos):
+    tmp, model = photos
+    res, rep = _cli("scan", model, "--data", tmp / "photos", "--preset", "imagenet", "--budget", "40", "--no-bounds",
+                    "-q", "--json", "-", "--report", tmp / "r.md")
+    assert res.exit_code == 0, res.stderr
+    pp = rep["config"]["preprocess"]
+    assert rep["config"]["preset"] == "imagenet" and pp["how"].startswith("--preset imagenet")
+    assert pp["mean"] == [0.485, 0.456, 0.406] and pp["std"] == [0.229, 0.224, 0.225] and pp["scale"] == 1 / 255
+    assert pp["layout"]["name"] == "nchw" and pp["layout"]["source"] == "graph" and pp["classes"] == ["cat", "dog"]
+    assert [s["label"] for s in rep["samples"]] == [0, 0, 1]
+    assert all(np.isfinite(s["lambda_max"]) and s["lambda_max"] > 0 for s in rep["samples"])
+    assert rep["units"]["space"] == "input" and "--preset imagenet" in rep["units"]["description"]
+    assert "- preprocess: --preset imagenet: pixel/255" in (tmp / "r.md").read_text()
+    res, rep = _cli("scan", model, "--data", tmp / "photos", "--preset", "imagenet", "--space", "data", "--samples", "1",
+                    "--budget", "40", "--no-bounds", "-q", "--json", "-")
+    assert res.exit_code == 0 and "pixel-value unit" in rep["units"]["description"]
+
+
+def test_cli_refuses_broken_images_in_one_line(photos, monkeypatch):
+    tmp, model = photos
+    bad = tmp / "bad"
+    (bad / "x").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 90).save(bad / "x" / "ok.jpg")
+    data = (bad / "x" / "ok.jpg").read_bytes()
+    (bad / "x" / "cut.jpg").write_bytes(data[: len(data) // 3])
+    res, _ = _cli("scan", model, "--data", bad, "--preset", "imagenet", "-q")
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "cut.jpg" in lines[0] and "Traceback" not in res.output
+    (bad / "x" / "cut.jpg").unlink()
+    bomb_png(bad / "x" / "huge.png", 100_000, 100_000)
+    res, _ = _cli("attack", model, "--data", bad, "--preset", "unit", "-q")
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "decompression-bomb" in lines[0] and "huge.png" in lines[0]
+    res, _ = _cli("scan", model, "--data", bad, "--preset", "imagenet", "--mean", "0.5", "-q")
+    assert res.exit_code == 2 and "either --preset or --scale" in res.stderr

@@ -143,6 +143,22 @@ def test_per_channel_mean_std_on_an_nhwc_model_equals_normalising_by_hand(tmp_pa
     np.testing.assert_allclose(by_option, by_hand, rtol=1e-6)
 
 
+def test_attack_inputs_take_per_channel_mean_std_on_nhwc(tmp_path):
+    """attack/metrics/clever: the oracle sees (x*scale - mean)/std with channels last."""
+    from fimaudit.evidence import AttackConfig, load_attack_inputs
+
+    model = B.save(conv_net((6, 5, 3), tf_style_front(), conv_input="xt"), tmp_path / "nhwc.onnx")
+    x = np.random.default_rng(4).integers(0, 256, size=(3, 6, 5, 3)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2]))
+    mean, std = (0.2, 0.5, 0.7), (0.3, 1.5, 0.6)
+    m, oracle, _, xa, _ = load_attack_inputs(AttackConfig(model=str(model), data=str(tmp_path / "d.npz"), scale=1 / 255,
+                                                          mean=mean, std=std, device="cpu"))
+    u = (x / 255 - np.array(mean)) / np.array(std)
+    z = m.run(u.astype(np.float32)).astype(np.float64)
+    want = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(1, keepdims=True)
+    np.testing.assert_allclose(oracle.logp(xa), want, atol=1e-5)
+
+
 # ----------------------------------------------------------------- the third-party corpus
 def _corpus() -> list[Path]:
     root = os.environ.get("FIMAUDIT_REALMODELS")

@@ -10,6 +10,7 @@ float tensor of known per-sample shape and the chosen output is a float tensor.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelLoadError, UnsupportedModelError
-from ..guards import check_declared_tensors, check_model_file
+from ..guards import check_declared_tensors, check_model_file, require_memory
 from .engine import Model
 from .session import create_session
 from .spec import ModelInfo, TensorSpec, logit_output, onnx_producers
@@ -367,6 +368,8 @@ def load_model(
     out_spec = TensorSpec(chosen_out.name, _dims(chosen_out.type), _dtype_name(chosen_out.type.tensor_type.elem_type))
     sample_shape, fixed_batch, shape_notes = _resolve_sample_shape(in_spec, input_shape)
     notes.extend(shape_notes)
+    if fixed_batch is not None:  # every query is padded to the fixed batch: float64 rows in and a float32 copy
+        require_memory(12 * fixed_batch * math.prod(sample_shape), f"the model's fixed batch of {fixed_batch} inputs")
 
     final_op = logit_output(onnx_producers(model), chosen_out.name).final_op
     _free_batch_axis(chosen_in, chosen_out)

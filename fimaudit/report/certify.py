@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..certify import CertifyResult
-from .terminal import _fmt
+from .terminal import _fmt, print_facts
 
 
 def _pct(x: float | None) -> str:
@@ -55,15 +55,11 @@ def render_certify(result: CertifyResult, console: Console) -> None:
                                           f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
-    facts_table = Table(show_header=False, box=None, pad_edge=False)
-    facts_table.add_column(style="bold")
-    facts_table.add_column()
-    for k, v in facts:
-        facts_table.add_row(k, v)
-    console.print(facts_table)
-    for note in result.notes:
-        console.print(f"note: {note}", style="bold yellow" if note.startswith("NOT REPRESENTATIVE") else "yellow",
-                      soft_wrap=True)
+    pp = cfg.get("preprocess")
+    if pp:
+        lay = pp.get("layout") or {}
+        facts.insert(3, ("preprocess", f"{pp.get('how')}; layout {str(lay.get('name', '?')).upper()}"))
+    print_facts(console, facts, result.notes)
 
 
 def render_certify_text(result: CertifyResult) -> str:
