@@ -46,7 +46,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # [audit] keys a policy may set, with their types.
 AUDIT_KEYS: dict[str, type] = {
     "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "grad": str, "taus": list,
-    "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
+    "whitebox": bool, "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
     "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
 }
 
