@@ -67,6 +67,7 @@ class AuditConfig:
     norm: str = "linf"
     attacks: tuple[str, ...] = ("pgd", "square")
     grad: str = "auto"
+    whitebox: bool = True  # also APGD from exact graph gradients when the graph allows them
     taus: tuple[float, ...] = (0.1,)
     clever_samples: int = 5
     clever_points: int = 20
@@ -291,11 +292,19 @@ def _attack_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "attacks")
     runs = []
+    whitebox_note = None
+    if cfg.whitebox:
+        # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
+        try:
+            runs.append(run_attack(cfg.build(AttackConfig, attack="apgd", eps=tuple(sorted(cfg.eps)))).to_dict())
+        except FimauditError as exc:
+            whitebox_note = f"white-box APGD unavailable: {exc}"
     for k, name in enumerate(cfg.attacks):
         acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)))
         runs.append(run_attack(acfg).to_dict())
         ctx.step("attacks", k + 1, len(cfg.attacks))
-    return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs}
+    return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
+            "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off")}
 
 
 def _clever_section(ctx: AuditContext) -> dict:
@@ -308,8 +317,13 @@ def _clever_section(ctx: AuditContext) -> dict:
 def _metrics_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "the metric suite")
-    mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0)
+    x = ctx.arrays.get("inputs")
+    # Corruptions are defined on images in [0, 1]; other inputs still get the rest of the suite.
+    in_unit = x is None or (float(x.min()) >= -1e-9 and float(x.max()) <= 1 + 1e-9)
+    mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0, corruptions=cfg.corruptions and in_unit)
     rep = run_metrics(mcfg).to_dict()
+    if cfg.corruptions and not in_unit:
+        rep["corruptions_skipped"] = "inputs after --scale are not in [0, 1]: corruptions are defined on images in [0, 1]"
     if rep["corruptions"]:
         sev = sorted({int(s) for row in rep["corruptions"].values() for s in row})
         rep["corruption_mean_by_severity"] = {str(s): float(np.mean([row[str(s)] for row in rep["corruptions"].values()]))

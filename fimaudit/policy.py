@@ -46,7 +46,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # [audit] keys a policy may set, with their types.
 AUDIT_KEYS: dict[str, type] = {
     "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "grad": str, "taus": list,
-    "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
+    "whitebox": bool, "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
     "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
 }
 
@@ -139,8 +139,11 @@ def _bound_finite(result: AuditResult, m: re.Match) -> bool:
 
 
 def _corruption(result: AuditResult, m: re.Match) -> float:
-    met = _section(result, "metrics")["metrics"]
+    data = _section(result, "metrics")
+    met = data["metrics"]
     key = f"corruption_{m.group(1)}"
+    if data.get("corruptions_skipped"):
+        raise Missing(data["corruptions_skipped"])
     if met.get(key) is None:
         raise Missing("corruptions were not computed (corruptions = false, or images outside [0, 1] after --scale)")
     return met[key]

@@ -86,6 +86,7 @@ def test_audit_writes_four_files_valid_schema_and_exit_by_policy(full):
     assert [c["passed"] for c in rep["checks"]] == [True] * 6 + [False]
     assert checks["clean.accuracy"]["value"] == pytest.approx(4 / 6)  # samples 0,1 mislabelled of 6
     att = next(s for s in rep["sections"] if s["name"] == "attacks")["data"]
+    assert att["whitebox"] == "apgd" and [r["config"]["attack"] for r in att["runs"]] == ["apgd", "pgd", "square"]
     pgd = next(r for r in att["runs"] if r["config"]["attack"] == "pgd")
     assert [r["eps"] for r in pgd["results"]] == [0.02, 0.05]
     assert checks["attack.pgd.linf[0.05].robust_accuracy"]["value"] == pgd["results"][1]["robust_accuracy"]
