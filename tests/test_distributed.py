@@ -174,3 +174,20 @@ def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_
     assert strip(remote.to_dict()) == strip(local.to_dict())
     assert remote.summary.queries_total == local.summary.queries_total
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), np.load(tmp_path / "local.npy"))
+
+
+def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
+    from fimaudit.audit import AuditConfig, run_audit
+
+    model, data = setup
+    cfg = AuditConfig(model=str(model), data=str(data), samples=4, budget=40, scale=1 / 255, sections=("scan", "certify"),
+                      certify_sigma=0.5, certify_n=300)
+    local = run_audit(cfg)
+    remote = run_audit(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
+    for name in ("scan", "certify"):
+        a, b = local.section(name), remote.section(name)
+        assert a.status == b.status == "ok", (a.reason, b.reason)
+        same = lambda d: {k: v for k, v in d.items() if k != "timing"} | {  # noqa: E731
+            "config": {k: v for k, v in d["config"].items() if k != "save_direction"}}  # a temporary file per audit
+        assert same(b.data) == same(a.data)
+    assert remote.section("certify").data["timing"]["execution"]["mode"] == "dask"
