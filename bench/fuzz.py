@@ -18,6 +18,7 @@ classified:
     leftover         temporary or half-written output files were left behind
 
 Usage: python bench/fuzz.py --cases 10000 --seed 0 [--workers 2] [--start 0] [--out bench/results/fuzz.json]
+       python bench/fuzz.py --combine chunk0.json chunk1.json ... --out bench/results/fuzz.json
 """
 
 from __future__ import annotations
@@ -876,7 +877,7 @@ def run_fuzz(cases: int, seed: int = 0, start: int = 0, workers: int = 2, comman
                                     "leftovers": []})
                     shutil.rmtree(Path(case.folder).parent, ignore_errors=True)
                     idle.append(spawn())
-            if verbose and len(results) and len(results) % 500 == 0 and ready:
+            if verbose and ready and len(results) // 500 > (len(results) - len(ready)) // 500:
                 bad = sum(r["outcome"] in FAILURES for r in results)
                 print(f"  {len(results)}/{cases} cases, {bad} failures, {time.perf_counter() - t_start:.0f} s",
                       file=sys.stderr, flush=True)
@@ -930,30 +931,8 @@ def print_table(results: list[dict], file=sys.stdout) -> None:
               f"{rss / 2**20:.0f} MiB", file=file)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=10000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--start", type=int, default=0, help="first case index (to run a long campaign in chunks)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--commands", default=",".join(BASE_ARGS))
-    ap.add_argument("--wall-limit", type=float, default=60.0)
-    ap.add_argument("--mem-limit-gb", type=float, default=2.0)
-    ap.add_argument("--timeout-option", type=float, default=30.0, help="--timeout passed to commands that have it")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fuzz.json"))
-    ap.add_argument("--merge", action="store_true", help="add to the results already in --out (chunked runs)")
-    args = ap.parse_args()
-    rep = run_fuzz(args.cases, args.seed, args.start, args.workers, args.commands.split(","), args.wall_limit,
-                   int(args.mem_limit_gb * 2**30), args.timeout_option)
-    out = Path(args.out)
-    if args.merge and out.exists():
-        old = json.loads(out.read_text())
-        seen = {r["index"] for r in rep["results"]}
-        rep["results"] = sorted([r for r in old["results"] if r["index"] not in seen] + rep["results"],
-                                key=lambda r: r["index"])
-        rep["seconds"] += old.get("seconds", 0.0)
-        rep["chunks"] = old.get("chunks", [[old["start"], old["cases"]]]) + [[args.start, args.cases]]
-        rep["start"], rep["cases"] = 0, len(rep["results"])
+def write_report(rep: dict, out: Path) -> int:
+    """Print the tables and failures, write ``out`` (failing cases in full, the rest one line each)."""
     print_table(rep["results"])
     failures = [r for r in rep["results"] if r["outcome"] in FAILURES]
     for r in failures[:40]:
@@ -964,13 +943,43 @@ def main() -> int:
                "by_kind": {k: dict(v) for k, v in sorted(counts.items())},
                "max_seconds": max((r["seconds"] for r in rep["results"]), default=0.0),
                "max_peak_rss_bytes": max((r["peak_rss"] for r in rep["results"]), default=0)}
-    # Keep the JSON small: every failing case in full, the others as one line each.
     slim = [r if r["outcome"] in FAILURES else {k: r[k] for k in ("index", "kind", "command", "outcome", "exit")}
             | {"seconds": round(r["seconds"], 3), "peak_rss": r["peak_rss"]} for r in rep["results"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep | {"summary": summary, "results": slim}, indent=1) + "\n")
     print(f"\n{len(rep['results'])} cases, {len(failures)} failures, {rep['seconds']:.0f} s; wrote {out}")
     return 1 if failures else 0
+
+
+def combine(paths: list[str], out: Path) -> int:
+    """Merge chunk reports (runs with --start) of one seed into one report."""
+    reps = [json.loads(Path(p).read_text()) for p in paths]
+    results = sorted({r["index"]: r for rep in reps for r in rep["results"]}.values(), key=lambda r: r["index"])
+    first = reps[0]
+    merged = {k: first[k] for k in ("seed", "commands", "wall_limit_s", "rlimit_as_bytes", "timeout_option_s")}
+    merged |= {"start": 0, "cases": len(results), "chunks": [[r["start"], r["cases"]] for r in reps],
+               "seconds": sum(r["seconds"] for r in reps), "results": results}
+    return write_report(merged, out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--combine", nargs="+", help="merge these chunk reports into --out instead of running")
+    ap.add_argument("--cases", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="first case index (to run a long campaign in chunks)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--commands", default=",".join(BASE_ARGS))
+    ap.add_argument("--wall-limit", type=float, default=60.0)
+    ap.add_argument("--mem-limit-gb", type=float, default=2.0)
+    ap.add_argument("--timeout-option", type=float, default=30.0, help="--timeout passed to commands that have it")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fuzz.json"))
+    args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, Path(args.out))
+    rep = run_fuzz(args.cases, args.seed, args.start, args.workers, args.commands.split(","), args.wall_limit,
+                   int(args.mem_limit_gb * 2**30), args.timeout_option)
+    return write_report(rep, Path(args.out))
 
 
 if __name__ == "__main__":

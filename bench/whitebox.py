@@ -9,7 +9,7 @@ MobileNet-style head for the Lanczos path), it times:
 - graph exact: S from K VJPs of the reverse-mode ONNX graph (batched over samples), then the
   K x K matrix G and its spectrum; the one-off build + self-check is reported separately;
 - graph Lanczos (1000 classes): the top eigenvalue of F from fused F v passes (ARPACK);
-- black-box exact (2d+1 queries; only where d <= 10 000) and sketch (--budget queries)
+- black-box exact (2d+1 queries; only where d <= --exact-max-d, default 1000) and sketch (--budget queries)
   through ``fimaudit.scan``;
 - torch.func.jacrev (vmapped over samples) of log-softmax on the same weights, run by a small
   ONNX-to-torch interpreter (torch is a bench-only dependency).
@@ -320,6 +320,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--no-large", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--exact-max-d", type=int, default=1000, help="black-box exact only up to this input size")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     manifest = json.loads((ZOO / "manifest.json").read_text())["models"]
@@ -349,8 +350,8 @@ def main() -> None:
             x = rng.uniform(0, 1, (n,) + model.sample_shape)
         x = x + 1e-3 * rng.standard_normal(x.shape)  # dithered: no exact ties
         setup, t_graph, s, lam, choice = graph_exact(model, x, kind, args.threads)
-        nb = min(n, 4 if d <= 10_000 else 2)  # black-box samples (a 224x224 sketch costs seconds each)
-        t_exact = blackbox(path, data, nb, "exact", 2 * d + 3, pre, args.threads) if d <= 10_000 else None
+        nb = min(n, 4 if d <= 1_000 else 1)  # black-box samples (a 224x224 sketch costs seconds each)
+        t_exact = blackbox(path, data, nb, "exact", 2 * d + 3, pre, args.threads) if d <= args.exact_max_d else None
         t_sketch = blackbox(path, data, nb, "sketch", args.budget, pre, args.threads)
         t_jac = diff = None
         if not args.no_torch:

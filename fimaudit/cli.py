@@ -443,14 +443,24 @@ def scan_cmd(
     trace_rse: float = typer.Option(0.05, "--trace-rse", help="Hutchinson stops at this relative standard error."),
     trace_probes: str = typer.Option("rademacher", "--trace-probes", help="Hutchinson probes: rademacher | gaussian."),
     dither: float = typer.Option(
-        0.0, "--dither", help="Add Gaussian noise of this std to each input first (breaks ReLU/max-pool ties)."
+        0.0, "--dither", help="Evaluate F at x + SIGMA*xi (seeded Gaussian xi). Default: automatic, 3% of the input RMS, "
+        "only when exact input ties (constant backgrounds) make F undefined at x.",
+    ),
+    no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
+    gradients: str = typer.Option(
+        "fd", "--gradients", help="auto | graph | fd: exact Jacobians from a gradient graph of the model (self-checked "
+        "against finite differences; auto falls back with the reason) or black-box finite differences.",
+    ),
+    cross_check: bool = typer.Option(
+        False, "--cross-check", help="With the graph: also run the black-box estimator on the same samples and report its error."
     ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
     config = opts.config(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
-        bounds=not no_bounds, dither=dither, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+        bounds=not no_bounds, dither=dither, no_dither=no_dither, gradients=gradients, cross_check=cross_check,
+        trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
     execution = opts.execution()
@@ -498,25 +508,46 @@ def bounds_cmd(
 def attack_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
-    attack: str = typer.Option("pgd", "--attack", help="fgsm | bim | pgd | square."),
+    attack: str = typer.Option(
+        "pgd", "--attack", help="fgsm | bim | pgd | square (black-box) | pgd-wb | apgd (white-box: exact gradients from "
+        "the model's gradient graph, with Square run beside it for sanity flags).",
+    ),
     norm: str = typer.Option("linf", "--norm", help="linf | l2."),
     eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
     taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
     grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
+    loss: str = typer.Option("ce", "--loss", help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
+    restarts: int = typer.Option(1, "--restarts", help="White-box runs per sample (the first from x, then random starts)."),
+    min_distance: bool = typer.Option(
+        False, "--min-distance", help="White-box: also each sample's smallest adversarial L2 and L-inf distance found "
+        "(binary search over eps with APGD).",
+    ),
 ) -> int:
-    """Robust accuracy and robust ratio under a black-box attack at one or more eps."""
+    """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
-                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad)
+                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts,
+                      min_distance=min_distance)
     result = run_attack(cfg)
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
             opts.console.print(item)
+        rep = result.to_dict()
+        for r in rep["results"]:
+            sanity = r.get("sanity") or {}
+            if sanity:
+                opts.console.print(f"eps {r['eps']:g}: black-box Square robust accuracy "
+                                   f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
+            for w in sanity.get("warnings", []):
+                opts.console.print(f"warning (eps {r['eps']:g}): {w}", style="yellow", soft_wrap=True)
+        for norm_name, m in (rep.get("minimal_distance") or {}).items():
+            opts.console.print(f"smallest adversarial {norm_name} distance found: median {m['median']:.4g}"
+                               if m["median"] is not None else f"no adversarial {norm_name} point found")
     return EXIT_OK
 
 
@@ -545,11 +576,14 @@ def clever_cmd(
     radius: float = typer.Option(2.0, "--radius", help="Radius R of the sampling ball (attack units); caps the score."),
     points: int = typer.Option(50, "--points", help="Points sampled per sample (2d queries each), in batches of 10."),
     seeds: int = typer.Option(3, "--seeds", help="Repeat with this many seeds and report the spread."),
+    gradients: str = typer.Option("fd", "--gradients", help="auto | graph | fd: exact margin gradients from the model's "
+                                  "gradient graph (self-checked) instead of 2d finite-difference queries per point."),
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
 
-    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds)
+    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds,
+                        gradients=gradients)
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
@@ -567,6 +601,11 @@ def compare_cmd(
     clever_points: int = typer.Option(20, "--clever-points", help="CLEVER: points sampled per sample (2d queries each)."),
     clever_samples: int = typer.Option(5, "--clever-samples", help="CLEVER: samples per model."),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
+    validity: bool = typer.Option(
+        False, "--validity", help="Per model: Spearman rho of the FIM-predicted radius sqrt(2 KL*/lambda_max) with each "
+        "sample's minimal adversarial L2 distance (white-box search when the gradient graph passes its self-check).",
+    ),
+    kl_star: float = typer.Option(0.1, "--kl-star", help="KL* (nats) of the predicted radius; rho does not depend on it."),
 ) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
     from .evidence import ModelSpec, compare_models
@@ -582,16 +621,18 @@ def compare_cmd(
         for e in entries:
             pp = e["preprocess"]
             specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
-                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"]))
+                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"],
+                                   opts.input_range))
     for m in models or []:
         if opts.data is None:
             raise ConfigError("--data is needed for models given on the command line")
-        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem))
+        specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem, opts.input_range))
     if len(specs) < 2:
         raise ConfigError("compare needs at least two models")
     result = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
                          seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
                          with_metrics=not no_metrics, options=common, execution=opts.execution(),
+                         with_validity=validity, kl_star=kl_star,
                          progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
     _write_json(opts, result.to_dict())
     if not opts.quiet:

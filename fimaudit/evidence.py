@@ -16,6 +16,7 @@ from scipy import stats
 
 from .attacks import make_attack
 from .attack_space import attack_oracle
+from .data import Preprocess
 from .errors import ConfigError
 from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DEFAULT_RESIZE, DataOptions, prepare
@@ -45,6 +46,10 @@ class AttackConfig:
     taus: tuple[float, ...] = DEFAULT_TAUS
     steps: int | None = None
     grad: str = "auto"
+    loss: str = "ce"  # white-box attacks: ce | dlr
+    restarts: int = 1  # white-box attacks: random restarts after the first run
+    gradients: str = "auto"  # white-box attacks: where exact gradients come from (auto | graph)
+    min_distance: bool = False  # white-box attacks: also each sample's smallest adversarial L2 and L-inf distance
     device: str = "auto"
     input_name: str | None = None
     output_name: str | None = None
@@ -73,17 +78,68 @@ def load_attack_inputs(cfg: AttackConfig):
     return model, oracle, kind, x, ds.y
 
 
+def gradient_oracle(model, oracle, kind: str, mean, std, x: np.ndarray, mode: str, seed: int):
+    """Attack-space exact gradients from the model's gradient graph (self-checked), or (None, reason).
+
+    Attack space is the data times --scale; the model receives (x - mean) / std, so a VJP in
+    model-input units is divided by std.
+    """
+    from .attacks import GradientOracle
+    from .autodiff.select import build_gradient_source
+
+    shape = model.sample_shape
+    pre = Preprocess(1.0, tuple(mean), tuple(std))
+    to_input = (lambda rows: rows) if pre.is_identity else (lambda rows: pre.apply(rows, shape))
+    from .estimators.fd import input_scale
+    from .scan import DITHER_REL, TIE_WARNING_SHARE, _tie_fraction
+
+    check = np.asarray(x[:2], dtype=np.float64)
+    if max(_tie_fraction(row) for row in check) >= TIE_WARNING_SHARE:
+        # the self-check compares with central differences, which mean nothing at exact ties (item: dither)
+        check = check + DITHER_REL * input_scale(x) * np.random.default_rng([seed, 4]).standard_normal(check.shape)
+    choice = build_gradient_source(model, kind, "graph" if mode == "graph" else "auto", to_input(check),
+                                   np.random.default_rng([seed, 5]))
+    if choice.source != "graph":
+        return None, choice.to_dict()
+    scale = pre.jacobian_diag(shape)
+
+    def vjp_at(rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return choice.engine.vjp(to_input(rows), u)[1] * scale
+
+    return GradientOracle(oracle, vjp_at), choice.to_dict()
+
+
 def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> AttackResult:
-    """Attack every sample at every eps; returns the JSON-ready report."""
+    """Attack every sample at every eps; returns the JSON-ready report.
+
+    White-box attacks (pgd-wb, apgd) take exact gradients from the gradient graph and also run
+    black-box Square at each eps for the sanity flags (``sanity``).
+    """
+    from .attacks import WHITEBOX, Square, sanity_flags
+
     t0 = time.perf_counter()
     model, oracle, kind, x, y = load_attack_inputs(cfg)
-    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad)
+    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
+    gradients = None
+    if cfg.attack in WHITEBOX:
+        wb, gradients = gradient_oracle(model, oracle, kind, cfg.mean, cfg.std, x, cfg.gradients, cfg.seed)
+        if wb is None:
+            raise ConfigError(f"--attack {cfg.attack} needs exact gradients, but {gradients['reason']}; "
+                              "use a black-box attack (pgd, square)")
+        oracle = wb
     results = []
     clean = oracle.logp(x)
     for k, eps in enumerate(cfg.eps):
-        q0 = model.queries
+        q0 = oracle.queries
         out = attack(oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k]), cfg.budget,
                      clean_logp=clean)
+        spent = int(oracle.queries - q0)
+        sanity = None
+        if cfg.attack in WHITEBOX:
+            square = Square()(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k, 1]),
+                              cfg.budget, clean_logp=clean)
+            sanity = sanity_flags(oracle, x, y, out.success, square.success)
+            sanity["square_robust_accuracy"] = robust_accuracy(square)
         rr = {f"{tau:g}": robust_ratio(out, tau) for tau in cfg.taus}
         rr_tv = {f"{tau:g}": robust_ratio(out, tau, "tv") for tau in cfg.taus}
         pert = (out.x_adv - x).reshape(len(x), -1)
@@ -93,7 +149,8 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             "robust_accuracy": robust_accuracy(out),
             "robust_ratio": rr,
             "robust_ratio_tv": rr_tv,
-            "queries_total": int(model.queries - q0),
+            "queries_total": spent,
+            "sanity": sanity,
             "queries_max_per_sample": int(out.queries.max()),
             "samples": [
                 {"index": i, "label": int(y[i]), "correct": bool(out.correct[i]), "success": bool(out.success[i]),
@@ -104,9 +161,23 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         })
         if progress:
             progress(k + 1, len(cfg.eps))
+    minimal = None
+    if cfg.min_distance:
+        if cfg.attack not in WHITEBOX:
+            raise ConfigError("--min-distance needs a white-box attack (--attack apgd or pgd-wb)")
+        from .attacks import minimal_distance
+
+        minimal = {}
+        for norm in ("l2", "linf"):
+            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, np.random.default_rng([cfg.seed, 9]),
+                                       steps=cfg.steps or 30, loss=cfg.loss)
+            finite = dist[np.isfinite(dist) & (dist > 0)]
+            minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
     return AttackResult.of({
+        "gradients": gradients,
+        "minimal_distance": minimal,
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
                   "sample_shape": list(model.sample_shape)},
         "runtime": {"provider": model.provider},
@@ -126,6 +197,59 @@ class ModelSpec:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     name: str = ""
+    input_range: tuple[float, float] = (0.0, 1.0)
+
+
+def fd_vjp_at(oracle, h: float):
+    """Black-box fallback for ``vjp_at``: the gradient of u^T log p by central differences on every coordinate (2d queries per row)."""
+    from .estimators.fd import jvp_coordinates
+
+    def apply(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+        d = int(np.prod(x.shape[1:]))
+        coords = np.arange(d)
+        return np.stack([jvp_coordinates(oracle, xi, coords, h) @ ui for xi, ui in zip(x, u)]).reshape(x.shape)
+
+    return apply
+
+
+def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: float | None = None, steps: int = 30,
+                   search: int = 10, gradients: str = "auto") -> dict:
+    """Per-sample FIM-predicted radius against the smallest adversarial L2 distance found, for one model.
+
+    lambda_max per attack unit (data x --scale) from a scan (exact with the gradient graph when it
+    passes its self-check); minimal distances by binary search over eps with APGD, with exact
+    gradients from the graph, else central differences (slow: 2d queries per gradient).
+    """
+    from .attacks import GradientOracle, minimal_distance
+    from .metrics.validity import KL_STAR, validity
+    from .scan import ScanConfig, scan
+
+    if kl_star is not None and not (np.isfinite(kl_star) and kl_star > 0):
+        raise ConfigError(f"--kl-star must be a positive number, not {kl_star}")
+    pre = Preprocess(spec.scale, tuple(spec.mean), tuple(spec.std))
+    space = "input" if pre.is_identity else "data"
+    res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, seed=seed, scale=spec.scale,
+                          mean=tuple(spec.mean), std=tuple(spec.std), space=space, gradients=gradients, bounds=False))
+    lam = np.array([s.lambda_max for s in res.samples]) / (spec.scale**2 if space == "data" else 1.0)
+    base = AttackConfig(model=spec.path, data=spec.data, samples=samples, scale=spec.scale, mean=tuple(spec.mean),
+                        std=tuple(spec.std), seed=seed, input_range=tuple(spec.input_range))
+    model, oracle, kind, x, y = load_attack_inputs(base)
+    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, spec.mean, spec.std, x,
+                                                                        gradients, seed)
+    if wb is None:
+        wb = GradientOracle(oracle, fd_vjp_at(oracle, 1e-3 * (spec.input_range[1] - spec.input_range[0])))
+    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), np.random.default_rng([seed, 7]), steps=steps,
+                               search=search)
+    out = validity(lam, dist, np.random.default_rng([seed, 8]), KL_STAR if kl_star is None else kl_star)
+    out.update({
+        "model": spec.name or spec.path,
+        "lambda_method": res.run.method_used,
+        "lambda_gradients": res.run.gradients_used["source"],
+        "distance_gradients": "graph" if record is not None and record.get("source") == "graph" else "fd",
+        "dither": (res.run.dither_used or {}).get("sigma"),
+        "units": "attack units (data x --scale), L2",
+    })
+    return out
 
 
 def compare_row(
@@ -184,6 +308,8 @@ def compare_models(
     metric_samples: int = 300,
     options: dict | None = None,
     execution=None,
+    with_validity: bool = False,
+    kl_star: float | None = None,
 ) -> dict:
     """One row per model, then Spearman/Kendall correlations of each metric with RA (bootstrap CIs).
 
@@ -204,9 +330,15 @@ def compare_models(
             rows.append(compare_row(spec, **kwargs))
             if progress:
                 progress(rows[-1]["model"])
+    validities = []
+    if with_validity:  # per model: rho of the FIM-predicted radius with the minimal adversarial distance
+        for spec, row in zip(specs, rows):
+            val = model_validity(spec, samples=samples, seed=seed, kl_star=kl_star)
+            validities.append(val)
+            row["validity_spearman"] = val["spearman"]["value"]
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
-    metrics = [k for k in rows[0] if k not in ("model", "timing")]
+    metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman")]
     rng = np.random.default_rng(seed)
     by_target = {}
     for tgt in targets:
@@ -219,6 +351,7 @@ def compare_models(
         by_target[tgt] = corr
     return CompareResult.of({"target": target, "rows": rows,
             "correlations": by_target[target], "correlations_by_target": by_target,
+            "validity": validities or None,
             "config": {"samples": samples, "eps_linf": eps_linf, "eps_l2": eps_l2, "budget": budget, "tau": tau,
                        "seed": seed, "clever_points": clever_points, "clever_samples": clever_samples}})
 
@@ -242,19 +375,30 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10) -> CleverResult:
-    """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread."""
+               batch_size: int = 10, gradients: str = "fd") -> CleverResult:
+    """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread.
+
+    ``gradients`` auto|graph: the margin gradients come from the model's gradient graph (K-1 VJP
+    rows per point instead of 2d queries) when it builds and passes its self-check.
+    """
     if norm not in ("l2", "linf"):
         raise ConfigError(f"--norm must be l2 or linf, not '{norm}'")
     if radius <= 0 or points < 2 * batch_size or seeds < 1:
         raise ConfigError("--radius must be positive, --points at least 2 batches of 10, --seeds at least 1")
     t0 = time.perf_counter()
+    if gradients not in ("auto", "graph", "fd"):
+        raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
     model, oracle, kind, x, y = load_attack_inputs(cfg)
     h = 1e-3 * (cfg.input_range[1] - cfg.input_range[0])
+    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, cfg.mean, cfg.std, x,
+                                                                        gradients, cfg.seed)
+    if wb is None and gradients == "graph":
+        raise ConfigError(f"--gradients graph: {record['reason']}")
     samples = []
     for i in range(len(x)):
         runs = [clever(oracle, x[i], norm, radius, np.random.default_rng([cfg.seed, s, i]),
-                       n_batches=points // batch_size, batch_size=batch_size, h=h) for s in range(seeds)]
+                       n_batches=points // batch_size, batch_size=batch_size, h=h,
+                       vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
         scores = np.array([r.score for r in runs])
         samples.append({"index": i, "label": int(y[i]), "scores": scores.tolist(), "mean": float(scores.mean()),
                         "spread": float(scores.std()), "fit_ok": [r.fit_ok for r in runs],
@@ -266,6 +410,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     return CleverResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
         "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds},
+        "gradients": record or {"requested": "fd", "source": "fd", "reason": "finite differences requested"},
         "samples": samples,
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),

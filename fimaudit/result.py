@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.1"  # 1.1: run outputs moved from "config" to "run"; wall-clock fields in "timing"
+SCHEMA_VERSION = "1.2"  # 1.1: timing apart from the summary; 1.2: run outputs moved from "config" to "run"
 
 
 def _clean(value: Any) -> Any:
@@ -78,6 +78,12 @@ class SampleResult:
     kl_ratio: float | None = None  # KL(p(x)||p(x+eps v)) / (eps^2/2 v^T F v); ~1 when F is right
     trace_ci: tuple[float, float] | None = None
     trace_method: str = ""
+    # lower_bound is certified (exact Jacobian); lower_estimate is the finite-difference value
+    # with its margin measured along v ("not certified: finite differences").
+    lower_estimate: float | None = None
+    lower_check: dict | None = None  # kind, margin, the independent finite-difference check
+    dither: float | None = None  # sigma of the dither added to this sample, if any
+    exact: dict | None = None  # gradient graph: path (rows | lanczos), products, cross-check against the black box
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -101,6 +107,10 @@ class SampleResult:
             kl_ratio=d.get("kl_ratio"),
             trace_ci=None if d.get("trace_ci") is None else (float(d["trace_ci"][0]), float(d["trace_ci"][1])),
             trace_method=str(d.get("trace_method", "")),
+            lower_estimate=d.get("lower_estimate"),
+            lower_check=d.get("lower_check"),
+            dither=d.get("dither"),
+            exact=d.get("exact"),
         )
 
 
@@ -114,12 +124,14 @@ class Summary:
     calibration_queries: int
     seconds: float
     runtime_fraction: float | None  # share of wall time inside onnxruntime's run
+    lower_estimate: Stats = field(default_factory=lambda: Stats(None, None, None, None, 0))
 
     def to_dict(self) -> dict:
         return {
             "lambda_max": self.lambda_max.to_dict(),
             "trace": self.trace.to_dict(),
             "lower_bound": self.lower_bound.to_dict(),
+            "lower_estimate": self.lower_estimate.to_dict(),
             "accuracy": _clean(self.accuracy),
             "queries_total": self.queries_total,
             "calibration_queries": self.calibration_queries,
@@ -140,10 +152,12 @@ class Summary:
             calibration_queries=int(d.get("calibration_queries", 0)),
             seconds=float(d.get("seconds") or 0.0),
             runtime_fraction=d.get("runtime_fraction"),
+            lower_estimate=Stats.from_dict(d.get("lower_estimate", {"count": 0})),
         )
 
 
-RUN_FIELDS = ("method_used", "subspace_dim_used", "probes_per_sample", "samples_scanned", "data_source", "tie_share")
+RUN_FIELDS = ("method_used", "subspace_dim_used", "probes_per_sample", "samples_scanned", "data_source", "tie_share",
+              "dither_used", "gradients_used", "cross_check_result")
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,9 @@ class RunInfo:
     samples_scanned: int
     data_source: str  # the data file, or "synthetic"
     tie_share: float  # median share of each input's most common exact value
+    dither_used: dict | None = None  # sigma (None: F at x), source (auto | user), tie_share
+    gradients_used: dict | None = None  # Jacobian source: graph or fd, the self-check's figures or the refusal reason
+    cross_check_result: dict | None = None  # --cross-check: the black-box estimator's error against the graph
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -169,6 +186,9 @@ class RunInfo:
             samples_scanned=int(d.get("samples_scanned") or 0),
             data_source=str(d.get("data_source", "")),
             tie_share=float(d.get("tie_share") or 0.0),
+            dither_used=d.get("dither_used"),
+            gradients_used=d.get("gradients_used"),
+            cross_check_result=d.get("cross_check_result"),
         )
 
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from ._version import __version__
 from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
-from .estimators.core import Estimate, exact, kl_check, quadratic_form, shrink_to_bound
+from .estimators.core import Estimate, exact, kl_check
 from .estimators.fd import StepChoice, choose_step, input_scale
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
+from .estimators.lower import LowerCheck, fd_lower_estimate
 from .estimators.power import fresh_probes, power_fixed, power_fresh
 from .estimators.probes import PROBES
 from .estimators.source import FiniteDifferences
@@ -65,7 +66,10 @@ class ScanConfig:
     subspace_dim: int | None = None
     save_direction: str | None = None
     bounds: bool = True
-    dither: float = 0.0
+    dither: float = 0.0  # 0: automatic (dither only when exact ties are detected); > 0: this sigma
+    no_dither: bool = False  # keep x even with ties
+    gradients: str = "fd"  # auto | graph | fd: where the Jacobian comes from (fimaudit.autodiff)
+    cross_check: bool = False  # with the graph: also run the black-box plan and report its error
     trace_budget: int = 0
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
@@ -102,6 +106,12 @@ class ScanConfig:
             raise ConfigError(f"--trace-probes must be one of {', '.join(HUTCHINSON_PROBES)}")
         if not (np.isfinite(self.dither) and self.dither >= 0):
             raise ConfigError("--dither must be a nonnegative number")
+        if self.gradients not in ("auto", "graph", "fd"):
+            raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{self.gradients}'")
+        if self.cross_check and self.gradients == "fd":
+            raise ConfigError("--cross-check compares the black-box estimate with the gradient graph's: give --gradients auto or graph")
+        if self.no_dither and self.dither > 0:
+            raise ConfigError("--no-dither and --dither SIGMA contradict each other: give one")
         if self.max_batch < 1:
             raise ConfigError("--max-batch must be >= 1")
         if self.data is None and self.space == "data":
@@ -128,7 +138,7 @@ class Plan:
         return 1 + core + self.checks + self.trace
 
 
-CHECK_QUERIES = 3
+CHECK_QUERIES = 5  # 4 along v for the lower estimate and its margin + 1 for the KL check
 
 
 def plan(
@@ -146,6 +156,9 @@ def plan(
         return Plan("exact", d, 0, checks if exact_cost + checks <= budget else 0)
     if trace_budget and trace_budget > budget // 2:
         raise ConfigError(f"--trace-budget {trace_budget} may use at most half of --budget {budget}")
+    least = 12 if method in ("power-fresh", "deflated") else 6  # the estimator's own minimum
+    if checks and budget - 1 - checks - trace_budget < least:
+        checks = 0  # a budget this small pays the estimator only: no lower estimate, no KL check
     room = budget - 1 - checks - trace_budget
     if method == "power-fresh":
         if room < 12:
@@ -169,7 +182,52 @@ TIE_WARNING_SHARE = 0.05
 def _tie_fraction(row: np.ndarray) -> float:
     """Share of a sample's coordinates equal to its most common exact value."""
     _, counts = np.unique(np.asarray(row).ravel(), return_counts=True)
-    return float(counts.max() / counts.sum()) if counts.size else 0.0
+    return float(counts.max() / counts.sum()) if counts.size and counts.max() > 1 else 0.0
+
+
+# Default dither: 3% of the inputs' RMS, small against the input's scale; the finite-difference
+# step is kept at most sigma/10 so that a step rarely reaches a kink the dither moved away. On a
+# max-pool net with a 75% constant background (tests/test_dither.py) sigma = 1% with h <= sigma/3
+# left exact and sketch 7% apart on some samples; 3% with sigma/10 brought the worst to 1%.
+DITHER_REL = 3e-2
+STEP_OVER_DITHER = 0.1
+
+
+def dither_points(points: np.ndarray, tie_share: float, config: "ScanConfig") -> tuple[np.ndarray, dict]:
+    """Decide where F is evaluated: x, or a seeded dithered point x + sigma xi (MATH §1: F needs a differentiable point).
+
+    With exact ties (a constant background puts ReLU/max-pool units exactly at kinks, where F
+    is not defined and every source would measure a different one-sided mixture) the default
+    is x + sigma xi with sigma = DITHER_REL * the inputs' RMS; ``--dither SIGMA`` sets sigma,
+    ``--no-dither`` keeps x. Returns the points and a record of the decision (with a note).
+    """
+    user = config.dither > 0
+    tied = tie_share >= TIE_WARNING_SHARE
+    units = "data" if config.space == "data" else "model-input"
+    if user:
+        sigma, source = float(config.dither), "user"
+    elif tied and not config.no_dither:
+        sigma, source = DITHER_REL * input_scale(points), "auto"
+    else:
+        sigma, source = 0.0, None
+    record = {"sigma": sigma if sigma > 0 else None, "source": source, "tie_share": tie_share, "note": ""}
+    if sigma > 0:
+        xi = np.random.default_rng([config.seed, 4]).standard_normal(points.shape)
+        why = (f"{100 * tie_share:.0f}% of each input's values are exact ties (a constant background), where ReLU/"
+               "max-pool units sit at kinks and F is not defined; " if source == "auto" else "")
+        record["note"] = (
+            f"{why}F is evaluated at the dithered points x + sigma*xi (seeded Gaussian xi, sigma = {sigma:.3g} {units} "
+            f"units{', set by --dither' if source == 'user' else ', 3% of the input RMS'}) so that every estimator "
+            "measures the same differentiable point; --no-dither keeps x"
+        )
+        return points + sigma * xi, record
+    if tied:
+        record["note"] = (
+            f"{100 * tie_share:.0f}% of each input's values are exact ties (a constant background): ReLU/max-pool "
+            "units can sit exactly at kinks, where F is not defined and central differences average one-sided "
+            "derivatives, so estimators along different directions can disagree (kept by --no-dither)"
+        )
+    return points, record
 
 
 def _runtime(model) -> dict:
@@ -191,7 +249,7 @@ def _runtime(model) -> dict:
 # ------------------------------------------------------------------ stage 1: load
 @dataclass(frozen=True)
 class Loaded:
-    """The validated model and the preprocessing map, with the loader's notes."""
+    """The validated model with the loader's notes."""
 
     model: Model
     pre: Preprocess
@@ -200,7 +258,7 @@ class Loaded:
 
 
 def load(config: ScanConfig) -> Loaded:
-    """Validate the config, load the model and check the preprocessing against its input."""
+    """Validate the config and load the model."""
     config.validate()
     model = load_model(
         config.model,
@@ -229,15 +287,26 @@ class Points:
     tie_share: float  # median share of each input's most common exact value (before dithering)
     to_input: Callable[[np.ndarray], np.ndarray] | None  # estimation space -> model input (None: identity)
     notes: tuple[str, ...]
+    pre: Preprocess  # stored data -> model input
+    images: bool  # the data came from a folder of images
+    preprocess: dict  # the resolved preprocessing (preset, layout, channels, resize), for the report
+    dither: dict = field(default_factory=dict)  # sigma (None: x kept), source (auto | user), tie_share
+
+    @property
+    def sigma(self) -> float:
+        return float(self.dither.get("sigma") or 0.0)
 
 
 def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
-    """Load or draw the samples, map them to estimation space, measure ties, dither if asked."""
-    shape, pre = loaded.model.sample_shape, loaded.pre
-    notes: list[str] = []
+    """Load (arrays or images) or draw the samples, map them to estimation space, measure ties, dither if asked."""
+    model = loaded.model
+    shape = model.sample_shape
+    prepared = loaded.prepared  # read in stage 1 (the preset and layout decide the preprocessing)
+    pre = prepared.pre
+    notes: list[str] = []  # the preparation's notes are the loaded stage's
     to_input = None
-    if loaded.prepared.dataset is not None:
-        dataset = loaded.prepared.dataset
+    if prepared.dataset is not None:
+        dataset = prepared.dataset
         if config.samples is None:
             notes.append(f"scanned the first {dataset.x.shape[0]} samples (set --samples to change)")
         if config.space == "data":
@@ -256,20 +325,12 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
             f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
         )
     tie_share = float(np.median([_tie_fraction(row) for row in points]))
-    if config.dither > 0:
-        points = points + config.dither * np.random.default_rng([config.seed, 4]).standard_normal(points.shape)
-        notes.append(
-            f"inputs dithered with Gaussian noise of std {config.dither:g} ({'data' if config.space == 'data' else 'model-input'} "
-            "units) so that the Fisher matrix is defined (no ReLU/max-pool ties)"
-        )
-    elif tie_share >= TIE_WARNING_SHARE:
-        notes.append(
-            f"{100 * tie_share:.0f}% of each input's values are exact ties (a constant background): ReLU/max-pool "
-            "units can sit exactly at kinks, where F is not defined and central differences average one-sided "
-            "derivatives, so estimators along different directions can disagree; --dither SIGMA evaluates a "
-            "nearby differentiable point"
-        )
-    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes))
+    points, dither = dither_points(points, tie_share, config)
+    note = dither.pop("note")
+    if note:
+        notes.append(note)
+    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes), pre, prepared.images,
+                  prepared.config, dither)
 
 
 # ------------------------------------------------------------------ stage 3: calibrate
@@ -285,13 +346,18 @@ class Calibration:
     queries: int  # spent on the step search
     dct_basis: np.ndarray | None  # the deflation subspace when it is the fixed DCT one
     notes: tuple[str, ...]
+    graph: object | None = None  # fimaudit.autodiff GradientChoice when the gradient graph is used
+    gradients: dict | None = None  # its record for the report (or why finite differences)
+    input_scale: np.ndarray | None = None  # d(model input)/d(estimation space), diagonal; None: identity
+    dither_sigma: float = 0.0  # sigma of the dither the points carry (0: none)
 
     @property
     def n_classes(self) -> int:
         return int(self.logp.shape[1])
 
 
-def calibrate(config: ScanConfig, model: Model, points: Points) -> tuple[LogProbOracle, Calibration]:
+def calibrate(config: ScanConfig, model: Model, points: Points,
+              pre: Preprocess | None = None) -> tuple[LogProbOracle, Calibration]:
     """Centre queries, output kind, the budget plan and the finite-difference step."""
     kind_oracle = LogProbOracle(model, "logits", points.to_input)
     raw_centre = kind_oracle.raw(points.x)  # one centre query per sample
@@ -311,7 +377,7 @@ def calibrate(config: ScanConfig, model: Model, points: Points) -> tuple[LogProb
     q0 = model.queries
     step = choose_step(
         oracle, points.x[0], input_scale(points.x), np.random.default_rng([config.seed, 2]), config.fd_step,
-        max_step=config.dither / 3 if config.dither > 0 else None,
+        max_step=points.sigma * STEP_OVER_DITHER if points.sigma > 0 else None,
     )
     notes = []
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
@@ -322,7 +388,11 @@ def calibrate(config: ScanConfig, model: Model, points: Points) -> tuple[LogProb
     dct = None
     if chosen.method == "deflated" and config.subspace == "dct":
         dct = dct_lowfreq_basis(model.sample_shape, chosen.r)
-    return oracle, Calibration(kind, kind_source, logp, chosen, step, model.queries - q0, dct, tuple(notes))
+    queries = model.queries - q0
+    graph, gradients = _gradient_choice(model, kind, config, points.x, points.to_input, notes)
+    scale = None if points.to_input is None or pre is None else pre.jacobian_diag(model.sample_shape)
+    return oracle, Calibration(kind, kind_source, logp, chosen, step, queries, dct, tuple(notes), graph, gradients,
+                               scale, points.sigma)
 
 
 # ------------------------------------------------------------------ stage 4: one sample
@@ -356,22 +426,26 @@ def estimate_sample(
     chosen, step = calib.plan, calib.step
     rng = np.random.default_rng([config.seed, 3, index])
     logp0 = calib.logp[index]
-    block = probe_block(config)
+    block = probe_block(oracle.model.max_batch)
     source = FiniteDifferences(
         oracle, x, step.h, logp0=logp0, rel_error=step.relative_discrepancy, vjp_probes=fresh_probes(chosen.k), rng=rng,
         chunk=block,
     )
-    est = _estimate(chosen, source, rng, config, calib.dct_basis, learnt_basis)
+    check, exact_info = None, None
+    if calib.graph is not None:
+        est, check, exact_info = _estimate_graph(calib, config, source, x, logp0, rng, learnt_basis)
+    else:
+        est = _estimate(chosen, source, rng, config, calib.dct_basis, learnt_basis)
     trace, trace_se, trace_ci, trace_how = est.trace, est.trace_se, None, "probes"
-    if chosen.trace and chosen.method != "exact":
+    if chosen.trace and chosen.method != "exact" and calib.graph is None:
         te = hutchinson(source, chosen.trace, rng, probes=config.trace_probes, rse_target=config.trace_rse)
         trace, trace_se, trace_ci = te.trace, te.se, te.ci
         trace_how = f"hutchinson-{config.trace_probes} ({te.probes} probes, stopped by {te.stopped_by})"
-    lower = kl_ratio = None
-    if chosen.checks and est.direction is not None:
-        quad = quadratic_form(source, est.direction)
-        lower = shrink_to_bound(quad, source.rel_error)
-        kl_ratio = kl_check(source, est.direction, quad, max_eps=100 * step.h)
+    kl_ratio = None
+    if check is None and chosen.checks and est.direction is not None:
+        check = fd_lower_estimate(source, x, logp0, est.direction, step.h)
+    if check is not None and est.direction is not None:
+        kl_ratio = kl_check(source, est.direction, check.quadratic_form, max_eps=100 * step.h)
     spent = source.queries + 1  # + the centre query made in calibration
     if spent > config.budget:  # a planning bug, never a user error
         raise AssertionError(f"sample {index} spent {spent} queries over the budget {config.budget}")
@@ -384,8 +458,12 @@ def estimate_sample(
         trace=trace,
         trace_se=trace_se,
         trace_ci=trace_ci,
-        trace_method=trace_how if chosen.method != "exact" else "exact",
-        lower_bound=lower,
+        trace_method=_trace_method(chosen, calib.graph, exact_info, trace_how),
+        lower_bound=check.value if check is not None and check.certified else None,
+        lower_estimate=check.value if check is not None and not check.certified else None,
+        lower_check=None if check is None else check.to_dict(),
+        dither=calib.dither_sigma or None,
+        exact=exact_info,
         queries=spent,
         method=est.method,
         probes=est.probes,
@@ -395,14 +473,14 @@ def estimate_sample(
     return SampleOutcome(result, est.direction)
 
 
-def probe_block(config: ScanConfig) -> int:
-    """Probes per JVP call: two rows each by central differences, so a call stays within --max-batch rows."""
-    return max(1, config.max_batch // 2)
+def probe_block(max_batch: int) -> int:
+    """Probes per JVP call: two rows each by central differences, so a call stays within one model batch."""
+    return max(1, max_batch // 2)
 
 
 def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, dct_basis, learnt_basis) -> Estimate:
     """Run the planned estimator at one sample (the checks are made by the caller)."""
-    block = probe_block(config)
+    block = source.chunk
     if chosen.method == "exact":
         return exact(source)
     if chosen.method == "sketch":
@@ -428,6 +506,63 @@ def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, 
 
 # ------------------------------------------------------------------ stage 5: assemble
 CHANCE_MIN_SAMPLES = 10
+VACUOUS_FACTOR = 1e6  # a closed-form bound this far above the measured median is labelled vacuous
+
+
+def _trace_method(chosen: Plan, graph, exact_info: dict | None, trace_how: str) -> str:
+    """How the trace was obtained: exact (all of S), Hutchinson over VJPs (Lanczos path) or from the probes."""
+    if graph is not None:
+        return "exact" if exact_info and exact_info["path"] == "rows" else "hutchinson-rademacher (VJP probes)"
+    return "exact" if chosen.method == "exact" else trace_how
+
+
+def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, to_input, notes: list[str]):
+    """Build and self-check the gradient graph (``--gradients auto|graph``): (choice or None, its record for the report)."""
+    if config.gradients == "fd":
+        return None, {"requested": "fd", "source": "fd", "reason": "finite differences requested (--gradients fd)"}
+    from .autodiff.select import build_gradient_source
+
+    rows = to_input(points[:2]) if to_input is not None else points[:2]
+    choice = build_gradient_source(model, kind, config.gradients, rows, np.random.default_rng([config.seed, 5]),
+                                   threads=config.threads)
+    record = {k: v for k, v in choice.to_dict().items() if k != "build_seconds"}  # same seed, same report
+    if choice.source != "graph":
+        notes.append(f"gradients: finite differences (black-box), because the {choice.reason}")
+        return None, record
+    return choice, record
+
+
+def _estimate_graph(calib: Calibration, config: ScanConfig, fd: FiniteDifferences, x: np.ndarray, logp0: np.ndarray,
+                    rng: np.random.Generator, learnt_basis) -> tuple[Estimate, LowerCheck, dict]:
+    """Exact estimate from the gradient graph at one sample (K VJPs in one batched pass, or Lanczos), its
+    certified lower bound with the finite-difference re-measurement beside it, and the optional cross-check."""
+    from .estimators.exact_source import exact_from_source
+
+    src = calib.graph.at(np.asarray(x).reshape(-1), logp0=logp0, to_input=fd_to_input(fd), input_scale=calib.input_scale)
+    p = np.exp(logp0)
+    res = exact_from_source(src, p, rng, oracle=fd, x0=x, h=calib.step.h)
+    info = {"source": "graph", "path": res.path, "products": res.products, "tolerance": res.tolerance,
+            "cross_check": None}
+    if config.cross_check:
+        bb = _estimate(calib.plan, fd, rng, config, calib.dct_basis, learnt_basis)
+        lam = res.estimate.lambda_max
+        info["cross_check"] = {"method": bb.method, "lambda_max": bb.lambda_max,
+                               "relative_error": abs(bb.lambda_max - lam) / lam if lam > 0 else None}
+    return res.estimate, res.lower, info
+
+
+def fd_to_input(fd: FiniteDifferences):
+    """The estimation-space -> model-input map behind a finite-difference source's oracle (None: identity)."""
+    return fd.oracle._to_input
+
+
+def _cross_check_summary(samples, method: str) -> dict | None:
+    errs = [s.exact["cross_check"]["relative_error"] for s in samples
+            if s.exact and s.exact.get("cross_check") and s.exact["cross_check"].get("relative_error") is not None]
+    if not errs:
+        return None
+    return {"method": method, "samples": len(errs), "median_relative_error": float(np.median(errs)),
+            "max_relative_error": float(np.max(errs))}
 
 
 def chance_note(accuracy: float | None, n: int, n_classes: int) -> str | None:
@@ -454,7 +589,7 @@ def assemble(
     seconds: float,
 ) -> ScanResult:
     """Summary, model facts, units, the closed-form bound and notes -> ``ScanResult``."""
-    model, pre = loaded.model, loaded.pre
+    model, pre = loaded.model, points.pre
     shape, d = model.sample_shape, model.d
     notes = list(loaded.notes) + list(model.notes) + list(points.notes) + list(calib.notes)
     samples = tuple(o.result for o in outcomes)
@@ -467,6 +602,7 @@ def assemble(
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),
         lower_bound=Stats.of([s.lower_bound for s in samples]),
+        lower_estimate=Stats.of([s.lower_estimate for s in samples]),
         accuracy=accuracy,
         queries_total=model.queries,
         calibration_queries=calib.queries,
@@ -491,6 +627,13 @@ def assemble(
             "median": None if lam.median is None else lam.median / bound["fim_upper"],
             "max": None if lam.max is None else lam.max / bound["fim_upper"],
         }
+        # A bound a million times above what the model does is true but says nothing: label it.
+        bound["vacuous"] = bool(lam.median is not None and bound["fim_upper"] > VACUOUS_FACTOR * lam.median)
+        if bound["vacuous"]:
+            notes.append(
+                f"the closed-form bound {bound['fim_upper']:.3g} is vacuous: more than {VACUOUS_FACTOR:.0e} times the "
+                f"measured median lambda_max {lam.median:.3g} (per-layer norms multiply; it is a guarantee, not an estimate)"
+            )
         if lam.max is not None and lam.max > bound["fim_upper"]:
             notes.append("a measured lambda_max exceeds the closed-form bound: please report this as a bug")
     cfg = asdict(config)
@@ -503,7 +646,12 @@ def assemble(
         samples_scanned=len(samples),
         data_source=points.source,
         tie_share=points.tie_share,
+        dither_used=dict(points.dither),
+        gradients_used=calib.gradients,
+        cross_check_result=_cross_check_summary(samples, calib.plan.method),
     )
+    if calib.graph is not None and samples:
+        run = replace(run, method_used=samples[0].method, probes_per_sample=samples[0].probes)
     return ScanResult(
         model=model_dict,
         runtime=_runtime(model),
@@ -545,7 +693,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None)
     loaded = load(config)
     model = loaded.model
     points = prepare_points(config, loaded)
-    oracle, calib = calibrate(config, model, points)
+    oracle, calib = calibrate(config, model, points, loaded.pre)
     n = points.x.shape[0]
     if execution is not None and execution.distributed:
         return _scan_distributed(config, loaded, points, calib, execution, progress, t_start)

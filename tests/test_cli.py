@@ -56,7 +56,7 @@ def test_json_report_matches_schema_and_issue_fields(setup):
     tmp, model, data = setup
     rep = scan_json(model, "--data", data, "--scale", "1/255", "--method", "sketch", "--budget", "61")
     jsonschema.validate(rep, SCHEMA)
-    assert rep["schema_version"] == "1.1"
+    assert rep["schema_version"] == "1.2"
     assert rep["run"]["method_used"] == "sketch" and rep["run"]["samples_scanned"] == 12
     assert not {"method_used", "data_source", "tie_share"} & set(rep["config"])  # run outputs are not options
     assert rep["model"]["input"]["name"] == "x" and rep["model"]["output"]["classes"] == 5

@@ -133,7 +133,7 @@ def test_lower_bound_never_exceeds_exact(tmp_path):
         budget = 200 if method != "exact" else 130
         res = fimaudit.scan(model, tmp_path / "d.npz", method=method, budget=budget, seed=1)
         for s, r in zip(res.samples, refs):
-            assert s.lower_bound is not None and s.lower_bound <= r, (method, s.lower_bound, r)
+            assert s.lower_estimate is not None and s.lower_estimate <= r, (method, s.lower_estimate, r)
             assert s.queries <= budget
 
 
@@ -150,7 +150,7 @@ def test_tanh_mlp_d12288_within_goal_at_budget_2000(tmp_path):
     errs = np.abs(np.array([s.lambda_max for s in res.samples]) - refs) / refs
     assert np.median(errs) <= 0.05 and np.percentile(errs, 90) <= 0.12, errs
     assert all(s.queries <= 2000 for s in res.samples)
-    assert all(s.lower_bound <= r for s, r in zip(res.samples, refs))
+    assert all(s.lower_estimate <= r for s, r in zip(res.samples, refs))
 
 
 def test_kl_check_and_saved_directions(tmp_path):

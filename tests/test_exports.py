@@ -108,3 +108,29 @@ def test_a_batch_that_only_runs_one_row_at_a_time(tmp_path, weights):
     flat.CopyFrom(helper.make_node("Reshape", ["x", "one_row"], ["xf"]))
     res = _check_scan(tmp_path, model, (3, 2, 2), w, b)
     assert any("one row at a time" in n for n in res.notes)
+
+
+def test_gated_model_is_declared_unbounded_before_any_norm(tmp_path):
+    """Squeeze-and-excitation at 224 x 224: 'no global bound' from the structure, no convolution norm computed."""
+    from fimaudit.graph import compute_bounds
+
+    w = B.mobile_weights(np.random.default_rng(0))
+    gated = compute_bounds(str(B.save(B.mobile_model(w, spatial=(224, 224)), tmp_path / "g.onnx")))
+    assert gated.fim_upper is None and "gating" in gated.reason
+    convs = [o for o in gated.ops if o.op == "Conv"]
+    assert convs and all(o.lipschitz is None and "not computed" in o.how for o in convs)
+    plain = compute_bounds(str(B.save(B.mobile_model(w, gated=False, spatial=(32, 32)), tmp_path / "p.onnx")))
+    assert plain.fim_upper is not None and all(o.lipschitz is not None for o in plain.ops if o.op == "Conv")
+
+
+def test_large_inputs_get_smaller_cpu_batches(tmp_path):
+    """At most 32 MiB of input rows per onnxruntime run on the CPU: 55 rows of 3x224x224 float32."""
+    from fimaudit.model import load_model
+
+    rng = np.random.default_rng(1)
+    big = B.save(B.linear_model(rng.standard_normal((2, 3 * 224 * 224)) * 1e-3, np.zeros(2), sample_shape=(3, 224, 224)),
+                 tmp_path / "big.onnx")
+    assert load_model(big, device="cpu").max_batch == (32 * 1024 * 1024) // (3 * 224 * 224 * 4) == 55
+    small = B.save(B.linear_model(rng.standard_normal((2, 12)), np.zeros(2)), tmp_path / "small.onnx")
+    assert load_model(small, device="cpu").max_batch == 256
+    assert load_model(small, device="cpu", max_batch=7).max_batch == 7

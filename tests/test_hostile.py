@@ -284,7 +284,7 @@ def test_results_do_not_depend_on_max_batch(tmp_path, method):
     for rep in reps[1:]:
         assert rep["config"]["max_batch"] != reps[0]["config"]["max_batch"]
         for a, b in zip(reps[0]["samples"], rep["samples"]):
-            for key in ("lambda_max", "trace", "lower_bound"):
+            for key in ("lambda_max", "trace", "lower_estimate"):
                 assert abs(b[key] - a[key]) <= 1e-6 * abs(a[key]), (key, a[key], b[key])
 
 

@@ -318,7 +318,7 @@ def photos(tmp_path_factory):
 def test_cli_scans_a_224_model_from_a_photo_folder_with_a_preset(photos):
     tmp, model = photos
     res, rep = _cli("scan", model, "--data", tmp / "photos", "--preset", "imagenet", "--budget", "40", "--no-bounds",
-                    "-q", "--json", "-")
+                    "-q", "--json", "-", "--report", tmp / "r.md")
     assert res.exit_code == 0, res.stderr
     pp = rep["config"]["preprocess"]
     assert rep["config"]["preset"] == "imagenet" and pp["how"].startswith("--preset imagenet")
@@ -327,6 +327,7 @@ def test_cli_scans_a_224_model_from_a_photo_folder_with_a_preset(photos):
     assert [s["label"] for s in rep["samples"]] == [0, 0, 1]
     assert all(np.isfinite(s["lambda_max"]) and s["lambda_max"] > 0 for s in rep["samples"])
     assert rep["units"]["space"] == "input" and "--preset imagenet" in rep["units"]["description"]
+    assert "- preprocess: --preset imagenet: pixel/255" in (tmp / "r.md").read_text()
     res, rep = _cli("scan", model, "--data", tmp / "photos", "--preset", "imagenet", "--space", "data", "--samples", "1",
                     "--budget", "40", "--no-bounds", "-q", "--json", "-")
     assert res.exit_code == 0 and "pixel-value unit" in rep["units"]["description"]

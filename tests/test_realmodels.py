@@ -122,3 +122,15 @@ def test_attack_and_metrics_run_with_sane_numbers(case):
     assert m["path_norm"] > 0 and m["sharpness_sigma"] > 0
     for row in met["corruptions"].values():
         assert row["0"] == 1.0 and all(0.0 <= v <= 1.0 for v in row.values())
+
+
+@pytest.mark.parametrize("case", CASES or [None], ids=[c[0] for c in CASES] or ["none"])
+def test_a_bound_far_above_the_measurement_is_labelled_vacuous(case):
+    model, data, entry = _case(case)
+    rep = _json(["scan", model, "--data", data, "--samples", "2", "--method", "sketch", "--budget", "100"])
+    b, med = rep["bound"], rep["summary"]["lambda_max"]["median"]
+    if b["fim_upper"] is None:
+        assert "vacuous" not in b
+        return
+    assert b["vacuous"] == (b["fim_upper"] > 1e6 * med)
+    assert any("vacuous" in n for n in rep["notes"]) == b["vacuous"]

@@ -1,11 +1,13 @@
-"""Black-box attacks (FGSM, BIM, PGD, Square) through the query oracle, and robust accuracy / ratio curves."""
+"""Attacks: black-box (FGSM, BIM, PGD, Square) through the query oracle, white-box (PGD, APGD, minimal-norm) from exact gradients."""
 
 from ..errors import ConfigError
 from .base import NORMS, Attack, AttackOutcome, margins, project
 from .gradient import BIM, FGSM, PGD, GradientAttack
 from .square import Square
+from .whitebox import APGD, GradientOracle, WhiteBoxAttack, WhiteBoxPGD, minimal_distance, sanity_flags
 
-ATTACKS = {"fgsm": FGSM, "bim": BIM, "pgd": PGD, "square": Square}
+ATTACKS = {"fgsm": FGSM, "bim": BIM, "pgd": PGD, "square": Square, "pgd-wb": WhiteBoxPGD, "apgd": APGD}
+WHITEBOX = ("pgd-wb", "apgd")
 
 
 def make_attack(name: str, **kw) -> Attack:
@@ -14,8 +16,13 @@ def make_attack(name: str, **kw) -> Attack:
     cls = ATTACKS[name]
     if cls is Square:
         kw = {}
+    elif issubclass(cls, WhiteBoxAttack):
+        kw = {k: v for k, v in kw.items() if k in ("steps", "loss", "restarts")}
+    else:
+        kw = {k: v for k, v in kw.items() if k in ("steps", "grad")}
     return cls(**kw)
 
 
-__all__ = ["ATTACKS", "NORMS", "Attack", "AttackOutcome", "BIM", "FGSM", "PGD", "Square", "GradientAttack",
+__all__ = ["ATTACKS", "WHITEBOX", "APGD", "WhiteBoxPGD", "WhiteBoxAttack", "GradientOracle", "minimal_distance",
+           "sanity_flags", "NORMS", "Attack", "AttackOutcome", "BIM", "FGSM", "PGD", "Square", "GradientAttack",
            "make_attack", "margins", "project"]

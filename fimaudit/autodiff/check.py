@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .graph import COTANGENT, LOGP, TANGENT, with_outputs
+from .graph import COTANGENT, TANGENT, with_outputs
 from .reference import Float64Logp
 from .source import GraphEngine
 
@@ -72,7 +72,6 @@ def check_graph(
 ) -> GraphCheck:
     """Compare the graphs with central differences at model-input rows ``x`` (n, *shape) along seeded directions."""
     x = np.asarray(x, dtype=np.float64)
-    n = x.shape[0]
     shape = x.shape[1:]
     rms = float(np.sqrt(np.mean(x**2))) or 1.0
     h = float(step) if step is not None else 1e-2 * rms

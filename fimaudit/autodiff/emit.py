@@ -52,10 +52,11 @@ class Emitter:
         self._count = 0
         self._consts: dict[tuple, str] = {}
         self.active_names: set[str] = set()
+        self.alias: dict[str, str] = {}  # a primal tensor repeated per cotangent -> the primal tensor
 
     def active(self, name: str) -> bool:
         """True when ``name`` depends differentiably on the model input."""
-        return bool(name) and name in self.active_names
+        return bool(name) and self.alias.get(name, name) in self.active_names
 
     # -- names and constants -------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -83,13 +84,13 @@ class Emitter:
         return outs[0] if n_out == 1 else outs
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self.shapes[name]
+        return self.shapes[self.alias.get(name, name)]
 
     def dtype(self, name: str) -> np.dtype:
-        return self.dtypes[name]
+        return self.dtypes[self.alias.get(name, name)]
 
     def value(self, name: str) -> np.ndarray | None:
-        return self.values.get(name)
+        return self.values.get(self.alias.get(name, name))
 
     def note_shape(self, name: str, shape: tuple[int, ...], dtype) -> str:
         self.shapes[name] = tuple(shape)

@@ -49,6 +49,7 @@ class DerivativeGraphs:
     contributions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (input, cotangent)
     cotangents: dict[str, str] = field(default_factory=dict)  # primal value -> its summed cotangent in ``reverse``
     build_seconds: float = 0.0
+    multi: bool = False  # the reverse graph takes several cotangent rows per point (model run once per point)
 
 
 def _static_copy(proto: onnx.ModelProto, input_name: str, output_name: str, sample_shape, batch) -> onnx.ModelProto:
@@ -195,14 +196,22 @@ def build_graphs(
         dims = in_vi.type.tensor_type.shape.dim
         fixed_batch = int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
     batch: int | None = None
+    batched: set[str] = set()
     try:
         m = prepared(None)
         probe, values = _probe(m, input_name, sample_shape, 2, dtype, threads)
         # A second batch size: a graph with its batch written in (Reshape, Resize sizes) fails or
         # returns the wrong number of rows at one of them.
-        _, check = _probe(m, input_name, sample_shape, 3, dtype, threads, outputs=False)
+        _, check = _probe(m, input_name, sample_shape, 3, dtype, threads)
         if values[LOGP].shape[0] != 2 or check[LOGP].shape[0] != 3:
             raise ValueError("batch not preserved")
+        # Tensors with a batch axis: their first dimension follows the batch (2, then 3).
+        batched = {k for k, v in values.items() if v.ndim and v.shape[0] == 2 and k in check
+                   and check[k].ndim and check[k].shape[0] == 3}
+        moved = [k for k, v in values.items() if k in check and (v.ndim != check[k].ndim or any(
+            a != b for i, (a, b) in enumerate(zip(v.shape, check[k].shape)) if i > 0))]
+        if moved:
+            batched = set()  # a batch axis elsewhere than first: repeat points instead of cotangent rows
     except Exception:
         batch = int(fixed_batch or 1)
         m = prepared(batch)
@@ -222,14 +231,15 @@ def build_graphs(
         if any(i in active for i in n.input if i)
     ]
 
-    rem, cotangents, contributions = _reverse(m, input_name, opset, shapes, dtypes, values, active, batch)
+    rem, cotangents, contributions = _reverse(m, input_name, opset, shapes, dtypes, values, active, batch, batched)
     fem, tangents = _forward(m, input_name, opset, shapes, dtypes, values, active, batch)
     t = helper.np_dtype_to_tensor_dtype(dtype)
     bd = _batch_dim(batch)
-    cot_vi = helper.make_tensor_value_info(COTANGENT, t, [bd, n_classes])
+    rows = "rows" if batch is None else bd  # cotangent rows: several per point in the reverse graph
+    cot_vi = helper.make_tensor_value_info(COTANGENT, t, [rows, n_classes])
     tan_vi = helper.make_tensor_value_info(TANGENT, t, [bd] + list(sample_shape))
     logp_vi = helper.make_tensor_value_info(LOGP, t, [bd, n_classes])
-    grad_vi = helper.make_tensor_value_info(GRAD, t, [bd] + list(sample_shape))
+    grad_vi = helper.make_tensor_value_info(GRAD, t, [rows] + list(sample_shape))
     jvp_vi = helper.make_tensor_value_info(JVP_OUT, t, [bd, n_classes])
     reverse = _finish(m, [rem], [cot_vi], [logp_vi, grad_vi])
     forward = _finish(m, [fem], [tan_vi], [logp_vi, jvp_vi])
@@ -255,6 +265,7 @@ def build_graphs(
         contributions=contributions,
         cotangents=cotangents,
         build_seconds=time.perf_counter() - t0,
+        multi=bool(batched),
     )
 
 
@@ -275,13 +286,43 @@ def _finish(m: onnx.ModelProto, emitters: list[Emitter], inputs: list, outputs: 
     return out
 
 
-def _reverse(m, x, opset, shapes, dtypes, values, active, batch):
+def _reverse(m, x, opset, shapes, dtypes, values, active, batch, batched):
+    """Reverse-mode nodes. With a symbolic batch, U may hold M cotangent rows per point (B·M rows,
+    point-major): the primal runs once per point and the tensors the rules read are repeated M times."""
     em = Emitter(opset, dict(shapes), dict(dtypes), values, PREFIX + "r_", batch is None)
     em.active_names = active
     grads: dict[str, list[str]] = {LOGP: [COTANGENT]}
     em.note_shape(COTANGENT, shapes[LOGP], dtypes[LOGP])
     summed: dict[str, str] = {}
     contributions: dict[str, list[tuple[str, str]]] = {}
+    tiled: dict[str, str] = {}
+    repeat = None
+    if batched:
+        n_rows = em.slice(em.op("Shape", [COTANGENT]), [0], [1], [0])
+        n_points = em.slice(em.op("Shape", [x]), [0], [1], [0])
+        repeat = (n_rows, em.op("Div", [n_rows, n_points]), n_points)
+    header = len(em.nodes)
+
+    def tile(name: str) -> str:
+        """``name`` (B, ...) repeated per cotangent row: (B·M, ...), emitted where the header ends."""
+        if repeat is None or name not in batched:
+            return name
+        if name not in tiled:
+            rows, per, points = repeat
+            start = len(em.nodes)
+            rank = len(shapes[name])
+            up = em.unsqueeze(name, [1])
+            ones = em.const(np.ones(rank - 1, np.int64))
+            wide = em.op("Expand", [up, em.op("Concat", [points, per, ones], axis=0)])
+            rest = em.slice(em.op("Shape", [name]), [1], [np.iinfo(np.int64).max], [0])
+            out = em.op("Reshape", [wide, em.op("Concat", [rows, rest], axis=0)])
+            made = em.nodes[start:]
+            del em.nodes[start:]
+            em.nodes[header:header] = made  # before any rule's nodes: the graph stays sorted
+            tiled[name] = out
+            em.alias[out] = name
+        return tiled[name]
+
     for node in reversed(list(m.graph.node)):
         outs = []
         for o in node.output:
@@ -298,18 +339,24 @@ def _reverse(m, x, opset, shapes, dtypes, values, active, batch):
         rule = VJP.get(node.op_type)
         if rule is None or (node.domain or "") not in ("", "ai.onnx"):
             raise GradientUnsupported(node.op_type, node.name, "no reverse-mode rule for this operator")
+        view = onnx.NodeProto()
+        view.CopyFrom(node)
+        for i, name in enumerate(view.input):
+            view.input[i] = tile(name) if name else name
+        for i, name in enumerate(view.output):
+            view.output[i] = tile(name) if name else name
         if outs[0] is None and node.op_type != "Split":
             # Rules other than Split read only the first output's cotangent; here it is zero.
-            outs[0] = em.zeros_like(node.output[0])
+            outs[0] = em.zeros_like(view.output[0])
             em.note_shape(outs[0], shapes[node.output[0]], dtypes[node.output[0]])
-        ins = rule(em, node, outs)
+        ins = rule(em, view, outs)
         contributions[node.name] = []
         for name, c in zip(node.input, ins):
             if c is not None and em.active(name):
                 grads.setdefault(name, []).append(c)
                 contributions[node.name].append((name, c))
     parts = grads.get(x)
-    gx = em.add_all(parts) if parts else em.zeros_like(x)
+    gx = em.add_all(parts) if parts else em.zeros_like(tile(x))
     summed[x] = gx
     em.nodes.append(helper.make_node("Identity", [gx], [GRAD], name=GRAD))
     return em, summed, contributions

@@ -29,7 +29,7 @@ NON_DIFFERENTIABLE = {
     "Shape", "Size", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or",
     "Xor", "ArgMax", "ArgMin", "NonZero", "ConstantOfShape", "Constant", "Range", "Floor", "Ceil",
     "Round", "Sign", "IsNaN", "IsInf", "EyeLike", "RandomNormal", "RandomUniform",
-    "RandomNormalLike", "RandomUniformLike", "Multinomial", "OneHot", "TopK_indices",
+    "RandomNormalLike", "RandomUniformLike", "Multinomial", "OneHot",
 }
 
 
@@ -37,7 +37,7 @@ def attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _s(v):
+def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
@@ -68,7 +68,7 @@ def jvp(*ops: str):
     return deco
 
 
-def _refuse(node: onnx.NodeProto, why: str):
+def _refuse(node: onnx.NodeProto, why: str) -> None:
     raise GradientUnsupported(node.op_type, node.name or node.output[0], why)
 
 
@@ -79,7 +79,7 @@ def _unary_factor(em: Emitter, node: onnx.NodeProto) -> str:
     x, y, a, op = node.input[0], node.output[0], attrs(node), node.op_type
     one = em.scalar(1.0, x)
     if op == "Relu":
-        return em.mask(em.op("Greater", [x, em.scalar(0.0, x)]), x)
+        return em.op("Sign", [y])  # y = max(x, 0) >= 0: Sign(y) is the 0/1 mask of x > 0, in one op
     if op == "LeakyRelu":
         alpha = em.scalar(a.get("alpha", 0.01), x)
         return em.op("Where", [em.op("Greater", [x, em.scalar(0.0, x)]), one, alpha])
@@ -149,7 +149,7 @@ UNARY = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Softpl
 
 
 @vjp(*UNARY)
-def _vjp_unary(em, node, g):
+def _vjp_unary(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     if node.op_type == "PRelu" and em.active(node.input[1]):
         _refuse(node, "a slope that depends on the input")
     if node.op_type == "Clip" and any(em.active(n) for n in node.input[1:] if n):
@@ -158,39 +158,39 @@ def _vjp_unary(em, node, g):
 
 
 @jvp(*UNARY)
-def _jvp_unary(em, node, t):
+def _jvp_unary(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     if any(t[1:]):
         _refuse(node, "parameters that depend on the input")
     return [em.op("Mul", [t[0], _unary_factor(em, node)])]
 
 
 @vjp("Neg")
-def _vjp_neg(em, node, g):
+def _vjp_neg(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     return [em.op("Neg", [g[0]])]
 
 
 @jvp("Neg")
-def _jvp_neg(em, node, t):
+def _jvp_neg(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     return [em.op("Neg", [t[0]])]
 
 
 @vjp("Identity", "Dropout")
-def _vjp_identity(em, node, g):
+def _vjp_identity(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     return [g[0]] + [None] * (len(node.input) - 1)
 
 
 @jvp("Identity", "Dropout")
-def _jvp_identity(em, node, t):
+def _jvp_identity(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     return [t[0]] + [None] * (len(node.output) - 1)
 
 
 @vjp("Cast")
-def _vjp_cast(em, node, g):
+def _vjp_cast(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     return [em.cast_like(g[0], node.input[0])]
 
 
 @jvp("Cast")
-def _jvp_cast(em, node, t):
+def _jvp_cast(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     return [em.op("Cast", [t[0]], to=attrs(node)["to"])]
 
 
@@ -201,7 +201,7 @@ def _ub(em: Emitter, g: str, node: onnx.NodeProto, i: int) -> str:
 
 
 @vjp("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
-def _vjp_binary(em, node, g):
+def _vjp_binary(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     op, (a, b), y, g0 = node.op_type, node.input[:2], node.output[0], g[0]
     act_a, act_b = em.active(a), em.active(b)
     ga = gb = None
@@ -231,7 +231,7 @@ def _vjp_binary(em, node, g):
 
 
 @jvp("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
-def _jvp_binary(em, node, t):
+def _jvp_binary(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     op, (a, b), y = node.op_type, node.input[:2], node.output[0]
     ta, tb = t[0], t[1]
     terms: list[str] = []
@@ -263,17 +263,17 @@ def _jvp_binary(em, node, t):
 
 
 @vjp("Sum")
-def _vjp_sum(em, node, g):
+def _vjp_sum(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     return [_ub(em, g[0], node, i) if em.active(n) else None for i, n in enumerate(node.input)]
 
 
 @jvp("Sum")
-def _jvp_sum(em, node, t):
+def _jvp_sum(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     return [em.op("Add", [em.add_all([x for x in t if x]), em.zeros_like(node.output[0])])]
 
 
 @vjp("Where")
-def _vjp_where(em, node, g):
+def _vjp_where(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     c, a, b = node.input
     zero = em.scalar(0.0, node.output[0])
     ga = _ub(em, em.op("Where", [c, g[0], zero]), node, 1) if em.active(a) else None
@@ -282,7 +282,7 @@ def _vjp_where(em, node, g):
 
 
 @jvp("Where")
-def _jvp_where(em, node, t):
+def _jvp_where(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     c, a, b = node.input
     zero = em.scalar(0.0, node.output[0])
     ta = t[1] if t[1] else zero
@@ -293,7 +293,7 @@ def _jvp_where(em, node, t):
 # --- matrix products -------------------------------------------------------------------
 
 @vjp("MatMul")
-def _vjp_matmul(em, node, g):
+def _vjp_matmul(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     a, b = node.input
     ra, rb = len(em.shape(a)), len(em.shape(b))
     if ra < 2 or rb < 2:
@@ -310,7 +310,7 @@ def _vjp_matmul(em, node, g):
 
 
 @jvp("MatMul")
-def _jvp_matmul(em, node, t):
+def _jvp_matmul(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     a, b = node.input
     terms = []
     if t[0]:
@@ -321,7 +321,7 @@ def _jvp_matmul(em, node, t):
 
 
 @vjp("Gemm")
-def _vjp_gemm(em, node, g):
+def _vjp_gemm(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     a = attrs(node)
     A, B = node.input[:2]
     C = _inp(node, 2)
@@ -342,7 +342,7 @@ def _vjp_gemm(em, node, g):
 
 
 @jvp("Gemm")
-def _jvp_gemm(em, node, t):
+def _jvp_gemm(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     a = attrs(node)
     A, B = node.input[:2]
     kw = {"alpha": float(a.get("alpha", 1.0)), "transA": int(a.get("transA", 0)), "transB": int(a.get("transB", 0))}
@@ -395,7 +395,7 @@ def _place(em: Emitter, g: str, weight: str, x: str, out_spatial, kernel, stride
 
 
 @vjp("Conv")
-def _vjp_conv(em, node, g):
+def _vjp_conv(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x, w = node.input[:2]
     if em.active(w) or (len(node.input) > 2 and node.input[2] and em.active(node.input[2])):
         _refuse(node, "weights that depend on the input")
@@ -419,19 +419,19 @@ def _vjp_conv(em, node, g):
 
 
 @jvp("Conv")
-def _jvp_conv(em, node, t):
+def _jvp_conv(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     if any(t[1:]):
         _refuse(node, "weights that depend on the input")
     return [em.op("Conv", [t[0], node.input[1]], **attrs(node))]
 
 
 @vjp("BatchNormalization")
-def _vjp_bn(em, node, g):
+def _vjp_bn(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     return [em.op("Mul", [g[0], _bn_factor(em, node)])] + [None] * (len(node.input) - 1)
 
 
 @jvp("BatchNormalization")
-def _jvp_bn(em, node, t):
+def _jvp_bn(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     return [em.op("Mul", [t[0], _bn_factor(em, node)])] + [None] * (len(node.output) - 1)
 
 
@@ -450,7 +450,7 @@ def _bn_factor(em: Emitter, node: onnx.NodeProto) -> str:
 
 
 @vjp("GlobalAveragePool")
-def _vjp_gap(em, node, g):
+def _vjp_gap(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
     n = int(np.prod(em.shape(x)[2:]))
     return [em.expand_like(em.op("Div", [g[0], em.scalar(float(n), x)]), x)]
@@ -458,7 +458,7 @@ def _vjp_gap(em, node, g):
 
 @jvp("GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum", "Flatten", "Reshape", "Transpose", "Squeeze",
      "Unsqueeze", "Expand", "Slice", "Gather")
-def _jvp_linear(em, node, t):
+def _jvp_linear(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     """Operators linear in their first input: apply them to the tangent."""
     if any(t[1:]):
         _refuse(node, "shape or index inputs that depend on the input")
@@ -466,7 +466,7 @@ def _jvp_linear(em, node, t):
 
 
 @vjp("AveragePool")
-def _vjp_avgpool(em, node, g):
+def _vjp_avgpool(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
     a = attrs(node)
     kernel = tuple(a["kernel_shape"])
@@ -537,7 +537,7 @@ def _tile_masks(em: Emitter, node: onnx.NodeProto, kernel, spatial, out_sp) -> l
 
 
 @vjp("MaxPool")
-def _vjp_maxpool(em, node, g):
+def _vjp_maxpool(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
     a = attrs(node)
     if tiled_maxpool(node, em.opset):
@@ -602,7 +602,7 @@ def _maxpool_tiles(em: Emitter, g: str, masks: list[str], kernel, spatial, out_s
 
 
 @jvp("MaxPool")
-def _jvp_maxpool(em, node, t):
+def _jvp_maxpool(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     if tiled_maxpool(node, em.opset):
         x, y = node.input[0], node.output[0]
         kernel, spatial, out_sp = tuple(attrs(node)["kernel_shape"]), em.shape(x)[2:], em.shape(y)[2:]
@@ -619,12 +619,12 @@ def _jvp_maxpool(em, node, t):
 # --- shape ops ---------------------------------------------------------------------------
 
 @vjp("Flatten", "Reshape", "Squeeze", "Unsqueeze")
-def _vjp_reshape(em, node, g):
+def _vjp_reshape(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     return [em.reshape_like(g[0], node.input[0])] + [None] * (len(node.input) - 1)
 
 
 @vjp("Transpose")
-def _vjp_transpose(em, node, g):
+def _vjp_transpose(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     rank = len(em.shape(node.input[0]))
     perm = list(attrs(node).get("perm", list(range(rank))[::-1]))
     inv = [0] * rank
@@ -634,7 +634,7 @@ def _vjp_transpose(em, node, g):
 
 
 @vjp("Expand")
-def _vjp_expand(em, node, g):
+def _vjp_expand(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
     return [em.unbroadcast(g[0], em.shape(node.output[0]), em.shape(x), x), None]
 
@@ -650,7 +650,7 @@ def _refuse_batch_axis(em: Emitter, node: onnx.NodeProto, axis: int) -> None:
 
 
 @vjp("Concat")
-def _vjp_concat(em, node, g):
+def _vjp_concat(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     rank = len(em.shape(node.output[0]))
     axis = _axis(node, rank, 0)
     _refuse_batch_axis(em, node, axis)
@@ -663,13 +663,13 @@ def _vjp_concat(em, node, g):
 
 
 @jvp("Concat")
-def _jvp_concat(em, node, t):
+def _jvp_concat(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     parts = [ti if ti else em.zeros_like(name) for ti, name in zip(t, node.input)]
     return [em.op("Concat", parts, axis=attrs(node).get("axis", 0))]
 
 
 @vjp("Split")
-def _vjp_split(em, node, g):
+def _vjp_split(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     rank = len(em.shape(node.input[0]))
     axis = _axis(node, rank, 0)
     _refuse_batch_axis(em, node, axis)
@@ -678,7 +678,7 @@ def _vjp_split(em, node, g):
 
 
 @jvp("Split")
-def _jvp_split(em, node, t):
+def _jvp_split(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     outs = em.op("Split", [t[0]] + list(node.input[1:]), n_out=len(node.output), **attrs(node))
     return list(outs) if isinstance(outs, list) else [outs]
 
@@ -700,7 +700,7 @@ def _slice_params(em: Emitter, node: onnx.NodeProto):
 
 
 @vjp("Slice")
-def _vjp_slice(em, node, g):
+def _vjp_slice(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     shape, rank, starts, ends, axes, steps = _slice_params(em, node)
     gx = g[0]
     pads = [0] * (2 * rank)
@@ -726,7 +726,7 @@ def _scatter_axis(em: Emitter, g: str, idx: np.ndarray, axis: int, n: int, rank:
 
 
 @vjp("Gather")
-def _vjp_gather(em, node, g):
+def _vjp_gather(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     data, indices = node.input
     shape = em.shape(data)
     rank = len(shape)
@@ -744,7 +744,7 @@ def _vjp_gather(em, node, g):
 
 
 @vjp("Pad")
-def _vjp_pad(em, node, g):
+def _vjp_pad(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
     shape = em.shape(x)
     rank = len(shape)
@@ -806,7 +806,7 @@ def _vjp_pad(em, node, g):
 
 
 @jvp("Pad")
-def _jvp_pad(em, node, t):
+def _jvp_pad(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     if any(t[1:]):
         _refuse(node, "pads that depend on the input")
     a = attrs(node)
@@ -844,7 +844,7 @@ def _reduce_axes(em: Emitter, node: onnx.NodeProto) -> tuple[list[int], bool]:
 
 
 @vjp("ReduceSum", "ReduceMean")
-def _vjp_reduce(em, node, g):
+def _vjp_reduce(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
     axes, keep = _reduce_axes(em, node)
     gy = g[0]
@@ -867,7 +867,7 @@ def _softmax_axes(em: Emitter, node: onnx.NodeProto) -> list[int]:
 
 
 @vjp("Softmax")
-def _vjp_softmax(em, node, g):
+def _vjp_softmax(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     y = node.output[0]
     axes = _softmax_axes(em, node)
     s = em.reduce_sum(em.op("Mul", [g[0], y]), axes, keepdims=True)
@@ -875,7 +875,7 @@ def _vjp_softmax(em, node, g):
 
 
 @jvp("Softmax")
-def _jvp_softmax(em, node, t):
+def _jvp_softmax(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     y = node.output[0]
     axes = _softmax_axes(em, node)
     s = em.reduce_sum(em.op("Mul", [t[0], y]), axes, keepdims=True)
@@ -883,7 +883,7 @@ def _jvp_softmax(em, node, t):
 
 
 @vjp("LogSoftmax")
-def _vjp_logsoftmax(em, node, g):
+def _vjp_logsoftmax(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     y = node.output[0]
     axes = _softmax_axes(em, node)
     s = em.reduce_sum(g[0], axes, keepdims=True)
@@ -891,7 +891,7 @@ def _vjp_logsoftmax(em, node, g):
 
 
 @jvp("LogSoftmax")
-def _jvp_logsoftmax(em, node, t):
+def _jvp_logsoftmax(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     y = node.output[0]
     axes = _softmax_axes(em, node)
     s = em.reduce_sum(em.op("Mul", [t[0], em.op("Exp", [y])]), axes, keepdims=True)
@@ -918,14 +918,14 @@ def _layernorm_core(em: Emitter, axes: list[int], v: str, xhat: str, inv: str, x
 
 
 @vjp("LayerNormalization")
-def _vjp_layernorm(em, node, g):
+def _vjp_layernorm(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     axes, xhat, inv = _layernorm_parts(em, node)
     gh = em.op("Mul", [g[0], node.input[1]])
     return [_layernorm_core(em, axes, gh, xhat, inv, node.input[0])] + [None] * (len(node.input) - 1)
 
 
 @jvp("LayerNormalization")
-def _jvp_layernorm(em, node, t):
+def _jvp_layernorm(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     axes, xhat, inv = _layernorm_parts(em, node)
     core = _layernorm_core(em, axes, t[0], xhat, inv, node.input[0])
     return [em.op("Mul", [core, node.input[1]]), None, None]
@@ -985,7 +985,7 @@ def _resize_matrix(em: Emitter, node: onnx.NodeProto, axis: int, rank: int, n_in
 
 
 @vjp("Resize", "Upsample")
-def _vjp_resize(em, node, g):
+def _vjp_resize(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x, y = node.input[0], node.output[0]
     a = attrs(node)
     if _s(a.get("coordinate_transformation_mode", "")) == "tf_crop_and_resize":
@@ -1008,7 +1008,7 @@ def _vjp_resize(em, node, g):
 
 
 @jvp("Resize", "Upsample")
-def _jvp_resize(em, node, t):
+def _jvp_resize(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     if any(t[1:]):
         _refuse(node, "scales or sizes that depend on the input")
     return [em.op(node.op_type, [t[0]] + list(node.input[1:]), **attrs(node))]

@@ -101,12 +101,38 @@ class GraphEngine:
         return tuple(self.run("fisher", [LOGP, JVP_OUT, GRAD], x, {TANGENT: v}))  # type: ignore[return-value]
 
     def jacobians(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact S for each of N points: K VJPs each (rows e_k), batched. Returns (log p (N, K), S (N, K, d))."""
+        """Exact S for each of N points: K VJPs each (rows e_k), batched. Returns (log p (N, K), S (N, K, d)).
+
+        With a symbolic batch the reverse graph takes K cotangent rows per point and runs the
+        model once per point; a fixed-batch graph gets each point repeated K times.
+        """
         n, k = x.shape[0], self.n_classes
-        rows = np.repeat(x, k, axis=0)
-        u = np.tile(np.eye(k), (n, 1))
-        lp, g = self.vjp(rows, u)
-        return lp[::k], g.reshape(n, k, -1)
+        if not self.graphs.multi:
+            lp, g = self.vjp(np.repeat(x, k, axis=0), np.tile(np.eye(k), (n, 1)))
+            return lp[::k], g.reshape(n, k, -1)
+        per_run = max(1, self.max_rows // k)
+        lps, grads = [], []
+        for start in range(0, n, per_run):
+            pts = x[start : start + per_run]
+            lp, g = self._run_multi(pts, np.tile(np.eye(k), (pts.shape[0], 1)))
+            lps.append(lp)
+            grads.append(g.reshape(pts.shape[0], k, -1))
+        return np.concatenate(lps), np.concatenate(grads)
+
+    def _run_multi(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One reverse run with u.shape[0] / x.shape[0] cotangent rows per point."""
+        session = self._session("reverse")[0]
+        dtype = self.graphs.input_dtype
+        feed = {self.graphs.input_name: np.ascontiguousarray(x, dtype=dtype), COTANGENT: np.ascontiguousarray(u, dtype=dtype)}
+        t0 = time.perf_counter()
+        try:
+            lp, g = session.run([LOGP, GRAD], feed)
+        except Exception as exc:
+            raise ModelOutputError(f"onnxruntime failed while running the gradient graph: {translate_ort_error(exc)}") from None
+        self.seconds += time.perf_counter() - t0
+        self.rows += u.shape[0]
+        self.passes += 1
+        return np.asarray(lp, dtype=np.float64), np.asarray(g, dtype=np.float64)
 
 
 class GradientGraph:

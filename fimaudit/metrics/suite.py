@@ -85,7 +85,7 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
         if lo < -1e-6 or hi > 1 + 1e-6:
             raise ConfigError("corruptions need images in [0, 1] after --scale (e.g. --scale 1/255 for uint8 pixels)")
         rng = np.random.default_rng([cfg.seed, 7])
-        names = applicable(model.sample_shape)
+        names = applicable(_image_shape(model.sample_shape, prep.layout))
         skipped = [n for n in CORRUPTIONS if n not in names]
         if skipped:
             notes.append(f"{', '.join(skipped)} skipped: the last two axes of the sample shape "
@@ -117,6 +117,15 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
         "notes": notes,
         "timing": {"seconds": time.perf_counter() - t0},
     })
+
+
+def _image_shape(sample_shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:
+    """The per-sample shape ``_corrupt_images`` hands to the corruptions (channels first)."""
+    if layout.name == "nhwc":
+        return (sample_shape[-1],) + tuple(sample_shape[-3:-1])
+    if layout.name == "flat" and layout.height is not None:
+        return (1, layout.height, layout.width)
+    return tuple(sample_shape)
 
 
 def _corrupt_images(x: np.ndarray, name: str, severity: int, rng: np.random.Generator, layout: Layout) -> np.ndarray:

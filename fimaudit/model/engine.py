@@ -17,6 +17,9 @@ from .spec import ModelInfo
 from .session import translate_ort_error
 
 
+CPU_BATCH_BYTES = 32 * 1024 * 1024
+
+
 class Model:
     """A validated ONNX classifier ready to be queried. Not thread-safe."""
 
@@ -34,6 +37,11 @@ class Model:
         self.requested_batch = int(max_batch)
         self.device_plan = device_plan(provider, int(max_batch), proto, info.sample_shape)
         self.max_batch = self.device_plan.batch if info.fixed_batch is None else int(info.fixed_batch)
+        if info.fixed_batch is None and self.device_plan.binding is None:
+            # Large inputs on the CPU: at most CPU_BATCH_BYTES of input rows per run, since
+            # onnxruntime's activations grow with the batch (3x224x224: 55 rows rather than 256).
+            per_row = max(1, info.d * self._dtype.itemsize)
+            self.max_batch = max(1, min(self.max_batch, CPU_BATCH_BYTES // per_row))
         self._bound = None
         if self.device_plan.binding is not None:
             self.bind_io(self.device_plan.binding)

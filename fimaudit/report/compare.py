@@ -35,7 +35,25 @@ def compare_tables(rep: dict) -> list[Table]:
             val, ci = v[k]["value"], v[k]["ci"]
             cells.append("-" if val is None else f"{val:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{val:+.2f}")
         c.add_row(m, str(v["n"]), *cells)
-    return [t, c]
+    tables = [t, c]
+    if rep.get("validity"):
+        tables.append(validity_table(rep["validity"]))
+    return tables
+
+
+def validity_table(validities: list[dict]) -> Table:
+    """Per model: Spearman rho of the FIM-predicted radius with the minimal adversarial L2 distance."""
+    t = Table(title="Per-sample validity: rho(sqrt(2 KL*/lambda_max), minimal adversarial L2 distance), 95% bootstrap CI",
+              title_justify="left")
+    for col in ("model", "n", "Spearman", "median dist/r", "lambda", "distances"):
+        t.add_column(col)
+    for v in validities:
+        sp = v["spearman"]
+        cell = "-" if sp["value"] is None else (f"{sp['value']:+.2f} [{sp['ci'][0]:+.2f}, {sp['ci'][1]:+.2f}]"
+                                                if sp["ci"] else f"{sp['value']:+.2f}")
+        t.add_row(v["model"], str(sp["n"]), cell, _fmt(v["median_distance_over_radius"]),
+                  f"{v['lambda_method']} ({v['lambda_gradients']})", v["distance_gradients"])
+    return t
 
 
 def compare_markdown(rep: dict, columns=COLUMNS, target: str | None = None) -> str:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..result import ScanResult
-from .terminal import _fmt
+from .terminal import _dither_text, _fmt, _gradients_text, preprocess_line, summary_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
@@ -58,10 +58,9 @@ def render_html(result: ScanResult) -> str:
     cfg = result.config
     e = html.escape
     rows = []
-    for name, st in (("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace), ("certified lower bound", s.lower_bound)):
-        if st.count:
-            rows.append(f"<tr><td class=l>{name}</td><td>{_fmt(st.mean)}</td><td>{_fmt(st.median)}</td>"
-                        f"<td>{_fmt(st.p90)}</td><td>{_fmt(st.max)}</td><td>{st.count}</td></tr>")
+    for name, st in summary_rows(s):
+        rows.append(f"<tr><td class=l>{name}</td><td>{_fmt(st.mean)}</td><td>{_fmt(st.median)}</td>"
+                    f"<td>{_fmt(st.p90)}</td><td>{_fmt(st.max)}</td><td>{st.count}</td></tr>")
     facts = [
         ("model", f"{m['path']} (sha256 {m['sha256']})"),
         ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
@@ -70,17 +69,21 @@ def render_html(result: ScanResult) -> str:
                    f"seed {cfg.get('seed')}"),
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
+        ("dither", _dither_text(result.run.dither_used)),
+        ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
+        ("preprocess", preprocess_line(cfg) or "-"),
     ]
     b = result.bound
     if b is not None:
-        facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}" if b.get("fim_upper") is not None
-                      else f"none: {b.get('reason')}"))
+        facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}"
+                      + (" (vacuous: more than 1e6 times the measured median)" if b.get("vacuous") else "")
+                      if b.get("fim_upper") is not None else f"none: {b.get('reason')}"))
     sample_rows = "".join(
         f"<tr><td>{x.index}</td><td>{'-' if x.label is None else x.label}</td><td>{x.predicted}</td>"
         f"<td>{_fmt(x.lambda_max)}</td><td>{'-' if x.lambda_max_ci is None else _fmt(x.lambda_max_ci[0]) + ' – ' + _fmt(x.lambda_max_ci[1])}</td>"
-        f"<td>{_fmt(x.trace)}</td><td>{_fmt(x.lower_bound)}</td><td>{x.queries}</td></tr>"
+        f"<td>{_fmt(x.trace)}</td><td>{_fmt(x.lower_bound if x.lower_bound is not None else x.lower_estimate)}</td><td>{x.queries}</td></tr>"
         for x in result.samples
     )
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.notes)
@@ -93,6 +96,6 @@ def render_html(result: ScanResult) -> str:
         "<table>" + "".join(f"<tr><th class=l>{e(k)}</th><td class=l>{e(v)}</td></tr>" for k, v in facts) + "</table>"
         f"{notes}<h2>lambda_max per sample</h2>{_histogram_svg([x.lambda_max for x in result.samples])}"
         "<h2>Samples</h2><table><tr><th>index</th><th>label</th><th>predicted</th><th>lambda_max</th><th>95% interval</th>"
-        f"<th>trace</th><th>lower bound</th><th>queries</th></tr>{sample_rows}</table>"
+        f"<th>trace</th><th>lower bound or estimate</th><th>queries</th></tr>{sample_rows}</table>"
         f"<p>fimaudit {e(str(result.runtime.get('fimaudit')))}, schema {e(result.schema_version)}</p></body></html>\n"
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..result import ScanResult
-from .terminal import _fmt
+from .terminal import _dither_text, _fmt, _gradients_text, preprocess_line, summary_rows
 
 
 def render_markdown(result: ScanResult) -> str:
@@ -18,15 +18,17 @@ def render_markdown(result: ScanResult) -> str:
         f"- output: `{m['output']['name']}`, {m['output']['kind']}, {m['output']['classes']} classes",
         f"- method: {result.run.method_used}, budget {cfg.get('budget')} queries per sample, seed {cfg.get('seed')}",
         f"- units: {result.units.get('description', '')}",
+        f"- preprocess: {preprocess_line(cfg) or '-'}",
+        f"- dither: {_dither_text(result.run.dither_used)}",
+        f"- gradients: {_gradients_text(result.run.gradients_used, result.run.cross_check_result)}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
         f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
         "",
         "| quantity | mean | median | p90 | max | n |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, st in (("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace), ("lower bound", s.lower_bound)):
-        if st.count:
-            lines.append(f"| {name} | {_fmt(st.mean)} | {_fmt(st.median)} | {_fmt(st.p90)} | {_fmt(st.max)} | {st.count} |")
+    for name, st in summary_rows(s):
+        lines.append(f"| {name} | {_fmt(st.mean)} | {_fmt(st.median)} | {_fmt(st.p90)} | {_fmt(st.max)} | {st.count} |")
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     return "\n".join(lines) + "\n"

@@ -20,16 +20,53 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def preprocess_line(cfg: dict) -> str | None:
+    """How stored data became model input (preset or --scale/--mean/--std, layout and its evidence)."""
+    pp = cfg.get("preprocess")
+    if not pp:
+        return None
+    lay = pp.get("layout") or {}
+    return f"{pp.get('how')}; layout {str(lay.get('name', '?')).upper()} ({lay.get('evidence', '')})"
+
+
+def _dither_text(d: dict | None) -> str:
+    """Where F was evaluated: x, or x + sigma xi and why."""
+    if not d or not d.get("sigma"):
+        return "none: F at the samples themselves"
+    how = "automatic: exact input ties" if d.get("source") == "auto" else "set by --dither"
+    return f"sigma = {_fmt(d['sigma'])} ({how}); F at x + sigma*xi"
+
+
+def _gradients_text(g: dict | None, cross: dict | None = None) -> str:
+    """Which Jacobian source the scan used, the self-check's figures or why the graph was refused."""
+    if not g or g.get("source") != "graph":
+        return "finite differences (black-box)" + (f": {g['reason']}" if g and g.get("reason") else "")
+    c = g.get("check") or {}
+    text = (f"gradient graph (self-check passed: JVP error {_fmt(c.get('jvp_error'))}, VJP error "
+            f"{_fmt(c.get('vjp_error'))}, finite-difference error {_fmt(c.get('fd_discrepancy'))})")
+    if cross:
+        text += (f"; black-box {cross['method']} against it: median relative error {_fmt(cross['median_relative_error'])}, "
+                 f"max {_fmt(cross['max_relative_error'])}")
+    return text
+
+
+def summary_rows(s) -> list[tuple[str, Stats]]:
+    """The summary's quantities with their display names; lower bounds only when measured."""
+    rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
+    if s.lower_bound.count:
+        rows.append(("certified lower bound", s.lower_bound))
+    if s.lower_estimate.count:
+        rows.append(("lower estimate (FD, not certified)", s.lower_estimate))
+    return rows
+
+
 def summary_table(result: ScanResult) -> Table:
     s = result.summary
     table = Table(title=f"Input-space Fisher information ({result.units.get('space', 'input')} units)", title_justify="left")
     table.add_column("quantity")
     for col in ("mean", "median", "p90", "max"):
         table.add_column(col, justify="right")
-    rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
-    if s.lower_bound.count:
-        rows.append(("certified lower bound", s.lower_bound))
-    for name, st in rows:
+    for name, st in summary_rows(s):
         table.add_row(name, _fmt(st.mean), _fmt(st.median), _fmt(st.p90), _fmt(st.max))
     return table
 
@@ -50,21 +87,21 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("queries", f"{s.queries_total} total, budget {cfg.get('budget')} per sample, {s.calibration_queries} for the step check"),
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
+        ("dither", _dither_text(result.run.dither_used)),
+        ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
-    pp = cfg.get("preprocess")
-    if pp:
-        lay = pp.get("layout") or {}
-        facts.insert(4, ("preprocess", f"{pp.get('how')}; layout {str(lay.get('name', '?')).upper()} "
-                                       f"({lay.get('evidence', '')})"))
+    if preprocess_line(cfg):
+        facts.insert(4, ("preprocess", preprocess_line(cfg)))
     b = result.bound
     if b is not None:
         if b.get("fim_upper") is not None:
             ratio = (b.get("measured_over_bound") or {}).get("median")
             facts.insert(3, ("bound", f"lambda_max <= {_fmt(b['fim_upper'])} from the weights (L = {_fmt(b['lipschitz'])}, "
-                                      f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"))
+                                      f"{b.get('family') or '?'} family); median measured/bound = {_fmt(ratio)}"
+                                      + ("; VACUOUS (> 1e6 x measured)" if b.get("vacuous") else "")))
         else:
             facts.insert(3, ("bound", f"none from the weights: {b.get('reason')}"))
     print_facts(console, facts, result.notes)
