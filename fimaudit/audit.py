@@ -200,6 +200,7 @@ class AuditContext:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. inputs and worst directions
     progress: ProgressFn | None = None
     unlabelled_reason: str | None = None  # set when the data has no labels 'y'
+    execution: Any = None  # fimaudit.distributed.Execution: scan and certify run their samples on Dask workers
 
     def step(self, section: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -219,7 +220,7 @@ def _scan_section(ctx: AuditContext) -> dict:
         direction_path = os.path.join(tmp, "directions.npy")
         scfg = cfg.build(ScanConfig, save_direction=direction_path)
         scfg.validate()
-        result = scan(scfg, lambda done, total, _q: ctx.step("scan", done, total))
+        result = scan(scfg, lambda done, total, _q: ctx.step("scan", done, total), ctx.execution)
         if os.path.exists(direction_path):
             ctx.arrays["directions"] = np.load(direction_path, allow_pickle=False)
     return result.to_dict()
@@ -366,7 +367,7 @@ def _certify_section(ctx: AuditContext) -> dict:
         raise Unavailable("randomized smoothing runs only when the policy's [audit] sets certify_sigma")
     ccfg = cfg.build(CertifyConfig, sigma=cfg.certify_sigma, n=cfg.certify_n, radii=tuple(cfg.certify_radii))
     ccfg.validate()
-    return certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total)).to_dict()
+    return certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total), ctx.execution).to_dict()
 
 
 SECTIONS: list[SectionSpec] = [
@@ -381,13 +382,13 @@ SECTIONS: list[SectionSpec] = [
 ]
 
 
-def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None) -> AuditResult:
+def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: Any = None) -> AuditResult:
     """Every section in order; bad input (model, data, options) raises, a failing section is recorded."""
     cfg.validate()
     # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    ctx = AuditContext(cfg, progress=progress)
+    ctx = AuditContext(cfg, progress=progress, execution=execution)
     if cfg.data is not None:
         prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
                        DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))

@@ -21,12 +21,12 @@ import numpy as np
 from scipy.stats import beta, norm
 
 from .data import Preprocess, synthetic_data
-from .images import DEFAULT_RESIZE, DataOptions, prepare
+from .images import DEFAULT_RESIZE
 from .errors import ConfigError
-from .model import load_model
 from .model.engine import Model
 from .result import Stats, _clean
 from .scan import _runtime as scan_runtime
+from .scan import load as scan_load
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -425,21 +425,11 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
     from .distributed import run_per_sample
 
     t_start = time.perf_counter()
-    config.validate()
-    model = load_model(
-        config.model,
-        input_name=config.input_name,
-        output_name=config.output_name,
-        input_shape=config.input_shape,
-        device=config.device,
-        max_batch=config.max_batch,
-        threads=config.threads,
-    )
+    loaded = scan_load(config)  # validates, loads the model, prepares the data: the same stage 1 as scan
+    model, prepared = loaded.model, loaded.prepared
     shape = model.sample_shape
-    prepared = prepare(model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
-                       tuple(config.std), DataOptions(config.layout, config.resize, config.channels, config.preset))
     pre = prepared.pre
-    notes: list[str] = list(model.info.notes) + list(prepared.notes)
+    notes: list[str] = list(loaded.notes)
     if prepared.dataset is not None:
         dataset = prepared.dataset
         if config.samples is None:

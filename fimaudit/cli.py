@@ -693,7 +693,7 @@ def _timestamp() -> str:
     return when.replace(microsecond=0).isoformat()
 
 
-@command("audit", "data", "budget", "out", defaults={"samples": 20})
+@command("audit", "data", "budget", "cluster", "out", defaults={"samples": 20})
 def audit_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
@@ -708,9 +708,10 @@ def audit_cmd(
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
     cfg = AuditConfig(**apply_to_config(policy, {**opts.config_fields(), "model": str(model)}))
     cfg.validate()
+    execution = opts.execution()
     created = _timestamp()
     if opts.quiet:
-        result = run_audit(cfg)
+        result = run_audit(cfg, execution=execution)
     else:
         with Progress(TextColumn("[bold]auditing"), TextColumn("{task.fields[section]}"), BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -719,7 +720,7 @@ def audit_cmd(
             def progress(section: str, done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total, section=section)
 
-            result = run_audit(cfg, progress)
+            result = run_audit(cfg, progress, execution)
     checks = () if policy is None else evaluate(policy, result)
     result = AuditResult(result.model, result.config, result.sections, checks,
                          None if policy is None else policy.to_dict(), created)

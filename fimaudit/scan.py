@@ -671,15 +671,38 @@ class ScanWork:
     """Stage 4 on a chunk of samples, for ``fimaudit.distributed``: picklable, rebuilds the oracle per model."""
 
     config: ScanConfig
-    calib: Calibration
+    calib: Calibration  # without its gradient graph (it holds onnxruntime sessions, which do not pickle)
     pre: Preprocess | None  # estimation space -> model input when the points are in data units
+    graph_rows: np.ndarray | None = None  # the rows the client built and checked its graph on; None: no graph
 
     def __call__(self, model: Model, indices, points: np.ndarray, labels) -> list[SampleOutcome]:
+        from dataclasses import replace
+
         shape = model.sample_shape
         to_input = None if self.pre is None else (lambda rows: self.pre.apply(rows, shape))
         oracle = LogProbOracle(model, self.calib.kind, to_input)
-        return [estimate_sample(oracle, self.config, self.calib, int(i), x, label)
+        calib = self.calib
+        if self.graph_rows is not None:
+            calib = replace(calib, graph=_worker_graph(model, self.calib.kind, self.config, self.graph_rows))
+        return [estimate_sample(oracle, self.config, calib, int(i), x, label)
                 for i, x, label in zip(indices, points, labels)]
+
+
+_WORKER_GRAPHS: dict[tuple, object] = {}
+
+
+def _worker_graph(model: Model, kind: str, config: ScanConfig, rows: np.ndarray):
+    """The gradient graph rebuilt once per worker process, as the client built it (same rows, same seed)."""
+    from .autodiff.select import build_gradient_source
+
+    key = (model.info.sha256, kind, config.gradients, config.seed, config.threads)
+    if key not in _WORKER_GRAPHS:
+        choice = build_gradient_source(model, kind, config.gradients, rows, np.random.default_rng([config.seed, 5]),
+                                       threads=config.threads)
+        if choice.source != "graph":
+            raise ConfigError(f"a Dask worker could not build the gradient graph the client built ({choice.reason})")
+        _WORKER_GRAPHS[key] = choice
+    return _WORKER_GRAPHS[key]
 
 
 def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None) -> ScanResult:
@@ -732,7 +755,10 @@ def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib:
     model = loaded.model
     n = points.x.shape[0]
     labels = [None] * n if points.labels is None else [int(v) for v in points.labels]
-    work = ScanWork(config, calib, loaded.pre if points.to_input is not None else None)
+    rows = None
+    if calib.graph is not None:
+        rows = points.to_input(points.x[:2]) if points.to_input is not None else points.x[:2]
+    work = ScanWork(config, replace(calib, graph=None), loaded.pre if points.to_input is not None else None, rows)
     client_queries = model.queries
     outcomes, info = run_per_sample(
         work, model, points.x, labels, execution=execution, device=config.device, threads=config.threads,

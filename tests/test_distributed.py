@@ -156,12 +156,13 @@ def test_compare_distributes_models_with_the_same_rows(tmp_path, cluster):
     assert all("worker" in r["timing"] for r in remote["rows"])
 
 
-def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_path):
+@pytest.mark.parametrize("gradients", ["fd", "auto"])  # auto: the gradient graph, rebuilt on each worker
+def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_path, gradients):
     from fimaudit.scan import ScanConfig, scan
 
     model, data = setup
     cfg = ScanConfig(model=str(model), data=str(data), method="sketch", budget=40, scale=1 / 255, space="data",
-                     save_direction=str(tmp_path / "local.npy"))
+                     save_direction=str(tmp_path / "local.npy"), gradients=gradients)
     local = scan(cfg)
     from dataclasses import replace
 
@@ -174,3 +175,21 @@ def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_
     assert strip(remote.to_dict()) == strip(local.to_dict())
     assert remote.summary.queries_total == local.summary.queries_total
     np.testing.assert_array_equal(np.load(tmp_path / "remote.npy"), np.load(tmp_path / "local.npy"))
+    assert local.run.gradients_used["source"] == ("graph" if gradients == "auto" else "fd")
+
+
+def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
+    from fimaudit.audit import AuditConfig, run_audit
+
+    model, data = setup
+    cfg = AuditConfig(model=str(model), data=str(data), samples=4, budget=40, scale=1 / 255, sections=("scan", "certify"),
+                      certify_sigma=0.5, certify_n=300)
+    local = run_audit(cfg)
+    remote = run_audit(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
+    for name in ("scan", "certify"):
+        a, b = local.section(name), remote.section(name)
+        assert a.status == b.status == "ok", (a.reason, b.reason)
+        same = lambda d: {k: v for k, v in d.items() if k != "timing"} | {  # noqa: E731
+            "config": {k: v for k, v in d["config"].items() if k != "save_direction"}}  # a temporary file per audit
+        assert same(b.data) == same(a.data)
+    assert remote.section("certify").data["timing"]["execution"]["mode"] == "dask"
