@@ -64,7 +64,12 @@ class AttackConfig:
     extra: dict = field(default_factory=dict)
 
 
-def load_attack_inputs(cfg: AttackConfig):
+def load_attack_inputs(cfg: AttackConfig) -> tuple:
+    """(model, oracle, output kind, attack-space rows x, labels y, attack-space preprocessing).
+
+    Attack space is the data times the scale; the returned ``Preprocess`` (scale 1) maps it to
+    model input with the resolved mean/std (preset or flags) on the detected channel axis.
+    """
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
@@ -75,10 +80,10 @@ def load_attack_inputs(cfg: AttackConfig):
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
     x = np.asarray(ds.x, dtype=np.float64) * pre.scale
     oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
-    return model, oracle, kind, x, ds.y
+    return model, oracle, kind, x, ds.y, Preprocess(1.0, pre.mean, pre.std, pre.channel_axis)
 
 
-def gradient_oracle(model, oracle, kind: str, mean, std, x: np.ndarray, mode: str, seed: int):
+def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mode: str, seed: int):
     """Attack-space exact gradients from the model's gradient graph (self-checked), or (None, reason).
 
     Attack space is the data times --scale; the model receives (x - mean) / std, so a VJP in
@@ -88,7 +93,6 @@ def gradient_oracle(model, oracle, kind: str, mean, std, x: np.ndarray, mode: st
     from .autodiff.select import build_gradient_source
 
     shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std))
     to_input = (lambda rows: rows) if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     from .estimators.fd import input_scale
     from .scan import DITHER_REL, TIE_WARNING_SHARE, _tie_fraction
@@ -118,11 +122,11 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
     from .attacks import WHITEBOX, Square, sanity_flags
 
     t0 = time.perf_counter()
-    model, oracle, kind, x, y = load_attack_inputs(cfg)
+    model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
     attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
     gradients = None
     if cfg.attack in WHITEBOX:
-        wb, gradients = gradient_oracle(model, oracle, kind, cfg.mean, cfg.std, x, cfg.gradients, cfg.seed)
+        wb, gradients = gradient_oracle(model, oracle, kind, pre, x, cfg.gradients, cfg.seed)
         if wb is None:
             raise ConfigError(f"--attack {cfg.attack} needs exact gradients, but {gradients['reason']}; "
                               "use a black-box attack (pgd, square)")
@@ -233,8 +237,8 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     lam = np.array([s.lambda_max for s in res.samples]) / (spec.scale**2 if space == "data" else 1.0)
     base = AttackConfig(model=spec.path, data=spec.data, samples=samples, scale=spec.scale, mean=tuple(spec.mean),
                         std=tuple(spec.std), seed=seed, input_range=tuple(spec.input_range))
-    model, oracle, kind, x, y = load_attack_inputs(base)
-    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, spec.mean, spec.std, x,
+    model, oracle, kind, x, y, pre = load_attack_inputs(base)
+    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, seed)
     if wb is None:
         wb = GradientOracle(oracle, fd_vjp_at(oracle, 1e-3 * (spec.input_range[1] - spec.input_range[0])))
@@ -276,7 +280,7 @@ def compare_row(
         r = rep["results"][0]
         row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
         row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
-    model, oracle, _, x, y = load_attack_inputs(base)
+    model, oracle, _, x, y, _ = load_attack_inputs(base)
     n_batches = max(2, clever_points // 5)
     scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
                      batch_size=5).score for i in range(min(clever_samples, len(x)))]
@@ -388,9 +392,9 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     t0 = time.perf_counter()
     if gradients not in ("auto", "graph", "fd"):
         raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
-    model, oracle, kind, x, y = load_attack_inputs(cfg)
+    model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
     h = 1e-3 * (cfg.input_range[1] - cfg.input_range[0])
-    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, cfg.mean, cfg.std, x,
+    wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, cfg.seed)
     if wb is None and gradients == "graph":
         raise ConfigError(f"--gradients graph: {record['reason']}")
