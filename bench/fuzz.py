@@ -268,6 +268,13 @@ def m_external(m, rng, folder: Path):
     choice = _pick(rng, ["outside", "absolute", "dev-zero", "fifo", "symlink-out", "missing", "ok", "huge-length",
                          "bad-offset", "dir", "symlink-dev"])
     loc, length = "w.bin", str(len(raw))
+    # A case can get this mutation twice: clear what the first left at w.bin (writing into a FIFO
+    # left there would block the harness itself).
+    w = folder / "w.bin"
+    if w.is_symlink() or w.is_file() or w.is_fifo():
+        w.unlink()
+    elif w.is_dir():
+        shutil.rmtree(w)
     if choice == "outside":
         (folder.parent / "secret.bin").write_bytes(raw)
         loc = "../secret.bin"
