@@ -193,3 +193,29 @@ def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
             "config": {k: v for k, v in d["config"].items() if k != "save_direction"}}  # a temporary file per audit
         assert same(b.data) == same(a.data)
     assert remote.section("certify").data["timing"]["execution"]["mode"] == "dask"
+
+
+@pytest.mark.parametrize("attack,norm", [("pgd", "linf"), ("square", "l2")])
+def test_attack_on_the_cluster_equals_the_single_process_attack(setup, cluster, attack, norm):
+    from fimaudit.evidence import AttackConfig, run_attack
+
+    model, data = setup
+    cfg = AttackConfig(model=str(model), data=str(data), attack=attack, norm=norm, eps=(0.05, 0.3), budget=60,
+                       scale=1 / 255, seed=3)
+    local = run_attack(cfg)
+    remote = run_attack(cfg, execution=Execution(scheduler=cluster[0].scheduler_address, chunk=3))
+    local, remote = local.to_dict(), remote.to_dict()
+    assert {k: v for k, v in remote.items() if k != "timing"} == {k: v for k, v in local.items() if k != "timing"}
+    ex = remote["timing"]["execution"]
+    assert ex["mode"] == "dask" and ex["chunks"] == 3 and sum(w["samples"] for w in ex["per_worker"]) == 7
+    # the attack did something: some queries beyond the final evaluation
+    assert all(s["queries"] > 1 for s in local["results"][0]["samples"] if s["correct"])
+
+
+def test_whitebox_attack_refuses_workers_in_one_line(setup, cluster):
+    from fimaudit.evidence import AttackConfig, run_attack
+
+    model, data = setup
+    cfg = AttackConfig(model=str(model), data=str(data), attack="apgd", scale=1 / 255)
+    with pytest.raises(ConfigError, match="cannot run on --workers"):
+        run_attack(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
