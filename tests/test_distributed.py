@@ -219,3 +219,25 @@ def test_whitebox_attack_refuses_workers_in_one_line(setup, cluster):
     cfg = AttackConfig(model=str(model), data=str(data), attack="apgd", scale=1 / 255)
     with pytest.raises(ConfigError, match="cannot run on --workers"):
         run_attack(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
+
+
+def test_attack_cli_takes_the_cluster_flags(setup, cluster, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    model, data = setup
+    args = ["attack", str(model), "--data", str(data), "--scale", "1/255", "--attack", "square", "--eps", "0.1",
+            "--budget", "30", "-q", "--json"]
+    runner = CliRunner()
+    one = runner.invoke(app, args + [str(tmp_path / "one.json")], catch_exceptions=False)
+    two = runner.invoke(app, args + [str(tmp_path / "two.json"), "--scheduler", cluster[0].scheduler_address],
+                        catch_exceptions=False)
+    assert one.exit_code == 0 and two.exit_code == 0, two.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["timing"]["execution"]["mode"] == "dask"
+    assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
+    bad = runner.invoke(app, args[:-1] + ["--attack", "apgd", "--workers", "2"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "cannot run on --workers" in bad.stderr
