@@ -182,8 +182,8 @@ def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
     from fimaudit.audit import AuditConfig, run_audit
 
     model, data = setup
-    cfg = AuditConfig(model=str(model), data=str(data), samples=4, budget=40, scale=1 / 255, sections=("scan", "certify"),
-                      certify_sigma=0.5, certify_n=300)
+    cfg = AuditConfig(model=str(model), data=str(data), samples=4, budget=40, scale=1 / 255,
+                      sections=("scan", "certify", "attacks"), certify_sigma=0.5, certify_n=300)
     local = run_audit(cfg)
     remote = run_audit(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
     for name in ("scan", "certify"):
@@ -193,6 +193,17 @@ def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
             "config": {k: v for k, v in d["config"].items() if k != "save_direction"}}  # a temporary file per audit
         assert same(b.data) == same(a.data)
     assert remote.section("certify").data["timing"]["execution"]["mode"] == "dask"
+    # attacks: black-box runs on the workers, white-box APGD in the client; the runs equal the local ones
+    runs = [(x, y) for x, y in zip(local.section("attacks").data["runs"], remote.section("attacks").data["runs"])]
+    assert len(runs) >= 2
+    def steady(run: dict) -> dict:  # APGD's gradient record has its graph build time, a wall-clock field
+        grads = run.get("gradients") and {k: v for k, v in run["gradients"].items() if k != "build_seconds"}
+        return {k: v for k, v in run.items() if k != "timing"} | {"gradients": grads}
+
+    for x, y in runs:
+        assert steady(x) == steady(y)
+    assert {r["config"]["attack"]: r["timing"].get("execution", {}).get("mode")
+            for r in remote.section("attacks").data["runs"]}.get("pgd") == "dask"
 
 
 @pytest.mark.parametrize("attack,norm", [("pgd", "linf"), ("square", "l2")])
