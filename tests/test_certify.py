@@ -253,3 +253,24 @@ def test_policy_values_by_name(linear):
     for bad in ("certified_accuracy[r=-1]", "certified_accuracy[r=x]", "lambda_max"):
         with pytest.raises(ConfigError):
             res.metric(bad)
+
+
+def test_report_re_renders_a_saved_certify_json(linear, tmp_path):
+    """`fimaudit report saved.json` prints what `certify` printed; --format json gives the saved report back."""
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    _, model, data, _ = linear
+    runner = CliRunner()
+    saved = tmp_path / "c.json"
+    res = runner.invoke(app, ["certify", str(model), "--data", str(data), "--sigma", "0.25", "--n", "500", "--n0", "20",
+                              "--radii", "0,0.1", "--json", str(saved)], env={"COLUMNS": "110"}, catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    text = runner.invoke(app, ["report", str(saved)], catch_exceptions=False)
+    assert text.exit_code == 0, text.stderr
+    assert "certified accuracy" in text.stdout and text.stdout == res.stdout
+    again = runner.invoke(app, ["report", str(saved), "--format", "json"], catch_exceptions=False)
+    assert json.loads(again.stdout) == json.loads(saved.read_text())
+    md = runner.invoke(app, ["report", str(saved), "--format", "markdown"])
+    assert md.exit_code == 2 and "text, json" in md.stderr and md.stderr.count("\n") == 1

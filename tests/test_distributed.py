@@ -182,8 +182,8 @@ def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
     from fimaudit.audit import AuditConfig, run_audit
 
     model, data = setup
-    cfg = AuditConfig(model=str(model), data=str(data), samples=4, budget=40, scale=1 / 255, sections=("scan", "certify"),
-                      certify_sigma=0.5, certify_n=300)
+    cfg = AuditConfig(model=str(model), data=str(data), samples=4, budget=40, scale=1 / 255,
+                      sections=("scan", "certify", "attacks"), certify_sigma=0.5, certify_n=300)
     local = run_audit(cfg)
     remote = run_audit(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
     for name in ("scan", "certify"):
@@ -193,3 +193,62 @@ def test_audit_scan_and_certify_sections_on_the_cluster(setup, cluster):
             "config": {k: v for k, v in d["config"].items() if k != "save_direction"}}  # a temporary file per audit
         assert same(b.data) == same(a.data)
     assert remote.section("certify").data["timing"]["execution"]["mode"] == "dask"
+    # attacks: black-box runs on the workers, white-box APGD in the client; the runs equal the local ones
+    runs = [(x, y) for x, y in zip(local.section("attacks").data["runs"], remote.section("attacks").data["runs"])]
+    assert len(runs) >= 2
+    def steady(run: dict) -> dict:  # APGD's gradient record has its graph build time, a wall-clock field
+        grads = run.get("gradients") and {k: v for k, v in run["gradients"].items() if k != "build_seconds"}
+        return {k: v for k, v in run.items() if k != "timing"} | {"gradients": grads}
+
+    for x, y in runs:
+        assert steady(x) == steady(y)
+    assert {r["config"]["attack"]: r["timing"].get("execution", {}).get("mode")
+            for r in remote.section("attacks").data["runs"]}.get("pgd") == "dask"
+
+
+@pytest.mark.parametrize("attack,norm", [("pgd", "linf"), ("square", "l2")])
+def test_attack_on_the_cluster_equals_the_single_process_attack(setup, cluster, attack, norm):
+    from fimaudit.evidence import AttackConfig, run_attack
+
+    model, data = setup
+    cfg = AttackConfig(model=str(model), data=str(data), attack=attack, norm=norm, eps=(0.05, 0.3), budget=60,
+                       scale=1 / 255, seed=3)
+    local = run_attack(cfg)
+    remote = run_attack(cfg, execution=Execution(scheduler=cluster[0].scheduler_address, chunk=3))
+    local, remote = local.to_dict(), remote.to_dict()
+    assert {k: v for k, v in remote.items() if k != "timing"} == {k: v for k, v in local.items() if k != "timing"}
+    ex = remote["timing"]["execution"]
+    assert ex["mode"] == "dask" and ex["chunks"] == 3 and sum(w["samples"] for w in ex["per_worker"]) == 7
+    # the attack did something: some queries beyond the final evaluation
+    assert all(s["queries"] > 1 for s in local["results"][0]["samples"] if s["correct"])
+
+
+def test_whitebox_attack_refuses_workers_in_one_line(setup, cluster):
+    from fimaudit.evidence import AttackConfig, run_attack
+
+    model, data = setup
+    cfg = AttackConfig(model=str(model), data=str(data), attack="apgd", scale=1 / 255)
+    with pytest.raises(ConfigError, match="cannot run on --workers"):
+        run_attack(cfg, execution=Execution(scheduler=cluster[0].scheduler_address))
+
+
+def test_attack_cli_takes_the_cluster_flags(setup, cluster, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    model, data = setup
+    args = ["attack", str(model), "--data", str(data), "--scale", "1/255", "--attack", "square", "--eps", "0.1",
+            "--budget", "30", "-q", "--json"]
+    runner = CliRunner()
+    one = runner.invoke(app, args + [str(tmp_path / "one.json")], catch_exceptions=False)
+    two = runner.invoke(app, args + [str(tmp_path / "two.json"), "--scheduler", cluster[0].scheduler_address],
+                        catch_exceptions=False)
+    assert one.exit_code == 0 and two.exit_code == 0, two.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert b["timing"]["execution"]["mode"] == "dask"
+    assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}
+    bad = runner.invoke(app, args[:-1] + ["--attack", "apgd", "--workers", "2"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "cannot run on --workers" in bad.stderr

@@ -1,7 +1,7 @@
 """Attacks: black-box (FGSM, BIM, PGD, Square) through the query oracle, white-box (PGD, APGD, minimal-norm) from exact gradients."""
 
 from ..errors import ConfigError
-from .base import NORMS, Attack, AttackOutcome, margins, project
+from .base import NORMS, Attack, AttackOutcome, RowRng, margins, project
 from .gradient import BIM, FGSM, PGD, GradientAttack
 from .square import Square
 from .whitebox import APGD, GradientOracle, WhiteBoxAttack, WhiteBoxPGD, minimal_distance, sanity_flags
@@ -24,5 +24,5 @@ def make_attack(name: str, **kw) -> Attack:
 
 
 __all__ = ["ATTACKS", "WHITEBOX", "APGD", "WhiteBoxPGD", "WhiteBoxAttack", "GradientOracle", "minimal_distance",
-           "sanity_flags", "NORMS", "Attack", "AttackOutcome", "BIM", "FGSM", "PGD", "Square", "GradientAttack",
+           "sanity_flags", "NORMS", "Attack", "AttackOutcome", "RowRng", "BIM", "FGSM", "PGD", "Square", "GradientAttack",
            "make_attack", "margins", "project"]

@@ -124,6 +124,60 @@ class Attack(ABC):
         """Return adversarial inputs (n, *shape); only rows with ``active`` need attacking."""
 
 
+# ------------------------------------------------------------------ per-sample random streams
+class RowRng:
+    """One seeded Generator per sample row, drawn from as one batch.
+
+    Each draw whose first axis is the row axis takes row i from row i's own Generator, so a
+    sample's draws (and so its attack) do not depend on which other samples share its batch:
+    the report is the same whether the samples run together, in chunks or on Dask workers.
+    """
+
+    def __init__(self, gens: list[np.random.Generator]) -> None:
+        self.gens = list(gens)
+
+    @classmethod
+    def seeded(cls, seed: int, indices, *stream: int) -> "RowRng":
+        """Row i draws from ``default_rng([seed, indices[i], *stream])``."""
+        return cls([np.random.default_rng([int(seed), int(i), *stream]) for i in indices])
+
+    def __len__(self) -> int:
+        return len(self.gens)
+
+    def rows(self, idx) -> "RowRng":
+        return RowRng([self.gens[int(i)] for i in idx])
+
+    def _draw(self, name: str, size, *args) -> np.ndarray:
+        size = (size,) if np.isscalar(size) else tuple(size)
+        if not size or size[0] != len(self.gens):
+            raise ValueError(f"a per-row draw needs the row count {len(self.gens)} as its first size, not {size}")
+        if not self.gens:
+            return np.empty(size)
+        return np.stack([np.asarray(getattr(g, name)(*args, size=size[1:])) for g in self.gens])
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, size=None) -> np.ndarray:
+        return self._draw("uniform", size, low, high)
+
+    def standard_normal(self, size=None) -> np.ndarray:
+        return self._draw("standard_normal", size)
+
+    def integers(self, low: int, high: int, size=None) -> np.ndarray:
+        return self._draw("integers", size, low, high)
+
+    def choice(self, a, size=None) -> np.ndarray:
+        return self._draw("choice", size, a)
+
+
+def rows_of(rng, idx):
+    """The random stream for the rows ``idx`` of a batch: their own Generators, or the shared one."""
+    return rng.rows(idx) if isinstance(rng, RowRng) else rng
+
+
+def row_of(rng, j: int) -> np.random.Generator:
+    """Row ``j``'s Generator (the shared one when the batch has a single stream)."""
+    return rng.gens[j] if isinstance(rng, RowRng) else rng
+
+
 # ------------------------------------------------------------------ gradient sources
 def fd_margin_grad(oracle: LogProbOracle, x: np.ndarray, y: np.ndarray, h: float) -> np.ndarray:
     """Gradient of the margin at each row by central differences on every coordinate (2d queries per row)."""

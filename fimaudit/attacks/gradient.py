@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Attack, Budget, fd_margin_grad, margins, nes_margin_grad, project
+from .base import Attack, Budget, fd_margin_grad, margins, nes_margin_grad, project, rows_of
 
 GRAD_SOURCES = ("auto", "fd", "zo")
 
@@ -83,7 +83,7 @@ class GradientAttack(Attack):
                 g = fd_margin_grad(oracle, xa, y[todo], h)
                 acct.spend(todo, 2 * d + 1)
             else:
-                g = nes_margin_grad(oracle, xa, y[todo], h * 10, m, rng)
+                g = nes_margin_grad(oracle, xa, y[todo], h * 10, m, rows_of(rng, todo))
                 acct.spend(todo, 2 * m)
             new = xa + alpha * _direction(g, norm)
             new = np.clip(x[todo] + project(new - x[todo], eps, norm), lo, hi)

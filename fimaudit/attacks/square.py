@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Attack, Budget, margins, project
+from .base import Attack, Budget, margins, project, row_of, rows_of
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -82,17 +82,18 @@ class Square(Attack):
             cand = x_adv[todo].copy()
             cur = cand - xs[todo]
             na = len(todo)
-            r0 = rng.integers(0, hh - sh + 1, size=na)
-            c0 = rng.integers(0, ww - s + 1, size=na)
+            sub = rows_of(rng, todo)
+            r0 = sub.integers(0, hh - sh + 1, size=na)
+            c0 = sub.integers(0, ww - s + 1, size=na)
             if norm == "linf":
                 # One batched assignment of every active sample's window.
                 rr = (r0[:, None] + np.arange(sh))[:, None, :, None]
                 cc = (c0[:, None] + np.arange(s))[:, None, None, :]
-                signs = rng.choice(np.array([-1.0, 1.0]), size=(na, c, 1, 1))
+                signs = sub.choice(np.array([-1.0, 1.0]), size=(na, c, 1, 1))
                 cur[np.arange(na)[:, None, None, None], np.arange(c)[None, :, None, None], rr, cc] = eps * signs
             else:
                 for j in range(na):
-                    cur[j] = self._l2_update(cur[j], int(r0[j]), int(c0[j]), sh, s, eps, rng)
+                    cur[j] = self._l2_update(cur[j], int(r0[j]), int(c0[j]), sh, s, eps, row_of(sub, j))
             cur = project(cur, eps, norm)
             cand = np.clip(xs[todo] + cur, lo, hi)
             new_loss = margins(oracle.logp(cand.reshape((-1,) + x.shape[1:])), y[todo])

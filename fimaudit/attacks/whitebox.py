@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Attack, Budget, margins
+from .base import Attack, Budget, margins, rows_of
 
 LOSSES = ("ce", "dlr")
 SEARCH_FLOOR = 1e-6
@@ -222,8 +222,8 @@ class WhiteBoxAttack(Attack):
                 break
             eps_arr = np.full(todo.size, float(eps))
             start = "random" if r > 0 or self.schedule == "pgd" else "clean"
-            xb, mb, used = gradient_ascent(oracle, x[todo], y[todo], eps_arr, norm, bounds, rng, self.steps, self.loss,
-                                           self.schedule, start)
+            xb, mb, used = gradient_ascent(oracle, x[todo], y[todo], eps_arr, norm, bounds, rows_of(rng, todo),
+                                           self.steps, self.loss, self.schedule, start)
             acct.spend(todo, int(np.ceil(used / todo.size)))
             better = mb < best_m[todo]
             x_adv[todo[better]] = xb[better]
@@ -274,7 +274,8 @@ def minimal_distance(oracle, x: np.ndarray, y: np.ndarray, norm: str, bounds: tu
             break
         # geometric midpoints: the bracket spans orders of magnitude at first (eps_max is the whole box)
         eps = upper[idx] if it == 0 else np.sqrt(np.maximum(lower[idx], SEARCH_FLOOR * upper[idx]) * upper[idx])
-        xb, mb, _ = gradient_ascent(oracle, x[idx], y[idx], eps, norm, bounds, rng, steps, loss, "apgd", "clean")
+        xb, mb, _ = gradient_ascent(oracle, x[idx], y[idx], eps, norm, bounds, rows_of(rng, idx), steps, loss, "apgd",
+                                    "clean")
         found = mb < 0
         delta = (xb - x[idx]).reshape(idx.size, -1)
         dist = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..audit import AuditResult
+from ..certify import CertifyResult
 from ..errors import ConfigError
 from ..evidence_result import EVIDENCE_KINDS
 from . import evidence as _evidence
 from ..result import ScanResult
+from .certify import render_certify_text
 from .audit import render_audit_html, render_audit_json, render_audit_junit, render_audit_markdown, render_audit_text
 from .html import render_html
 from .markdown import render_markdown
@@ -32,11 +34,14 @@ EXTENSIONS = {".html": "html", ".htm": "html", ".json": "json", ".md": "markdown
 
 # Every result kind with its loader and its renderers by format name.
 LOADERS: dict[str, Callable[[dict], object]] = {"scan": ScanResult.from_dict, "audit": AuditResult.from_dict,
+                                               "certify": CertifyResult.from_dict,
                                                **{k: c.from_dict for k, c in EVIDENCE_KINDS.items()}}
 KIND_RENDERERS: dict[str, dict[str, Callable]] = {
     "scan": RENDERERS,
     "audit": {"html": render_audit_html, "json": render_audit_json, "markdown": render_audit_markdown,
               "text": render_audit_text, "junit": render_audit_junit},
+    # certify has a terminal renderer only; json is the saved report again
+    "certify": {"text": render_certify_text, "json": render_json},
     **{k: _evidence.RENDERERS for k in EVIDENCE_KINDS},
 }
 EXTENSIONS[".xml"] = "junit"
