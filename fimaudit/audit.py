@@ -297,7 +297,9 @@ def _attack_section(ctx: AuditContext) -> dict:
     if cfg.whitebox:
         # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
         try:
-            runs.append(run_attack(cfg.build(AttackConfig, attack="apgd", eps=tuple(sorted(cfg.eps)))).to_dict())
+            # also each sample's minimal adversarial distance (binary search with the exact gradients): validity
+            runs.append(run_attack(cfg.build(AttackConfig, attack="apgd", eps=tuple(sorted(cfg.eps)),
+                                             min_distance=True)).to_dict())
         except FimauditError as exc:
             whitebox_note = f"white-box APGD unavailable: {exc}"
     for k, name in enumerate(cfg.attacks):
@@ -333,7 +335,11 @@ def _metrics_section(ctx: AuditContext) -> dict:
 
 
 def _validity_section(ctx: AuditContext) -> dict:
-    """Per sample: the FIM-predicted radius 1/sqrt(lambda_max) against the smallest eps an attack succeeded at."""
+    """Per sample: the FIM-predicted radius 1/sqrt(lambda_max) against the minimal adversarial distance.
+
+    The distance is the white-box minimal-distance search (in the attack norm) when the gradient
+    graph allowed it; otherwise the smallest eps of the policy grid at which an attack succeeded.
+    """
     scan_d, att = ctx.data.get("scan"), ctx.data.get("attacks")
     if scan_d is None:
         raise Unavailable("needs the scan section")
@@ -341,7 +347,12 @@ def _validity_section(ctx: AuditContext) -> dict:
         raise Unavailable("needs the attacks section (labelled data)")
     lam = {s["index"]: s["lambda_max"] for s in scan_d["samples"]}
     smallest: dict[int, float] = {}
-    for run in att["runs"]:
+    minimal = next((run["minimal_distance"][att["norm"]]["per_sample"] for run in att["runs"]
+                    if run.get("minimal_distance")), None)
+    if minimal is not None:
+        order = [s["index"] for s in scan_d["samples"]]
+        smallest = {i: float(d) for i, d in zip(order, minimal) if d is not None and np.isfinite(d) and d > 0}
+    for run in ([] if minimal is not None else att["runs"]):
         for r in run["results"]:
             for s in r["samples"]:
                 if s["success"]:
@@ -358,7 +369,8 @@ def _validity_section(ctx: AuditContext) -> dict:
         rho = float(stats.spearmanr([h[0] for h in hit], [h[1] for h in hit]).statistic)
     return {"samples": rows, "spearman": rho, "attacked": len(hit), "max_eps": max(att["eps"]),
             "radius_units": "model-input units (1/sqrt(lambda_max): where the local KL reaches 1/2)",
-            "eps_units": f"attack units ({att['norm']})"}
+            "eps_units": f"attack units ({att['norm']})",
+            "distance": "white-box minimal distance" if minimal is not None else "smallest successful eps on the grid"}
 
 
 def _certify_section(ctx: AuditContext) -> dict:

@@ -43,7 +43,8 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
     val = result.section("validity")
     if val and val.status == "ok":
         out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack",
-                    plots.radius_scatter(val.data["samples"], val.data["max_eps"]), "no samples"))
+                    plots.radius_scatter(val.data["samples"], val.data["max_eps"],
+                                        val.data.get("distance", "smallest successful eps")), "no samples"))
     else:
         out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack", None,
                     val.reason if val else "no validity section"))

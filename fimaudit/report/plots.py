@@ -82,7 +82,7 @@ def bound_vs_measured(values: list[float], bound: float | None, blocks: list[dic
 
 
 @_with_style
-def radius_scatter(rows: list[dict], max_eps: float):
+def radius_scatter(rows: list[dict], max_eps: float, distance: str = "smallest successful eps"):
     """FIM-predicted radius against the smallest eps an attack succeeded at (censored at the largest eps)."""
     if not rows:
         return None
@@ -98,7 +98,7 @@ def radius_scatter(rows: list[dict], max_eps: float):
                    label=f"not broken up to eps {max_eps:g}")
     ax.set_xscale("log")
     ax.set_xlabel("FIM-predicted radius 1/sqrt(lambda_max)")
-    ax.set_ylabel("smallest successful eps")
+    ax.set_ylabel(distance)
     ax.legend(loc="lower right")
     return fig
 
