@@ -145,7 +145,7 @@ def conv_norm_fft(
 # too much memory, or the FFT bound's Gram iterations (complex multiply-adds) too much time;
 # cheaper, looser bounds are used and the per-op report says which.
 MAX_SPARSE_ENTRIES = 5_000_000
-MAX_FFT_FLOPS = 3_000_000_000
+MAX_FFT_FLOPS = 1_500_000_000
 
 
 def conv_reshaped_bound(weight: np.ndarray, strides=(1, 1), dilations=(1, 1), groups: int = 1) -> float:
@@ -157,7 +157,8 @@ def conv_reshaped_bound(weight: np.ndarray, strides=(1, 1), dilations=(1, 1), gr
     o, cg, kh, kw = weight.shape
     og = o // groups
     overlap = int(np.ceil(kh / strides[0]) * np.ceil(kw / strides[1]))
-    norm = max(np.linalg.norm(weight[g * og : (g + 1) * og].reshape(og, -1), 2) for g in range(groups))
+    # Gram iteration, not an SVD: certified from above and ten times faster on 512 x 4608 blocks.
+    norm = max(float(gram_spectral_bound(weight[g * og : (g + 1) * og].reshape(og, -1))) for g in range(groups))
     del dilations
     return float(np.sqrt(overlap) * norm)
 
