@@ -2,7 +2,10 @@
 
 ``mobilenet224``: 3x224x224, MobileNetV3-style (stride-2 stem, HardSwish, depthwise and
 pointwise convolutions, a squeeze-and-excitation gate), 4 classes. ``vgg320``: 3x320x320,
-VGG-style (3x3 convolutions, ReLU, max-pooling, five stages), 4 classes. Weights are He-scaled
+VGG-style (3x3 convolutions, ReLU, max-pooling, five stages), 4 classes. ``resnet50_224``:
+3x224x224, ResNet-50 layout (7x7 stride-2 stem + max-pool, [3, 4, 6, 3] bottleneck blocks
+1x1-3x3-1x1 with BatchNorm and projection shortcuts, widths 64..2048, global average pool,
+Gemm), 4 classes. Weights are He-scaled
 so the logits are of order one. ``build(name, folder)`` writes NAME.onnx and NAME.npz
 (x in [0, 1], 4 samples, labels) and returns both paths.
 """
@@ -16,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 IR, OPSET = 8, 17
-LARGE = ("mobilenet224", "vgg320")
+LARGE = ("mobilenet224", "vgg320", "resnet50_224")
 
 
 class _Graph:
@@ -80,7 +83,41 @@ def vgg320(rng: np.random.Generator, classes: int = 4) -> onnx.ModelProto:
     return g.model(z, (3, 320, 320), classes, "vgg320")
 
 
-BUILDERS = {"mobilenet224": mobilenet224, "vgg320": vgg320}
+def _conv_bn(g: _Graph, x: str, c_in: int, c_out: int, k: int, stride: int = 1, relu: bool = True,
+             gamma: tuple[float, float] = (0.5, 1.5)) -> str:
+    """Conv without bias, BatchNorm with random but plausible statistics, optional ReLU."""
+    w = g.weight((c_out, c_in, k, k), fan_in=c_in * k * k)
+    h = g.op("Conv", [x, w], pads=[k // 2] * 4, strides=[stride, stride])
+    stats = []
+    for lo, hi in (gamma, (-0.1, 0.1), (-0.1, 0.1), (0.5, 1.5)):  # gamma, beta, mean, var
+        name = g._name("bn")
+        g.inits.append(numpy_helper.from_array(g.rng.uniform(lo, hi, c_out).astype(np.float32), name))
+        stats.append(name)
+    h = g.op("BatchNormalization", [h, *stats], epsilon=1e-5)
+    return g.op("Relu", [h]) if relu else h
+
+
+def resnet50_224(rng: np.random.Generator, classes: int = 4) -> onnx.ModelProto:
+    g = _Graph(rng)
+    h = _conv_bn(g, "x", 3, 64, 7, 2)  # 112x112
+    h = g.op("MaxPool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # 56x56
+    c = 64
+    for stage, (mid, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+        out = 4 * mid
+        for b in range(blocks):
+            stride = 2 if stage > 0 and b == 0 else 1
+            y = _conv_bn(g, h, c, mid, 1)
+            y = _conv_bn(g, y, mid, mid, 3, stride)
+            # Small last-BN gains (as trained ResNets have) keep the residual sum, and the logits, of order one.
+            y = _conv_bn(g, y, mid, out, 1, relu=False, gamma=(0.05, 0.15))
+            short = _conv_bn(g, h, c, out, 1, stride, relu=False, gamma=(0.2, 0.4)) if b == 0 else h
+            h, c = g.op("Relu", [g.op("Add", [y, short])]), out
+    pooled = g.op("Flatten", [g.op("GlobalAveragePool", [h])])
+    z = g.op("Gemm", [pooled, g.weight((classes, c), c, gain=1.0)], transB=1)
+    return g.model(z, (3, 224, 224), classes, "resnet50_224")
+
+
+BUILDERS = {"mobilenet224": mobilenet224, "vgg320": vgg320, "resnet50_224": resnet50_224}
 
 
 def build(name: str, folder: Path, samples: int = 4) -> tuple[Path, Path]:

@@ -225,7 +225,56 @@ def test_large_convolutions_fall_back_to_sound_cheaper_bounds(monkeypatch):
         monkeypatch.setattr(L, "MAX_SPARSE_ENTRIES", 0)
         fft_only, _ = L.conv_operator_norm(kernel, (2, 7, 7), (stride, stride), (1, 1, 1, 1))
         assert "FFT" in L.conv_norm_method(kernel, (2, 7, 7), (stride, stride), (1, 1, 1, 1))
-        monkeypatch.setattr(L, "MAX_FFT_ENTRIES", 0)
+        monkeypatch.setattr(L, "MAX_FFT_FLOPS", 0)
         cheap, _ = L.conv_operator_norm(kernel, (2, 7, 7), (stride, stride), (1, 1, 1, 1))
         assert exact <= fft_only <= cheap + 1e-12  # the FFT path returns min(FFT, reshaped)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize(
+    "kernel_shape,in_shape,stride,pads,dilation,groups",
+    [
+        ((4, 2, 3, 3), (2, 7, 7), 1, (1, 1, 1, 1), 1, 1),
+        ((4, 2, 3, 3), (2, 8, 6), 2, (1, 1, 1, 1), 1, 1),
+        ((3, 2, 3, 2), (2, 7, 8), 2, (0, 2, 1, 0), 1, 1),  # asymmetric padding
+        ((4, 1, 3, 3), (4, 6, 6), 1, (1, 1, 1, 1), 1, 4),  # depthwise
+        ((6, 2, 3, 3), (4, 7, 7), 2, (2, 2, 2, 2), 2, 2),  # groups, dilation
+        ((3, 2, 1, 1), (2, 5, 5), 2, (1, 1, 1, 1), 1, 1),  # padding wider than the kernel
+        ((2, 3, 5, 5), (3, 9, 9), 2, (2, 2, 2, 2), 1, 1),
+    ],
+)
+def test_fft_gram_bound_is_sound_against_explicit_svd(kernel_shape, in_shape, stride, pads, dilation, groups):
+    """The circulant/Gram bound on the minimal grid is >= the exact norm of the convolution as applied."""
+    from fimaudit.graph import linear_ops as L
+
+    rng = np.random.default_rng(sum(kernel_shape) + stride)
+    for _ in range(3):
+        kernel = rng.standard_normal(kernel_shape)
+        exact = np.linalg.norm(dense_conv(kernel, in_shape, stride, pads, dilation, groups), 2)
+        bound = L.conv_norm_fft(kernel, in_shape[1:], (stride, stride), pads, (dilation, dilation), groups)
+        assert bound >= exact, (bound, exact)
+        assert bound <= 3.0 * exact  # a bound, but not a vacuous one
+
+
+def test_gram_bound_is_certified_not_an_estimate():
+    """Gram iteration is >= sigma_max for every block, and within rank^(1/2^(t+1)) of it.
+
+    Blocks with nearly equal top singular values are where an estimate (power iteration, a
+    Rayleigh quotient) lands below sigma_max: this test fails for one.
+    """
+    from fimaudit.graph import linear_ops as L
+
+    rng = np.random.default_rng(3)
+    u, _ = np.linalg.qr(rng.standard_normal((40, 12, 12)) + 1j * rng.standard_normal((40, 12, 12)))
+    v, _ = np.linalg.qr(rng.standard_normal((40, 9, 9)) + 1j * rng.standard_normal((40, 9, 9)))
+    sig = np.sort(rng.uniform(0.5, 2.0, (40, 9)), axis=1)[:, ::-1]
+    sig[:, 1] = sig[:, 0] * (1 - 1e-4)  # near-degenerate top pair
+    mats = u[:, :, :9] @ (sig[:, :, None] * v)
+    exact = np.linalg.svd(mats, compute_uv=False)[:, 0]
+    for iters in (1, 3, L.GRAM_ITERS):
+        bound = L.gram_spectral_bound(mats, iters)
+        assert np.all(bound >= exact), iters
+        assert np.all(bound <= exact * 9 ** (1 / 2 ** (iters + 1)) * (1 + 1e-9))
+    real = rng.standard_normal((20, 50))
+    assert L.gram_spectral_bound(real) >= np.linalg.norm(real, 2)
+    assert L.gram_spectral_bound(np.zeros((3, 4, 5))).tolist() == [0.0] * 3

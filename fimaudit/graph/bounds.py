@@ -363,7 +363,7 @@ class _Propagator:
         dil = tuple(node.attrs.get("dilations", [1, 1]))
         pads = _conv_pads(node, shape[2:], (kh, kw), strides, dil)
         exact, check = conv_operator_norm(w, tuple(shape[1:]), strides, pads, dil, groups)
-        how = f"{conv_norm_method(w, tuple(shape[1:]), strides, pads, dil)}, check {check:.4g}"
+        how = f"{conv_norm_method(w, tuple(shape[1:]), strides, pads, dil, groups)}, check {check:.4g}"
         if node.inputs[1].endswith("_bnfold"):
             how += "; BatchNorm folded in"
         self._set(node, exact * self.lip(x), how, exact)
