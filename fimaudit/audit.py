@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .options import ModelDataOptions
 from ._version import __version__
 from .errors import ConfigError, FimauditError
 from .certify import CertifyConfig, certify
 from .evidence import AttackConfig, run_attack, run_clever
 from .graph import compute_bounds
-from .images import DEFAULT_RESIZE, DataOptions, prepare
+from .images import DataOptions, prepare
 from .model import load_model
 from .metrics.suite import MetricsConfig, run_metrics
 from .result import ScanResult, _clean
@@ -40,7 +41,7 @@ class Unavailable(Exception):
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(ModelDataOptions):
     """The shared options (same field names as ScanConfig) plus what the policy's [audit] table sets."""
 
     model: str
@@ -52,17 +53,6 @@ class AuditConfig:
     input_range: tuple[float, float] = (0.0, 1.0)
     seed: int = 0
     budget: int = 2000
-    device: str = "auto"
-    input_name: str | None = None
-    output_name: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    output_kind: str = "auto"
-    max_batch: int = 256
-    threads: int = 0
-    layout: str = "auto"
-    resize: str = DEFAULT_RESIZE
-    channels: str = "rgb"
-    preset: str | None = None
     eps: tuple[float, ...] = (0.01, 0.03)
     norm: str = "linf"
     attacks: tuple[str, ...] = ("pgd", "square")

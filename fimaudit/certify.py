@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
+from .options import ModelDataOptions
 from .data import Preprocess, synthetic_data
-from .images import DEFAULT_RESIZE
 from .errors import ConfigError
 from .model.engine import Model
 from .result import Stats, _clean
@@ -350,7 +350,7 @@ class CertifyResult:
 
 # --------------------------------------------------------------------------- the job
 @dataclass(frozen=True)
-class CertifyConfig:
+class CertifyConfig(ModelDataOptions):
     """Every option of a certification; recorded in the report's ``config``."""
 
     model: str
@@ -362,22 +362,11 @@ class CertifyConfig:
     alpha: float = 0.001
     radii: tuple[float, ...] = DEFAULT_RADII
     seed: int = 0
-    device: str = "auto"
-    input_name: str | None = None
-    output_name: str | None = None
-    input_shape: tuple[int, ...] | None = None
     scale: float = 1.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     space: str = "input"
     input_range: tuple[float, float] = (0.0, 1.0)
-    max_batch: int = 256  # 0: automatic (from free memory on a GPU)
-    threads: int = 0
-    output_kind: str = "auto"  # recorded only: the argmax is the same for logits and (log-)probabilities
-    layout: str = "auto"
-    resize: str = DEFAULT_RESIZE
-    channels: str = "rgb"
-    preset: str | None = None
 
     def validate(self) -> None:
         if not (np.isfinite(self.sigma) and self.sigma > 0):

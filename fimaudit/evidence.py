@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
+from .options import ModelDataOptions
 from .attacks import AttackOutcome, RowRng, make_attack
 from .attack_space import attack_oracle
 from .data import Preprocess
 from .errors import ConfigError
 from .evidence_result import AttackResult, CleverResult, CompareResult
-from .images import DEFAULT_RESIZE, DataOptions, prepare
+from .images import DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import robust_accuracy, robust_ratio
 from .metrics.suite import MetricsConfig, run_metrics
@@ -30,7 +31,7 @@ DEFAULT_TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
-class AttackConfig:
+class AttackConfig(ModelDataOptions):
     model: str
     data: str
     attack: str = "pgd"
@@ -50,17 +51,6 @@ class AttackConfig:
     restarts: int = 1  # white-box attacks: random restarts after the first run
     gradients: str = "auto"  # white-box attacks: where exact gradients come from (auto | graph)
     min_distance: bool = False  # white-box attacks: also each sample's smallest adversarial L2 and L-inf distance
-    device: str = "auto"
-    input_name: str | None = None
-    output_name: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    output_kind: str = "auto"
-    max_batch: int = 256
-    threads: int = 0
-    layout: str = "auto"
-    resize: str = DEFAULT_RESIZE
-    channels: str = "rgb"
-    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
 

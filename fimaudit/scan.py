@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from .options import ModelDataOptions
 from ._version import __version__
 from .data import Preprocess, check_labels, synthetic_data
 from .errors import ConfigError
@@ -23,7 +24,7 @@ from .estimators.power import fresh_probes, power_fixed, power_fresh
 from .estimators.probes import PROBES
 from .estimators.source import FiniteDifferences
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
-from .images import DEFAULT_RESIZE, DataOptions, Prepared, prepare
+from .images import DataOptions, Prepared, prepare
 from .model import OUTPUT_KINDS, LogProbOracle, Model, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
 from .result import RunInfo, SampleResult, ScanResult, Stats, Summary
@@ -37,7 +38,7 @@ ProgressFn = Callable[[int, int, int], None]  # (samples done, samples total, qu
 
 
 @dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(ModelDataOptions):
     """Every option of a scan; recorded verbatim in the report's ``config``."""
 
     model: str
@@ -48,18 +49,11 @@ class ScanConfig:
     budget: int = 2000
     seed: int = 0
     fd_step: float | None = None
-    device: str = "auto"
-    input_name: str | None = None
-    output_name: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    output_kind: str = "auto"
     scale: float = 1.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     space: str = "input"
     input_range: tuple[float, float] = (0.0, 1.0)
-    max_batch: int = 256
-    threads: int = 0
     fail_above: float | None = None
     lower_bound: bool = True
     subspace: str = "dct"
@@ -73,10 +67,6 @@ class ScanConfig:
     trace_budget: int = 0
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
-    layout: str = "auto"
-    resize: str = DEFAULT_RESIZE
-    channels: str = "rgb"
-    preset: str | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:

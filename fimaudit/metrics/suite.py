@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..options import ModelDataOptions
 from ..attack_space import attack_oracle
 from ..attacks import make_attack
 from ..errors import ConfigError
 from ..evidence_result import MetricsResult
-from ..images import DEFAULT_RESIZE, DataOptions, prepare
+from ..images import DataOptions, prepare
 from ..model.layout import Layout
 from ..model import load_model
 from .corruptions import CORRUPTIONS, SEVERITIES, applicable, corrupt
@@ -20,7 +21,7 @@ from .weights import norm_measures, path_norm, sharpness_sigma
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(ModelDataOptions):
     model: str
     data: str
     samples: int | None = 500
@@ -34,17 +35,6 @@ class MetricsConfig:
     attack_eps: float = 0.03  # L-inf radius of the attacked set (Square), in image units
     attack_samples: int = 100
     attack_budget: int = 300
-    device: str = "auto"
-    input_name: str | None = None
-    output_name: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    output_kind: str = "auto"
-    max_batch: int = 256
-    threads: int = 0
-    layout: str = "auto"
-    resize: str = DEFAULT_RESIZE
-    channels: str = "rgb"
-    preset: str | None = None
 
 
 def run_metrics(cfg: MetricsConfig) -> MetricsResult:
