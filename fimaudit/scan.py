@@ -183,6 +183,9 @@ DITHER_REL = 3e-2
 STEP_OVER_DITHER = 0.1
 
 
+FLOAT32_RESOLUTION = 1e-6  # relative spacing well above float32 rounding (eps 1.2e-7)
+
+
 def dither_points(points: np.ndarray, tie_share: float, config: "ScanConfig") -> tuple[np.ndarray, dict]:
     """Decide where F is evaluated: x, or a seeded dithered point x + sigma xi (MATH §1: F needs a differentiable point).
 
@@ -196,6 +199,14 @@ def dither_points(points: np.ndarray, tie_share: float, config: "ScanConfig") ->
     units = "data" if config.space == "data" else "model-input"
     if user:
         sigma, source = float(config.dither), "user"
+        scale = input_scale(points)
+        if sigma < FLOAT32_RESOLUTION * scale:
+            # the model sees float32: a smaller sigma does not move the inputs, and the step h <= sigma/10
+            # that goes with a dither would be lost in rounding (or underflow)
+            raise ConfigError(
+                f"--dither {config.dither:g} is below the float32 resolution of the inputs (RMS {scale:.3g}): "
+                f"it cannot move them; give at least {FLOAT32_RESOLUTION * scale:.3g}, or leave it out"
+            )
     elif tied and not config.no_dither:
         sigma, source = DITHER_REL * input_scale(points), "auto"
     else:

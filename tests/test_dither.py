@@ -92,3 +92,16 @@ def test_cli_no_dither_and_conflict(pool_case, tmp_path):
     res = run_cli("scan", str(path), "--data", str(data), "--samples", "2", "--no-bounds")
     assert res.exit_code == 0 and "dither" in res.stdout and "automatic: exact input ties" in res.stdout
     assert_one_line_error(run_cli("scan", str(path), "--data", str(data), "--dither", "0.1", "--no-dither"), "--no-dither")
+
+
+@pytest.mark.parametrize("sigma", ["1e-320", "1e-30"])
+def test_dither_below_float32_resolution_is_refused(pool_case, tmp_path, sigma):
+    """Found by bench/fuzz.py: a denormal --dither made the step h <= sigma/10 underflow (internal error)."""
+    from .test_bad_input import assert_one_line_error, run_cli
+
+    net, path, data, x = pool_case
+    out = tmp_path / "r.json"
+    res = run_cli("scan", str(path), "--data", str(data), "--samples", "2", "--budget", "40", "--dither", sigma,
+                  "--json", str(out))
+    assert_one_line_error(res, "float32 resolution")
+    assert not out.exists()
