@@ -160,3 +160,13 @@ def test_spatial_corruptions_only_for_image_shaped_samples():
     assert applicable((1, 28, 28)) == tuple(CORRUPTIONS)
     for shape in ((784, 1), (784,), (32, 32, 3)):  # a vector, a rank-3 vector, channels last
         assert not set(applicable(shape)) & set(SPATIAL)
+
+
+def test_path_norm_on_a_fixed_batch_model(mlp):
+    """Found by bench/fuzz.py: a fixed batch axis (here 7) refused the single row path_norm fed (internal error)."""
+    model, _ = mlp
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for vi in list(fixed.graph.input) + list(fixed.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 7
+    assert path_norm(fixed, "x", "z", (4,)) == pytest.approx(path_norm(model, "x", "z", (4,)), rel=1e-6)

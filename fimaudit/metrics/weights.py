@@ -101,8 +101,11 @@ def path_norm(model: onnx.ModelProto, input_name: str, output_name: str, sample_
     for name in names:
         arr = numpy_helper.to_array(inits[name])
         inits[name].CopyFrom(numpy_helper.from_array((arr.astype(np.float64) ** 2).astype(arr.dtype), name))
-    out = _run(m, {input_name: np.ones((1,) + tuple(sample_shape), dtype=np.float32)}, _logit_output(m, output_name))
-    return float(np.sum(out))
+    # A fixed batch axis (dim_value > 0) takes exactly that many rows (the loader checked they fit in memory).
+    dims = next((vi.type.tensor_type.shape.dim for vi in m.graph.input if vi.name == input_name), [])
+    rows = int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else 1
+    out = _run(m, {input_name: np.ones((rows,) + tuple(sample_shape), dtype=np.float32)}, _logit_output(m, output_name))
+    return float(np.sum(out[:1]))
 
 
 class NoisyWeights:
