@@ -170,3 +170,26 @@ def test_path_norm_on_a_fixed_batch_model(mlp):
     for vi in list(fixed.graph.input) + list(fixed.graph.output):
         vi.type.tensor_type.shape.dim[0].dim_value = 7
     assert path_norm(fixed, "x", "z", (4,)) == pytest.approx(path_norm(model, "x", "z", (4,)), rel=1e-6)
+
+
+def test_metrics_on_a_model_that_runs_one_row_only(mlp, tmp_path):
+    """Found by bench/fuzz.py: a Flatten(axis=0) before the first Gemm runs one row at a time; the weight
+    measures' own sessions met onnxruntime's refusal as an internal error. Now: a result or one line."""
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    from .test_bad_input import assert_one_line_error
+
+    model, _ = mlp
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.node[0].input[0] = "xf"
+    m.graph.node.insert(0, helper.make_node("Flatten", ["x"], ["xf"], axis=0))
+    onnx.save(m, tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "d.npz", x=rng.uniform(0, 1, (6, 4)).astype(np.float32), y=rng.integers(0, 3, 6))
+    res = CliRunner().invoke(app, ["metrics", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"),
+                                   "--samples", "6", "--no-corruptions", "-q"])
+    if res.exit_code != 0:
+        assert "internal error" not in assert_one_line_error(res)

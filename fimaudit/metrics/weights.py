@@ -16,7 +16,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph.fold import fold_batchnorm
-from ..model.session import create_session
+from ..errors import ModelOutputError
+from ..model.session import create_session, translate_ort_error
 from ..model.spec import logit_output, onnx_producers
 
 
@@ -86,7 +87,18 @@ def _run(model: onnx.ModelProto, feeds: dict, output: str) -> np.ndarray:
     if output not in {o.name for o in m.graph.output}:
         m.graph.output.append(helper.ValueInfoProto(name=output))
     sess, _ = create_session(m.SerializeToString(), device="cpu")
-    return np.asarray(sess.run([output], feeds)[0])
+    return np.asarray(_session_run(sess, [output], feeds)[0])
+
+
+def _session_run(sess, outputs: list[str], feeds: dict) -> list:
+    """Run a session on a modified copy of the model; an onnxruntime failure is one readable line."""
+    try:
+        return sess.run(outputs, feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types from C++
+        raise ModelOutputError(
+            f"the weight measures run a copy of the model with changed weights, and onnxruntime refused it: "
+            f"{translate_ort_error(exc)}"
+        ) from exc
 
 
 def path_norm(model: onnx.ModelProto, input_name: str, output_name: str, sample_shape: tuple[int, ...]) -> float:
@@ -137,7 +149,7 @@ class NoisyWeights:
             real = chunk.shape[0]
             if self.fixed_batch is not None and real < self.fixed_batch:  # pad a fixed batch with copies
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], self.fixed_batch - real, axis=0)])
-            out = self.session.run([self.output], {self.input_name: chunk, **feeds_w})[0][:real]
+            out = _session_run(self.session, [self.output], {self.input_name: chunk, **feeds_w})[0][:real]
             preds.append(np.argmax(out.reshape(out.shape[0], -1), axis=1))
         return np.concatenate(preds)
 
