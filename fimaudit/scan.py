@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -735,11 +736,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None)
         if progress:
             progress(i + 1, n, model.queries)
     if config.save_direction:
-        directions = np.zeros((n, model.d), dtype=np.float32)
-        for i, o in enumerate(outcomes):
-            if o.direction is not None:
-                directions[i] = o.direction
-        _save_directions(config.save_direction, directions.reshape((n,) + model.sample_shape))
+        _save_directions(config.save_direction, outcomes, model.sample_shape)
     return assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
 
 
@@ -766,11 +763,7 @@ def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib:
         progress=None if progress is None else (lambda done, total, q: progress(done, total, client_queries + q)),
     )
     if config.save_direction:
-        directions = np.zeros((n, model.d), dtype=np.float32)
-        for i, o in enumerate(outcomes):
-            if o.direction is not None:
-                directions[i] = o.direction
-        _save_directions(config.save_direction, directions.reshape((n,) + model.sample_shape))
+        _save_directions(config.save_direction, outcomes, model.sample_shape)
     result = assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
     # The workers' queries (each sample's count includes its centre query, made here in stage 3).
     total = client_queries + sum(o.result.queries - 1 for o in outcomes)
@@ -797,14 +790,19 @@ def _units(space: str, pre: Preprocess, images: bool, preset: str | None) -> dic
     }
 
 
-def _save_directions(path: str, directions: np.ndarray) -> None:
-    """Write the per-sample worst directions (unit, estimation space) as .npy, atomically."""
+def _save_directions(path: str, outcomes: list[SampleOutcome], sample_shape: tuple[int, ...]) -> None:
+    """Write the per-sample worst directions (unit, estimation space; zeros where none) as .npy, atomically."""
     from pathlib import Path
 
     from .runtime_guard import write_atomic
 
     if Path(path).suffix != ".npy":
         raise ConfigError("--save-direction must name a .npy file")
+    directions = np.zeros((len(outcomes), math.prod(sample_shape)), dtype=np.float32)
+    for i, o in enumerate(outcomes):
+        if o.direction is not None:
+            directions[i] = o.direction
+    directions = directions.reshape((len(outcomes),) + tuple(sample_shape))
     write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
 
 
