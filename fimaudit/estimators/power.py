@@ -60,7 +60,7 @@ def power_fixed(
     """Power iteration with m fixed, reused probes: m JVPs (+1 for the lower bound), streamed ``block`` at a time."""
     before = source.queries
     d, p = source.d, source.p
-    stream = ProbeStream(d, m, probes, rng)
+    stream = ProbeStream(d, m, probes, rng, source.sample_shape)
     y = np.empty((p.shape[0], m))
     scales = np.empty(m)
     for start in range(0, m, max(1, block)):

@@ -108,7 +108,7 @@ def deflated_sketch(
     d, p = source.d, source.p
     r = q.shape[0]
     z = source.jvp(q).T if r else np.zeros((p.shape[0], 0))  # (K, r) = S Q^T
-    stream = ProbeStream(d, k, probes, rng)
+    stream = ProbeStream(d, k, probes, rng, source.sample_shape)
     y = np.empty((p.shape[0], k))
     norms = np.empty(k)
     scales = np.empty(k)
