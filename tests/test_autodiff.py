@@ -626,3 +626,38 @@ def test_zoo_gradient_graph_against_float64_central_differences(path):
             if errors[-1] < 1e-4:
                 break
         assert min(errors) < 1e-4, errors
+
+
+def _tiny_linear(tmp_path, monkeypatch=None):
+    """Logits of order 1e-6 * x: float32 central differences cancel at every step, float64 ones do not."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((4, 30)) * 1e-6
+    model = load_model(save(linear_model(w, np.zeros(4)), tmp_path / "tiny.onnx"), device="cpu")
+    graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
+                          sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
+    return GraphEngine(graphs, device="cpu"), rng.uniform(0, 1, (2, 30))
+
+
+def test_self_check_asks_float64_when_float32_cannot_judge_any_row(tmp_path):
+    engine, x = _tiny_linear(tmp_path)
+    alone = check_graph(engine, x, np.random.default_rng(0), second_opinion=False, bisect=False)
+    assert alone.passed and alone.inconclusive == alone.rows and alone.verified == 0  # no evidence either way
+    settled = check_graph(engine, x, np.random.default_rng(0))
+    assert settled.passed and settled.verified == settled.rows and "could not judge agree" in settled.second_opinion
+    from fimaudit.report.terminal import _gradients_text
+
+    assert "inconclusive" in _gradients_text({"source": "graph", "check": alone.to_dict()})
+    assert "passed on 6 of 6" in _gradients_text({"source": "graph", "check": settled.to_dict()})
+
+
+def test_self_check_refuses_a_broken_graph_float32_cannot_judge(tmp_path, monkeypatch):
+    good = rules.VJP["Gemm"]
+
+    def broken(em, node, g):
+        out = good(em, node, g)
+        return [em.op("Neg", [out[0]])] + list(out[1:])
+
+    monkeypatch.setitem(rules.VJP, "Gemm", broken)
+    engine, x = _tiny_linear(tmp_path)
+    check = check_graph(engine, x, np.random.default_rng(0))
+    assert not check.passed and check.verified == 0 and "reverse" in check.reason

@@ -41,9 +41,9 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
         block = np.asarray(dirs[start : start + chunk], dtype=np.float32)
         m = block.shape[0]
         both = np.empty((2 * m, flat.size), dtype=np.float32)
-        step = h32 * block
-        np.add(flat[None, :], step, out=both[:m])
-        np.subtract(flat[None, :], step, out=both[m:])
+        np.multiply(block, h32, out=both[m:])  # the step, held in the lower half until it is used
+        np.add(flat[None, :], both[m:], out=both[:m])
+        np.subtract(flat[None, :], both[m:], out=both[m:])
         lp = oracle.logp(both.reshape((-1,) + shape))
         out.append((lp[:m] - lp[m:]) / (2.0 * h))
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0))
