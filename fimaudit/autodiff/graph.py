@@ -359,7 +359,163 @@ def _reverse(m, x, opset, shapes, dtypes, values, active, batch, batched):
     gx = em.add_all(parts) if parts else em.zeros_like(tile(x))
     summed[x] = gx
     em.nodes.append(helper.make_node("Identity", [gx], [GRAD], name=GRAD))
+    if repeat is not None:
+        protect = set(summed.values()) | {c for cs in contributions.values() for _, c in cs}
+        _untile(em, {out: name for name, out in tiled.items()}, repeat, batched, protect)
     return em, summed, contributions
+
+
+# Operators that act on each row alone (elementwise, or Slice/Pad off the batch axis): a chain of
+# them over primal tensors alone can run once per point and be repeated afterwards.
+_ROWWISE = frozenset((
+    "Sign", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Not", "Xor", "Cast", "Where",
+    "Mul", "Add", "Sub", "Div", "Neg", "Abs", "Exp", "Log", "Reciprocal", "Sqrt", "Sigmoid", "Tanh", "Relu", "Erf",
+    "Pow", "Max", "Min", "HardSigmoid", "Softplus", "Identity", "Slice", "Pad",
+))
+
+
+def _untile(em: Emitter, tiled: dict[str, str], repeat, batched: set[str], protect: set[str]) -> None:
+    """Move per-point work out of the repeated (B·M-row) domain; repeat only what meets a cotangent.
+
+    The rules read primal tensors repeated once per cotangent row, so e.g. ReLU's mask Sign(y)
+    was computed M times per point. Here every node that depends on primal tensors alone and
+    acts row by row (``_ROWWISE``, Slice/Pad with constant sizes off axis 0) reads the primal
+    tensors themselves (B rows); where such a per-point result meets the cotangent it is
+    repeated once (Expand + Reshape). Repeats nobody reads any more are dropped.
+    """
+    rows, per, points = repeat
+    inits = {t.name: numpy_helper.to_array(t) for t in em.initializers}
+    tainted = {COTANGENT}
+    per_point: set[str] = set()  # outputs computed on B rows
+    header_outputs = {o for n in em.nodes for o in n.output if o in tiled}
+    out_nodes: list[onnx.NodeProto] = []
+    repeated: dict[str, str] = {}
+
+    shape_cache: dict[str, tuple[int, ...] | None] = {}
+
+    def shape_of(name: str) -> tuple[int, ...] | None:
+        """Static shape (probe batch on axis 0) of a primal, constant or per-point tensor; None if unknown."""
+        if name in shape_cache:
+            return shape_cache[name]
+        if name in inits:
+            return tuple(inits[name].shape)
+        base = tiled.get(name, name)
+        if base in em.shapes and not base.startswith(PREFIX):
+            return tuple(em.shapes[base])
+        return None
+
+    def infer(node: onnx.NodeProto) -> tuple[int, ...] | None:
+        shapes = [shape_of(i) for i in node.input if i]
+        if node.op_type == "Slice":
+            shape = shapes[0]
+            if shape is None or any(i not in inits for i in node.input[1:] if i):
+                return None
+            st, en = (np.atleast_1d(inits[node.input[k]]) for k in (1, 2))
+            axes = np.atleast_1d(inits[node.input[3]]) if len(node.input) > 3 and node.input[3] else np.arange(len(st))
+            steps = np.atleast_1d(inits[node.input[4]]) if len(node.input) > 4 and node.input[4] else np.ones(len(st), int)
+            out = list(shape)
+            for a, b, e, t in zip(axes, st, en, steps):
+                a = int(a) % len(shape)
+                out[a] = len(range(*slice(int(b), int(e), int(t)).indices(shape[a])))
+            return tuple(out)
+        if node.op_type == "Pad":
+            shape = shapes[0]
+            if shape is None:
+                return None
+            pads = np.atleast_1d(inits[node.input[1]])
+            r = len(shape)
+            return tuple(int(n + pads[i] + pads[i + r]) for i, n in enumerate(shape))
+        if any(sh is None for sh in shapes):
+            return None
+        try:
+            return tuple(np.broadcast_shapes(*shapes))
+        except ValueError:
+            return None
+
+    def fixed_axes_ok(node: onnx.NodeProto) -> bool:
+        if node.op_type == "Slice":
+            if len(node.input) < 4 or node.input[3] not in inits or any(i not in inits for i in node.input[1:] if i):
+                return False
+            shape = shape_of(node.input[0])
+            return bool(shape) and all(int(a) % len(shape) != 0 for a in np.atleast_1d(inits[node.input[3]]))
+        if node.op_type == "Pad":
+            if len(node.input) < 2 or node.input[1] not in inits:
+                return False
+            pads = np.atleast_1d(inits[node.input[1]])
+            return len(pads) >= 2 and pads[0] == 0 and pads[len(pads) // 2] == 0 and (len(node.input) < 4 or not node.input[3])
+        return True
+
+    def broadcast_mul(node: onnx.NodeProto) -> bool:
+        """Mul(cotangent rows (B·M, *t), per-point (B, *t)) as (B, M, *t) * (B, 1, *t): no repeat materialised."""
+        if node.op_type != "Mul" or len(node.input) != 2:
+            return False
+        a, b = node.input
+        if a in per_point:
+            a, b = b, a
+        if b not in per_point or a not in tainted or a not in em.shapes:
+            return False
+        sa, sb = tuple(em.shapes[a]), shape_of(b)
+        if sb is None or len(sa) != len(sb) or sa[1:] != sb[1:] or len(sa) < 1 or 0 in sa[1:]:
+            return False
+        tail = [int(n) for n in sa[1:]]
+        begin = len(em.nodes)
+        wide = em.op("Reshape", [a, em.op("Concat", [points, em.const(np.array([-1] + tail, np.int64))], axis=0)])
+        prod = em.op("Mul", [wide, em.unsqueeze(b, [1])])
+        em.nodes.append(helper.make_node("Reshape", [prod, em.const(np.array([-1] + tail, np.int64))], list(node.output),
+                                         name=node.name))
+        out_nodes.extend(em.nodes[begin:])
+        del em.nodes[begin:]
+        return True
+
+    def source_ok(name: str) -> bool:
+        """Inputs a per-point node may read: repeated primals (read unrepeated), per-point results, constants."""
+        return (not name or name in tiled or name in per_point or name in inits
+                or (name in em.shapes and name not in batched and name not in tainted and not name.startswith(PREFIX)))
+
+    def repeat_of(name: str) -> str:
+        """``name`` (B, ...) repeated per cotangent row: (B·M, ...), emitted where it is first read."""
+        if name not in repeated:
+            start = len(em.nodes)
+            up = em.unsqueeze(name, [1])
+            tail = em.slice(em.op("Shape", [name]), [1], [np.iinfo(np.int64).max], [0])
+            wide = em.op("Expand", [up, em.op("Concat", [points, per, tail], axis=0)])
+            repeated[name] = em.op("Reshape", [wide, em.op("Concat", [rows, tail], axis=0)])
+            out_nodes.extend(em.nodes[start:])
+            del em.nodes[start:]
+        return repeated[name]
+
+    for node in list(em.nodes):
+        if node.output and node.output[0] in header_outputs or any(o in tiled for o in node.output):
+            out_nodes.append(node)  # the repeats themselves (kept for now, dropped below when unread)
+            continue
+        is_tainted = any(i in tainted for i in node.input if i)
+        if (not is_tainted and node.op_type in _ROWWISE and fixed_axes_ok(node)
+                and any(i in tiled or i in per_point for i in node.input if i) and all(source_ok(i) for i in node.input)):
+            shape = infer(node)
+            for i, name in enumerate(node.input):
+                if name in tiled:
+                    node.input[i] = tiled[name]
+            per_point.update(node.output)
+            shape_cache.update({o: shape for o in node.output})
+            out_nodes.append(node)
+            continue
+        if is_tainted and broadcast_mul(node):
+            tainted.update(node.output)
+            continue
+        for i, name in enumerate(node.input):
+            if name in per_point:
+                node.input[i] = repeat_of(name)
+        if is_tainted:
+            tainted.update(node.output)
+        out_nodes.append(node)
+    # Drop repeat chains of the header nobody reads now.
+    while True:
+        used = {i for n in out_nodes for i in n.input} | {GRAD} | protect
+        keep = [n for n in out_nodes if not n.output or any(o in used for o in n.output) or not any(o.startswith(PREFIX) for o in n.output)]
+        if len(keep) == len(out_nodes):
+            break
+        out_nodes = keep
+    em.nodes[:] = out_nodes
 
 
 def _forward(m, x, opset, shapes, dtypes, values, active, batch):
