@@ -6,8 +6,8 @@ Per zoo model, and for random-weight models built here at run time (a MobileNetV
 3x224x224 and a VGG-style 3x320x320 classifier with 4 classes, and a 1000-class 3x224x224
 MobileNet-style head for the Lanczos path), it times:
 
-- graph exact: S from K VJPs of the reverse-mode ONNX graph (batched over samples), then the
-  K x K matrix G and its spectrum; the one-off build + self-check is reported separately;
+- graph exact: one forward pass for p, S from K - 1 VJPs of the reverse-mode ONNX graph (batched
+  over samples; pᵀS = 0 gives the last row), then the K x K matrix G and its spectrum; the one-off build + self-check is reported separately;
 - graph Lanczos (1000 classes): the top eigenvalue of F from fused F v passes (ARPACK);
 - black-box exact (2d+1 queries; only where d <= --exact-max-d, default 1000) and sketch (--budget queries)
   through ``fimaudit.scan``;
@@ -294,7 +294,8 @@ def graph_exact(model, x: np.ndarray, kind: str, threads: int):
     best = np.inf
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        lp, s = engine.jacobians(x)
+        # p first (the scan has it from its forward pass), then K - 1 VJPs per point: pᵀS = 0 gives the last row.
+        lp, s = engine.jacobians(x, np.exp(engine.logp(x)))
         p = np.exp(lp)
         lam = []
         for i in range(x.shape[0]):

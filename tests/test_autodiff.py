@@ -558,7 +558,7 @@ def test_source_follows_the_protocol_shapes():
     assert sv.shape == (3, 5) and src.vjp(np.eye(5)).shape == (5, 100)
     before = src.queries
     s = src.full_jacobian()
-    assert src.queries == before + 5 and rel(sv, v @ s.T) < 1e-5
+    assert src.queries == before + 4 and rel(sv, v @ s.T) < 1e-5  # K - 1 VJPs: pᵀS = 0 gives the fifth row
     assert src.jacobian(np.array([3, 7])).shape == (2, 5)
     fv = src.fisher_matvec(v[:1])
     assert rel(fv, ((v[:1] @ s.T) * src.p) @ s) < 1e-4
@@ -583,7 +583,7 @@ def test_gradient_graph_is_a_jacobian_source_for_the_estimators(tmp_path):
     s_ref = w - p @ w
     lam = np.linalg.eigvalsh(np.sqrt(p)[:, None] * (s_ref @ s_ref.T) * np.sqrt(p)[None, :])[-1]
     est = exact(src)
-    assert abs(est.lambda_max - lam) <= 1e-4 * lam and src.queries == k + 1
+    assert abs(est.lambda_max - lam) <= 1e-4 * lam and src.queries == (k - 1) + 1  # K - 1 VJPs, one JVP for the bound
     fd = exact(FiniteDifferences(LogProbOracle(model, "logits"), x0, 1e-2))
     assert abs(fd.lambda_max - lam) <= 1e-3 * lam
 
@@ -661,3 +661,16 @@ def test_self_check_refuses_a_broken_graph_float32_cannot_judge(tmp_path, monkey
     engine, x = _tiny_linear(tmp_path)
     check = check_graph(engine, x, np.random.default_rng(0))
     assert not check.passed and check.verified == 0 and "reverse" in check.reason
+
+
+@pytest.mark.parametrize("given", ["right", "wrong"])
+def test_jacobians_from_k_minus_one_vjps_equal_all_k(given):
+    """pᵀS = 0 rebuilds the most probable class's row; a p that is not the point's own falls back to its VJP."""
+    engine = GraphEngine(graphs_of(_conv_net(), [1, 10, 10]), device="cpu")
+    x = np.random.default_rng(12).standard_normal((3, 1, 10, 10))
+    lp, full = engine.jacobians(x)
+    p = np.exp(lp) if given == "right" else np.tile(np.eye(5)[np.argmin(lp[0])], (3, 1))
+    rows = engine.rows
+    lp2, reduced = engine.jacobians(x, p)
+    assert rel(reduced, full) < 1e-5 and rel(lp2, lp) < 1e-6
+    assert engine.rows - rows == (3 * 4 if given == "right" else 3 * 4 + 3)

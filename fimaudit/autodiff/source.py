@@ -100,24 +100,66 @@ class GraphEngine:
         """One fused pass: (log p, S v, F v = Sᵀ diag(p) S v) for each row."""
         return tuple(self.run("fisher", [LOGP, JVP_OUT, GRAD], x, {TANGENT: v}))  # type: ignore[return-value]
 
-    def jacobians(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact S for each of N points: K VJPs each (rows e_k), batched. Returns (log p (N, K), S (N, K, d)).
+    def vjp_point(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Many cotangents ``u`` (m, K) at one point ``x`` (1, *shape): (log p (K,), Sᵀu (m, *shape)).
 
-        With a symbolic batch the reverse graph takes K cotangent rows per point and runs the
-        model once per point; a fixed-batch graph gets each point repeated K times.
+        With a symbolic batch the model runs once for all m rows (``multi``); otherwise the point
+        is repeated per row.
+        """
+        u = np.atleast_2d(u)
+        if not self.graphs.multi:
+            lp, g = self.vjp(np.repeat(x, u.shape[0], axis=0), u)
+            return lp[0], g
+        lps, grads = [], []
+        for start in range(0, u.shape[0], self.max_rows):
+            lp, g = self._run_multi(x, u[start : start + self.max_rows])
+            lps.append(lp[0])
+            grads.append(g)
+        return lps[0], np.concatenate(grads)
+
+    def jacobians(self, x: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact S for each of N points, batched. Returns (log p (N, K), S (N, K, d)).
+
+        Without ``p``: K VJPs per point (rows e_k). With the points' probabilities ``p`` (N, K):
+        K - 1 VJPs, since pᵀS = 0 (the probabilities sum to one): the row of the most probable
+        class j is rebuilt as S_j = -(Σ_{k≠j} p_k S_k) / p_j (p_j >= 1/K, so no rounding is
+        amplified). With a symbolic batch the reverse graph takes all of a point's cotangent rows
+        and runs the model once per point; a fixed-batch graph gets each point repeated.
         """
         n, k = x.shape[0], self.n_classes
+        eye = np.eye(k)
+        if p is None or k < 2:
+            drop = None
+            u = np.tile(eye, (n, 1))
+        else:
+            p = np.asarray(p, dtype=np.float64).reshape(n, k)
+            drop = np.argmax(p, axis=1)
+            u = np.concatenate([np.delete(eye, j, axis=0) for j in drop])
+        m = k if drop is None else k - 1
         if not self.graphs.multi:
-            lp, g = self.vjp(np.repeat(x, k, axis=0), np.tile(np.eye(k), (n, 1)))
-            return lp[::k], g.reshape(n, k, -1)
-        per_run = max(1, self.max_rows // k)
-        lps, grads = [], []
-        for start in range(0, n, per_run):
-            pts = x[start : start + per_run]
-            lp, g = self._run_multi(pts, np.tile(np.eye(k), (pts.shape[0], 1)))
-            lps.append(lp)
-            grads.append(g.reshape(pts.shape[0], k, -1))
-        return np.concatenate(lps), np.concatenate(grads)
+            lp, g = self.vjp(np.repeat(x, m, axis=0), u)
+            lp, g = lp[::m], g.reshape(n, m, -1)
+        else:
+            per_run = max(1, self.max_rows // m)
+            lps, grads = [], []
+            for start in range(0, n, per_run):
+                pts = x[start : start + per_run]
+                lp_, g_ = self._run_multi(pts, u[start * m : (start + pts.shape[0]) * m])
+                lps.append(lp_)
+                grads.append(g_.reshape(pts.shape[0], m, -1))
+            lp, g = np.concatenate(lps), np.concatenate(grads)
+        if drop is None:
+            return lp, g
+        s = np.empty((n, k, g.shape[2]))
+        for i, j in enumerate(drop):
+            rest = np.delete(np.arange(k), j)
+            s[i, rest] = g[i]
+            pg = np.exp(lp[i])  # the graph's own probabilities at this point: consistent with its gradients
+            if pg[j] >= 0.5 / k:
+                s[i, j] = -(pg[rest] @ g[i]) / pg[j]
+            else:  # the p given was not this point's: the row directly
+                s[i, j] = self.vjp_point(x[i : i + 1], eye[j : j + 1])[1].reshape(-1)
+        return lp, s
 
     def _run_multi(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One reverse run with u.shape[0] / x.shape[0] cotangent rows per point."""
@@ -198,16 +240,16 @@ class GradientGraph:
         u = np.atleast_2d(np.asarray(u, dtype=np.float64))
         if self._S is not None:
             return u @ self._S
-        g = self.engine.vjp(self._tile(u.shape[0]), u)[1]
+        g = self.engine.vjp_point(self._u0, u)[1]
         return g.reshape(u.shape[0], -1) * self._scale
 
     def vjp_cost(self, m: int) -> int:
         return int(m)
 
     def full_jacobian(self) -> np.ndarray:
-        """S (K, d) exactly, from K VJPs (computed once, then reused by jvp/vjp)."""
+        """S (K, d) exactly, from K - 1 VJPs and pᵀS = 0 (computed once, then reused by jvp/vjp)."""
         if self._S is None:
-            _, s = self.engine.jacobians(self._u0)
+            _, s = self.engine.jacobians(self._u0, self.p[None, :])
             self._S = s[0] * self._scale
         return self._S
 

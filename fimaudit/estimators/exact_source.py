@@ -44,7 +44,9 @@ def exact_rows(source, p: np.ndarray) -> tuple[Estimate, np.ndarray]:
     """S from K VJPs, then G, its spectrum, trace and top direction; returns (estimate, S)."""
     k = p.shape[0]
     before = source.queries
-    s = np.asarray(source.vjp(np.eye(k)), dtype=np.float64)  # (K, d): row y is g_y = grad log p_y
+    # (K, d): row y is g_y = grad log p_y; a gradient-graph source needs only K - 1 VJPs (pᵀS = 0).
+    full = getattr(source, "full_jacobian", None)
+    s = np.asarray(full() if full is not None else source.vjp(np.eye(k)), dtype=np.float64)
     evals, evecs = top_eigen(small_matrix(p, s))
     v = s.T @ (np.sqrt(p) * evecs[:, 0])
     nv = float(np.linalg.norm(v))
