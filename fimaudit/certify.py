@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta, norm
+from scipy import special
 
 from .options import ModelDataOptions
 from .data import Preprocess, synthetic_data
@@ -51,7 +51,7 @@ def lower_confidence_bound(n_a: Any, n: Any, alpha: float) -> np.ndarray:
     n_a = np.asarray(n_a, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        bound = beta.ppf(alpha, n_a, n - n_a + 1)
+        bound = special.betaincinv(n_a, n - n_a + 1, alpha)  # the beta distribution's alpha quantile
     return np.where(n_a > 0, bound, 0.0)
 
 
@@ -63,7 +63,7 @@ def radius_from_counts(n_a: Any, n: Any, sigma: float, alpha: float) -> tuple[np
     p_lower = lower_confidence_bound(n_a, n, alpha)
     abstain = p_lower <= 0.5
     with np.errstate(divide="ignore", invalid="ignore"):
-        radius = np.where(abstain, np.nan, sigma * norm.ppf(np.where(abstain, 0.75, p_lower)))
+        radius = np.where(abstain, np.nan, sigma * special.ndtri(np.where(abstain, 0.75, p_lower)))
     return p_lower, radius, abstain
 
 

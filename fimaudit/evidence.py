@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from .options import ModelDataOptions
 from .attacks import AttackOutcome, RowRng, make_attack
@@ -410,6 +409,8 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
     """Spearman and Kendall coefficients with percentile bootstrap intervals over models."""
     a, b = pairs[:, 0], pairs[:, 1]
     out = {"n": int(len(a))}
+    from scipy import stats  # here: importing scipy.stats costs ~0.9 s at start-up
+
     for name, fn in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
         val = float(fn(a, b).statistic)
         reps = []

@@ -375,13 +375,18 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
     n_classes = int(logp.shape[1])
     if points.labels is not None:
         check_labels(points.labels, n_classes, points.source)
-    chosen = plan(config.method, model.d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
+    notes = []
+    graph, gradients = _gradient_choice(model, kind, config, points.x, points.to_input, notes)
+    method = config.method
+    if graph is not None and method == "exact" and 2 * model.d + 1 > config.budget:
+        # The graph makes exact cheap (K - 1 VJPs); the black-box plan only serves --cross-check.
+        method = "auto"
+    chosen = plan(method, model.d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     q0 = model.queries
     step = choose_step(
         oracle, points.x[0], input_scale(points.x), np.random.default_rng([config.seed, 2]), config.fd_step,
         max_step=points.sigma * STEP_OVER_DITHER if points.sigma > 0 else None,
     )
-    notes = []
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
         notes.append(
             f"finite differences are unstable here: JVPs at h and h/2 differ by {100 * step.relative_discrepancy:.1f}% "
@@ -391,7 +396,6 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
     if chosen.method == "deflated" and config.subspace == "dct":
         dct = dct_lowfreq_basis(model.sample_shape, chosen.r)
     queries = model.queries - q0
-    graph, gradients = _gradient_choice(model, kind, config, points.x, points.to_input, notes)
     scale = None if points.to_input is None or pre is None else pre.jacobian_diag(model.sample_shape)
     return oracle, Calibration(kind, kind_source, logp, chosen, step, queries, dct, tuple(notes), graph, gradients,
                                scale, points.sigma)
@@ -553,6 +557,12 @@ def _estimate_graph(calib: Calibration, config: ScanConfig, fd: FiniteDifference
     return res.estimate, res.lower, info
 
 
+def _graph_seconds(calib: Calibration) -> float:
+    """Wall time inside onnxruntime running the gradient graphs (0 without them)."""
+    engine = getattr(calib.graph, "engine", None)
+    return float(engine.seconds) if engine is not None else 0.0
+
+
 def fd_to_input(fd: FiniteDifferences):
     """The estimation-space -> model-input map behind a finite-difference source's oracle (None: identity)."""
     return fd.oracle._to_input
@@ -609,7 +619,7 @@ def assemble(
         queries_total=model.queries,
         calibration_queries=calib.queries,
         seconds=seconds,
-        runtime_fraction=model.run_seconds / seconds if seconds > 0 else None,
+        runtime_fraction=(model.run_seconds + _graph_seconds(calib)) / seconds if seconds > 0 else None,
     )
     info = model.info
     model_dict = {

@@ -109,3 +109,25 @@ def test_graph_scan_report_round_trips_and_renders(tmp_path):
     for text in (render_text(back), render_markdown(back), render_html(back)):
         assert "gradient graph (self-check passed" in text and "certified lower bound" in text
         assert "black-box exact against it" in text
+
+
+def test_method_exact_with_the_graph_needs_no_2d_plus_1_budget(tmp_path):
+    """With the graph exact costs K - 1 VJPs: --method exact is refused only for finite differences."""
+    import fimaudit
+    from fimaudit.errors import ConfigError
+
+    rng = np.random.default_rng(7)
+    k, d = 5, 300
+    net = _linear(rng, k, d)
+    w, b = net.layers[0][1], net.layers[0][2]
+    x = rng.uniform(0, 1, size=(2, d)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    model = net.onnx(tmp_path / "lin.onnx")
+    res = fimaudit.scan(model, tmp_path / "d.npz", gradients="graph", method="exact", budget=100, bounds=False)
+    assert res.run.method_used == "exact-graph"
+    for s, xi in zip(res.samples, x):
+        assert s.lambda_max == pytest.approx(B.lam_max(B.linear_reference(w, b, xi)), rel=1e-4)
+        assert s.queries <= 100
+    assert res.summary.runtime_fraction is not None and res.summary.runtime_fraction > 0
+    with pytest.raises(ConfigError, match="2d\\+1"):
+        fimaudit.scan(model, tmp_path / "d.npz", gradients="fd", method="exact", budget=100, bounds=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from .source import JacobianSource
 
@@ -44,7 +44,7 @@ def summarize(values: np.ndarray, level: float = 0.95) -> tuple[float, float, tu
     if n < 2:
         return mean, float("inf"), (float("-inf"), float("inf"))
     se = float(np.std(values, ddof=1) / np.sqrt(n))
-    t = float(stats.t.ppf(0.5 + level / 2, n - 1))
+    t = float(special.stdtrit(n - 1, 0.5 + level / 2))  # Student t quantile
     return mean, se, (max(0.0, mean - t * se), mean + t * se)
 
 

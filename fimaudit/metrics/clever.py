@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from ..estimators.fd import jvp_coordinates
 from ..model.oracle import LogProbOracle
@@ -47,6 +46,8 @@ def reverse_weibull_location(maxima: np.ndarray) -> tuple[float, bool]:
     if maxima.size < 3 or np.ptp(maxima) <= 1e-12 * max(top, 1e-300):
         return top, False
     try:
+        from scipy import stats  # here: importing scipy.stats costs ~0.9 s at start-up
+
         shape, loc, scale = stats.weibull_min.fit(-maxima)
         ks = stats.kstest(-maxima, "weibull_min", args=(shape, loc, scale)).pvalue
     except Exception:
