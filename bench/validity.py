@@ -82,7 +82,32 @@ def markdown(path: str = str(ROOT / "bench/results/validity.json")) -> str:
         ratio = r["median_distance_over_radius"]
         lines.append(f"| {r['group']} | {r['model']} | {sp['n']} | {cell} | {'-' if ratio is None else f'{ratio:.3g}'} | "
                      f"{r['lambda_method']} ({r['lambda_gradients']}) | {r['distance_gradients']} | {r['seconds']} |")
+    lines += ["", "| group | models | samples | pooled Spearman ρ [95% CI] | models with CI above 0 |", "|---|---:|---:|---|---:|"]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        pooled = pool([r for r in rows if r["group"] == group and "error" not in r])
+        if pooled:
+            lines.append(f"| {group} | {pooled['models']} | {pooled['samples']} | {pooled['rho']:+.2f} "
+                         f"[{pooled['ci'][0]:+.2f}, {pooled['ci'][1]:+.2f}] | {pooled['above_zero']} |")
     return "\n".join(lines) + "\n"
+
+
+def pool(rows: list[dict]) -> dict | None:
+    """Within-model Spearman ρ pooled over models: Fisher z weighted by n - 3, standard error sqrt(1.06 / Σ(n - 3)).
+
+    1.06 / (n - 3) is the Fieller-Hartley-Pearson variance of atanh of Spearman's ρ; models
+    are independent samples, so their z add with weights n - 3. Models with n < 4 are left out.
+    """
+    usable = [(r["spearman"]["value"], r["spearman"]["n"], r["spearman"]["ci"]) for r in rows
+              if r["spearman"]["value"] is not None and r["spearman"]["n"] >= 4]
+    if not usable:
+        return None
+    w = np.array([n - 3 for _, n, _ in usable], dtype=float)
+    z = np.arctanh(np.clip([v for v, _, _ in usable], -0.999999, 0.999999))
+    mean = float(np.sum(w * z) / np.sum(w))
+    se = float(np.sqrt(1.06 / np.sum(w)))
+    return {"models": len(usable), "samples": int(sum(n for _, n, _ in usable)), "rho": float(np.tanh(mean)),
+            "ci": [float(np.tanh(mean - 1.96 * se)), float(np.tanh(mean + 1.96 * se))],
+            "above_zero": f"{sum(1 for _, _, ci in usable if ci and ci[0] > 0)} of {len(usable)}"}
 
 
 if __name__ == "__main__":

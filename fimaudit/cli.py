@@ -448,7 +448,7 @@ def scan_cmd(
     ),
     no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
     gradients: str = typer.Option(
-        "fd", "--gradients", help="auto | graph | fd: exact Jacobians from a gradient graph of the model (self-checked "
+        "auto", "--gradients", help="auto | graph | fd: exact Jacobians from a gradient graph of the model (self-checked "
         "against finite differences; auto falls back with the reason) or black-box finite differences.",
     ),
     cross_check: bool = typer.Option(
@@ -576,7 +576,7 @@ def clever_cmd(
     radius: float = typer.Option(2.0, "--radius", help="Radius R of the sampling ball (attack units); caps the score."),
     points: int = typer.Option(50, "--points", help="Points sampled per sample (2d queries each), in batches of 10."),
     seeds: int = typer.Option(3, "--seeds", help="Repeat with this many seeds and report the spread."),
-    gradients: str = typer.Option("fd", "--gradients", help="auto | graph | fd: exact margin gradients from the model's "
+    gradients: str = typer.Option("auto", "--gradients", help="auto | graph | fd: exact margin gradients from the model's "
                                   "gradient graph (self-checked) instead of 2d finite-difference queries per point."),
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""

@@ -426,7 +426,7 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10, gradients: str = "fd") -> CleverResult:
+               batch_size: int = 10, gradients: str = "auto") -> CleverResult:
     """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread.
 
     ``gradients`` auto|graph: the margin gradients come from the model's gradient graph (K-1 VJP

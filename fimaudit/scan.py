@@ -63,7 +63,7 @@ class ScanConfig(ModelDataOptions):
     bounds: bool = True
     dither: float = 0.0  # 0: automatic (dither only when exact ties are detected); > 0: this sigma
     no_dither: bool = False  # keep x even with ties
-    gradients: str = "fd"  # auto | graph | fd: where the Jacobian comes from (fimaudit.autodiff)
+    gradients: str = "auto"  # auto | graph | fd: where the Jacobian comes from (fimaudit.autodiff)
     cross_check: bool = False  # with the graph: also run the black-box plan and report its error
     trace_budget: int = 0
     trace_rse: float = 0.05
@@ -526,6 +526,11 @@ def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, t
     """Build and self-check the gradient graph (``--gradients auto|graph``): (choice or None, its record for the report)."""
     if config.gradients == "fd":
         return None, {"requested": "fd", "source": "fd", "reason": "finite differences requested (--gradients fd)"}
+    if config.gradients == "auto" and config.method not in ("auto", "exact"):
+        # An explicit black-box estimator is what was asked for; --gradients graph would run the
+        # graph's exact values instead, with this estimator as the cross-check.
+        return None, {"requested": "auto", "source": "fd",
+                      "reason": f"--method {config.method} is a black-box estimator (--method auto or exact uses the graph)"}
     from .autodiff.select import build_gradient_source
 
     rows = to_input(points[:2]) if to_input is not None else points[:2]

@@ -131,7 +131,7 @@ def test_lower_bound_never_exceeds_exact(tmp_path):
     refs = [B.lam_max(B.mlp_reference(*params, xi)) for xi in x]
     for method in ("exact", "sketch", "power", "power-fresh", "deflated"):
         budget = 200 if method != "exact" else 130
-        res = fimaudit.scan(model, tmp_path / "d.npz", method=method, budget=budget, seed=1)
+        res = fimaudit.scan(model, tmp_path / "d.npz", method=method, budget=budget, seed=1, gradients="fd")
         for s, r in zip(res.samples, refs):
             assert s.lower_estimate is not None and s.lower_estimate <= r, (method, s.lower_estimate, r)
             assert s.queries <= budget
@@ -145,7 +145,7 @@ def test_tanh_mlp_d12288_within_goal_at_budget_2000(tmp_path):
     x = rng.uniform(0, 1, size=(8, 3, 64, 64)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x)
     refs = np.array([B.lam_max_factor(B.mlp_reference(*params, xi, factor=True)) for xi in x])
-    res = fimaudit.scan(model, tmp_path / "d.npz", budget=2000, seed=0)
+    res = fimaudit.scan(model, tmp_path / "d.npz", budget=2000, seed=0, gradients="fd")  # black-box goal
     assert res.run.method_used == "sketch"
     errs = np.abs(np.array([s.lambda_max for s in res.samples]) - refs) / refs
     assert np.median(errs) <= 0.05 and np.percentile(errs, 90) <= 0.12, errs

@@ -278,7 +278,7 @@ def test_results_do_not_depend_on_max_batch(tmp_path, method):
     for mb in ("1", "7", "256"):
         out = tmp_path / f"mb{mb}.json"
         res = run_cli("scan", str(model), "--data", str(data), "--method", method, "--budget", "60",
-                      "--max-batch", mb, "--json", str(out), "-q")
+                      "--max-batch", mb, "--json", str(out), "-q", "--gradients", "fd")
         assert res.exit_code == 0, res.stderr
         reps.append(json.loads(out.read_text()))
     for rep in reps[1:]:
@@ -329,7 +329,7 @@ def test_signal_mid_scan_exits_cleanly(tmp_path, sig, code):
     out.mkdir()
     args = [sys.executable, "-c", _CHILD, "scan", str(model), "--data", str(data), "--samples", "20000",
             "--method", "exact", "--budget", "200", "--json", str(out / "r.json"), "--report", str(out / "r.html"),
-            "--save-direction", str(out / "dir.npy"), "-q"]
+            "--save-direction", str(out / "dir.npy"), "-q", "--gradients", "fd"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:

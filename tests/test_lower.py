@@ -42,7 +42,7 @@ def corpus(tmp_path_factory):
 def test_fd_lower_estimate_never_exceeds_exact_lambda(corpus, method, budget):
     checked = violations = 0
     for name, (net, path, data, _, refs) in corpus.items():
-        res = fimaudit.scan(path, data, method=method, budget=budget, seed=1, bounds=False)
+        res = fimaudit.scan(path, data, method=method, budget=budget, seed=1, bounds=False, gradients="fd")
         for s, r in zip(res.samples, refs):
             assert s.lower_bound is None and s.lower_check["kind"] == "lower_estimate"
             assert "not certified" in s.lower_check["detail"]
@@ -54,7 +54,7 @@ def test_fd_lower_estimate_never_exceeds_exact_lambda(corpus, method, budget):
 def test_fd_margin_is_needed_along_v(corpus):
     """The raw central-difference v^T F v along the exact direction does exceed lambda_max on ReLU nets."""
     net, path, data, x, refs = corpus["relu_a"]
-    res = fimaudit.scan(path, data, method="exact", seed=1, bounds=False)
+    res = fimaudit.scan(path, data, method="exact", seed=1, bounds=False, gradients="fd")
     raw = np.array([s.lower_check["quadratic_form"] for s in res.samples])
     assert np.sum(raw > refs) >= 5  # what the margin measured along v removes
 

@@ -124,7 +124,8 @@ def mlp_scan(tmp_path_factory):
 @pytest.mark.parametrize("method", ["sketch", "exact", "power-fresh"])
 def test_one_sample_alone_equals_the_same_sample_in_the_scan(mlp_scan, method):
     model, data = mlp_scan
-    cfg = scan_mod.ScanConfig(model=str(model), data=str(data), method=method, budget=120, seed=3, bounds=False)
+    cfg = scan_mod.ScanConfig(model=str(model), data=str(data), method=method, budget=120, seed=3, bounds=False,
+                              gradients="fd")
     whole = scan_mod.scan(cfg)
     loaded = scan_mod.load(cfg)
     points = scan_mod.prepare_points(cfg, loaded)

@@ -52,7 +52,7 @@ def exact_rows(source, p: np.ndarray) -> tuple[Estimate, np.ndarray]:
     nv = float(np.linalg.norm(v))
     est = Estimate(
         method="exact-graph", lambda_max=float(evals[0]), lambda_max_ci=None, trace=float(np.sum(evals)),
-        trace_se=0.0, queries=source.queries - before, probes=k,
+        trace_se=0.0, queries=source.queries - before, probes=source.queries - before if full is not None else k,
         top_eigenvalues=tuple(float(e) for e in evals[: min(5, k)]), lower_bound=None,
         direction=v / nv if nv > 0 else None,
     )
