@@ -134,7 +134,8 @@ class GraphEngine:
         else:
             p = np.asarray(p, dtype=np.float64).reshape(n, k)
             drop = np.argmax(p, axis=1)
-            u = np.concatenate([np.delete(eye, j, axis=0) for j in drop])
+            keep = np.broadcast_to(np.arange(k), (n, k)) != drop[:, None]
+            u = np.broadcast_to(eye, (n, k, k))[keep]  # each point's K - 1 rows e_k, k != its dropped class
         m = k if drop is None else k - 1
         if not self.graphs.multi:
             lp, g = self.vjp(np.repeat(x, m, axis=0), u)
@@ -151,14 +152,15 @@ class GraphEngine:
         if drop is None:
             return lp, g
         s = np.empty((n, k, g.shape[2]))
-        for i, j in enumerate(drop):
-            rest = np.delete(np.arange(k), j)
-            s[i, rest] = g[i]
-            pg = np.exp(lp[i])  # the graph's own probabilities at this point: consistent with its gradients
-            if pg[j] >= 0.5 / k:
-                s[i, j] = -(pg[rest] @ g[i]) / pg[j]
-            else:  # the p given was not this point's: the row directly
-                s[i, j] = self.vjp_point(x[i : i + 1], eye[j : j + 1])[1].reshape(-1)
+        pts = np.arange(n)
+        classes = np.broadcast_to(np.arange(k), (n, k))
+        rest = classes[classes != drop[:, None]].reshape(n, k - 1)
+        s[pts[:, None], rest] = g
+        pg = np.exp(lp)  # the graph's own probabilities at each point: consistent with its gradients
+        pj = pg[pts, drop]
+        s[pts, drop] = -np.einsum("nm,nmd->nd", np.take_along_axis(pg, rest, axis=1), g) / np.maximum(pj, 1e-300)[:, None]
+        for i in np.flatnonzero(pj < 0.5 / k):  # the p given was not this point's: that row directly
+            s[i, drop[i]] = self.vjp_point(x[i : i + 1], eye[drop[i] : drop[i] + 1])[1].reshape(-1)
         return lp, s
 
     def _run_multi(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
