@@ -56,6 +56,7 @@ def main() -> None:
             res = fimaudit.scan(
                 ZOO / entry["file"], ZOO / entry["data"], samples=args.samples, method=method, probes=probes,
                 budget=budget, scale=pp["scale"], mean=(pp["mean"],), std=(pp["std"],), seed=0, bounds=False,
+                gradients="fd",  # black-box throughput (bench/whitebox.py times the gradient graph)
             )
             wall = time.perf_counter() - t0
             n = len(res.samples)
@@ -98,7 +99,7 @@ def _large(budget: int) -> list[dict]:
             samples = 2 if name == "mobilenet224" else 1
             t0 = time.perf_counter()
             res = fimaudit.scan(model, data, samples=samples, method="sketch", probes="orthogonal", budget=budget,
-                                seed=0, bounds=False)
+                                seed=0, bounds=False, gradients="fd")
             wall = time.perf_counter() - t0
             q = res.summary.queries_total
             d = res.model["input"]["d"]
