@@ -580,7 +580,7 @@ BASE_ARGS = {
     "bounds": [],
     "attack": ["--samples", "2", "--budget", "20", "--steps", "2", "--attack", "fgsm"],
     "metrics": ["--samples", "6", "--no-corruptions"],
-    "clever": ["--samples", "1", "--points", "10", "--seeds", "1"],
+    "clever": ["--samples", "1", "--points", "20", "--seeds", "1"],  # --points: at least 2 batches of 10
     "certify": ["--samples", "2", "--sigma", "0.25", "--n0", "10", "--n", "60"],
     "audit": ["--samples", "2"],
 }

@@ -40,6 +40,30 @@ def test_non_positive_input_dims_are_refused(tmp_path, index, value):
     assert_one_line_error(run_cli("bounds", str(p), "-q"), "non-positive")
 
 
+@pytest.mark.parametrize("where", ["dim_param", "input name"])
+def test_names_that_are_not_utf8_are_a_corrupt_model(tmp_path, where):
+    """Found by the fuzz run (seed 1, case 1543): a flipped byte in a dimension name made protobuf hand
+    back bytes, and writing the JSON report was an internal error."""
+    m = _conv(tmp_path, "m.onnx")
+    m = onnx.load(str(m))
+    if where == "dim_param":
+        m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "QQ"
+        marker = b"QQ"
+    else:
+        old = m.graph.input[0].name
+        for node in m.graph.node:
+            node.input[:] = ["ZZin" if i == old else i for i in node.input]
+        m.graph.input[0].name = "ZZin"
+        marker = b"ZZin"
+    raw = m.SerializeToString()
+    assert raw.count(marker) >= 1
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(raw.replace(marker, b"\xe4\xff" + marker[2:]))
+    for cmd in (["scan", str(bad), "-q", "--samples", "2", "--json", str(tmp_path / "r.json")], ["bounds", str(bad), "-q"]):
+        assert_one_line_error(run_cli(*cmd), "corrupt", "UTF-8")
+    assert not (tmp_path / "r.json").exists()
+
+
 @pytest.mark.parametrize("batch", [-1, 0, "N"])
 def test_dynamic_batch_written_as_minus_one_or_zero(tmp_path, batch):
     rng = np.random.default_rng(1)

@@ -57,6 +57,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _text(value, what: str) -> str:
+    """A string field of the model; protobuf hands back bytes when the file's bytes are not UTF-8 (ONNX requires it)."""
+    if isinstance(value, bytes):
+        raise ModelLoadError(f"the model is corrupt: {what} is not valid UTF-8 text ({value[:20]!r})")
+    return value
+
+
 def _dims(type_proto: onnx.TypeProto) -> tuple[int | str | None, ...]:
     shape = type_proto.tensor_type.shape
     out: list[int | str | None] = []
@@ -64,7 +71,7 @@ def _dims(type_proto: onnx.TypeProto) -> tuple[int | str | None, ...]:
         if dim.HasField("dim_value"):
             out.append(int(dim.dim_value))
         elif dim.HasField("dim_param") and dim.dim_param:
-            out.append(dim.dim_param)
+            out.append(_text(dim.dim_param, "a dimension name"))
         else:
             out.append(None)
     return tuple(out)
@@ -364,8 +371,9 @@ def load_model(
 
     _check_operators(model)
 
-    in_spec = TensorSpec(chosen_in.name, _dims(chosen_in.type), _dtype_name(in_type))
-    out_spec = TensorSpec(chosen_out.name, _dims(chosen_out.type), _dtype_name(chosen_out.type.tensor_type.elem_type))
+    in_spec = TensorSpec(_text(chosen_in.name, "the input's name"), _dims(chosen_in.type), _dtype_name(in_type))
+    out_spec = TensorSpec(_text(chosen_out.name, "the output's name"), _dims(chosen_out.type),
+                          _dtype_name(chosen_out.type.tensor_type.elem_type))
     sample_shape, fixed_batch, shape_notes = _resolve_sample_shape(in_spec, input_shape)
     notes.extend(shape_notes)
     if fixed_batch is not None:  # every query is padded to the fixed batch: float64 rows in and a float32 copy
