@@ -161,8 +161,9 @@ def test_scan_on_the_cluster_equals_the_single_process_scan(setup, cluster, tmp_
     from fimaudit.scan import ScanConfig, scan
 
     model, data = setup
-    cfg = ScanConfig(model=str(model), data=str(data), method="sketch", budget=40, scale=1 / 255, space="data",
-                     save_direction=str(tmp_path / "local.npy"), gradients=gradients)
+    # auto with --method auto: the graph's exact values (an explicit black-box --method keeps finite differences).
+    cfg = ScanConfig(model=str(model), data=str(data), method="sketch" if gradients == "fd" else "auto", budget=40,
+                     scale=1 / 255, space="data", save_direction=str(tmp_path / "local.npy"), gradients=gradients)
     local = scan(cfg)
     from dataclasses import replace
 
