@@ -77,7 +77,7 @@ def test_scan_and_bounds_bracket_the_exact_fisher(case):
     common = [model, "--data", data, "--samples", "2", "--dither", "1e-3", "--seed", "0"]
     sketch = _json(["scan", *common, "--method", "sketch", "--budget", "400"])
     d = sketch["model"]["input"]["d"]
-    exact = _json(["scan", *common, "--method", "exact", "--budget", str(2 * d + 8), "--no-bounds"])
+    exact = _json(["scan", *common, "--method", "exact", "--budget", str(2 * d + 8), "--no-bounds", "--gradients", "fd"])
     assert sketch["run"]["method_used"] == "sketch" and exact["run"]["method_used"] == "exact"
     assert sketch["model"]["output"]["classes"] == 10
     graph = _json(["scan", *common, "--gradients", "auto", "--no-bounds"])
