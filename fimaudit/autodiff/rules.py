@@ -876,19 +876,13 @@ def _softmax_axes(em: Emitter, node: onnx.NodeProto) -> list[int]:
 
 
 @vjp("Softmax")
-def _vjp_softmax(em: Emitter, node: onnx.NodeProto, g: list) -> list:
-    y = node.output[0]
-    axes = _softmax_axes(em, node)
-    s = em.reduce_sum(em.op("Mul", [g[0], y]), axes, keepdims=True)
-    return [em.op("Mul", [y, em.op("Sub", [g[0], s])])]
-
-
 @jvp("Softmax")
-def _jvp_softmax(em: Emitter, node: onnx.NodeProto, t: list) -> list:
+def _softmax_product(em: Emitter, node: onnx.NodeProto, d: list) -> list:
+    """y ⊙ (d − Σ d ⊙ y): softmax's Jacobian diag(y) − y yᵀ is symmetric, so one rule serves both modes."""
     y = node.output[0]
     axes = _softmax_axes(em, node)
-    s = em.reduce_sum(em.op("Mul", [t[0], y]), axes, keepdims=True)
-    return [em.op("Mul", [y, em.op("Sub", [t[0], s])])]
+    s = em.reduce_sum(em.op("Mul", [d[0], y]), axes, keepdims=True)
+    return [em.op("Mul", [y, em.op("Sub", [d[0], s])])]
 
 
 @vjp("LogSoftmax")
