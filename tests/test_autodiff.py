@@ -515,18 +515,50 @@ def test_self_check_names_the_broken_rule_in_a_transformer(monkeypatch, op, mode
     assert not check.passed and check.suspect is not None and check.suspect.startswith(op), check.suspect
 
 
+def _relu_net_at_kinks():
+    """A ReLU MLP whose samples each sit 2^-17 from one hidden unit's kink, with every value exact in float32.
+
+    Integer inputs and first-layer weights make each pre-activation an exact float32 number, so
+    the kink's distance does not depend on any CPU's rounding: 2^-17 is far below the float32
+    check's smallest step (1e-4 of the input RMS, times |w.v| ~ 1: every one of its steps
+    crosses the kink, and central differences average the two slopes, off by O(1)) and far
+    above the float64 check's smallest step (1e-7 of the RMS): float64 settles it.
+    """
+    rng = np.random.default_rng(5)
+    d, hidden, k = 6, 6, 3
+    x = rng.integers(-2, 3, size=(2, d)).astype(np.float64)
+    w1 = rng.choice([-2.0, -1.0, 1.0, 2.0], size=(hidden, d))
+    pre = x @ w1.T  # exact integers
+    b1 = 0.5 - pre[0]  # pre-activations at sample 0: 0.5; the other sample's differ by integers
+    kink = 2.0**-17
+    b1[0], b1[1] = kink - pre[0, 0], kink - pre[1, 1]  # unit 0 at sample 0's kink, unit 1 at sample 1's
+    at = x @ w1.T + b1
+    assert abs(at[0, 0] - kink) == 0 and abs(at[1, 1] - kink) == 0
+    far = np.abs(at) > 0.25
+    far[0, 0] = far[1, 1] = True
+    assert far.all()  # every other unit is a quarter away from its kink
+    w2 = 2.0 * rng.standard_normal((k, hidden))
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["a"], transB=1), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["z"], transB=1)]
+    inits = [numpy_helper.from_array(w1.astype(np.float32), "W1"), numpy_helper.from_array(b1.astype(np.float32), "b1"),
+             numpy_helper.from_array(w2.astype(np.float32), "W2"), numpy_helper.from_array(np.zeros(k, np.float32), "b2")]
+    assert np.array_equal(b1.astype(np.float32).astype(np.float64), b1)  # the kink distance survives float32
+    model = helper.make_model(
+        helper.make_graph(nodes, "kinks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", k])], inits),
+        opset_imports=[helper.make_opsetid("", 17)])
+    return model, x
+
+
 def test_self_check_second_opinion_near_kinks():
-    """Dithered Fashion-MNIST ties put max-pool/ReLU kinks within float32's reach: float64 settles it."""
-    model = load_model(ROOT / "sample_models" / "vgg_deep.onnx", device="cpu")
-    raw = np.load(ROOT / "sample_models" / "fmnist_test_1000_28.npz")["x"][:2].astype(np.float64)
-    x = (raw / 255 - 0.286) / 0.353 + 1e-3 * np.random.default_rng(0).standard_normal(raw.shape)
-    graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
-                          sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
-    engine = GraphEngine(graphs, device="cpu")
+    """Samples a hair from a ReLU kink: float32 central differences refuse a correct graph, float64 settles it."""
+    model, x = _relu_net_at_kinks()
+    engine = GraphEngine(graphs_of(model, [6]), device="cpu")
     alone = check_graph(engine, x, np.random.default_rng(0), second_opinion=False, bisect=False)
     settled = check_graph(engine, x, np.random.default_rng(0))
     assert not alone.passed  # float32 central differences alone refuse a correct graph here
-    assert settled.passed and "float64" in settled.second_opinion
+    assert settled.passed and "float64" in settled.second_opinion and "refused rows agree" in settled.second_opinion
+    assert settled.verified == settled.rows
 
 
 def test_self_check_passes_the_intact_graph():
