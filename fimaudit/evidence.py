@@ -119,7 +119,8 @@ class AttackWork:
         shape = model.sample_shape
         oracle = LogProbOracle(model, self.kind, None if self.pre.is_identity else (lambda r: self.pre.apply(r, shape)))
         cfg = self.config
-        attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
+        attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts,
+                             channel_axis=self.pre.channel_axis)
         y = np.asarray(labels, dtype=np.int64)
         clean = oracle.logp(points)
         outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, indices, k),
@@ -155,7 +156,8 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             raise ConfigError(f"--attack {cfg.attack} cannot run on --workers/--scheduler yet (its gradient graph is "
                               "not rebuilt per worker); run it in one process or use a black-box attack")
     model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
-    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts)
+    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts,
+                         channel_axis=pre.channel_axis)
     gradients = None
     if cfg.attack in WHITEBOX:
         wb, gradients = gradient_oracle(model, oracle, kind, pre, x, cfg.gradients, cfg.seed)
@@ -185,7 +187,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             spent = int(oracle.queries - q0)
         sanity = None
         if cfg.attack in WHITEBOX:
-            square = Square()(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range,
+            square = Square(channel_axis=pre.channel_axis)(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range,
                               RowRng.seeded(cfg.seed, everyone, k, 1), cfg.budget, clean_logp=clean)
             sanity = sanity_flags(oracle, x, y, out.success, square.success)
             sanity["square_robust_accuracy"] = robust_accuracy(square)

@@ -142,3 +142,66 @@ def test_a_bound_far_above_the_measurement_is_labelled_vacuous(case):
         return
     assert b["vacuous"] == (b["fim_upper"] > 1e6 * med)
     assert any("vacuous" in n for n in rep["notes"]) == b["vacuous"]
+
+
+def _layout_twin(model: Path, data: Path, tmp_path: Path):
+    """The same weights behind a Transpose that takes the other image layout, and the data transposed to it.
+
+    None for inputs that are not images with four axes. The layout is what fimaudit's loader
+    detects, never the model's name.
+    """
+    import onnx
+    from onnx import helper
+
+    from fimaudit.model import load_model
+    from fimaudit.model.layout import detect_layout
+
+    loaded = load_model(str(model), device="cpu")
+    layout, _ = detect_layout(loaded.proto, loaded.info.input.name, loaded.sample_shape)
+    if layout.name not in ("nchw", "nhwc"):
+        return None
+    proto = onnx.load(str(model))
+    graph = proto.graph
+    inp = next(i for i in graph.input if i.name == loaded.info.input.name)
+    dims = list(inp.type.tensor_type.shape.dim)
+    if layout.name == "nhwc":  # twin takes N,C,H,W
+        order, perm, data_perm = [0, 3, 1, 2], [0, 2, 3, 1], (0, 3, 1, 2)
+    else:  # twin takes N,H,W,C
+        order, perm, data_perm = [0, 2, 3, 1], [0, 3, 1, 2], (0, 2, 3, 1)
+    new = onnx.ValueInfoProto()
+    new.CopyFrom(inp)
+    new.name = "layout_twin_input"
+    for k, src in enumerate(order):
+        new.type.tensor_type.shape.dim[k].CopyFrom(dims[src])
+    graph.node.insert(0, helper.make_node("Transpose", [new.name], [inp.name], perm=perm))
+    graph.input.remove(inp)
+    graph.input.insert(0, new)
+    out = tmp_path / f"twin_{model.name}"
+    onnx.save(proto, str(out))
+    with np.load(data) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["x"] = np.transpose(arrays["x"], data_perm)
+    twin_data = tmp_path / f"twin_{data.name}"
+    np.savez(twin_data, **arrays)
+    return out, twin_data, layout.name
+
+
+@pytest.mark.parametrize("case", CASES or [None], ids=[c[0] for c in CASES] or ["none"])
+def test_square_gives_the_same_attack_in_either_layout(case, tmp_path):
+    """Square draws its squares over the spatial axes in NCHW and NHWC alike: same seed, same outcome."""
+    model, data, entry = _case(case)
+    twin = _layout_twin(model, data, tmp_path)
+    if twin is None:
+        pytest.skip("not an image input with four axes")
+    twin_model, twin_data, layout = twin
+    with np.load(data) as npz:
+        eps = float(np.median(npz["eps"])) if "eps" in npz else 0.03
+    lo, hi = entry["x_range"]
+    common = ["--samples", "6", "--attack", "square", "--budget", "120", "--eps", f"{2 * eps:g}", "--seed", "3",
+              "--input-range", f"{min(lo, 0.0)},{max(hi, 1.0)}"]
+    a = _json(["attack", model, "--data", data, *common])
+    b = _json(["attack", twin_model, "--data", twin_data, *common])
+    assert b["model"]["sample_shape"] != a["model"]["sample_shape"]  # the twin really takes the other layout
+    ra, rb = a["results"][0], b["results"][0]
+    assert [s["success"] for s in ra["samples"]] == [s["success"] for s in rb["samples"]], layout
+    assert ra["robust_accuracy"] == rb["robust_accuracy"]

@@ -15,10 +15,10 @@ def make_attack(name: str, **kw) -> Attack:
         raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, not '{name}'")
     cls = ATTACKS[name]
     if cls is Square:
-        kw = {}
+        kw = {k: v for k, v in kw.items() if k == "channel_axis"}
     elif issubclass(cls, WhiteBoxAttack):
         kw = {k: v for k, v in kw.items() if k in ("steps", "loss", "restarts")}
-    else:
+    else:  # FGSM/BIM/PGD perturb every coordinate alike: no layout
         kw = {k: v for k, v in kw.items() if k in ("steps", "grad")}
     return cls(**kw)
 

@@ -30,9 +30,12 @@ def p_schedule(p_init: float, it: int, n_iters: int) -> float:
     return p
 
 
-def _as_chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+def _as_chw(shape: tuple[int, ...], channel_axis: int = 0) -> tuple[int, int, int]:
+    """(C, H, W) of a per-sample shape whose channels lie on ``channel_axis`` (0 for CHW, 2 for HWC)."""
     if len(shape) == 3:
-        return shape  # type: ignore[return-value]
+        c = shape[channel_axis]
+        h, w = (s for i, s in enumerate(shape) if i != channel_axis)
+        return (c, h, w)
     if len(shape) == 2:
         return (1, shape[0], shape[1])
     return (1, 1, int(np.prod(shape)))
@@ -48,15 +51,29 @@ def _bump(s: int) -> np.ndarray:
 class Square(Attack):
     name = "square"
 
-    def __init__(self, p_init: float | None = None, n_iters: int | None = None) -> None:
+    def __init__(self, p_init: float | None = None, n_iters: int | None = None, channel_axis: int = 0) -> None:
+        """``channel_axis``: the axis of a sample that holds its channels (the detected layout: 0 NCHW, 2 NHWC).
+
+        Squares are drawn over the two spatial axes and cover every channel, whatever the layout,
+        so the same weights in NCHW and NHWC give the same attack for the same seed.
+        """
         self.p_init = p_init
         self.n_iters = n_iters
+        self.channel_axis = int(channel_axis)
 
     def run(self, oracle, x, y, eps, norm, bounds, rng, acct: Budget, active: np.ndarray) -> np.ndarray:
         lo, hi = bounds
         n = len(x)
-        c, hh, ww = _as_chw(tuple(x.shape[1:]))
-        xs = x.reshape(n, c, hh, ww)
+        sample = tuple(x.shape[1:])
+        ca = self.channel_axis if len(sample) == 3 else 0
+        if not 0 <= ca < max(len(sample), 1):
+            raise ValueError(f"channel axis {ca} outside the sample shape {list(sample)}")
+        c, hh, ww = _as_chw(sample, ca)
+        # Work on (n, C, H, W); the model sees its own layout (``back``).
+        xs = np.moveaxis(x, 1 + ca, 1).reshape(n, c, hh, ww) if ca else x.reshape(n, c, hh, ww)
+
+        def back(rows: np.ndarray) -> np.ndarray:
+            return np.moveaxis(rows, 1, 1 + ca) if ca else rows.reshape((-1,) + sample)
         p_init = self.p_init or (0.05 if norm == "linf" else 0.1)
         n_iters = self.n_iters or int(acct.left().min()) - 1
         if n_iters < 1:
@@ -69,7 +86,7 @@ class Square(Attack):
         todo = np.flatnonzero(active)
         loss = np.full(n, np.inf)
         if todo.size:
-            loss[todo] = margins(oracle.logp(x_adv[todo].reshape((-1,) + x.shape[1:])), y[todo])
+            loss[todo] = margins(oracle.logp(back(x_adv[todo])), y[todo])
             acct.spend(todo, 1)
         for it in range(n_iters):
             todo = todo[(loss[todo] >= 0) & (acct.left(todo) >= 1)]
@@ -96,12 +113,12 @@ class Square(Attack):
                     cur[j] = self._l2_update(cur[j], int(r0[j]), int(c0[j]), sh, s, eps, row_of(sub, j))
             cur = project(cur, eps, norm)
             cand = np.clip(xs[todo] + cur, lo, hi)
-            new_loss = margins(oracle.logp(cand.reshape((-1,) + x.shape[1:])), y[todo])
+            new_loss = margins(oracle.logp(back(cand)), y[todo])
             acct.spend(todo, 1)
             better = new_loss < loss[todo]
             x_adv[todo[better]] = cand[better]
             loss[todo[better]] = new_loss[better]
-        return x_adv.reshape(x.shape)
+        return back(x_adv).reshape(x.shape)
 
     @staticmethod
     def _l2_update(cur: np.ndarray, r0: int, c0: int, sh: int, s: int, eps: float, rng) -> np.ndarray:

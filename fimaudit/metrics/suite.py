@@ -92,7 +92,7 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
         # The attacked set as a shift: Square L-inf (score-based, no gradients) on the first samples.
         na = min(cfg.attack_samples, len(x))
         lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
-        out = make_attack("square")(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
+        out = make_attack("square", channel_axis=pre.channel_axis)(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
                                     np.random.default_rng([cfg.seed, 8]), cfg.attack_budget)
         clean_a = performance(out.clean_logp, y[:na])
         adv = performance(out.adv_logp, y[:na])
