@@ -55,7 +55,7 @@ class AuditConfig(ModelDataOptions):
     eps: tuple[float, ...] = (0.01, 0.03)
     norm: str = "linf"
     attacks: tuple[str, ...] = ("pgd", "square")
-    grad: str = "auto"
+    gradients: str = "auto"  # auto | graph | fd | zo; each section takes the values that apply to it (_gradients_for)
     whitebox: bool = True  # also APGD from exact graph gradients when the graph allows them
     taus: tuple[float, ...] = (0.1,)
     clever_samples: int = 5
@@ -72,11 +72,19 @@ class AuditConfig(ModelDataOptions):
     def validate(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ConfigError(f"audit norm must be linf or l2, not '{self.norm}'")
+        if self.gradients not in ("auto", "graph", "fd", "zo"):
+            raise ConfigError(f"audit gradients must be one of auto, graph, fd, zo, not '{self.gradients}'")
         if not self.eps or any(not (e > 0 and np.isfinite(e)) for e in self.eps):
             raise ConfigError("audit eps must be positive numbers")
         unknown = [s for s in self.sections if s not in {spec.name for spec in SECTIONS}]
         if unknown:
             raise ConfigError(f"unknown audit section(s) {', '.join(unknown)}; known: {', '.join(s.name for s in SECTIONS)}")
+
+    def gradients_for(self, use: str) -> str:
+        """The gradient source a section gets: ``use`` is scan/clever (auto|graph|fd), blackbox (auto|fd|zo) or
+        whitebox (auto|graph); a value that does not apply to that use falls back to auto."""
+        allowed = {"scan": ("auto", "graph", "fd"), "blackbox": ("auto", "fd", "zo"), "whitebox": ("auto", "graph")}[use]
+        return self.gradients if self.gradients in allowed else "auto"
 
     def build(self, cls: type, **own: Any) -> Any:
         """``cls`` (ScanConfig, AttackConfig, MetricsConfig) from the fields it shares with this config, then ``own``."""
@@ -207,7 +215,7 @@ def _scan_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     with tempfile.TemporaryDirectory(prefix="fimaudit-") as tmp:
         direction_path = os.path.join(tmp, "directions.npy")
-        scfg = cfg.build(ScanConfig, save_direction=direction_path)
+        scfg = cfg.build(ScanConfig, save_direction=direction_path, gradients=cfg.gradients_for("scan"))
         scfg.validate()
         result = scan(scfg, lambda done, total, _q: ctx.step("scan", done, total), ctx.execution)
         if os.path.exists(direction_path):
@@ -288,11 +296,12 @@ def _attack_section(ctx: AuditContext) -> dict:
         try:
             # also each sample's minimal adversarial distance (binary search with the exact gradients): validity
             runs.append(run_attack(cfg.build(AttackConfig, attack="apgd", eps=tuple(sorted(cfg.eps)),
-                                             min_distance=True)).to_dict())
+                                             min_distance=True, gradients=cfg.gradients_for("whitebox"))).to_dict())
         except FimauditError as exc:
             whitebox_note = f"white-box APGD unavailable: {exc}"
     for k, name in enumerate(cfg.attacks):
-        acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)))
+        acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)),
+                         gradients=cfg.gradients_for("blackbox") if name != "square" else "auto")
         runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
     return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
@@ -303,7 +312,8 @@ def _clever_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "CLEVER scores")
     acfg = cfg.build(AttackConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), budget=10**9)
-    return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2).to_dict()
+    return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2,
+                      gradients=cfg.gradients_for("scan")).to_dict()
 
 
 def _metrics_section(ctx: AuditContext) -> dict:

@@ -409,6 +409,17 @@ def _write_json(opts: Opts, payload: dict | str) -> None:
         write_atomic(opts.json, payload if isinstance(payload, str) else json.dumps(payload, indent=2) + "\n")
 
 
+def _deprecated_alias(old_flag: str, old_value: Any, new_flag: str, new_value: Any, default: Any) -> Any:
+    """The value of ``new_flag``, or of its deprecated spelling ``old_flag`` (with a warning on stderr)."""
+    if old_value is None:
+        return new_value
+    if new_value != default and new_value != old_value:
+        raise ConfigError(f"{old_flag} {old_value} and {new_flag} {new_value} contradict each other: give {new_flag} only")
+    sys.stderr.write(f"fimaudit: warning: {old_flag} is deprecated, write {new_flag} (the old spelling works until "
+                     "the next release)\n")
+    return old_value
+
+
 def _floats_list(text: str, flag: str) -> tuple[float, ...]:
     vals = parse_floats(text, flag)
     if vals is None or any(v < 0 for v in vals):
@@ -516,7 +527,12 @@ def attack_cmd(
     eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
     taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
-    grad: str = typer.Option("auto", "--grad", help="Gradients for FGSM/BIM/PGD: auto | fd | zo."),
+    gradients: str = typer.Option(
+        "auto", "--gradients", help="auto | graph | fd | zo. Black-box FGSM/BIM/PGD: fd (central differences, 2d+2 "
+        "queries per step) or zo (zeroth-order estimates), auto picks by budget; white-box pgd-wb/apgd: graph (auto "
+        "falls back with the reason). Every evaluation is a counted query.",
+    ),
+    grad: Optional[str] = typer.Option(None, "--grad", hidden=True, help="Deprecated spelling of --gradients."),
     loss: str = typer.Option("ce", "--loss", help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
     restarts: int = typer.Option(1, "--restarts", help="White-box runs per sample (the first from x, then random starts)."),
     min_distance: bool = typer.Option(
@@ -529,8 +545,9 @@ def attack_cmd(
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
+    gradients = _deprecated_alias("--grad", grad, "--gradients", gradients, "auto")
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
-                      taus=_floats_list(taus, "--tau"), steps=steps, grad=grad, loss=loss, restarts=restarts,
+                      taus=_floats_list(taus, "--tau"), steps=steps, gradients=gradients, loss=loss, restarts=restarts,
                       min_distance=min_distance)
     result = run_attack(cfg, execution=opts.execution())
     _write_json(opts, result.to_dict())
@@ -582,7 +599,7 @@ def clever_cmd(
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
 
-    result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds,
+    result = run_clever(opts.config(AttackConfig, model=str(model)), norm, radius, points, seeds,
                         gradients=gradients)
     _write_json(opts, result.to_dict())
     if not opts.quiet:

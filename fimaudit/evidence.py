@@ -45,10 +45,11 @@ class AttackConfig(ModelDataOptions):
     seed: int = 0
     taus: tuple[float, ...] = DEFAULT_TAUS
     steps: int | None = None
-    grad: str = "auto"
+    # Where gradients come from (--gradients): black-box FGSM/BIM/PGD take auto | fd | zo (finite differences or
+    # zeroth-order estimates from counted queries), white-box pgd-wb/apgd take auto | graph (the gradient graph).
+    gradients: str = "auto"
     loss: str = "ce"  # white-box attacks: ce | dlr
     restarts: int = 1  # white-box attacks: random restarts after the first run
-    gradients: str = "auto"  # white-box attacks: where exact gradients come from (auto | graph)
     min_distance: bool = False  # white-box attacks: also each sample's smallest adversarial L2 and L-inf distance
     extra: dict = field(default_factory=dict)
 
@@ -86,10 +87,13 @@ def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mo
     from .estimators.fd import input_scale
     from .scan import DITHER_REL, TIE_WARNING_SHARE, _tie_fraction
 
-    check = np.asarray(x[:2], dtype=np.float64)
-    if max(_tie_fraction(row) for row in check) >= TIE_WARNING_SHARE:
-        # the self-check compares with central differences, which mean nothing at exact ties (item: dither)
-        check = check + DITHER_REL * input_scale(x) * np.random.default_rng([seed, 4]).standard_normal(check.shape)
+    check = np.asarray(x[:2], dtype=np.float64).copy()
+    for j, row in enumerate(check):
+        if _tie_fraction(row) >= TIE_WARNING_SHARE:
+            # the self-check compares with central differences, which mean nothing at exact ties (the scan's
+            # per-sample dither rule: 3% of that sample's RMS, stream [seed, 4, index])
+            xi = np.random.default_rng([seed, 4, j]).standard_normal(row.shape)
+            check[j] = row + DITHER_REL * input_scale(row) * xi
     choice = build_gradient_source(model, kind, "graph" if mode == "graph" else "auto", to_input(check),
                                    np.random.default_rng([seed, 5]))
     if choice.source != "graph":
@@ -119,7 +123,7 @@ class AttackWork:
         shape = model.sample_shape
         oracle = LogProbOracle(model, self.kind, None if self.pre.is_identity else (lambda r: self.pre.apply(r, shape)))
         cfg = self.config
-        attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts,
+        attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.gradients, loss=cfg.loss, restarts=cfg.restarts,
                              channel_axis=self.pre.channel_axis)
         y = np.asarray(labels, dtype=np.int64)
         clean = oracle.logp(points)
@@ -135,6 +139,35 @@ def _merge_outcomes(rows: list[list[dict]], eps: float, k: int, norm: str) -> At
         return np.stack([r[k][key] for r in rows])
     return AttackOutcome(col("x_adv"), col("success"), col("correct"), col("clean_logp"), col("adv_logp"),
                          col("queries"), float(eps), norm)
+
+
+GRADIENTS_FOR = {"whitebox": ("auto", "graph"), "blackbox": ("auto", "fd", "zo"), "square": ("auto",)}
+
+
+def check_gradients(attack: str, gradients: str) -> None:
+    """``--gradients`` values that apply to ``attack``: one line naming the alternatives otherwise."""
+    from .attacks import WHITEBOX
+
+    use = "whitebox" if attack in WHITEBOX else "square" if attack == "square" else "blackbox"
+    allowed = GRADIENTS_FOR[use]
+    if gradients in allowed:
+        return
+    if use == "whitebox":
+        raise ConfigError(f"--gradients {gradients} does not apply to --attack {attack}: white-box attacks take exact "
+                          "gradients from the gradient graph (auto | graph); for black-box gradients use --attack pgd "
+                          f"--gradients {gradients}")
+    if use == "square":
+        raise ConfigError(f"--gradients {gradients} does not apply to --attack square: Square uses no gradients, only "
+                          "scores (leave --gradients at auto)")
+    raise ConfigError(f"--gradients {gradients} does not apply to --attack {attack} (auto | fd | zo): for exact "
+                      "gradients from the gradient graph use --attack pgd-wb or apgd")
+
+
+def attack_config_dict(cfg: AttackConfig) -> dict:
+    """The attack's JSON config: the options an attack run uses (no ``extra``)."""
+    out = asdict(cfg)
+    out.pop("extra", None)
+    return out
 
 
 def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None,
@@ -155,8 +188,9 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         if cfg.attack in WHITEBOX:
             raise ConfigError(f"--attack {cfg.attack} cannot run on --workers/--scheduler yet (its gradient graph is "
                               "not rebuilt per worker); run it in one process or use a black-box attack")
+    check_gradients(cfg.attack, cfg.gradients)
     model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
-    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.grad, loss=cfg.loss, restarts=cfg.restarts,
+    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.gradients, loss=cfg.loss, restarts=cfg.restarts,
                          channel_axis=pre.channel_axis)
     gradients = None
     if cfg.attack in WHITEBOX:
@@ -224,8 +258,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
                                        steps=cfg.steps or 30, loss=cfg.loss)
             finite = dist[np.isfinite(dist) & (dist > 0)]
             minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
-    cfg_d = asdict(cfg)
-    cfg_d.pop("extra", None)
+    cfg_d = attack_config_dict(cfg)
     return AttackResult.of({
         "gradients": gradients,
         "minimal_distance": minimal,
@@ -427,6 +460,9 @@ def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, lev
     return out
 
 
+CLEVER_UNUSED = ("extra", "attack", "eps", "budget", "taus", "steps", "gradients", "loss", "restarts", "min_distance")
+
+
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
                batch_size: int = 10, gradients: str = "auto") -> CleverResult:
     """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread.
@@ -448,8 +484,9 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     if wb is None and gradients == "graph":
         raise ConfigError(f"--gradients graph: {record['reason']}")
     samples = []
+    counted = wb if wb is not None else oracle  # gradient-graph rows are queries too (one per VJP row)
     for i in range(len(x)):
-        runs = [clever(oracle, x[i], norm, radius, np.random.default_rng([cfg.seed, s, i]),
+        runs = [clever(counted, x[i], norm, radius, np.random.default_rng([cfg.seed, s, i]),
                        n_batches=points // batch_size, batch_size=batch_size, h=h,
                        vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
         scores = np.array([r.score for r in runs])
@@ -458,15 +495,15 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
                         "queries": int(sum(r.queries for r in runs))})
     means = np.array([s["mean"] for s in samples])
     rel = np.array([s["spread"] / s["mean"] for s in samples if s["mean"] > 0])
-    cfg_d = asdict(cfg)
-    cfg_d.pop("extra", None)
+    # The config holds what CLEVER uses: no attack, eps, budget, taus or attack-only options.
+    cfg_d = {k: v for k, v in asdict(cfg).items() if k not in CLEVER_UNUSED}
     return CleverResult.of({
         "model": {"path": cfg.model, "sha256": model.info.sha256, "output_kind": kind},
-        "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds},
+        "config": cfg_d | {"norm": norm, "radius": radius, "points": points, "seeds": seeds, "gradients": gradients},
         "gradients": record or {"requested": "fd", "source": "fd", "reason": "finite differences requested"},
         "samples": samples,
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
-                    "queries_total": int(model.queries)},
+                    "queries_total": int(model.queries) + (wb.gradient_rows if wb is not None else 0)},
         "timing": {"seconds": time.perf_counter() - t0},
     })

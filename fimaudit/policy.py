@@ -45,7 +45,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 # [audit] keys a policy may set, with their types.
 AUDIT_KEYS: dict[str, type] = {
-    "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "grad": str, "taus": list,
+    "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "gradients": str, "grad": str, "taus": list,
     "whitebox": bool, "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
     "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
 }
@@ -241,6 +241,13 @@ def policy_from_dict(raw: dict, source: str = "") -> Policy:
     audit = raw.get("audit", {})
     if not isinstance(audit, dict):
         raise ConfigError(f"policy {source}: [audit] must be a table")
+    if "grad" in audit:
+        if "gradients" in audit:
+            raise ConfigError(f"policy {source}: give audit.gradients only (audit.grad is its deprecated spelling)")
+        import sys
+
+        sys.stderr.write(f"fimaudit: warning: policy {source}: audit.grad is deprecated, write audit.gradients "
+                         "(the old key is read until the next release)\n")
     for k, v in audit.items():
         want = AUDIT_KEYS.get(k)
         if want is None:
@@ -259,6 +266,8 @@ def apply_to_config(policy: Policy | None, fields: dict) -> dict:
     if policy is None:
         return out
     for k, v in policy.audit.items():
+        if k == "grad":  # the old spelling of gradients (deprecated; load_policy notes it)
+            k = "gradients"
         out[k] = tuple(v) if isinstance(v, list) else v
     need = policy.eps_needed()
     if need:

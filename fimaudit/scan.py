@@ -176,60 +176,88 @@ def _tie_fraction(row: np.ndarray) -> float:
     return float(counts.max() / counts.sum()) if counts.size and counts.max() > 1 else 0.0
 
 
-# Default dither: 3% of the inputs' RMS, small against the input's scale; the finite-difference
+# Default dither: 3% of the sample's own RMS, small against the input's scale; the finite-difference
 # step is kept at most sigma/10 so that a step rarely reaches a kink the dither moved away. On a
 # max-pool net with a 75% constant background (tests/test_dither.py) sigma = 1% with h <= sigma/3
 # left exact and sketch 7% apart on some samples; 3% with sigma/10 brought the worst to 1%.
 DITHER_REL = 3e-2
 STEP_OVER_DITHER = 0.1
+DITHER_RULE = ("per sample: a sample is dithered when at least 5% of its values are one exact value; "
+               "sigma = 3% of that sample's RMS (its own values only); xi from the stream [seed, 4, sample index]")
 
 
 FLOAT32_RESOLUTION = 1e-6  # relative spacing well above float32 rounding (eps 1.2e-7)
 
 
-def dither_points(points: np.ndarray, tie_share: float, config: "ScanConfig") -> tuple[np.ndarray, dict]:
-    """Decide where F is evaluated: x, or a seeded dithered point x + sigma xi (MATH §1: F needs a differentiable point).
+def dither_points(points: np.ndarray, ties: np.ndarray, config: "ScanConfig",
+                  indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decide, sample by sample, where F is evaluated: x, or a seeded dithered point x + sigma xi (MATH §1).
 
     With exact ties (a constant background puts ReLU/max-pool units exactly at kinks, where F
     is not defined and every source would measure a different one-sided mixture) the default
-    is x + sigma xi with sigma = DITHER_REL * the inputs' RMS; ``--dither SIGMA`` sets sigma,
-    ``--no-dither`` keeps x. Returns the points and a record of the decision (with a note).
+    is x + sigma xi with sigma = DITHER_REL * that sample's own RMS (``DITHER_RULE``); ``--dither
+    SIGMA`` sets sigma for every sample, ``--no-dither`` keeps x. Each sample's decision, sigma and
+    xi (stream ``[seed, 4, index]``) depend on that sample alone, never on the others scanned.
+    Returns the points, each sample's sigma (0: kept) and a record of the decision (with a note).
     """
-    user = config.dither > 0
-    tied = tie_share >= TIE_WARNING_SHARE
+    n = points.shape[0]
+    indices = np.arange(n) if indices is None else np.asarray(indices)
+    ties = np.asarray(ties, dtype=np.float64)
+    tied = ties >= TIE_WARNING_SHARE
     units = "data" if config.space == "data" else "model-input"
-    if user:
-        sigma, source = float(config.dither), "user"
-        scale = input_scale(points)
-        if sigma < FLOAT32_RESOLUTION * scale:
+    scales = np.array([input_scale(row) for row in points]) if n else np.zeros(0)
+    if config.dither > 0:
+        source = "user"
+        sigmas = np.full(n, float(config.dither))
+        low = scales * FLOAT32_RESOLUTION > config.dither
+        if np.any(low):
             # the model sees float32: a smaller sigma does not move the inputs, and the step h <= sigma/10
             # that goes with a dither would be lost in rounding (or underflow)
+            worst = float(scales[low].max())
             raise ConfigError(
-                f"--dither {config.dither:g} is below the float32 resolution of the inputs (RMS {scale:.3g}): "
-                f"it cannot move them; give at least {FLOAT32_RESOLUTION * scale:.3g}, or leave it out"
+                f"--dither {config.dither:g} is below the float32 resolution of the inputs (sample RMS up to "
+                f"{worst:.3g}): it cannot move them; give at least {FLOAT32_RESOLUTION * worst:.3g}, or leave it out"
             )
-    elif tied and not config.no_dither:
-        sigma, source = DITHER_REL * input_scale(points), "auto"
+    elif not config.no_dither and np.any(tied):
+        source = "auto"
+        sigmas = np.where(tied, DITHER_REL * scales, 0.0)
     else:
-        sigma, source = 0.0, None
-    record = {"sigma": sigma if sigma > 0 else None, "source": source, "tie_share": tie_share, "note": ""}
-    if sigma > 0:
-        xi = np.random.default_rng([config.seed, 4]).standard_normal(points.shape)
-        why = (f"{100 * tie_share:.0f}% of each input's values are exact ties (a constant background), where ReLU/"
-               "max-pool units sit at kinks and F is not defined; " if source == "auto" else "")
+        source, sigmas = None, np.zeros(n)
+    moved = sigmas > 0
+    share = float(np.median(ties)) if n else 0.0
+    record = {"sigma": float(np.median(sigmas[moved])) if np.any(moved) else None, "source": source,
+              "tie_share": share, "samples": int(np.sum(moved)), "note": ""}
+    if source == "auto":
+        record["rule"] = DITHER_RULE
+    out = points
+    if np.any(moved):
+        out = points.copy()
+        for j in np.flatnonzero(moved):
+            xi = np.random.default_rng([config.seed, 4, int(indices[j])]).standard_normal(points.shape[1:])
+            out[j] = points[j] + sigmas[j] * xi
+        which = "every sample" if moved.all() else f"{int(moved.sum())} of {n} samples"
+        if source == "auto":
+            record["note"] = (
+                f"exact input ties (a constant background; median {100 * share:.0f}% of a sample's values) put "
+                f"ReLU/max-pool units at kinks, where F is not defined: for {which} F is evaluated at the dithered "
+                f"point x + sigma*xi (seeded Gaussian xi, sigma = 3% of that sample's own RMS, median "
+                f"{record['sigma']:.3g} {units} units) so that every estimator measures the same differentiable "
+                "point; --no-dither keeps x"
+            )
+        else:
+            record["note"] = (
+                f"F is evaluated at the dithered points x + sigma*xi (seeded Gaussian xi, sigma = {config.dither:.3g} "
+                f"{units} units, set by --dither) so that every estimator measures the same differentiable point"
+            )
+        return out, sigmas, record
+    if np.any(tied):
         record["note"] = (
-            f"{why}F is evaluated at the dithered points x + sigma*xi (seeded Gaussian xi, sigma = {sigma:.3g} {units} "
-            f"units{', set by --dither' if source == 'user' else ', 3% of the input RMS'}) so that every estimator "
-            "measures the same differentiable point; --no-dither keeps x"
+            f"{int(tied.sum())} of {n} samples have exact ties (median {100 * share:.0f}% of a sample's values, a "
+            "constant background): ReLU/max-pool units can sit exactly at kinks, where F is not defined and central "
+            "differences average one-sided derivatives, so estimators along different directions can disagree "
+            "(kept by --no-dither)"
         )
-        return points + sigma * xi, record
-    if tied:
-        record["note"] = (
-            f"{100 * tie_share:.0f}% of each input's values are exact ties (a constant background): ReLU/max-pool "
-            "units can sit exactly at kinks, where F is not defined and central differences average one-sided "
-            "derivatives, so estimators along different directions can disagree (kept by --no-dither)"
-        )
-    return points, record
+    return out, sigmas, record
 
 
 def _runtime(model) -> dict:
@@ -292,11 +320,12 @@ class Points:
     pre: Preprocess  # stored data -> model input
     images: bool  # the data came from a folder of images
     preprocess: dict  # the resolved preprocessing (preset, layout, channels, resize), for the report
-    dither: dict = field(default_factory=dict)  # sigma (None: x kept), source (auto | user), tie_share
+    dither: dict = field(default_factory=dict)  # median sigma (None: x kept), source (auto | user), tie_share, samples
+    sigmas: np.ndarray | None = None  # each sample's dither sigma (0: F at x)
 
-    @property
-    def sigma(self) -> float:
-        return float(self.dither.get("sigma") or 0.0)
+    def sigma_of(self, index: int) -> float:
+        """The dither sigma of sample ``index`` (0: evaluated at x)."""
+        return 0.0 if self.sigmas is None else float(self.sigmas[index])
 
 
 def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
@@ -326,13 +355,13 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
             "NOT REPRESENTATIVE: no --data given, so samples are synthetic uniform inputs in "
             f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
         )
-    tie_share = float(np.median([_tie_fraction(row) for row in points]))
-    points, dither = dither_points(points, tie_share, config)
+    ties = np.array([_tie_fraction(row) for row in points])
+    points, sigmas, dither = dither_points(points, ties, config)
     note = dither.pop("note")
     if note:
         notes.append(note)
-    return Points(points, dataset.y, dataset.source, tie_share, to_input, tuple(notes), pre, prepared.images,
-                  prepared.config, dither)
+    return Points(points, dataset.y, dataset.source, dither["tie_share"], to_input, tuple(notes), pre,
+                  prepared.images, prepared.config, dither, sigmas)
 
 
 # ------------------------------------------------------------------ stage 3: calibrate
@@ -351,7 +380,7 @@ class Calibration:
     graph: object | None = None  # fimaudit.autodiff GradientChoice when the gradient graph is used
     gradients: dict | None = None  # its record for the report (or why finite differences)
     input_scale: np.ndarray | None = None  # d(model input)/d(estimation space), diagonal; None: identity
-    dither_sigma: float = 0.0  # sigma of the dither the points carry (0: none)
+    dither_sigmas: np.ndarray | None = None  # each sample's dither sigma (0: none)
 
     @property
     def n_classes(self) -> int:
@@ -378,14 +407,26 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
     notes = []
     graph, gradients = _gradient_choice(model, kind, config, points.x, points.to_input, notes)
     method = config.method
+    if graph is not None:
+        from .estimators.exact_source import LANCZOS_FROM_CLASSES
+
+        # K - 1 VJP rows, the centre query, the lower bound's two finite-difference queries and the KL check's one
+        need = (n_classes - 1 if n_classes < LANCZOS_FROM_CLASSES else 0) + 4
+        if need > config.budget:
+            raise ConfigError(f"--budget {config.budget} is below the {need} queries per sample of the gradient graph's "
+                              f"exact Fisher ({n_classes - 1} VJP rows, the centre query, two finite-difference queries "
+                              "of the lower bound and one of the KL check); raise --budget or use --gradients fd with "
+                              "a black-box --method")
     if graph is not None and method == "exact" and 2 * model.d + 1 > config.budget:
         # The graph makes exact cheap (K - 1 VJPs); the black-box plan only serves --cross-check.
         method = "auto"
     chosen = plan(method, model.d, config.budget, config.lower_bound, config.subspace_dim, config.trace_budget)
     q0 = model.queries
+    # The step is calibrated once, at the data's first sample and from its values alone, so a sample's
+    # result does not depend on how many others are scanned (the first sample is always the same one).
     step = choose_step(
-        oracle, points.x[0], input_scale(points.x), np.random.default_rng([config.seed, 2]), config.fd_step,
-        max_step=points.sigma * STEP_OVER_DITHER if points.sigma > 0 else None,
+        oracle, points.x[0], input_scale(points.x[0]), np.random.default_rng([config.seed, 2]), config.fd_step,
+        max_step=points.sigma_of(0) * STEP_OVER_DITHER if points.sigma_of(0) > 0 else None,
     )
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
         notes.append(
@@ -398,7 +439,7 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
     queries = model.queries - q0
     scale = None if points.to_input is None or pre is None else pre.jacobian_diag(model.sample_shape)
     return oracle, Calibration(kind, kind_source, logp, chosen, step, queries, dct, tuple(notes), graph, gradients,
-                               scale, points.sigma)
+                               scale, points.sigmas)
 
 
 # ------------------------------------------------------------------ stage 4: one sample
@@ -452,7 +493,8 @@ def estimate_sample(
         check = fd_lower_estimate(source, x, logp0, est.direction, step.h)
     if check is not None and est.direction is not None:
         kl_ratio = kl_check(source, est.direction, check.quadratic_form, max_eps=100 * step.h)
-    spent = source.queries + 1  # + the centre query made in calibration
+    graph_rows = int(exact_info.pop("graph_queries", 0)) if exact_info else 0
+    spent = source.queries + graph_rows + 1  # + the centre query made in calibration; gradient-graph rows count
     if spent > config.budget:  # a planning bug, never a user error
         raise AssertionError(f"sample {index} spent {spent} queries over the budget {config.budget}")
     result = SampleResult(
@@ -468,7 +510,7 @@ def estimate_sample(
         lower_bound=check.value if check is not None and check.certified else None,
         lower_estimate=check.value if check is not None and not check.certified else None,
         lower_check=None if check is None else check.to_dict(),
-        dither=calib.dither_sigma or None,
+        dither=(float(calib.dither_sigmas[index]) or None) if calib.dither_sigmas is not None else None,
         exact=exact_info,
         queries=spent,
         method=est.method,
@@ -559,6 +601,7 @@ def _estimate_graph(calib: Calibration, config: ScanConfig, fd: FiniteDifference
         lam = res.estimate.lambda_max
         info["cross_check"] = {"method": bb.method, "lambda_max": bb.lambda_max,
                                "relative_error": abs(bb.lambda_max - lam) / lam if lam > 0 else None}
+    info["graph_queries"] = int(src.queries)  # rows through the gradient graphs: each one is a counted query
     return res.estimate, res.lower, info
 
 

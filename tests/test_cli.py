@@ -178,10 +178,27 @@ def test_plan_never_exceeds_budget(d, extra, method, sub_share):
 def test_no_sample_spends_more_than_budget(setup, budget, seed, probes, method):
     # Budgets of 40+ are enough for every method here (d = 50): a refusal fails the test.
     tmp, model, data = setup
-    res = fimaudit.scan(model, data, samples=3, budget=budget, seed=seed, probes=probes, method=method)
+    res = fimaudit.scan(model, data, samples=3, budget=budget, seed=seed, probes=probes, method=method, gradients="fd")
     assert len(res.samples) == 3
     assert all(s.queries <= budget for s in res.samples)
     assert max(s.queries for s in res.samples) > budget // 2  # the budget is used, not sidestepped
+    graph = fimaudit.scan(model, data, samples=3, budget=budget, seed=seed, method="auto")  # K - 1 rows + checks
+    assert all(5 <= s.queries <= budget for s in graph.samples)
+
+
+def test_gradient_graph_rows_are_counted_queries(setup):
+    """The graph's exact path: K - 1 VJP rows, the centre query, the lower bound's two FD queries and the KL check's one."""
+    tmp, model, data = setup
+    res = fimaudit.scan(model, data, samples=3, budget=100, seed=0, gradients="graph", bounds=False, scale=1 / 255)
+    k = 5
+    assert [s.queries for s in res.samples] == [(k - 1) + 1 + 2 + 1] * 3
+    rng = np.random.default_rng(4)
+    many = B.save(B.linear_model(rng.standard_normal((12, 6)), rng.standard_normal(12)), tmp / "k12.onnx")
+    np.save(tmp / "k12.npy", rng.standard_normal((2, 6)).astype(np.float32))
+    with pytest.raises(fimaudit.FimauditError, match="below the 15 queries"):  # 11 VJP rows + 4
+        fimaudit.scan(many, tmp / "k12.npy", samples=1, budget=12, gradients="graph", bounds=False)
+    ok = fimaudit.scan(many, tmp / "k12.npy", samples=1, budget=15, gradients="graph", bounds=False)
+    assert ok.samples[0].queries == 15
 
 
 def test_third_party_style_model_scans_without_special_handling(tmp_path):

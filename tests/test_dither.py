@@ -38,13 +38,17 @@ def test_ties_are_dithered_by_default_and_sources_agree(pool_case):
     sk = fimaudit.scan(path, data, method="sketch", budget=2 * 64 + 6, seed=2, bounds=False)  # k = d orthogonal
     d = ex.run.dither_used
     assert d["source"] == "auto" and d["tie_share"] == pytest.approx(0.75) and d["sigma"] > 0
-    assert all(s.dither == d["sigma"] for s in ex.samples)
-    assert any("dithered points" in n and "--no-dither" in n for n in ex.notes)
+    # per sample: 3% of that sample's own RMS (the rule in scan.DITHER_RULE)
+    own = np.array([0.03 * np.sqrt(np.mean(row.astype(np.float64) ** 2)) for row in x])
+    assert np.allclose([s.dither for s in ex.samples], own, rtol=1e-12)
+    assert d["samples"] == len(x) and d["sigma"] == pytest.approx(np.median(own))
+    assert any("dithered point" in n and "--no-dither" in n for n in ex.notes)
     e, k = _lams(ex), _lams(sk)
     rel = np.abs(e - k) / e
     assert np.median(rel) <= 1e-3 and np.percentile(rel, 90) <= 1e-2, rel
     # the same seeded point, measured by an exact (float32) Jacobian source and in float64
-    pts = x.astype(np.float64) + d["sigma"] * np.random.default_rng([2, 4]).standard_normal(x.shape)
+    pts = np.stack([row.astype(np.float64) + own[i] * np.random.default_rng([2, 4, i]).standard_normal(row.shape)
+                    for i, row in enumerate(x)])
     graph = np.array([exact_from_source(src, src.p, np.random.default_rng(0)).estimate.lambda_max
                       for src in (N.NumpySource(net, p) for p in pts)])
     refs = np.array([net.fisher_reference(p)[0] for p in pts])
@@ -70,7 +74,7 @@ def test_no_dither_keeps_x_where_estimators_disagree(pool_case):
 def test_explicit_sigma_and_untied_inputs(pool_case, tmp_path):
     net, path, data, x = pool_case
     res = fimaudit.scan(path, data, method="exact", seed=2, bounds=False, dither=0.01, samples=2)
-    assert res.run.dither_used == {"sigma": 0.01, "source": "user", "tie_share": pytest.approx(0.75)}
+    assert res.run.dither_used == {"sigma": 0.01, "source": "user", "tie_share": pytest.approx(0.75), "samples": 2}
     with pytest.raises(ConfigError):
         fimaudit.scan(path, data, dither=0.01, no_dither=True, samples=1)
     np.savez(tmp_path / "u.npz", x=np.random.default_rng(0).uniform(size=(2, 1, 8, 8)).astype(np.float32))
@@ -105,3 +109,37 @@ def test_dither_below_float32_resolution_is_refused(pool_case, tmp_path, sigma):
                   "--json", str(out))
     assert_one_line_error(res, "float32 resolution")
     assert not out.exists()
+
+
+def test_a_samples_result_does_not_depend_on_the_others_scanned(pool_case, tmp_path):
+    """Sample i's JSON entry is the same with 10 or 20 samples scanned, and under any --max-batch.
+
+    The data mix tied (constant background) and untied samples of very different scales, so a
+    rule that looked at the whole set (its RMS, its median tie share) would move sample 4.
+    """
+    import json
+
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    net, path, data, x = pool_case
+    rng = np.random.default_rng(3)
+    mixed = x.copy()
+    mixed[10:] = rng.uniform(0, 1, size=mixed[10:].shape) * 5.0  # untied, five times the scale
+    np.savez(tmp_path / "mixed.npz", x=mixed)
+    runner = CliRunner()
+
+    def entries(*args):
+        res = runner.invoke(app, ["scan", str(path), "--data", str(tmp_path / "mixed.npz"), "--no-bounds", "-q",
+                                  "--json", "-", *args])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        return [{k: v for k, v in s.items() if k not in ("seconds",)} for s in out["samples"]]
+
+    for method in (["--method", "exact", "--gradients", "fd", "--budget", "200"], []):
+        ten = entries("--samples", "10", *method)
+        twenty = entries("--samples", "20", *method)
+        small_batch = entries("--samples", "20", "--max-batch", "3", *method)
+        assert ten == twenty[:10] and twenty == small_batch
+        assert ten[4]["dither"] is not None and twenty[15]["dither"] is None  # tied sample dithered, untied kept

@@ -135,6 +135,12 @@ def test_clever_from_the_graph_matches_finite_differences(tmp_path):
     for a, b in zip(fd["samples"], gr["samples"]):
         assert b["mean"] == pytest.approx(a["mean"], rel=1e-3)
         assert b["queries"] < a["queries"]
+        # every gradient-graph row is a counted query: K = 4 VJP rows at each of the 20 points, and the centre
+        assert b["queries"] == 20 * 4 + 1
+    assert gr["summary"]["queries_total"] >= sum(s["queries"] for s in gr["samples"])
+    for rep in (fd, gr):  # CLEVER's config holds what CLEVER uses
+        assert not {"attack", "eps", "budget", "taus", "steps", "loss", "restarts", "min_distance"} & set(rep["config"])
+        assert {"norm", "radius", "points", "seeds", "gradients"} <= set(rep["config"])
 
 
 def test_attack_cli_min_distance(two_class, tmp_path):
@@ -156,3 +162,30 @@ def test_attack_cli_min_distance(two_class, tmp_path):
     assert rep["gradients"]["source"] == "graph" and "smallest adversarial l2 distance" in res.stdout
     assert_one_line_error(run_cli("attack", str(path), "--data", str(tmp_path / "d.npz"), "--attack", "square",
                                   "--input-range", "-50,50", "--min-distance"), "white-box")
+
+
+def test_one_gradients_option_in_every_command(two_class, tmp_path):
+    """attack takes --gradients like scan and clever; --grad still works, with a deprecation warning."""
+    import json
+
+    from .test_bad_input import assert_one_line_error, run_cli
+
+    oracle, x, y, _, _ = two_class
+    rng = np.random.default_rng(21)
+    path = N.Net((20,), [("dense", rng.standard_normal((2, 20)), rng.standard_normal(2) * 0.1)]).onnx(tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=x.astype(np.float32), y=y)
+    common = ["attack", str(path), "--data", str(tmp_path / "d.npz"), "--eps", "0.05", "--input-range", "-50,50",
+              "--budget", "200", "--samples", "4"]
+    new = run_cli(*common, "--attack", "pgd", "--gradients", "zo", "--json", str(tmp_path / "new.json"))
+    assert new.exit_code == 0, new.stderr
+    old = run_cli(*common, "--attack", "pgd", "--grad", "zo", "--json", str(tmp_path / "old.json"))
+    assert old.exit_code == 0 and "--grad is deprecated" in old.stderr and "--gradients" in old.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("new.json", "old.json"))
+    assert a["config"]["gradients"] == "zo" and "grad" not in a["config"]
+    assert a["results"] == b["results"]
+    assert_one_line_error(run_cli(*common, "--attack", "pgd", "--grad", "fd", "--gradients", "zo"), "contradict")
+    assert_one_line_error(run_cli(*common, "--attack", "apgd", "--gradients", "fd"), "white-box")
+    assert_one_line_error(run_cli(*common, "--attack", "pgd", "--gradients", "graph"), "apgd")
+    assert_one_line_error(run_cli(*common, "--attack", "square", "--gradients", "fd"), "Square uses no gradients")
+    wb = run_cli(*common, "--attack", "apgd", "--gradients", "graph", "--json", str(tmp_path / "wb.json"))
+    assert wb.exit_code == 0 and json.loads((tmp_path / "wb.json").read_text())["gradients"]["source"] == "graph"

@@ -34,7 +34,8 @@ class GradientAttack(Attack):
     def __init__(self, steps: int | None = None, grad: str = "auto", zo_probes: int = 50, min_fd_steps: int = 1,
                  fd_rel_step: float = 1e-3) -> None:
         if grad not in GRAD_SOURCES:
-            raise ConfigError(f"--grad must be one of {', '.join(GRAD_SOURCES)}")
+            raise ConfigError(f"--gradients for --attack {self.name} must be one of {', '.join(GRAD_SOURCES)} "
+                              f"(black-box gradients; --attack pgd-wb or apgd take exact ones from the graph), not '{grad}'")
         self.steps = steps or self.default_steps
         self.grad = grad
         self.zo_probes = zo_probes
