@@ -605,6 +605,12 @@ def _estimate_graph(calib: Calibration, config: ScanConfig, fd: FiniteDifference
     return res.estimate, res.lower, info
 
 
+def _graph_rows(calib: Calibration) -> int:
+    """Rows run through the gradient graphs in this process (self-check and per-sample VJPs): counted queries."""
+    engine = getattr(calib.graph, "engine", None)
+    return int(engine.rows) if engine is not None else 0
+
+
 def _graph_seconds(calib: Calibration) -> float:
     """Wall time inside onnxruntime running the gradient graphs (0 without them)."""
     engine = getattr(calib.graph, "engine", None)
@@ -664,7 +670,7 @@ def assemble(
         lower_bound=Stats.of([s.lower_bound for s in samples]),
         lower_estimate=Stats.of([s.lower_estimate for s in samples]),
         accuracy=accuracy,
-        queries_total=model.queries,
+        queries_total=model.queries + _graph_rows(calib),  # the model's runs and every gradient-graph row
         calibration_queries=calib.queries,
         seconds=seconds,
         runtime_fraction=(model.run_seconds + _graph_seconds(calib)) / seconds if seconds > 0 else None,
@@ -815,7 +821,7 @@ def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib:
     if calib.graph is not None:
         rows = points.to_input(points.x[:2]) if points.to_input is not None else points.x[:2]
     work = ScanWork(config, replace(calib, graph=None), loaded.pre if points.to_input is not None else None, rows)
-    client_queries = model.queries
+    client_queries = model.queries + _graph_rows(calib)  # centre queries and the graph's self-check, made here
     outcomes, info = run_per_sample(
         work, model, points.x, labels, execution=execution, device=config.device, threads=config.threads,
         progress=None if progress is None else (lambda done, total, q: progress(done, total, client_queries + q)),
