@@ -27,6 +27,7 @@ from .images import DataOptions, prepare
 from .model import load_model
 from .metrics.suite import MetricsConfig, run_metrics
 from .result import ScanResult, _clean
+from .sanity import checked, muted
 from .scan import ScanConfig, scan
 
 AUDIT_SCHEMA_VERSION = "1.0"
@@ -198,6 +199,7 @@ class AuditContext:
     progress: ProgressFn | None = None
     unlabelled_reason: str | None = None  # set when the data has no labels 'y'
     execution: Any = None  # fimaudit.distributed.Execution: scan, certify and black-box attacks run on Dask workers
+    preprocessing: dict | None = None  # fimaudit.sanity's verdict on the clean predictions (None without --data)
 
     def step(self, section: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -383,7 +385,14 @@ def _certify_section(ctx: AuditContext) -> dict:
     return certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total), ctx.execution).to_dict()
 
 
+def _preprocessing_section(ctx: AuditContext) -> dict:
+    if ctx.preprocessing is None:
+        raise Unavailable("no --data: there are no clean predictions to check")
+    return ctx.preprocessing
+
+
 SECTIONS: list[SectionSpec] = [
+    SectionSpec("preprocessing", "Preprocessing sanity (clean predictions against labels)", _preprocessing_section),
     SectionSpec("scan", "Input-space Fisher information", _scan_section),
     SectionSpec("worst", "Worst samples", _worst_section),
     SectionSpec("bounds", "Closed-form bound from the weights", _bounds_section),
@@ -408,7 +417,11 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
         ctx.arrays["inputs"] = np.asarray(prep.dataset.x, dtype=np.float64) * prep.pre.scale
         if prep.dataset.y is None:
             ctx.unlabelled_reason = f"{cfg.data} has no labels (y, subfolders or labels.csv)"
-    wanted = set(cfg.sections) or {s.name for s in SECTIONS}
+
+        raw = model.run(prep.pre.apply(prep.dataset.x, model.sample_shape))  # one clean query per sample
+        ctx.preprocessing = checked(np.argmax(raw, axis=1), prep.dataset.y, raw.shape[1]).to_dict()
+    # every section when none is named; the preprocessing check always runs (the others mean nothing without it)
+    wanted = set(cfg.sections) | {"preprocessing"} if cfg.sections else {s.name for s in SECTIONS}
     sections = []
     for spec in SECTIONS:
         if spec.name not in wanted:
@@ -416,7 +429,8 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
             continue
         t0 = time.perf_counter()
         try:
-            data = spec.run(ctx)
+            with muted():  # the preprocessing warning was given once above; the jobs keep their notes
+                data = spec.run(ctx)
             ctx.data[spec.name] = data
             sections.append(Section(spec.name, "ok", None, data, time.perf_counter() - t0))
         except Unavailable as exc:

@@ -438,13 +438,18 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         )
     n_samples = points.shape[0]
     labels = [None] * n_samples if dataset.y is None else [int(v) for v in dataset.y]
-    # One query up front learns the class count, so bad labels fail before any long run.
-    model.run(points[:1] if job_pre is None else job_pre.apply(points[:1], shape))
+    # One query per sample up front learns the class count and the clean predictions, so bad labels fail
+    # and wrong preprocessing is reported before any long run.
+    clean = model.run(points if job_pre is None else job_pre.apply(points, shape))
     setup_queries = model.queries
     if dataset.y is not None and int(dataset.y.max()) >= model.n_classes:
         raise ConfigError(
             f"labels in {dataset.source} go up to {int(dataset.y.max())} but the model has {model.n_classes} classes"
         )
+    if prepared.dataset is not None:
+        from .sanity import checked
+
+        checked(np.argmax(np.asarray(clean).reshape(n_samples, -1), axis=1), dataset.y, int(model.n_classes), notes)
     job = SmoothingJob(config.sigma, config.n0, config.n, config.alpha, config.seed, job_pre)
     samples, run_info = run_per_sample(job, model, points, labels, execution=execution, progress=progress,
                                        device=config.device, threads=config.threads)

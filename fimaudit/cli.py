@@ -375,6 +375,18 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def _run_guarded(fn: Callable[[], int], timeout: float | None = None) -> int:
+    from .sanity import hold_warnings, release_warnings
+
+    hold_warnings()
+    code = EXIT_ERROR
+    try:
+        code = _run_guarded_body(fn, timeout)
+        return code
+    finally:
+        release_warnings(code in (EXIT_OK, EXIT_GATE))
+
+
+def _run_guarded_body(fn: Callable[[], int], timeout: float | None) -> int:
     try:
         # SIGINT/SIGTERM and --timeout unwind the run, temporary files removed. numpy's overflow and
         # invalid-value warnings on hostile numbers would add lines to stderr: NaN/Inf are checked where

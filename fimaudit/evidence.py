@@ -55,11 +55,14 @@ class AttackConfig(ModelDataOptions):
 
 
 def load_attack_inputs(cfg: AttackConfig) -> tuple:
-    """(model, oracle, output kind, attack-space rows x, labels y, attack-space preprocessing).
+    """(model, oracle, output kind, attack-space rows x, labels y, attack-space preprocessing, notes).
 
     Attack space is the data times the scale; the returned ``Preprocess`` (scale 1) maps it to
-    model input with the resolved mean/std (preset or flags) on the detected channel axis.
+    model input with the resolved mean/std (preset or flags) on the detected channel axis. Rows
+    within float noise of ``--input-range`` are clipped into it (noted); larger excursions are refused.
     """
+    from .sanity import fit_to_range
+
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
@@ -68,9 +71,10 @@ def load_attack_inputs(cfg: AttackConfig) -> tuple:
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
-    x = np.asarray(ds.x, dtype=np.float64) * pre.scale
+    notes: list[str] = list(prep.notes)
+    x = fit_to_range(np.asarray(ds.x, dtype=np.float64) * pre.scale, cfg.input_range, notes)
     oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
-    return model, oracle, kind, x, ds.y, Preprocess(1.0, pre.mean, pre.std, pre.channel_axis)
+    return model, oracle, kind, x, ds.y, Preprocess(1.0, pre.mean, pre.std, pre.channel_axis), notes
 
 
 def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mode: str, seed: int):
@@ -189,7 +193,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             raise ConfigError(f"--attack {cfg.attack} cannot run on --workers/--scheduler yet (its gradient graph is "
                               "not rebuilt per worker); run it in one process or use a black-box attack")
     check_gradients(cfg.attack, cfg.gradients)
-    model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
+    model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
     attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.gradients, loss=cfg.loss, restarts=cfg.restarts,
                          channel_axis=pre.channel_axis)
     gradients = None
@@ -201,6 +205,9 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         oracle = wb
     results = []
     clean = oracle.logp(x)
+    from .sanity import checked
+
+    checked(np.argmax(clean, axis=1), y, clean.shape[1], notes)
     rows = None
     runtime, spread = {"provider": model.provider}, {}
     if distributed:
@@ -267,6 +274,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "runtime": runtime,
         "config": cfg_d,
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
+        "notes": notes,
         "results": results,
         "timing": {"seconds": time.perf_counter() - t0} | spread,
     })
@@ -317,7 +325,7 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     lam = np.array([s.lambda_max for s in res.samples]) / (spec.scale**2 if space == "data" else 1.0)
     base = AttackConfig(model=spec.path, data=spec.data, samples=samples, scale=spec.scale, mean=tuple(spec.mean),
                         std=tuple(spec.std), seed=seed, input_range=tuple(spec.input_range))
-    model, oracle, kind, x, y, pre = load_attack_inputs(base)
+    model, oracle, kind, x, y, pre, _ = load_attack_inputs(base)
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, seed)
     if wb is None:
@@ -341,9 +349,28 @@ def compare_row(
     clever_samples: int, seed: int, tau: float, with_metrics: bool, metric_samples: int, common: dict,
 ) -> dict:
     """One model's row of the comparison (a function of the model alone, so models can run on Dask workers)."""
+    from .sanity import muted, warn
+
     t0 = time.perf_counter()
+    with muted():  # the jobs' own warnings would not say which model; one warning per model below names it
+        row = _compare_row(spec, samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget,
+                           clever_points=clever_points, clever_samples=clever_samples, seed=seed, tau=tau,
+                           with_metrics=with_metrics, metric_samples=metric_samples, common=common)
+    for note in row["notes"]:
+        warn(f"{row['model']}: {note}")
+    row["timing"] = {"seconds": time.perf_counter() - t0}
+    return row
+
+
+def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_points, clever_samples, seed, tau,
+                 with_metrics, metric_samples, common) -> dict:
+    from .sanity import preprocessing_check
+
     res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
                           scale=spec.scale, mean=spec.mean, std=spec.std, **common))
+    labels = [s.label for s in res.samples]
+    sane = preprocessing_check([s.predicted for s in res.samples], None if None in labels else labels,
+                 int(res.model["output"]["classes"]))
     row = {
         "model": spec.name or spec.path,
         "clean_accuracy": res.summary.accuracy,
@@ -351,7 +378,10 @@ def compare_row(
         "lambda_p90": res.summary.lambda_max.p90,
         "trace_median": res.summary.trace.median,
         "fim_upper": (res.bound or {}).get("fim_upper"),
+        "preprocessing_sane": sane.sane,
+        "notes": [] if sane.sane else [sane.note],
     }
+
     base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
                         scale=spec.scale, mean=spec.mean, std=spec.std, **common)
     for attack, norm, eps in (("pgd", "linf", eps_linf), ("square", "linf", eps_linf), ("pgd", "l2", eps_l2)):
@@ -360,7 +390,7 @@ def compare_row(
         r = rep["results"][0]
         row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
         row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
-    model, oracle, _, x, y, _ = load_attack_inputs(base)
+    model, oracle, _, x, y, _, _ = load_attack_inputs(base)
     n_batches = max(2, clever_points // 5)
     scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
                      batch_size=5).score for i in range(min(clever_samples, len(x)))]
@@ -372,7 +402,6 @@ def compare_row(
         for k, v in met.items():
             if k not in ("accuracy", "layers"):
                 row[k] = v
-    row["timing"] = {"seconds": time.perf_counter() - t0}
     return row
 
 
@@ -422,7 +451,7 @@ def compare_models(
             row["validity_spearman"] = val["spearman"]["value"]
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
-    metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman")]
+    metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman", "notes", "preprocessing_sane")]
     rng = np.random.default_rng(seed)
     by_target = {}
     for tgt in targets:
@@ -477,12 +506,16 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     t0 = time.perf_counter()
     if gradients not in ("auto", "graph", "fd"):
         raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
-    model, oracle, kind, x, y, pre = load_attack_inputs(cfg)
+    model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
     h = 1e-3 * (cfg.input_range[1] - cfg.input_range[0])
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, cfg.seed)
     if wb is None and gradients == "graph":
         raise ConfigError(f"--gradients graph: {record['reason']}")
+    from .sanity import checked
+
+    clean = oracle.logp(x)
+    checked(np.argmax(clean, axis=1), y, clean.shape[1], notes)
     samples = []
     counted = wb if wb is not None else oracle  # gradient-graph rows are queries too (one per VJP row)
     for i in range(len(x)):
@@ -505,5 +538,6 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
         "summary": {"median_score": float(np.median(means)), "median_relative_spread": float(np.median(rel))
                     if rel.size else None, "fit_ok_share": float(np.mean([f for s in samples for f in s["fit_ok"]])),
                     "queries_total": int(model.queries) + (wb.gradient_rows if wb is not None else 0)},
+        "notes": notes,
         "timing": {"seconds": time.perf_counter() - t0},
     })

@@ -166,6 +166,7 @@ KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
      lambda r, m: _section(r, "scan")["summary"][m.group(1)][m.group(2)], "number"),
     (re.compile(r"^clean\.accuracy$"), lambda r, m: _section(r, "scan")["summary"]["accuracy"], "number"),
     (re.compile(r"^bound\.finite$"), _bound_finite, "bool"),
+    (re.compile(r"^preprocessing\.sane$"), lambda r, m: _section(r, "preprocessing")["sane"], "bool"),
     (re.compile(r"^bound\.(fim_upper|lipschitz)$"), _stat("bounds", ()), "number"),
     (re.compile(r"^attack\.(\w+)\.(linf|l2)\[" + _NUM + r"\]\.(robust_accuracy|robust_ratio)(?:\[tau=" + _NUM + r"\])?$"),
      _attack_value, "number"),
@@ -295,4 +296,11 @@ def evaluate(policy: Policy, result: AuditResult) -> tuple[CheckResult, ...]:
             out.append(CheckResult(c.key, c.op, c.value, None, False, "the value could not be computed"))
             continue
         out.append(CheckResult(c.key, c.op, c.value, value, bool(OPS[c.op](value, c.value))))
+    # Wrong preprocessing makes every other number meaningless: when the clean predictions fail the sanity rule
+    # (fimaudit.sanity) and the policy does not check it itself, the audit adds the failing check.
+    sec = result.section("preprocessing")
+    if (sec is not None and sec.status == "ok" and sec.data.get("sane") is False
+            and not any(c.key == "preprocessing.sane" for c in policy.checks)):
+        out.append(CheckResult("preprocessing.sane", "=", True, False, False,
+                               "added by fimaudit: " + str(sec.data.get("note"))))
     return tuple(out)

@@ -553,7 +553,6 @@ def _estimate(chosen: Plan, source: FiniteDifferences, rng, config: ScanConfig, 
 
 
 # ------------------------------------------------------------------ stage 5: assemble
-CHANCE_MIN_SAMPLES = 10
 VACUOUS_FACTOR = 1e6  # a closed-form bound this far above the measured median is labelled vacuous
 
 
@@ -631,21 +630,6 @@ def _cross_check_summary(samples, method: str) -> dict | None:
             "max_relative_error": float(np.max(errs))}
 
 
-def chance_note(accuracy: float | None, n: int, n_classes: int) -> str | None:
-    """A hint when labelled accuracy is within two standard errors of guessing (1/K): usually wrong preprocessing."""
-    if accuracy is None or n < CHANCE_MIN_SAMPLES or n_classes < 2:
-        return None
-    chance = 1.0 / n_classes
-    if accuracy > chance + 2.0 * np.sqrt(chance * (1 - chance) / n):
-        return None
-    return (
-        f"accuracy {100 * accuracy:.0f}% is near chance ({100 * chance:.0f}% for {n_classes} classes): the inputs are "
-        "probably not preprocessed the way the model expects; check --scale and --mean/--std (or --preset), and the "
-        "channel order and layout"
-    )
-
-
-
 def assemble(
     config: ScanConfig,
     loaded: Loaded,
@@ -661,9 +645,9 @@ def assemble(
     samples = tuple(o.result for o in outcomes)
     predicted = np.array([s.predicted for s in samples])
     accuracy = None if points.labels is None else float(np.mean(predicted == points.labels[: len(samples)]))
-    note = chance_note(accuracy, len(samples), calib.n_classes)
-    if note:
-        notes.append(note)
+    from .sanity import checked
+
+    checked(predicted, None if points.labels is None else points.labels[: len(samples)], calib.n_classes, notes)
     summary = Summary(
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),

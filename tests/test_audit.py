@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import jsonschema
@@ -80,7 +81,8 @@ def test_audit_writes_four_files_valid_schema_and_exit_by_policy(full):
     jsonschema.validate(rep, SCHEMA)
     assert rep["created"] == "1970-01-01T00:00:00+00:00"
     status = {s["name"]: s["status"] for s in rep["sections"]}
-    assert status == {**{n: "ok" for n in ("scan", "worst", "bounds", "attacks", "clever", "metrics", "validity")},
+    assert status == {**{n: "ok" for n in ("preprocessing", "scan", "worst", "bounds", "attacks", "clever", "metrics",
+                                           "validity")},
                       "certify": "unavailable"}  # randomized smoothing only with [audit] certify_sigma
     checks = {c["key"]: c for c in rep["checks"]}
     assert [c["passed"] for c in rep["checks"]] == [True] * 6 + [False]
@@ -300,3 +302,27 @@ def test_certify_section_slots_in_with_its_policy_key(zoo, tmp_path):
     cert = next(s for s in rep["sections"] if s["name"] == "certify")["data"]
     row = next(r for r in cert["summary"]["certified_accuracy"] if r["radius"] == 0.3)  # radius named in the check
     assert rep["checks"][0]["value"] == row["accuracy"]
+
+
+def test_wrong_preprocessing_fails_the_audit_with_its_own_check(tmp_path):
+    """Pixels 0-255 into a model that expects normalised inputs: every command notes it, the audit fails on it."""
+    from .test_bad_input import run_cli
+
+    zoo = Path(__file__).resolve().parent.parent / "sample_models"
+    model, data = zoo / "vgg_small.onnx", zoo / "fmnist_test_1000_28.npz"
+    policy = write_policy(tmp_path / "p.toml", ["fisher.lambda_max.median <= 1e9"], samples=12, clever_samples=2,
+                          clever_points=20, metrics_samples=20, eps=[0.03], attacks=["square"], whitebox=False,
+                          corruptions=False, budget=60)
+    res = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--policy", str(policy),
+                  "--out", str(tmp_path / "d"), "-q")
+    assert res.exit_code == 1, res.stderr
+    rep = json.loads((tmp_path / "d" / "audit.json").read_text())
+    added = [c for c in rep["checks"] if c["key"] == "preprocessing.sane"]
+    assert len(added) == 1 and added[0]["passed"] is False and "--mean/--std" in added[0]["reason"]
+    assert res.stderr.count("preprocessing looks wrong") == 1  # one warning, not one per section
+    good = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--mean", "0.286", "--std", "0.353",
+                   "--policy", str(policy), "--out", str(tmp_path / "g"), "-q")
+    assert good.exit_code == 0 and "preprocessing" not in good.stderr
+    rep = json.loads((tmp_path / "g" / "audit.json").read_text())
+    sec = next(s for s in rep["sections"] if s["name"] == "preprocessing")
+    assert sec["data"]["sane"] is True and not any(c["key"] == "preprocessing.sane" for c in rep["checks"])

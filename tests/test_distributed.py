@@ -58,7 +58,7 @@ def test_cluster_report_equals_single_process_report(setup, cluster):
     assert all(w["provider"] == "CPUExecutionProvider" for w in ex["per_worker"])
     # progress comes from completed chunks and ends with every sample and query
     assert seen[0][0] == 0 and seen[-1][:2] == (7, 7)
-    assert seen[-1][2] == remote.summary.queries_total - 1  # all but the client's one set-up query
+    assert seen[-1][2] == remote.summary.queries_total - 7  # all but the client's set-up queries (one per sample)
     assert [s[0] for s in seen] == sorted(s[0] for s in seen)
 
 

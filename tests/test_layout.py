@@ -151,7 +151,7 @@ def test_attack_inputs_take_per_channel_mean_std_on_nhwc(tmp_path):
     x = np.random.default_rng(4).integers(0, 256, size=(3, 6, 5, 3)).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2]))
     mean, std = (0.2, 0.5, 0.7), (0.3, 1.5, 0.6)
-    m, oracle, _, xa, _, _ = load_attack_inputs(AttackConfig(model=str(model), data=str(tmp_path / "d.npz"), scale=1 / 255,
+    m, oracle, _, xa, _, _, _ = load_attack_inputs(AttackConfig(model=str(model), data=str(tmp_path / "d.npz"), scale=1 / 255,
                                                           mean=mean, std=std, device="cpu"))
     u = (x / 255 - np.array(mean)) / np.array(std)
     z = m.run(u.astype(np.float32)).astype(np.float64)
@@ -220,7 +220,7 @@ def test_whitebox_gradients_take_per_channel_mean_std_on_nhwc(tmp_path):
     model = B.save(conv_net((6, 5, 3), tf_style_front(), conv_input="xt"), tmp_path / "nhwc.onnx")
     x = np.random.default_rng(5).integers(0, 256, size=(2, 6, 5, 3)).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1]))
-    m, oracle, kind, xa, _, pre = load_attack_inputs(AttackConfig(
+    m, oracle, kind, xa, _, pre, _ = load_attack_inputs(AttackConfig(
         model=str(model), data=str(tmp_path / "d.npz"), scale=1 / 255, mean=(0.2, 0.5, 0.7), std=(0.3, 1.5, 0.6),
         device="cpu"))
     wb, record = gradient_oracle(m, oracle, kind, pre, xa, "graph", 0)

@@ -194,14 +194,20 @@ def test_streamed_sketch_equals_the_unstreamed_one(linear, probes, r):
         np.testing.assert_allclose(np.abs(a.direction @ (v / np.linalg.norm(v))), 1.0, atol=1e-5)
 
 
-def test_near_chance_accuracy_gets_a_preprocessing_hint():
-    from fimaudit.scan import chance_note
+def test_the_preprocessing_rule_flags_chance_accuracy_and_collapsed_predictions():
+    from fimaudit.sanity import preprocessing_check
 
-    note = chance_note(0.11, 100, 10)
-    assert "--mean/--std" in note and "--preset" in note and "near chance" in note
-    assert chance_note(0.17, 100, 10) is None  # above 0.1 + 2 * 0.03: clearly better than guessing
-    assert chance_note(0.0, 5, 10) is None  # too few samples to tell
-    assert chance_note(None, 100, 10) is None
+    y = np.arange(20) % 10
+    bad = preprocessing_check((y + 1) % 10, y, 10)  # every prediction wrong
+    assert not bad.sane and bad.accuracy == 0.0 and "--mean/--std" in bad.note and "--preset" in bad.note
+    edge = preprocessing_check(np.where(np.arange(20) < 3, y, (y + 1) % 10), y, 10)  # 15% = 1.5x chance
+    assert not edge.sane
+    assert preprocessing_check(np.where(np.arange(20) < 4, y, (y + 1) % 10), y, 10).sane  # 20%: above it
+    assert preprocessing_check(np.array([1, 2, 3]), np.array([0, 0, 0]), 10).sane  # too few labelled samples
+    collapsed = preprocessing_check(np.full(20, 3), None, 10)  # unlabelled: every prediction class 3
+    assert not collapsed.sane and "class 3 for 100%" in collapsed.note
+    assert preprocessing_check(np.full(20, 3), np.full(20, 3), 10).sane  # the labels are one class too
+    assert preprocessing_check(np.arange(20) % 10, None, 10).sane
 
 
 def test_scan_says_so_when_labels_look_shuffled(mlp_scan, tmp_path):
@@ -212,7 +218,7 @@ def test_scan_says_so_when_labels_look_shuffled(mlp_scan, tmp_path):
     np.savez(tmp_path / "wrong.npz", x=x, y=(pred + 1) % 4)  # every label wrong: accuracy 0
     res = fimaudit.scan(model, tmp_path / "wrong.npz", method="sketch", budget=30, bounds=False)
     assert res.summary.accuracy == 0.0
-    assert any("near chance" in n for n in res.notes)
+    assert any("preprocessing looks wrong" in n and "--scale" in n for n in res.notes)
     np.savez(tmp_path / "right.npz", x=x, y=pred)
     res = fimaudit.scan(model, tmp_path / "right.npz", method="sketch", budget=30, bounds=False)
     assert res.summary.accuracy == 1.0 and not any("near chance" in n for n in res.notes)

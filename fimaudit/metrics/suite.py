@@ -49,7 +49,12 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     y = ds.y
     oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
                                   y, ds.source)
-    clean = performance(oracle.logp(x), y)
+    notes: list[str] = []
+    clean_logp = oracle.logp(x)
+    from ..sanity import checked
+
+    checked(np.argmax(clean_logp, axis=1), y, clean_logp.shape[1], notes)
+    clean = performance(clean_logp, y)
     metrics: dict[str, float] = dict(clean)
     gamma = clean["margin_p10_correct"]
     metrics.update(norm_measures(model.proto, gamma))
@@ -67,7 +72,6 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     metrics.update({"sharpness_sigma": sh["sigma"], "sharpness_flatness": sh["flatness"],
                     "sharpness_magnitude_sigma": sh_m["sigma"], "sharpness_magnitude_flatness": sh_m["flatness"]})
     corr: dict[str, dict[str, float]] = {}
-    notes: list[str] = []
     shifts = []
     if cfg.corruptions:
         lo, hi = float(x.min()), float(x.max())

@@ -23,7 +23,12 @@ def _pct(x) -> str:
 
 
 def tables(result: EvidenceResult) -> list:
-    """The rich renderables of a result (tables and lines), in order."""
+    """The rich renderables of a result (tables and lines), in order, then its notes."""
+    out = _tables(result)
+    return out + [f"note: {n}" for n in (result.get("notes") or [])]
+
+
+def _tables(result: EvidenceResult) -> list:
     if result.kind == "attack":
         cfg = result["config"]
         taus = [f"{t:g}" for t in cfg["taus"]]
