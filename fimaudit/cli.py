@@ -51,28 +51,23 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperCommand, TyperGroup
 
-from .data import eval_fraction, parse_floats, parse_range
+# Only light modules at the top: `fimaudit --help` must not import numpy's heavy neighbours (onnx, onnxruntime,
+# scipy, matplotlib); each command imports the core it runs inside its body (tests/test_imports.py checks).
+from .choices import (CHANNEL_ORDERS, DEFAULT_RESIZE, LAYOUTS, OUTPUT_KINDS, PRESETS, RESIZE_POLICIES, eval_fraction,
+                      parse_floats, parse_input_shape, parse_range)
 from .errors import ConfigError, FimauditError
-from .images import CHANNEL_ORDERS, DEFAULT_RESIZE, PRESETS, RESIZE_POLICIES
-from .model.layout import LAYOUTS
-from .model.loader import parse_input_shape
-from .model.oracle import OUTPUT_KINDS
-from .audit import AuditConfig, AuditResult, Section, run_audit
-from .policy import Policy, apply_to_config, evaluate, load_policy, parse_check
-from .report import load_result, render_json, renderer_for
-from .report.evidence import tables as evidence_tables
-from .report.terminal import render_to_console
-from .result import ScanResult
 from .runtime_guard import Interrupted, RunTimeout, guarded_run
 from .runtime_guard import write_atomic as atomic_file
-from .scan import ScanConfig, scan
+
+if TYPE_CHECKING:
+    from .result import ScanResult
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -456,6 +451,10 @@ def scan_cmd(
     ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
+    from .report import render_json, renderer_for
+    from .report.terminal import render_to_console
+    from .scan import ScanConfig, scan
+
     config = opts.config(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
@@ -477,6 +476,9 @@ def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
     """``--fail-above X`` is the one-line policy ``fisher.lambda_max.median <= X``."""
     if fail_above is None:
         return EXIT_OK
+    from .audit import AuditResult, Section
+    from .policy import Policy, evaluate, parse_check
+
     policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
     wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
     failed = [c for c in evaluate(policy, wrapped) if not c.passed]
@@ -526,6 +528,7 @@ def attack_cmd(
 ) -> int:
     """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
+    from .report.evidence import tables as evidence_tables
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
@@ -559,6 +562,7 @@ def metrics_cmd(
 ) -> int:
     """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
     from .metrics.suite import MetricsConfig, run_metrics
+    from .report.evidence import tables as evidence_tables
 
     result = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
     _write_json(opts, result.to_dict())
@@ -581,6 +585,7 @@ def clever_cmd(
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
+    from .report.evidence import tables as evidence_tables
 
     result = run_clever(opts.config(AttackConfig, model=str(model), budget=10**9), norm, radius, points, seeds,
                         gradients=gradients)
@@ -609,6 +614,7 @@ def compare_cmd(
 ) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
     from .evidence import ModelSpec, compare_models
+    from .report.evidence import tables as evidence_tables
 
     per_model = ("data", "samples", "scale", "mean", "std", "seed", "budget")  # set per spec or passed explicitly
     common = {k: v for k, v in opts.config_fields().items() if k not in per_model}
@@ -701,6 +707,10 @@ def audit_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json, audit.html, audit.md, junit.xml."),
 ) -> int:
     """Every kind of evidence, one policy, one dossier: exit 0 all checks pass, 1 a check fails, 2 bad input."""
+    from .audit import AuditConfig, AuditResult, run_audit
+    from .policy import apply_to_config, evaluate, load_policy
+    from .report import renderer_for
+
     policy = None if policy_path is None else load_policy(policy_path)
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
@@ -745,6 +755,8 @@ def report_cmd(
     out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
 ) -> int:
     """Re-render a saved JSON report in another format."""
+    from .report import load_result, renderer_for
+
     try:
         raw = json.loads(saved.read_text(encoding="utf-8"))
         kind, result = load_result(raw)
