@@ -25,11 +25,13 @@ To add an option to every data-taking command (e.g. ``--layout``):
 
 1. register it next to the others below::
 
-       shared_option("layout", ("--layout",), str, "auto", "NCHW | NHWC | auto.", groups=("data",),
-                     parse=_choice("--layout", ("auto", "NCHW", "NHWC")))
+       shared_option("layout", ("--layout",), str, "auto", "Input layout.", groups=("data",),
+                     parse=_choice("--layout", ("auto", "NCHW", "NHWC")), metavar="[auto|NCHW|NHWC]")
 
    ``parse`` turns the raw value into the typed one and raises ``ConfigError`` naming the flag;
    ``config=False`` keeps it out of the core configs (like ``--json``). Register before the commands.
+   ``metavar`` is what the help shows for the value (``N``, ``FILE``, ``[a|b]``; a flag has none);
+   ``none_means`` what a None default does (``all``, ``auto``), shown as the default.
 2. add a field of the same name to each config that takes data (``ScanConfig``, ``AttackConfig``,
    ``MetricsConfig``, ``AuditConfig``, ``CertifyConfig``). ``opts.config(Cls, ...)`` passes every config
    option by name, so a config that lacks the field fails the CLI tests at once
@@ -38,7 +40,9 @@ To add an option to every data-taking command (e.g. ``--layout``):
 
 A new command: ``@command("name", "data", "out")`` over ``def name_cmd(opts: Opts, <own options>) -> int``;
 the body returns an exit code and raises ``FimauditError`` for bad input. Per-command defaults:
-``defaults={"samples": 500}``; ``...`` as a default makes the option required.
+``defaults={"samples": 500}``; ``...`` as a default makes the option required; ``none_means={"samples": "100"}``
+what a None default does in this command. The help is the first documentation: give each own option a
+``metavar`` and, when None means "automatic", a ``show_default`` text (tests/test_help.py checks every command).
 """
 
 from __future__ import annotations
@@ -51,28 +55,24 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperCommand, TyperGroup
+from typer.models import OptionInfo
 
-from .data import eval_fraction, parse_floats, parse_range
+# Only light modules at the top: `fimaudit --help` must not import numpy's heavy neighbours (onnx, onnxruntime,
+# scipy, matplotlib); each command imports the core it runs inside its body (tests/test_imports.py checks).
+from .choices import (CHANNEL_ORDERS, DEFAULT_RESIZE, LAYOUTS, OUTPUT_KINDS, PRESETS, RESIZE_POLICIES, eval_fraction,
+                      parse_floats, parse_input_shape, parse_range)
 from .errors import ConfigError, FimauditError
-from .images import CHANNEL_ORDERS, DEFAULT_RESIZE, PRESETS, RESIZE_POLICIES
-from .model.layout import LAYOUTS
-from .model.loader import parse_input_shape
-from .model.oracle import OUTPUT_KINDS
-from .audit import AuditConfig, AuditResult, Section, run_audit
-from .policy import Policy, apply_to_config, evaluate, load_policy, parse_check
-from .report import load_result, render_json, renderer_for
-from .report.evidence import tables as evidence_tables
-from .report.terminal import render_to_console
-from .result import ScanResult
 from .runtime_guard import Interrupted, RunTimeout, guarded_run
 from .runtime_guard import write_atomic as atomic_file
-from .scan import ScanConfig, scan
+
+if TYPE_CHECKING:
+    from .result import ScanResult
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -88,8 +88,18 @@ def _usage_error(prefix: str, exc: Exception) -> typer.Exit:
     return typer.Exit(EXIT_ERROR)
 
 
+def _flag_help_option(option: Any) -> Any:
+    """``--help`` is a flag: no value metavar in the help (typer would show ``<bool>``)."""
+    if option is not None and getattr(option, "metavar", None) is None:
+        option.metavar = ""
+    return option
+
+
 class _Command(TyperCommand):
     """Usage errors (unknown option, ``--samples abc``, missing argument) as one line and exit 2."""
+
+    def get_help_option(self, ctx: typer.Context) -> Any:
+        return _flag_help_option(super().get_help_option(ctx))
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         try:
@@ -100,6 +110,9 @@ class _Command(TyperCommand):
 
 class _Group(TyperGroup):
     """An unknown command or root option as one line and exit 2."""
+
+    def get_help_option(self, ctx: typer.Context) -> Any:
+        return _flag_help_option(super().get_help_option(ctx))
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         try:
@@ -117,7 +130,10 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     add_completion=False,
-    help="Audit ONNX classifiers: input-space Fisher information, exact or sketched, from black-box queries.",
+    help="Audit ONNX classifiers for input-space Fisher information (exact or sketched), with bounds, attacks and "
+    "certificates. By default the Jacobians are exact, from a gradient graph built from the ONNX model and "
+    "self-checked against finite differences; if it cannot be built or fails the check, black-box "
+    "finite-difference queries are used and the reason is reported.",
 )
 
 
@@ -133,6 +149,8 @@ class SharedOption:
     help: str
     parse: Callable[[Any], Any]
     config: bool  # passed to the core configs by opts.config()
+    metavar: str  # what the value looks like in the help: N, FILE, [auto|cpu|cuda]; "" for a flag
+    none_means: Optional[str] = None  # the help's default when the default is None ("all", "the only input")
 
 
 OPTIONS: dict[str, SharedOption] = {}
@@ -155,11 +173,20 @@ def shared_option(
     groups: tuple[str, ...],
     parse: Callable[[Any], Any] = _same,
     config: bool = True,
+    metavar: Optional[str] = None,
+    none_means: Optional[str] = None,
 ) -> None:
-    """Register an option once; every command taking one of ``groups`` gets it, parsed by ``parse``."""
+    """Register an option once; every command taking one of ``groups`` gets it, parsed by ``parse``.
+
+    ``metavar`` is required for a value (a flag has none); ``none_means`` says in the help what a None
+    default does (a command's ``defaults`` or ``none_means`` override it).
+    """
     if name in OPTIONS:
         raise ValueError(f"shared option {name} registered twice")
-    OPTIONS[name] = SharedOption(name, flags, annotation, default, help, parse, config)
+    if metavar is None and annotation is not bool:
+        raise ValueError(f"shared option {name} needs a metavar for the help")
+    OPTIONS[name] = SharedOption(name, flags, annotation, default, help, parse, config,
+                                 "" if annotation is bool else metavar, none_means)
     for g in groups:
         GROUPS.setdefault(g, []).append(name)
 
@@ -230,61 +257,71 @@ def _input_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
     return None if text is None else parse_input_shape(text)
 
 
+def _one_of(allowed: tuple[str, ...]) -> str:
+    """A short choice list as the help's metavar, ``[auto|cpu|cuda]``; long ones get a noun, the list in the help."""
+    return "[" + "|".join(allowed) + "]"
+
+
 shared_option("input_name", ("--input",), Optional[str], None, "Input to audit when the model has several.",
-              groups=("graph",))
+              groups=("graph",), metavar="NAME", none_means="the only input")
 shared_option("output_name", ("--output",), Optional[str], None, "Output to audit when the model has several.",
-              groups=("graph",))
+              groups=("graph",), metavar="NAME", none_means="the only float output")
 shared_option("input_shape", ("--input-shape",), Optional[str], None,
-              "Per-sample shape C,H,W for dynamic dimensions.", groups=("graph",), parse=_input_shape)
-shared_option("output_kind", ("--output-kind",), str, "auto", "auto | logits | probabilities | log-probabilities.",
-              groups=("run",), parse=_choice("--output-kind", ("auto",) + OUTPUT_KINDS))
-shared_option("device", ("--device",), str, "auto", "auto | cpu | cuda (auto: CUDA only if it really loads).",
-              groups=("run",), parse=_choice("--device", ("auto", "cpu", "cuda")))
+              "Per-sample shape C,H,W for dynamic dimensions.", groups=("graph",), parse=_input_shape,
+              metavar="C,H,W", none_means="from the model")
+shared_option("output_kind", ("--output-kind",), str, "auto",
+              "auto | logits | probabilities | log-probabilities (auto: detected from the outputs on the data).",
+              groups=("run",), parse=_choice("--output-kind", ("auto",) + OUTPUT_KINDS), metavar="KIND")
+shared_option("device", ("--device",), str, "auto", "Where the model runs (auto: CUDA only if it really loads).",
+              groups=("run",), parse=_choice("--device", ("auto", "cpu", "cuda")),
+              metavar=_one_of(("auto", "cpu", "cuda")))
 shared_option("max_batch", ("--max-batch",), int, 256, "Most rows per onnxruntime call.", groups=("run",),
-              parse=_at_least("--max-batch", 1))
+              parse=_at_least("--max-batch", 1), metavar="N")
 shared_option("threads", ("--threads",), int, 0, "onnxruntime intra-op threads (0: its default).", groups=("run",),
-              parse=_at_least("--threads", 0))
+              parse=_at_least("--threads", 0), metavar="N")
 shared_option("data", ("--data",), Optional[Path], None,
               ".npy (inputs), .npz (x, optional integer labels y) in the model's input layout, or a folder of "
               "PNG/JPEG/BMP images (labels from subfolders or labels.csv).",
-              groups=("data",), parse=_optional_str)
+              groups=("data",), parse=_optional_str, metavar="PATH", none_means="seeded synthetic inputs")
 shared_option("samples", ("--samples",), Optional[int], None, "Use the first N samples.", groups=("data",),
-              parse=_at_least("--samples", 1))
+              parse=_at_least("--samples", 1), metavar="N", none_means="all")
 shared_option("scale", ("--scale",), str, "1",
               "Stored data x scale = image/attack space (e.g. 1/255 for uint8 pixels); eps is in these units.",
-              groups=("data",), parse=_scale)
+              groups=("data",), parse=_scale, metavar="NUMBER")
 shared_option("mean", ("--mean",), str, "0", "Model input = (x*scale - mean)/std; one value or one per channel.",
-              groups=("data",), parse=_floats("--mean", 0.0))
+              groups=("data",), parse=_floats("--mean", 0.0), metavar="LIST")
 shared_option("std", ("--std",), str, "1", "Std, one value or one per channel.", groups=("data",),
-              parse=_floats("--std", 1.0))
+              parse=_floats("--std", 1.0), metavar="LIST")
 shared_option("preset", ("--preset",), Optional[str], None,
               "Named normalisation: imagenet | inception | unit | none (instead of --scale/--mean/--std).",
-              groups=("data",), parse=_optional_choice("--preset", tuple(PRESETS)))
-shared_option("layout", ("--layout",), str, "auto", "Input layout: auto (read from the graph) | nchw | nhwc.",
-              groups=("data",), parse=_choice("--layout", LAYOUTS))
+              groups=("data",), parse=_optional_choice("--preset", tuple(PRESETS)), metavar="NAME",
+              none_means="off")
+shared_option("layout", ("--layout",), str, "auto", "Input layout (auto: read from the graph, else from the shape).",
+              groups=("data",), parse=_choice("--layout", LAYOUTS), metavar=_one_of(LAYOUTS))
 shared_option("resize", ("--resize",), str, DEFAULT_RESIZE,
               "Image folders: shorter-side+center-crop | stretch to the model's size.", groups=("data",),
-              parse=_choice("--resize", RESIZE_POLICIES))
-shared_option("channels", ("--channels",), str, "rgb", "Image folders: channel order the model expects, rgb | bgr.",
-              groups=("data",), parse=_choice("--channels", CHANNEL_ORDERS))
+              parse=_choice("--resize", RESIZE_POLICIES), metavar="POLICY")
+shared_option("channels", ("--channels",), str, "rgb", "Image folders: channel order the model expects.",
+              groups=("data",), parse=_choice("--channels", CHANNEL_ORDERS), metavar=_one_of(CHANNEL_ORDERS))
 shared_option("input_range", ("--input-range",), str, "0,1",
-              "LO,HI: valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
-              groups=("data",), parse=parse_range)
+              "Valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
+              groups=("data",), parse=parse_range, metavar="LO,HI")
 shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
-              groups=("data",), parse=_at_least("--seed", 0))  # numpy seeds are nonnegative
+              groups=("data",), parse=_at_least("--seed", 0), metavar="N")  # numpy seeds are nonnegative
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
-              groups=("budget",), parse=_at_least("--budget", 1))
+              groups=("budget",), parse=_at_least("--budget", 1), metavar="N")
 shared_option("workers", ("--workers",), Optional[int], None,
               "Spread samples over N local Dask worker processes (needs the distributed extra).",
-              groups=("cluster",), parse=_at_least("--workers", 1), config=False)
+              groups=("cluster",), parse=_at_least("--workers", 1), config=False, metavar="N",
+              none_means="this process")
 shared_option("scheduler", ("--scheduler",), Optional[str], None,
-              "Spread samples over the Dask cluster at this address (tcp://HOST:PORT).",
-              groups=("cluster",), config=False)
+              "Spread samples over the Dask cluster at this address.",
+              groups=("cluster",), config=False, metavar="tcp://HOST:PORT")
 shared_option("json", ("--json",), Optional[str], None, "Write the JSON result here ('-': stdout).",
-              groups=("out",), config=False)
+              groups=("out",), config=False, metavar="FILE")
 shared_option("timeout", ("--timeout",), Optional[float], None,
               "Stop the whole run after SECONDS: one line, exit 2, nothing written.", groups=("out",), config=False,
-              parse=_seconds)
+              parse=_seconds, metavar="SECONDS", none_means="no limit")
 shared_option("quiet", ("--quiet", "-q"), bool, False, "No progress display or table (errors still go to stderr).",
               groups=("out",), config=False)
 
@@ -328,18 +365,37 @@ class Opts:
         return Console(stderr=True) if self._values.get("json") == "-" else Console()
 
 
-def command(name: str, *groups: str, defaults: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()):
-    """Register ``fn(opts, **own) -> exit code`` as a command taking the shared options of ``groups``."""
+def _shown_default(value: Any, none_means: Optional[str]) -> bool | str:
+    """typer's ``show_default``: the value, or what None means (``[default: (all)]``); nothing when required."""
+    if value is ...:
+        return False
+    if value is None:
+        return none_means or False
+    return True
+
+
+def command(name: str, *groups: str, defaults: dict[str, Any] | None = None, exclude: tuple[str, ...] = (),
+            none_means: dict[str, str] | None = None):
+    """Register ``fn(opts, **own) -> exit code`` as a command taking the shared options of ``groups``.
+
+    ``none_means`` overrides, for this command, what the help says a None default does (``{"samples": "100"}``).
+    """
     defaults = defaults or {}
+    none_means = none_means or {}
     shared = [OPTIONS[n] for n in _resolve(groups) if n not in exclude]
 
     def deco(fn: Callable[..., int]) -> Callable[..., None]:
         own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "opts"]
+        for p in own:  # a flag takes no value: no metavar in the help (typer would show <bool>)
+            if p.annotation is bool and isinstance(p.default, OptionInfo) and p.default.metavar is None:
+                p.default.metavar = ""
         extra = [
             inspect.Parameter(
                 o.name, inspect.Parameter.KEYWORD_ONLY, annotation=o.annotation,
-                default=typer.Option(defaults.get(o.name, o.default), *o.flags, help=o.help,
-                                     rich_help_panel="Shared options", show_default=o.default is not None),
+                default=typer.Option(defaults.get(o.name, o.default), *o.flags, help=o.help, metavar=o.metavar,
+                                     rich_help_panel="Shared options",
+                                     show_default=_shown_default(defaults.get(o.name, o.default),
+                                                                 none_means.get(o.name, o.none_means))),
             )
             for o in shared
         ]
@@ -440,45 +496,66 @@ def _floats_list(text: str, flag: str) -> tuple[float, ...]:
 
 
 # --------------------------------------------------------------------------- commands
-@command("scan", "data", "budget", "cluster", "out")
+# --samples when not given, for scan and certify: fimaudit.scan.DEFAULT_SAMPLES_DATA/_SYNTHETIC, repeated
+# here so that the help does not import the scan (tests/test_help.py checks that they agree).
+SCAN_SAMPLES_DATA, SCAN_SAMPLES_SYNTHETIC = 100, 16
+
+
+@command("scan", "data", "budget", "cluster", "out",
+         none_means={"samples": f"{SCAN_SAMPLES_DATA} with --data, else {SCAN_SAMPLES_SYNTHETIC}"})
 def scan_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
     method: str = typer.Option(
-        "auto", "--method", help="auto | exact | sketch | power | power-fresh | deflated. auto: exact when 2d+1 <= budget."
+        "auto", "--method", metavar="METHOD",
+        help="auto | exact | sketch | power | power-fresh | deflated. auto: exact when 2d+1 <= budget.",
     ),
-    probes: str = typer.Option("orthogonal", "--probes", help="Sketch probes: orthogonal | gaussian."),
-    subspace: str = typer.Option("dct", "--subspace", help="deflated: dct (low frequencies) | learnt (earlier samples)."),
-    subspace_dim: Optional[int] = typer.Option(None, "--subspace-dim", help="deflated: subspace size (default budget/4)."),
+    probes: str = typer.Option("orthogonal", "--probes", metavar="[orthogonal|gaussian]", help="Sketch probes."),
+    subspace: str = typer.Option("dct", "--subspace", metavar="[dct|learnt]",
+                                 help="deflated: dct (low frequencies) | learnt (earlier samples)."),
+    subspace_dim: Optional[int] = typer.Option(None, "--subspace-dim", metavar="N", show_default="budget/4",
+                                               help="deflated: subspace size."),
     save_direction: Optional[str] = typer.Option(
-        None, "--save-direction", help="Write each sample's worst unit direction to this .npy file."
+        None, "--save-direction", metavar="FILE", help="Write each sample's worst unit direction to this .npy file."
     ),
-    fd_step: Optional[float] = typer.Option(None, "--fd-step", help="Finite-difference step h (default: chosen and checked)."),
-    space: str = typer.Option("input", "--space", help="Report per model-input unit (input) or per stored-data unit (data)."),
+    fd_step: Optional[float] = typer.Option(None, "--fd-step", metavar="H", show_default="chosen and checked",
+                                            help="Finite-difference step h."),
+    space: str = typer.Option("input", "--space", metavar="[input|data]",
+                              help="Report per model-input unit (input) or per stored-data unit (data)."),
     report_path: Optional[str] = typer.Option(
-        None, "--report", help="Also write a report file (.html, .md, .txt, .json)."
+        None, "--report", metavar="FILE", help="Also write a report file (.html, .md, .txt, .json)."
     ),
-    fail_above: Optional[float] = typer.Option(None, "--fail-above", help="Exit 1 when the median lambda_max exceeds X."),
+    fail_above: Optional[float] = typer.Option(None, "--fail-above", metavar="X",
+                                               help="Exit 1 when the median lambda_max exceeds X."),
     no_bounds: bool = typer.Option(False, "--no-bounds", help="Skip the closed-form bound from the weights."),
     trace_budget: int = typer.Option(
-        0, "--trace-budget", help="Queries per sample for a separate Hutchinson trace (0: trace from the probes)."
+        0, "--trace-budget", metavar="N",
+        help="Queries per sample for a separate Hutchinson trace (0: trace from the probes).",
     ),
-    trace_rse: float = typer.Option(0.05, "--trace-rse", help="Hutchinson stops at this relative standard error."),
-    trace_probes: str = typer.Option("rademacher", "--trace-probes", help="Hutchinson probes: rademacher | gaussian."),
+    trace_rse: float = typer.Option(0.05, "--trace-rse", metavar="FLOAT",
+                                    help="Hutchinson stops at this relative standard error."),
+    trace_probes: str = typer.Option("rademacher", "--trace-probes", metavar="[rademacher|gaussian]",
+                                     help="Hutchinson probes."),
     dither: float = typer.Option(
-        0.0, "--dither", help="Evaluate F at x + SIGMA*xi (seeded Gaussian xi). Default: automatic, 3% of the input RMS, "
-        "only when exact input ties (constant backgrounds) make F undefined at x.",
+        0.0, "--dither", metavar="SIGMA", show_default="auto",
+        help="Evaluate F at x + SIGMA*xi (seeded Gaussian xi). auto: SIGMA = 3% of the input RMS, only when exact "
+        "input ties (constant backgrounds) make F undefined at x; else x itself.",
     ),
     no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
     gradients: str = typer.Option(
-        "auto", "--gradients", help="auto | graph | fd: exact Jacobians from a gradient graph of the model (self-checked "
-        "against finite differences; auto falls back with the reason) or black-box finite differences.",
+        "auto", "--gradients", metavar="[auto|graph|fd]",
+        help="Exact Jacobians from a gradient graph of the model (graph: self-checked against finite differences; "
+        "auto falls back with the reason) or black-box finite differences (fd).",
     ),
     cross_check: bool = typer.Option(
         False, "--cross-check", help="With the graph: also run the black-box estimator on the same samples and report its error."
     ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
+    from .report import render_json, renderer_for
+    from .report.terminal import render_to_console
+    from .scan import ScanConfig, scan
+
     config = opts.config(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
@@ -500,6 +577,9 @@ def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
     """``--fail-above X`` is the one-line policy ``fisher.lambda_max.median <= X``."""
     if fail_above is None:
         return EXIT_OK
+    from .audit import AuditResult, Section
+    from .policy import Policy, evaluate, parse_check
+
     policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
     wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
     failed = [c for c in evaluate(policy, wrapped) if not c.passed]
@@ -532,21 +612,27 @@ def attack_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
     attack: str = typer.Option(
-        "pgd", "--attack", help="fgsm | bim | pgd | square (black-box) | pgd-wb | apgd (white-box: exact gradients from "
+        "pgd", "--attack", metavar="ATTACK",
+        help="fgsm | bim | pgd | square (black-box) | pgd-wb | apgd (white-box: exact gradients from "
         "the model's gradient graph, with Square run beside it for sanity flags).",
     ),
-    norm: str = typer.Option("linf", "--norm", help="linf | l2."),
-    eps: str = typer.Option("0.03", "--eps", help="Radius or comma list, in attack units (data x --scale)."),
-    taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", help="Tolerances for the robust ratio."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Iterations of BIM/PGD (default 10)."),
+    norm: str = typer.Option("linf", "--norm", metavar="[linf|l2]", help="Norm of the radius eps."),
+    eps: str = typer.Option("0.03", "--eps", metavar="LIST",
+                            help="Radius or comma list, in attack units (data x --scale)."),
+    taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", metavar="LIST", help="Tolerances for the robust ratio."),
+    steps: Optional[int] = typer.Option(None, "--steps", metavar="N", show_default="10 for BIM/PGD, 100 white-box",
+                                        help="Iterations of BIM/PGD and of the white-box attacks."),
     gradients: str = typer.Option(
-        "auto", "--gradients", help="auto | graph | fd | zo. Black-box FGSM/BIM/PGD: fd (central differences, 2d+2 "
-        "queries per step) or zo (zeroth-order estimates), auto picks by budget; white-box pgd-wb/apgd: graph (auto "
-        "falls back with the reason). Every evaluation is a counted query.",
+        "auto", "--gradients", metavar="[auto|graph|fd|zo]",
+        help="Black-box FGSM/BIM/PGD: fd (central differences, 2d+2 queries per step) or zo (zeroth-order "
+        "estimates), auto picks by budget; white-box pgd-wb/apgd: graph (auto falls back with the reason). Every "
+        "evaluation is a counted query.",
     ),
     grad: Optional[str] = typer.Option(None, "--grad", hidden=True, help="Deprecated spelling of --gradients."),
-    loss: str = typer.Option("ce", "--loss", help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
-    restarts: int = typer.Option(1, "--restarts", help="White-box runs per sample (the first from x, then random starts)."),
+    loss: str = typer.Option("ce", "--loss", metavar="[ce|dlr]",
+                             help="White-box loss: ce (cross-entropy) | dlr (difference of logits ratio)."),
+    restarts: int = typer.Option(1, "--restarts", metavar="N",
+                                 help="White-box runs per sample (the first from x, then random starts)."),
     min_distance: bool = typer.Option(
         False, "--min-distance", help="White-box: also each sample's smallest adversarial L2 and L-inf distance found "
         "(binary search over eps with APGD).",
@@ -554,6 +640,7 @@ def attack_cmd(
 ) -> int:
     """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
+    from .report.evidence import tables as evidence_tables
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
@@ -588,6 +675,7 @@ def metrics_cmd(
 ) -> int:
     """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
     from .metrics.suite import MetricsConfig, run_metrics
+    from .report.evidence import tables as evidence_tables
 
     result = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
     _write_json(opts, result.to_dict())
@@ -601,15 +689,19 @@ def metrics_cmd(
 def clever_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier.", show_default=False),
-    norm: str = typer.Option("l2", "--norm", help="l2 | linf."),
-    radius: float = typer.Option(2.0, "--radius", help="Radius R of the sampling ball (attack units); caps the score."),
-    points: int = typer.Option(50, "--points", help="Points sampled per sample (2d queries each), in batches of 10."),
-    seeds: int = typer.Option(3, "--seeds", help="Repeat with this many seeds and report the spread."),
-    gradients: str = typer.Option("auto", "--gradients", help="auto | graph | fd: exact margin gradients from the model's "
-                                  "gradient graph (self-checked) instead of 2d finite-difference queries per point."),
+    norm: str = typer.Option("l2", "--norm", metavar="[l2|linf]", help="Norm of the adversarial distance."),
+    radius: float = typer.Option(2.0, "--radius", metavar="R",
+                                 help="Radius R of the sampling ball (attack units); caps the score."),
+    points: int = typer.Option(50, "--points", metavar="N",
+                               help="Points sampled per sample (2d queries each), in batches of 10."),
+    seeds: int = typer.Option(3, "--seeds", metavar="N", help="Repeat with this many seeds and report the spread."),
+    gradients: str = typer.Option("auto", "--gradients", metavar="[auto|graph|fd]",
+                                  help="Exact margin gradients from the model's gradient graph (self-checked) instead "
+                                  "of 2d finite-difference queries per point (fd)."),
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
+    from .report.evidence import tables as evidence_tables
 
     result = run_clever(opts.config(AttackConfig, model=str(model)), norm, radius, points, seeds,
                         gradients=gradients)
@@ -620,24 +712,30 @@ def clever_cmd(
     return EXIT_OK
 
 
-@command("compare", "data", "budget", "cluster", "out", defaults={"samples": 20})
+@command("compare", "data", "budget", "cluster", "out", defaults={"samples": 20},
+         none_means={"data": "each model's own, from --manifest"})
 def compare_cmd(
     opts: Opts,
     models: list[Path] = typer.Argument(None, help="ONNX models (or use --manifest).", show_default=False),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A zoo manifest: each model with its own data."),
-    eps_linf: float = typer.Option(0.03, "--eps-linf", help="L-inf radius for PGD and Square."),
-    eps_l2: float = typer.Option(0.5, "--eps-l2", help="L2 radius for PGD; CLEVER uses 4x it as its ball."),
-    clever_points: int = typer.Option(20, "--clever-points", help="CLEVER: points sampled per sample (2d queries each)."),
-    clever_samples: int = typer.Option(5, "--clever-samples", help="CLEVER: samples per model."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", metavar="FILE",
+                                            help="A zoo manifest: each model with its own data."),
+    eps_linf: float = typer.Option(0.03, "--eps-linf", metavar="FLOAT", help="L-inf radius for PGD and Square."),
+    eps_l2: float = typer.Option(0.5, "--eps-l2", metavar="FLOAT",
+                                 help="L2 radius for PGD; CLEVER uses 4x it as its ball."),
+    clever_points: int = typer.Option(20, "--clever-points", metavar="N",
+                                      help="CLEVER: points sampled per sample (2d queries each)."),
+    clever_samples: int = typer.Option(5, "--clever-samples", metavar="N", help="CLEVER: samples per model."),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
     validity: bool = typer.Option(
         False, "--validity", help="Per model: Spearman rho of the FIM-predicted radius sqrt(2 KL*/lambda_max) with each "
         "sample's minimal adversarial L2 distance (white-box search when the gradient graph passes its self-check).",
     ),
-    kl_star: float = typer.Option(0.1, "--kl-star", help="KL* (nats) of the predicted radius; rho does not depend on it."),
+    kl_star: float = typer.Option(0.1, "--kl-star", metavar="NATS",
+                                  help="KL* (nats) of the predicted radius; rho does not depend on it."),
 ) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
     from .evidence import ModelSpec, compare_models
+    from .report.evidence import tables as evidence_tables
 
     per_model = ("data", "samples", "scale", "mean", "std", "seed", "budget")  # set per spec or passed explicitly
     common = {k: v for k, v in opts.config_fields().items() if k not in per_model}
@@ -681,16 +779,22 @@ def _with_progress(quiet: bool, verb: str, run: Callable[[Any], Any]) -> Any:
         return run(lambda done, total, queries: bar.update(task, completed=done, total=total, queries=queries))
 
 
-@command("certify", "data", "cluster", "out")
+@command("certify", "data", "cluster", "out",
+         none_means={"samples": f"{SCAN_SAMPLES_DATA} with --data, else {SCAN_SAMPLES_SYNTHETIC}"})
 def certify_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to certify.", show_default=False),
-    sigma: float = typer.Option(..., "--sigma", help="Std of the Gaussian noise (in --space units); sets the scale of radii."),
-    n0: int = typer.Option(100, "--n0", help="Noisy queries per sample to select the smoothed prediction."),
-    n: int = typer.Option(100_000, "--n", help="Noisy queries per sample to bound its probability."),
-    alpha: float = typer.Option(0.001, "--alpha", help="Each certificate fails with probability at most alpha."),
-    radii: str = typer.Option("0,0.25,0.5,0.75,1", "--radii", help="Radii at which to report certified accuracy."),
-    space: str = typer.Option("input", "--space", help="Noise and radii per model-input unit (input) or stored-data unit (data)."),
+    sigma: float = typer.Option(..., "--sigma", metavar="SIGMA",
+                                help="Std of the Gaussian noise (in --space units); sets the scale of radii."),
+    n0: int = typer.Option(100, "--n0", metavar="N",
+                           help="Noisy queries per sample to select the smoothed prediction."),
+    n: int = typer.Option(100_000, "--n", metavar="N", help="Noisy queries per sample to bound its probability."),
+    alpha: float = typer.Option(0.001, "--alpha", metavar="FLOAT",
+                                help="Each certificate fails with probability at most alpha."),
+    radii: str = typer.Option("0,0.25,0.5,0.75,1", "--radii", metavar="LIST",
+                              help="Radii at which to report certified accuracy."),
+    space: str = typer.Option("input", "--space", metavar="[input|data]",
+                              help="Noise and radii per model-input unit (input) or stored-data unit (data)."),
 ) -> int:
     """Certified L2 radius per sample by Gaussian randomized smoothing (Cohen et al. 2019), certified accuracy."""
     from .certify import CertifyConfig, certify
@@ -726,10 +830,16 @@ def _timestamp() -> str:
 def audit_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
-    policy_path: Optional[Path] = typer.Option(None, "--policy", help="TOML policy: checks and what to compute."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for audit.json, audit.html, audit.md, junit.xml."),
+    policy_path: Optional[Path] = typer.Option(None, "--policy", metavar="FILE",
+                                               help="TOML policy: checks and what to compute."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       help="Folder for audit.json, audit.html, audit.md, junit.xml."),
 ) -> int:
     """Every kind of evidence, one policy, one dossier: exit 0 all checks pass, 1 a check fails, 2 bad input."""
+    from .audit import AuditConfig, AuditResult, run_audit
+    from .policy import apply_to_config, evaluate, load_policy
+    from .report import renderer_for
+
     policy = None if policy_path is None else load_policy(policy_path)
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
@@ -769,11 +879,14 @@ def report_cmd(
     opts: Opts,
     saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan --json`, `certify --json`, `attack --json` or `fimaudit audit`."),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="text | markdown | html | json | junit (audit) (default: from --out, else text)."
+        None, "--format", metavar="FORMAT", show_default="from --out, else text",
+        help="text | markdown | html | json | junit (audit).",
     ),
-    out: str = typer.Option("-", "--out", "-o", help="Output file ('-': stdout)."),
+    out: str = typer.Option("-", "--out", "-o", metavar="FILE", help="Output file ('-': stdout)."),
 ) -> int:
     """Re-render a saved JSON report in another format."""
+    from .report import load_result, renderer_for
+
     try:
         raw = json.loads(saved.read_text(encoding="utf-8"))
         kind, result = load_result(raw)
@@ -790,7 +903,7 @@ def report_cmd(
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, metavar=""),
 ) -> None:
     if version:
         from ._version import __version__

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import eval_fraction, parse_floats, parse_range  # noqa: F401 - re-exported
 from .errors import ConfigError, DataError
 from .guards import require_memory
 from .safeio import read_npy, read_npz
@@ -65,40 +66,6 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std), "channel_axis": self.channel_axis}
-
-
-def parse_floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(eval_fraction(t)) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} '{text}' must be numbers separated by commas") from None
-    if not vals:
-        raise ConfigError(f"{flag} needs at least one number")
-    return vals
-
-
-def eval_fraction(token: str) -> float:
-    """Accept '0.5' and '1/255'."""
-    token = token.strip()
-    if "/" in token:
-        num, den = token.split("/", 1)
-        if float(den) == 0:
-            raise ValueError(token)
-        value = float(num) / float(den)
-    else:
-        value = float(token)
-    if not np.isfinite(value):
-        raise ValueError(token)
-    return value
-
-
-def parse_range(text: str) -> tuple[float, float]:
-    vals = parse_floats(text, "--input-range")
-    if vals is None or len(vals) != 2 or not vals[0] < vals[1]:
-        raise ConfigError(f"--input-range '{text}' must be LO,HI with LO < HI")
-    return vals[0], vals[1]
 
 
 @dataclass(frozen=True)

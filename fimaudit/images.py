@@ -15,34 +15,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .choices import CHANNEL_ORDERS, DEFAULT_RESIZE, PRESETS, RESIZE_POLICIES, Preset  # noqa: F401 - re-exported
 from .data import Dataset, Preprocess, load_data
 from .errors import ConfigError, DataError
 from .model.layout import Layout, detect_layout
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 LABELS_FILE = "labels.csv"
-RESIZE_POLICIES = ("shorter-side+center-crop", "stretch")
-DEFAULT_RESIZE = RESIZE_POLICIES[0]
-CHANNEL_ORDERS = ("rgb", "bgr")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named normalisation: model input = (pixel * scale - mean) / std, mean/std in RGB order."""
-
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
-
-
-PRESETS: dict[str, Preset] = {
-    "imagenet": Preset(1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                       "pixel/255, then per channel (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] (RGB order)"),
-    "inception": Preset(1 / 255, (0.5,), (0.5,), "pixel/127.5 - 1, i.e. inputs in [-1, 1]"),
-    "unit": Preset(1 / 255, (0.0,), (1.0,), "pixel/255, i.e. inputs in [0, 1]"),
-    "none": Preset(1.0, (0.0,), (1.0,), "raw pixel values 0-255"),
-}
 
 
 @dataclass(frozen=True)

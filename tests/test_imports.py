@@ -1,17 +1,28 @@
-"""The package's import graph has no cycles, counting imports inside functions too.
+"""The package's import graph has no cycles, counting imports inside functions too; help starts light.
 
 Edges come from the source (ast), not from running it: ``from .a import b`` is an edge to ``a``,
 or to ``a.b`` when ``b`` is a submodule; ``import fimaudit.x`` an edge to ``fimaudit.x``. Implicit
 parent-package imports are not edges (every submodule would otherwise depend on ``__init__``).
 Run ``python tests/test_imports.py`` to print the graph's cycles.
+
+``import fimaudit``, ``import fimaudit.cli`` and every ``--help`` must not import the heavy libraries
+(onnx pulls ml_dtypes, scipy.special, matplotlib: a second or more before any help is shown); each is
+checked in a fresh interpreter, by the modules loaded, never by the wall time.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 PKG = Path(__file__).resolve().parent.parent / "fimaudit"
+HEAVY = ("onnx", "onnxruntime", "scipy", "matplotlib")
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -95,6 +106,60 @@ def test_checker_finds_a_cycle(tmp_path):
     g = import_graph(pkg)
     assert g["fimaudit.c"] == {"fimaudit.a"}
     assert cycles(g) == [["fimaudit", "fimaudit.a", "fimaudit.sub.b"]]
+
+
+def _loaded(code: str) -> set[str]:
+    """Run ``code`` in a fresh interpreter (from the checkout): the modules loaded when it ends."""
+    probe = code + "\nimport json, sys\nprint('MODULES ' + json.dumps(sorted(sys.modules)))\n"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=PKG.parent, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1].removeprefix("MODULES ")))
+
+
+def _heavy_loaded(code: str) -> list[str]:
+    return sorted({m.split(".")[0] for m in _loaded(code)} & set(HEAVY))
+
+
+@pytest.mark.parametrize("module", ["fimaudit", "fimaudit.cli"])
+def test_import_is_light(module):
+    assert _heavy_loaded(f"import {module}") == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["scan", "--help"], ["--version"]], ids=" ".join)
+def test_python_m_fimaudit_help_is_light(argv):
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['fimaudit', *{argv!r}]\n"
+            "try:\n"
+            "    runpy.run_module('fimaudit', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as exc:\n"
+            "    assert exc.code in (0, None), exc.code\n")
+    assert _heavy_loaded(code) == []
+
+
+def test_every_command_help_is_light():
+    code = ("import typer.main\n"
+            "from typer.testing import CliRunner\n"
+            "from fimaudit.cli import app\n"
+            "names = sorted(typer.main.get_command(app).commands)\n"
+            "assert len(names) > 5, names\n"
+            "for args in [['--help'], ['--version']] + [[n, '--help'] for n in names]:\n"
+            "    res = CliRunner().invoke(app, args)\n"
+            "    assert res.exit_code == 0 and res.stdout.strip(), (args, res.exit_code, res.stdout, res.stderr)\n")
+    assert _heavy_loaded(code) == []
+
+
+def test_public_api_loads_on_first_use():
+    """``fimaudit.scan`` stays the function even after the submodule of that name is imported lazily."""
+    code = ("import fimaudit, sys\n"
+            "assert 'fimaudit.scan' not in sys.modules\n"
+            "from fimaudit.scan import ScanConfig as C\n"
+            "assert callable(fimaudit.scan) and fimaudit.scan.__module__ == 'fimaudit', fimaudit.scan\n"
+            "assert fimaudit.ScanConfig is C and fimaudit.ScanResult.__name__ == 'ScanResult'\n"
+            "assert issubclass(fimaudit.FimauditError, Exception) and fimaudit.__version__\n"
+            "from fimaudit import ScanResult, scan\n"
+            "assert set(fimaudit.__all__) <= set(dir(fimaudit))\n")
+    assert {"fimaudit.scan", "fimaudit.result"} <= _loaded(code)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..choices import LAYOUTS
 from ..errors import ConfigError
 
-LAYOUTS = ("auto", "nchw", "nhwc")
 # Ops a pixel tensor passes through unchanged in its axes before the first convolution. Sub/Div/
 # Mul/Add count only with a constant operand (normalisation); with two data operands (gating)
 # the trace stops there.

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..choices import parse_input_shape  # noqa: F401 - re-exported (fimaudit.model)
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..guards import check_declared_tensors, check_model_file, require_memory
 from .engine import Model
@@ -235,18 +236,6 @@ def _pick(kind: str, values: list, requested: str | None, flag: str) -> onnx.Val
     if len(values) == 1:
         return values[0]
     raise UnsupportedModelError(f"the model has {len(values)} {kind}s ({', '.join(names)}); choose one with {flag} NAME")
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """Parse ``C,H,W`` (or ``3x224x224``) into positive ints."""
-    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UnsupportedModelError(f"--input-shape '{text}' must be positive integers such as 3,224,224") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise UnsupportedModelError(f"--input-shape '{text}' must be positive integers such as 3,224,224")
-    return dims
 
 
 def _resolve_sample_shape(

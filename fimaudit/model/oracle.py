@@ -12,10 +12,10 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import logsumexp
 
+from ..choices import OUTPUT_KINDS
 from ..errors import ModelOutputError
 from .engine import Model
 
-OUTPUT_KINDS = ("logits", "probabilities", "log-probabilities")
 _TINY = np.finfo(np.float64).tiny
 
 
