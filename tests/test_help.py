@@ -42,7 +42,8 @@ def _row(text: str, flag: str) -> str:
 
 
 def _options(name: str):
-    return [p for p in COMMANDS[name].params if p.param_type_name == "option"]
+    """The options a user sees (hidden ones are deprecated spellings kept for one release)."""
+    return [p for p in COMMANDS[name].params if p.param_type_name == "option" and not getattr(p, "hidden", False)]
 
 
 @pytest.mark.parametrize("args", [[]] + [[n] for n in NAMES], ids=lambda a: " ".join(a) or "fimaudit")
