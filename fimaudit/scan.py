@@ -251,13 +251,31 @@ def dither_points(points: np.ndarray, ties: np.ndarray, config: "ScanConfig",
             )
         return out, sigmas, record
     if np.any(tied):
-        record["note"] = (
-            f"{int(tied.sum())} of {n} samples have exact ties (median {100 * share:.0f}% of a sample's values, a "
-            "constant background): ReLU/max-pool units can sit exactly at kinks, where F is not defined and central "
-            "differences average one-sided derivatives, so estimators along different directions can disagree "
-            "(kept by --no-dither)"
-        )
+        # kept at x (--no-dither): ``kink_note`` says, once the Jacobian source is known, what is computed there
+        record["kept_at_ties"] = [int(indices[j]) for j in np.flatnonzero(tied)]
     return out, sigmas, record
+
+
+def kink_note(kept: list[int], ties: np.ndarray, gradients: dict | None) -> str:
+    """One line for samples kept at exact ties by --no-dither: F is not defined there; what was computed instead."""
+    shown = ", ".join(str(i) for i in kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+    share = float(np.median(ties[kept])) if len(kept) else 0.0
+    gradients = gradients or {}
+    if gradients.get("source") == "graph":
+        what = ("the gradient graph's one-sided derivatives (at each tie, the branch onnxruntime's ReLU/max-pool "
+                "takes): one one-sided limit of F, not F")
+    elif gradients.get("requested") == "fd" or gradients.get("reason", "").startswith("--method"):
+        what = "finite-difference estimates that mix one-sided derivatives along each direction, not F"
+    elif "self-check" in gradients.get("reason", ""):
+        what = ("finite-difference estimates that mix one-sided derivatives along each direction, not F (the gradient "
+                "graph was set aside: its self-check against central differences cannot pass at kinks, where no "
+                "derivative exists)")
+    else:
+        what = ("finite-difference estimates that mix one-sided derivatives along each direction, not F (gradients: "
+                f"finite differences because {gradients.get('reason')})")
+    return (f"F is not defined at x for sample{'s' if len(kept) != 1 else ''} {shown} (median {100 * share:.0f}% "
+            f"of their values are exact ties, which put ReLU/max-pool units at kinks) and --no-dither keeps x: "
+            f"reported for them are {what}; leave out --no-dither to measure F at a seeded dithered point")
 
 
 def _runtime(model) -> dict:
@@ -322,6 +340,7 @@ class Points:
     preprocess: dict  # the resolved preprocessing (preset, layout, channels, resize), for the report
     dither: dict = field(default_factory=dict)  # median sigma (None: x kept), source (auto | user), tie_share, samples
     sigmas: np.ndarray | None = None  # each sample's dither sigma (0: F at x)
+    ties: np.ndarray | None = None  # each sample's share of its most common exact value
 
     def sigma_of(self, index: int) -> float:
         """The dither sigma of sample ``index`` (0: evaluated at x)."""
@@ -361,7 +380,7 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
     if note:
         notes.append(note)
     return Points(points, dataset.y, dataset.source, dither["tie_share"], to_input, tuple(notes), pre,
-                  prepared.images, prepared.config, dither, sigmas)
+                  prepared.images, prepared.config, dither, sigmas, ties)
 
 
 # ------------------------------------------------------------------ stage 3: calibrate
@@ -642,6 +661,13 @@ def assemble(
     model, pre = loaded.model, points.pre
     shape, d = model.sample_shape, model.d
     notes = list(loaded.notes) + list(model.notes) + list(points.notes) + list(calib.notes)
+    kept = points.dither.get("kept_at_ties") or []
+    if kept:
+        from .sanity import warn
+
+        line = kink_note(kept, points.ties, calib.gradients)
+        notes.insert(0, line)
+        warn(line)
     samples = tuple(o.result for o in outcomes)
     predicted = np.array([s.predicted for s in samples])
     accuracy = None if points.labels is None else float(np.mean(predicted == points.labels[: len(samples)]))

@@ -66,7 +66,8 @@ def test_no_dither_keeps_x_where_estimators_disagree(pool_case):
     ex = fimaudit.scan(path, data, method="exact", seed=2, bounds=False, no_dither=True)
     sk = fimaudit.scan(path, data, method="sketch", budget=2 * 64 + 6, seed=2, bounds=False, no_dither=True)
     assert ex.run.dither_used["sigma"] is None and all(s.dither is None for s in ex.samples)
-    assert any("exact ties" in n and "kept by --no-dither" in n for n in ex.notes)
+    assert ex.run.dither_used["kept_at_ties"] == list(range(len(x)))
+    assert "F is not defined at x for samples 0, 1, 2" in ex.notes[0] and "not F" in ex.notes[0]
     e, k = _lams(ex), _lams(sk)
     assert np.median(np.abs(e - k) / e) > 3e-3  # F is not defined at x: directions see different one-sided mixtures
 
@@ -143,3 +144,30 @@ def test_a_samples_result_does_not_depend_on_the_others_scanned(pool_case, tmp_p
         small_batch = entries("--samples", "20", "--max-batch", "3", *method)
         assert ten == twenty[:10] and twenty == small_batch
         assert ten[4]["dither"] is not None and twenty[15]["dither"] is None  # tied sample dithered, untied kept
+
+
+@pytest.mark.parametrize("gradients", ["auto", "fd"])
+def test_no_dither_at_kinks_says_in_one_line_what_was_computed(pool_case, tmp_path, gradients):
+    """--no-dither at exact ties: one stderr line and the first note name the samples and what was computed."""
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    net, path, data, x = pool_case
+    mixed = x[:4].copy()
+    mixed[2] = np.random.default_rng(1).uniform(0.2, 1, size=mixed[2].shape)  # no ties: F is defined there
+    np.savez(tmp_path / "m.npz", x=mixed)
+    res = CliRunner().invoke(app, ["scan", str(path), "--data", str(tmp_path / "m.npz"), "--no-dither", "--no-bounds",
+                                   "--gradients", gradients, "-q", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if "not defined" in ln]
+    assert len(lines) == 1 and "samples 0, 1, 3 " in lines[0] and "--no-dither" in lines[0]
+    import json
+
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["notes"][0] in lines[0]
+    used = rep["run"]["gradients_used"]["source"]
+    assert ("finite-difference estimates" in lines[0]) == (used == "fd")
+    assert ("gradient graph's one-sided derivatives" in lines[0]) == (used == "graph")
+    clean = CliRunner().invoke(app, ["scan", str(path), "--data", str(tmp_path / "m.npz"), "--no-bounds", "-q"])
+    assert clean.exit_code == 0 and "not defined" not in clean.stderr  # dithered by default: F is defined
