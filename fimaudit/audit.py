@@ -56,6 +56,7 @@ class AuditConfig(ModelDataOptions):
     eps: tuple[float, ...] = (0.01, 0.03)
     norm: str = "linf"
     attacks: tuple[str, ...] = ("pgd", "square")
+    eps_from: str | None = None  # --eps-from KEY: the attacks also run each sample at its own radius
     gradients: str = "auto"  # auto | graph | fd | zo; each section takes the values that apply to it (_gradients_for)
     whitebox: bool = True  # also APGD from exact graph gradients when the graph allows them
     taus: tuple[float, ...] = (0.1,)

@@ -617,8 +617,13 @@ def attack_cmd(
         "the model's gradient graph, with Square run beside it for sanity flags).",
     ),
     norm: str = typer.Option("linf", "--norm", metavar="[linf|l2]", help="Norm of the radius eps."),
-    eps: str = typer.Option("0.03", "--eps", metavar="LIST",
-                            help="Radius or comma list, in attack units (data x --scale)."),
+    eps: Optional[str] = typer.Option(None, "--eps", metavar="LIST", show_default="0.03; none with --eps-from",
+                                      help="Radius or comma list, in attack units (data x --scale)."),
+    eps_from: Optional[str] = typer.Option(
+        None, "--eps-from", metavar="KEY", show_default="off",
+        help="Also attack each sample at its own radius: array KEY of the --data .npz, one value per sample, in "
+        "--eps units (a single value serves every sample). The report lists each sample's radius.",
+    ),
     taus: str = typer.Option("0.05,0.1,0.2,0.5,1", "--tau", metavar="LIST", help="Tolerances for the robust ratio."),
     steps: Optional[int] = typer.Option(None, "--steps", metavar="N", show_default="10 for BIM/PGD, 100 white-box",
                                         help="Iterations of BIM/PGD and of the white-box attacks."),
@@ -645,7 +650,8 @@ def attack_cmd(
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
     gradients = _deprecated_alias("--grad", grad, "--gradients", gradients, "auto")
-    cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=_floats_list(eps, "--eps"),
+    eps_list = _floats_list(eps, "--eps") if eps is not None else (() if eps_from else (0.03,))
+    cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=eps_list, eps_from=eps_from,
                       taus=_floats_list(taus, "--tau"), steps=steps, gradients=gradients, loss=loss, restarts=restarts,
                       min_distance=min_distance)
     result = run_attack(cfg, execution=opts.execution())
@@ -653,14 +659,16 @@ def attack_cmd(
     if not opts.quiet:
         for item in evidence_tables(result):
             opts.console.print(item)
+        from .report.evidence import attack_rows
+
         rep = result.to_dict()
-        for r in rep["results"]:
+        for label, r in attack_rows(result):
             sanity = r.get("sanity") or {}
             if sanity:
-                opts.console.print(f"eps {r['eps']:g}: black-box Square robust accuracy "
+                opts.console.print(f"eps {label}: black-box Square robust accuracy "
                                    f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
             for w in sanity.get("warnings", []):
-                opts.console.print(f"warning (eps {r['eps']:g}): {w}", style="yellow", soft_wrap=True)
+                opts.console.print(f"warning (eps {label}): {w}", style="yellow", soft_wrap=True)
         for norm_name, m in (rep.get("minimal_distance") or {}).items():
             opts.console.print(f"smallest adversarial {norm_name} distance found: median {m['median']:.4g}"
                                if m["median"] is not None else f"no adversarial {norm_name} point found")
@@ -834,6 +842,10 @@ def audit_cmd(
                                                help="TOML policy: checks and what to compute."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
                                        help="Folder for audit.json, audit.html, audit.md, junit.xml."),
+    eps_from: Optional[str] = typer.Option(
+        None, "--eps-from", metavar="KEY", show_default="off",
+        help="The attacks also run each sample at its own radius (array KEY of the --data .npz, --eps units).",
+    ),
 ) -> int:
     """Every kind of evidence, one policy, one dossier: exit 0 all checks pass, 1 a check fails, 2 bad input."""
     from .audit import AuditConfig, AuditResult, run_audit
@@ -845,7 +857,7 @@ def audit_cmd(
         raise ConfigError(f"--out {out} is a file; give a folder")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
-    cfg = AuditConfig(**apply_to_config(policy, {**opts.config_fields(), "model": str(model)}))
+    cfg = AuditConfig(**apply_to_config(policy, {**opts.config_fields(), "model": str(model), "eps_from": eps_from}))
     cfg.validate()
     execution = opts.execution()
     created = _timestamp()

@@ -140,6 +140,36 @@ def load_data(path: str | Path, sample_shape: tuple[int, ...], samples: int | No
     return Dataset(x=x, y=None if y is None else y.astype(np.int64), source=str(p))
 
 
+def load_radii(path: str | Path, key: str, n: int, scale: float = 1.0) -> tuple[np.ndarray, str | None]:
+    """One attack radius per sample from array ``key`` of the ``.npz`` (``--eps-from``), for the first ``n`` samples.
+
+    The stored values are in --eps units (attack units: data x --scale); a single value serves every sample
+    (a note says so). Returns (radii, note). ``scale`` only words the error messages.
+    """
+    p = Path(path)
+    if p.suffix.lower() != ".npz" or not p.is_file():
+        raise ConfigError(f"--eps-from {key} needs --data to be a .npz file holding the array '{key}'")
+    arrays, names = read_npz(p, (key,), n)
+    if key not in arrays:
+        raise DataError(f"--eps-from: {p.name} has no array '{key}' (it has: {', '.join(names) or 'nothing'})")
+    radii, _ = arrays[key]
+    radii = np.asarray(radii)
+    if radii.dtype.kind not in "uif":
+        raise DataError(f"--eps-from: {p.name}:{key} has dtype {radii.dtype}; expected numbers")
+    radii = radii.astype(np.float64).reshape(-1) if radii.ndim <= 1 else radii.astype(np.float64)
+    if radii.ndim != 1:
+        raise DataError(f"--eps-from: {p.name}:{key} must hold one radius per sample (shape (N,)), not {list(radii.shape)}")
+    if not np.all(np.isfinite(radii)) or np.any(radii < 0):
+        raise DataError(f"--eps-from: {p.name}:{key} holds negative, NaN or Inf radii")
+    note = None
+    if radii.size == 1 and n > 1:
+        radii = np.full(n, float(radii[0]))
+        note = f"--eps-from {key}: {p.name} holds one radius ({radii[0]:g}), used for every sample"
+    elif radii.size < n:
+        raise DataError(f"--eps-from: {p.name}:{key} holds {radii.size} radii for {n} samples")
+    return radii[:n], note
+
+
 def check_labels(y: np.ndarray, n_classes: int, source: str) -> None:
     """Labels must name one of the model's classes."""
     if y.size and int(y.max()) >= n_classes:

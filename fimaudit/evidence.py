@@ -51,6 +51,7 @@ class AttackConfig(ModelDataOptions):
     loss: str = "ce"  # white-box attacks: ce | dlr
     restarts: int = 1  # white-box attacks: random restarts after the first run
     min_distance: bool = False  # white-box attacks: also each sample's smallest adversarial L2 and L-inf distance
+    eps_from: str | None = None  # --eps-from KEY: also attack each sample at its own radius (array KEY of the .npz)
     extra: dict = field(default_factory=dict)
 
 
@@ -120,6 +121,7 @@ class AttackWork:
     config: AttackConfig
     kind: str
     pre: Preprocess  # attack space -> model input (scale 1)
+    radii: np.ndarray | None = None  # --eps-from: every sample's own radius (all samples, indexed by sample index)
 
     def __call__(self, model, indices, points: np.ndarray, labels) -> list[list[dict]]:
         from .model.oracle import LogProbOracle
@@ -133,8 +135,35 @@ class AttackWork:
         clean = oracle.logp(points)
         outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, indices, k),
                        cfg.budget, clean_logp=clean) for k, eps in enumerate(cfg.eps)]
+        if self.radii is not None:  # each sample at its own radius, stream index after the listed eps
+            own = np.asarray(self.radii)[np.asarray(indices)]
+            idx_all = np.asarray(indices)
+            parts = []
+            for value in np.unique(own):
+                sel = np.flatnonzero(own == value)
+                parts.append((sel, attack(oracle, points[sel], y[sel], float(value), cfg.norm, cfg.input_range,
+                                          RowRng.seeded(cfg.seed, idx_all[sel], len(cfg.eps)), cfg.budget,
+                                          clean_logp=clean[sel])))
+            outs.append(_combine(parts, len(indices), cfg.norm))
         return [[{"x_adv": o.x_adv[j], "success": o.success[j], "correct": o.correct[j], "clean_logp": o.clean_logp[j],
                   "adv_logp": o.adv_logp[j], "queries": o.queries[j]} for o in outs] for j in range(len(indices))]
+
+
+def _combine(parts: list[tuple[np.ndarray, AttackOutcome]], n: int, norm: str) -> AttackOutcome:
+    """One outcome over all n samples from outcomes on groups of them (``idx``, outcome)."""
+    if len(parts) == 1 and len(parts[0][0]) == n:
+        return parts[0][1]
+    first = parts[0][1]
+
+    def col(name: str) -> np.ndarray:
+        ref = getattr(first, name)
+        out = np.empty((n,) + ref.shape[1:], dtype=ref.dtype)
+        for idx, o in parts:
+            out[idx] = getattr(o, name)
+        return out
+
+    return AttackOutcome(col("x_adv"), col("success"), col("correct"), col("clean_logp"), col("adv_logp"),
+                         col("queries"), float("nan"), norm)
 
 
 def _merge_outcomes(rows: list[list[dict]], eps: float, k: int, norm: str) -> AttackOutcome:
@@ -210,49 +239,85 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
     checked(np.argmax(clean, axis=1), y, clean.shape[1], notes)
     rows = None
     runtime, spread = {"provider": model.provider}, {}
+    radii = None
+    if cfg.eps_from:
+        from .data import load_radii
+
+        radii, note = load_radii(cfg.data, cfg.eps_from, len(x))
+        if note:
+            notes.append(note)
     if distributed:
         from .distributed import run_per_sample
 
-        rows, info = run_per_sample(AttackWork(cfg, kind, pre), model, x, [int(v) for v in y], execution=execution,
+        rows, info = run_per_sample(AttackWork(cfg, kind, pre, radii), model, x, [int(v) for v in y], execution=execution,
                                     device=cfg.device, threads=cfg.threads)
         runtime, spread = {"provider": info["provider"]}, {"execution": info["execution"]}
     everyone = np.arange(len(x))
-    for k, eps in enumerate(cfg.eps):
-        if rows is not None:
-            out = _merge_outcomes(rows, eps, k, cfg.norm)
-            spent = int(out.queries.sum())
-        else:
-            q0 = oracle.queries
-            out = attack(oracle, x, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, everyone, k), cfg.budget,
-                         clean_logp=clean)
-            spent = int(oracle.queries - q0)
+    square = Square(channel_axis=pre.channel_axis) if cfg.attack in WHITEBOX else None
+
+    def at(radii: np.ndarray, k: int) -> tuple[AttackOutcome, int, AttackOutcome | None]:
+        """The attack (and the sanity Square beside a white-box one) with sample i at radius radii[i].
+
+        Samples sharing a radius run together; each draws from its own stream [seed, i, k], so the
+        grouping changes nothing.
+        """
+        q0 = oracle.queries
+        parts, checks = [], []
+        for value in np.unique(radii):
+            idx = np.flatnonzero(radii == value)
+            parts.append((idx, attack(oracle, x[idx], y[idx], float(value), cfg.norm, cfg.input_range,
+                                      RowRng.seeded(cfg.seed, idx, k), cfg.budget, clean_logp=clean[idx])))
+            if square is not None:
+                checks.append((idx, square(oracle.oracle, x[idx], y[idx], float(value), cfg.norm, cfg.input_range,
+                                           RowRng.seeded(cfg.seed, idx, k, 1), cfg.budget, clean_logp=clean[idx])))
+        return (_combine(parts, len(x), cfg.norm), int(oracle.queries - q0),
+                _combine(checks, len(x), cfg.norm) if checks else None)
+
+    def entry(out: AttackOutcome, spent: int, sq: AttackOutcome | None, radii: np.ndarray | None) -> dict:
         sanity = None
-        if cfg.attack in WHITEBOX:
-            square = Square(channel_axis=pre.channel_axis)(oracle.oracle, x, y, eps, cfg.norm, cfg.input_range,
-                              RowRng.seeded(cfg.seed, everyone, k, 1), cfg.budget, clean_logp=clean)
-            sanity = sanity_flags(oracle, x, y, out.success, square.success)
-            sanity["square_robust_accuracy"] = robust_accuracy(square)
-        rr = {f"{tau:g}": robust_ratio(out, tau) for tau in cfg.taus}
-        rr_tv = {f"{tau:g}": robust_ratio(out, tau, "tv") for tau in cfg.taus}
+        if sq is not None:
+            sanity = sanity_flags(oracle, x, y, out.success, sq.success)
+            sanity["square_robust_accuracy"] = robust_accuracy(sq)
         pert = (out.x_adv - x).reshape(len(x), -1)
         dist = np.abs(pert).max(axis=1) if cfg.norm == "linf" else np.linalg.norm(pert, axis=1)
-        results.append({
-            "eps": eps,
+        return {
             "robust_accuracy": robust_accuracy(out),
-            "robust_ratio": rr,
-            "robust_ratio_tv": rr_tv,
+            "robust_ratio": {f"{tau:g}": robust_ratio(out, tau) for tau in cfg.taus},
+            "robust_ratio_tv": {f"{tau:g}": robust_ratio(out, tau, "tv") for tau in cfg.taus},
             "queries_total": spent,
             "sanity": sanity,
             "queries_max_per_sample": int(out.queries.max()),
             "samples": [
                 {"index": i, "label": int(y[i]), "correct": bool(out.correct[i]), "success": bool(out.success[i]),
                  "adv_predicted": int(np.argmax(out.adv_logp[i])), "perturbation_norm": float(dist[i]),
-                 "queries": int(out.queries[i])}
+                 "queries": int(out.queries[i])} | ({} if radii is None else {"eps": float(radii[i])})
                 for i in range(len(x))
             ],
-        })
+        }
+
+    steps_total = len(cfg.eps) + (1 if cfg.eps_from else 0)
+    for k, eps in enumerate(cfg.eps):
+        if rows is not None:
+            out, sq = _merge_outcomes(rows, eps, k, cfg.norm), None
+            spent = int(out.queries.sum())
+        else:
+            out, spent, sq = at(np.full(len(x), float(eps)), k)
+        results.append({"eps": eps} | entry(out, spent, sq, None))
         if progress:
-            progress(k + 1, len(cfg.eps))
+            progress(k + 1, steps_total)
+    per_sample = None
+    if radii is not None:
+        k = len(cfg.eps)  # the per-sample run's stream index follows the listed eps
+        if rows is not None:
+            out, sq = _merge_outcomes(rows, float("nan"), k, cfg.norm), None
+            spent = int(out.queries.sum())
+        else:
+            out, spent, sq = at(radii, k)
+        per_sample = {"eps_from": cfg.eps_from, "units": "attack units (data x --scale), the units of --eps",
+                      "eps_median": float(np.median(radii)), "eps_min": float(radii.min()),
+                      "eps_max": float(radii.max())} | entry(out, spent, sq, radii)
+        if progress:
+            progress(steps_total, steps_total)
     minimal = None
     if cfg.min_distance:
         if cfg.attack not in WHITEBOX:
@@ -276,6 +341,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         "clean_accuracy": float(np.mean(np.argmax(clean, axis=1) == y)),
         "notes": notes,
         "results": results,
+        "per_sample_radius": per_sample,
         "timing": {"seconds": time.perf_counter() - t0} | spread,
     })
 

@@ -45,7 +45,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 # [audit] keys a policy may set, with their types.
 AUDIT_KEYS: dict[str, type] = {
-    "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "gradients": str, "grad": str, "taus": list,
+    "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "gradients": str, "grad": str, "eps_from": str, "taus": list,
     "whitebox": bool, "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
     "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
 }
@@ -117,6 +117,16 @@ def _attack_value(result: AuditResult, m: re.Match) -> Any:
     raise Missing(f"no {attack} {norm} attack at eps {eps:g} in this audit")
 
 
+def _per_sample_value(result: AuditResult, m: re.Match) -> Any:
+    attack, norm, what, tau = m.group(1), m.group(2), m.group(3), m.group(4)
+    data = _section(result, "attacks")
+    for run in data["runs"]:
+        ps = run.get("per_sample_radius")
+        if run["config"]["attack"] == attack and run["config"]["norm"] == norm and ps:
+            return ps["robust_accuracy"] if what == "robust_accuracy" else _tau(ps["robust_ratio"], tau)
+    raise Missing(f"no {attack} {norm} attack at per-sample radii in this audit (audit --eps-from KEY)")
+
+
 def _tau(table: dict, tau: str | None) -> float:
     if tau is None:
         raise Missing("robust_ratio needs a tolerance: robust_ratio[tau=0.1]")
@@ -128,7 +138,8 @@ def _tau(table: dict, tau: str | None) -> float:
 
 def _worst_robust_ratio(result: AuditResult, m: re.Match) -> float:
     data = _section(result, "attacks")
-    vals = [_tau(r["robust_ratio"], m.group(1)) for run in data["runs"] for r in run["results"]]
+    vals = [_tau(r["robust_ratio"], m.group(1)) for run in data["runs"]
+            for r in run["results"] + ([run["per_sample_radius"]] if run.get("per_sample_radius") else [])]
     if not vals:
         raise Missing("no attack results")
     return min(vals)
@@ -170,6 +181,8 @@ KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
     (re.compile(r"^bound\.(fim_upper|lipschitz)$"), _stat("bounds", ()), "number"),
     (re.compile(r"^attack\.(\w+)\.(linf|l2)\[" + _NUM + r"\]\.(robust_accuracy|robust_ratio)(?:\[tau=" + _NUM + r"\])?$"),
      _attack_value, "number"),
+    (re.compile(r"^attack\.(\w+)\.(linf|l2)\[per-sample\]\.(robust_accuracy|robust_ratio)(?:\[tau=" + _NUM + r"\])?$"),
+     _per_sample_value, "number"),
     (re.compile(r"^robust_ratio\[tau=" + _NUM + r"\]$"), _worst_robust_ratio, "number"),
     (re.compile(r"^corruptions\.mean_(relative_accuracy|accuracy_gap|relative_confidence|uncertainty_shift)$"),
      _corruption, "number"),

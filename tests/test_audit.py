@@ -326,3 +326,26 @@ def test_wrong_preprocessing_fails_the_audit_with_its_own_check(tmp_path):
     rep = json.loads((tmp_path / "g" / "audit.json").read_text())
     sec = next(s for s in rep["sections"] if s["name"] == "preprocessing")
     assert sec["data"]["sane"] is True and not any(c["key"] == "preprocessing.sane" for c in rep["checks"])
+
+
+def test_audit_eps_from_runs_each_sample_at_its_own_radius(tmp_path):
+    from .test_bad_input import run_cli
+
+    zoo = Path(__file__).resolve().parent.parent / "sample_models"
+    with np.load(zoo / "fmnist_test_1000_28.npz") as d:
+        x, y = d["x"][:6], d["y"][:6]
+    np.savez(tmp_path / "d.npz", x=x, y=y, radius=np.linspace(0.0, 0.1, 6))
+    policy = write_policy(tmp_path / "p.toml", ["attack.square.linf[per-sample].robust_accuracy >= 0",
+                                                 "attack.square.linf[per-sample].robust_ratio[tau=0.1] >= 0"],
+                          samples=6, budget=60, eps=[0.03], attacks=["square"], whitebox=False, sections=["attacks"])
+    res = run_cli("audit", str(zoo / "vgg_small.onnx"), "--data", str(tmp_path / "d.npz"), "--scale", "1/255",
+                  "--mean", "0.286", "--std", "0.353", "--policy", str(policy), "--eps-from", "radius",
+                  "--out", str(tmp_path / "o"), "-q")
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads((tmp_path / "o" / "audit.json").read_text())
+    run = next(s for s in rep["sections"] if s["name"] == "attacks")["data"]["runs"][0]
+    ps = run["per_sample_radius"]
+    assert [s["eps"] for s in ps["samples"]] == pytest.approx(np.linspace(0.0, 0.1, 6).tolist())
+    assert not ps["samples"][0]["success"]  # radius 0 cannot change a prediction
+    values = {c["key"]: c["value"] for c in rep["checks"]}
+    assert values["attack.square.linf[per-sample].robust_accuracy"] == ps["robust_accuracy"]

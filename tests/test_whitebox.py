@@ -189,3 +189,31 @@ def test_one_gradients_option_in_every_command(two_class, tmp_path):
     assert_one_line_error(run_cli(*common, "--attack", "square", "--gradients", "fd"), "Square uses no gradients")
     wb = run_cli(*common, "--attack", "apgd", "--gradients", "graph", "--json", str(tmp_path / "wb.json"))
     assert wb.exit_code == 0 and json.loads((tmp_path / "wb.json").read_text())["gradients"]["source"] == "graph"
+
+
+def test_eps_from_attacks_each_sample_at_its_own_radius(two_class, tmp_path):
+    """Linear two-class model: APGD succeeds exactly where a sample's own radius exceeds its L-inf distance."""
+    import json
+
+    from .test_bad_input import assert_one_line_error, run_cli
+
+    oracle, x, y, d2, dinf = two_class
+    rng = np.random.default_rng(21)
+    path = N.Net((20,), [("dense", rng.standard_normal((2, 20)), rng.standard_normal(2) * 0.1)]).onnx(tmp_path / "m.onnx")
+    radii = np.where(np.arange(len(x)) % 2 == 0, 1.05, 0.95) * dinf  # beyond the distance on even samples only
+    np.savez(tmp_path / "d.npz", x=x.astype(np.float32), y=y, radius=radii.astype(np.float32), one=np.float32([0.5]))
+    common = ["attack", str(path), "--data", str(tmp_path / "d.npz"), "--attack", "apgd", "--input-range", "-50,50"]
+    res = run_cli(*common, "--eps-from", "radius", "--json", str(tmp_path / "a.json"))
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads((tmp_path / "a.json").read_text())
+    assert rep["results"] == []  # --eps-from alone: only the per-sample run
+    ps = rep["per_sample_radius"]
+    np.testing.assert_allclose([s["eps"] for s in ps["samples"]], radii.astype(np.float32), rtol=1e-6)
+    assert [s["success"] for s in ps["samples"]] == [i % 2 == 0 for i in range(len(x))]
+    assert ps["robust_accuracy"] == 0.5 and "own (radius" in res.stdout
+    both = run_cli(*common, "--eps-from", "one", "--eps", "0.5", "--json", str(tmp_path / "b.json"))
+    rep = json.loads((tmp_path / "b.json").read_text())
+    assert both.exit_code == 0 and any("one radius (0.5), used for every sample" in n for n in rep["notes"])
+    # one radius for all equals the listed eps of the same value, sample by sample
+    assert [s["success"] for s in rep["per_sample_radius"]["samples"]] == [s["success"] for s in rep["results"][0]["samples"]]
+    assert_one_line_error(run_cli(*common, "--eps-from", "nope"), "no array 'nope'")

@@ -22,6 +22,15 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def attack_rows(result) -> list[tuple[str, dict]]:
+    """(eps label, result row) for each listed eps, then the per-sample radius run (``--eps-from``) if any."""
+    rows = [(f"{r['eps']:g}", r) for r in result["results"]]
+    ps = result.get("per_sample_radius")
+    if ps:
+        rows.append((f"own ({ps['eps_from']}: {ps['eps_min']:.3g}-{ps['eps_max']:.3g})", ps))
+    return rows
+
+
 def tables(result: EvidenceResult) -> list:
     """The rich renderables of a result (tables and lines), in order, then its notes."""
     out = _tables(result)
@@ -36,8 +45,8 @@ def _tables(result: EvidenceResult) -> list:
                   title_justify="left")
         for col in ("eps", "robust acc.", *[f"RR tau={k}" for k in taus], "queries"):
             t.add_column(col, justify="right")
-        for r in result["results"]:
-            t.add_row(f"{r['eps']:g}", _pct(r["robust_accuracy"]), *[_pct(r["robust_ratio"][k]) for k in taus],
+        for label, r in attack_rows(result):
+            t.add_row(label, _pct(r["robust_accuracy"]), *[_pct(r["robust_ratio"][k]) for k in taus],
                       str(r["queries_total"]))
         return [t]
     if result.kind == "metrics":
@@ -89,8 +98,8 @@ def _rows(result: EvidenceResult) -> tuple[list[str], list[list[str]]]:
     if result.kind == "attack":
         taus = [f"{t:g}" for t in result["config"]["taus"]]
         head = ["eps", "robust accuracy", *[f"RR tau={k}" for k in taus], "queries"]
-        return head, [[f"{r['eps']:g}", _pct(r["robust_accuracy"]), *[_pct(r["robust_ratio"][k]) for k in taus],
-                       str(r["queries_total"])] for r in result["results"]]
+        return head, [[label, _pct(r["robust_accuracy"]), *[_pct(r["robust_ratio"][k]) for k in taus],
+                       str(r["queries_total"])] for label, r in attack_rows(result)]
     if result.kind == "metrics":
         return ["metric", "value"], [[k, _fmt(v)] for k, v in result["metrics"].items()]
     if result.kind == "clever":
