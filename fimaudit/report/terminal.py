@@ -46,9 +46,17 @@ def _gradients_text(g: dict | None, cross: dict | None = None) -> str:
         text = (f"gradient graph (self-check inconclusive: central differences, float32 and float64, could not judge "
                 f"any of {c['rows']} directions; the graph is used unverified, its rules are tested one by one)")
     else:
-        text = (f"gradient graph (self-check passed on {c.get('verified', c.get('rows'))} of {c.get('rows')} directions: "
-                f"JVP error {_fmt(c.get('jvp_error'))}, VJP error {_fmt(c.get('vjp_error'))}, finite-difference error "
+        tol = c.get("tolerance")
+        text = (f"gradient graph (self-check passed on {c.get('verified', c.get('rows'))} of {c.get('rows')} directions; "
+                f"against float32 central differences: JVP error {_fmt(c.get('jvp_error'))}, VJP error "
+                f"{_fmt(c.get('vjp_error'))}, tolerance {_fmt(tol)} (relative; finite-difference error "
                 f"{_fmt(c.get('fd_discrepancy'))})")
+        over = tol is not None and max(c.get("jvp_error") or 0, c.get("vjp_error") or 0) > tol
+        if c.get("second_opinion"):
+            text += f"; {c['second_opinion']}"
+            if over:
+                text += ", which settles the rows above the float32 tolerance"
+        text += ")"
     if cross:
         text += (f"; black-box {cross['method']} against it: median relative error {_fmt(cross['median_relative_error'])}, "
                  f"max {_fmt(cross['max_relative_error'])}")
