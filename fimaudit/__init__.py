@@ -15,15 +15,41 @@ if TYPE_CHECKING:
 
 
 def scan(model: str, data: str | None = None, **options) -> ScanResult:
-    """Scan ``model`` (an ONNX path); ``options`` are the fields of ``ScanConfig``.
+    """Scan ``model`` (an ONNX path); ``options`` are the fields of ``ScanConfig`` (the CLI's option names with
+    underscores: ``samples``, ``scale``, ``mean``, ``std``, ``budget``, ``gradients``, ``seed``, ...).
 
-    Returns the same ``ScanResult`` the CLI renders. Raises ``FimauditError`` on bad input.
+    ``scale`` takes a number or a fraction such as ``"1/255"``; ``mean`` and ``std`` one number or one per
+    channel. Returns the same ``ScanResult`` the CLI renders. Raises ``FimauditError`` on bad input.
     """
     from .scan import ScanConfig
     from .scan import scan as _scan
 
     progress = options.pop("progress", None)
-    return _scan(ScanConfig(model=str(model), data=None if data is None else str(data), **options), progress)
+    return _scan(ScanConfig(model=str(model), data=None if data is None else str(data), **_api_options(options)),
+                 progress)
+
+
+def _api_options(options: dict) -> dict:
+    """Python values as the CLI would parse them: ``scale="1/255"``, ``mean=0.286`` (a number for every channel)."""
+    from .choices import eval_fraction
+    from .errors import ConfigError
+
+    out = dict(options)
+    if isinstance(out.get("scale"), str):
+        try:
+            out["scale"] = eval_fraction(out["scale"])
+        except ValueError:
+            raise ConfigError(f"scale '{out['scale']}' must be a number such as 0.00392 or 1/255") from None
+    for key in ("mean", "std"):
+        value = out.get(key)
+        if isinstance(value, (int, float)):
+            out[key] = (float(value),)
+        elif value is not None and not isinstance(value, str):
+            out[key] = tuple(float(v) for v in value)
+    for key in ("input_range", "input_shape"):
+        if isinstance(out.get(key), list):
+            out[key] = tuple(out[key])
+    return out
 
 
 # Loaded on first use (PEP 562), so that `import fimaudit` and `fimaudit --help` do not import onnx,

@@ -78,3 +78,11 @@ def test_float_noise_outside_the_input_range_is_clipped_with_a_note(tmp_path):
     np.savez(tmp_path / "far.npz", x=x, y=y)
     args[3] = str(tmp_path / "far.npz")
     assert_one_line_error(run_cli(*args[:-3]), "[-0.001, ", "--input-range")
+
+
+def test_the_python_api_takes_numbers_and_fractions_like_the_cli():
+    base = fimaudit.scan(MODEL, DATA, scale=1 / 255, mean=(0.286,), std=(0.353,), samples=3, bounds=False)
+    plain = fimaudit.scan(MODEL, DATA, scale="1/255", mean=0.286, std=0.353, samples=3, bounds=False)
+    assert [s.lambda_max for s in plain.samples] == [s.lambda_max for s in base.samples]
+    with pytest.raises(fimaudit.FimauditError, match="scale"):
+        fimaudit.scan(MODEL, DATA, scale="one/255", samples=1)
