@@ -66,9 +66,9 @@ class SampleResult:
     index: int
     label: int | None
     predicted: int
-    lambda_max: float
+    lambda_max: float | None  # None: not reported (piecewise-constant model)
     lambda_max_ci: tuple[float, float] | None
-    trace: float
+    trace: float | None
     trace_se: float
     lower_bound: float | None
     queries: int
@@ -84,9 +84,17 @@ class SampleResult:
     lower_check: dict | None = None  # kind, margin, the independent finite-difference check
     dither: float | None = None  # sigma of the dither added to this sample, if any
     exact: dict | None = None  # gradient graph: path (rows | lanczos), products, cross-check against the black box
+    # Piecewise-constant models (fimaudit.piecewise): lambda_max/trace/bounds above are None (F is 0 almost
+    # everywhere); the float surrogate's exact lambda_max and predicted class stand beside them.
+    surrogate_lambda_max: float | None = None
+    surrogate_predicted: int | None = None
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        d = _clean(asdict(self))
+        for key in ("surrogate_lambda_max", "surrogate_predicted"):
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleResult":
@@ -95,9 +103,9 @@ class SampleResult:
             index=int(d["index"]),
             label=d.get("label"),
             predicted=int(d["predicted"]),
-            lambda_max=float(d["lambda_max"]),
+            lambda_max=None if d.get("lambda_max") is None else float(d["lambda_max"]),
             lambda_max_ci=None if ci is None else (float(ci[0]), float(ci[1])),
-            trace=float(d["trace"]),
+            trace=None if d.get("trace") is None else float(d["trace"]),
             trace_se=float(d["trace_se"]) if d.get("trace_se") is not None else float("nan"),
             lower_bound=d.get("lower_bound"),
             queries=int(d["queries"]),
@@ -111,6 +119,8 @@ class SampleResult:
             lower_check=d.get("lower_check"),
             dither=d.get("dither"),
             exact=d.get("exact"),
+            surrogate_lambda_max=d.get("surrogate_lambda_max"),
+            surrogate_predicted=d.get("surrogate_predicted"),
         )
 
 
@@ -125,9 +135,11 @@ class Summary:
     seconds: float
     runtime_fraction: float | None  # share of wall time inside onnxruntime's run
     lower_estimate: Stats = field(default_factory=lambda: Stats(None, None, None, None, 0))
+    surrogate: dict | None = None  # piecewise-constant models: the float surrogate's exact Fisher and agreement
 
     def to_dict(self) -> dict:
-        return {
+        extra = {} if self.surrogate is None else {"surrogate": _clean(self.surrogate)}
+        return extra | {
             "lambda_max": self.lambda_max.to_dict(),
             "trace": self.trace.to_dict(),
             "lower_bound": self.lower_bound.to_dict(),
@@ -153,6 +165,7 @@ class Summary:
             seconds=float(d.get("seconds") or 0.0),
             runtime_fraction=d.get("runtime_fraction"),
             lower_estimate=Stats.from_dict(d.get("lower_estimate", {"count": 0})),
+            surrogate=d.get("surrogate"),
         )
 
 
@@ -207,9 +220,11 @@ class ScanResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     bound: dict | None = None
     schema_version: str = SCHEMA_VERSION
+    piecewise: dict | None = None  # fimaudit.piecewise.PiecewiseInfo.to_dict(): why F is not reported
 
     def to_dict(self) -> dict:
-        return {
+        extra = {} if self.piecewise is None else {"piecewise": _clean(self.piecewise)}
+        return extra | {
             "schema_version": self.schema_version,
             "model": _clean(self.model),
             "runtime": _clean(self.runtime),
@@ -249,4 +264,5 @@ class ScanResult:
             notes=tuple(d.get("notes", ())),
             bound=d.get("bound"),
             schema_version=version,
+            piecewise=d.get("piecewise"),
         )

@@ -704,6 +704,10 @@ def assemble(
         notes.insert(0, line)
         warn(line)
     samples = tuple(o.result for o in outcomes)
+    piecewise, surrogate = None, None
+    if model.info.piecewise is not None:
+        samples, piecewise, surrogate, more = piecewise_results(config, loaded, points, calib, samples)
+        notes.extend(more)
     predicted = np.array([s.predicted for s in samples])
     accuracy = None if points.labels is None else float(np.mean(predicted == points.labels[: len(samples)]))
     from .sanity import checked
@@ -722,6 +726,7 @@ def assemble(
         calibration_queries=calib.queries,
         seconds=seconds,
         runtime_fraction=(model.run_seconds + _graph_seconds(calib)) / seconds if seconds > 0 else None,
+        surrogate=surrogate,
     )
     info = model.info
     model_dict = {
@@ -777,7 +782,100 @@ def assemble(
         samples=samples,
         summary=summary,
         notes=tuple(notes),
+        piecewise=piecewise,
     )
+
+
+NOT_REPORTED = "not reported: piecewise-constant model (the pointwise Fisher is 0 almost everywhere)"
+
+
+def piecewise_results(config: ScanConfig, loaded: Loaded, points: Points, calib: Calibration,
+                      samples: tuple[SampleResult, ...]) -> tuple[tuple[SampleResult, ...], dict, dict | None, list[str]]:
+    """A piecewise-constant model (fimaudit.piecewise): the pointwise F is not a result; what is computed instead.
+
+    Measures the behaviour at the first point (JVP rows exactly 0 at the finite-difference scale while
+    larger steps change the output), nulls the pointwise lambda_max, trace and lower bounds of every
+    sample when every input->output path is piecewise constant, and, for an INT8 model, scans the float
+    surrogate (``fimaudit.piecewise.float_surrogate``) at the same points with its exact graph Fisher.
+    Returns (samples, the piecewise record, the summary's surrogate record or None, notes).
+    """
+    from .piecewise import Surrogate, behaves_piecewise
+
+    model = loaded.model
+    info = model.info.piecewise
+    oracle = LogProbOracle(model, calib.kind, points.to_input)
+    behaviour = behaves_piecewise(oracle.logp, points.x[0], np.random.default_rng([config.seed, 7]))
+    info = info.with_behaviour(behaviour)
+    record = info.to_dict()
+    notes: list[str] = []
+    if not info.complete:
+        record["reported"] = "pointwise Fisher reported: some paths from the input to the output are smooth"
+        return samples, record, None, notes
+    nulled = tuple(replace(s, lambda_max=None, lambda_max_ci=None, trace=None, trace_se=float("nan"), trace_ci=None,
+                           lower_bound=None, lower_estimate=None, lower_check=None, top_eigenvalues=(), kl_ratio=None)
+                   for s in samples)
+    surrogate = _surrogate_scan(config, loaded, info) if info.quantized else \
+        {"available": False, "reason": "no float surrogate: the piecewise-constant operators are the model's function "
+                                       "(sign/rounding/trees/argmax), not an artefact of quantization"}
+    if surrogate.get("available"):
+        per = surrogate.pop("per_sample")
+        nulled = tuple(replace(s, surrogate_lambda_max=lam, surrogate_predicted=pred)
+                       for s, (lam, pred) in zip(nulled, per))
+        agree = float(np.mean([s.surrogate_predicted == s.predicted for s in nulled])) if nulled else None
+        surrogate["agreement"] = agree
+        record["reported"] = ("lambda_max, trace and lower bounds of the pointwise F: " + NOT_REPORTED
+                              + "; reported instead: the float surrogate's exact Fisher (summary.surrogate)")
+        notes.append(f"reported instead: the {Surrogate.DESCRIPTION}. Its median lambda_max is "
+                     f"{surrogate['lambda_max']['median']:.4g}; it predicts the quantized model's class on "
+                     f"{100 * agree:.0f}% of {len(nulled)} samples")
+    else:
+        record["reported"] = ("lambda_max, trace and lower bounds of the pointwise F: " + NOT_REPORTED
+                              + f"; {surrogate['reason']}; use a smoothed Fisher or decision-based attacks")
+        notes.append(f"{surrogate['reason']}")
+    record["behaviour_text"] = behaviour.text()
+    if not behaviour.piecewise:
+        notes.append(f"the graph is piecewise constant but queries did not show it at sample 0 ({behaviour.text()})")
+    return nulled, record, surrogate, notes
+
+
+def _surrogate_scan(config: ScanConfig, loaded: Loaded, info) -> dict:
+    """Scan the float surrogate at the same points with its exact gradient-graph Fisher; a record with the reason
+    when it cannot be built or scanned (never raises for that)."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+
+    from .errors import FimauditError
+    from .piecewise import Surrogate, float_surrogate
+
+    model = loaded.model
+    sur = float_surrogate(model.proto, model.info.input.name, model.info.output.name)
+    if sur.model is None:
+        return {"available": False, "reason": sur.reason, "rewritten": sur.rewritten}
+    with tempfile.TemporaryDirectory(prefix="fimaudit-surrogate-") as tmp:
+        path = Path(tmp) / "surrogate.onnx"
+        onnx.save(sur.model, str(path))
+        sub = replace(config, model=str(path), gradients="graph", method="auto", save_direction=None,
+                      fail_above=None, cross_check=False, bounds=False)
+        try:
+            res = scan(sub)
+        except FimauditError as exc:
+            return {"available": False, "reason": f"no float surrogate Fisher: {exc}", "rewritten": sur.rewritten}
+    if res.piecewise is not None:  # a rewrite that left rounding behind: never report it as a float model
+        return {"available": False, "reason": "no float surrogate: the rewrite is still piecewise constant",
+                "rewritten": sur.rewritten}
+    return {
+        "available": True,
+        "description": Surrogate.DESCRIPTION,
+        "rewritten": sur.rewritten,
+        "gradients": (res.run.gradients_used or {}).get("source"),
+        "lambda_max": res.summary.lambda_max.to_dict(),
+        "trace": res.summary.trace.to_dict(),
+        "lower_bound": res.summary.lower_bound.to_dict(),
+        "queries": res.summary.queries_total,
+        "per_sample": [(s.lambda_max, s.predicted) for s in res.samples],
+    }
 
 
 @dataclass(frozen=True)

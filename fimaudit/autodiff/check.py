@@ -40,6 +40,7 @@ class GraphCheck:
     verified: int = 0  # rows where the graph conclusively agreed (float32 or float64 central differences)
     suspect: str | None = None  # "Conv (node 'conv_3')"
     reason: str | None = None
+    status: str = ""  # passed | failed | inconclusive (no row verified: never evidence that the graph is right)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,8 +162,16 @@ def check_graph(
             f"finite-difference error {disc[row]:.2g})" + (f"; suspect operator {suspect}" if suspect else "")
         )
     worst = int(np.argmax(ratio[best, rows]))
+    status = "passed" if passed else "failed"
+    if passed and not np.any(verified):
+        # Nothing was verified (e.g. every derivative is exactly 0, as on a piecewise-constant model, or no step
+        # could judge): agreement on nothing is not a pass.
+        passed, status = False, "inconclusive"
+        reason = (f"none of the {xr.shape[0]} rows could be verified (central differences measured no "
+                  "derivative to compare with)")
     return GraphCheck(
         passed=passed,
+        status=status,
         directions=int(directions),
         step=float(steps[best[worst]]),
         jvp_error=float(np.max(jvp_rel)),
@@ -204,9 +213,10 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
             a, b = _fd(logp, x, v, hh), _fd(logp, x, v, hh / 2)
             disc = np.linalg.norm(a - b, axis=1)
             tol = 2 * disc + FLOAT64_FLOOR * np.linalg.norm(b, axis=1) + 1e-9
-            informative |= disc <= 0.1 * np.linalg.norm(b, axis=1)
-            fwd_ok |= np.linalg.norm(sv - b, axis=1) <= tol
-            back_ok |= np.abs(rev - np.sum(u * b, axis=1)) <= tol * np.linalg.norm(u, axis=1)
+            measured = np.linalg.norm(b, axis=1) > 0  # a zero difference verifies nothing
+            informative |= measured & (disc <= 0.1 * np.linalg.norm(b, axis=1))
+            fwd_ok |= measured & (np.linalg.norm(sv - b, axis=1) <= tol)
+            back_ok |= measured & (np.abs(rev - np.sum(u * b, axis=1)) <= tol * np.linalg.norm(u, axis=1))
             if np.all(fwd_ok & back_ok):
                 break
         ok = fwd_ok & back_ok

@@ -62,8 +62,9 @@ def build_gradient_source(
 ) -> GradientChoice:
     """Build and self-check the gradient graph of a loaded ``Model`` (``check_points``: model-input rows).
 
-    ``mode`` fd: never build. auto: the graph when it builds and passes the check, else the
-    reason. graph: the graph or a ``FimauditError`` saying why not.
+    ``mode`` fd: never build. auto: the graph when it builds and passes the check (an inconclusive
+    check, with no row verified, is not a pass), else the reason. graph: the graph (unverified when
+    the check is inconclusive, and the report says so) or a ``FimauditError`` saying why not.
     """
     if mode not in GRADIENT_MODES:
         raise ConfigError(f"--gradients must be one of {', '.join(GRADIENT_MODES)}, not '{mode}'")
@@ -92,8 +93,12 @@ def build_gradient_source(
         if mode == "graph":
             raise UnsupportedModelError(f"--gradients graph: the gradient graph does not run: {message}") from None
         return GradientChoice(mode, "fd", None, None, f"gradient graph does not run: {message}")
+    if not check.passed and check.status == "inconclusive" and mode == "graph":
+        # Asked for explicitly: used unverified, and the report says so (the check is no evidence either way).
+        return GradientChoice(mode, "graph", engine, check, None, graphs.build_seconds)
     if not check.passed:
+        what = "self-check inconclusive" if check.status == "inconclusive" else "self-check failed"
         if mode == "graph":
-            raise UnsupportedModelError(f"--gradients graph: self-check failed: {check.reason}")
-        return GradientChoice(mode, "fd", None, check, f"self-check failed: {check.reason}", graphs.build_seconds)
+            raise UnsupportedModelError(f"--gradients graph: {what}: {check.reason}")
+        return GradientChoice(mode, "fd", None, check, f"{what}: {check.reason}", graphs.build_seconds)
     return GradientChoice(mode, "graph", engine, check, None, graphs.build_seconds)

@@ -359,6 +359,9 @@ def load_model(
         raise UnsupportedModelError(f"the model has {len(float_outputs)} float outputs ({names}); choose one with --output NAME")
 
     _check_operators(model)
+    from ..piecewise import check_scales, detect_piecewise
+
+    check_scales(model)  # a zero or NaN quantization scale: one line, before onnxruntime runs it
 
     in_spec = TensorSpec(_text(chosen_in.name, "the input's name"), _dims(chosen_in.type), _dtype_name(in_type))
     out_spec = TensorSpec(_text(chosen_out.name, "the output's name"), _dims(chosen_out.type),
@@ -369,6 +372,9 @@ def load_model(
         require_memory(12 * fixed_batch * math.prod(sample_shape), f"the model's fixed batch of {fixed_batch} inputs")
 
     final_op = logit_output(onnx_producers(model), chosen_out.name).final_op
+    piecewise = detect_piecewise(model, chosen_in.name, chosen_out.name)
+    if piecewise is not None:
+        notes.insert(0, piecewise.note())
     _free_batch_axis(chosen_in, chosen_out)
     session, provider, ir_note = _open(model, p, device, threads)
     if ir_note:
@@ -384,6 +390,7 @@ def load_model(
         opsets={o.domain or "ai.onnx": int(o.version) for o in model.opset_import},
         notes=tuple(notes),
         final_op=final_op,
+        piecewise=piecewise,
     )
     return Model(session, info, provider=provider, input_dtype=_FLOAT_TYPES[in_type], max_batch=max_batch, proto=model)
 

@@ -35,6 +35,7 @@ class ModelInfo:
     opsets: dict[str, int]
     notes: tuple[str, ...] = field(default_factory=tuple)
     final_op: str | None = None  # op type producing the chosen output (Softmax, LogSoftmax, ...)
+    piecewise: object | None = None  # fimaudit.piecewise.PiecewiseInfo: quantized/binarized paths input -> output
 
     @property
     def d(self) -> int:

@@ -70,7 +70,21 @@ def summary_rows(s) -> list[tuple[str, Stats]]:
         rows.append(("certified lower bound", s.lower_bound))
     if s.lower_estimate.count:
         rows.append(("lower estimate (FD, not certified)", s.lower_estimate))
+    sur = getattr(s, "surrogate", None) or {}
+    if sur.get("available"):
+        rows.append(("lambda_max, float surrogate", Stats.from_dict(sur["lambda_max"])))
+        rows.append(("trace, float surrogate", Stats.from_dict(sur["trace"])))
     return rows
+
+
+def piecewise_fact(piecewise: dict, s) -> str:
+    """What a scan of a piecewise-constant model reports instead of the pointwise Fisher (one line)."""
+    ops = ", ".join(f"{k} x{v}" for k, v in (piecewise.get("ops") or {}).items())
+    text = f"{ops}; {piecewise.get('reported', '')}"
+    sur = getattr(s, "surrogate", None) or {}
+    if sur.get("available") and sur.get("agreement") is not None:
+        text += f"; surrogate and model agree on the class of {100 * sur['agreement']:.0f}% of samples"
+    return text
 
 
 def summary_table(result: ScanResult) -> Table:
@@ -93,7 +107,7 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("model", f"{m['path']}  (sha256 {m['sha256'][:12]}…)"),
         ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
         ("output", f"{m['output']['name']}: {m['output']['kind']} ({m['output']['kind_source']}), {m['output']['classes']} classes"),
-        ("samples", f"{s.lambda_max.count} from {result.run.data_source}"),
+        ("samples", f"{len(result.samples)} from {result.run.data_source}"),
         ("method", f"{result.run.method_used} ({result.run.probes_per_sample} probes per sample"
          + (f", {cfg.get('probes')} probes" if result.run.method_used == "sketch" else "") + ")"),
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
@@ -108,6 +122,8 @@ def render_to_console(result: ScanResult, console: Console) -> None:
     ]
     if preprocess_line(cfg):
         facts.insert(4, ("preprocess", preprocess_line(cfg)))
+    if result.piecewise:
+        facts.insert(0, ("piecewise", piecewise_fact(result.piecewise, s)))
     b = result.bound
     if b is not None:
         if b.get("fim_upper") is not None:
