@@ -448,7 +448,8 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
     cfg_d.pop("extra", None)
     return AuditResult(
         model={"path": cfg.model, "sha256": model.info.sha256, "sample_shape": list(model.sample_shape),
-               "input": model.info.input.name, "output": model.info.output.name, "provider": model.provider},
+               "input": model.info.input.name, "output": model.info.output.name, "provider": model.provider}
+        | ({} if model.info.piecewise is None else {"piecewise": model.info.piecewise.to_dict()}),
         config=cfg_d, sections=tuple(sections),
     )
 

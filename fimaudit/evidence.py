@@ -72,7 +72,9 @@ def load_attack_inputs(cfg: AttackConfig) -> tuple:
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
-    notes: list[str] = list(prep.notes)
+    from .piecewise import piecewise_notes
+
+    notes: list[str] = piecewise_notes(model) + list(prep.notes)
     x = fit_to_range(np.asarray(ds.x, dtype=np.float64) * pre.scale, cfg.input_range, notes)
     oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
     return model, oracle, kind, x, ds.y, Preprocess(1.0, pre.mean, pre.std, pre.channel_axis), notes
@@ -445,7 +447,7 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
         "trace_median": res.summary.trace.median,
         "fim_upper": (res.bound or {}).get("fim_upper"),
         "preprocessing_sane": sane.sane,
-        "notes": [] if sane.sane else [sane.note],
+        "notes": ([res.piecewise["note"]] if res.piecewise else []) + ([] if sane.sane else [sane.note]),
     }
 
     base = AttackConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,

@@ -222,6 +222,12 @@ def detect_piecewise(proto: onnx.ModelProto, input_name: str, output_name: str) 
     return PiecewiseInfo(tuple(order), complete, quantized, reason)
 
 
+def piecewise_notes(model) -> list[str]:
+    """The one-line note for a loaded ``Model`` that is piecewise constant ([] otherwise): every command's first note."""
+    info = getattr(model.info, "piecewise", None)
+    return [info.note()] if info is not None else []
+
+
 # ---------------------------------------------------------------------------- behaviour
 @dataclass(frozen=True)
 class Behaviour:
@@ -501,4 +507,4 @@ def float_surrogate(proto: onnx.ModelProto, input_name: str, output_name: str) -
 
 
 __all__ = ["Behaviour", "PiecewiseInfo", "Surrogate", "behaves_piecewise", "check_scales", "detect_piecewise",
-           "float_surrogate"]
+           "float_surrogate", "piecewise_notes"]

@@ -106,6 +106,42 @@ def _stat(section: str, path: tuple[str, ...]) -> Callable[[AuditResult, re.Matc
     return get
 
 
+def _piecewise(result: AuditResult) -> dict | None:
+    """The piecewise-constant record of the audited model (fimaudit.piecewise), from the model or the scan."""
+    pw = (result.model or {}).get("piecewise")
+    if pw:
+        return pw
+    sec = result.section("scan")
+    return sec.data.get("piecewise") if sec is not None and sec.status == "ok" else None
+
+
+def _fisher(result: AuditResult, m: re.Match) -> Any:
+    """fisher.*: the pointwise F, which is not applicable to a piecewise-constant model (0 almost everywhere)."""
+    pw = _piecewise(result)
+    if pw and pw.get("complete", True):
+        ops = ", ".join(f"{k} x{v}" for k, v in (pw.get("ops") or {}).items())
+        raise Missing(f"not applicable: piecewise-constant model (ops {ops}): the pointwise Fisher is 0 almost "
+                      "everywhere; check fisher_smoothed.* or fisher_surrogate.* instead")
+    return _section(result, "scan")["summary"][m.group(1)][m.group(2)]
+
+
+def _fisher_other(result: AuditResult, m: re.Match) -> Any:
+    """fisher_smoothed.* (summary.smoothed, scan --smoothing) and fisher_surrogate.* (summary.surrogate)."""
+    which, stat = m.group(1), m.group(2)
+    summary = _section(result, "scan")["summary"]
+    if which == "smoothed":
+        data = summary.get("smoothed")
+        if not data:
+            raise Missing("the scan has no smoothed Fisher (run it with --smoothing SIGMA)")
+    else:
+        data = summary.get("surrogate")
+        if not data:
+            raise Missing("the scan has no float surrogate (only INT8-quantized piecewise-constant models get one)")
+        if not data.get("available", True):
+            raise Missing(str(data.get("reason")))
+    return data["lambda_max"][stat]
+
+
 def _attack_value(result: AuditResult, m: re.Match) -> Any:
     attack, norm, eps, what, tau = m.group(1), m.group(2), float(m.group(3)), m.group(4), m.group(5)
     data = _section(result, "attacks")
@@ -173,8 +209,8 @@ def _certified(result: AuditResult, m: re.Match) -> float:
 
 # (pattern, resolver, kind): kind "number" or "bool". Later sections add theirs here (e.g. certify.*).
 KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
-    (re.compile(r"^fisher\.(lambda_max|trace|lower_bound)\.(mean|median|p90|max)$"),
-     lambda r, m: _section(r, "scan")["summary"][m.group(1)][m.group(2)], "number"),
+    (re.compile(r"^fisher\.(lambda_max|trace|lower_bound)\.(mean|median|p90|max)$"), _fisher, "number"),
+    (re.compile(r"^fisher_(smoothed|surrogate)\.lambda_max\.(mean|median|p90|max)$"), _fisher_other, "number"),
     (re.compile(r"^clean\.accuracy$"), lambda r, m: _section(r, "scan")["summary"]["accuracy"], "number"),
     (re.compile(r"^bound\.finite$"), _bound_finite, "bool"),
     (re.compile(r"^preprocessing\.sane$"), lambda r, m: _section(r, "preprocessing")["sane"], "bool"),

@@ -49,7 +49,9 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     y = ds.y
     oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
                                   y, ds.source)
-    notes: list[str] = []
+    from ..piecewise import piecewise_notes
+
+    notes: list[str] = piecewise_notes(model)
     clean_logp = oracle.logp(x)
     from ..sanity import checked
 

@@ -36,9 +36,12 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
     out = []
     scan = result.section("scan")
     bounds = result.section("bounds")
-    lam = [s["lambda_max"] for s in scan.data.get("samples", [])] if scan and scan.status == "ok" else []
+    lam = [s["lambda_max"] for s in scan.data.get("samples", []) if s.get("lambda_max") is not None] \
+        if scan and scan.status == "ok" else []
     bound = bounds.data.get("fim_upper") if bounds and bounds.status == "ok" else None
     why_scan = None if lam else (scan.reason if scan else "no scan section")
+    if not lam and _piecewise_note(result):
+        why_scan = _piecewise_note(result)
     out.append(("plot-lambda", "lambda_max per sample", plots.lambda_histogram(lam, bound) if lam else None, why_scan))
     val = result.section("validity")
     if val and val.status == "ok":
@@ -70,6 +73,12 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
     else:
         out.append(("plot-bound", "Measured lambda_max against the closed-form bound", None, why_scan))
     return out
+
+
+def _piecewise_note(result: AuditResult) -> str | None:
+    """The model's piecewise-constant line (fimaudit.piecewise), when it is one."""
+    pw = (result.model or {}).get("piecewise")
+    return pw.get("note") if pw else None
 
 
 def render_audit_html(result: AuditResult) -> str:
@@ -114,6 +123,8 @@ def render_audit_html(result: AuditResult) -> str:
         f"<title>fimaudit audit: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
         f"<h1>fimaudit audit</h1><p><code>{e(m['path'])}</code> (sha256 {e(str(m.get('sha256', '')))[:16]}…)</p>"
         f'<p id="verdict" class="verdict {cls}">Verdict: {e(v.upper())}</p>'
+        + (f'<p id="piecewise" class="unavailable">{e(_piecewise_note(result))}</p>' if _piecewise_note(result) else "")
+        +
         f"<section id=checks><h2>Policy checks</h2>{check_table}</section>"
         + "".join(figures) + worst_html
         + "<section id=sections><h2>Sections</h2><table><tr><th class=l>section</th><th class=l>status</th>"
@@ -124,6 +135,8 @@ def render_audit_html(result: AuditResult) -> str:
 
 def render_audit_markdown(result: AuditResult) -> str:
     lines = [f"# fimaudit audit: `{result.model['path']}`", "", f"**Verdict: {result.verdict.upper()}**", ""]
+    if _piecewise_note(result):
+        lines += [f"**Note:** {_piecewise_note(result)}", ""]
     if result.checks:
         lines += ["| check | value | result | note |", "|---|---:|---|---|"]
         lines += [f"| `{c.text}` | {_value(c.value)} | {'PASS' if c.passed else 'FAIL'} | {c.reason or ''} |"
@@ -133,8 +146,10 @@ def render_audit_markdown(result: AuditResult) -> str:
     if scan and scan.status == "ok":
         s = scan.data["summary"]
         lines += ["## Fisher information", "", "| quantity | mean | median | p90 | max |", "|---|---:|---:|---:|---:|"]
-        for k in ("lambda_max", "trace"):
-            st = s[k]
+        rows = [(k, s[k]) for k in ("lambda_max", "trace")]
+        if (s.get("surrogate") or {}).get("available"):
+            rows.append(("lambda_max, float surrogate", s["surrogate"]["lambda_max"]))
+        for k, st in rows:
             lines.append(f"| {k} | {_value(st['mean'])} | {_value(st['median'])} | {_value(st['p90'])} | {_value(st['max'])} |")
         lines.append("")
     att = result.section("attacks")
@@ -174,6 +189,8 @@ def render_audit_json(result: AuditResult) -> str:
 
 def render_audit_text(result: AuditResult) -> str:
     lines = [f"fimaudit audit of {result.model['path']}: verdict {result.verdict.upper()}"]
+    if _piecewise_note(result):
+        lines.append(f"  note: {_piecewise_note(result)}")
     for c in result.checks:
         lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
     for s in result.sections:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, _gradients_text, preprocess_line, summary_rows
+from .terminal import _dither_text, _fmt, _gradients_text, piecewise_fact, preprocess_line, summary_rows
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
@@ -75,6 +75,8 @@ def render_html(result: ScanResult) -> str:
         ("units", result.units.get("description", "")),
         ("preprocess", preprocess_line(cfg) or "-"),
     ]
+    if result.piecewise:
+        facts.insert(0, ("piecewise-constant", piecewise_fact(result.piecewise, s)))
     b = result.bound
     if b is not None:
         facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}"

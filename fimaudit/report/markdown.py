@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, _gradients_text, preprocess_line, summary_rows
+from .terminal import _dither_text, _fmt, _gradients_text, piecewise_fact, preprocess_line, summary_rows
 
 
 def render_markdown(result: ScanResult) -> str:
@@ -23,6 +23,10 @@ def render_markdown(result: ScanResult) -> str:
         f"- gradients: {_gradients_text(result.run.gradients_used, result.run.cross_check_result)}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
         f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
+    ]
+    if result.piecewise:
+        lines.append(f"- piecewise-constant: {piecewise_fact(result.piecewise, s)}")
+    lines += [
         "",
         "| quantity | mean | median | p90 | max | n |",
         "|---|---:|---:|---:|---:|---:|",
