@@ -285,10 +285,10 @@ class Surrogate:
     reason: str | None
     rewritten: dict = field(default_factory=dict)  # op type -> count of nodes rewritten
 
-    DESCRIPTION = ("float surrogate: the same graph with rounding removed (QuantizeLinear/requantization keep their "
-                   "saturation as a clip to the representable range, so fused ReLUs stay), weights and biases "
-                   "dequantized to float; its Fisher is the Fisher of that float model, not of the quantized one, "
-                   "which is 0 almost everywhere")
+    DESCRIPTION = ("float surrogate: the same graph with rounding removed (each requantization of an activation "
+                   "keeps its saturation as a clip to the representable range, so fused ReLUs stay; the input's own "
+                   "quantization is not clipped), weights and biases dequantized to float; its Fisher is the Fisher "
+                   "of that float model, not of the quantized one, which is 0 almost everywhere")
 
 
 _QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127), np.dtype(np.uint16): (0, 65535),
@@ -360,8 +360,11 @@ class _Rewriter:
         return name
 
     def run(self) -> None:
+        self.after_quant: set[str] = set()  # tensors downstream of a quantization
         for node in self.proto.graph.node:
             self.rewrite(node)
+            if node.op_type in QUANT_OPS or node.op_type in QLINEAR_OPS or any(t in self.after_quant for t in node.input):
+                self.after_quant.update(o for o in node.output if o)
 
     def rewrite(self, node) -> None:
         op, ins, outs = node.op_type, list(node.input), list(node.output)
@@ -379,6 +382,13 @@ class _Rewriter:
                 q = np.clip(np.round(x / s) + z, qmin, qmax)
                 self.consts[outs[0]] = (s * (q - z)).astype(np.float32)
                 self.inits.append(numpy_helper.from_array(self.consts[outs[0]], outs[0]))
+                return
+            if ins[0] not in self.after_quant:
+                # The input's own quantization (no quantization before it): its range is the calibration data's, and
+                # clipping it would drop every direction that leaves that range (half of a dithered constant
+                # background); the surrogate keeps them.
+                self.nodes.append(helper.make_node("Identity", [ins[0]], [outs[0]]))
+                self.scale_of[outs[0]] = np.asarray(scale, dtype=np.float64).reshape(())
                 return
             self.clip(ins[0], scale, zp, outs[0])
         elif op == "DequantizeLinear":

@@ -1,0 +1,269 @@
+"""Piecewise-constant models (issue 20): INT8 (QDQ and QOperator) and binarized nets are detected, their pointwise
+Fisher is never reported as a result, and INT8 models get a float surrogate whose exact Fisher is close to the
+original float model's.
+
+The INT8 models are made at test time with onnxruntime's own quantizer (tests/quantized.py), calibrated on 8
+shipped samples; nothing quantized is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from fimaudit.cli import app
+from fimaudit.piecewise import behaves_piecewise, detect_piecewise, float_surrogate
+
+from .builders import save
+from .quantized import gate_model, quantize, sign_mlp, weight_only_qdq, with_scale
+
+ROOT = Path(__file__).resolve().parents[1] / "sample_models"
+MANIFEST = {e["name"]: e for e in json.loads((ROOT / "manifest.json").read_text())["models"]}
+ZOO = ("mlp_small", "vgg_small", "resnet_small")
+FORMATS = ("qdq", "qoperator")
+ENV = "FIMAUDIT_REALMODELS"
+REAL = ("mnistfc_256x2", "oval21_cifar_base_kw")  # two third-party models: an MLP and a conv net
+runner = CliRunner()
+SAMPLES = 6
+# Surrogate vs float model, median lambda_max over the scanned samples: the surrogate's weights are the INT8
+# weights and its activations saturate at the calibrated ranges, so it is not the float model; measured relative
+# differences were below 5% on the zoo models (see docs/piecewise.md), held here to 20%.
+SURROGATE_TOL = 0.2
+
+
+def _zoo_rows(name: str, n: int = 8, start: int = 0) -> np.ndarray:
+    e = MANIFEST[name]
+    pre = e["preprocess"]
+    x = np.load(ROOT / e["data"])["x"][start:start + n].astype(np.float64) * pre["scale"]
+    return ((x - pre["mean"]) / pre["std"]).reshape((n, *e["input_shape"]))
+
+
+def _zoo_args(name: str) -> list[str]:
+    e = MANIFEST[name]
+    pre = e["preprocess"]
+    return ["--data", str(ROOT / e["data"]), "--scale", repr(pre["scale"]), "--mean", repr(pre["mean"]),
+            "--std", repr(pre["std"])]
+
+
+def _json(args: list[str], code: int = 0) -> dict:
+    res = runner.invoke(app, [*map(str, args), "-q", "--json", "-"])
+    assert res.exit_code == code, (args, res.stdout[-2000:], res.stderr[-2000:] if res.stderr_bytes else "")
+    return json.loads(res.stdout)
+
+
+def _real(name: str) -> tuple[Path, Path]:
+    root = os.environ.get(ENV)
+    if not root:
+        pytest.skip(f"{ENV} is not set (third-party model corpus)")
+    folder = Path(root)
+    model, data = folder / f"{name}.onnx", folder / f"{name}.npz"
+    if not (model.is_file() and data.is_file()):
+        pytest.fail(f"{ENV}: {name}: missing {model} or {data}")
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def zoo_int8(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """(model, format) -> quantized file, for the three zoo models in both formats."""
+    folder = tmp_path_factory.mktemp("int8")
+    return {(name, fmt): quantize(ROOT / MANIFEST[name]["file"], folder / f"{name}_{fmt}.onnx", _zoo_rows(name), fmt)
+            for name in ZOO for fmt in FORMATS}
+
+
+@pytest.fixture(scope="module")
+def real_int8(tmp_path_factory) -> dict[tuple[str, str], tuple[Path, Path, Path]]:
+    """(model, format) -> (quantized file, float file, data) for two corpus models; skips without the corpus."""
+    folder = tmp_path_factory.mktemp("int8real")
+    out = {}
+    for name in REAL:
+        model, data = _real(name)
+        rows = np.load(data)["x"][:8]
+        for fmt in FORMATS:
+            out[(name, fmt)] = (quantize(model, folder / f"{name}_{fmt}.onnx", rows, fmt), model, data)
+    return out
+
+
+@pytest.fixture(scope="module")
+def float_scans() -> dict[str, dict]:
+    """The original float zoo models' exact graph Fisher at the same samples as the INT8 scans."""
+    return {name: _json(["scan", ROOT / MANIFEST[name]["file"], *_zoo_args(name), "--samples", SAMPLES,
+                         "--gradients", "graph", "--no-bounds"]) for name in ZOO}
+
+
+def _detect(path: Path):
+    m = onnx.load(str(path))
+    return detect_piecewise(m, m.graph.input[0].name, m.graph.output[0].name)
+
+
+# ----------------------------------------------------------------------------------------- detection
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ZOO)
+def test_detection_names_the_quantization_ops(zoo_int8, name, fmt):
+    info = _detect(zoo_int8[(name, fmt)])
+    assert info is not None and info.complete and info.quantized
+    ops = dict(info.ops)
+    model = onnx.load(str(zoo_int8[(name, fmt)]))
+    counts = {op: sum(n.op_type == op for n in model.graph.node) for op in ("QuantizeLinear", "DequantizeLinear")}
+    if fmt == "qdq":
+        # every QuantizeLinear acts on an activation; only the DequantizeLinear nodes reading them count,
+        # not those of the weights (initializers)
+        assert ops["QuantizeLinear"] == counts["QuantizeLinear"] == ops["DequantizeLinear"]
+        assert counts["DequantizeLinear"] > ops["DequantizeLinear"]
+    else:
+        assert ops.get("QLinearConv", 0) + ops.get("QGemm", 0) >= 1 and ops["QuantizeLinear"] == 1
+    assert info.note().startswith(f"piecewise-constant model ({info.ops_text()})")
+
+
+def test_no_false_positives_on_float_models():
+    paths = sorted(ROOT.glob("*.onnx"))
+    root = os.environ.get(ENV)
+    if root:
+        paths += sorted(Path(root).glob("*.onnx"))
+    assert len(paths) >= 10
+    found = {p.name: _detect(p) for p in paths}
+    assert all(v is None for v in found.values()), {k: v.ops_text() for k, v in found.items() if v}
+
+
+def test_weight_only_quantization_and_relu_gates_are_not_piecewise(tmp_path):
+    m = weight_only_qdq(np.random.default_rng(0))
+    assert detect_piecewise(m, "x", "z") is None  # a DequantizeLinear of an initializer is a constant
+    assert detect_piecewise(gate_model(constant_branches=False), "x", "z") is None  # Where(x > 0, x, 0): ReLU
+    info = detect_piecewise(gate_model(constant_branches=True), "x", "z")  # Where(x > 0, 1, -1): a step
+    assert info is not None and dict(info.ops) == {"Greater": 1} and info.complete
+
+
+def test_sign_net_detection_and_behaviour(tmp_path):
+    m = sign_mlp(np.random.default_rng(0))
+    info = detect_piecewise(m, "x", "z")
+    assert info is not None and dict(info.ops) == {"Sign": 1} and info.complete and not info.quantized
+    sur = float_surrogate(m, "x", "z")
+    assert sur.model is None and "Sign" in sur.reason and "no float counterpart" in sur.reason
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(save(m, tmp_path / "sign.onnx").read_bytes(),
+                                providers=["CPUExecutionProvider"])
+
+    def logp(rows):
+        z = sess.run(None, {"x": rows.astype(np.float32)})[0].astype(np.float64)
+        return z - np.log(np.sum(np.exp(z - z.max(1, keepdims=True)), 1, keepdims=True)) - z.max(1, keepdims=True)
+
+    x = np.random.default_rng(1).standard_normal(12)
+    b = behaves_piecewise(logp, x, np.random.default_rng(2), probes=6)
+    assert b.piecewise and b.zero_rows == 6 and b.changed_rows >= 1 and b.queries == 19
+    # a smooth model is not: the same check on a tanh layer
+    smooth = weight_only_qdq(np.random.default_rng(0), d=12)
+    sess2 = ort.InferenceSession(save(smooth, tmp_path / "smooth.onnx").read_bytes(), providers=["CPUExecutionProvider"])
+    b2 = behaves_piecewise(lambda r: sess2.run(None, {"x": r.astype(np.float32)})[0].astype(np.float64), x,
+                           np.random.default_rng(2), probes=6)
+    assert not b2.piecewise and b2.zero_rows == 0
+
+
+# ----------------------------------------------------------------------------------------- scans
+def _assert_no_pointwise_result(rep: dict) -> None:
+    pw = rep["piecewise"]
+    assert pw["complete"] and pw["note"] == rep["notes"][0] and pw["behaviour"]["piecewise"]
+    for s in rep["samples"]:
+        assert s["lambda_max"] is None and s["trace"] is None and s["lower_bound"] is None
+        assert s["lower_estimate"] is None and s["top_eigenvalues"] == []
+    for key in ("lambda_max", "trace", "lower_bound", "lower_estimate"):
+        assert rep["summary"][key]["count"] == 0 and rep["summary"][key]["median"] is None
+    check = (rep["run"]["gradients_used"] or {}).get("check") or {}
+    assert rep["run"]["gradients_used"]["source"] == "fd" or check.get("verified", 0) > 0  # never a pass on nothing
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ZOO)
+def test_scan_reports_the_surrogate_not_a_pointwise_zero(zoo_int8, float_scans, name, fmt):
+    rep = _json(["scan", zoo_int8[(name, fmt)], *_zoo_args(name), "--samples", SAMPLES, "--no-bounds"])
+    _assert_no_pointwise_result(rep)
+    sur = rep["summary"]["surrogate"]
+    assert sur["available"] and sur["gradients"] == "graph" and "rounding removed" in sur["description"]
+    assert sur["agreement"] >= 5 / 6  # measured 1.0 on every zoo model
+    assert all(s["surrogate_lambda_max"] > 0 for s in rep["samples"])
+    ref = float_scans[name]["summary"]["lambda_max"]["median"]
+    got = sur["lambda_max"]["median"]
+    assert abs(got - ref) <= SURROGATE_TOL * ref, (name, fmt, got, ref)
+    # per sample too, against the float model at the same (dithered) points
+    ratios = [s["surrogate_lambda_max"] / f["lambda_max"] for s, f in zip(rep["samples"], float_scans[name]["samples"])]
+    assert abs(np.median(ratios) - 1) <= SURROGATE_TOL, ratios
+
+
+def test_scan_of_a_binarized_net(tmp_path):
+    path = save(sign_mlp(np.random.default_rng(0)), tmp_path / "sign.onnx")
+    rep = _json(["scan", path, "--samples", 4, "--input-range", "-1,1"])
+    _assert_no_pointwise_result(rep)
+    sur = rep["summary"]["surrogate"]
+    assert not sur["available"] and "not an artefact of quantization" in sur["reason"]
+    res = runner.invoke(app, ["scan", str(path), "--samples", "4", "--input-range", "-1,1"])
+    assert res.exit_code == 0 and "piecewise-constant model (Sign x1)" in " ".join(res.stdout.split())
+
+
+def test_policy_fisher_checks_are_not_applicable(zoo_int8):
+    from fimaudit.audit import AuditResult, Section
+    from fimaudit.policy import Policy, evaluate, parse_check
+
+    rep = _json(["scan", zoo_int8[("mlp_small", "qdq")], *_zoo_args("mlp_small"), "--samples", 3, "--no-bounds"])
+    wrapped = AuditResult(rep["model"], rep["config"], (Section("scan", "ok", None, rep),))
+    checks = [parse_check(t) for t in ("fisher.lambda_max.median <= 1e9", "fisher.trace.max <= 1e9",
+                                      "fisher_surrogate.lambda_max.median <= 1e9",
+                                      "fisher_smoothed.lambda_max.median <= 1e9")]
+    out = evaluate(Policy("p", tuple(checks), {}), wrapped)
+    assert [c.passed for c in out] == [False, False, True, False]
+    assert out[0].reason.startswith("not applicable: piecewise-constant model (ops QuantizeLinear x")
+    assert out[2].value == rep["summary"]["surrogate"]["lambda_max"]["median"]
+    assert "--smoothing" in out[3].reason
+    # --fail-above is the same check: a piecewise model fails the gate (exit 1), never passes on a 0
+    res = runner.invoke(app, ["scan", str(zoo_int8[("mlp_small", "qdq")]), *_zoo_args("mlp_small"), "--samples", "2",
+                              "--no-bounds", "--fail-above", "1e9"])
+    assert res.exit_code == 1
+
+
+def test_every_command_says_it_in_one_line(zoo_int8):
+    from fimaudit.certify import CertifyConfig, certify
+    from fimaudit.evidence import AttackConfig, run_attack, run_clever
+    from fimaudit.metrics.suite import MetricsConfig, run_metrics
+
+    path = str(zoo_int8[("mlp_small", "qoperator")])
+    info = _detect(zoo_int8[("mlp_small", "qoperator")])
+    common = dict(model=path, data=str(ROOT / "fmnist_test_1000_28.npz"), samples=3, scale=1 / 255)
+    att = run_attack(AttackConfig(**common, attack="square", eps=(0.03,), budget=20))
+    assert att["notes"][0] == info.note()
+    clv = run_clever(AttackConfig(**common), "l2", 0.5, points=20, seeds=1, gradients="fd")
+    assert clv.to_dict()["notes"][0] == info.note()
+    met = run_metrics(MetricsConfig(**common, corruptions=False, sharpness_samples=2, sharpness_draws=1,
+                                    attack_samples=2, attack_budget=10))
+    assert met["notes"][0] == info.note()
+    cert = certify(CertifyConfig(**{k: v for k, v in common.items() if k != "scale"}, scale=1 / 255, n=20, n0=10,
+                                 sigma=0.1))
+    assert cert.notes[0] == info.note()
+
+
+@pytest.mark.parametrize("value", [0.0, float("nan")])
+def test_zero_or_nan_scale_is_one_line_exit_2(zoo_int8, tmp_path, value):
+    bad = save(with_scale(onnx.load(str(zoo_int8[("mlp_small", "qdq")])), value), tmp_path / "bad.onnx")
+    res = runner.invoke(app, ["scan", str(bad), *_zoo_args("mlp_small"), "--samples", "2"])
+    assert res.exit_code == 2
+    err = res.stderr.strip()
+    assert "\n" not in err and "quantization scale" in err and ("zero" if value == 0 else "NaN") in err
+
+
+# ----------------------------------------------------------------------------------------- third-party models
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", REAL)
+def test_third_party_int8_models(real_int8, name, fmt):
+    qpath, fpath, data = real_int8[(name, fmt)]
+    info = _detect(qpath)
+    assert info is not None and info.complete and info.quantized
+    rep = _json(["scan", qpath, "--data", data, "--samples", 4, "--no-bounds"])
+    _assert_no_pointwise_result(rep)
+    sur = rep["summary"]["surrogate"]
+    assert sur["available"] and sur["agreement"] >= 0.75
+    ref = _json(["scan", fpath, "--data", data, "--samples", 4, "--no-bounds", "--gradients", "graph"])
+    got, want = sur["lambda_max"]["median"], ref["summary"]["lambda_max"]["median"]
+    assert abs(got - want) <= SURROGATE_TOL * want, (name, fmt, got, want)
