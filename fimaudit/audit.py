@@ -269,11 +269,20 @@ def _png_data_uri(img: np.ndarray, signed: bool) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _not_for_piecewise(scan_d: dict) -> None:
+    """Sections built on the pointwise lambda_max do not apply to a piecewise-constant model (fimaudit.piecewise)."""
+    pw = scan_d.get("piecewise")
+    if pw and pw.get("complete"):
+        ops = ", ".join(f"{k} x{v}" for k, v in (pw.get("ops") or {}).items())
+        raise Unavailable(f"not applicable: piecewise-constant model ({ops}): the pointwise lambda_max is not reported")
+
+
 def _worst_section(ctx: AuditContext, k: int = 5) -> dict:
     """The k samples with the largest lambda_max, with thumbnails of the input and the worst direction."""
     scan_d = ctx.data.get("scan")
     if scan_d is None:
         raise Unavailable("needs the scan section")
+    _not_for_piecewise(scan_d)
     shape = tuple(scan_d["model"]["input"]["sample_shape"])
     ranked = sorted((s for s in scan_d["samples"] if s["lambda_max"] is not None), key=lambda s: -s["lambda_max"])[:k]
     image = _is_image(shape)
@@ -347,6 +356,7 @@ def _validity_section(ctx: AuditContext) -> dict:
         raise Unavailable("needs the scan section")
     if att is None:
         raise Unavailable("needs the attacks section (labelled data)")
+    _not_for_piecewise(scan_d)
     lam = {s["index"]: s["lambda_max"] for s in scan_d["samples"]}
     smallest: dict[int, float] = {}
     minimal = next((run["minimal_distance"][att["norm"]]["per_sample"] for run in att["runs"]

@@ -114,8 +114,12 @@ def check_scales(proto: onnx.ModelProto) -> None:
                     "the quantized model is invalid (every scale must be positive and finite)")
 
 
+# Outputs that depend on a tensor's shape only, never on its values: paths of values stop there.
+SHAPE_OF = ("Shape", "Size")
+
+
 def _reach(nodes, start: set[str], forward: bool) -> set[int]:
-    """Indices of nodes reachable from tensors ``start`` (forward) or reaching them (backward)."""
+    """Indices of nodes reachable from tensors ``start`` (forward; not through Shape/Size) or reaching them (backward)."""
     seen_t, seen_n = set(start), set()
     changed = True
     order = list(range(len(nodes))) if forward else list(reversed(range(len(nodes))))
@@ -126,6 +130,8 @@ def _reach(nodes, start: set[str], forward: bool) -> set[int]:
                 continue
             n = nodes[i]
             src, dst = (n.input, n.output) if forward else (n.output, n.input)
+            if forward and n.op_type in SHAPE_OF:
+                continue
             if any(t in seen_t for t in src if t):
                 seen_n.add(i)
                 seen_t.update(t for t in dst if t)
@@ -202,7 +208,7 @@ def detect_piecewise(proto: onnx.ModelProto, input_name: str, output_name: str) 
     # Complete when the output cannot be reached from the input without crossing a piecewise-constant output.
     smooth = {input_name}
     for n in nodes:  # nodes are topologically sorted (ONNX requires it)
-        if any(t in smooth for t in n.input if t):
+        if n.op_type not in SHAPE_OF and any(t in smooth for t in n.input if t):
             smooth.update(o for o in n.output if o and o not in cut)
     complete = output_name not in smooth
     quantized = any(k in QUANT_OPS or k in QLINEAR_OPS or k == "DequantizeLinear" for k in found)
