@@ -167,8 +167,8 @@ def check_graph(
         # Nothing was verified (e.g. every derivative is exactly 0, as on a piecewise-constant model, or no step
         # could judge): agreement on nothing is not a pass.
         passed, status = False, "inconclusive"
-        reason = (f"none of the {xr.shape[0]} rows could be verified (central differences measured no "
-                  "derivative to compare with)")
+        reason = (f"none of the {xr.shape[0]} rows could be verified (no step's central differences could judge them, "
+                  "or they measured no derivative at all, as on a piecewise-constant model)")
     return GraphCheck(
         passed=passed,
         status=status,
