@@ -167,12 +167,6 @@ def _piecewise_outputs(nodes, i: int, consumers: dict[str, list[int]], live: set
     return []
 
 
-def _label(node) -> str:
-    if node.op_type == "DequantizeLinear":
-        return "DequantizeLinear"
-    return node.op_type
-
-
 def detect_piecewise(proto: onnx.ModelProto, input_name: str, output_name: str) -> PiecewiseInfo | None:
     """Piecewise-constant operators on the paths from ``input_name`` to ``output_name``; None when there are none.
 
@@ -197,7 +191,7 @@ def detect_piecewise(proto: onnx.ModelProto, input_name: str, output_name: str) 
         outs = _piecewise_outputs(nodes, i, consumers, live)
         if outs:
             cut.update(outs)
-            found[_label(nodes[i])] += 1
+            found[nodes[i].op_type] += 1
     if not found:
         return None
     # DequantizeLinear of an activation reads a quantized tensor: part of the same rounding, counted beside it.
@@ -311,6 +305,9 @@ class _Rewriter:
         self.count: Counter = Counter()
         self.k = 0
         self.input_name = input_name
+        nodes = list(proto.graph.node)
+        # tensors that depend on the input's values: a step op on them is the model's function
+        self.live = {t for i in _reach(nodes, {input_name}, forward=True) for t in nodes[i].output if t} | {input_name}
 
     def const(self, value: np.ndarray, hint: str) -> str:
         self.k += 1
@@ -495,11 +492,11 @@ class _NoSurrogate(Exception):
 
 
 def float_surrogate(proto: onnx.ModelProto, input_name: str, output_name: str) -> Surrogate:
-    """Rewrite a quantized graph into float (see ``Surrogate.DESCRIPTION``); never raises for a model it cannot do."""
+    """Rewrite a quantized graph into float (see ``Surrogate.DESCRIPTION``); never raises for a model it cannot do.
+
+    Every graph output is kept (``output_name`` names the audited one, for symmetry with ``detect_piecewise``).
+    """
     rw = _Rewriter(proto, input_name)
-    nodes = list(proto.graph.node)
-    fwd = _reach(nodes, {input_name}, forward=True)
-    rw.live = {t for i in fwd for t in nodes[i].output if t} | {input_name}
     try:
         rw.run()
     except _NoSurrogate as exc:
