@@ -119,3 +119,61 @@ def with_scale(model: onnx.ModelProto, value: float) -> onnx.ModelProto:
         if t.name == name:
             t.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(t).shape, value, np.float32), name))
     return out
+
+
+def integer_mlp(rng: np.random.Generator, d: int = 10, k: int = 4) -> tuple[onnx.ModelProto, np.ndarray, float, float]:
+    """QuantizeLinear -> MatMulInteger -> Cast -> Mul(x_scale * w_scale): a static integer matmul.
+
+    Returns the model, the float weights the INT8 ones stand for (d, k), and the two scales.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .builders import _model
+
+    xs, ws = 0.02, 0.01
+    wq = rng.integers(-120, 120, size=(d, k)).astype(np.int8)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("MatMulInteger", ["xq", "Wq", "xz", "wz"], ["acc"]),
+        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["accf", "s"], ["z"]),
+    ]
+    inits = [numpy_helper.from_array(np.float32(xs), "xs"), numpy_helper.from_array(np.uint8(128), "xz"),
+             numpy_helper.from_array(wq, "Wq"), numpy_helper.from_array(np.int8(0), "wz"),
+             numpy_helper.from_array(np.float32(xs * ws), "s")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", k])], inits)
+    return model, wq.astype(np.float64) * ws, xs, ws
+
+
+def index_model(d: int = 5, k: int = 3) -> onnx.ModelProto:
+    """x -> ArgMax -> OneHot -> Gemm: the position of the largest input feeds a layer (piecewise constant)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .builders import _model
+
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0),
+        helper.make_node("OneHot", ["i", "depth", "values"], ["h"], axis=-1),
+        helper.make_node("Gemm", ["h", "W", "b"], ["z"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(np.int64(d), "depth"), numpy_helper.from_array(np.array([0, 1], np.float32), "values"),
+             numpy_helper.from_array(np.ones((k, d), np.float32), "W"), numpy_helper.from_array(np.zeros(k, np.float32), "b")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", k])], inits)
+
+
+def tree_model(d: int = 3) -> onnx.ModelProto:
+    """One ai.onnx.ml regression tree (a stump on feature 0) followed by a float Add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tree = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["t"], domain="ai.onnx.ml", n_targets=1,
+        nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0], nodes_values=[0.5, 0.0, 0.0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"], nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+        target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[-1.0, 1.0])
+    add = helper.make_node("Add", ["t", "c"], ["z"])
+    graph = helper.make_graph([tree, add], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 1])],
+                              [numpy_helper.from_array(np.zeros(1, np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])

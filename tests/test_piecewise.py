@@ -21,7 +21,8 @@ from fimaudit.cli import app
 from fimaudit.piecewise import behaves_piecewise, detect_piecewise, float_surrogate
 
 from .builders import save
-from .quantized import gate_model, quantize, sign_mlp, weight_only_qdq, with_scale
+from .quantized import (gate_model, index_model, integer_mlp, quantize, sign_mlp, tree_model, weight_only_qdq,
+                        with_scale)
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_models"
 MANIFEST = {e["name"]: e for e in json.loads((ROOT / "manifest.json").read_text())["models"]}
@@ -267,3 +268,44 @@ def test_third_party_int8_models(real_int8, name, fmt):
     ref = _json(["scan", fpath, "--data", data, "--samples", 4, "--no-bounds", "--gradients", "graph"])
     got, want = sur["lambda_max"]["median"], ref["summary"]["lambda_max"]["median"]
     assert abs(got - want) <= SURROGATE_TOL * want, (name, fmt, got, want)
+
+
+def test_other_piecewise_operators_are_detected():
+    info = detect_piecewise(index_model(), "x", "z")
+    assert info is not None and dict(info.ops) == {"ArgMax": 1, "OneHot": 1} and info.complete
+    assert "argmax" in info.reason and not info.quantized
+    info = detect_piecewise(tree_model(), "x", "z")
+    assert info is not None and dict(info.ops) == {"TreeEnsembleRegressor": 1} and "tree" in info.reason
+    sur = float_surrogate(tree_model(), "x", "z")
+    assert sur.model is None and "no float counterpart" in sur.reason
+
+
+def test_integer_matmul_surrogate_is_the_float_matmul(tmp_path):
+    """QuantizeLinear -> MatMulInteger -> Cast -> Mul(scales): the surrogate computes x @ W_dequantized exactly."""
+    import onnxruntime as ort
+
+    model, w, xs, _ = integer_mlp(np.random.default_rng(0))
+    info = detect_piecewise(model, "x", "z")
+    assert info is not None and dict(info.ops) == {"QuantizeLinear": 1, "MatMulInteger": 1} and info.quantized
+    sur = float_surrogate(model, "x", "z")
+    assert sur.model is not None and sur.rewritten == {"QuantizeLinear": 1, "MatMulInteger": 1}
+    x = np.random.default_rng(1).uniform(-2, 2, size=(5, 10))
+    out = ort.InferenceSession(save(sur.model, tmp_path / "s.onnx").read_bytes(),
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(out, x @ w, rtol=1e-5, atol=1e-5)
+    quantized = ort.InferenceSession(save(model, tmp_path / "q.onnx").read_bytes(),
+                                     providers=["CPUExecutionProvider"]).run(None, {"x": x.astype(np.float32)})[0]
+    assert np.abs(quantized - x @ w).max() <= 0.5 * xs * np.abs(w).sum(0).max() + 1e-5  # rounding only
+
+
+def test_dynamic_quantization_has_no_surrogate_and_says_why(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = tmp_path / "dyn.onnx"
+    quantize_dynamic(str(ROOT / "mlp_small.onnx"), str(path), weight_type=QuantType.QInt8)
+    info = _detect(path)
+    assert info is not None and info.complete and "DynamicQuantizeLinear" in dict(info.ops)
+    rep = _json(["scan", path, *_zoo_args("mlp_small"), "--samples", 3, "--no-bounds"])
+    _assert_no_pointwise_result(rep)
+    sur = rep["summary"]["surrogate"]
+    assert not sur["available"] and "dynamic quantization" in sur["reason"]
