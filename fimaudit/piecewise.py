@@ -64,10 +64,13 @@ class PiecewiseInfo:
 
     def note(self) -> str:
         """The one line every command prints and records for such a model."""
-        head = "piecewise-constant model" if self.complete else "partly piecewise-constant model"
-        return (f"{head} ({self.ops_text()}): {self.reason}; the pointwise Fisher information, its bounds and "
-                "gradient-based results are 0 almost everywhere there and are not reported as results "
-                "(see docs/piecewise.md)")
+        if not self.complete:
+            return (f"partly piecewise-constant model ({self.ops_text()}): {self.reason}; the pointwise Fisher "
+                    "information and gradient-based results see the smooth paths only (those operators have "
+                    "derivative 0 almost everywhere) (see docs/piecewise.md)")
+        return (f"piecewise-constant model ({self.ops_text()}): {self.reason}; the pointwise Fisher information, "
+                "its bounds and gradient-based results are 0 almost everywhere there and are not reported as "
+                "results (see docs/piecewise.md)")
 
     def with_behaviour(self, behaviour: "Behaviour") -> "PiecewiseInfo":
         from dataclasses import replace

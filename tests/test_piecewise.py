@@ -309,3 +309,18 @@ def test_dynamic_quantization_has_no_surrogate_and_says_why(tmp_path):
     _assert_no_pointwise_result(rep)
     sur = rep["summary"]["surrogate"]
     assert not sur["available"] and "dynamic quantization" in sur["reason"]
+
+
+def test_a_smooth_path_beside_a_rounding_is_partly_piecewise():
+    """x + Round(x): the output is not piecewise constant (its derivative is 1), only part of the model is."""
+    from onnx import TensorProto, helper
+
+    from .builders import _model
+
+    m = _model([helper.make_node("Round", ["x"], ["r"]), helper.make_node("Add", ["x", "r"], ["z"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+               [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])], [])
+    info = detect_piecewise(m, "x", "z")
+    assert info is not None and not info.complete and dict(info.ops) == {"Round": 1}
+    assert info.note().startswith("partly piecewise-constant model (Round x1)")
+    assert "on some paths" in info.reason
