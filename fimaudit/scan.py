@@ -811,6 +811,17 @@ def piecewise_results(config: ScanConfig, loaded: Loaded, points: Points, calib:
     if not info.complete:
         record["reported"] = "pointwise Fisher reported: some paths from the input to the output are smooth"
         return samples, record, None, notes
+    if getattr(config, "smoothing", None) is not None:
+        # --smoothing (scan.smoothing_sigmas): lambda_max and trace are already the smoothed Fisher F_sigma's, not
+        # the pointwise F's: they stay; the surrogate is reported beside them.
+        record["reported"] = "lambda_max and trace are the smoothed Fisher F_sigma's (--smoothing), not the pointwise F's"
+        surrogate = _surrogate_scan(config, loaded, info) if info.quantized else None
+        if surrogate and surrogate.get("available"):
+            per = surrogate.pop("per_sample")
+            samples = tuple(replace(s, surrogate_lambda_max=lam, surrogate_predicted=pred)
+                            for s, (lam, pred) in zip(samples, per))
+            surrogate["agreement"] = float(np.mean([s.surrogate_predicted == s.predicted for s in samples]))
+        return samples, record, surrogate, notes
     nulled = tuple(replace(s, lambda_max=None, lambda_max_ci=None, trace=None, trace_se=float("nan"), trace_ci=None,
                            lower_bound=None, lower_estimate=None, lower_check=None, top_eigenvalues=(), kl_ratio=None)
                    for s in samples)
@@ -857,7 +868,8 @@ def _surrogate_scan(config: ScanConfig, loaded: Loaded, info) -> dict:
         path = Path(tmp) / "surrogate.onnx"
         onnx.save(sur.model, str(path))
         sub = replace(config, model=str(path), gradients="graph", method="auto", save_direction=None,
-                      fail_above=None, cross_check=False, bounds=False)
+                      fail_above=None, cross_check=False, bounds=False,
+                      **({"smoothing": None} if hasattr(config, "smoothing") else {}))  # the exact graph Fisher
         try:
             res = scan(sub)
         except FimauditError as exc:
