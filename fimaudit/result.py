@@ -84,9 +84,15 @@ class SampleResult:
     lower_check: dict | None = None  # kind, margin, the independent finite-difference check
     dither: float | None = None  # sigma of the dither added to this sample, if any
     exact: dict | None = None  # gradient graph: path (rows | lanczos), products, cross-check against the black box
+    # --smoothing: F_sigma of the Gaussian-smoothed model (lambda_max/trace above are then F_sigma's): sigma,
+    # lambda_max, lambda_max_ci, trace, trace_ci, draws, queries, ci, predicted, p_sigma_max
+    smoothed: dict | None = None
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        out = _clean(asdict(self))
+        if out.get("smoothed") is None:
+            out.pop("smoothed", None)  # present only in smoothed scans: pointwise reports are unchanged
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleResult":
@@ -111,6 +117,7 @@ class SampleResult:
             lower_check=d.get("lower_check"),
             dither=d.get("dither"),
             exact=d.get("exact"),
+            smoothed=d.get("smoothed"),
         )
 
 
@@ -125,8 +132,16 @@ class Summary:
     seconds: float
     runtime_fraction: float | None  # share of wall time inside onnxruntime's run
     lower_estimate: Stats = field(default_factory=lambda: Stats(None, None, None, None, 0))
+    # --smoothing: sigma (median over samples), sigma_source, rule, draws, and Stats of lambda_max and trace of F_sigma
+    smoothed: dict | None = None
 
     def to_dict(self) -> dict:
+        out = self._core()
+        if self.smoothed is not None:
+            out["smoothed"] = _clean(self.smoothed)
+        return out
+
+    def _core(self) -> dict:
         return {
             "lambda_max": self.lambda_max.to_dict(),
             "trace": self.trace.to_dict(),
@@ -153,6 +168,7 @@ class Summary:
             seconds=float(d.get("seconds") or 0.0),
             runtime_fraction=d.get("runtime_fraction"),
             lower_estimate=Stats.from_dict(d.get("lower_estimate", {"count": 0})),
+            smoothed=d.get("smoothed"),
         )
 
 

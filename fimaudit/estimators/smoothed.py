@@ -59,6 +59,8 @@ class SmoothedEstimate:
     lambda_max_ci: tuple[float, float]
     trace: float
     trace_ci: tuple[float, float]
+    lambda_max_se: float  # jackknife standard errors
+    trace_se: float
     draws: int  # antithetic pairs m
     queries: int  # 2 m
     groups: int  # jackknife groups
@@ -182,10 +184,11 @@ def smoothed_fisher(oracle: LogProbOracle, x: np.ndarray, sigma: float, queries:
         tr_b.append(tb)
     q = float(stats.t.ppf(0.5 + CI_LEVEL / 2, groups - 1))
 
-    def interval(theta: float, reps: list[float]) -> tuple[float, float]:
+    def jackknife_se(reps: list[float]) -> float:
         reps_a = np.asarray(reps)
-        se = float(np.sqrt((groups - 1) / groups * np.sum((reps_a - reps_a.mean()) ** 2)))
-        return max(0.0, theta - q * se), max(0.0, theta + q * se)
+        return float(np.sqrt((groups - 1) / groups * np.sum((reps_a - reps_a.mean()) ** 2)))
+
+    lam_se, tr_se = jackknife_se(lam_b), jackknife_se(tr_b)
 
     g = _g_matrix(jjt, p_hat)
     w, v = linalg.eigh(g)
@@ -194,9 +197,10 @@ def smoothed_fisher(oracle: LogProbOracle, x: np.ndarray, sigma: float, queries:
     if direction:
         unit = _top_direction(key, m, d, kept, pairs, a, p_hat, v[:, -1])
     return SmoothedEstimate(
-        sigma=float(sigma), lambda_max=max(0.0, lam), lambda_max_ci=interval(lam, lam_b), trace=max(0.0, tr),
-        trace_ci=interval(tr, tr_b), draws=m, queries=spent, groups=groups, p_sigma=p_hat, top_eigenvalues=top,
-        direction=unit,
+        sigma=float(sigma), lambda_max=max(0.0, lam),
+        lambda_max_ci=(max(0.0, lam - q * lam_se), max(0.0, lam + q * lam_se)), trace=max(0.0, tr),
+        trace_ci=(max(0.0, tr - q * tr_se), max(0.0, tr + q * tr_se)), lambda_max_se=lam_se, trace_se=tr_se,
+        draws=m, queries=spent, groups=groups, p_sigma=p_hat, top_eigenvalues=top, direction=unit,
     )
 
 

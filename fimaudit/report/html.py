@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, _gradients_text, preprocess_line, summary_rows
+from .terminal import (_dither_text, _fmt, _gradients_text, cap, preprocess_line, smoothing_label, smoothing_text,
+                       summary_rows)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
@@ -70,6 +71,7 @@ def render_html(result: ScanResult) -> str:
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
         ("dither", _dither_text(result.run.dither_used)),
+        ("smoothing", smoothing_text(s)),
         ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
@@ -91,7 +93,8 @@ def render_html(result: ScanResult) -> str:
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>fimaudit scan: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
         f"<h1>fimaudit scan</h1><p><code>{e(m['path'])}</code></p>"
-        "<h2>Input-space Fisher information</h2><table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
+        f"<h2>{e(cap(smoothing_label(s) or 'input-space Fisher information'))}</h2>"
+        "<table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
         f"<th>p90</th><th>max</th><th>n</th></tr>{''.join(rows)}</table>"
         "<table>" + "".join(f"<tr><th class=l>{e(k)}</th><td class=l>{e(v)}</td></tr>" for k, v in facts) + "</table>"
         f"{notes}<h2>lambda_max per sample</h2>{_histogram_svg([x.lambda_max for x in result.samples])}"

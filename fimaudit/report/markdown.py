@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, _gradients_text, preprocess_line, summary_rows
+from .terminal import (_dither_text, _fmt, _gradients_text, cap, preprocess_line, smoothing_label, smoothing_text,
+                       summary_rows)
 
 
 def render_markdown(result: ScanResult) -> str:
@@ -20,9 +21,12 @@ def render_markdown(result: ScanResult) -> str:
         f"- units: {result.units.get('description', '')}",
         f"- preprocess: {preprocess_line(cfg) or '-'}",
         f"- dither: {_dither_text(result.run.dither_used)}",
+        f"- smoothing: {smoothing_text(s)}",
         f"- gradients: {_gradients_text(result.run.gradients_used, result.run.cross_check_result)}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
         f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
+        "",
+        f"## {cap(smoothing_label(s) or 'input-space Fisher information F')}",
         "",
         "| quantity | mean | median | p90 | max | n |",
         "|---|---:|---:|---:|---:|---:|",
