@@ -316,3 +316,20 @@ def test_automatic_sigmas_per_sample(step_scan):
     assert "5% of the sample's RMS" in record["rule"]
     sig2, _ = smoothing_sigmas(x[:2], ScanConfig(model=str(path)), auto=True)
     assert np.array_equal(sig2, sigmas[:2])
+
+
+def test_scan_work_chunks_equal_the_local_scan(step_scan):
+    """The per-sample stage as Dask workers run it (ScanWork on a pickled calibration) gives the local values."""
+    import pickle
+
+    from fimaudit.scan import ScanConfig, ScanWork, calibrate, load, prepare_points
+
+    path, data, _ = step_scan
+    config = ScanConfig(model=str(path), data=str(data), smoothing=SIGMA_STEP, budget=301, bounds=False)
+    local = fimaudit.scan(path, data, smoothing=SIGMA_STEP, budget=301, bounds=False)
+    loaded = load(config)
+    points = prepare_points(config, loaded)
+    _, calib = calibrate(config, loaded.model, points, loaded.pre)
+    work = pickle.loads(pickle.dumps(ScanWork(config, calib, None)))
+    out = work(loaded.model, [3, 4], points.x[3:5], [0, 0])
+    assert [o.result.to_dict() for o in out] == [s.to_dict() for s in local.samples[3:5]]
