@@ -71,12 +71,13 @@ def render_html(result: ScanResult) -> str:
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} ({s.calibration_queries} for the step check)"),
         ("dither", _dither_text(result.run.dither_used)),
-        ("smoothing", smoothing_text(s)),
         ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("units", result.units.get("description", "")),
         ("preprocess", preprocess_line(cfg) or "-"),
     ]
+    if s.smoothed:
+        facts.insert(3, ("smoothing", smoothing_text(s)))
     b = result.bound
     if b is not None:
         facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}"

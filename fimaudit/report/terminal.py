@@ -139,8 +139,8 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
-    if s.smoothed:
-        facts = [f for f in facts if f[0] != "fd step"]  # no finite differences
+    # a smoothed scan makes no finite differences; a pointwise one has no smoothing line
+    facts = [f for f in facts if f[0] != ("fd step" if s.smoothed else "smoothing")]
     if preprocess_line(cfg):
         facts.insert(4, ("preprocess", preprocess_line(cfg)))
     b = result.bound
