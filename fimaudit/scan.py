@@ -319,6 +319,21 @@ def smoothing_note(record: dict, pairs: int) -> str:
             "(docs/smoothed_fisher.md)")
 
 
+SMOOTHING_WIDE = 0.5  # a median interval half-width above this share of lambda_max gets a note
+
+
+def smoothing_width_note(samples, d: int, pairs: int) -> str | None:
+    """Why the smoothed intervals are wide, when they are: the U-statistic's variance has a term growing like
+    d / m^2 (docs/smoothed_fisher.md, section 3), so high-dimensional inputs need many more pairs."""
+    rel = [(s.lambda_max_ci[1] - s.lambda_max_ci[0]) / (2 * s.lambda_max) for s in samples
+           if s.lambda_max_ci is not None and s.lambda_max > 0]
+    if not rel or float(np.median(rel)) <= SMOOTHING_WIDE:
+        return None
+    return (f"the smoothed Fisher's 95% intervals are wide (median half-width {100 * float(np.median(rel)):.0f}% of "
+            f"lambda_max): with d = {d} and {pairs} pairs per sample the estimator's variance term that grows like "
+            "d/m^2 dominates; raise --budget (the interval narrows about like 1/m there)")
+
+
 LOWER_GAP = 0.5  # a lower estimate below this share of lambda_max (median) gets an explanation
 
 
@@ -828,6 +843,9 @@ def assemble(
     smoothed = None
     if points.smoothing_record is not None:
         notes.insert(0, smoothing_note(points.smoothing_record, calib.plan.k))
+        wide = smoothing_width_note(samples, d, calib.plan.k)
+        if wide:
+            notes.append(wide)
         smoothed = dict(points.smoothing_record) | {
             "draws": calib.plan.k,
             "lambda_max": Stats.of([s.lambda_max for s in samples]).to_dict(),

@@ -101,17 +101,12 @@ def test_step_model_closed_form_at_default_budget(step_case):
     assert np.allclose(errs, tr_errs, atol=1e-9)  # rank one: lambda_max = trace
 
 
-def test_step_model_catches_the_plug_in_bias(step_case, monkeypatch):
-    """Without the U-statistic's bias correction (the diagonal j = k kept) the closed-form check fails."""
+@pytest.mark.parametrize("jac", [False, True], ids=["gram-path", "jacobian-path"])
+def test_step_model_catches_the_plug_in_bias(step_case, monkeypatch, jac):
+    """Without the U-statistic's bias correction (the j = k terms kept) the closed-form check fails."""
     w, oracle, _ = step_case
-    real = sm._gram_off
-
-    def with_diagonal(key, m, d, kept, block):
-        h = real(key, m, d, kept, block)
-        e = kept if kept is not None else np.stack([sm._draw(key, j, d) for j in range(m)])
-        return h + np.diag(np.einsum("ij,ij->i", e, e))  # the plug-in's noise term, E|e|^2 = d
-
-    monkeypatch.setattr(sm, "_gram_off", with_diagonal)
+    monkeypatch.setattr(sm, "_use_jac", lambda k, m: jac)
+    monkeypatch.setattr(sm, "_self_terms", lambda e: np.zeros(e.shape[0]))  # the plug-in: E|e|^2 = d not removed
     errs, _, hits, _ = step_errors(w, oracle, np.random.default_rng(3), seeds=range(2))
     assert np.median(errs) > 0.2 and hits.mean() < 0.5  # biased up by about d/m = 40%
 
@@ -170,11 +165,14 @@ def test_draws_do_not_depend_on_the_batch(step_case):
     assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-12) and a.lambda_max_ci == pytest.approx(b.lambda_max_ci)
 
 
-def test_gram_regenerated_equals_kept(step_case, monkeypatch):
+@pytest.mark.parametrize("jac", [False, True], ids=["gram-path", "jacobian-path"])
+def test_gram_regenerated_equals_kept(step_case, monkeypatch, jac):
     w, oracle, _ = step_case
+    monkeypatch.setattr(sm, "_use_jac", lambda k, m: jac)
     x = step_point(w, -0.2, np.random.default_rng(9))
     a = smoothed_fisher(oracle, x, SIGMA_STEP, 200, (1, 6, 2), block=40)
     monkeypatch.setattr(sm, "GRAM_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(sm, "JAC_STORE_ELEMENTS", 0)
     b = smoothed_fisher(oracle, x, SIGMA_STEP, 200, (1, 6, 2), block=40)
     assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-10) and a.trace == pytest.approx(b.trace, rel=1e-10)
 
@@ -346,3 +344,31 @@ def test_scan_smoothing_saves_the_worst_direction(step_scan, tmp_path):
     w = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]).reshape(-1)
     cos = np.abs(v @ w) / (np.linalg.norm(v, axis=1) * np.linalg.norm(w))
     assert v.shape == (6, 64) and np.median(cos) >= 0.85, cos  # measured: median 0.96, min 0.94
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["draws-kept", "draws-regenerated"])
+def test_gram_and_jacobian_paths_agree(tmp_path, monkeypatch, keep):
+    """The m x m Gram path and the K x d path compute the same U-statistic, intervals and direction."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((3, 40)) * 0.3
+    oracle = LogProbOracle(load_model(save(linear_model(w, np.zeros(3)), tmp_path / "lin.onnx")), "logits")
+    x = rng.standard_normal(40)
+    if not keep:
+        monkeypatch.setattr(sm, "GRAM_CACHE_ELEMENTS", 0)
+        monkeypatch.setattr(sm, "JAC_STORE_ELEMENTS", 0)
+    out = {}
+    for name, use in (("gram", False), ("jac", True)):
+        monkeypatch.setattr(sm, "_use_jac", lambda k, m, use=use: use)
+        out[name] = smoothed_fisher(oracle, x, 0.3, 300, (0, 6, 0), block=32, direction=True)
+    g, j = out["gram"], out["jac"]
+    assert j.lambda_max == pytest.approx(g.lambda_max, rel=1e-9) and j.trace == pytest.approx(g.trace, rel=1e-9)
+    assert j.lambda_max_ci == pytest.approx(g.lambda_max_ci, rel=1e-8) and j.trace_ci == pytest.approx(g.trace_ci, rel=1e-8)
+    assert abs(j.direction @ g.direction) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_wide_intervals_get_a_note(step_scan):
+    path, data, _ = step_scan
+    small = fimaudit.scan(path, data, smoothing=SIGMA_STEP, budget=41, bounds=False)
+    assert any("intervals are wide" in n for n in small.notes)
+    big = fimaudit.scan(path, data, smoothing=SIGMA_STEP, budget=2000, bounds=False)
+    assert not any("intervals are wide" in n for n in big.notes)

@@ -24,7 +24,9 @@ from ..model.oracle import LogProbOracle
 CI_LEVEL = 0.95
 JACKKNIFE_GROUPS = 10  # groups of draws deleted one at a time for the confidence interval
 MIN_PAIRS = 2 * JACKKNIFE_GROUPS  # the U-statistic needs two draws per group left out
-GRAM_CACHE_ELEMENTS = 1 << 24  # draws kept (float64) for the Gram matrix up to this size; regenerated beyond
+GRAM_CACHE_ELEMENTS = 1 << 24  # draws kept (float64) up to m d of this size; regenerated from their seeds beyond
+JAC_STORE_ELEMENTS = 1 << 24  # per-group sums J_b kept up to B K d of this size; regenerated beyond
+CHUNK = 64  # draws per accumulation step: fixed, so that sums never depend on the model's batch size
 
 # Default smoothing: the noise sigma*eps has 5% of the sample's norm (sigma = 5% of its RMS, so that
 # E|sigma eps|^2 = 0.05^2 |x|^2 in any units and at any d); see docs/smoothed_fisher.md, "Choosing sigma".
@@ -112,11 +114,17 @@ def _probabilities(oracle: LogProbOracle, x: np.ndarray, sigma: float, key: Sequ
     return np.concatenate(a_cols, axis=1), np.concatenate(s_cols, axis=1), kept
 
 
-def _gram_off(key: Sequence[int], m: int, d: int, kept: np.ndarray | None, block: int) -> np.ndarray:
-    """H_off: the m x m Gram matrix e_j . e_k of the draws with a zero diagonal (regenerated block by block
-    when the draws were too many to keep)."""
+def _self_terms(e: np.ndarray) -> np.ndarray:
+    """|e_j|^2 for the rows of ``e``: the weights of the j = k terms that the U-statistic leaves out."""
+    return np.einsum("ij,ij->i", e, e)
+
+
+def _gram_off(key: Sequence[int], m: int, d: int, kept: np.ndarray | None, block: int = CHUNK) -> np.ndarray:
+    """H_off: the m x m Gram matrix e_j . e_k of the draws without its diagonal (the j = k terms; regenerated
+    block by block when the draws were too many to keep)."""
     if kept is not None:
         h = kept @ kept.T
+        h[np.diag_indices(m)] -= _self_terms(kept)
     else:
         h = np.empty((m, m))
         starts = list(range(0, m, block))
@@ -126,8 +134,49 @@ def _gram_off(key: Sequence[int], m: int, d: int, kept: np.ndarray | None, block
                 ec = eb if t == s else np.stack([_draw(key, j, d) for j in range(t, min(m, t + block))])
                 h[s : s + eb.shape[0], t : t + ec.shape[0]] = eb @ ec.T
                 h[t : t + ec.shape[0], s : s + eb.shape[0]] = (eb @ ec.T).T
-    np.fill_diagonal(h, 0.0)
+            idx = np.arange(s, s + eb.shape[0])
+            h[idx, idx] -= _self_terms(eb)
     return h
+
+
+def _cross_sums_gram(key: Sequence[int], m: int, d: int, kept, a: np.ndarray, bounds: np.ndarray):
+    """(total, R_b, T_bb) from the m x m Gram matrix: total = A H_off A^T, R_b = A_b (H_off A^T)_b, T_bb = A_b H_bb A_b^T."""
+    h = _gram_off(key, m, d, kept)
+    z = h @ a.T  # (m, K): row j = sum_{k != j} (e_j . e_k) a_k
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    r = [a[:, g0:g1] @ z[g0:g1] for g0, g1 in spans]
+    t = [a[:, g0:g1] @ h[g0:g1, g0:g1] @ a[:, g0:g1].T for g0, g1 in spans]
+    return a @ z, r, t, None
+
+
+def _cross_sums_jac(key: Sequence[int], m: int, d: int, kept, a: np.ndarray, bounds: np.ndarray):
+    """The same sums from the per-group K x d sums J_b = sum_{j in b} a_j e_j^T and the diagonal terms
+    D_b = sum_{j in b} |e_j|^2 a_j a_j^T: total = J J^T - D, R_b = J_b J^T - D_b, T_bb = J_b J_b^T - D_b
+    (J = sum_b J_b). Cost K m d instead of m^2 d: the cheaper path when K << m."""
+    k = a.shape[0]
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    store = len(spans) * k * d <= JAC_STORE_ELEMENTS
+
+    def group(g0: int, g1: int) -> tuple[np.ndarray, np.ndarray]:
+        jb, db = np.zeros((k, d)), np.zeros((k, k))
+        for s0 in range(g0, g1, CHUNK):
+            s1 = min(g1, s0 + CHUNK)
+            e = kept[s0:s1] if kept is not None else np.stack([_draw(key, j, d) for j in range(s0, s1)])
+            ab = a[:, s0:s1]
+            jb += ab @ e
+            db += (ab * _self_terms(e)[None, :]) @ ab.T
+        return jb, db
+
+    jtot, diag, t, kept_j = np.zeros((k, d)), [], [], []
+    for g0, g1 in spans:
+        jb, db = group(g0, g1)
+        jtot += jb
+        diag.append(db)
+        t.append(jb @ jb.T - db)
+        if store:
+            kept_j.append(jb)
+    r = [(kept_j[i] if store else group(g0, g1)[0]) @ jtot.T - diag[i] for i, (g0, g1) in enumerate(spans)]
+    return jtot @ jtot.T - sum(diag), r, t, jtot
 
 
 def _g_matrix(jjt: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -163,19 +212,16 @@ def smoothed_fisher(oracle: LogProbOracle, x: np.ndarray, sigma: float, queries:
     a, s, kept = _probabilities(oracle, x, float(sigma), key, m, pairs)
     spent = oracle.queries - before
     d = int(np.asarray(x).size)
-    h = _gram_off(key, m, d, kept, pairs)
     p_hat = s.mean(axis=1)
-    z = h @ a.T  # (m, K): row j = sum_k (e_j . e_k) a_k, k != j
-    total = a @ z  # sum_{j != k} (e_j . e_k) a_j a_k^T
+    bounds = np.linspace(0, m, groups + 1).astype(int)
+    # total = sum_{j != k} (e_j . e_k) a_j a_k^T; R_b its terms with j in group b; T_bb those with j, k in b
+    cross = _cross_sums_jac if _use_jac(a.shape[0], m) else _cross_sums_gram
+    total, r, t, jtot = cross(key, m, d, kept, a, bounds)
     jjt = total / (m * (m - 1))
     lam, tr = _lam_trace(jjt, p_hat)
     # delete-a-group jackknife: the numerator without group b is total - R_b - R_b^T + T_bb
-    bounds = np.linspace(0, m, groups + 1).astype(int)
     lam_b, tr_b = [], []
-    for g0, g1 in zip(bounds[:-1], bounds[1:]):
-        ab = a[:, g0:g1]
-        r_b = ab @ z[g0:g1]
-        t_bb = ab @ h[g0:g1, g0:g1] @ ab.T
+    for (g0, g1), r_b, t_bb in zip(zip(bounds[:-1], bounds[1:]), r, t):
         rest = m - (g1 - g0)
         jjt_b = (total - r_b - r_b.T + t_bb) / (rest * (rest - 1))
         p_b = (s.sum(axis=1) - s[:, g0:g1].sum(axis=1)) / rest
@@ -195,7 +241,7 @@ def smoothed_fisher(oracle: LogProbOracle, x: np.ndarray, sigma: float, queries:
     top = tuple(float(max(0.0, t)) for t in w[::-1][: min(5, w.size)])
     unit = None
     if direction:
-        unit = _top_direction(key, m, d, kept, pairs, a, p_hat, v[:, -1])
+        unit = _top_direction(key, m, d, kept, a, p_hat, v[:, -1], jtot)
     return SmoothedEstimate(
         sigma=float(sigma), lambda_max=max(0.0, lam),
         lambda_max_ci=(max(0.0, lam - q * lam_se), max(0.0, lam + q * lam_se)), trace=max(0.0, tr),
@@ -204,13 +250,23 @@ def smoothed_fisher(oracle: LogProbOracle, x: np.ndarray, sigma: float, queries:
     )
 
 
-def _top_direction(key, m: int, d: int, kept, pairs: int, a: np.ndarray, p: np.ndarray, u: np.ndarray):
+def _use_jac(k: int, m: int) -> bool:
+    """The K x d path when it is cheaper (K m d against m^2 d flops)."""
+    return 4 * k < m
+
+
+def _top_direction(key, m: int, d: int, kept, a: np.ndarray, p: np.ndarray, u: np.ndarray,
+                   jtot: np.ndarray | None = None):
     """v ~ J_sigma^T P^{-1/2} u (the top eigenvector of F_sigma from that of G), J_sigma from the plug-in mean."""
     inv = np.where(p > 0, 1.0 / np.sqrt(np.where(p > 0, p, 1.0)), 0.0)
+    if jtot is not None:
+        v = (inv * u) @ jtot
+        n = float(np.linalg.norm(v))
+        return v / n if n > 0 else None
     c = (inv * u) @ a / m  # (m,): weight of each draw
     v = np.zeros(d)
-    for start in range(0, m, pairs):
-        idx = range(start, min(m, start + pairs))
+    for start in range(0, m, CHUNK):
+        idx = range(start, min(m, start + CHUNK))
         e = kept[start : start + len(idx)] if kept is not None else np.stack([_draw(key, j, d) for j in idx])
         v += c[start : start + len(idx)] @ e
     n = float(np.linalg.norm(v))
