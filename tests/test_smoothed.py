@@ -372,3 +372,29 @@ def test_wide_intervals_get_a_note(step_scan):
     assert any("intervals are wide" in n for n in small.notes)
     big = fimaudit.scan(path, data, smoothing=SIGMA_STEP, budget=2000, bounds=False)
     assert not any("intervals are wide" in n for n in big.notes)
+
+
+@pytest.mark.skipif(not (ZOO / "mlp_small.onnx").exists(), reason="sample models not present")
+def test_quantized_input_model_pointwise_zero_smoothed_meaningful(tmp_path):
+    """mlp_small behind an 8-bit input grid (Round(255 x)/255): piecewise constant, so the pointwise F is 0,
+    while F_sigma (sigma = 0.02, about 5 grid steps) equals the float model's F_sigma. Measured over 8 samples:
+    pointwise 0 exactly; smoothed ratio quantized/float 0.992 to 1.009 (the same seeded draws for both)."""
+    m = onnx.load(str(ZOO / "mlp_small.onnx"))
+    for node in m.graph.node:
+        for i, name in enumerate(node.input):
+            if name == "input":
+                node.input[i] = "xq"
+    pre = [helper.make_node("Mul", ["input", "q255"], ["x255"]), helper.make_node("Round", ["x255"], ["xr"]),
+           helper.make_node("Div", ["xr", "q255"], ["xq"])]
+    for i, node in enumerate(pre):
+        m.graph.node.insert(i, node)
+    m.graph.initializer.append(numpy_helper.from_array(np.array(255, np.float32), "q255"))
+    path = save(m, tmp_path / "mlp_q.onnx")
+    data = ZOO / "fmnist_test_1000_28.npz"
+    opts = {"samples": 8, "scale": "1/255", "bounds": False}
+    pointwise = fimaudit.scan(path, data, **opts)
+    assert all(s.lambda_max == 0 for s in pointwise.samples)
+    quant = fimaudit.scan(path, data, smoothing=0.02, **opts)
+    flt = fimaudit.scan(ZOO / "mlp_small.onnx", data, smoothing=0.02, **opts)
+    ratio = np.array([a.lambda_max / b.lambda_max for a, b in zip(quant.samples, flt.samples)])
+    assert np.all(np.abs(ratio - 1) <= 0.05), ratio
