@@ -22,7 +22,7 @@ from .estimators.fd import StepChoice, choose_step, input_scale
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
 from .estimators.lower import LowerCheck, fd_lower_estimate
 from .estimators.power import fresh_probes, power_fixed, power_fresh
-from .estimators.smoothed import MIN_PAIRS, SmoothedEstimate, default_sigma, smoothed_fisher
+from .estimators.smoothed import MIN_PAIRS, SMOOTHING_RULE, SmoothedEstimate, default_sigma, smoothed_fisher
 from .estimators.probes import PROBES
 from .estimators.source import FiniteDifferences
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
@@ -292,7 +292,7 @@ def smoothing_sigmas(points: np.ndarray, config: "ScanConfig", auto: bool = Fals
         pairs = [default_sigma(row, input_range or tuple(config.input_range)) for row in points]
         sigmas = np.array([p[0] for p in pairs])
         record = {"sigma": float(np.median(sigmas)) if n else None, "source": "auto", "units": units,
-                  "rule": pairs[0][1].split(": ")[0] if pairs else None}
+                  "rule": SMOOTHING_RULE}
     else:
         sigmas = np.full(n, float(config.smoothing))
         record = {"sigma": float(config.smoothing), "source": "user", "units": units, "rule": "set by --smoothing"}
