@@ -542,6 +542,12 @@ def scan_cmd(
         "input ties (constant backgrounds) make F undefined at x; else x itself.",
     ),
     no_dither: bool = typer.Option(False, "--no-dither", help="Keep the samples as they are even with exact ties."),
+    smoothing: Optional[float] = typer.Option(
+        None, "--smoothing", metavar="SIGMA", show_default="off",
+        help="Estimate the Fisher information F_sigma of the Gaussian-smoothed model E[p(x + SIGMA*eps)] (SIGMA in "
+        "the units of --space) instead of the pointwise F: meaningful for piecewise-constant (quantized, binarized) "
+        "models, whose pointwise F is 0 almost everywhere.",
+    ),
     gradients: str = typer.Option(
         "auto", "--gradients", metavar="[auto|graph|fd]",
         help="Exact Jacobians from a gradient graph of the model (graph: self-checked against finite differences; "
@@ -560,7 +566,7 @@ def scan_cmd(
         ScanConfig, model=str(model), method=method, probes=probes, fd_step=fd_step, space=space,
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
         bounds=not no_bounds, dither=dither, no_dither=no_dither, gradients=gradients, cross_check=cross_check,
-        trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+        smoothing=smoothing, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
     )
     config.validate()
     execution = opts.execution()

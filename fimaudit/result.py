@@ -88,13 +88,16 @@ class SampleResult:
     # everywhere); the float surrogate's exact lambda_max and predicted class stand beside them.
     surrogate_lambda_max: float | None = None
     surrogate_predicted: int | None = None
+    # --smoothing: F_sigma of the Gaussian-smoothed model (lambda_max/trace above are then F_sigma's): sigma,
+    # lambda_max, lambda_max_ci, trace, trace_ci, draws, queries, ci, predicted, p_sigma_max
+    smoothed: dict | None = None
 
     def to_dict(self) -> dict:
-        d = _clean(asdict(self))
-        for key in ("surrogate_lambda_max", "surrogate_predicted"):
-            if d[key] is None:
-                del d[key]
-        return d
+        out = _clean(asdict(self))
+        for key in ("surrogate_lambda_max", "surrogate_predicted", "smoothed"):
+            if out.get(key) is None:
+                out.pop(key, None)  # present only where they apply: pointwise reports are unchanged
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleResult":
@@ -121,6 +124,7 @@ class SampleResult:
             exact=d.get("exact"),
             surrogate_lambda_max=d.get("surrogate_lambda_max"),
             surrogate_predicted=d.get("surrogate_predicted"),
+            smoothed=d.get("smoothed"),
         )
 
 
@@ -136,10 +140,19 @@ class Summary:
     runtime_fraction: float | None  # share of wall time inside onnxruntime's run
     lower_estimate: Stats = field(default_factory=lambda: Stats(None, None, None, None, 0))
     surrogate: dict | None = None  # piecewise-constant models: the float surrogate's exact Fisher and agreement
+    # --smoothing: sigma (median over samples), sigma_source, rule, draws, and Stats of lambda_max and trace of F_sigma
+    smoothed: dict | None = None
 
     def to_dict(self) -> dict:
-        extra = {} if self.surrogate is None else {"surrogate": _clean(self.surrogate)}
-        return extra | {
+        out = self._core()
+        if self.surrogate is not None:
+            out["surrogate"] = _clean(self.surrogate)
+        if self.smoothed is not None:
+            out["smoothed"] = _clean(self.smoothed)
+        return out
+
+    def _core(self) -> dict:
+        return {
             "lambda_max": self.lambda_max.to_dict(),
             "trace": self.trace.to_dict(),
             "lower_bound": self.lower_bound.to_dict(),
@@ -166,6 +179,7 @@ class Summary:
             runtime_fraction=d.get("runtime_fraction"),
             lower_estimate=Stats.from_dict(d.get("lower_estimate", {"count": 0})),
             surrogate=d.get("surrogate"),
+            smoothed=d.get("smoothed"),
         )
 
 

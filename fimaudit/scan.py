@@ -22,6 +22,7 @@ from .estimators.fd import StepChoice, choose_step, input_scale
 from .estimators.hutchinson import HUTCHINSON_PROBES, hutchinson
 from .estimators.lower import LowerCheck, fd_lower_estimate
 from .estimators.power import fresh_probes, power_fixed, power_fresh
+from .estimators.smoothed import MIN_PAIRS, SMOOTHING_RULE, SmoothedEstimate, default_sigma, smoothed_fisher
 from .estimators.probes import PROBES
 from .estimators.source import FiniteDifferences
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
@@ -68,6 +69,7 @@ class ScanConfig(ModelDataOptions):
     trace_budget: int = 0
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
+    smoothing: float | None = None  # sigma (units of --space): F_sigma of the Gaussian-smoothed model instead of F
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -107,6 +109,23 @@ class ScanConfig(ModelDataOptions):
             raise ConfigError("--max-batch must be >= 1")
         if self.data is None and self.space == "data":
             raise ConfigError("--space data needs --data: synthetic inputs are drawn in model-input units")
+        if self.smoothing is not None:
+            self._validate_smoothing()
+
+    def _validate_smoothing(self) -> None:
+        """--smoothing replaces the pointwise estimator: the options of that estimator contradict it."""
+        if not (np.isfinite(self.smoothing) and self.smoothing > 0):
+            raise ConfigError("--smoothing must be a positive number (sigma, in the units of --space)")
+        clashes = [flag for flag, on in (
+            (f"--method {self.method}", self.method != "auto"), ("--dither", self.dither > 0),
+            ("--gradients graph", self.gradients == "graph"), ("--cross-check", self.cross_check),
+            ("--trace-budget", self.trace_budget > 0), ("--fd-step", self.fd_step is not None)) if on]
+        if clashes:
+            raise ConfigError("--smoothing estimates F_sigma from Gaussian draws and replaces the pointwise "
+                              f"estimator: {', '.join(clashes)} cannot go with it")
+        if self.budget < 2 * MIN_PAIRS + 1:
+            raise ConfigError(f"--smoothing needs --budget of at least {2 * MIN_PAIRS + 1} queries per sample (the "
+                              f"centre query and {MIN_PAIRS} antithetic pairs, two per jackknife group)")
 
 
 @dataclass(frozen=True)
@@ -256,6 +275,65 @@ def dither_points(points: np.ndarray, ties: np.ndarray, config: "ScanConfig",
     return out, sigmas, record
 
 
+SMOOTH_STREAM = 6  # draw j of sample i: default_rng([seed, 6, i, j])
+
+
+def smoothing_sigmas(points: np.ndarray, config: "ScanConfig", auto: bool = False,
+                     input_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+    """Each sample's smoothing sigma (estimation-space units, like --dither) and the record for the report.
+
+    ``config.smoothing`` sets one sigma for every sample; ``auto`` (for a caller that detected a piecewise-constant
+    model) takes ``default_sigma`` of each sample on its own. Refuses a sigma below the float32 resolution of the
+    inputs, which could not move them.
+    """
+    n = points.shape[0]
+    units = "data" if config.space == "data" else "model-input"
+    if auto:
+        pairs = [default_sigma(row, input_range or tuple(config.input_range)) for row in points]
+        sigmas = np.array([p[0] for p in pairs])
+        record = {"sigma": float(np.median(sigmas)) if n else None, "source": "auto", "units": units,
+                  "rule": SMOOTHING_RULE}
+    else:
+        sigmas = np.full(n, float(config.smoothing))
+        record = {"sigma": float(config.smoothing), "source": "user", "units": units, "rule": "set by --smoothing"}
+        scales = np.array([input_scale(row) for row in points]) if n else np.zeros(0)
+        low = scales * FLOAT32_RESOLUTION > config.smoothing
+        if np.any(low):
+            worst = float(scales[low].max())
+            raise ConfigError(
+                f"--smoothing {config.smoothing:g} is below the float32 resolution of the inputs (sample RMS up to "
+                f"{worst:.3g}): it cannot move them; give at least {FLOAT32_RESOLUTION * worst:.3g}"
+            )
+    return sigmas, record
+
+
+def smoothing_note(record: dict, pairs: int) -> str:
+    """What a smoothed scan computed, for the report's notes."""
+    how = "set by --smoothing" if record.get("source") == "user" else f"automatic: {record.get('rule')}"
+    return (f"smoothed Fisher F_sigma (sigma = {record['sigma']:.3g} {record['units']} units, {how}): every value is "
+            "the Fisher information of the Gaussian-smoothed model p_sigma(x), the mean of p(x + sigma*eps) over "
+            f"eps ~ N(0, I), not the pointwise F; per sample {pairs} antithetic Gaussian pairs ({2 * pairs} queries, "
+            "plus the centre query), Stein's identity for J_sigma and a U-statistic over distinct draws for "
+            "J_sigma J_sigma^T (no plug-in noise term), "
+            "p_sigma from the same draws; 95% intervals by a delete-a-group jackknife; no lower bound or KL check "
+            "(docs/smoothed_fisher.md)")
+
+
+SMOOTHING_WIDE = 0.5  # a median interval half-width above this share of lambda_max gets a note
+
+
+def smoothing_width_note(samples, d: int, pairs: int) -> str | None:
+    """Why the smoothed intervals are wide, when they are: the U-statistic's variance has a term growing like
+    d / m^2 (docs/smoothed_fisher.md, section 3), so high-dimensional inputs need many more pairs."""
+    rel = [(s.lambda_max_ci[1] - s.lambda_max_ci[0]) / (2 * s.lambda_max) for s in samples
+           if s.lambda_max_ci is not None and s.lambda_max > 0]
+    if not rel or float(np.median(rel)) <= SMOOTHING_WIDE:
+        return None
+    return (f"the smoothed Fisher's 95% intervals are wide (median half-width {100 * float(np.median(rel)):.0f}% of "
+            f"lambda_max): with d = {d} and {pairs} pairs per sample the estimator's variance term that grows like "
+            "d/m^2 dominates; raise --budget (the interval narrows about like 1/m there)")
+
+
 LOWER_GAP = 0.5  # a lower estimate below this share of lambda_max (median) gets an explanation
 
 
@@ -373,6 +451,8 @@ class Points:
     dither: dict = field(default_factory=dict)  # median sigma (None: x kept), source (auto | user), tie_share, samples
     sigmas: np.ndarray | None = None  # each sample's dither sigma (0: F at x)
     ties: np.ndarray | None = None  # each sample's share of its most common exact value
+    smoothing: np.ndarray | None = None  # each sample's smoothing sigma (None: pointwise F)
+    smoothing_record: dict | None = None  # sigma (median), source (user | auto), units, rule
 
     def sigma_of(self, index: int) -> float:
         """The dither sigma of sample ``index`` (0: evaluated at x)."""
@@ -407,12 +487,22 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
             f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
         )
     ties = np.array([_tie_fraction(row) for row in points])
-    points, sigmas, dither = dither_points(points, ties, config)
-    note = dither.pop("note")
-    if note:
-        notes.append(note)
+    smooth, smooth_record = None, None
+    if config.smoothing is not None:
+        # F_sigma is defined at ties (the smoothing averages over the kinks): no dither
+        n = points.shape[0]
+        share = float(np.median(ties)) if n else 0.0
+        sigmas = np.zeros(n)
+        dither = {"sigma": None, "source": None, "tie_share": share, "samples": 0,
+                  "reason": "none: --smoothing averages over the kinks"}
+        smooth, smooth_record = smoothing_sigmas(points, config)
+    else:
+        points, sigmas, dither = dither_points(points, ties, config)
+        note = dither.pop("note")
+        if note:
+            notes.append(note)
     return Points(points, dataset.y, dataset.source, dither["tie_share"], to_input, tuple(notes), pre,
-                  prepared.images, prepared.config, dither, sigmas, ties)
+                  prepared.images, prepared.config, dither, sigmas, ties, smooth, smooth_record)
 
 
 # ------------------------------------------------------------------ stage 3: calibrate
@@ -432,6 +522,7 @@ class Calibration:
     gradients: dict | None = None  # its record for the report (or why finite differences)
     input_scale: np.ndarray | None = None  # d(model input)/d(estimation space), diagonal; None: identity
     dither_sigmas: np.ndarray | None = None  # each sample's dither sigma (0: none)
+    smoothing_sigmas: np.ndarray | None = None  # each sample's smoothing sigma (None: pointwise F)
 
     @property
     def n_classes(self) -> int:
@@ -456,6 +547,8 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
     if points.labels is not None:
         check_labels(points.labels, n_classes, points.source)
     notes = []
+    if points.smoothing is not None:
+        return oracle, _calibrate_smoothed(config, kind, kind_source, logp, points, pre, model)
     graph, gradients = _gradient_choice(model, kind, config, points.x, points.to_input, notes)
     method = config.method
     if graph is not None:
@@ -496,6 +589,19 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
                                scale, points.sigmas)
 
 
+def _calibrate_smoothed(config: ScanConfig, kind: str, kind_source: str, logp: np.ndarray, points: Points,
+                        pre: Preprocess | None, model: Model) -> Calibration:
+    """The smoothed scan's plan: every query after the centre one goes to antithetic pairs; no step, no graph."""
+    pairs = (config.budget - 1) // 2
+    step = StepChoice(h=float("nan"), scale=input_scale(points.x[0]), relative_discrepancy=None, queries=0,
+                      source="none (--smoothing uses no finite differences)")
+    gradients = {"requested": config.gradients, "source": "smoothing",
+                 "reason": "--smoothing: J_sigma from Gaussian draws by Stein's identity (queries only)"}
+    scale = None if points.to_input is None or pre is None else pre.jacobian_diag(model.sample_shape)
+    return Calibration(kind, kind_source, logp, Plan("smoothed", pairs, 0, 0), step, 0, None, (), None, gradients,
+                       scale, points.sigmas, points.smoothing)
+
+
 # ------------------------------------------------------------------ stage 4: one sample
 @dataclass(frozen=True)
 class SampleOutcome:
@@ -524,6 +630,8 @@ def estimate_sample(
     Depends on nothing mutable across samples; ``learnt_basis`` (rows orthonormal) is the
     only input from earlier samples, required when ``needs_learnt_basis``.
     """
+    if calib.smoothing_sigmas is not None:
+        return _estimate_smoothed(oracle, config, calib, index, x, label)
     chosen, step = calib.plan, calib.step
     rng = np.random.default_rng([config.seed, 3, index])
     logp0 = calib.logp[index]
@@ -571,6 +679,26 @@ def estimate_sample(
         probes=est.probes,
         top_eigenvalues=est.top_eigenvalues,
         kl_ratio=kl_ratio,
+    )
+    return SampleOutcome(result, est.direction)
+
+
+def _estimate_smoothed(oracle: LogProbOracle, config: ScanConfig, calib: Calibration, index: int, x: np.ndarray,
+                       label: int | None) -> SampleOutcome:
+    """F_sigma at sample ``index``: draws from the stream [seed, SMOOTH_STREAM, index], so independent of the others."""
+    sigma = float(calib.smoothing_sigmas[index])
+    logp0 = calib.logp[index]
+    est: SmoothedEstimate = smoothed_fisher(oracle, x, sigma, 2 * calib.plan.k, (config.seed, SMOOTH_STREAM, index),
+                                            block=oracle.model.max_batch, direction=bool(config.save_direction))
+    spent = est.queries + 1  # + the centre query made in calibration
+    if spent > config.budget:  # a planning bug, never a user error
+        raise AssertionError(f"sample {index} spent {spent} queries over the budget {config.budget}")
+    result = SampleResult(
+        index=index, label=label, predicted=int(np.argmax(logp0)), lambda_max=est.lambda_max,
+        lambda_max_ci=est.lambda_max_ci, trace=est.trace, trace_se=est.trace_se, trace_ci=est.trace_ci,
+        trace_method=f"smoothed: U-statistic over {est.draws} antithetic pairs, jackknife interval", lower_bound=None,
+        queries=spent, method="smoothed", probes=est.draws, top_eigenvalues=est.top_eigenvalues,
+        smoothed=est.to_dict(),
     )
     return SampleOutcome(result, est.direction)
 
@@ -716,6 +844,17 @@ def assemble(
     gap = lower_estimate_gap_note(samples, d)
     if gap:
         notes.append(gap)
+    smoothed = None
+    if points.smoothing_record is not None:
+        notes.insert(0, smoothing_note(points.smoothing_record, calib.plan.k))
+        wide = smoothing_width_note(samples, d, calib.plan.k)
+        if wide:
+            notes.append(wide)
+        smoothed = dict(points.smoothing_record) | {
+            "draws": calib.plan.k,
+            "lambda_max": Stats.of([s.lambda_max for s in samples]).to_dict(),
+            "trace": Stats.of([s.trace for s in samples]).to_dict(),
+        }
     summary = Summary(
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),
@@ -727,6 +866,7 @@ def assemble(
         seconds=seconds,
         runtime_fraction=(model.run_seconds + _graph_seconds(calib)) / seconds if seconds > 0 else None,
         surrogate=surrogate,
+        smoothed=smoothed,
     )
     info = model.info
     model_dict = {

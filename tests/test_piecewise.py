@@ -324,3 +324,20 @@ def test_a_smooth_path_beside_a_rounding_is_partly_piecewise():
     assert info is not None and not info.complete and dict(info.ops) == {"Round": 1}
     assert info.note().startswith("partly piecewise-constant model (Round x1)")
     assert "on some paths" in info.reason
+
+
+def test_smoothed_scan_of_a_piecewise_model_is_what_the_policy_reads(tmp_path):
+    """--smoothing on a binarized net: lambda_max is F_sigma's (kept), fisher.* stay not applicable and
+    fisher_smoothed.* read summary.smoothed."""
+    from fimaudit.audit import AuditResult, Section
+    from fimaudit.policy import Policy, evaluate, parse_check
+
+    path = save(sign_mlp(np.random.default_rng(0)), tmp_path / "sign.onnx")
+    rep = _json(["scan", path, "--samples", 3, "--input-range", "-1,1", "--smoothing", "0.5", "--budget", "400"])
+    assert rep["piecewise"]["complete"] and "smoothed" in rep["piecewise"]["reported"]
+    assert all(s["lambda_max"] is not None and s["lambda_max"] > 0 for s in rep["samples"])
+    wrapped = AuditResult(rep["model"], rep["config"], (Section("scan", "ok", None, rep),))
+    out = evaluate(Policy("p", (parse_check("fisher.lambda_max.median <= 1e9"),
+                                parse_check("fisher_smoothed.lambda_max.median <= 1e9")), {}), wrapped)
+    assert not out[0].passed and out[0].reason.startswith("not applicable: piecewise-constant model (ops Sign x1)")
+    assert out[1].passed and out[1].value == rep["summary"]["smoothed"]["lambda_max"]["median"]

@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, _gradients_text, piecewise_fact, preprocess_line, summary_rows
+from .terminal import (_dither_text, _fmt, _gradients_text, cap, piecewise_fact, preprocess_line, smoothing_label,
+                        smoothing_text, summary_rows)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
@@ -77,6 +78,8 @@ def render_html(result: ScanResult) -> str:
     ]
     if result.piecewise:
         facts.insert(0, ("piecewise-constant", piecewise_fact(result.piecewise, s)))
+    if s.smoothed:
+        facts.insert(3, ("smoothing", smoothing_text(s)))
     b = result.bound
     if b is not None:
         facts.append(("closed-form bound", f"lambda_max <= {_fmt(b['fim_upper'])}"
@@ -93,7 +96,8 @@ def render_html(result: ScanResult) -> str:
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>fimaudit scan: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
         f"<h1>fimaudit scan</h1><p><code>{e(m['path'])}</code></p>"
-        "<h2>Input-space Fisher information</h2><table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
+        f"<h2>{e(cap(smoothing_label(s) or 'input-space Fisher information'))}</h2>"
+        "<table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
         f"<th>p90</th><th>max</th><th>n</th></tr>{''.join(rows)}</table>"
         "<table>" + "".join(f"<tr><th class=l>{e(k)}</th><td class=l>{e(v)}</td></tr>" for k, v in facts) + "</table>"
         f"{notes}<h2>lambda_max per sample</h2>{_histogram_svg([x.lambda_max for x in result.samples])}"

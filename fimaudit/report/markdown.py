@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..result import ScanResult
-from .terminal import _dither_text, _fmt, _gradients_text, piecewise_fact, preprocess_line, summary_rows
+from .terminal import (_dither_text, _fmt, _gradients_text, cap, piecewise_fact, preprocess_line, smoothing_label,
+                        smoothing_text, summary_rows)
 
 
 def render_markdown(result: ScanResult) -> str:
@@ -20,6 +21,7 @@ def render_markdown(result: ScanResult) -> str:
         f"- units: {result.units.get('description', '')}",
         f"- preprocess: {preprocess_line(cfg) or '-'}",
         f"- dither: {_dither_text(result.run.dither_used)}",
+        *([f"- smoothing: {smoothing_text(s)}"] if s.smoothed else []),
         f"- gradients: {_gradients_text(result.run.gradients_used, result.run.cross_check_result)}",
         f"- accuracy: {'-' if s.accuracy is None else f'{100 * s.accuracy:.1f}%'}",
         f"- queries: {s.queries_total}; provider {result.runtime.get('provider')}; {s.seconds:.2f} s",
@@ -28,6 +30,7 @@ def render_markdown(result: ScanResult) -> str:
         lines.append(f"- piecewise-constant: {piecewise_fact(result.piecewise, s)}")
     lines += [
         "",
+        *([f"## {cap(smoothing_label(s))}", ""] if s.smoothed else []),
         "| quantity | mean | median | p90 | max | n |",
         "|---|---:|---:|---:|---:|---:|",
     ]

@@ -32,13 +32,41 @@ def preprocess_line(cfg: dict) -> str | None:
 def _dither_text(d: dict | None) -> str:
     """Where F was evaluated: x, or x + sigma xi and why."""
     if not d or not d.get("sigma"):
-        return "none: F at the samples themselves"
+        return d["reason"] if d and d.get("reason") else "none: F at the samples themselves"
     how = "automatic: exact input ties" if d.get("source") == "auto" else "set by --dither"
     return f"sigma = {_fmt(d['sigma'])} ({how}); F at x + sigma*xi"
 
 
+def smoothing_label(s) -> str | None:
+    """The heading of a smoothed scan's numbers, "smoothed Fisher F_sigma (sigma = ...)"; None for pointwise F."""
+    sm = getattr(s, "smoothed", None)
+    if not sm:
+        return None
+    how = "set by --smoothing" if sm.get("source") == "user" else "automatic"
+    median = "" if sm.get("source") == "user" else "median "
+    return f"smoothed Fisher F_sigma (sigma = {median}{_fmt(sm.get('sigma'))} {sm.get('units', '')} units, {how})"
+
+
+def cap(text: str) -> str:
+    """First letter upper case, the rest as written (symbols such as F_sigma keep their case)."""
+    return text[:1].upper() + text[1:]
+
+
+def smoothing_text(s) -> str:
+    """The smoothing fact line: what was computed and how many draws."""
+    sm = getattr(s, "smoothed", None)
+    if not sm:
+        return "none: the pointwise F"
+    return (f"{smoothing_label(s)}: Fisher information of p_sigma(x), the mean of p(x + sigma*eps) over eps ~ N(0, I), "
+            f"{sm.get('draws')} antithetic Gaussian pairs per sample (Stein's identity, U-statistic over distinct "
+            "draws), 95% jackknife intervals"
+            + (f"; rule: {sm['rule']}" if sm.get("source") == "auto" and sm.get("rule") else ""))
+
+
 def _gradients_text(g: dict | None, cross: dict | None = None) -> str:
     """Which Jacobian source the scan used, the self-check's figures or why the graph was refused."""
+    if g and g.get("source") == "smoothing":
+        return str(g.get("reason"))
     if not g or g.get("source") != "graph":
         return "finite differences (black-box)" + (f": {g['reason']}" if g and g.get("reason") else "")
     c = g.get("check") or {}
@@ -65,7 +93,8 @@ def _gradients_text(g: dict | None, cross: dict | None = None) -> str:
 
 def summary_rows(s) -> list[tuple[str, Stats]]:
     """The summary's quantities with their display names; lower bounds only when measured."""
-    rows: list[tuple[str, Stats]] = [("lambda_max(F)", s.lambda_max), ("trace(F)", s.trace)]
+    f = "F_sigma" if getattr(s, "smoothed", None) else "F"
+    rows: list[tuple[str, Stats]] = [(f"lambda_max({f})", s.lambda_max), (f"trace({f})", s.trace)]
     if s.lower_bound.count:
         rows.append(("certified lower bound", s.lower_bound))
     if s.lower_estimate.count:
@@ -89,7 +118,9 @@ def piecewise_fact(piecewise: dict, s) -> str:
 
 def summary_table(result: ScanResult) -> Table:
     s = result.summary
-    table = Table(title=f"Input-space Fisher information ({result.units.get('space', 'input')} units)", title_justify="left")
+    label = smoothing_label(s)
+    title = cap(label) if label else f"Input-space Fisher information ({result.units.get('space', 'input')} units)"
+    table = Table(title=title, title_justify="left")
     table.add_column("quantity")
     for col in ("mean", "median", "p90", "max"):
         table.add_column(col, justify="right")
@@ -108,18 +139,22 @@ def render_to_console(result: ScanResult, console: Console) -> None:
         ("input", f"{m['input']['name']} {m['input']['sample_shape']} {m['input']['dtype']}, d = {m['input']['d']}"),
         ("output", f"{m['output']['name']}: {m['output']['kind']} ({m['output']['kind_source']}), {m['output']['classes']} classes"),
         ("samples", f"{len(result.samples)} from {result.run.data_source}"),
-        ("method", f"{result.run.method_used} ({result.run.probes_per_sample} probes per sample"
+        ("method", f"{result.run.method_used} ({result.run.probes_per_sample} "
+         + ("antithetic pairs" if s.smoothed else "probes") + " per sample"
          + (f", {cfg.get('probes')} probes" if result.run.method_used == "sketch" else "") + ")"),
         ("accuracy", "-" if s.accuracy is None else f"{100 * s.accuracy:.1f}%"),
         ("queries", f"{s.queries_total} total, budget {cfg.get('budget')} per sample, {s.calibration_queries} for the step check"),
         ("fd step", f"h = {result.finite_differences.get('h', float('nan')):.3g} "
          f"(h vs h/2 discrepancy {_fmt(result.finite_differences.get('h_vs_half_h_relative_discrepancy'))})"),
         ("dither", _dither_text(result.run.dither_used)),
+        ("smoothing", smoothing_text(s)),
         ("gradients", _gradients_text(result.run.gradients_used, result.run.cross_check_result)),
         ("provider", str(result.runtime.get("provider"))),
         ("seconds", f"{s.seconds:.2f}" + ("" if s.runtime_fraction is None else f" ({100 * s.runtime_fraction:.0f}% inside onnxruntime)")),
         ("units", result.units.get("description", "")),
     ]
+    # a smoothed scan makes no finite differences; a pointwise one has no smoothing line
+    facts = [f for f in facts if f[0] != ("fd step" if s.smoothed else "smoothing")]
     if preprocess_line(cfg):
         facts.insert(4, ("preprocess", preprocess_line(cfg)))
     if result.piecewise:
