@@ -613,7 +613,7 @@ def attack_cmd(
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
     attack: str = typer.Option(
         "pgd", "--attack", metavar="ATTACK",
-        help="fgsm | bim | pgd | square (black-box) | rays (decision-based: the predicted class only; linf) | "
+        help="fgsm | bim | pgd | square (black-box) | rays (linf) | hsja (l2) (decision-based: the predicted class only) | "
         "pgd-wb | apgd (white-box: exact gradients from the model's gradient graph, with Square run beside it for "
         "sanity flags) | transfer (APGD on --surrogate's gradients, every step judged on the model).",
     ),

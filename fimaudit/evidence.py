@@ -178,7 +178,7 @@ def _merge_outcomes(rows: list[list[dict]], eps: float, k: int, norm: str) -> At
 
 
 GRADIENTS_FOR = {"whitebox": ("auto", "graph"), "blackbox": ("auto", "fd", "zo"), "square": ("auto",)}
-SCORELESS = ("square", "rays")  # attacks that take no gradients at all (scores or decisions only)
+SCORELESS = ("square", "rays", "hsja")  # attacks that take no gradients at all (scores or decisions only)
 
 
 def check_gradients(attack: str, gradients: str) -> None:
@@ -195,7 +195,7 @@ def check_gradients(attack: str, gradients: str) -> None:
                           f"--gradients {gradients}")
     if use == "square":
         what = "Square uses no gradients, only scores" if attack == "square" else \
-            "RayS uses no gradients, only the predicted class"
+            f"{'RayS' if attack == 'rays' else 'HopSkipJump'} uses no gradients, only the predicted class"
         raise ConfigError(f"--gradients {gradients} does not apply to --attack {attack}: {what} (leave --gradients "
                           "at auto)")
     raise ConfigError(f"--gradients {gradients} does not apply to --attack {attack} (auto | fd | zo): for exact "

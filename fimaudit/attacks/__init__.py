@@ -1,16 +1,16 @@
-"""Attacks: black-box (FGSM, BIM, PGD, Square) and decision-based (RayS) through the query oracle, white-box
-(PGD, APGD, minimal-norm) from exact gradients, transfer (APGD on a surrogate's gradients, judged on the model)."""
+"""Attacks: black-box (FGSM, BIM, PGD, Square) and decision-based (RayS, HopSkipJump) through the query oracle,
+white-box (PGD, APGD, minimal-norm) from exact gradients, transfer (APGD on a surrogate's gradients, judged on the model)."""
 
 from ..errors import ConfigError
 from .base import NORMS, Attack, AttackOutcome, RowRng, margins, project
-from .decision import RayS, rays_search
+from .decision import HopSkipJump, RayS, rays_search
 from .gradient import BIM, FGSM, PGD, GradientAttack
 from .square import Square
 from .transfer import Transfer
 from .whitebox import APGD, GradientOracle, WhiteBoxAttack, WhiteBoxPGD, minimal_distance, sanity_flags
 
-ATTACKS = {"fgsm": FGSM, "bim": BIM, "pgd": PGD, "square": Square, "rays": RayS, "pgd-wb": WhiteBoxPGD, "apgd": APGD,
-           "transfer": Transfer}
+ATTACKS = {"fgsm": FGSM, "bim": BIM, "pgd": PGD, "square": Square, "rays": RayS, "hsja": HopSkipJump,
+           "pgd-wb": WhiteBoxPGD, "apgd": APGD, "transfer": Transfer}
 WHITEBOX = ("pgd-wb", "apgd")
 
 
@@ -20,6 +20,8 @@ def make_attack(name: str, **kw) -> Attack:
     cls = ATTACKS[name]
     if cls in (Square, RayS):
         kw = {k: v for k, v in kw.items() if k == "channel_axis"}
+    elif cls is HopSkipJump:  # isotropic probes and steps: no layout
+        kw = {}
     elif cls is Transfer:
         kw = {k: v for k, v in kw.items() if k in ("surrogate", "steps", "loss", "restarts")}
     elif issubclass(cls, WhiteBoxAttack):
@@ -31,4 +33,4 @@ def make_attack(name: str, **kw) -> Attack:
 
 __all__ = ["ATTACKS", "WHITEBOX", "APGD", "WhiteBoxPGD", "WhiteBoxAttack", "GradientOracle", "minimal_distance",
            "sanity_flags", "NORMS", "Attack", "AttackOutcome", "RowRng", "BIM", "FGSM", "PGD", "Square", "GradientAttack",
-           "make_attack", "margins", "project", "RayS", "rays_search", "Transfer"]
+           "make_attack", "margins", "project", "RayS", "rays_search", "HopSkipJump", "Transfer"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Attack, Budget, rows_of
+from .base import Attack, Budget, row_of, rows_of
 
 CHECK, SEARCH = 0, 1
 
@@ -131,3 +131,119 @@ class RayS(Attack):
         # the best ray's point inside the ball: adversarial where the radius is at most eps
         r = np.minimum(radius, eps).reshape((-1,) + (1,) * (x.ndim - 1))
         return np.clip(x + r * dirs, *bounds)
+
+
+# ------------------------------------------------------------------ HopSkipJump (L2)
+class HopSkipJump(Attack):
+    """HopSkipJumpAttack (Chen, Jordan & Wainwright 2020), untargeted L2, from the predicted class only.
+
+    Per sample: a uniform random point of the input box that is misclassified starts the search
+    (up to ``init_tries`` draws); then each iteration t (1) binary-searches the segment from x to the
+    current adversarial point for the boundary (the blend at distance eps is probed first; the
+    search stops when the bracket is within ``rtol`` of its upper end), (2) estimates the boundary's
+    normal at that point from ``probes * sqrt(t)`` decisions at x_b + delta u_b (u_b uniform on the
+    sphere, delta = ||x_b - x|| / d, the paper's sqrt(d) theta dist with theta = d^(-3/2)), with the
+    mean decision subtracted as a baseline, and (3) steps along it by ||x_b - x|| / sqrt(t), halved
+    until the point is adversarial (the geometric step search). A sample stops once its boundary
+    point lies within eps. Samples run one after another, each from its own stream, so the batch
+    changes nothing; every decision is one counted query.
+    """
+
+    name = "hsja"
+    norms = ("l2",)
+
+    def __init__(self, probes: int = 100, init_tries: int = 100, rtol: float = 1e-3, halvings: int = 30) -> None:
+        self.probes = int(probes)
+        self.init_tries = int(init_tries)
+        self.rtol = float(rtol)
+        self.halvings = int(halvings)
+
+    def run(self, oracle, x, y, eps, norm, bounds, rng, acct: Budget, active: np.ndarray) -> np.ndarray:
+        x_adv = x.copy()
+        for i in np.flatnonzero(active):
+            point = self._one(oracle, x[i], int(y[i]), float(eps), bounds, row_of(rng, int(i)), acct, int(i))
+            if point is not None:
+                x_adv[i] = point
+        return x_adv
+
+    def _one(self, oracle, x0: np.ndarray, label: int, eps: float, bounds, gen, acct: Budget, i: int):
+        """One sample's attack; the adversarial point closest to x0 found (None if none)."""
+        lo_b, hi_b = bounds
+        shape = x0.shape
+        d = x0.size
+        flat = x0.reshape(-1)
+        me = np.array([i])
+
+        def decide(rows: np.ndarray) -> np.ndarray:
+            """Misclassified or not, for as many rows as the budget pays (the first ones)."""
+            rows = rows[: max(int(acct.left(me)[0]), 0)]
+            if len(rows) == 0:
+                return np.zeros(0, dtype=bool)
+            pred = np.argmax(oracle.logp(rows.reshape((-1,) + shape)), axis=1)
+            acct.spend(me, len(rows))
+            return pred != label
+
+        adv = None
+        for _ in range(self.init_tries):
+            cand = gen.uniform(lo_b, hi_b, size=(1, d))
+            got = decide(cand)
+            if got.size == 0:
+                return None
+            if got[0]:
+                adv = cand[0]
+                break
+        if adv is None:
+            return None
+        best, best_dist = None, np.inf
+        t = 0
+        while acct.left(me)[0] >= 1:
+            t += 1
+            # (1) the boundary on the segment x0 -> adv: blends a in (lo, hi], hi adversarial
+            span = float(np.linalg.norm(adv - flat))
+            a_lo, a_hi = 0.0, 1.0
+            a_eps = eps / span if span > 0 else 1.0
+            while a_hi - a_lo > self.rtol * a_hi:
+                a = a_eps if a_lo < a_eps < a_hi else 0.5 * (a_lo + a_hi)
+                got = decide(((1 - a) * flat + a * adv)[None])
+                if got.size == 0:
+                    break
+                if got[0]:
+                    a_hi = a
+                else:
+                    a_lo = a
+                if a_hi * span <= eps:
+                    break
+            xb = (1 - a_hi) * flat + a_hi * adv
+            dist = a_hi * span
+            if dist < best_dist:
+                best, best_dist = xb, dist
+            if best_dist <= eps or acct.left(me)[0] < 2:
+                break
+            # (2) the boundary's normal from decisions around xb
+            m = int(min(self.probes * np.sqrt(t), acct.left(me)[0] - 1))
+            u = gen.standard_normal((m, d))
+            u /= np.linalg.norm(u, axis=1, keepdims=True)
+            delta = dist / d
+            phi = np.where(decide(np.clip(xb + delta * u, lo_b, hi_b)), 1.0, -1.0)
+            if phi.size < m:
+                break
+            centred = phi - phi.mean() if abs(phi.mean()) < 1 else phi
+            v = centred @ u
+            nv = float(np.linalg.norm(v))
+            if nv == 0:
+                break
+            v /= nv
+            # (3) geometric step: halve until the point is adversarial
+            xi = dist / np.sqrt(t)
+            moved = None
+            for _ in range(self.halvings):
+                cand = np.clip(xb + xi * v, lo_b, hi_b)
+                got = decide(cand[None])
+                if got.size == 0:
+                    break
+                if got[0]:
+                    moved = cand
+                    break
+                xi /= 2
+            adv = moved if moved is not None else xb
+        return None if best is None else best.reshape(shape)
