@@ -81,13 +81,14 @@ def case(both):
 
 
 def test_rays_radius_converges_to_the_closed_form(case):
-    """Run to the budget (eps 0): the radius found is the exact L-inf distance, never below it."""
+    """Run to the budget (eps 0): the radius found is the exact L-inf distance to the binary search's 1% (measured
+    0.07-1.0% above it with the default rtol 1e-2), never below it."""
     path, oracle, x, y, dist = case
     acct = Budget(len(x), 2000)
     radius, dirs = rays_search(oracle, x, y, 0.0, BOUNDS, RowRng.seeded(0, range(len(x)), 0), acct,
                                np.ones(len(x), dtype=bool))
     assert np.all(radius >= dist * (1 - 1e-5)), radius / dist  # nothing closer exists
-    assert np.all(radius <= dist * (1 + 2e-3)), radius / dist
+    assert np.all(radius <= dist * (1 + 1.1e-2)), radius / dist
     assert np.all(acct.used <= 2000)
     recheck(path, x, x + radius[:, None] * dirs, y, np.ones(len(x), bool), float(radius.max()) * (1 + 1e-12))
 
