@@ -270,7 +270,7 @@ def test_make_attack_builds_the_gradient_free_attacks():
 
 
 # ----------------------------------------------------------------------------- NHWC
-def test_rays_gives_the_same_attack_in_either_layout(tmp_path):
+def test_decision_attacks_give_the_same_attack_in_either_layout(tmp_path):
     """A binarized conv net and its Transpose-front NHWC twin: same seed, same per-sample outcome and points."""
     rng = np.random.default_rng(9)
     c, h, w, k = 2, 5, 5, 3
@@ -300,3 +300,13 @@ def test_rays_gives_the_same_attack_in_either_layout(tmp_path):
     assert np.array_equal(out_a.x_adv.transpose(0, 2, 3, 1), out_b.x_adv)
     recheck(nchw, xa, out_a.x_adv, y, out_a.success, 0.05)
     recheck(nhwc, xa.transpose(0, 2, 3, 1), out_b.x_adv, y, out_b.success, 0.05)
+    # HopSkipJump draws its random points and probes channels first: the same attack in either layout
+    common = dict(attack="hsja", norm="l2", eps=(0.2, 0.5), budget=300, seed=3)
+    a = run_attack(AttackConfig(model=str(nchw), data=str(tmp_path / "a.npz"), **common)).to_dict()
+    b = run_attack(AttackConfig(model=str(nhwc), data=str(tmp_path / "b.npz"), **common)).to_dict()
+    for ra, rb in zip(a["results"], b["results"]):
+        assert [s["success"] for s in ra["samples"]] == [s["success"] for s in rb["samples"]]
+        assert [s["queries"] for s in ra["samples"]] == [s["queries"] for s in rb["samples"]]
+        assert np.allclose([s["perturbation_norm"] for s in ra["samples"]],
+                           [s["perturbation_norm"] for s in rb["samples"]], rtol=1e-9)
+    assert 0 < a["results"][0]["robust_accuracy"] < 1 or 0 < a["results"][1]["robust_accuracy"] < 1

@@ -18,10 +18,8 @@ def make_attack(name: str, **kw) -> Attack:
     if name not in ATTACKS:
         raise ConfigError(f"--attack must be one of {', '.join(ATTACKS)}, not '{name}'")
     cls = ATTACKS[name]
-    if cls in (Square, RayS):
+    if cls in (Square, RayS, HopSkipJump):
         kw = {k: v for k, v in kw.items() if k == "channel_axis"}
-    elif cls is HopSkipJump:  # isotropic probes and steps: no layout
-        kw = {}
     elif cls is Transfer:
         kw = {k: v for k, v in kw.items() if k in ("surrogate", "steps", "loss", "restarts")}
     elif issubclass(cls, WhiteBoxAttack):

@@ -146,13 +146,16 @@ class HopSkipJump(Attack):
     mean decision subtracted as a baseline, and (3) steps along it by ||x_b - x|| / sqrt(t), halved
     until the point is adversarial (the geometric step search). A sample stops once its boundary
     point lies within eps. Samples run one after another, each from its own stream, so the batch
-    changes nothing; every decision is one counted query.
+    changes nothing; every decision is one counted query. Random points and probes are drawn
+    channels first (``channel_axis``), so NCHW and NHWC inputs get the same draws.
     """
 
     name = "hsja"
     norms = ("l2",)
 
-    def __init__(self, probes: int = 100, init_tries: int = 100, rtol: float = 1e-3, halvings: int = 30) -> None:
+    def __init__(self, channel_axis: int = 0, probes: int = 100, init_tries: int = 100, rtol: float = 1e-3,
+                 halvings: int = 30) -> None:
+        self.channel_axis = int(channel_axis)
         self.probes = int(probes)
         self.init_tries = int(init_tries)
         self.rtol = float(rtol)
@@ -173,6 +176,13 @@ class HopSkipJump(Attack):
         d = x0.size
         flat = x0.reshape(-1)
         me = np.array([i])
+        canon, ca = _canonical(tuple(shape), self.channel_axis)
+
+        def draw(rows: np.ndarray) -> np.ndarray:
+            """Rows drawn in channels-first order -> the model's flat order."""
+            if not ca:
+                return rows
+            return np.moveaxis(rows.reshape((-1,) + canon), 1, 1 + ca).reshape(len(rows), -1)
 
         def decide(rows: np.ndarray) -> np.ndarray:
             """Misclassified or not, for as many rows as the budget pays (the first ones)."""
@@ -185,7 +195,7 @@ class HopSkipJump(Attack):
 
         adv = None
         for _ in range(self.init_tries):
-            cand = gen.uniform(lo_b, hi_b, size=(1, d))
+            cand = draw(gen.uniform(lo_b, hi_b, size=(1, d)))
             got = decide(cand)
             if got.size == 0:
                 return None
@@ -221,7 +231,7 @@ class HopSkipJump(Attack):
                 break
             # (2) the boundary's normal from decisions around xb
             m = int(min(self.probes * np.sqrt(t), acct.left(me)[0] - 1))
-            u = gen.standard_normal((m, d))
+            u = draw(gen.standard_normal((m, d)))
             u /= np.linalg.norm(u, axis=1, keepdims=True)
             delta = dist / d
             phi = np.where(decide(np.clip(xb + delta * u, lo_b, hi_b)), 1.0, -1.0)
