@@ -229,7 +229,7 @@ class WhiteBoxAttack(Attack):
             start = "random" if r > 0 or self.schedule == "pgd" else "clean"
             xb, mb, used = gradient_ascent(oracle, x[todo], y[todo], eps_arr, norm, bounds, rows_of(rng, todo),
                                            self.steps, self.loss, self.schedule, start)
-            acct.spend(todo, int(np.ceil(used.sum() / todo.size)))  # charged as before: the batch mean (per-row counts are in used)
+            acct.spend(todo, int(np.ceil(used.sum() / todo.size)))  # as before: the batch mean of the rows
             better = mb < best_m[todo]
             x_adv[todo[better]] = xb[better]
             best_m[todo[better]] = mb[better]
