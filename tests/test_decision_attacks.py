@@ -310,3 +310,18 @@ def test_decision_attacks_give_the_same_attack_in_either_layout(tmp_path):
         assert np.allclose([s["perturbation_norm"] for s in ra["samples"]],
                            [s["perturbation_norm"] for s in rb["samples"]], rtol=1e-9)
     assert 0 < a["results"][0]["robust_accuracy"] < 1 or 0 < a["results"][1]["robust_accuracy"] < 1
+
+
+def test_audit_runs_the_gradient_free_attacks_whatever_its_gradients(binarized):
+    """A policy may list rays beside pgd with gradients fd: rays takes no gradients, so it runs (auto) anyway."""
+    from fimaudit.audit import AuditConfig, run_audit
+
+    tmp, real, twin, x, y = binarized
+    res = run_audit(AuditConfig(model=str(real), data=str(tmp / "d.npz"), samples=6, eps=(0.1,), budget=200,
+                                attacks=("square", "rays"), gradients="fd", whitebox=False,
+                                sections=("attacks",))).to_dict()
+    section = next(s for s in res["sections"] if s["name"] == "attacks")
+    assert section["status"] == "ok", section["reason"]
+    runs = section["data"]["runs"]
+    assert [r["config"]["attack"] for r in runs] == ["square", "rays"]
+    assert all(r["config"]["gradients"] == "auto" for r in runs)
