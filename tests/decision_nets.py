@@ -54,3 +54,17 @@ def binarized_conv(kern, kb, w, b, in_shape, path: Path, nhwc: bool = False) -> 
         shape = in_shape
     inits = [_f32("K", kern), _f32("kb", kb), _f32("W", w), _f32("b", b)]
     return _save(nodes, inits, shape, w.shape[0], path)
+
+
+def quantized_mlp(w1, b1, w2, b2, path: Path, step: float | None = 1 / 16) -> Path:
+    """z = W2 ReLU(W1 q(x) + b1) + b2 with the input quantized to uint8 multiples of ``step`` (QuantizeLinear then
+    DequantizeLinear, as INT8 exports do); ``step`` None: the float twin (the QDQ pair removed)."""
+    qdq = [] if step is None else [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+                                   helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"])]
+    first = "x" if step is None else "xd"
+    nodes = [*qdq, helper.make_node("Gemm", [first, "W1", "b1"], ["a"], transB=1),
+             helper.make_node("Relu", ["a"], ["h"]), helper.make_node("Gemm", ["h", "W2", "b2"], ["z"], transB=1)]
+    inits = [_f32("W1", w1), _f32("b1", b1), _f32("W2", w2), _f32("b2", b2)]
+    if step is not None:
+        inits += [_f32("s", step), numpy_helper.from_array(np.array(0, dtype=np.uint8), "zp")]
+    return _save(nodes, inits, (w1.shape[1],), w2.shape[0], path)

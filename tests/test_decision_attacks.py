@@ -325,3 +325,28 @@ def test_audit_runs_the_gradient_free_attacks_whatever_its_gradients(binarized):
     runs = section["data"]["runs"]
     assert [r["config"]["attack"] for r in runs] == ["square", "rays"]
     assert all(r["config"]["gradients"] == "auto" for r in runs)
+
+
+def test_transfer_and_rays_break_an_input_quantized_net_where_apgd_cannot(tmp_path):
+    """INT8-style input quantization (QuantizeLinear/DequantizeLinear, step 1/16) before a ReLU MLP: the gradient
+    graph's derivative is zero everywhere; the float twin (QDQ removed) is the surrogate."""
+    rng = np.random.default_rng(11)
+    d, h, k = 20, 32, 3
+    w1, b1 = rng.standard_normal((h, d)), rng.standard_normal(h) * 0.5
+    w2, b2 = rng.standard_normal((k, h)) / 4, np.zeros(k)
+    real = D.quantized_mlp(w1, b1, w2, b2, tmp_path / "q.onnx")
+    twin = D.quantized_mlp(w1, b1, w2, b2, tmp_path / "qf.onnx", step=None)
+    x = rng.uniform(0, 1, size=(30, d)).astype(np.float32)
+    y = np.argmax(ort.InferenceSession(str(real), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0], axis=1)
+    np.savez(tmp_path / "q.npz", x=x, y=y)
+    base = dict(model=str(real), data=str(tmp_path / "q.npz"), eps=(0.1,))
+    apgd = run_attack(AttackConfig(**base, attack="apgd")).to_dict()["results"][0]
+    assert apgd["robust_accuracy"] == 1.0 and len(apgd["sanity"]["zero_gradient"]) == len(x)
+    model = load_model(real)
+    oracle = LogProbOracle(model, "logits")
+    sm = load_model(twin)
+    sur, _ = gradient_oracle(sm, LogProbOracle(sm, "logits"), "logits", IDENTITY, x.astype(np.float64), "graph", 0)
+    xs = x.astype(np.float64)
+    for attack in (Transfer(surrogate=sur), RayS()):
+        out = attack(oracle, xs, y, 0.1, "linf", (0.0, 1.0), RowRng.seeded(0, range(len(x)), 0), 2000)
+        assert recheck(real, xs, out.x_adv, y, out.success, 0.1) >= len(x) // 2, (attack.name, out.success.sum())
