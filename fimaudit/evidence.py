@@ -217,6 +217,15 @@ def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
+def surrogate_flat_at(surrogate, x: np.ndarray, y: np.ndarray) -> int:
+    """How many samples the surrogate's cross-entropy gradient is exactly zero at (its rows count as its work)."""
+    from .attacks.whitebox import loss_and_weights
+
+    _, u = loss_and_weights(surrogate.logp(x), y, "ce")
+    g = surrogate.vjp_at(x, u).reshape(len(x), -1)
+    return int(np.sum(~np.any(g != 0, axis=1)))
+
+
 def surrogate_oracle(cfg: AttackConfig, model, pre: Preprocess, x: np.ndarray):
     """The surrogate's attack-space gradient oracle for ``--attack transfer`` and its record for the report.
 
@@ -276,6 +285,10 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
     surrogate = None
     if cfg.attack == "transfer":
         surrogate, gradients = surrogate_oracle(cfg, model, pre, x)
+        flat = surrogate_flat_at(surrogate, x, y)
+        if flat:
+            notes.append(f"the surrogate's gradient is zero at {flat} of {len(x)} samples: it cannot guide the "
+                         "attack there (a piecewise-constant surrogate? use a smooth twin, e.g. Sign -> Tanh)")
     attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.gradients, loss=cfg.loss, restarts=cfg.restarts,
                          channel_axis=pre.channel_axis, surrogate=surrogate)
     if cfg.attack in WHITEBOX:

@@ -251,6 +251,10 @@ def test_transfer_through_run_attack_and_the_cli(binarized):
     assert by_path["results"][0]["samples"] == by_proto["results"][0]["samples"]
     assert by_proto["config"]["surrogate"] == "onnx.ModelProto (in memory)"
     assert by_path["gradients"]["surrogate"]["rows"] > 0
+    assert not any("surrogate's gradient is zero" in n for n in by_path["notes"])
+    flat = run_attack(AttackConfig(**base, attack="transfer", surrogate=str(real))).to_dict()
+    assert any(f"surrogate's gradient is zero at {len(x)} of {len(x)}" in n for n in flat["notes"])
+    assert flat["results"][0]["robust_accuracy"] == 1.0
     r = by_path["results"][0]
     assert r["robust_accuracy"] <= 0.5 and r["queries_max_per_sample"] <= 2000
     apgd = run_attack(AttackConfig(**base, attack="apgd")).to_dict()["results"][0]
