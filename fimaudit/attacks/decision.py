@@ -5,9 +5,9 @@ g(s) = min {r : argmax f(clip(x + r s)) != y}, and the attack minimises g over s
 sign-flip search: at level k the D coordinates (channels first, so NCHW and NHWC inputs give the
 same blocks) are cut into 2^k contiguous blocks, and flipping each block in turn gives a
 candidate. A candidate is worth a binary search only when it is adversarial at the current best
-radius (one query, the paper's key saving); the search then halves [0, r_best] (probing eps first)
-until the bracket is within ``rtol`` (1%) of its upper end. The levels restart at 0 once blocks would be
-smaller than one coordinate (empty blocks are skipped). A sample stops as soon as its radius is at most eps.
+radius (one query, the paper's key saving); the search then halves [0, r_best] (probing eps
+first) until the bracket is within ``rtol`` (1%) of its upper end. The levels restart at 0 after
+single coordinates (empty blocks are skipped). A sample stops as soon as its radius is at most eps.
 
 Works on any model, smooth or piecewise-constant (quantized, binarized): it never needs a
 derivative. Every evaluation is one counted query of one row; all samples move in lockstep, one
@@ -122,7 +122,7 @@ class RayS(Attack):
     norms = ("linf",)
 
     def __init__(self, channel_axis: int = 0, rtol: float = 1e-2) -> None:
-        """``channel_axis``: the axis of a sample holding its channels (0 NCHW, 2 NHWC); blocks are cut channels-first."""
+        """``channel_axis``: the axis of a sample holding its channels (0 NCHW, 2 NHWC); blocks are cut channels first."""
         self.channel_axis = int(channel_axis)
         self.rtol = float(rtol)
 
