@@ -21,7 +21,7 @@ from .options import ModelDataOptions
 from ._version import __version__
 from .errors import ConfigError, FimauditError
 from .certify import CertifyConfig, certify
-from .evidence import AttackConfig, run_attack, run_clever
+from .evidence import SCORELESS, AttackConfig, run_attack, run_clever
 from .graph import compute_bounds
 from .images import DataOptions, prepare
 from .model import load_model
@@ -313,7 +313,7 @@ def _attack_section(ctx: AuditContext) -> dict:
             whitebox_note = f"white-box APGD unavailable: {exc}"
     for k, name in enumerate(cfg.attacks):
         acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)),
-                         gradients=cfg.gradients_for("blackbox") if name != "square" else "auto")
+                         gradients=cfg.gradients_for("blackbox") if name not in SCORELESS else "auto")
         runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
     return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,

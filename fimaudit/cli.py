@@ -619,8 +619,14 @@ def attack_cmd(
     model: Path = typer.Argument(..., help="ONNX classifier to attack.", show_default=False),
     attack: str = typer.Option(
         "pgd", "--attack", metavar="ATTACK",
-        help="fgsm | bim | pgd | square (black-box) | pgd-wb | apgd (white-box: exact gradients from "
-        "the model's gradient graph, with Square run beside it for sanity flags).",
+        help="fgsm | bim | pgd | square (black-box) | rays (linf) | hsja (l2) (decision-based: the predicted class only) | "
+        "pgd-wb | apgd (white-box: exact gradients from the model's gradient graph, with Square run beside it for "
+        "sanity flags) | transfer (APGD on --surrogate's gradients, every step judged on the model).",
+    ),
+    surrogate: Optional[Path] = typer.Option(
+        None, "--surrogate", metavar="FILE", show_default="none",
+        help="--attack transfer: a differentiable ONNX model taking the same input (e.g. the float twin of a "
+        "quantized or binarized model); its gradients drive APGD, the model alone decides success.",
     ),
     norm: str = typer.Option("linf", "--norm", metavar="[linf|l2]", help="Norm of the radius eps."),
     eps: Optional[str] = typer.Option(None, "--eps", metavar="LIST", show_default="0.03; none with --eps-from",
@@ -659,7 +665,7 @@ def attack_cmd(
     eps_list = _floats_list(eps, "--eps") if eps is not None else (() if eps_from else (0.03,))
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=eps_list, eps_from=eps_from,
                       taus=_floats_list(taus, "--tau"), steps=steps, gradients=gradients, loss=loss, restarts=restarts,
-                      min_distance=min_distance)
+                      min_distance=min_distance, surrogate=None if surrogate is None else str(surrogate))
     result = run_attack(cfg, execution=opts.execution())
     _write_json(opts, result.to_dict())
     if not opts.quiet:

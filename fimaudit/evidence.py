@@ -52,6 +52,9 @@ class AttackConfig(ModelDataOptions):
     restarts: int = 1  # white-box attacks: random restarts after the first run
     min_distance: bool = False  # white-box attacks: also each sample's smallest adversarial L2 and L-inf distance
     eps_from: str | None = None  # --eps-from KEY: also attack each sample at its own radius (array KEY of the .npz)
+    # --attack transfer: the surrogate whose gradient graph drives APGD (an ONNX path or an onnx.ModelProto); it takes
+    # the model's input (same shape and preprocessing); success is decided on the model alone
+    surrogate: object = None
     extra: dict = field(default_factory=dict)
 
 
@@ -177,13 +180,14 @@ def _merge_outcomes(rows: list[list[dict]], eps: float, k: int, norm: str) -> At
 
 
 GRADIENTS_FOR = {"whitebox": ("auto", "graph"), "blackbox": ("auto", "fd", "zo"), "square": ("auto",)}
+SCORELESS = ("square", "rays", "hsja")  # attacks that take no gradients at all (scores or decisions only)
 
 
 def check_gradients(attack: str, gradients: str) -> None:
     """``--gradients`` values that apply to ``attack``: one line naming the alternatives otherwise."""
     from .attacks import WHITEBOX
 
-    use = "whitebox" if attack in WHITEBOX else "square" if attack == "square" else "blackbox"
+    use = "whitebox" if attack in WHITEBOX + ("transfer",) else "square" if attack in SCORELESS else "blackbox"
     allowed = GRADIENTS_FOR[use]
     if gradients in allowed:
         return
@@ -192,8 +196,10 @@ def check_gradients(attack: str, gradients: str) -> None:
                           "gradients from the gradient graph (auto | graph); for black-box gradients use --attack pgd "
                           f"--gradients {gradients}")
     if use == "square":
-        raise ConfigError(f"--gradients {gradients} does not apply to --attack square: Square uses no gradients, only "
-                          "scores (leave --gradients at auto)")
+        what = "Square uses no gradients, only scores" if attack == "square" else \
+            f"{'RayS' if attack == 'rays' else 'HopSkipJump'} uses no gradients, only the predicted class"
+        raise ConfigError(f"--gradients {gradients} does not apply to --attack {attack}: {what} (leave --gradients "
+                          "at auto)")
     raise ConfigError(f"--gradients {gradients} does not apply to --attack {attack} (auto | fd | zo): for exact "
                       "gradients from the gradient graph use --attack pgd-wb or apgd")
 
@@ -202,7 +208,59 @@ def attack_config_dict(cfg: AttackConfig) -> dict:
     """The attack's JSON config: the options an attack run uses (no ``extra``)."""
     out = asdict(cfg)
     out.pop("extra", None)
+    if out.get("surrogate") is not None and not isinstance(out["surrogate"], str):
+        out["surrogate"] = str(out["surrogate"]) if _is_path(out["surrogate"]) else "onnx.ModelProto (in memory)"
     return out
+
+
+def _is_path(value) -> bool:
+    import os
+
+    return isinstance(value, (str, os.PathLike))
+
+
+def surrogate_flat_at(surrogate, x: np.ndarray, y: np.ndarray) -> int:
+    """How many samples the surrogate's cross-entropy gradient is exactly zero at (its rows count as its work)."""
+    from .attacks.whitebox import loss_and_weights
+
+    _, u = loss_and_weights(surrogate.logp(x), y, "ce")
+    g = surrogate.vjp_at(x, u).reshape(len(x), -1)
+    return int(np.sum(~np.any(g != 0, axis=1)))
+
+
+def surrogate_oracle(cfg: AttackConfig, model, pre: Preprocess, x: np.ndarray):
+    """The surrogate's attack-space gradient oracle for ``--attack transfer`` and its record for the report.
+
+    The surrogate (a path or an ``onnx.ModelProto``) gets the model's preprocessing; its gradient graph
+    must build and pass its self-check (there is no fallback: a transfer attack is its gradients).
+    """
+    import tempfile
+    from pathlib import Path
+
+    if cfg.surrogate is None:
+        raise ConfigError("--attack transfer needs --surrogate FILE: a differentiable model taking the same input "
+                          "(e.g. the float twin of a quantized or binarized model)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = cfg.surrogate
+        if not _is_path(path):
+            import onnx
+
+            if not isinstance(path, onnx.ModelProto):
+                raise ConfigError(f"the surrogate must be an ONNX file or an onnx.ModelProto, not {type(path).__name__}")
+            path = Path(tmp) / "surrogate.onnx"
+            onnx.save(cfg.surrogate, str(path))
+        sur = load_model(path, input_name=cfg.input_name, output_name=None, input_shape=cfg.input_shape,
+                         device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
+    if tuple(sur.sample_shape) != tuple(model.sample_shape):
+        raise ConfigError(f"the surrogate takes samples of shape {list(sur.sample_shape)}, the model "
+                          f"{list(model.sample_shape)}: a surrogate must take the model's input")
+    sur_oracle, sur_kind = attack_oracle(sur, pre.mean, pre.std, "auto", x, pre.channel_axis)
+    wb, record = gradient_oracle(sur, sur_oracle, sur_kind, pre, x, "graph" if cfg.gradients == "graph" else "auto",
+                                 cfg.seed)
+    if wb is None:
+        raise ConfigError(f"--attack transfer needs the surrogate's exact gradients, but {record['reason']}")
+    return wb, {"surrogate": {"path": attack_config_dict(cfg)["surrogate"], "sha256": sur.info.sha256,
+                              "output_kind": sur_kind}} | record
 
 
 def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None,
@@ -220,14 +278,21 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
     distributed = execution is not None and execution.distributed
     if distributed:
         execution.validate()
-        if cfg.attack in WHITEBOX:
+        if cfg.attack in WHITEBOX + ("transfer",):
             raise ConfigError(f"--attack {cfg.attack} cannot run on --workers/--scheduler yet (its gradient graph is "
                               "not rebuilt per worker); run it in one process or use a black-box attack")
     check_gradients(cfg.attack, cfg.gradients)
     model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
-    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.gradients, loss=cfg.loss, restarts=cfg.restarts,
-                         channel_axis=pre.channel_axis)
     gradients = None
+    surrogate = None
+    if cfg.attack == "transfer":
+        surrogate, gradients = surrogate_oracle(cfg, model, pre, x)
+        flat = surrogate_flat_at(surrogate, x, y)
+        if flat:
+            notes.append(f"the surrogate's gradient is zero at {flat} of {len(x)} samples: it cannot guide the "
+                         "attack there (a piecewise-constant surrogate? use a smooth twin, e.g. Sign -> Tanh)")
+    attack = make_attack(cfg.attack, steps=cfg.steps, grad=cfg.gradients, loss=cfg.loss, restarts=cfg.restarts,
+                         channel_axis=pre.channel_axis, surrogate=surrogate)
     if cfg.attack in WHITEBOX:
         wb, gradients = gradient_oracle(model, oracle, kind, pre, x, cfg.gradients, cfg.seed)
         if wb is None:
@@ -332,6 +397,8 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
                                        steps=cfg.steps or 30, loss=cfg.loss)
             finite = dist[np.isfinite(dist) & (dist > 0)]
             minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
+    if surrogate is not None:  # the surrogate's forward and gradient rows: its work, not queries of the model
+        gradients["surrogate"]["rows"] = int(surrogate.queries)
     cfg_d = attack_config_dict(cfg)
     return AttackResult.of({
         "gradients": gradients,

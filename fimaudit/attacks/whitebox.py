@@ -125,12 +125,17 @@ def checkpoints(steps: int) -> list[int]:
 
 def gradient_ascent(oracle, x: np.ndarray, y: np.ndarray, eps: np.ndarray, norm: str, bounds: tuple[float, float],
                     rng: np.random.Generator, steps: int, loss: str = "ce", schedule: str = "apgd",
-                    start: str = "random") -> tuple[np.ndarray, np.ndarray, int]:
+                    start: str = "random", judge=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Maximise the loss in the per-sample eps-balls (clipped to ``bounds``) with exact gradients.
 
     ``schedule``: ``apgd`` (momentum, step halving at checkpoints) or ``pgd`` (fixed step
     2.5 eps / steps). Returns the point with the lowest margin found per row (the first
-    misclassified one once there is one), its margin, and the rows evaluated (queries).
+    misclassified one once there is one), its margin, and the queries per row: every row
+    evaluated, forward or gradient.
+
+    ``judge`` (a transfer attack): another model decides. The loss, its gradients and the step
+    schedule come from ``oracle`` (a surrogate); the margins, the best point and the stopping
+    come from ``judge.logp`` at every iterate, and the queries per row count only the judge's rows.
     """
     lo, hi = bounds
     n = len(x)
@@ -141,16 +146,15 @@ def gradient_ascent(oracle, x: np.ndarray, y: np.ndarray, eps: np.ndarray, norm:
 
     everyone = np.arange(n)
     cur = clip(x + _random_start(x, eps, norm, rng), everyone) if start == "random" else x.copy()
-    used = 0
+    used = np.zeros(n, dtype=np.int64)
 
-    def evaluate(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        nonlocal used
+    def evaluate(z: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lp = oracle.logp(z)
-        f, u = loss_and_weights(lp, labels, loss)
-        used += len(z)
-        return f, margins(lp, labels), u
+        f, u = loss_and_weights(lp, y[rows], loss)
+        used[rows] += 1
+        return f, margins(lp if judge is None else judge.logp(z), y[rows]), u
 
-    f, mg, u = evaluate(cur, y)
+    f, mg, u = evaluate(cur, everyone)
     best_x, best_m = cur.copy(), mg.copy()
     f_max, x_max = f.copy(), cur.copy()
     prev = cur.copy()
@@ -166,13 +170,14 @@ def gradient_ascent(oracle, x: np.ndarray, y: np.ndarray, eps: np.ndarray, norm:
         if act.size == 0:
             break
         g = oracle.vjp_at(cur[act], u[act])
-        used += act.size
+        if judge is None:
+            used[act] += 1
         z = clip(cur[act] + eta[act] * _ascent(g, norm), act)
         if schedule == "apgd" and it > 0:
             z = clip(cur[act] + 0.75 * (z - cur[act]) + 0.25 * (cur[act] - prev[act]), act)
         prev[act], cur[act] = cur[act], z
         f_new = f.copy()
-        f_new[act], mg[act], u[act] = evaluate(cur[act], y[act])
+        f_new[act], mg[act], u[act] = evaluate(cur[act], act)
         better = mg < best_m
         best_x[better], best_m[better] = cur[better], mg[better]
         if schedule == "apgd":
@@ -187,7 +192,7 @@ def gradient_ascent(oracle, x: np.ndarray, y: np.ndarray, eps: np.ndarray, norm:
                     eta[s_idx] /= 2
                     cur[s_idx] = x_max[s_idx]
                     prev[s_idx] = x_max[s_idx]
-                    f_new[s_idx], mg[s_idx], u[s_idx] = evaluate(cur[s_idx], y[s_idx])
+                    f_new[s_idx], mg[s_idx], u[s_idx] = evaluate(cur[s_idx], s_idx)
                 last_mark, increases = it + 1, np.zeros(n)
                 eta_at_mark, fmax_at_mark = eta.copy(), f_max.copy()
         f = f_new
@@ -224,7 +229,7 @@ class WhiteBoxAttack(Attack):
             start = "random" if r > 0 or self.schedule == "pgd" else "clean"
             xb, mb, used = gradient_ascent(oracle, x[todo], y[todo], eps_arr, norm, bounds, rows_of(rng, todo),
                                            self.steps, self.loss, self.schedule, start)
-            acct.spend(todo, int(np.ceil(used / todo.size)))
+            acct.spend(todo, int(np.ceil(used.sum() / todo.size)))  # as before: the batch mean of the rows
             better = mb < best_m[todo]
             x_adv[todo[better]] = xb[better]
             best_m[todo[better]] = mb[better]
@@ -313,7 +318,8 @@ def sanity_flags(oracle, x: np.ndarray, y: np.ndarray, whitebox_success: np.ndar
         text for text, bad in (
             (f"black-box Square beat the white-box attack on {len(flags.get('blackbox_beats_whitebox', []))} samples: "
              "gradients may be masked; robust accuracy is overstated", bool(flags.get("blackbox_beats_whitebox"))),
-            (f"zero gradients at {len(flags['zero_gradient'])} samples: gradient attacks cannot move there",
+            (f"zero gradients at {len(flags['zero_gradient'])} samples: gradient attacks cannot move there (a "
+             "piecewise-constant model? try --attack rays, or --attack transfer --surrogate FILE)",
              bool(flags["zero_gradient"])),
             ("the model's outputs are not deterministic for the same input", flags["nondeterministic"]),
         ) if bad

@@ -1,0 +1,112 @@
+"""Gradient-free attacks on binarized (Sign) classifiers: robust accuracy per attack and the worst case over
+Square, RayS and transfer (APGD on a Tanh twin) at the default budget against 10x that budget.
+
+The models are built here (onnx.helper, the builders of tests/decision_nets.py): the binarized MLP of
+tests/test_decision_attacks.py and a binarized conv net, each with labels from its own predictions.
+White-box APGD on the real model runs beside them (zero gradients: it cannot move).
+
+Usage: python bench/decision_attacks.py [--budget 2000] [--factor 10] [--samples 30]
+Prints a table and writes bench/results/decision_attacks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fimaudit.evidence import AttackConfig, run_attack  # noqa: E402
+from tests import decision_nets as D  # noqa: E402
+
+
+def fixtures(tmp: Path, samples: int) -> list[dict]:
+    out = []
+    rng = np.random.default_rng(5)  # the test fixture's draws, in the same order
+    d, h, k = 20, 16, 3
+    w1, b1 = rng.standard_normal((h, d)), rng.standard_normal(h) * 0.5
+    w2, b2 = rng.standard_normal((k, h)), np.zeros(k)
+    x = rng.uniform(0, 1, size=(max(samples, 30), d)).astype(np.float32)[:samples]
+    out.append({"name": "binarized_mlp_d20", "real": D.binarized_mlp(w1, b1, w2, b2, tmp / "mlp.onnx"),
+                "twin": D.binarized_mlp(w1, b1, w2, b2, tmp / "mlp_twin.onnx", smooth=1.0), "x": x,
+                "eps": (0.05, 0.1)})
+    rng = np.random.default_rng(9)
+    c, side, k = 2, 8, 4
+    kern, kb = rng.standard_normal((3, c, 3, 3)), rng.standard_normal(3) * 0.1
+    wd, bd = rng.standard_normal((k, 3 * side * side)) * 0.3, np.zeros(k)
+    x = rng.uniform(0, 1, size=(samples, c, side, side)).astype(np.float32)
+    real = D.binarized_conv(kern, kb, wd, bd, (c, side, side), tmp / "conv.onnx")
+    twin = tmp / "conv_twin.onnx"
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(real))  # the float twin: Sign -> Tanh(x)
+    for node in proto.graph.node:
+        if node.op_type == "Sign":
+            node.CopyFrom(helper.make_node("Tanh", list(node.input), list(node.output)))
+    onnx.save(proto, str(twin))
+    out.append({"name": "binarized_conv_2x8x8", "real": real, "twin": twin, "x": x, "eps": (0.02, 0.05)})
+    for f in out:
+        sess = ort.InferenceSession(str(f["real"]), providers=["CPUExecutionProvider"])
+        f["y"] = np.argmax(sess.run(None, {"x": f["x"]})[0], axis=1)
+        np.savez(tmp / f"{f['name']}.npz", x=f["x"], y=f["y"])
+        f["data"] = tmp / f"{f['name']}.npz"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=int, default=2000)
+    ap.add_argument("--factor", type=int, default=10)
+    ap.add_argument("--samples", type=int, default=30)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for f in fixtures(Path(tmpdir), args.samples):
+            for eps in f["eps"]:
+                for mult in (1, args.factor):
+                    budget = args.budget * mult
+                    base = dict(model=str(f["real"]), data=str(f["data"]), eps=(eps,), budget=budget, seed=0)
+                    row = {"model": f["name"], "eps": eps, "budget": budget}
+                    success = None
+                    for attack, extra in (("square", {}), ("rays", {}),
+                                          ("transfer", {"surrogate": str(f["twin"]), "restarts": mult}),
+                                          ("apgd", {})):
+                        t0 = time.perf_counter()
+                        rep = run_attack(AttackConfig(**base, attack=attack, **extra)).to_dict()["results"][0]
+                        row[f"ra_{attack}"] = rep["robust_accuracy"]
+                        row[f"queries_max_{attack}"] = rep["queries_max_per_sample"]
+                        row[f"seconds_{attack}"] = round(time.perf_counter() - t0, 2)
+                        if attack != "apgd":  # the worst case over the gradient-free attacks, per sample
+                            s = np.array([smp["success"] for smp in rep["samples"]])
+                            success = s if success is None else success | s
+                            correct = np.array([smp["correct"] for smp in rep["samples"]])
+                    row["ra_worst"] = float(np.mean(correct & ~success))
+                    rows.append(row)
+                    print(f"{row['model']:<22} eps {eps:<5g} budget {budget:>6}: RA square {row['ra_square']:.3f} "
+                          f"rays {row['ra_rays']:.3f} transfer {row['ra_transfer']:.3f} apgd {row['ra_apgd']:.3f} "
+                          f"worst {row['ra_worst']:.3f}", flush=True)
+    print()
+    print(f"{'model':<22} {'eps':>5} {'RA worst @B':>12} {'@' + str(args.factor) + 'B':>8} {'gap':>6}")
+    pairs = []
+    for lo_row, hi_row in zip(rows[::2], rows[1::2]):
+        gap = lo_row["ra_worst"] - hi_row["ra_worst"]
+        pairs.append({"model": lo_row["model"], "eps": lo_row["eps"], "ra_worst_default": lo_row["ra_worst"],
+                      "ra_worst_10x": hi_row["ra_worst"], "gap": gap, "within_0.05": bool(gap <= 0.05)})
+        print(f"{lo_row['model']:<22} {lo_row['eps']:>5g} {lo_row['ra_worst']:>12.3f} {hi_row['ra_worst']:>8.3f} "
+              f"{gap:>6.3f}")
+    out = ROOT / "bench/results/decision_attacks.json"
+    out.write_text(json.dumps({"config": vars(args), "rows": rows, "convergence": pairs}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
