@@ -754,6 +754,11 @@ def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, t
         # graph's exact values instead, with this estimator as the cross-check.
         return None, {"requested": "auto", "source": "fd",
                       "reason": f"--method {config.method} is a black-box estimator (--method auto or exact uses the graph)"}
+    pw = model.info.piecewise
+    if config.gradients == "auto" and pw is not None and pw.complete:
+        # its derivatives are 0 almost everywhere: the pointwise F is not reported (fimaudit.piecewise)
+        return None, {"requested": "auto", "source": "fd",
+                      "reason": "piecewise-constant model: the gradient graph's derivatives are 0 almost everywhere"}
     from .autodiff.select import build_gradient_source
 
     rows = to_input(points[:2]) if to_input is not None else points[:2]

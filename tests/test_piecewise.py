@@ -174,8 +174,8 @@ def _assert_no_pointwise_result(rep: dict) -> None:
         assert s["lower_estimate"] is None and s["top_eigenvalues"] == []
     for key in ("lambda_max", "trace", "lower_bound", "lower_estimate"):
         assert rep["summary"][key]["count"] == 0 and rep["summary"][key]["median"] is None
-    check = (rep["run"]["gradients_used"] or {}).get("check") or {}
-    assert rep["run"]["gradients_used"]["source"] == "fd" or check.get("verified", 0) > 0  # never a pass on nothing
+    gradients = rep["run"]["gradients_used"]  # never a self-check passed on nothing
+    assert gradients["source"] == "fd" and gradients["reason"].startswith("piecewise-constant model")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -341,3 +341,18 @@ def test_smoothed_scan_of_a_piecewise_model_is_what_the_policy_reads(tmp_path):
                                 parse_check("fisher_smoothed.lambda_max.median <= 1e9")), {}), wrapped)
     assert not out[0].passed and out[0].reason.startswith("not applicable: piecewise-constant model (ops Sign x1)")
     assert out[1].passed and out[1].value == rep["summary"]["smoothed"]["lambda_max"]["median"]
+
+
+def test_self_check_on_a_binarized_net_is_inconclusive_never_passed(tmp_path):
+    """Graph and model agree that every derivative is exactly 0: no row is verified, so the check is inconclusive
+    (the graph is used unverified in auto mode, for callers that flag zero gradients themselves, e.g. attacks)."""
+    from fimaudit.autodiff.select import build_gradient_source
+    from fimaudit.model import load_model
+
+    model = load_model(save(sign_mlp(np.random.default_rng(0)), tmp_path / "sign.onnx"))
+    rows = np.random.default_rng(1).uniform(-1, 1, size=(2, 12))
+    choice = build_gradient_source(model, "logits", "auto", rows, np.random.default_rng(0))
+    check = choice.check
+    assert not check.passed and check.status == "inconclusive" and check.verified == 0
+    assert check.zero_rows == check.rows == 6 and choice.source == "graph"
+    assert "could be verified" in check.reason

@@ -41,6 +41,7 @@ class GraphCheck:
     suspect: str | None = None  # "Conv (node 'conv_3')"
     reason: str | None = None
     status: str = ""  # passed | failed | inconclusive (no row verified: never evidence that the graph is right)
+    zero_rows: int = 0  # rows where the graph's derivatives and every central difference are exactly 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +163,7 @@ def check_graph(
             f"finite-difference error {disc[row]:.2g})" + (f"; suspect operator {suspect}" if suspect else "")
         )
     worst = int(np.argmax(ratio[best, rows]))
+    zero = (np.all(sv == 0, axis=1) & (rev == 0) & np.all(fd_h == 0, axis=(0, 2)) & np.all(fd_h2 == 0, axis=(0, 2)))
     status = "passed" if passed else "failed"
     if passed and not np.any(verified):
         # Nothing was verified (e.g. every derivative is exactly 0, as on a piecewise-constant model, or no step
@@ -172,6 +174,7 @@ def check_graph(
     return GraphCheck(
         passed=passed,
         status=status,
+        zero_rows=int(np.sum(zero)),
         directions=int(directions),
         step=float(steps[best[worst]]),
         jvp_error=float(np.max(jvp_rel)),

@@ -63,7 +63,8 @@ def build_gradient_source(
     """Build and self-check the gradient graph of a loaded ``Model`` (``check_points``: model-input rows).
 
     ``mode`` fd: never build. auto: the graph when it builds and passes the check (an inconclusive
-    check, with no row verified, is not a pass), else the reason. graph: the graph (unverified when
+    check, with no row verified, is not a pass: the graph is used unverified only when it and the
+    model's central differences are exactly 0 on every row), else the reason. graph: the graph (unverified when
     the check is inconclusive, and the report says so) or a ``FimauditError`` saying why not.
     """
     if mode not in GRADIENT_MODES:
@@ -93,8 +94,10 @@ def build_gradient_source(
         if mode == "graph":
             raise UnsupportedModelError(f"--gradients graph: the gradient graph does not run: {message}") from None
         return GradientChoice(mode, "fd", None, None, f"gradient graph does not run: {message}")
-    if not check.passed and check.status == "inconclusive" and mode == "graph":
-        # Asked for explicitly: used unverified, and the report says so (the check is no evidence either way).
+    if not check.passed and check.status == "inconclusive" and (mode == "graph" or check.zero_rows == check.rows):
+        # Used unverified, and the record says so (the check is no evidence either way): when asked for explicitly,
+        # or when the graph and the model agree that every derivative is exactly 0 (a piecewise-constant model:
+        # its callers flag zero gradients themselves).
         return GradientChoice(mode, "graph", engine, check, None, graphs.build_seconds)
     if not check.passed:
         what = "self-check inconclusive" if check.status == "inconclusive" else "self-check failed"
