@@ -124,7 +124,7 @@ def check_graph(
     # inputs, where a step crosses kinks yet a smaller one cancels), go to the float64 evaluator.
     ask = np.flatnonzero(jvp_bad | vjp_bad | ~conclusive) if second_opinion else np.zeros(0, dtype=int)
     if ask.size:
-        opinion, second = _float64_opinion(engine, xr[ask], v[ask], sv[ask], rev[ask], u[ask], rms)
+        opinion, second, evaluator = _float64_opinion(engine, xr[ask], v[ask], sv[ask], rev[ask], u[ask], rms)
         if opinion is not None:
             agreed, fwd_fail, back_fail = opinion
             refused = jvp_bad[ask] | vjp_bad[ask]
@@ -133,7 +133,7 @@ def check_graph(
                 parts.append(f"{int(np.sum(agreed & refused))} of {int(np.sum(refused))} refused rows agree")
             if np.any(~refused):
                 parts.append(f"{int(np.sum(agreed & ~refused))} of {int(np.sum(~refused))} rows float32 could not judge agree")
-            second = "float64 reference evaluator: " + ", ".join(parts)
+            second = f"float64 {evaluator}: " + ", ".join(parts)
             if np.any(agreed & refused):
                 second += " (float32 central differences could not resolve a nearby kink)"
             verified[ask[agreed]] = True
@@ -178,7 +178,7 @@ def check_graph(
     )
 
 
-FLOAT64_BUDGET_S = 30.0  # the float64 evaluator is numpy: skipped when its projected time exceeds this
+FLOAT64_BUDGET_S = 30.0  # the float64 evaluator is skipped when its projected time exceeds this
 FLOAT64_FLOOR = 1e-2  # relative: the float32 graph's own rounding (2e-3 measured on a random 320 px VGG)
 
 
@@ -187,16 +187,20 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
 
     A row fails when some step's own h-vs-h/2 error is below 10% of what it measures and no
     step agrees within ``FLOAT64_FLOOR`` (the graph computes in float32; a wrong rule is off
-    by O(1)). Returns (None, why) when the reference evaluator cannot run the model or its
-    projected time (one row timed, 12 evaluations per row) exceeds ``budget_s``.
+    by O(1)). The float64 copy runs in onnxruntime when it can (``reference.float64_model``),
+    else in onnx's numpy reference evaluator. Returns (None, why, evaluator) when neither can
+    run the model or its projected time (one row timed, 12 evaluations per row) exceeds ``budget_s``.
     """
+    evaluator = "evaluator"
     try:
-        logp = Float64Logp(engine.graphs.logp_model, engine.graphs.input_name)
+        graphs = engine.graphs
+        logp = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes, threads=engine.threads)
+        evaluator = logp.evaluator
         t0 = time.perf_counter()
         logp(x[:1])
         projected = (time.perf_counter() - t0) * 12 * x.shape[0]
         if projected > budget_s:
-            return None, f"float64 reference evaluator skipped: about {projected:.0f} s for this model"
+            return None, f"float64 {evaluator} skipped: about {projected:.0f} s for this model", evaluator
         n = x.shape[0]
         fwd_ok, back_ok, informative = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
         for rel_step in (1e-5, 1e-6, 1e-7):
@@ -210,9 +214,9 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
             if np.all(fwd_ok & back_ok):
                 break
         ok = fwd_ok & back_ok
-        return (ok, informative & ~fwd_ok, informative & fwd_ok & ~back_ok), None
+        return (ok, informative & ~fwd_ok, informative & fwd_ok & ~back_ok), None, evaluator
     except Exception as exc:  # an operator the reference evaluator lacks: no second opinion
-        return None, f"float64 reference evaluator cannot run this model ({type(exc).__name__})"
+        return None, f"float64 {evaluator} cannot run this model ({type(exc).__name__})", evaluator
 
 
 def _intermediate_fd(engine: GraphEngine, x: np.ndarray, v: np.ndarray, h: float, names: list[str]):

@@ -49,6 +49,7 @@ class DerivativeGraphs:
     contributions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (input, cotangent)
     cotangents: dict[str, str] = field(default_factory=dict)  # primal value -> its summed cotangent in ``reverse``
     build_seconds: float = 0.0
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the probe's static shapes (batch on axis 0)
     multi: bool = False  # the reverse graph takes several cotangent rows per point (model run once per point)
 
 
@@ -265,6 +266,7 @@ def build_graphs(
         contributions=contributions,
         cotangents=cotangents,
         build_seconds=time.perf_counter() - t0,
+        shapes=shapes,
         multi=bool(batched),
     )
 
