@@ -159,13 +159,12 @@ def _depthwise(em: _Lowering, node: onnx.NodeProto, weight: np.ndarray, kernel, 
         stops = [st + (o - 1) * s + 1 for st, o, s in zip(starts, out_sp, strides)]
         tap = weight[(slice(None), 0) + off].reshape((-1,) + (1,) * n)
         terms.append(em.op("Mul", [em.slice(t, starts, stops, range(2, 2 + n), strides), _f64(em, tap)]))
-    y = em.add_all(terms)
     b = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if b is not None:
         bias = em.value(b)
         shape_b = np.array([weight.shape[0]] + [1] * n, np.int64)
-        y = em.op("Add", [y, _f64(em, bias.reshape(shape_b)) if bias is not None else em.op("Reshape", [b, em.const(shape_b)])])
-    em.nodes.append(helper.make_node("Identity", [y], [node.output[0]], name=node.output[0]))
+        terms.append(_f64(em, bias.reshape(shape_b)) if bias is not None else em.op("Reshape", [b, em.const(shape_b)]))
+    em.nodes.append(helper.make_node("Sum", terms, [node.output[0]], name=node.output[0]))  # one pass over all terms
 
 
 def _lower_avgpool(em: _Lowering, node: onnx.NodeProto) -> None:
@@ -203,6 +202,10 @@ def _lower_gap(em: _Lowering, node: onnx.NodeProto) -> None:
 
 
 def _clamp(em: _Lowering, t: str, lo: float | None, hi: float | None, out: str) -> None:
+    if em.opset >= 12:  # Clip with double kernels: one pass
+        bounds = [_f64(em, v) if v is not None else "" for v in (lo, hi)]
+        em.nodes.append(helper.make_node("Clip", [t] + bounds, [out], name=out))
+        return
     if em.opset < 8:
         raise Float64Unsupported("Max/Min without broadcasting (opset < 8)")
     if hi is not None:
