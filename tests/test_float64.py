@@ -51,9 +51,9 @@ def agree(model: onnx.ModelProto, sample_shape, *, kind="logits", rows=3, seed=0
     """Both evaluators on the graph's log p at random rows: onnxruntime ran, and agrees to 1e-12."""
     graphs = graphs_of(model, sample_shape, kind, fixed_batch)
     x = np.random.default_rng(seed).standard_normal((rows,) + tuple(sample_shape)) * scale
-    ours = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes)
+    ours = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes, weights=graphs.weights)
     assert ours.evaluator == "onnxruntime", ours.fallback
-    ref = Float64Logp(graphs.logp_model, graphs.input_name, prefer="reference")
+    ref = Float64Logp(graphs.complete(graphs.logp_model), graphs.input_name, prefer="reference")
     assert ref.evaluator == "reference evaluator"
     a, b = ours(x), ref(x)
     assert a.shape == b.shape == (rows, graphs.n_classes)
@@ -175,26 +175,28 @@ def test_erf_falls_back_to_the_reference_evaluator():
     nodes = [helper.make_node("Erf", ["x"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
     model = single(nodes, [init("w", np.random.default_rng(9).standard_normal((4, 3)))], [4])
     graphs = graphs_of(model, [4])
-    f = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes)
+    f = Float64Logp(graphs.complete(graphs.logp_model), graphs.input_name, graphs.shapes)
     assert f.evaluator == "reference evaluator" and "Erf" in f.fallback
     x = np.random.default_rng(0).standard_normal((2, 4))
     assert np.all(np.isfinite(f(x)))
 
 
 def test_float64_model_converts_every_float_tensor():
-    """No float32 left in the rewritten copy: initializers, graph inputs and outputs, Cast targets."""
+    """No float32 left in the rewritten copy: initializers (inline and handed over as arrays), graph inputs and
+    outputs, Cast targets."""
     rng = np.random.default_rng(10)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Cast", ["c"], ["k"], to=F32), helper.make_node("HardSwish", ["k"], ["h"]),
              helper.make_node("Flatten", ["h"], ["y"])]
-    model = single(nodes, [init("W", rng.standard_normal((2, 1, 3, 3))), init("B", rng.standard_normal(2))], [1, 4, 4])
-    graphs = graphs_of(model, [1, 4, 4])
-    f64, _ = float64_model(graphs.logp_model, graphs.shapes)
+    model = single(nodes, [init("W", rng.standard_normal((8, 4, 3, 3)) * 0.3), init("B", rng.standard_normal(8))], [4, 5, 5])
+    graphs = graphs_of(model, [4, 5, 5])
+    f64, external, _ = float64_model(graphs.logp_model, graphs.shapes, graphs.weights)
     assert all(t.data_type != F32 for t in f64.graph.initializer)
+    assert external and all(a.dtype != np.float32 for a in external.values())
     assert all(v.type.tensor_type.elem_type != F32 for v in list(f64.graph.input) + list(f64.graph.output))
     assert all(a.i != F32 for n in f64.graph.node for a in n.attribute if a.name == "to")
     assert not {n.op_type for n in f64.graph.node} & {"Conv", "HardSwish", "HardSigmoid"}
-    agree(model, [1, 4, 4])
+    agree(model, [4, 5, 5])
 
 
 # ------------------------------------------------------------------------- the self-check

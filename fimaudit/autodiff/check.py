@@ -82,7 +82,10 @@ def check_graph(
     v /= np.sqrt(np.sum(v**2, axis=tuple(range(2, v.ndim)), keepdims=True))
     v = v.reshape((-1,) + shape)  # direction-major: rows (dir, sample)
     xr = np.tile(x, (directions,) + (1,) * len(shape))
+    # The forward and log p sessions serve only this check (a scan's exact Jacobians use the reverse
+    # graph): each is closed once used, so that at most two of the model's graphs hold memory at once.
     lp, sv = engine.jvp(xr, v)
+    engine.release("forward")
     u = rng.standard_normal(sv.shape)
     _, g = engine.vjp(xr, u)
     rev = np.sum(g.reshape(g.shape[0], -1) * v.reshape(v.shape[0], -1), axis=1)  # (Sᵀu)ᵀ v
@@ -100,6 +103,7 @@ def check_graph(
         fd_h.append(a_)
         fd_h2.append(b_)
         tol.append(_tol(a_, b_, scale, hh, floor))
+    engine.release("logp_model")
     fd_h, fd_h2, tol = np.stack(fd_h), np.stack(fd_h2), np.stack(tol)  # (steps, rows, K), (steps, rows)
     size = np.maximum(np.linalg.norm(fd_h2, axis=2), 1e-30)
     informative = tol <= 0.5 * size
@@ -195,7 +199,8 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
     evaluator = "evaluator"
     try:
         graphs = engine.graphs
-        logp = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes, threads=engine.threads)
+        logp = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes, weights=graphs.weights,
+                           threads=engine.threads)
         evaluator = logp.evaluator
         steps = (1e-5, 1e-6, 1e-7)
         t0 = time.perf_counter()

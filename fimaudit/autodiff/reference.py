@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from scipy.special import erf
 
 from .emit import Emitter
+from .graph import POOL_SIZE, with_placeholders
 from .rules import _refuse_batch_axis, _resize_matrix, _window, attrs
 
 PREFIX = "fimaudit_f64_"
@@ -59,9 +60,18 @@ class Float64Unsupported(Exception):
 
 
 class _Lowering(Emitter):
-    """An emitter that also tracks the widest tensor (elements per row) the rewrites make."""
+    """An emitter that tracks the widest tensor (elements per row) the rewrites make, and keeps its large
+    constants as arrays (``external``) rather than in the model."""
 
     widest = 1
+
+    def const(self, array, dtype=None) -> str:
+        arr = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
+        if arr.size < POOL_SIZE:
+            return super().const(arr)
+        name = self.fresh("w")
+        self.external[name] = np.ascontiguousarray(arr)
+        return name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,24 +324,28 @@ NO_FLOAT64 = frozenset(("Erf", "ConvTranspose", "LpPool", "LRN", "InstanceNormal
                         "Celu", "ThresholdedRelu", "Mish", "Gelu", "GlobalMaxPool", "Shrink"))
 
 
-def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[onnx.ModelProto, int]:
+def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray] | None = None
+                  ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], int]:
     """The float64 copy of ``model`` with the operators onnxruntime lacks double kernels for rewritten.
 
-    ``shapes``: static shapes of the model's tensors (the probe's, batch on axis 0). Returns the
-    model and the widest tensor it makes per row (elements), to size the rows per run. Raises
-    ``Float64Unsupported`` for an operator it cannot express.
+    ``shapes``: static shapes of the model's tensors (the probe's, batch on axis 0);
+    ``weights``: initializers held outside ``model`` (``DerivativeGraphs.weights``). Returns the
+    model, which declares its large initializers as external data, those initializers (float64
+    where they were float32), and the widest tensor it makes per row (elements), to size the
+    rows per run. Raises ``Float64Unsupported`` for an operator it cannot express.
     """
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if model.graph.sparse_initializer:
         raise Float64Unsupported("sparse initializers")
     values: dict[str, np.ndarray] = {}
-    inits: list[TensorProto] = []
+    for name, arr in (weights or {}).items():
+        values[name] = arr.astype(np.float64) if arr.dtype == np.float32 else arr
+    inline = {t.name: t for t in model.graph.initializer}
     for t in model.graph.initializer:
         arr = numpy_helper.to_array(t)
-        if t.data_type == TensorProto.FLOAT:
-            arr = arr.astype(np.float64)
-        values[t.name] = arr
+        values[t.name] = arr.astype(np.float64) if t.data_type == TensorProto.FLOAT else arr
     em = _Lowering(opset, dict(shapes), {}, values, PREFIX, True)
+    em.external = {}
     em.widest = max((int(np.prod(s[1:])) for s in shapes.values() if len(s) > 1), default=1)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
@@ -356,10 +370,16 @@ def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
             raise Float64Unsupported(f"no static shape for the output of {n.op_type} '{n.name}'")
         rewrite(em, n)
     used = {i for n in em.nodes for i in n.input}
-    for t in model.graph.initializer:
-        if t.name in used:
-            arr = values[t.name]
-            inits.append(numpy_helper.from_array(arr, t.name) if t.data_type == TensorProto.FLOAT else t)
+    inits: list[TensorProto] = []
+    external = dict(em.external)
+    for name in values:
+        if name not in used or name in em.external:
+            continue
+        if name in inline:
+            t = inline[name]
+            inits.append(numpy_helper.from_array(values[name], name) if t.data_type == TensorProto.FLOAT else t)
+        elif name in (weights or {}):
+            external[name] = values[name]
     g = helper.make_graph(em.nodes, model.graph.name or "float64", [], [], inits + em.initializers)
     for vi in list(model.graph.input):
         if vi.name in values:
@@ -371,7 +391,7 @@ def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
             vi.type.tensor_type.elem_type = TensorProto.DOUBLE
     out = helper.make_model(g, opset_imports=list(model.opset_import))
     out.ir_version = model.ir_version
-    return out, int(em.widest)
+    return with_placeholders(out, external), external, int(em.widest)
 
 
 def _erf_op():
@@ -395,7 +415,7 @@ class Float64Logp:
     """
 
     def __init__(self, logp_model: onnx.ModelProto, input_name: str, shapes: dict | None = None, *,
-                 threads: int = 0, prefer: str = "onnxruntime") -> None:
+                 weights: dict[str, np.ndarray] | None = None, threads: int = 0, prefer: str = "onnxruntime") -> None:
         self._name = input_name
         self._session = None
         self.fallback: str | None = None
@@ -407,14 +427,20 @@ class Float64Logp:
             try:
                 if not shapes:
                     raise Float64Unsupported("no tensor shapes")
-                self._session, widest = _float64_session(logp_model, shapes, threads)
+                self._session, widest = _float64_session(logp_model, shapes, weights, threads)
                 self.rows_per_run = self.batch or max(1, ROW_BYTES // (8 * max(widest, 1)))
             except Exception as exc:  # no double kernel, or a rewrite onnxruntime refuses: numpy instead
                 self.fallback = " ".join(str(exc).split())[:200] or type(exc).__name__
         if self._session is None:
             from onnx.reference import ReferenceEvaluator
 
-            self._ev = ReferenceEvaluator(float64_copy(logp_model), new_ops=[_erf_op()])
+            full = logp_model
+            if weights:
+                full = onnx.ModelProto()
+                full.CopyFrom(logp_model)
+                used = {i for n in full.graph.node for i in n.input}
+                full.graph.initializer.extend(numpy_helper.from_array(a, k) for k, a in weights.items() if k in used)
+            self._ev = ReferenceEvaluator(float64_copy(full), new_ops=[_erf_op()])
         self.evaluator = "onnxruntime" if self._session is not None else "reference evaluator"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -432,15 +458,17 @@ class Float64Logp:
         return np.concatenate(parts, axis=0)
 
 
-def _float64_session(logp_model: onnx.ModelProto, shapes: dict, threads: int):
+def _float64_session(logp_model: onnx.ModelProto, shapes: dict, weights: dict | None, threads: int):
     """An onnxruntime CPU session of the rewritten float64 copy: no memory arena (it runs a few times and
-    goes), basic graph optimisations (the fusions of the higher levels target float32 kernels)."""
+    goes), basic graph optimisations (the fusions of the higher levels target float32 kernels). The
+    float64 weights go to onnxruntime as arrays (it copies them); none is serialised."""
     from ..model.session import create_session
 
-    model, widest = float64_model(logp_model, shapes)
+    model, external, widest = float64_model(logp_model, shapes, weights)
     data = model.SerializeToString()
     del model
-    session, _ = create_session(data, device="cpu", threads=threads, arena=False, optimization="basic")
+    session, _ = create_session(data, device="cpu", threads=threads, arena=False, optimization="basic",
+                                initializers=external)
     return session, widest
 
 

@@ -52,9 +52,14 @@ class GraphEngine:
         graphs = dataclasses.replace(self.graphs, **models)
         return GraphEngine(graphs, device=self.device, threads=self.threads, max_rows=self.max_rows)
 
+    def release(self, *which: str) -> None:
+        """Close the sessions of graphs ``which`` (all when none is named); a later run opens them again."""
+        for name in which or tuple(self._sessions):
+            self._sessions.pop(name, None)
+
     def _session(self, which: str):
         if which not in self._sessions:
-            self._sessions[which] = open_session(getattr(self.graphs, which), self.device, self.threads)
+            self._sessions[which] = open_session(getattr(self.graphs, which), self.device, self.threads, self.graphs.weights)
         return self._sessions[which]
 
     def run(self, which: str, outputs: list[str], x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list:

@@ -10,6 +10,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
 
 # onnxruntime-gpu prints provider-load failures at ERROR level; keep its logger at FATAL
@@ -106,11 +108,12 @@ def translate_ort_error(exc: BaseException) -> str:
 
 
 def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0, arena: bool = True,
-                   optimization: str = "all"):
+                   optimization: str = "all", initializers: dict | None = None):
     """Return ``(session, provider)``. ``device`` is auto, cpu or cuda.
 
     ``arena`` False: no CPU memory arena (large tensors go back to the system after each run);
-    ``optimization``: all (default), extended, basic or none.
+    ``optimization``: all (default), extended, basic or none; ``initializers``: name -> numpy
+    array for initializers the model declares as external data (onnxruntime copies them).
     """
     ort = _ort()
     if device not in ("auto", "cpu", "cuda"):
@@ -121,7 +124,12 @@ def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
     try:
         with _silenced_stderr() if want_cuda else contextlib.nullcontext():
-            session = ort.InferenceSession(model_bytes, sess_options=_options(threads, arena=arena, optimization=optimization), providers=providers)
+            options = _options(threads, arena=arena, optimization=optimization)
+            if initializers:
+                names = list(initializers)
+                values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
+                options.add_external_initializers(names, values)
+            session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     except Exception as exc:
         message = translate_ort_error(exc)
         if "unsupported operator" in message:
