@@ -56,6 +56,13 @@ class DerivativeGraphs:
     # constants are kept once here (numpy), and handed to each session as it opens.
     weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def activation_bytes(self) -> int:
+        """Bytes of the primal's tensors per row (those whose first axis is the probe batch), at least 1."""
+        probe = 2 if self.batch is None else self.batch
+        size = np.dtype(self.input_dtype).itemsize
+        return max(1, sum(int(np.prod(s[1:])) * size for k, s in self.shapes.items()
+                          if len(s) and s[0] == probe and k not in self.weights))
+
     def complete(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """``model`` (one of these graphs, or a variant of one) as a self-contained ModelProto."""
         out = onnx.ModelProto()
