@@ -203,8 +203,8 @@ def _extra_outputs(m: onnx.ModelProto) -> None:
 class _Prober:
     """One session of the primal with every intermediate tensor exposed, run at the probe batches.
 
-    Outputs stay onnxruntime values: their shapes and types are read without copying, and
-    ``values`` copies to numpy only the tensors the rules may read (``keep``).
+    Outputs stay onnxruntime values: their shapes and types are read without copying them
+    (``build_graphs`` copies out only the inactive tensors the rules may read).
     """
 
     def __init__(self, m: onnx.ModelProto, input_name: str, dtype, threads: int, weights: dict[str, np.ndarray]):
@@ -279,6 +279,7 @@ def build_graphs(
     batch: int | None = None
     batched: set[str] = set()
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if pooled(t)}
+
     def harvest(m, x, outs):
         """Shapes and dtypes of every tensor, numpy values of the inactive ones; the probe's values then go."""
         info = {k: _shape_dtype(v) for k, v in outs.items()}

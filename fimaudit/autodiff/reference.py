@@ -7,9 +7,10 @@ in float64 can use steps of 1e-7 and settles it.
 
 Two evaluators compute the float64 copy. onnxruntime runs it when every operator has a
 double kernel on its CPU provider or is rewritten here into operators that do
-(``float64_model``): Conv becomes im2col (Pad, Gather, Transpose) and one MatMul,
-AveragePool and GlobalAveragePool reductions, Resize/Upsample MatMuls with the per-axis
-interpolation matrices, HardSigmoid/HardSwish/Clip Min and Max, Elu/Selu/Softplus/Softsign
+(``float64_model``): Conv becomes im2col (Pad, strided Slices stacked, or Gathers before
+opset 10) and one MatMul, a depthwise Conv a sum of slice-times-tap products, AveragePool
+and GlobalAveragePool reductions, Resize/Upsample MatMuls with the per-axis interpolation
+matrices, HardSigmoid/HardSwish/Clip-6 Clip (or Min and Max), Elu/Selu/Softplus/Softsign
 their closed forms. Everything else (e.g. Erf, which onnxruntime has only in float32)
 falls back to onnx's numpy reference evaluator, which computes every operator in double
 but is slow (im2col convolutions in Python): the caller times it and may skip it.
@@ -63,7 +64,10 @@ class _Lowering(Emitter):
     """An emitter that tracks the widest tensor (elements per row) the rewrites make, and keeps its large
     constants as arrays (``external``) rather than in the model."""
 
-    widest = 1
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.widest = 1
+        self.external: dict[str, np.ndarray] = {}
 
     def const(self, array, dtype=None) -> str:
         arr = np.asarray(array, dtype=dtype) if dtype is not None else np.asarray(array)
@@ -345,7 +349,6 @@ def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], we
         arr = numpy_helper.to_array(t)
         values[t.name] = arr.astype(np.float64) if t.data_type == TensorProto.FLOAT else arr
     em = _Lowering(opset, dict(shapes), {}, values, PREFIX, True)
-    em.external = {}
     em.widest = max((int(np.prod(s[1:])) for s in shapes.values() if len(s) > 1), default=1)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
