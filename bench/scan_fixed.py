@@ -3,8 +3,8 @@
     python bench/scan_fixed.py [--models mobilenet224 resnet50_224] [--samples 2] [--repeat 1]
 
 Each model (bench/large_models.py, built at run time) is scanned twice, each time in a fresh
-process: once plain (``fimaudit scan MODEL --data D --samples 2``, wall time from the outside,
-imports included), once with the stages timed from inside by wrapping their functions:
+process: plain (``fimaudit scan MODEL --data D --samples 2``, wall time from the outside,
+imports included), and with the stages timed from inside by wrapping their functions:
 imports, model loading, building the gradient graphs (``build_graphs``: probe runs, rules,
 serialisation), the self-check (``check_graph``) and within it the float64 second opinion,
 the finite-difference step choice of the calibration (``choose_step``), the exact Jacobians
@@ -100,7 +100,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=["mobilenet224", "resnet50_224"])
     ap.add_argument("--samples", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1, help="Plain runs per model (the minimum is reported).")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="Runs per model, plain and staged (the fastest of each is reported: the machine is shared).")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     cols = ["imports", "load", "build_graphs", "check_graph", "float64_opinion", "choose_step", "jacobians", "bounds"]
@@ -112,7 +113,7 @@ def main() -> None:
         for name in args.models:
             model, data = build(name, Path(tmp))
             wall = min(plain(model, data, args.samples) for _ in range(args.repeat))
-            parts = staged(model, data, args.samples)
+            parts = min((staged(model, data, args.samples) for _ in range(args.repeat)), key=lambda p: p["scan"])
             rows.append({"model": name, "samples": args.samples, "wall_seconds": wall, "stages": parts})
             print(f"{name:18s} {wall:7.2f} " + " ".join(f"{parts.get(c, 0.0):11.2f}" for c in cols), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
