@@ -235,3 +235,16 @@ def test_second_opinion_in_either_evaluator_refuses_a_wrong_rule(tmp_path, monke
     monkeypatch.setattr(reference, "_float64_session", lambda *a: (_ for _ in ()).throw(RuntimeError("no")))
     check = check_graph(engine, x, np.random.default_rng(0))
     assert not check.passed and check.second_opinion.startswith("float64 reference evaluator:")
+
+
+def test_hopeless_second_opinion_is_skipped_before_it_is_built(tmp_path, monkeypatch):
+    """When even the least float64 cost (a multiple of the float32 rows just timed) exceeds the budget,
+    no float64 copy is built or run."""
+    from fimaudit.autodiff import check as check_mod
+
+    engine, x = _tiny_linear(tmp_path)
+    monkeypatch.setattr(check_mod, "FLOAT64_MIN_SLOWDOWN", {"onnxruntime": 1e15, "reference evaluator": 1e15})
+    monkeypatch.setattr(check_mod, "Float64Logp", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    check = check_graph(engine, x, np.random.default_rng(0))
+    assert check.passed and check.verified == 0 and check.inconclusive == check.rows
+    assert check.second_opinion.startswith("float64 onnxruntime skipped:") and "or more" in check.second_opinion

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .graph import COTANGENT, TANGENT, with_outputs
-from .reference import Float64Logp
+from .reference import Float64Logp, onnxruntime_can_run
 from .source import GraphEngine
 
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -99,11 +99,13 @@ def check_graph(
     # of them agrees; a row without any is inconclusive.
     steps = np.array([h] if step is not None else [h, h / 10, h / 100])
     fd_h, fd_h2, tol = [], [], []
+    t_fd = time.perf_counter()
     for hh in steps:
         a_, b_ = _fd(engine.logp, xr, v, hh), _fd(engine.logp, xr, v, hh / 2)
         fd_h.append(a_)
         fd_h2.append(b_)
         tol.append(_tol(a_, b_, scale, hh, floor))
+    row_seconds = (time.perf_counter() - t_fd) / (4 * len(steps) * xr.shape[0])  # float32 log p, per row
     engine.release("logp_model")
     fd_h, fd_h2, tol = np.stack(fd_h), np.stack(fd_h2), np.stack(tol)  # (steps, rows, K), (steps, rows)
     size = np.maximum(np.linalg.norm(fd_h2, axis=2), 1e-30)
@@ -130,7 +132,8 @@ def check_graph(
     # inputs, where a step crosses kinks yet a smaller one cancels), go to the float64 evaluator.
     ask = np.flatnonzero(jvp_bad | vjp_bad | ~conclusive) if second_opinion else np.zeros(0, dtype=int)
     if ask.size:
-        opinion, second, evaluator = _float64_opinion(engine, xr[ask], v[ask], sv[ask], rev[ask], u[ask], rms)
+        opinion, second, evaluator = _float64_opinion(engine, xr[ask], v[ask], sv[ask], rev[ask], u[ask], rms,
+                                                      float32_row_seconds=row_seconds)
         if opinion is not None:
             agreed, fwd_fail, back_fail = opinion
             refused = jvp_bad[ask] | vjp_bad[ask]
@@ -186,9 +189,14 @@ def check_graph(
 
 FLOAT64_BUDGET_S = 30.0  # the float64 evaluator is skipped when its projected time exceeds this
 FLOAT64_FLOOR = 1e-2  # relative: the float32 graph's own rounding (2e-3 measured on a random 320 px VGG)
+# A float64 row costs at least this many float32 rows of the same graph (measured: onnxruntime 4-9x,
+# the reference evaluator 59-75x, MobileNet- and ResNet-50-style models at 224 px). When even that
+# exceeds the budget, the evaluator is neither built nor timed.
+FLOAT64_MIN_SLOWDOWN = {"onnxruntime": 2.0, "reference evaluator": 20.0}
 
 
-def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s: float = FLOAT64_BUDGET_S):
+def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s: float = FLOAT64_BUDGET_S,
+                     float32_row_seconds: float | None = None):
     """Per row, from float64 central differences at steps 1e-5..1e-7 of the RMS: (agrees, forward fails, reverse fails).
 
     A row fails when some step's own h-vs-h/2 error is below 10% of what it measures and no
@@ -198,9 +206,13 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
     run the model or its projected time (the faster of two single rows timed, 12 evaluations per row)
     exceeds ``budget_s``.
     """
-    evaluator = "evaluator"
+    graphs = engine.graphs
+    evaluator = "onnxruntime" if onnxruntime_can_run(graphs.logp_model, graphs.shapes) is None else "reference evaluator"
+    if float32_row_seconds:
+        least = float32_row_seconds * FLOAT64_MIN_SLOWDOWN[evaluator] * 12 * x.shape[0]
+        if least > budget_s:
+            return None, f"float64 {evaluator} skipped: {least:.0f} s or more for this model", evaluator
     try:
-        graphs = engine.graphs
         logp = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes, weights=graphs.weights,
                            threads=engine.threads)
         evaluator = logp.evaluator

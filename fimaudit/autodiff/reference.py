@@ -328,6 +328,20 @@ NO_FLOAT64 = frozenset(("Erf", "ConvTranspose", "LpPool", "LRN", "InstanceNormal
                         "Celu", "ThresholdedRelu", "Mish", "Gelu", "GlobalMaxPool", "Shrink"))
 
 
+def onnxruntime_can_run(model: onnx.ModelProto, shapes: dict | None) -> str | None:
+    """Why the float64 copy of ``model`` cannot run in onnxruntime, from its operators alone (None: it can)."""
+    if not shapes:
+        return "no tensor shapes"
+    if model.graph.sparse_initializer:
+        return "sparse initializers"
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            return f"operator {node.domain}:{node.op_type}"
+        if node.op_type in NO_FLOAT64:
+            return f"{node.op_type} has no double kernel in onnxruntime"
+    return None
+
+
 def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray] | None = None
                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], int]:
     """The float64 copy of ``model`` with the operators onnxruntime lacks double kernels for rewritten.
@@ -339,8 +353,9 @@ def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], we
     rows per run. Raises ``Float64Unsupported`` for an operator it cannot express.
     """
     opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-    if model.graph.sparse_initializer:
-        raise Float64Unsupported("sparse initializers")
+    why = onnxruntime_can_run(model, shapes)
+    if why is not None:  # before any weight is converted
+        raise Float64Unsupported(why)
     values: dict[str, np.ndarray] = {}
     for name, arr in (weights or {}).items():
         values[name] = arr.astype(np.float64) if arr.dtype == np.float32 else arr
@@ -351,13 +366,9 @@ def float64_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], we
     em = _Lowering(opset, dict(shapes), {}, values, PREFIX, True)
     em.widest = max((int(np.prod(s[1:])) for s in shapes.values() if len(s) > 1), default=1)
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise Float64Unsupported(f"operator {node.domain}:{node.op_type}")
         n = onnx.NodeProto()
         n.CopyFrom(node)
         _node_to_float64(n)
-        if n.op_type in NO_FLOAT64:
-            raise Float64Unsupported(f"{n.op_type} has no double kernel in onnxruntime")
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value":
@@ -428,8 +439,6 @@ class Float64Logp:
         self.rows_per_run = self.batch or 0  # 0: all rows at once (the reference evaluator)
         if prefer == "onnxruntime":
             try:
-                if not shapes:
-                    raise Float64Unsupported("no tensor shapes")
                 self._session, widest = _float64_session(logp_model, shapes, weights, threads)
                 self.rows_per_run = self.batch or max(1, ROW_BYTES // (8 * max(widest, 1)))
             except Exception as exc:  # no double kernel, or a rewrite onnxruntime refuses: numpy instead
@@ -475,4 +484,4 @@ def _float64_session(logp_model: onnx.ModelProto, shapes: dict, weights: dict | 
     return session, widest
 
 
-__all__ = ["Float64Logp", "Float64Unsupported", "float64_copy", "float64_model", "NO_FLOAT64"]
+__all__ = ["Float64Logp", "Float64Unsupported", "float64_copy", "float64_model", "onnxruntime_can_run", "NO_FLOAT64"]
