@@ -5,7 +5,8 @@ pointwise convolutions, a squeeze-and-excitation gate), 4 classes. ``vgg320``: 3
 VGG-style (3x3 convolutions, ReLU, max-pooling, five stages), 4 classes. ``resnet50_224``:
 3x224x224, ResNet-50 layout (7x7 stride-2 stem + max-pool, [3, 4, 6, 3] bottleneck blocks
 1x1-3x3-1x1 with BatchNorm and projection shortcuts, widths 64..2048, global average pool,
-Gemm), 4 classes. Weights are He-scaled
+Gemm), 4 classes. ``resnet50_224_nhwc``: the same network as a TensorFlow export has it: a
+224x224x3 channels-last input and a Transpose to channels-first in front. Weights are He-scaled
 so the logits are of order one. ``build(name, folder)`` writes NAME.onnx and NAME.npz
 (x in [0, 1], 4 samples, labels) and returns both paths.
 """
@@ -19,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 IR, OPSET = 8, 17
-LARGE = ("mobilenet224", "vgg320", "resnet50_224")
+LARGE = ("mobilenet224", "vgg320", "resnet50_224", "resnet50_224_nhwc")
 
 
 class _Graph:
@@ -47,7 +48,12 @@ class _Graph:
         pad = k // 2
         return self.op("Conv", [x, w, b], pads=[pad] * 4, strides=[stride, stride], group=groups)
 
-    def model(self, out: str, sample_shape, classes: int, name: str) -> onnx.ModelProto:
+    def model(self, out: str, sample_shape, classes: int, name: str, nhwc: bool = False) -> onnx.ModelProto:
+        if nhwc:  # channels-last input, transposed to channels-first in front (as tf2onnx exports)
+            for node in self.nodes:
+                node.input[:] = ["x_nchw" if i == "x" else i for i in node.input]
+            self.nodes.insert(0, helper.make_node("Transpose", ["x"], ["x_nchw"], perm=[0, 3, 1, 2]))
+            sample_shape = (*sample_shape[1:], sample_shape[0])
         g = helper.make_graph(self.nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *sample_shape])],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])], self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -97,7 +103,7 @@ def _conv_bn(g: _Graph, x: str, c_in: int, c_out: int, k: int, stride: int = 1, 
     return g.op("Relu", [h]) if relu else h
 
 
-def resnet50_224(rng: np.random.Generator, classes: int = 4) -> onnx.ModelProto:
+def resnet50_224(rng: np.random.Generator, classes: int = 4, nhwc: bool = False) -> onnx.ModelProto:
     g = _Graph(rng)
     h = _conv_bn(g, "x", 3, 64, 7, 2)  # 112x112
     h = g.op("MaxPool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # 56x56
@@ -114,10 +120,16 @@ def resnet50_224(rng: np.random.Generator, classes: int = 4) -> onnx.ModelProto:
             h, c = g.op("Relu", [g.op("Add", [y, short])]), out
     pooled = g.op("Flatten", [g.op("GlobalAveragePool", [h])])
     z = g.op("Gemm", [pooled, g.weight((classes, c), c, gain=1.0)], transB=1)
-    return g.model(z, (3, 224, 224), classes, "resnet50_224")
+    return g.model(z, (3, 224, 224), classes, "resnet50_224_nhwc" if nhwc else "resnet50_224", nhwc=nhwc)
 
 
-BUILDERS = {"mobilenet224": mobilenet224, "vgg320": vgg320, "resnet50_224": resnet50_224}
+def resnet50_224_nhwc(rng: np.random.Generator, classes: int = 4) -> onnx.ModelProto:
+    """``resnet50_224`` with a channels-last 224x224x3 input (same weights for the same rng)."""
+    return resnet50_224(rng, classes, nhwc=True)
+
+
+BUILDERS = {"mobilenet224": mobilenet224, "vgg320": vgg320, "resnet50_224": resnet50_224,
+            "resnet50_224_nhwc": resnet50_224_nhwc}
 
 
 def build(name: str, folder: Path, samples: int = 4) -> tuple[Path, Path]:
@@ -128,9 +140,13 @@ def build(name: str, folder: Path, samples: int = 4) -> tuple[Path, Path]:
     path = Path(folder) / f"{name}.onnx"
     onnx.save(model, str(path))
     # Smooth images (low-resolution noise upsampled), so that inputs look more like photos than static.
-    low = rng.uniform(0, 1, size=(samples, shape[0], shape[1] // 16, shape[2] // 16))
+    nhwc = shape[-1] in (1, 3) and shape[0] not in (1, 3)
+    chw = (shape[2], shape[0], shape[1]) if nhwc else shape
+    low = rng.uniform(0, 1, size=(samples, chw[0], chw[1] // 16, chw[2] // 16))
     x = np.repeat(np.repeat(low, 16, axis=2), 16, axis=3)
     x = np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    if nhwc:  # the same images as the channels-first variant, channels last
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     data = Path(folder) / f"{name}.npz"
     np.savez(data, x=x, y=rng.integers(0, 4, size=samples))
     return path, data

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .graph import COTANGENT, TANGENT, with_outputs
-from .reference import Float64Logp
+from .reference import Float64Logp, onnxruntime_can_run
 from .source import GraphEngine
 
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -47,9 +47,11 @@ class GraphCheck:
         return asdict(self)
 
 
-def _fd(logp, x: np.ndarray, v: np.ndarray, h: float) -> np.ndarray:
+def _fd(logp, x: np.ndarray, v: np.ndarray, h: float, first: np.ndarray | None = None) -> np.ndarray:
+    """Central differences of ``logp`` at rows ``x`` along ``v``; ``first``: log p of the leading rows of
+    (x + h v, x - h v), already known."""
     rows = np.concatenate([x + h * v, x - h * v], axis=0)
-    out = logp(rows)
+    out = logp(rows) if first is None else np.concatenate([first, logp(rows[first.shape[0]:])], axis=0)
     n = x.shape[0]
     return (out[:n] - out[n:]) / (2.0 * h)
 
@@ -83,7 +85,10 @@ def check_graph(
     v /= np.sqrt(np.sum(v**2, axis=tuple(range(2, v.ndim)), keepdims=True))
     v = v.reshape((-1,) + shape)  # direction-major: rows (dir, sample)
     xr = np.tile(x, (directions,) + (1,) * len(shape))
+    # The forward and log p sessions serve only this check (a scan's exact Jacobians use the reverse
+    # graph): each is closed once used, so that at most two of the model's graphs hold memory at once.
     lp, sv = engine.jvp(xr, v)
+    engine.release("forward")
     u = rng.standard_normal(sv.shape)
     _, g = engine.vjp(xr, u)
     rev = np.sum(g.reshape(g.shape[0], -1) * v.reshape(v.shape[0], -1), axis=1)  # (Sᵀu)ᵀ v
@@ -96,11 +101,14 @@ def check_graph(
     # of them agrees; a row without any is inconclusive.
     steps = np.array([h] if step is not None else [h, h / 10, h / 100])
     fd_h, fd_h2, tol = [], [], []
+    t_fd = time.perf_counter()
     for hh in steps:
         a_, b_ = _fd(engine.logp, xr, v, hh), _fd(engine.logp, xr, v, hh / 2)
         fd_h.append(a_)
         fd_h2.append(b_)
         tol.append(_tol(a_, b_, scale, hh, floor))
+    row_seconds = (time.perf_counter() - t_fd) / (4 * len(steps) * xr.shape[0])  # float32 log p, per row
+    engine.release("logp_model")
     fd_h, fd_h2, tol = np.stack(fd_h), np.stack(fd_h2), np.stack(tol)  # (steps, rows, K), (steps, rows)
     size = np.maximum(np.linalg.norm(fd_h2, axis=2), 1e-30)
     informative = tol <= 0.5 * size
@@ -126,7 +134,8 @@ def check_graph(
     # inputs, where a step crosses kinks yet a smaller one cancels), go to the float64 evaluator.
     ask = np.flatnonzero(jvp_bad | vjp_bad | ~conclusive) if second_opinion else np.zeros(0, dtype=int)
     if ask.size:
-        opinion, second = _float64_opinion(engine, xr[ask], v[ask], sv[ask], rev[ask], u[ask], rms)
+        opinion, second, evaluator = _float64_opinion(engine, xr[ask], v[ask], sv[ask], rev[ask], u[ask], rms,
+                                                      float32_row_seconds=row_seconds)
         if opinion is not None:
             agreed, fwd_fail, back_fail = opinion
             refused = jvp_bad[ask] | vjp_bad[ask]
@@ -135,7 +144,7 @@ def check_graph(
                 parts.append(f"{int(np.sum(agreed & refused))} of {int(np.sum(refused))} refused rows agree")
             if np.any(~refused):
                 parts.append(f"{int(np.sum(agreed & ~refused))} of {int(np.sum(~refused))} rows float32 could not judge agree")
-            second = "float64 reference evaluator: " + ", ".join(parts)
+            second = f"float64 {evaluator}: " + ", ".join(parts)
             if np.any(agreed & refused):
                 second += " (float32 central differences could not resolve a nearby kink)"
             verified[ask[agreed]] = True
@@ -190,30 +199,53 @@ def check_graph(
     )
 
 
-FLOAT64_BUDGET_S = 30.0  # the float64 evaluator is numpy: skipped when its projected time exceeds this
+FLOAT64_BUDGET_S = 30.0  # the float64 evaluator is skipped when its projected time exceeds this
 FLOAT64_FLOOR = 1e-2  # relative: the float32 graph's own rounding (2e-3 measured on a random 320 px VGG)
+# A float64 row costs at least this many float32 rows of the same graph (measured: onnxruntime 4-9x,
+# the reference evaluator 59-75x, MobileNet- and ResNet-50-style models at 224 px). When even that
+# exceeds the budget, the evaluator is neither built nor timed.
+FLOAT64_MIN_SLOWDOWN = {"onnxruntime": 2.0, "reference evaluator": 20.0}
 
 
-def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s: float = FLOAT64_BUDGET_S):
+def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s: float = FLOAT64_BUDGET_S,
+                     float32_row_seconds: float | None = None):
     """Per row, from float64 central differences at steps 1e-5..1e-7 of the RMS: (agrees, forward fails, reverse fails).
 
     A row fails when some step's own h-vs-h/2 error is below 10% of what it measures and no
     step agrees within ``FLOAT64_FLOOR`` (the graph computes in float32; a wrong rule is off
-    by O(1)). Returns (None, why) when the reference evaluator cannot run the model or its
-    projected time (one row timed, 12 evaluations per row) exceeds ``budget_s``.
+    by O(1)). The float64 copy runs in onnxruntime when it can (``reference.float64_model``),
+    else in onnx's numpy reference evaluator. Returns (None, why, evaluator) when neither can
+    run the model or its projected time (the faster of two single rows timed, 12 evaluations per row)
+    exceeds ``budget_s``.
     """
+    graphs = engine.graphs
+    evaluator = "onnxruntime" if onnxruntime_can_run(graphs.logp_model, graphs.shapes) is None else "reference evaluator"
+    if float32_row_seconds:
+        least = float32_row_seconds * FLOAT64_MIN_SLOWDOWN[evaluator] * 12 * x.shape[0]
+        if least > budget_s:
+            return None, f"float64 {evaluator} skipped: {least:.0f} s or more for this model", evaluator
     try:
-        logp = Float64Logp(engine.graphs.logp_model, engine.graphs.input_name)
-        t0 = time.perf_counter()
-        logp(x[:1])
-        projected = (time.perf_counter() - t0) * 12 * x.shape[0]
+        logp = Float64Logp(graphs.logp_model, graphs.input_name, graphs.shapes, weights=graphs.weights,
+                           threads=engine.threads)
+        evaluator = logp.evaluator
+        steps = (1e-5, 1e-6, 1e-7)
+        # Timed on the first rows the first step needs (so not wasted), one at a time: the faster
+        # of two, since a session's first run also pays one-off costs.
+        lead = (x + steps[0] * rms * v)[:2]
+        seconds, first = [], []
+        for row in lead:
+            t0 = time.perf_counter()
+            first.append(logp(row[None]))
+            seconds.append(time.perf_counter() - t0)
+        first = np.concatenate(first, axis=0)
+        projected = min(seconds) * 12 * x.shape[0]
         if projected > budget_s:
-            return None, f"float64 reference evaluator skipped: about {projected:.0f} s for this model"
+            return None, f"float64 {evaluator} skipped: about {projected:.0f} s for this model", evaluator
         n = x.shape[0]
         fwd_ok, back_ok, informative = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-        for rel_step in (1e-5, 1e-6, 1e-7):
+        for rel_step in steps:
             hh = rel_step * rms
-            a, b = _fd(logp, x, v, hh), _fd(logp, x, v, hh / 2)
+            a, b = _fd(logp, x, v, hh, first if rel_step == steps[0] else None), _fd(logp, x, v, hh / 2)
             disc = np.linalg.norm(a - b, axis=1)
             tol = 2 * disc + FLOAT64_FLOOR * np.linalg.norm(b, axis=1) + 1e-9
             measured = np.linalg.norm(b, axis=1) > 0  # a zero difference verifies nothing
@@ -223,9 +255,9 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
             if np.all(fwd_ok & back_ok):
                 break
         ok = fwd_ok & back_ok
-        return (ok, informative & ~fwd_ok, informative & fwd_ok & ~back_ok), None
+        return (ok, informative & ~fwd_ok, informative & fwd_ok & ~back_ok), None, evaluator
     except Exception as exc:  # an operator the reference evaluator lacks: no second opinion
-        return None, f"float64 reference evaluator cannot run this model ({type(exc).__name__})"
+        return None, f"float64 {evaluator} cannot run this model ({type(exc).__name__})", evaluator
 
 
 def _intermediate_fd(engine: GraphEngine, x: np.ndarray, v: np.ndarray, h: float, names: list[str]):

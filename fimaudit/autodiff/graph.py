@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import helper, numpy_helper
 
 from ..model.session import create_session
@@ -49,13 +50,76 @@ class DerivativeGraphs:
     contributions: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (input, cotangent)
     cotangents: dict[str, str] = field(default_factory=dict)  # primal value -> its summed cotangent in ``reverse``
     build_seconds: float = 0.0
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the probe's static shapes (batch on axis 0)
     multi: bool = False  # the reverse graph takes several cotangent rows per point (model run once per point)
+    # The models above hold no large initializer: the primal's weights and the rules' large
+    # constants are kept once here (numpy), and handed to each session as it opens.
+    weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def activation_bytes(self) -> int:
+        """Bytes of the primal's tensors per row (those whose first axis is the probe batch), at least 1."""
+        probe = 2 if self.batch is None else self.batch
+        size = np.dtype(self.input_dtype).itemsize
+        return max(1, sum(int(np.prod(s[1:])) * size for k, s in self.shapes.items()
+                          if len(s) and s[0] == probe and k not in self.weights))
+
+    def complete(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` (one of these graphs, or a variant of one) as a self-contained ModelProto."""
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        out.graph.initializer.extend(numpy_helper.from_array(self.weights[n], n) for n in reads(model, self.weights))
+        return out
+
+
+# Initializers of at least this many elements, of these types, live in ``DerivativeGraphs.weights``.
+POOL_SIZE = 256
+_POOL_TYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.uint8, np.int32, np.int64, np.bool_)}
+
+
+def pooled(t: onnx.TensorProto) -> bool:
+    """An initializer kept out of the graph protos: large, plain numeric, its data in the proto."""
+    size = int(np.prod(t.dims)) if len(t.dims) else 1
+    if size < POOL_SIZE or t.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)) in _POOL_TYPES
+    except Exception:
+        return False
+
+
+def reads(model: onnx.ModelProto, weights: dict) -> list[str]:
+    """The names in ``weights`` that ``model`` reads (all of them when a node has a subgraph), in pool order."""
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return list(weights)
+    used = {i for n in g.node for i in n.input} | {i.name for i in g.input}
+    return [n for n in weights if n in used]
+
+
+def _copy_without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` whose graph has no initializers (they are not copied at all)."""
+
+    def copy_fields(src, dst, skip: str = "") -> None:
+        for fd, value in src.ListFields():
+            if fd.name == skip:
+                continue
+            if hasattr(value, "extend"):  # a repeated field
+                getattr(dst, fd.name).extend(value)
+            elif isinstance(value, Message):
+                getattr(dst, fd.name).CopyFrom(value)
+            else:
+                setattr(dst, fd.name, value)
+
+    m = onnx.ModelProto()
+    copy_fields(proto, m, skip="graph")
+    copy_fields(proto.graph, m.graph, skip="initializer")
+    return m
 
 
 def _static_copy(proto: onnx.ModelProto, input_name: str, output_name: str, sample_shape, batch) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
+    m = _copy_without_initializers(proto)  # the large ones are shared (``DerivativeGraphs.weights``)
     g = m.graph
+    g.initializer.extend(t for t in proto.graph.initializer if not pooled(t))
     del g.value_info[:]
     for vi in g.input:
         if vi.name == input_name:
@@ -136,21 +200,38 @@ def _extra_outputs(m: onnx.ModelProto) -> None:
                     node.output[i] = PREFIX + node.name + "_" + what
 
 
-def _probe(m: onnx.ModelProto, input_name: str, sample_shape, batch: int, dtype, threads: int, outputs: bool = True):
-    """Run the primal once with every intermediate exposed (``outputs``): shapes, dtypes and values."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    names = [o for n in probe.graph.node for o in n.output if o and o != LOGP] if outputs else []
-    del probe.graph.output[:]
-    probe.graph.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
-    probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in names)
-    session, _ = create_session(probe.SerializeToString(), device="cpu", threads=threads)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.0, 1.0, size=(batch,) + tuple(sample_shape)).astype(dtype)
-    outs = session.run(None, {input_name: x})
-    values = dict(zip([LOGP] + names, (np.asarray(o) for o in outs)))
-    values[input_name] = x
-    return probe, values
+class _Prober:
+    """One session of the primal with every intermediate tensor exposed, run at the probe batches.
+
+    Outputs stay onnxruntime values: their shapes and types are read without copying them
+    (``build_graphs`` copies out only the inactive tensors the rules may read).
+    """
+
+    def __init__(self, m: onnx.ModelProto, input_name: str, dtype, threads: int, weights: dict[str, np.ndarray]):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)  # no large initializers in m: they are in ``weights``
+        self.names = [LOGP] + [o for n in probe.graph.node for o in n.output if o and o != LOGP]
+        del probe.graph.output[:]
+        probe.graph.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
+        probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in self.names[1:])
+        self.model = probe
+        self.session, _ = open_session(probe, "cpu", threads, weights)
+        self.input_name, self.dtype = input_name, dtype
+
+    def run(self, sample_shape, batch: int) -> tuple[np.ndarray, dict]:
+        """(the probe input, name -> onnxruntime value) at ``batch`` rows."""
+        import onnxruntime as ort
+
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0.0, 1.0, size=(batch,) + tuple(sample_shape)).astype(self.dtype)
+        outs = self.session.run_with_ort_values(self.names, {self.input_name: ort.OrtValue.ortvalue_from_numpy(x)})
+        return x, dict(zip(self.names, outs))
+
+
+def _shape_dtype(value) -> tuple[tuple[int, ...], np.dtype | None]:
+    if not value.is_tensor():
+        return (), None
+    return tuple(value.shape()), np.dtype(helper.tensor_dtype_to_np_dtype(value.element_type()))
 
 
 def _activity(m: onnx.ModelProto, x: str, dtypes: dict[str, np.dtype]) -> set[str]:
@@ -197,34 +278,62 @@ def build_graphs(
         fixed_batch = int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
     batch: int | None = None
     batched: set[str] = set()
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer if pooled(t)}
+
+    def harvest(m, x, outs):
+        """Shapes and dtypes of every tensor, numpy values of the inactive ones; the probe's values then go."""
+        info = {k: _shape_dtype(v) for k, v in outs.items()}
+        info[input_name] = (x.shape, x.dtype)
+        values: dict[str, np.ndarray] = dict(weights)
+        for init in m.graph.initializer:
+            values.setdefault(init.name, numpy_helper.to_array(init))
+        shapes = {k: sh for k, (sh, dt) in info.items() if dt is not None}
+        dtypes = {k: dt for k, (sh, dt) in info.items() if dt is not None}
+        for k, v in values.items():
+            shapes.setdefault(k, tuple(v.shape))
+            dtypes.setdefault(k, v.dtype)
+        active = _activity(m, input_name, dtypes)
+        # The rules read values of inactive tensors only (pads, axes, indices, weights): the
+        # activations of the probe are never copied out of onnxruntime.
+        for k, v in outs.items():
+            if k not in active and k not in values and info[k][1] is not None:
+                values[k] = v.numpy()
+        return shapes, dtypes, values, active
+
     try:
         m = prepared(None)
-        probe, values = _probe(m, input_name, sample_shape, 2, dtype, threads)
+        prober = _Prober(m, input_name, dtype, threads, weights)
+        x, outs = prober.run(sample_shape, 2)
+        shapes, dtypes, values, active = harvest(m, x, outs)
+        del outs
         # A second batch size: a graph with its batch written in (Reshape, Resize sizes) fails or
         # returns the wrong number of rows at one of them.
-        _, check = _probe(m, input_name, sample_shape, 3, dtype, threads)
-        if values[LOGP].shape[0] != 2 or check[LOGP].shape[0] != 3:
+        x3, outs3 = prober.run(sample_shape, 3)
+        check = {k: _shape_dtype(v)[0] for k, v in outs3.items()}
+        check[input_name] = x3.shape
+        del outs3
+        if shapes[LOGP][:1] != (2,) or check[LOGP][:1] != (3,):
             raise ValueError("batch not preserved")
         # Tensors with a batch axis: their first dimension follows the batch (2, then 3).
-        batched = {k for k, v in values.items() if v.ndim and v.shape[0] == 2 and k in check
-                   and check[k].ndim and check[k].shape[0] == 3}
-        moved = [k for k, v in values.items() if k in check and (v.ndim != check[k].ndim or any(
-            a != b for i, (a, b) in enumerate(zip(v.shape, check[k].shape)) if i > 0))]
+        batched = {k for k, sh in shapes.items() if len(sh) and sh[0] == 2 and k in check
+                   and len(check[k]) and check[k][0] == 3}
+        moved = [k for k, sh in shapes.items() if k in check and (len(sh) != len(check[k]) or any(
+            a != b for i, (a, b) in enumerate(zip(sh, check[k])) if i > 0))]
         if moved:
             batched = set()  # a batch axis elsewhere than first: repeat points instead of cotangent rows
     except Exception:
         batch = int(fixed_batch or 1)
         m = prepared(batch)
         try:
-            probe, values = _probe(m, input_name, sample_shape, batch, dtype, threads)
+            prober = _Prober(m, input_name, dtype, threads, weights)
+            x, outs = prober.run(sample_shape, batch)
         except Exception as exc:
             raise GradientUnsupported(None, None, f"the primal graph does not run at batch {batch}: {exc}") from None
-    for init in m.graph.initializer:
-        values.setdefault(init.name, numpy_helper.to_array(init))
-    shapes = {k: tuple(v.shape) for k, v in values.items()}
-    dtypes = {k: v.dtype for k, v in values.items()}
-    active = _activity(m, input_name, dtypes)
-    n_classes = int(values[LOGP].shape[1])
+        shapes, dtypes, values, active = harvest(m, x, outs)
+        del outs
+    probe = prober.model
+    del prober  # the probe session and its arena
+    n_classes = int(shapes[LOGP][1])
     order = [
         (n.name, n.op_type, [i for i in n.input if i in active], [o for o in n.output if o in active])
         for n in m.graph.node
@@ -241,14 +350,14 @@ def build_graphs(
     logp_vi = helper.make_tensor_value_info(LOGP, t, [bd, n_classes])
     grad_vi = helper.make_tensor_value_info(GRAD, t, [rows] + list(sample_shape))
     jvp_vi = helper.make_tensor_value_info(JVP_OUT, t, [bd, n_classes])
-    reverse = _finish(m, [rem], [cot_vi], [logp_vi, grad_vi])
-    forward = _finish(m, [fem], [tan_vi], [logp_vi, jvp_vi])
+    reverse = _finish(m, [rem], [cot_vi], [logp_vi, grad_vi], weights)
+    forward = _finish(m, [fem], [tan_vi], [logp_vi, jvp_vi], weights)
     # F v in one pass: the tangent's S v weighted by p becomes the cotangent of the reverse part.
     weight = Emitter(opset, {}, {}, {}, PREFIX + "w_", batch is None)
     weight.nodes.append(helper.make_node("Mul", [weight.op("Exp", [LOGP]), JVP_OUT], [COTANGENT], name=COTANGENT))
-    fisher = _finish(m, [fem, weight, rem], [tan_vi], [logp_vi, jvp_vi, grad_vi])
+    fisher = _finish(m, [fem, weight, rem], [tan_vi], [logp_vi, jvp_vi, grad_vi], weights)
     # log p alone without the extra outputs the rules asked for (MaxPool is slower with indices).
-    logp_model = _finish(prepared(batch, extra=False), [], [], [logp_vi])
+    logp_model = _finish(prepared(batch, extra=False), [], [], [logp_vi], weights)
     return DerivativeGraphs(
         primal=probe,
         reverse=reverse,
@@ -265,7 +374,9 @@ def build_graphs(
         contributions=contributions,
         cotangents=cotangents,
         build_seconds=time.perf_counter() - t0,
+        shapes=shapes,
         multi=bool(batched),
+        weights=weights,
     )
 
 
@@ -273,13 +384,19 @@ def _batch_dim(batch: int | None):
     return "batch" if batch is None else int(batch)
 
 
-def _finish(m: onnx.ModelProto, emitters: list[Emitter], inputs: list, outputs: list) -> onnx.ModelProto:
+def _finish(m: onnx.ModelProto, emitters: list[Emitter], inputs: list, outputs: list,
+            weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The primal ``m`` with the emitters' nodes, inputs and outputs; their large constants go to ``weights``."""
     out = onnx.ModelProto()
     out.CopyFrom(m)
     g = out.graph
     for em in emitters:
         g.node.extend(em.nodes)
-        g.initializer.extend(em.initializers)
+        for t in em.initializers:
+            if not pooled(t):
+                g.initializer.append(t)
+            elif t.name not in weights:
+                weights[t.name] = numpy_helper.to_array(t)
     g.input.extend(inputs)
     del g.output[:]
     g.output.extend(outputs)
@@ -549,6 +666,27 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def open_session(model: onnx.ModelProto, device: str = "auto", threads: int = 0):
-    """An onnxruntime session for a derivative graph, through the project's session machinery."""
-    return create_session(model.SerializeToString(), device=device, threads=threads)
+def open_session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, weights: dict[str, np.ndarray] | None = None,
+                 **options):
+    """An onnxruntime session for a derivative graph; the initializers it reads from ``weights`` are handed to
+    onnxruntime as arrays (declared in the model as external data), never serialised."""
+    names = reads(model, weights) if weights else []
+    if names:
+        model = with_placeholders(model, {n: weights[n] for n in names})
+    return create_session(model.SerializeToString(), device=device, threads=threads,
+                          initializers={n: weights[n] for n in names} or None, **options)
+
+
+def with_placeholders(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` declaring ``arrays`` as initializers whose data onnxruntime gets from memory."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name, arr in arrays.items():
+        t = out.graph.initializer.add()
+        t.name = name
+        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        t.dims.extend(arr.shape)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", "fimaudit-in-memory"  # never read: the session gets the array
+    return out

@@ -936,12 +936,15 @@ def _jvp_layernorm(em: Emitter, node: onnx.NodeProto, t: list) -> list:
 
 
 
-def _resize_matrix(em: Emitter, node: onnx.NodeProto, axis: int, rank: int, n_in: int, n_out: int) -> np.ndarray:
+def _resize_matrix(em: Emitter, node: onnx.NodeProto, axis: int, rank: int, n_in: int, n_out: int,
+                   double: bool = False) -> np.ndarray:
     """The (n_out, n_in) interpolation matrix of a Resize/Upsample along one axis, by resizing the identity.
 
     Resize modes nearest, linear and cubic are separable: the map along each axis is the
     same node applied to a one-axis input. onnxruntime runs it once here, at build time, so
-    every coordinate-transformation and rounding mode is the runtime's own.
+    every coordinate-transformation and rounding mode is the runtime's own. ``double``: in
+    float64 by onnx's reference evaluator instead (onnxruntime has no double Resize), for the
+    self-check's float64 copy of the model.
     """
     from ..model.session import create_session
 
@@ -974,13 +977,19 @@ def _resize_matrix(em: Emitter, node: onnx.NodeProto, axis: int, rank: int, n_in
             inputs = ["x", "", "scales"]
             inits.append(onnx.numpy_helper.from_array(scales, "scales"))
     one = helper.make_node(node.op_type, inputs, ["y"], **a)
-    graph = helper.make_graph([one], "axis", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape_in)],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    elem = onnx.TensorProto.DOUBLE if double else onnx.TensorProto.FLOAT
+    graph = helper.make_graph([one], "axis", [helper.make_tensor_value_info("x", elem, shape_in)],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", em.opset)])
     model.ir_version = 8
-    session, _ = create_session(model.SerializeToString(), device="cpu", threads=1)
-    eye = np.eye(n_in, dtype=np.float32).reshape(shape_in)
-    out = np.asarray(session.run(None, {"x": eye})[0], dtype=np.float64)
+    eye = np.eye(n_in, dtype=np.float64 if double else np.float32).reshape(shape_in)
+    if double:
+        from onnx.reference import ReferenceEvaluator
+
+        out = np.asarray(ReferenceEvaluator(model).run(None, {"x": eye})[0], dtype=np.float64)
+    else:
+        session, _ = create_session(model.SerializeToString(), device="cpu", threads=1)
+        out = np.asarray(session.run(None, {"x": eye})[0], dtype=np.float64)
     out = np.moveaxis(out, axis, -1).reshape(n_in, -1)
     if out.shape[1] != n_out:
         _refuse(node, "an output size the per-axis interpolation does not reproduce")

@@ -137,9 +137,38 @@ def _fold_constant(node: Node, consts: dict[str, np.ndarray], shapes: dict[str, 
     return [None] * len(node.outputs)
 
 
-def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+_FLOAT_DATA = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference: large float initializers become typed graph inputs, their data not copied.
+
+    Shape inference reads their shapes only (data propagation folds integer shape tensors,
+    which stay); at ResNet-50 size the full copy and its serialisations cost about 1 GB.
+    """
     m = onnx.ModelProto()
-    m.CopyFrom(model)
+    for fd, value in model.ListFields():
+        if fd.name != "graph":
+            getattr(m, fd.name).extend(value) if hasattr(value, "extend") else (
+                getattr(m, fd.name).CopyFrom(value) if hasattr(value, "CopyFrom") else setattr(m, fd.name, value))
+    for fd, value in model.graph.ListFields():
+        if fd.name != "initializer":
+            getattr(m.graph, fd.name).extend(value) if hasattr(value, "extend") else (
+                getattr(m.graph, fd.name).CopyFrom(value) if hasattr(value, "CopyFrom") else setattr(m.graph, fd.name, value))
+    inputs = {i.name for i in m.graph.input}
+    for t in model.graph.initializer:
+        if t.data_type in _FLOAT_DATA and int(np.prod(t.dims)) > 64:
+            if t.name not in inputs:
+                m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            m.graph.initializer.append(t)
+    return m
+
+
+def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    m = _shape_skeleton(model)
+    declared = {i.name for i in model.graph.input}
+    stand_ins = {i.name for i in m.graph.input if i.name not in declared}  # initializers, not reported as inputs
     for inp in m.graph.input:
         if inp.name == input_name:
             dims = inp.type.tensor_type.shape.dim
@@ -158,7 +187,7 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[i
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
             continue
         dims = vi.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
+        if all(d.HasField("dim_value") for d in dims) and vi.name not in stand_ins:
             shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     return shapes
 

@@ -10,6 +10,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
 
 # onnxruntime-gpu prints provider-load failures at ERROR level; keep its logger at FATAL
@@ -63,7 +65,10 @@ def cuda_available() -> bool:
     return True
 
 
-def _options(threads: int):
+_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC", "none": "ORT_DISABLE_ALL"}
+
+
+def _options(threads: int, *, arena: bool = True, optimization: str = "all"):
     ort = _ort()
     so = ort.SessionOptions()
     so.log_severity_level = _SEVERITY
@@ -72,7 +77,9 @@ def _options(threads: int):
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads > 0:
         so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
+    if not arena:  # tensors are allocated per run and returned, not kept in a growing pool
+        so.enable_cpu_mem_arena = False
     return so
 
 
@@ -100,8 +107,14 @@ def translate_ort_error(exc: BaseException) -> str:
     return line[:300] if line else type(exc).__name__
 
 
-def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0):
-    """Return ``(session, provider)``. ``device`` is auto, cpu or cuda."""
+def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0, arena: bool = True,
+                   optimization: str = "all", initializers: dict | None = None):
+    """Return ``(session, provider)``. ``device`` is auto, cpu or cuda.
+
+    ``arena`` False: no CPU memory arena (large tensors go back to the system after each run);
+    ``optimization``: all (default), extended, basic or none; ``initializers``: name -> numpy
+    array for initializers the model declares as external data (onnxruntime copies them).
+    """
     ort = _ort()
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, not '{device}'")
@@ -111,7 +124,12 @@ def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
     try:
         with _silenced_stderr() if want_cuda else contextlib.nullcontext():
-            session = ort.InferenceSession(model_bytes, sess_options=_options(threads), providers=providers)
+            options = _options(threads, arena=arena, optimization=optimization)
+            if initializers:
+                names = list(initializers)
+                values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
+                options.add_external_initializers(names, values)
+            session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     except Exception as exc:
         message = translate_ort_error(exc)
         if "unsupported operator" in message:
