@@ -246,5 +246,6 @@ def test_hopeless_second_opinion_is_skipped_before_it_is_built(tmp_path, monkeyp
     monkeypatch.setattr(check_mod, "FLOAT64_MIN_SLOWDOWN", {"onnxruntime": 1e15, "reference evaluator": 1e15})
     monkeypatch.setattr(check_mod, "Float64Logp", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
     check = check_graph(engine, x, np.random.default_rng(0))
-    assert check.passed and check.verified == 0 and check.inconclusive == check.rows
+    # no row judged: inconclusive (never a pass on no evidence)
+    assert check.status == "inconclusive" and check.verified == 0 and check.inconclusive == check.rows
     assert check.second_opinion.startswith("float64 onnxruntime skipped:") and "or more" in check.second_opinion
