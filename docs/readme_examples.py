@@ -5,7 +5,7 @@
 
 An example is a fenced block right after a marker line ``<!-- output: COMMAND -->``; the block
 becomes COMMAND's stdout (run from the repository root, 100 columns, SOURCE_DATE_EPOCH=0, no
-colour). ``<!-- output-head: N COMMAND -->`` keeps the first N lines and adds ``...``. Timings
+colour). ``<!-- output-head N: COMMAND -->`` keeps the first N lines and adds ``...``. Timings
 in an output (``seconds`` lines) differ run to run; ``--check`` ignores lines that start with
 ``seconds``.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-MARKER = re.compile(r"^<!-- output(?:-head: (?P<n>\d+))?: (?P<cmd>.+?) -->$")
+MARKER = re.compile(r"^<!-- output(?:-head (?P<n>\d+))?: (?P<cmd>.+?) -->$")
 
 
 def run(cmd: str) -> str:
