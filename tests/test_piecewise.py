@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
+
+import jsonschema
 
 import numpy as np
 import onnx
@@ -167,15 +170,25 @@ def test_sign_net_detection_and_behaviour(tmp_path):
 
 # ----------------------------------------------------------------------------------------- scans
 def _assert_no_pointwise_result(rep: dict) -> None:
+    """No pointwise F was estimated: every sample's lambda_max is the automatic smoothed Fisher F_sigma's."""
     pw = rep["piecewise"]
-    assert pw["complete"] and pw["note"] == rep["notes"][0] and pw["behaviour"]["piecewise"]
-    for s in rep["samples"]:
-        assert s["lambda_max"] is None and s["trace"] is None and s["lower_bound"] is None
-        assert s["lower_estimate"] is None and s["top_eigenvalues"] == []
-    for key in ("lambda_max", "trace", "lower_bound", "lower_estimate"):
-        assert rep["summary"][key]["count"] == 0 and rep["summary"][key]["median"] is None
+    assert pw["complete"] and pw["note"] in rep["notes"] and pw["behaviour"]["piecewise"]
+    assert "smoothed Fisher F_sigma's (sigma chosen automatically)" in pw["reported"]
+    assert rep["notes"][0].startswith("smoothed Fisher F_sigma (sigma = ")
+    assert "sigma chosen automatically" in rep["notes"][0] and "because the model is piecewise-constant" in rep["notes"][0]
+    sm = rep["summary"]["smoothed"]
+    assert sm["source"] == "auto" and "5% of the sample's RMS" in sm["rule"] and sm["sigma"] > 0
+    assert sm["because"].startswith("the model is piecewise-constant (")
+    assert sm["lambda_max"]["count"] == len(rep["samples"]) and 0 < sm["lambda_max"]["median"] < float("inf")
+    for s in rep["samples"]:  # no pointwise number: no lower bound, no finite-difference step
+        assert s["method"] == "smoothed" and s["smoothed"]["lambda_max"] == s["lambda_max"]
+        lo, hi = s["lambda_max_ci"]
+        assert lo <= s["lambda_max"] <= hi and s["queries"] <= rep["config"]["budget"]
+        assert s["lower_bound"] is None and s["lower_estimate"] is None
+    assert rep["summary"]["lower_bound"]["count"] == 0 and rep["run"]["method_used"] == "smoothed"
     gradients = rep["run"]["gradients_used"]  # never a self-check passed on nothing
-    assert gradients["source"] == "fd" and gradients["reason"].startswith("piecewise-constant model")
+    assert gradients["source"] == "smoothing" and rep["summary"]["calibration_queries"] == 0
+    jsonschema.validate(rep, json.loads(resources.files("fimaudit.report").joinpath("scan.schema.json").read_text()))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -215,10 +228,10 @@ def test_policy_fisher_checks_are_not_applicable(zoo_int8):
                                       "fisher_surrogate.lambda_max.median <= 1e9",
                                       "fisher_smoothed.lambda_max.median <= 1e9")]
     out = evaluate(Policy("p", tuple(checks), {}), wrapped)
-    assert [c.passed for c in out] == [False, False, True, False]
+    assert [c.passed for c in out] == [False, False, True, True]
     assert out[0].reason.startswith("not applicable: piecewise-constant model (ops QuantizeLinear x")
     assert out[2].value == rep["summary"]["surrogate"]["lambda_max"]["median"]
-    assert "--smoothing" in out[3].reason
+    assert out[3].value == rep["summary"]["smoothed"]["lambda_max"]["median"]  # automatic F_sigma
     # --fail-above is the same check: a piecewise model fails the gate (exit 1), never passes on a 0
     res = runner.invoke(app, ["scan", str(zoo_int8[("mlp_small", "qdq")]), *_zoo_args("mlp_small"), "--samples", "2",
                               "--no-bounds", "--fail-above", "1e9"])
