@@ -369,3 +369,88 @@ def test_self_check_on_a_binarized_net_is_inconclusive_never_passed(tmp_path):
     assert not check.passed and check.status == "inconclusive" and check.verified == 0
     assert check.zero_rows == check.rows == 6 and choice.source == "graph"
     assert "could be verified" in check.reason
+
+
+# ----------------------------------------------------------------------------------------- audit defaults
+def _audit(model, data, **kw):
+    from fimaudit.audit import AuditConfig, run_audit
+
+    e = MANIFEST["mlp_small"]["preprocess"]
+    opts = dict(samples=4, eps=(0.03,), budget=300, certify_n=100, metrics_samples=10, corruptions=False)
+    if data is None:
+        opts |= dict(scale=e["scale"], mean=(e["mean"],), std=(e["std"],))
+    return run_audit(AuditConfig(model=str(model), data=str(data or ROOT / MANIFEST["mlp_small"]["data"]),
+                                 **(opts | kw)))
+
+
+def _worst_by_hand(runs: list[dict], eps: float) -> float:
+    robust = None
+    for run in runs:
+        r = next(r for r in run["results"] if r["eps"] == eps)
+        ok = np.array([s["correct"] and not s["success"] for s in sorted(r["samples"], key=lambda s: s["index"])])
+        robust = ok if robust is None else robust & ok
+    return float(np.mean(robust))
+
+
+def test_audit_of_an_int8_model_defaults(zoo_int8):
+    """Piecewise-constant: decision-based attacks and the surrogate's transfer by default, no APGD, the worst case
+    per sample over the attacks, CLEVER/validity not applicable, certificates by default, the automatic F_sigma
+    read by fisher_smoothed.*."""
+    from fimaudit.policy import Policy, evaluate, parse_check
+
+    res = _audit(zoo_int8[("mlp_small", "qdq")], None)
+    att = res.section("attacks").data
+    assert [r["config"]["attack"] for r in att["runs"]] == ["square", "rays", "transfer"]
+    assert att["runs"][2]["config"]["surrogate"] == "onnx.ModelProto (in memory)" and att["skipped"] == []
+    assert att["whitebox"].startswith("skipped: gradient-based attacks") and "uninformative" in att["notes"][0]
+    worst = att["worst_case"]["robust_accuracy"]["0.03"]
+    assert worst == _worst_by_hand(att["runs"], 0.03)
+    assert worst <= min(r["results"][0]["robust_accuracy"] for r in att["runs"])
+    for name in ("clever", "validity", "worst"):
+        sec = res.section(name)
+        assert sec.status == "unavailable" and sec.reason.startswith("not applicable: piecewise-constant"), name
+    cert = res.section("certify")
+    assert cert.status == "ok" and cert.data["config"]["sigma"] == 0.25 and cert.data["config"]["n"] == 100
+    assert cert.data["sigma_source"]["source"] == "default" and "0.25 x the width" in cert.data["sigma_source"]["rule"]
+    assert any(n.startswith("certify (randomized smoothing) runs by default") for n in res.model["defaults"])
+    sm = res.section("scan").data["summary"]["smoothed"]
+    assert sm["source"] == "auto" and 0 < sm["lambda_max"]["median"] < float("inf")
+    out = evaluate(Policy("p", (parse_check("fisher_smoothed.lambda_max.median <= 1e9"),
+                                parse_check("fisher.lambda_max.median <= 1e9")), {}), res)
+    assert out[0].passed and out[0].value == sm["lambda_max"]["median"] and not out[1].passed
+    # what the policy's [audit] sets explicitly is kept
+    mine = _audit(zoo_int8[("mlp_small", "qdq")], None, attacks=("square",), certify_sigma=0.1,
+                  sections=("attacks", "certify"))
+    assert [r["config"]["attack"] for r in mine.section("attacks").data["runs"]] == ["square"]
+    assert mine.section("certify").data["config"]["sigma"] == 0.1
+    assert mine.section("certify").data["sigma_source"]["source"] == "policy"
+
+
+def test_audit_of_a_binarized_net_defaults(tmp_path):
+    """l2: HopSkipJump instead of RayS; no float surrogate for a Sign net, so the transfer attack is skipped with
+    its reason; a smooth model keeps the old defaults (PGD, Square, APGD, no certificate)."""
+    import onnxruntime as ort
+
+    path = save(sign_mlp(np.random.default_rng(0)), tmp_path / "sign.onnx")
+    x = np.random.default_rng(1).uniform(-1, 1, size=(4, 12)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = np.argmax(sess.run(None, {"x": x})[0], axis=1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    res = _audit(path, tmp_path / "d.npz", norm="l2", eps=(0.5,), input_range=(-1.0, 1.0),
+                 sections=("scan", "attacks", "clever", "certify"))
+    att = res.section("attacks").data
+    assert [r["config"]["attack"] for r in att["runs"]] == ["square", "hsja"]
+    assert att["skipped"] == [{"attack": "transfer", "reason": att["skipped"][0]["reason"]}]
+    assert "not an artefact of quantization" in att["skipped"][0]["reason"]
+    assert att["worst_case"]["robust_accuracy"]["0.5"] == _worst_by_hand(att["runs"], 0.5)
+    assert res.section("clever").reason.startswith("not applicable: piecewise-constant model (Sign x1)")
+    assert res.section("certify").data["config"]["sigma"] == 0.5  # 0.25 x the width 2 of [-1, 1]
+    sm = res.section("scan").data["summary"]["smoothed"]
+    assert sm["source"] == "auto" and sm["lambda_max"]["median"] > 0
+    assert all(s["lambda_max_ci"] is not None for s in res.section("scan").data["samples"])
+    smooth = save(weight_only_qdq(np.random.default_rng(0), d=12, k=4), tmp_path / "smooth.onnx")
+    plain = _audit(smooth, tmp_path / "d.npz", input_range=(-1.0, 1.0), sections=("attacks", "certify"))
+    runs = plain.section("attacks").data
+    assert runs, plain.section("attacks").reason
+    assert [r["config"]["attack"] for r in runs["runs"]] == ["apgd", "pgd", "square"] and runs["whitebox"] == "apgd"
+    assert plain.section("certify").status == "unavailable" and "defaults" not in plain.model

@@ -158,7 +158,11 @@ def render_audit_markdown(result: AuditResult) -> str:
         for run in att.data["runs"]:
             for r in run["results"]:
                 lines.append(f"| {run['config']['attack']} ({run['config']['norm']}) | {r['eps']:g} | {_value(r['robust_accuracy'])} |")
-        lines.append("")
+        for eps, ra in ((att.data.get("worst_case") or {}).get("robust_accuracy") or {}).items():
+            lines.append(f"| worst case per sample over the attacks | {eps} | {_value(ra)} |")
+        for skip in att.data.get("skipped") or []:
+            lines.append(f"| {skip['attack']}: skipped ({skip['reason']}) | | |")
+        lines += [""] + [f"- {n}" for n in att.data.get("notes") or []] + ([""] if att.data.get("notes") else [])
     lines += ["## Sections", "", "| section | status | reason |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.reason or ''} |" for s in result.sections]
     lines += ["", f"fimaudit {result.fimaudit}, audit schema {result.schema_version}" + (f", {result.created}" if result.created else "")]
@@ -191,6 +195,8 @@ def render_audit_text(result: AuditResult) -> str:
     lines = [f"fimaudit audit of {result.model['path']}: verdict {result.verdict.upper()}"]
     if _piecewise_note(result):
         lines.append(f"  note: {_piecewise_note(result)}")
+    for note in (result.model or {}).get("defaults") or []:
+        lines.append(f"  note: {note}")
     for c in result.checks:
         lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
     for s in result.sections:
