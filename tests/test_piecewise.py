@@ -454,3 +454,19 @@ def test_audit_of_a_binarized_net_defaults(tmp_path):
     assert runs, plain.section("attacks").reason
     assert [r["config"]["attack"] for r in runs["runs"]] == ["apgd", "pgd", "square"] and runs["whitebox"] == "apgd"
     assert plain.section("certify").status == "unavailable" and "defaults" not in plain.model
+
+
+def test_audit_cli_policy_reads_the_automatic_smoothed_fisher(zoo_int8, tmp_path):
+    """Through `fimaudit audit --policy`: fisher_smoothed.* passes on the automatic F_sigma (no --smoothing),
+    certify.* on the default certificate, and a policy [audit] attacks list is kept."""
+    pol = tmp_path / "p.toml"
+    pol.write_text('[audit]\nsamples = 3\nbudget = 100\neps = [0.03]\ncertify_n = 50\nattacks = ["square"]\n'
+                   'sections = ["scan", "attacks", "certify"]\n[policy]\nname = "pw"\nchecks = ['
+                   '"fisher_smoothed.lambda_max.median <= 1e9", "certify.certified_accuracy[r=0] >= 0"]\n')
+    res = runner.invoke(app, ["audit", str(zoo_int8[("mlp_small", "qdq")]), *_zoo_args("mlp_small"), "--policy",
+                              str(pol), "--out", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    rep = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert [c["passed"] for c in rep["checks"]] == [True, True]
+    att = next(s for s in rep["sections"] if s["name"] == "attacks")["data"]
+    assert [r["config"]["attack"] for r in att["runs"]] == ["square"]
