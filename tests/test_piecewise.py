@@ -416,8 +416,11 @@ def test_audit_of_an_int8_model_defaults(zoo_int8):
     sm = res.section("scan").data["summary"]["smoothed"]
     assert sm["source"] == "auto" and 0 < sm["lambda_max"]["median"] < float("inf")
     out = evaluate(Policy("p", (parse_check("fisher_smoothed.lambda_max.median <= 1e9"),
-                                parse_check("fisher.lambda_max.median <= 1e9")), {}), res)
+                                parse_check("fisher.lambda_max.median <= 1e9"),
+                                parse_check("attack.worst.linf[0.03].robust_accuracy >= 0"),
+                                parse_check("attack.worst.l2[0.03].robust_accuracy >= 0")), {}), res)
     assert out[0].passed and out[0].value == sm["lambda_max"]["median"] and not out[1].passed
+    assert out[2].passed and out[2].value == worst and not out[3].passed and "no worst case" in out[3].reason
     # what the policy's [audit] sets explicitly is kept
     mine = _audit(zoo_int8[("mlp_small", "qdq")], None, attacks=("square",), certify_sigma=0.1,
                   sections=("attacks", "certify"))
