@@ -421,6 +421,11 @@ def test_audit_of_an_int8_model_defaults(zoo_int8):
                                 parse_check("attack.worst.l2[0.03].robust_accuracy >= 0")), {}), res)
     assert out[0].passed and out[0].value == sm["lambda_max"]["median"] and not out[1].passed
     assert out[2].passed and out[2].value == worst and not out[3].passed and "no worst case" in out[3].reason
+    from fimaudit.report.audit import render_audit_html, render_audit_markdown, render_audit_text
+
+    assert "worst case per sample over the attacks | 0.03 |" in render_audit_markdown(res)
+    assert "<section id=worst-case>" in render_audit_html(res)
+    assert "note: certify (randomized smoothing) runs by default" in render_audit_text(res)
     # what the policy's [audit] sets explicitly is kept
     mine = _audit(zoo_int8[("mlp_small", "qdq")], None, attacks=("square",), certify_sigma=0.1,
                   sections=("attacks", "certify"))
