@@ -36,6 +36,21 @@ STATUSES = ("ok", "unavailable", "error")
 ProgressFn = Callable[[str, int, int], None]  # (section, step done, steps total)
 
 
+DEFAULT_ATTACKS = ("pgd", "square")
+# Randomized smoothing's default noise on a piecewise-constant model: a quarter of the input range's width (in
+# model-input units: divided by the mean --std), the middle of the sigmas of Cohen et al. 2019 on [0, 1] images.
+CERTIFY_SIGMA_REL = 0.25
+CERTIFY_SIGMA_RULE = "sigma = 0.25 x the width of --input-range, in model-input units (divided by the mean --std)"
+GRADIENT_NOTE = ("gradient-based attacks (white-box APGD, black-box finite-difference PGD) are uninformative on a "
+                 "piecewise-constant model: its gradients are 0 almost everywhere, so they find nothing whatever the "
+                 "model's robustness")
+
+
+def piecewise_attacks(norm: str) -> tuple[str, ...]:
+    """The audit's attacks on a piecewise-constant model: gradient-free ones and the float surrogate's transfer."""
+    return ("square", "rays" if norm == "linf" else "hsja", "transfer")
+
+
 class Unavailable(Exception):
     """Raised by a section that cannot be computed for this model; the message is the reason."""
 
@@ -55,17 +70,18 @@ class AuditConfig(ModelDataOptions):
     budget: int = 2000
     eps: tuple[float, ...] = (0.01, 0.03)
     norm: str = "linf"
-    attacks: tuple[str, ...] = ("pgd", "square")
+    attacks: tuple[str, ...] | None = None  # None: DEFAULT_ATTACKS, or piecewise_attacks(norm) (resolve_defaults)
     eps_from: str | None = None  # --eps-from KEY: the attacks also run each sample at its own radius
     gradients: str = "auto"  # auto | graph | fd | zo; each section takes the values that apply to it (_gradients_for)
-    whitebox: bool = True  # also APGD from exact graph gradients when the graph allows them
+    whitebox: bool | None = None  # also APGD from exact graph gradients when the graph allows them; None: yes,
+    # except on a piecewise-constant model (resolve_defaults)
     taus: tuple[float, ...] = (0.1,)
     clever_samples: int = 5
     clever_points: int = 20
     clever_radius: float = 2.0
     metrics_samples: int = 200
     corruptions: bool = True
-    certify_sigma: float | None = None  # randomized smoothing runs only when set (it is expensive)
+    certify_sigma: float | None = None  # randomized smoothing runs when set, and on piecewise-constant models
     certify_n: int = 1000
     certify_radii: tuple[float, ...] = (0.0, 0.25, 0.5)
     sections: tuple[str, ...] = ()  # empty: all
@@ -81,6 +97,33 @@ class AuditConfig(ModelDataOptions):
         unknown = [s for s in self.sections if s not in {spec.name for spec in SECTIONS}]
         if unknown:
             raise ConfigError(f"unknown audit section(s) {', '.join(unknown)}; known: {', '.join(s.name for s in SECTIONS)}")
+
+    def resolve_defaults(self, piecewise: bool) -> tuple["AuditConfig", list[str]]:
+        """Fill the fields left to the model's kind (attacks, whitebox, certify_sigma) and say what was chosen.
+
+        A piecewise-constant model (fimaudit.piecewise) gets decision-based and transfer attacks, no white-box
+        APGD, and randomized-smoothing certificates by default; values the policy set are kept.
+        """
+        from dataclasses import replace
+
+        if not piecewise:
+            return replace(self, attacks=DEFAULT_ATTACKS if self.attacks is None else self.attacks,
+                           whitebox=True if self.whitebox is None else self.whitebox), []
+        notes = []
+        attacks, whitebox, sigma = self.attacks, self.whitebox, self.certify_sigma
+        if attacks is None:
+            attacks = piecewise_attacks(self.norm)
+            notes.append(f"attacks {', '.join(attacks)} by default: the model is piecewise constant, so the audit "
+                         "runs gradient-free attacks and the float surrogate's transfer attack; " + GRADIENT_NOTE)
+        elif any(a in ("pgd", "fgsm", "bim", "apgd") for a in attacks):
+            notes.append(f"the policy's attacks ({', '.join(attacks)}) include gradient-based ones: {GRADIENT_NOTE}")
+        if whitebox is None:
+            whitebox = False
+        if sigma is None:
+            sigma = CERTIFY_SIGMA_REL * (self.input_range[1] - self.input_range[0]) / float(np.mean(self.std))
+            notes.append(f"certify (randomized smoothing) runs by default on a piecewise-constant model: a guarantee "
+                         f"for any classifier; sigma {sigma:g} ({CERTIFY_SIGMA_RULE}), n {self.certify_n}")
+        return replace(self, attacks=tuple(attacks), whitebox=whitebox, certify_sigma=sigma), notes
 
     def gradients_for(self, use: str) -> str:
         """The gradient source a section gets: ``use`` is scan/clever (auto|graph|fd), blackbox (auto|fd|zo) or
@@ -201,6 +244,11 @@ class AuditContext:
     unlabelled_reason: str | None = None  # set when the data has no labels 'y'
     execution: Any = None  # fimaudit.distributed.Execution: scan, certify and black-box attacks run on Dask workers
     preprocessing: dict | None = None  # fimaudit.sanity's verdict on the clean predictions (None without --data)
+    piecewise: Any = None  # fimaudit.piecewise.PiecewiseInfo of a (wholly) piecewise-constant model, else None
+    proto: Any = None  # the model's onnx.ModelProto (the float surrogate is built from it)
+    io_names: tuple[str, str] = ("", "")  # the model's input and output names
+    surrogate: Any = None  # fimaudit.piecewise.Surrogate, built on first use
+    defaults: list[str] = field(default_factory=list)  # what resolve_defaults chose for this model's kind
 
     def step(self, section: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -301,7 +349,7 @@ def _worst_section(ctx: AuditContext, k: int = 5) -> dict:
 def _attack_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     _labels_needed(ctx, "attacks")
-    runs = []
+    runs, skipped = [], []
     whitebox_note = None
     if cfg.whitebox:
         # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
@@ -311,17 +359,67 @@ def _attack_section(ctx: AuditContext) -> dict:
                                              min_distance=True, gradients=cfg.gradients_for("whitebox"))).to_dict())
         except FimauditError as exc:
             whitebox_note = f"white-box APGD unavailable: {exc}"
+    elif ctx.piecewise is not None:
+        whitebox_note = f"skipped: {GRADIENT_NOTE}"
     for k, name in enumerate(cfg.attacks):
+        own: dict[str, Any] = {}
+        if name == "transfer":
+            surrogate = _surrogate_for(ctx)
+            if surrogate.model is None:
+                skipped.append({"attack": "transfer", "reason": surrogate.reason})
+                ctx.step("attacks", k + 1, len(cfg.attacks))
+                continue
+            own["surrogate"] = surrogate.model
         acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)),
-                         gradients=cfg.gradients_for("blackbox") if name not in SCORELESS else "auto")
+                         gradients=cfg.gradients_for("blackbox") if name not in SCORELESS else "auto", **own)
         runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
-    return {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
-            "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off")}
+    out = {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
+           "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off"), "skipped": skipped,
+           "worst_case": worst_case(runs)}
+    if ctx.piecewise is not None:
+        out["notes"] = [n for n in ctx.defaults if n.startswith(("attacks", "the policy's attacks"))] or [GRADIENT_NOTE]
+    return out
+
+
+def _surrogate_for(ctx: AuditContext):
+    """The float surrogate (fimaudit.piecewise.float_surrogate) of the model, built in memory once."""
+    from .piecewise import Surrogate, float_surrogate
+
+    if ctx.surrogate is None:
+        if ctx.piecewise is None or ctx.proto is None:
+            ctx.surrogate = Surrogate(None, "no float surrogate: the transfer attack needs a piecewise-constant "
+                                            "(quantized) model, or `fimaudit attack --attack transfer --surrogate FILE`")
+        else:
+            ctx.surrogate = float_surrogate(ctx.proto, *ctx.io_names)
+    return ctx.surrogate
+
+
+def worst_case(runs: list[dict]) -> dict | None:
+    """Per eps: robust accuracy when each sample counts as robust only if every attack run failed on it (and it
+    was classified correctly): the per-sample worst case over the attacks."""
+    by_eps: dict[float, dict[int, bool]] = {}
+    names: dict[float, list[str]] = {}
+    for run in runs:
+        for r in run["results"]:
+            eps = float(r["eps"])
+            names.setdefault(eps, []).append(run["config"]["attack"])
+            seen = by_eps.setdefault(eps, {})
+            for smp in r["samples"]:
+                ok = bool(smp["correct"]) and not bool(smp["success"])
+                seen[smp["index"]] = seen.get(smp["index"], True) and ok
+    if not by_eps:
+        return None
+    return {"robust_accuracy": {f"{eps:g}": float(np.mean(list(seen.values()))) for eps, seen in sorted(by_eps.items())},
+            "attacks": {f"{eps:g}": names[eps] for eps in sorted(by_eps)},
+            "rule": "a sample is robust at eps only if it is classified correctly and every attack failed on it"}
 
 
 def _clever_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
+    if ctx.piecewise is not None:  # CLEVER estimates a local Lipschitz constant from gradients: 0 almost everywhere
+        raise Unavailable(f"not applicable: piecewise-constant model ({ctx.piecewise.ops_text()}): CLEVER's gradient "
+                          "norms are 0 almost everywhere")
     _labels_needed(ctx, "CLEVER scores")
     acfg = cfg.build(AttackConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), budget=10**9)
     return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2,
@@ -390,10 +488,15 @@ def _validity_section(ctx: AuditContext) -> dict:
 def _certify_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
     if cfg.certify_sigma is None:
-        raise Unavailable("randomized smoothing runs only when the policy's [audit] sets certify_sigma")
+        raise Unavailable("randomized smoothing runs only when the policy's [audit] sets certify_sigma (or by "
+                          "default on a piecewise-constant model)")
     ccfg = cfg.build(CertifyConfig, sigma=cfg.certify_sigma, n=cfg.certify_n, radii=tuple(cfg.certify_radii))
     ccfg.validate()
-    return certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total), ctx.execution).to_dict()
+    out = certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total), ctx.execution).to_dict()
+    chosen = [n for n in ctx.defaults if n.startswith("certify")]
+    out["sigma_source"] = {"source": "default" if chosen else "policy", "rule": CERTIFY_SIGMA_RULE if chosen else
+                           "set by the policy's [audit] certify_sigma", "sigma": cfg.certify_sigma}
+    return out
 
 
 def _preprocessing_section(ctx: AuditContext) -> dict:
@@ -421,7 +524,12 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
     # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    ctx = AuditContext(cfg, progress=progress, execution=execution)
+    pw = model.info.piecewise
+    piecewise = pw is not None and pw.complete
+    cfg, defaults = cfg.resolve_defaults(piecewise)
+    ctx = AuditContext(cfg, progress=progress, execution=execution, piecewise=pw if piecewise else None,
+                       proto=model.proto if piecewise else None,
+                       io_names=(model.info.input.name, model.info.output.name), defaults=defaults)
     if cfg.data is not None:
         prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
                        DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
@@ -459,7 +567,8 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
     return AuditResult(
         model={"path": cfg.model, "sha256": model.info.sha256, "sample_shape": list(model.sample_shape),
                "input": model.info.input.name, "output": model.info.output.name, "provider": model.provider}
-        | ({} if model.info.piecewise is None else {"piecewise": model.info.piecewise.to_dict()}),
+        | ({} if model.info.piecewise is None else {"piecewise": model.info.piecewise.to_dict()})
+        | ({"defaults": defaults} if defaults else {}),
         config=cfg_d, sections=tuple(sections),
     )
 

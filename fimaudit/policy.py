@@ -145,6 +145,13 @@ def _fisher_other(result: AuditResult, m: re.Match) -> Any:
 def _attack_value(result: AuditResult, m: re.Match) -> Any:
     attack, norm, eps, what, tau = m.group(1), m.group(2), float(m.group(3)), m.group(4), m.group(5)
     data = _section(result, "attacks")
+    if attack == "worst":  # the per-sample worst case over the audit's attacks (audit.worst_case)
+        table = (data.get("worst_case") or {}).get("robust_accuracy") or {}
+        if what == "robust_accuracy" and data.get("norm") == norm:
+            for k, v in table.items():
+                if math.isclose(float(k), eps, rel_tol=1e-9, abs_tol=1e-12):
+                    return v
+        raise Missing(f"no worst case over the attacks at {norm} eps {eps:g} in this audit (robust_accuracy only)")
     for run in data["runs"]:
         if run["config"]["attack"] == attack and run["config"]["norm"] == norm:
             for r in run["results"]:

@@ -116,10 +116,7 @@ class ScanConfig(ModelDataOptions):
         """--smoothing replaces the pointwise estimator: the options of that estimator contradict it."""
         if not (np.isfinite(self.smoothing) and self.smoothing > 0):
             raise ConfigError("--smoothing must be a positive number (sigma, in the units of --space)")
-        clashes = [flag for flag, on in (
-            (f"--method {self.method}", self.method != "auto"), ("--dither", self.dither > 0),
-            ("--gradients graph", self.gradients == "graph"), ("--cross-check", self.cross_check),
-            ("--trace-budget", self.trace_budget > 0), ("--fd-step", self.fd_step is not None)) if on]
+        clashes = pointwise_options(self)
         if clashes:
             raise ConfigError("--smoothing estimates F_sigma from Gaussian draws and replaces the pointwise "
                               f"estimator: {', '.join(clashes)} cannot go with it")
@@ -307,9 +304,34 @@ def smoothing_sigmas(points: np.ndarray, config: "ScanConfig", auto: bool = Fals
     return sigmas, record
 
 
+def pointwise_options(config: "ScanConfig") -> list[str]:
+    """The options given that only the pointwise estimator uses (they contradict a smoothed Fisher)."""
+    return [flag for flag, on in (
+        (f"--method {config.method}", config.method != "auto"), ("--dither", config.dither > 0),
+        ("--gradients graph", config.gradients == "graph"), ("--cross-check", config.cross_check),
+        ("--trace-budget", config.trace_budget > 0), ("--fd-step", config.fd_step is not None)) if on]
+
+
+def auto_smoothing(config: "ScanConfig", model) -> tuple[bool, str | None]:
+    """Whether the scan estimates F_sigma with automatic sigmas because the model is piecewise constant (and no
+    --smoothing was given), and the note saying why it does not when it could (None otherwise)."""
+    pw = model.info.piecewise
+    if config.smoothing is not None or pw is None or not pw.complete:
+        return False, None
+    why = "the automatic smoothed Fisher F_sigma of this piecewise-constant model was not computed"
+    clashes = pointwise_options(config)
+    if clashes:
+        return False, f"{why}: {', '.join(clashes)} asked for the pointwise estimator (drop it, or give --smoothing)"
+    if config.budget < 2 * MIN_PAIRS + 1:
+        return False, (f"{why}: --budget {config.budget} is below the {2 * MIN_PAIRS + 1} queries per sample it needs "
+                       f"(the centre query and {MIN_PAIRS} antithetic pairs)")
+    return True, None
+
+
 def smoothing_note(record: dict, pairs: int) -> str:
     """What a smoothed scan computed, for the report's notes."""
-    how = "set by --smoothing" if record.get("source") == "user" else f"automatic: {record.get('rule')}"
+    how = "set by --smoothing" if record.get("source") == "user" else \
+        f"sigma chosen automatically: {record.get('rule')}" + (f", because {record['because']}" if record.get("because") else "")
     return (f"smoothed Fisher F_sigma (sigma = {record['sigma']:.3g} {record['units']} units, {how}): every value is "
             "the Fisher information of the Gaussian-smoothed model p_sigma(x), the mean of p(x + sigma*eps) over "
             f"eps ~ N(0, I), not the pointwise F; per sample {pairs} antithetic Gaussian pairs ({2 * pairs} queries, "
@@ -488,14 +510,21 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
         )
     ties = np.array([_tie_fraction(row) for row in points])
     smooth, smooth_record = None, None
-    if config.smoothing is not None:
+    auto, why_not = auto_smoothing(config, loaded.model)
+    if why_not:
+        notes.append(why_not)
+    if config.smoothing is not None or auto:
         # F_sigma is defined at ties (the smoothing averages over the kinks): no dither
         n = points.shape[0]
         share = float(np.median(ties)) if n else 0.0
         sigmas = np.zeros(n)
         dither = {"sigma": None, "source": None, "tie_share": share, "samples": 0,
-                  "reason": "none: --smoothing averages over the kinks"}
-        smooth, smooth_record = smoothing_sigmas(points, config)
+                  "reason": "none: the smoothed Fisher averages over the kinks"}
+        smooth, smooth_record = smoothing_sigmas(points, config, auto=auto)
+        if auto:
+            pw = loaded.model.info.piecewise
+            # the pointwise F of a piecewise-constant model is 0 almost everywhere: F_sigma replaces it
+            smooth_record["because"] = f"the model is piecewise-constant ({pw.ops_text()})"
     else:
         points, sigmas, dither = dither_points(points, ties, config)
         note = dither.pop("note")
@@ -593,10 +622,11 @@ def _calibrate_smoothed(config: ScanConfig, kind: str, kind_source: str, logp: n
                         pre: Preprocess | None, model: Model) -> Calibration:
     """The smoothed scan's plan: every query after the centre one goes to antithetic pairs; no step, no graph."""
     pairs = (config.budget - 1) // 2
+    flag = "--smoothing" if config.smoothing is not None else "automatic smoothing (piecewise-constant model)"
     step = StepChoice(h=float("nan"), scale=input_scale(points.x[0]), relative_discrepancy=None, queries=0,
-                      source="none (--smoothing uses no finite differences)")
+                      source=f"none ({flag} uses no finite differences)")
     gradients = {"requested": config.gradients, "source": "smoothing",
-                 "reason": "--smoothing: J_sigma from Gaussian draws by Stein's identity (queries only)"}
+                 "reason": f"{flag}: J_sigma from Gaussian draws by Stein's identity (queries only)"}
     scale = None if points.to_input is None or pre is None else pre.jacobian_diag(model.sample_shape)
     return Calibration(kind, kind_source, logp, Plan("smoothed", pairs, 0, 0), step, 0, None, (), None, gradients,
                        scale, points.sigmas, points.smoothing)
@@ -931,6 +961,8 @@ def assemble(
     )
 
 
+NO_SURROGATE = {"available": False, "reason": "no float surrogate: the piecewise-constant operators are the model's "
+                                             "function (sign/rounding/trees/argmax), not an artefact of quantization"}
 NOT_REPORTED = "not reported: piecewise-constant model (the pointwise Fisher is 0 almost everywhere)"
 
 
@@ -956,12 +988,15 @@ def piecewise_results(config: ScanConfig, loaded: Loaded, points: Points, calib:
     if not info.complete:
         record["reported"] = "pointwise Fisher reported: some paths from the input to the output are smooth"
         return samples, record, None, notes
-    if getattr(config, "smoothing", None) is not None:
-        # --smoothing (scan.smoothing_sigmas): lambda_max and trace are already the smoothed Fisher F_sigma's, not
-        # the pointwise F's: they stay; the surrogate is reported beside them.
-        record["reported"] = "lambda_max and trace are the smoothed Fisher F_sigma's (--smoothing), not the pointwise F's"
-        surrogate = _surrogate_scan(config, loaded, info) if info.quantized else None
-        if surrogate and surrogate.get("available"):
+    if points.smoothing_record is not None:
+        # --smoothing or automatic sigmas (scan.smoothing_sigmas): lambda_max and trace are already the smoothed
+        # Fisher F_sigma's, not the pointwise F's (which was never estimated): they stay; the surrogate is reported
+        # beside them.
+        how = "--smoothing" if points.smoothing_record.get("source") == "user" else "sigma chosen automatically"
+        record["reported"] = (f"lambda_max and trace are the smoothed Fisher F_sigma's ({how}), not the pointwise "
+                              "F's: " + NOT_REPORTED.removeprefix("not reported: "))
+        surrogate = _surrogate_scan(config, loaded, info) if info.quantized else dict(NO_SURROGATE)
+        if surrogate.get("available"):
             per = surrogate.pop("per_sample")
             samples = tuple(replace(s, surrogate_lambda_max=lam, surrogate_predicted=pred)
                             for s, (lam, pred) in zip(samples, per))
@@ -970,9 +1005,7 @@ def piecewise_results(config: ScanConfig, loaded: Loaded, points: Points, calib:
     nulled = tuple(replace(s, lambda_max=None, lambda_max_ci=None, trace=None, trace_se=float("nan"), trace_ci=None,
                            lower_bound=None, lower_estimate=None, lower_check=None, top_eigenvalues=(), kl_ratio=None)
                    for s in samples)
-    surrogate = _surrogate_scan(config, loaded, info) if info.quantized else \
-        {"available": False, "reason": "no float surrogate: the piecewise-constant operators are the model's function "
-                                       "(sign/rounding/trees/argmax), not an artefact of quantization"}
+    surrogate = _surrogate_scan(config, loaded, info) if info.quantized else dict(NO_SURROGATE)
     if surrogate.get("available"):
         per = surrogate.pop("per_sample")
         nulled = tuple(replace(s, surrogate_lambda_max=lam, surrogate_predicted=pred)

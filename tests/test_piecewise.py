@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
+
+import jsonschema
 
 import numpy as np
 import onnx
@@ -167,15 +170,25 @@ def test_sign_net_detection_and_behaviour(tmp_path):
 
 # ----------------------------------------------------------------------------------------- scans
 def _assert_no_pointwise_result(rep: dict) -> None:
+    """No pointwise F was estimated: every sample's lambda_max is the automatic smoothed Fisher F_sigma's."""
     pw = rep["piecewise"]
-    assert pw["complete"] and pw["note"] == rep["notes"][0] and pw["behaviour"]["piecewise"]
-    for s in rep["samples"]:
-        assert s["lambda_max"] is None and s["trace"] is None and s["lower_bound"] is None
-        assert s["lower_estimate"] is None and s["top_eigenvalues"] == []
-    for key in ("lambda_max", "trace", "lower_bound", "lower_estimate"):
-        assert rep["summary"][key]["count"] == 0 and rep["summary"][key]["median"] is None
+    assert pw["complete"] and pw["note"] in rep["notes"] and pw["behaviour"]["piecewise"]
+    assert "smoothed Fisher F_sigma's (sigma chosen automatically)" in pw["reported"]
+    assert rep["notes"][0].startswith("smoothed Fisher F_sigma (sigma = ")
+    assert "sigma chosen automatically" in rep["notes"][0] and "because the model is piecewise-constant" in rep["notes"][0]
+    sm = rep["summary"]["smoothed"]
+    assert sm["source"] == "auto" and "5% of the sample's RMS" in sm["rule"] and sm["sigma"] > 0
+    assert sm["because"].startswith("the model is piecewise-constant (")
+    assert sm["lambda_max"]["count"] == len(rep["samples"]) and 0 < sm["lambda_max"]["median"] < float("inf")
+    for s in rep["samples"]:  # no pointwise number: no lower bound, no finite-difference step
+        assert s["method"] == "smoothed" and s["smoothed"]["lambda_max"] == s["lambda_max"]
+        lo, hi = s["lambda_max_ci"]
+        assert lo <= s["lambda_max"] <= hi and s["queries"] <= rep["config"]["budget"]
+        assert s["lower_bound"] is None and s["lower_estimate"] is None
+    assert rep["summary"]["lower_bound"]["count"] == 0 and rep["run"]["method_used"] == "smoothed"
     gradients = rep["run"]["gradients_used"]  # never a self-check passed on nothing
-    assert gradients["source"] == "fd" and gradients["reason"].startswith("piecewise-constant model")
+    assert gradients["source"] == "smoothing" and rep["summary"]["calibration_queries"] == 0
+    jsonschema.validate(rep, json.loads(resources.files("fimaudit.report").joinpath("scan.schema.json").read_text()))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -215,10 +228,10 @@ def test_policy_fisher_checks_are_not_applicable(zoo_int8):
                                       "fisher_surrogate.lambda_max.median <= 1e9",
                                       "fisher_smoothed.lambda_max.median <= 1e9")]
     out = evaluate(Policy("p", tuple(checks), {}), wrapped)
-    assert [c.passed for c in out] == [False, False, True, False]
+    assert [c.passed for c in out] == [False, False, True, True]
     assert out[0].reason.startswith("not applicable: piecewise-constant model (ops QuantizeLinear x")
     assert out[2].value == rep["summary"]["surrogate"]["lambda_max"]["median"]
-    assert "--smoothing" in out[3].reason
+    assert out[3].value == rep["summary"]["smoothed"]["lambda_max"]["median"]  # automatic F_sigma
     # --fail-above is the same check: a piecewise model fails the gate (exit 1), never passes on a 0
     res = runner.invoke(app, ["scan", str(zoo_int8[("mlp_small", "qdq")]), *_zoo_args("mlp_small"), "--samples", "2",
                               "--no-bounds", "--fail-above", "1e9"])
@@ -356,3 +369,112 @@ def test_self_check_on_a_binarized_net_is_inconclusive_never_passed(tmp_path):
     assert not check.passed and check.status == "inconclusive" and check.verified == 0
     assert check.zero_rows == check.rows == 6 and choice.source == "graph"
     assert "could be verified" in check.reason
+
+
+# ----------------------------------------------------------------------------------------- audit defaults
+def _audit(model, data, **kw):
+    from fimaudit.audit import AuditConfig, run_audit
+
+    e = MANIFEST["mlp_small"]["preprocess"]
+    opts = dict(samples=4, eps=(0.03,), budget=300, certify_n=100, metrics_samples=10, corruptions=False)
+    if data is None:
+        opts |= dict(scale=e["scale"], mean=(e["mean"],), std=(e["std"],))
+    return run_audit(AuditConfig(model=str(model), data=str(data or ROOT / MANIFEST["mlp_small"]["data"]),
+                                 **(opts | kw)))
+
+
+def _worst_by_hand(runs: list[dict], eps: float) -> float:
+    robust = None
+    for run in runs:
+        r = next(r for r in run["results"] if r["eps"] == eps)
+        ok = np.array([s["correct"] and not s["success"] for s in sorted(r["samples"], key=lambda s: s["index"])])
+        robust = ok if robust is None else robust & ok
+    return float(np.mean(robust))
+
+
+def test_audit_of_an_int8_model_defaults(zoo_int8):
+    """Piecewise-constant: decision-based attacks and the surrogate's transfer by default, no APGD, the worst case
+    per sample over the attacks, CLEVER/validity not applicable, certificates by default, the automatic F_sigma
+    read by fisher_smoothed.*."""
+    from fimaudit.policy import Policy, evaluate, parse_check
+
+    res = _audit(zoo_int8[("mlp_small", "qdq")], None)
+    att = res.section("attacks").data
+    assert [r["config"]["attack"] for r in att["runs"]] == ["square", "rays", "transfer"]
+    assert att["runs"][2]["config"]["surrogate"] == "onnx.ModelProto (in memory)" and att["skipped"] == []
+    assert att["whitebox"].startswith("skipped: gradient-based attacks") and "uninformative" in att["notes"][0]
+    worst = att["worst_case"]["robust_accuracy"]["0.03"]
+    assert worst == _worst_by_hand(att["runs"], 0.03)
+    assert worst <= min(r["results"][0]["robust_accuracy"] for r in att["runs"])
+    for name in ("clever", "validity", "worst"):
+        sec = res.section(name)
+        assert sec.status == "unavailable" and sec.reason.startswith("not applicable: piecewise-constant"), name
+    cert = res.section("certify")
+    assert cert.status == "ok" and cert.data["config"]["sigma"] == 0.25 and cert.data["config"]["n"] == 100
+    assert cert.data["sigma_source"]["source"] == "default" and "0.25 x the width" in cert.data["sigma_source"]["rule"]
+    assert any(n.startswith("certify (randomized smoothing) runs by default") for n in res.model["defaults"])
+    sm = res.section("scan").data["summary"]["smoothed"]
+    assert sm["source"] == "auto" and 0 < sm["lambda_max"]["median"] < float("inf")
+    out = evaluate(Policy("p", (parse_check("fisher_smoothed.lambda_max.median <= 1e9"),
+                                parse_check("fisher.lambda_max.median <= 1e9"),
+                                parse_check("attack.worst.linf[0.03].robust_accuracy >= 0"),
+                                parse_check("attack.worst.l2[0.03].robust_accuracy >= 0")), {}), res)
+    assert out[0].passed and out[0].value == sm["lambda_max"]["median"] and not out[1].passed
+    assert out[2].passed and out[2].value == worst and not out[3].passed and "no worst case" in out[3].reason
+    from fimaudit.report.audit import render_audit_html, render_audit_markdown, render_audit_text
+
+    assert "worst case per sample over the attacks | 0.03 |" in render_audit_markdown(res)
+    assert "<section id=worst-case>" in render_audit_html(res)
+    assert "note: certify (randomized smoothing) runs by default" in render_audit_text(res)
+    # what the policy's [audit] sets explicitly is kept
+    mine = _audit(zoo_int8[("mlp_small", "qdq")], None, attacks=("square",), certify_sigma=0.1,
+                  sections=("attacks", "certify"))
+    assert [r["config"]["attack"] for r in mine.section("attacks").data["runs"]] == ["square"]
+    assert mine.section("certify").data["config"]["sigma"] == 0.1
+    assert mine.section("certify").data["sigma_source"]["source"] == "policy"
+
+
+def test_audit_of_a_binarized_net_defaults(tmp_path):
+    """l2: HopSkipJump instead of RayS; no float surrogate for a Sign net, so the transfer attack is skipped with
+    its reason; a smooth model keeps the old defaults (PGD, Square, APGD, no certificate)."""
+    import onnxruntime as ort
+
+    path = save(sign_mlp(np.random.default_rng(0)), tmp_path / "sign.onnx")
+    x = np.random.default_rng(1).uniform(-1, 1, size=(4, 12)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = np.argmax(sess.run(None, {"x": x})[0], axis=1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    res = _audit(path, tmp_path / "d.npz", norm="l2", eps=(0.5,), input_range=(-1.0, 1.0),
+                 sections=("scan", "attacks", "clever", "certify"))
+    att = res.section("attacks").data
+    assert [r["config"]["attack"] for r in att["runs"]] == ["square", "hsja"]
+    assert att["skipped"] == [{"attack": "transfer", "reason": att["skipped"][0]["reason"]}]
+    assert "not an artefact of quantization" in att["skipped"][0]["reason"]
+    assert att["worst_case"]["robust_accuracy"]["0.5"] == _worst_by_hand(att["runs"], 0.5)
+    assert res.section("clever").reason.startswith("not applicable: piecewise-constant model (Sign x1)")
+    assert res.section("certify").data["config"]["sigma"] == 0.5  # 0.25 x the width 2 of [-1, 1]
+    sm = res.section("scan").data["summary"]["smoothed"]
+    assert sm["source"] == "auto" and sm["lambda_max"]["median"] > 0
+    assert all(s["lambda_max_ci"] is not None for s in res.section("scan").data["samples"])
+    smooth = save(weight_only_qdq(np.random.default_rng(0), d=12, k=4), tmp_path / "smooth.onnx")
+    plain = _audit(smooth, tmp_path / "d.npz", input_range=(-1.0, 1.0), sections=("attacks", "certify"))
+    runs = plain.section("attacks").data
+    assert runs, plain.section("attacks").reason
+    assert [r["config"]["attack"] for r in runs["runs"]] == ["apgd", "pgd", "square"] and runs["whitebox"] == "apgd"
+    assert plain.section("certify").status == "unavailable" and "defaults" not in plain.model
+
+
+def test_audit_cli_policy_reads_the_automatic_smoothed_fisher(zoo_int8, tmp_path):
+    """Through `fimaudit audit --policy`: fisher_smoothed.* passes on the automatic F_sigma (no --smoothing),
+    certify.* on the default certificate, and a policy [audit] attacks list is kept."""
+    pol = tmp_path / "p.toml"
+    pol.write_text('[audit]\nsamples = 3\nbudget = 100\neps = [0.03]\ncertify_n = 50\nattacks = ["square"]\n'
+                   'sections = ["scan", "attacks", "certify"]\n[policy]\nname = "pw"\nchecks = ['
+                   '"fisher_smoothed.lambda_max.median <= 1e9", "certify.certified_accuracy[r=0] >= 0"]\n')
+    res = runner.invoke(app, ["audit", str(zoo_int8[("mlp_small", "qdq")]), *_zoo_args("mlp_small"), "--policy",
+                              str(pol), "--out", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, (res.stdout, res.stderr)
+    rep = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert [c["passed"] for c in rep["checks"]] == [True, True]
+    att = next(s for s in rep["sections"] if s["name"] == "attacks")["data"]
+    assert [r["config"]["attack"] for r in att["runs"]] == ["square"]

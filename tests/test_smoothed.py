@@ -235,8 +235,48 @@ def test_scan_smoothing_reports_f_sigma(step_scan):
     assert any(n.startswith("smoothed Fisher F_sigma") for n in res.notes)
     for text in (render_text(res), render_markdown(res), render_html(res)):
         assert "smoothed Fisher F_sigma (sigma = 0.2" in text.replace("Smoothed", "smoothed") and "F_sigma" in text
-    # pointwise reports keep their format
-    assert "smoothed" not in fimaudit.scan(path, data, budget=200, bounds=False).to_dict()["samples"][0]
+    # pointwise reports of a smooth model keep their format
+    lin = save(linear_model(np.ones((2, 64)) * 0.1, np.zeros(2)), Path(path).parent / "lin.onnx")
+    assert "smoothed" not in fimaudit.scan(lin, data, budget=200, bounds=False).to_dict()["samples"][0]
+
+
+def test_scan_of_the_step_model_smooths_automatically(step_scan):
+    """No --smoothing on a piecewise-constant model: F_sigma at each sample's default_sigma, never the pointwise F.
+    Against the closed form at the automatic sigmas, the tolerance of the --smoothing test above (measured: median
+    |relative error| 2.1%, sigmas 0.043 to 0.052)."""
+    path, _, _ = step_scan
+    w = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]).astype(np.float64).ravel()
+    rng = np.random.default_rng(5)
+    rows = []
+    for t in (0.0, 0.5, -0.5, 1.0, -1.0, 0.2):  # t at the automatic sigma, which depends on the row itself
+        row = rng.standard_normal(w.size)
+        for _ in range(20):
+            row = row + (t * default_sigma(row)[0] * np.linalg.norm(w) - (w @ row + B_STEP)) * w / (w @ w)
+        rows.append(row)
+    x = np.array(rows, dtype=np.float32).astype(np.float64)
+    data = Path(path).parent / "auto.npz"
+    np.savez(data, x=x.astype(np.float32), y=np.zeros(len(x), dtype=np.int64))
+    res = fimaudit.scan(path, data, budget=2000, bounds=False)
+    sigmas = np.array([default_sigma(row)[0] for row in x])
+    t = (x @ w + np.float32(B_STEP)) / (sigmas * np.linalg.norm(w))
+    big_phi = norm.cdf(t)
+    truth = norm.pdf(t) ** 2 / (sigmas ** 2 * big_phi * (1 - big_phi))
+    lam = np.array([s.lambda_max for s in res.samples])
+    assert np.median(np.abs(lam / truth - 1)) <= 0.1, lam / truth
+    sm_sum = res.summary.smoothed
+    assert sm_sum["source"] == "auto" and sm_sum["sigma"] == pytest.approx(np.median(sigmas))
+    assert sm_sum["because"] == "the model is piecewise-constant (Sign x1)"
+    assert [s.smoothed["sigma"] for s in res.samples] == pytest.approx(sigmas)
+    assert res.run.method_used == "smoothed" and all(s.queries <= 2000 for s in res.samples)
+    assert res.notes[0].startswith("smoothed Fisher F_sigma (sigma = ") and "sigma chosen automatically: sigma = 5%" \
+        in res.notes[0] and "because the model is piecewise-constant (Sign x1)" in res.notes[0]
+    assert "sigma chosen automatically, because the model is piecewise-constant" in " ".join(render_text(res).split())
+    # an option of the pointwise estimator, or a budget too small for the smoothed one: the pointwise scan, nulled
+    for opts in ({"method": "sketch"}, {"budget": 30}):
+        pointwise = fimaudit.scan(path, data, bounds=False, **{"budget": 2000, **opts})
+        assert pointwise.summary.smoothed is None and all(s.lambda_max is None for s in pointwise.samples)
+        assert any("automatic smoothed Fisher F_sigma of this piecewise-constant model was not computed" in n
+                   for n in pointwise.notes)
 
 
 def test_scan_smoothing_samples_are_independent(step_scan):
@@ -394,7 +434,7 @@ def test_quantized_input_model_pointwise_zero_smoothed_meaningful(tmp_path):
     path = save(m, tmp_path / "mlp_q.onnx")
     data = ZOO / "fmnist_test_1000_28.npz"
     opts = {"samples": 8, "scale": "1/255", "bounds": False}
-    pointwise = fimaudit.scan(path, data, **opts)
+    pointwise = fimaudit.scan(path, data, budget=30, **opts)  # too small a budget for the automatic F_sigma
     # the pointwise F (0 here) is not reported for a piecewise-constant model (fimaudit.piecewise)
     assert pointwise.piecewise["ops"] == {"Round": 1} and all(s.lambda_max is None for s in pointwise.samples)
     quant = fimaudit.scan(path, data, smoothing=0.02, **opts)

@@ -81,6 +81,21 @@ def _piecewise_note(result: AuditResult) -> str | None:
     return pw.get("note") if pw else None
 
 
+def _worst_case_html(result: AuditResult) -> str:
+    """The per-sample worst case over the attacks, per eps, and the attacks skipped with their reasons."""
+    att = result.section("attacks")
+    if not att or att.status != "ok" or not att.data.get("worst_case"):
+        return ""
+    e = html.escape
+    wc = att.data["worst_case"]
+    rows = "".join(f"<tr><td>{e(eps)}</td><td>{_value(ra)}</td><td class=l>{e(', '.join(wc['attacks'][eps]))}</td></tr>"
+                   for eps, ra in wc["robust_accuracy"].items())
+    skipped = "".join(f"<p>{e(s['attack'])} skipped: {e(s['reason'] or '')}</p>" for s in att.data.get("skipped") or [])
+    return ("<section id=worst-case><h2>Robust accuracy, worst case per sample over the attacks</h2><table><tr>"
+            f"<th>eps ({e(att.data['norm'])})</th><th>robust accuracy</th><th class=l>attacks</th></tr>{rows}</table>"
+            + skipped + "</section>")
+
+
 def render_audit_html(result: AuditResult) -> str:
     e = html.escape
     v = result.verdict
@@ -124,6 +139,8 @@ def render_audit_html(result: AuditResult) -> str:
         f"<h1>fimaudit audit</h1><p><code>{e(m['path'])}</code> (sha256 {e(str(m.get('sha256', '')))[:16]}…)</p>"
         f'<p id="verdict" class="verdict {cls}">Verdict: {e(v.upper())}</p>'
         + (f'<p id="piecewise" class="unavailable">{e(_piecewise_note(result))}</p>' if _piecewise_note(result) else "")
+        + "".join(f'<p class="unavailable">{e(n)}</p>' for n in (m.get("defaults") or []))
+        + _worst_case_html(result)
         +
         f"<section id=checks><h2>Policy checks</h2>{check_table}</section>"
         + "".join(figures) + worst_html
@@ -158,7 +175,11 @@ def render_audit_markdown(result: AuditResult) -> str:
         for run in att.data["runs"]:
             for r in run["results"]:
                 lines.append(f"| {run['config']['attack']} ({run['config']['norm']}) | {r['eps']:g} | {_value(r['robust_accuracy'])} |")
-        lines.append("")
+        for eps, ra in ((att.data.get("worst_case") or {}).get("robust_accuracy") or {}).items():
+            lines.append(f"| worst case per sample over the attacks | {eps} | {_value(ra)} |")
+        for skip in att.data.get("skipped") or []:
+            lines.append(f"| {skip['attack']}: skipped ({skip['reason']}) | | |")
+        lines += [""] + [f"- {n}" for n in att.data.get("notes") or []] + ([""] if att.data.get("notes") else [])
     lines += ["## Sections", "", "| section | status | reason |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.reason or ''} |" for s in result.sections]
     lines += ["", f"fimaudit {result.fimaudit}, audit schema {result.schema_version}" + (f", {result.created}" if result.created else "")]
@@ -191,6 +212,8 @@ def render_audit_text(result: AuditResult) -> str:
     lines = [f"fimaudit audit of {result.model['path']}: verdict {result.verdict.upper()}"]
     if _piecewise_note(result):
         lines.append(f"  note: {_piecewise_note(result)}")
+    for note in (result.model or {}).get("defaults") or []:
+        lines.append(f"  note: {note}")
     for c in result.checks:
         lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
     for s in result.sections:

@@ -42,7 +42,8 @@ def smoothing_label(s) -> str | None:
     sm = getattr(s, "smoothed", None)
     if not sm:
         return None
-    how = "set by --smoothing" if sm.get("source") == "user" else "automatic"
+    how = "set by --smoothing" if sm.get("source") == "user" else \
+        "sigma chosen automatically" + (f", because {sm['because']}" if sm.get("because") else "")
     median = "" if sm.get("source") == "user" else "median "
     return f"smoothed Fisher F_sigma (sigma = {median}{_fmt(sm.get('sigma'))} {sm.get('units', '')} units, {how})"
 
