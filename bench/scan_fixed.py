@@ -1,16 +1,17 @@
 """Wall time of a 2-sample default ``fimaudit scan`` at 224x224, and where it goes (the fixed costs).
 
-    python bench/scan_fixed.py [--models mobilenet224 resnet50_224] [--samples 2] [--repeat 1]
+    python bench/scan_fixed.py [--models mobilenet224 resnet50_224] [--samples 2] [--repeat 1] [--baseline DIR]
 
-Each model (bench/large_models.py, built at run time) is scanned twice, each time in a fresh
-process: plain (``fimaudit scan MODEL --data D --samples 2``, wall time from the outside,
+Each model (bench/large_models.py, built at run time) is scanned in fresh processes: plain (``fimaudit scan MODEL --data D --samples 2``, wall time from the outside,
 imports included), and with the stages timed from inside by wrapping their functions:
 imports, model loading, building the gradient graphs (``build_graphs``: probe runs, rules,
 serialisation), the self-check (``check_graph``) and within it the float64 second opinion,
 the finite-difference step choice of the calibration (``choose_step``), the exact Jacobians
 (``GraphEngine.jacobians``) and the closed-form bound (``_bound_summary``; ``--no-bounds``
-skips it). Prints a table and writes bench/results/scan_fixed.json. Goal (issue 13): <= 4 s
-for the plain 2-sample scan on 2 cores.
+skips it). ``--baseline DIR`` also runs another checkout's fimaudit (e.g. an older commit
+unpacked with ``git archive``), back to back with this one in every round, since the
+machine may be shared. Prints a table and writes bench/results/scan_fixed.json. Goal
+(issue 13): <= 4 s for the plain 2-sample scan on 2 cores.
 """
 
 from __future__ import annotations
@@ -72,25 +73,28 @@ print("FIXED " + json.dumps(spent))
 """
 
 
-def plain(model: Path, data: Path, samples: int) -> float:
+def plain(model: Path, data: Path, samples: int, package: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "fimaudit", "scan", str(model), "--data", str(data), "--samples", str(samples)],
-                   check=True, capture_output=True, env=_env(), cwd=model.parent)
+                   check=True, capture_output=True, env=_env(package), cwd=model.parent)
     return time.perf_counter() - t0
 
 
-def staged(model: Path, data: Path, samples: int) -> dict:
+def staged(model: Path, data: Path, samples: int, package: Path) -> dict:
     args = ["scan", str(model), "--data", str(data), "--samples", str(samples)]
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(STAGES), *args], check=True, capture_output=True,
-                         text=True, env=_env(), cwd=model.parent)
+                         text=True, env=_env(package), cwd=model.parent)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("FIXED ")][-1]
     return json.loads(line[6:])
 
 
-def _env() -> dict:
-    # PYTHONPATH first: a checkout named there (e.g. an older commit) is the one measured. The children
-    # run in the models' folder, so that sys.path[0] (the working directory) cannot shadow it.
-    return dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT)))
+def _env(package: Path) -> dict:
+    # The package's checkout first on the path. The children run in the models' folder, so that
+    # sys.path[0] (the working directory) cannot shadow it with this checkout.
+    return dict(os.environ, PYTHONPATH=str(package) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+COLS = ["imports", "load", "build_graphs", "check_graph", "float64_opinion", "choose_step", "jacobians", "bounds"]
 
 
 def main() -> None:
@@ -101,23 +105,34 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["mobilenet224", "resnet50_224"])
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1,
-                    help="Runs per model, plain and staged (the fastest of each is reported: the machine is shared).")
+                    help="Rounds per model (the fastest plain and staged runs are reported: the machine is shared).")
+    ap.add_argument("--baseline", type=Path,
+                    help="Another checkout's root: each round runs it and this one back to back, for a fair comparison.")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    cols = ["imports", "load", "build_graphs", "check_graph", "float64_opinion", "choose_step", "jacobians", "bounds"]
-    header = f"{'model':18s} {'wall s':>7s} " + " ".join(f"{c[:11]:>11s}" for c in cols)
+    versions = [("after", ROOT)] if args.baseline is None else [("before", args.baseline), ("after", ROOT)]
+    header = f"{'model':18s} {'':6s} {'wall s':>7s} " + " ".join(f"{c[:11]:>11s}" for c in COLS)
     print(header)
     print("-" * len(header))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model, data = build(name, Path(tmp))
-            wall = min(plain(model, data, args.samples) for _ in range(args.repeat))
-            parts = min((staged(model, data, args.samples) for _ in range(args.repeat)), key=lambda p: p["scan"])
-            rows.append({"model": name, "samples": args.samples, "wall_seconds": wall, "stages": parts})
-            print(f"{name:18s} {wall:7.2f} " + " ".join(f"{parts.get(c, 0.0):11.2f}" for c in cols), flush=True)
+            walls: dict[str, list[float]] = {v: [] for v, _ in versions}
+            parts: dict[str, list[dict]] = {v: [] for v, _ in versions}
+            for _ in range(args.repeat):
+                for version, package in versions:  # back to back: the same load on the shared machine
+                    walls[version].append(plain(model, data, args.samples, package))
+                    parts[version].append(staged(model, data, args.samples, package))
+            for version, _ in versions:
+                best = min(parts[version], key=lambda p: p["scan"])
+                rows.append({"model": name, "version": version, "samples": args.samples,
+                             "wall_seconds": min(walls[version]), "stages": best})
+                print(f"{name:18s} {version:6s} {min(walls[version]):7.2f} " + " ".join(f"{best.get(c, 0.0):11.2f}" for c in COLS),
+                      flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "baseline": str(args.baseline) if args.baseline else None, "repeat": args.repeat}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 

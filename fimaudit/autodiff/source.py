@@ -68,6 +68,10 @@ class GraphEngine:
         for name in which or tuple(self._sessions):
             self._sessions.pop(name, None)
 
+    def open(self, which: str) -> None:
+        """Open the session of graph ``which`` now (it opens on first use otherwise)."""
+        self._session(which)
+
     def _session(self, which: str):
         if which not in self._sessions:
             self._sessions[which] = open_session(getattr(self.graphs, which), self.device, self.threads, self.graphs.weights,
