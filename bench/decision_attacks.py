@@ -1,11 +1,15 @@
-"""Gradient-free attacks on binarized (Sign) classifiers: robust accuracy per attack and the worst case over
-Square, RayS and transfer (APGD on a Tanh twin) at the default budget against 10x that budget.
+"""Gradient-free attacks on piecewise-constant classifiers: robust accuracy per attack and the worst case over
+Square, RayS and transfer at the default budget against 10x that budget.
 
-The models are built here (onnx.helper, the builders of tests/decision_nets.py): the binarized MLP of
-tests/test_decision_attacks.py and a binarized conv net, each with labels from its own predictions.
-White-box APGD on the real model runs beside them (zero gradients: it cannot move).
+The models are built here: the binarized (Sign) MLP of tests/test_decision_attacks.py and a binarized
+conv net (onnx.helper, tests/decision_nets.py), each with labels from its own predictions and a Tanh twin
+as the transfer surrogate; and INT8 versions of sample_models/vgg_small.onnx made with onnxruntime's
+quantizer (QDQ and QOperator, calibrated on 8 shipped images), on Fashion-MNIST test images with their
+labels, the transfer surrogate being fimaudit's own float surrogate of the quantized graph
+(fimaudit.piecewise.float_surrogate). White-box APGD on the real model runs beside them (zero gradients
+on the Sign nets; on the INT8 nets it sees only the rounding steps).
 
-Usage: python bench/decision_attacks.py [--budget 2000] [--factor 10] [--samples 30]
+Usage: python bench/decision_attacks.py [--budget 2000] [--factor 10] [--samples 30] [--int8-samples 20]
 Prints a table and writes bench/results/decision_attacks.json.
 """
 
@@ -59,6 +63,31 @@ def fixtures(tmp: Path, samples: int) -> list[dict]:
         f["y"] = np.argmax(sess.run(None, {"x": f["x"]})[0], axis=1)
         np.savez(tmp / f"{f['name']}.npz", x=f["x"], y=f["y"])
         f["data"] = tmp / f"{f['name']}.npz"
+        f["pre"] = {}
+    return out
+
+
+def int8_fixtures(tmp: Path, samples: int) -> list[dict]:
+    """INT8 vgg_small (QDQ and QOperator) on Fashion-MNIST, with the float surrogate as the transfer source."""
+    import onnx
+
+    from fimaudit.piecewise import float_surrogate
+    from tests.quantized import quantize
+
+    zoo = ROOT / "sample_models"
+    with np.load(zoo / "fmnist_test_1000_28.npz") as d:
+        x, y = d["x"][:samples], d["y"][:samples]
+    np.savez(tmp / "fmnist.npz", x=x, y=y)
+    calib = ((np.load(zoo / "fmnist_test_1000_28.npz")["x"][500:508].astype(np.float32) / 255 - 0.286) / 0.353)
+    out = []
+    for fmt in ("qdq", "qoperator"):
+        real = quantize(zoo / "vgg_small.onnx", tmp / f"vgg_small_{fmt}.onnx", calib.reshape(8, 1, 28, 28), fmt)
+        proto = onnx.load(str(real))
+        sur = float_surrogate(proto, proto.graph.input[0].name, proto.graph.output[0].name)
+        twin = tmp / f"vgg_small_{fmt}_surrogate.onnx"
+        onnx.save(sur.model, str(twin))
+        out.append({"name": f"vgg_small_int8_{fmt}", "real": real, "twin": twin, "data": tmp / "fmnist.npz",
+                    "eps": (0.03,), "pre": {"scale": 1 / 255, "mean": (0.286,), "std": (0.353,)}})
     return out
 
 
@@ -67,14 +96,20 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--factor", type=int, default=10)
     ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--int8-samples", type=int, default=20)
+    ap.add_argument("--only", choices=("all", "binarized", "int8"), default="all",
+                    help="run these fixtures; the results file keeps the other fixtures' rows")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
-        for f in fixtures(Path(tmpdir), args.samples):
+        chosen = (fixtures(Path(tmpdir), args.samples) if args.only in ("all", "binarized") else []) + \
+                 (int8_fixtures(Path(tmpdir), args.int8_samples) if args.only in ("all", "int8") else [])
+        for f in chosen:
             for eps in f["eps"]:
                 for mult in (1, args.factor):
                     budget = args.budget * mult
-                    base = dict(model=str(f["real"]), data=str(f["data"]), eps=(eps,), budget=budget, seed=0)
+                    base = dict(model=str(f["real"]), data=str(f["data"]), eps=(eps,), budget=budget, seed=0,
+                                **f["pre"])
                     row = {"model": f["name"], "eps": eps, "budget": budget}
                     success = None
                     for attack, extra in (("square", {}), ("rays", {}),
@@ -104,6 +139,11 @@ def main() -> None:
         print(f"{lo_row['model']:<22} {lo_row['eps']:>5g} {lo_row['ra_worst']:>12.3f} {hi_row['ra_worst']:>8.3f} "
               f"{gap:>6.3f}")
     out = ROOT / "bench/results/decision_attacks.json"
+    if args.only != "all" and out.exists():  # keep the rows of the fixtures not run now
+        old = json.loads(out.read_text())
+        ran = {r["model"] for r in rows}
+        rows = [r for r in old["rows"] if r["model"] not in ran] + rows
+        pairs = [p for p in old["convergence"] if p["model"] not in ran] + pairs
     out.write_text(json.dumps({"config": vars(args), "rows": rows, "convergence": pairs}, indent=2) + "\n")
     print(f"wrote {out}")
 
