@@ -7,8 +7,11 @@ G_sigma = P_sigma^{-1/2} J_sigma J_sigma^T P_sigma^{-1/2}.
 With m antithetic pairs (2m queries), a_j = (p(x + sigma e_j) - p(x - sigma e_j)) / (2 sigma) and Stein's
 identity E[a_j e_j^T] = J_sigma. J_sigma J_sigma^T is estimated without the plug-in's noise term by the
 U-statistic over distinct pairs, M = sum_{j != k} (e_j . e_k) a_j a_k^T / (m (m - 1)) = A H_off A^T / (m (m - 1)),
-with A = [a_1 .. a_m] (K x m) and H_off the m x m Gram matrix of the draws with its diagonal set to 0. Neither
-the d x d matrix F_sigma nor the K x d matrix J_sigma is formed. Confidence intervals: delete-a-group jackknife.
+with A = [a_1 .. a_m] (K x m) and H_off the m x m Gram matrix of the draws with its diagonal set to 0. The draws
+come in orthogonal blocks (orthogonal Monte Carlo: each draw still N(0, I_d), draws of a block orthogonal), so the
+sum runs over pairs from different blocks and is divided by their number m^2 - sum_B |B|^2. Neither the d x d
+matrix F_sigma nor the K x d matrix J_sigma is formed. Confidence intervals: delete-a-group jackknife over
+groups of whole blocks.
 """
 
 from __future__ import annotations
