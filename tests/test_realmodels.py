@@ -186,9 +186,14 @@ def _layout_twin(model: Path, data: Path, tmp_path: Path):
     return out, twin_data, layout.name
 
 
+@pytest.mark.parametrize("attack,norm,scale,samples,budget", [("square", "linf", 2.0, 6, 120),
+                                                                ("rays", "linf", 2.0, 4, 150),
+                                                                ("hsja", "l2", 20.0, 4, 150)])
 @pytest.mark.parametrize("case", CASES or [None], ids=[c[0] for c in CASES] or ["none"])
-def test_square_gives_the_same_attack_in_either_layout(case, tmp_path):
-    """Square draws its squares over the spatial axes in NCHW and NHWC alike: same seed, same outcome."""
+def test_structured_attacks_give_the_same_attack_in_either_layout(case, attack, norm, scale, samples, budget,
+                                                                   tmp_path):
+    """Square draws its squares over the spatial axes, RayS cuts its blocks and HopSkipJump draws its points
+    channels first: the same weights in NCHW and NHWC give the same per-sample outcome for the same seed."""
     model, data, entry = _case(case)
     twin = _layout_twin(model, data, tmp_path)
     if twin is None:
@@ -197,33 +202,12 @@ def test_square_gives_the_same_attack_in_either_layout(case, tmp_path):
     with np.load(data) as npz:
         eps = float(np.median(npz["eps"])) if "eps" in npz else 0.03
     lo, hi = entry["x_range"]
-    common = ["--samples", "6", "--attack", "square", "--budget", "120", "--eps", f"{2 * eps:g}", "--seed", "3",
-              "--input-range", f"{min(lo, 0.0)},{max(hi, 1.0)}"]
+    common = ["--samples", str(samples), "--attack", attack, "--norm", norm, "--budget", str(budget),
+              "--eps", f"{scale * eps:g}", "--seed", "3", "--input-range", f"{min(lo, 0.0)},{max(hi, 1.0)}"]
     a = _json(["attack", model, "--data", data, *common])
     b = _json(["attack", twin_model, "--data", twin_data, *common])
     assert b["model"]["sample_shape"] != a["model"]["sample_shape"]  # the twin really takes the other layout
     ra, rb = a["results"][0], b["results"][0]
     assert [s["success"] for s in ra["samples"]] == [s["success"] for s in rb["samples"]], layout
-    assert ra["robust_accuracy"] == rb["robust_accuracy"]
-
-
-@pytest.mark.parametrize("attack,norm,scale", [("rays", "linf", 2.0), ("hsja", "l2", 20.0)])
-@pytest.mark.parametrize("case", CASES or [None], ids=[c[0] for c in CASES] or ["none"])
-def test_decision_attacks_give_the_same_attack_in_either_layout(case, attack, norm, scale, tmp_path):
-    """RayS cuts its blocks and HopSkipJump draws its points channels first: same seed, same outcome in NCHW and NHWC."""
-    model, data, entry = _case(case)
-    twin = _layout_twin(model, data, tmp_path)
-    if twin is None:
-        pytest.skip("not an image input with four axes")
-    twin_model, twin_data, layout = twin
-    with np.load(data) as npz:
-        eps = float(np.median(npz["eps"])) if "eps" in npz else 0.03
-    lo, hi = entry["x_range"]
-    common = ["--samples", "4", "--attack", attack, "--norm", norm, "--budget", "150", "--eps", f"{scale * eps:g}",
-              "--seed", "3", "--input-range", f"{min(lo, 0.0)},{max(hi, 1.0)}"]
-    a = _json(["attack", model, "--data", data, *common])
-    b = _json(["attack", twin_model, "--data", twin_data, *common])
-    assert b["model"]["sample_shape"] != a["model"]["sample_shape"]
-    ra, rb = a["results"][0], b["results"][0]
-    assert [s["success"] for s in ra["samples"]] == [s["success"] for s in rb["samples"]], layout
     assert [s["queries"] for s in ra["samples"]] == [s["queries"] for s in rb["samples"]], layout
+    assert ra["robust_accuracy"] == rb["robust_accuracy"]
