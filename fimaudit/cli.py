@@ -589,7 +589,7 @@ def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
     policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
     wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
     failed = [c for c in evaluate(policy, wrapped) if not c.passed]
-    if failed and not quiet:
+    if failed:  # said even with -q: an exit code 1 alone does not tell a CI log why
         c = failed[0]
         value = "not computed" if c.value is None else f"{c.value:.4g}"
         sys.stderr.write(f"fimaudit: gate failed: median lambda_max {value} > --fail-above {fail_above:g}\n")
@@ -895,6 +895,14 @@ def audit_cmd(
     _write_json(opts, renderer_for("json", None, "audit")(result))
     if not opts.quiet:
         (sys.stderr if opts.json == "-" else sys.stdout).write(renderer_for("text", None, "audit")(result))
+    elif result.verdict == "fail":  # -q: still one line per failed check, so a red CI log says why
+        for c in result.checks:
+            if not c.passed:
+                value = "not computed" if c.value is None else c.value
+                why = f"; {c.reason}" if c.reason else ""
+                sys.stderr.write(f"fimaudit: check failed: {c.text} (value {value}{why})\n")
+    if out is None and opts.json is None:
+        sys.stderr.write("fimaudit: note: no --out or --json given, so no report was written\n")
     return EXIT_OK if result.verdict != "fail" else EXIT_GATE
 
 

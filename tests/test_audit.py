@@ -316,13 +316,18 @@ def test_wrong_preprocessing_fails_the_audit_with_its_own_check(tmp_path):
     res = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--policy", str(policy),
                   "--out", str(tmp_path / "d"), "-q")
     assert res.exit_code == 1, res.stderr
+    assert "fimaudit: check failed: preprocessing.sane = true (value False" in res.stderr  # -q still says why
     rep = json.loads((tmp_path / "d" / "audit.json").read_text())
     added = [c for c in rep["checks"] if c["key"] == "preprocessing.sane"]
     assert len(added) == 1 and added[0]["passed"] is False and "--mean/--std" in added[0]["reason"]
-    assert res.stderr.count("preprocessing looks wrong") == 1  # one warning, not one per section
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("fimaudit: warning:")]
+    assert len(warnings) == 1 and "preprocessing looks wrong" in warnings[0]  # one warning, not one per section
     good = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--mean", "0.286", "--std", "0.353",
                    "--policy", str(policy), "--out", str(tmp_path / "g"), "-q")
-    assert good.exit_code == 0 and "preprocessing" not in good.stderr
+    assert good.exit_code == 0 and "preprocessing" not in good.stderr and "check failed" not in good.stderr
+    nowhere = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--mean", "0.286", "--std", "0.353",
+                      "--policy", str(policy), "-q")
+    assert nowhere.exit_code == 0 and "no report was written" in nowhere.stderr
     rep = json.loads((tmp_path / "g" / "audit.json").read_text())
     sec = next(s for s in rep["sections"] if s["name"] == "preprocessing")
     assert sec["data"]["sane"] is True and not any(c["key"] == "preprocessing.sane" for c in rep["checks"])

@@ -88,8 +88,10 @@ def test_fail_above_gate(setup):
     rep = scan_json(model, "--data", data, "--samples", "4")
     med = rep["summary"]["lambda_max"]["median"]
     base = ["scan", str(model), "--data", str(data), "--samples", "4", "-q"]
-    assert runner.invoke(app, base + ["--fail-above", str(med * 0.5)]).exit_code == 1
-    assert runner.invoke(app, base + ["--fail-above", str(med * 2)]).exit_code == 0
+    failed = runner.invoke(app, base + ["--fail-above", str(med * 0.5)])
+    assert failed.exit_code == 1 and "gate failed: median lambda_max" in failed.stderr  # said even with -q
+    passed = runner.invoke(app, base + ["--fail-above", str(med * 2)])
+    assert passed.exit_code == 0 and "gate failed" not in passed.stderr
 
 
 def test_terminal_output_and_progress(setup):
