@@ -684,7 +684,8 @@ def test_self_check_asks_float64_when_float32_cannot_judge_any_row(tmp_path):
     assert "passed on 6 of 6" in _gradients_text({"source": "graph", "check": settled.to_dict()})
 
 
-def test_self_check_refuses_a_broken_graph_float32_cannot_judge(tmp_path, monkeypatch):
+def flip_gemm_vjp(monkeypatch) -> None:
+    """A broken reverse rule: Gemm's VJP with its sign flipped (a wrong rule every check must refuse)."""
     good = rules.VJP["Gemm"]
 
     def broken(em, node, g):
@@ -692,6 +693,10 @@ def test_self_check_refuses_a_broken_graph_float32_cannot_judge(tmp_path, monkey
         return [em.op("Neg", [out[0]])] + list(out[1:])
 
     monkeypatch.setitem(rules.VJP, "Gemm", broken)
+
+
+def test_self_check_refuses_a_broken_graph_float32_cannot_judge(tmp_path, monkeypatch):
+    flip_gemm_vjp(monkeypatch)
     engine, x = _tiny_linear(tmp_path)
     check = check_graph(engine, x, np.random.default_rng(0))
     assert not check.passed and check.verified == 0 and "reverse" in check.reason

@@ -25,7 +25,7 @@ from scipy.special import erf
 
 from .emit import Emitter
 from .graph import POOL_SIZE, with_placeholders
-from .rules import _refuse_batch_axis, _resize_matrix, _window, attrs
+from .rules import _refuse_batch_axis, _resize_matrix, _window, attrs, pool_divisor
 
 PREFIX = "fimaudit_f64_"
 ROW_BYTES = 16 * 1024 * 1024  # the float64 session's largest tensor per run stays below this (rows per run follow)
@@ -191,14 +191,7 @@ def _lower_avgpool(em: _Lowering, node: onnx.NodeProto) -> None:
     spatial = em.shape(x)[2:]
     out_sp = tuple(em.shape(node.output[0])[2:])
     include = int(a.get("count_include_pad", 0))
-    div = np.ones(out_sp, dtype=np.float64)  # the divisor per output position (as the AveragePool VJP rule)
-    for i, (k, s, b, e, n, o) in enumerate(zip(kernel, strides, begins, ends, spatial, out_sp)):
-        start = np.arange(o) * s - b
-        lo, hi = (-b, n + e) if include else (0, n)
-        cnt = np.minimum(start + k, hi) - np.maximum(start, lo)
-        shape = [1] * len(out_sp)
-        shape[i] = o
-        div = div * cnt.reshape(shape)
+    div = pool_divisor(kernel, strides, begins, ends, spatial, out_sp, include)  # as the AveragePool VJP rule
     win = _windows(em, x, kernel, strides, [1] * len(kernel), begins, ends, out_sp)
     em.widest = max(em.widest, em.shape(x)[1] * int(np.prod(kernel)) * int(np.prod(out_sp)))
     total = em.reduce_sum(win, list(range(2, 2 + len(kernel))), keepdims=False)

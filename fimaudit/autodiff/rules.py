@@ -474,6 +474,20 @@ def _jvp_linear(em: Emitter, node: onnx.NodeProto, t: list) -> list:
     return [em.op(node.op_type, [t[0]] + list(node.input[1:]), **attrs(node))]
 
 
+def pool_divisor(kernel, strides, begins, ends, spatial, out_sp, include: bool) -> np.ndarray:
+    """AveragePool's divisor per output position: the window's overlap with the input (or with the
+    padded input when ``include``, count_include_pad), per axis, multiplied."""
+    div = np.ones(tuple(out_sp), dtype=np.float64)
+    for i, (k, s, b, e, n, o) in enumerate(zip(kernel, strides, begins, ends, spatial, out_sp)):
+        start = np.arange(o) * s - b
+        lo, hi = (-b, n + e) if include else (0, n)
+        cnt = np.minimum(start + k, hi) - np.maximum(start, lo)
+        shape = [1] * len(out_sp)
+        shape[i] = o
+        div = div * cnt.reshape(shape)
+    return div
+
+
 @vjp("AveragePool")
 def _vjp_avgpool(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     x = node.input[0]
@@ -485,16 +499,7 @@ def _vjp_avgpool(em: Emitter, node: onnx.NodeProto, g: list) -> list:
     spatial = em.shape(x)[2:]
     out_sp = em.shape(node.output[0])[2:]
     include = int(a.get("count_include_pad", 0))
-    # The divisor per output position: the window's overlap with the input (or with the
-    # padded input when count_include_pad), per axis, multiplied.
-    div = np.ones(out_sp, dtype=np.float64)
-    for i, (k, s, b, e, n, o) in enumerate(zip(kernel, strides, begins, ends, spatial, out_sp)):
-        start = np.arange(o) * s - b
-        lo, hi = (-b, n + e) if include else (0, n)
-        cnt = np.minimum(start + k, hi) - np.maximum(start, lo)
-        shape = [1] * len(out_sp)
-        shape[i] = o
-        div = div * cnt.reshape(shape)
+    div = pool_divisor(kernel, strides, begins, ends, spatial, out_sp, include)
     c = em.shape(x)[1]
     scaled = em.op("Div", [g[0], em.const(div[None, None].astype(em.dtype(x)))])
     ones = em.const(np.ones((c, 1) + kernel, dtype=em.dtype(x)))
