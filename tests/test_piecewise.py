@@ -424,7 +424,10 @@ def test_audit_of_an_int8_model_defaults(zoo_int8):
     from fimaudit.report.audit import render_audit_html, render_audit_markdown, render_audit_text
 
     assert "worst case per sample over the attacks | 0.03 |" in render_audit_markdown(res)
-    assert "<section id=worst-case>" in render_audit_html(res)
+    page = render_audit_html(res)
+    assert "<section id=worst-case>" in page
+    # the scan measured the smoothed Fisher: the plots say F_sigma, never the pointwise lambda_max(F)
+    assert "lambda_max(F_sigma) per sample" in page and "log10 lambda_max(F) per sample" not in page
     assert "note: certify (randomized smoothing) runs by default" in render_audit_text(res)
     # what the policy's [audit] sets explicitly is kept
     mine = _audit(zoo_int8[("mlp_small", "qdq")], None, attacks=("square",), certify_sigma=0.1,

@@ -42,7 +42,12 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
     why_scan = None if lam else (scan.reason if scan else "no scan section")
     if not lam and _piecewise_note(result):
         why_scan = _piecewise_note(result)
-    out.append(("plot-lambda", "lambda_max per sample", plots.lambda_histogram(lam, bound) if lam else None, why_scan))
+    # A smoothed scan (--smoothing, or automatic on a piecewise-constant model) measured F_sigma, not F: say so.
+    smoothed = ((scan.data.get("summary") or {}).get("smoothed") if scan and scan.status == "ok" else None) or None
+    qty = "lambda_max(F_sigma)" if smoothed else "lambda_max(F)"
+    sigma = smoothed.get("sigma") if smoothed else None
+    label = f"{qty} per sample" + (f" (smoothed Fisher, sigma {sigma:.3g})" if isinstance(sigma, (int, float)) else "")
+    out.append(("plot-lambda", label, plots.lambda_histogram(lam, bound, qty) if lam else None, why_scan))
     val = result.section("validity")
     if val and val.status == "ok":
         out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack",
@@ -68,10 +73,10 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
         out.append(("plot-corruptions", "Accuracy against corruption severity", None, reason))
     if lam:
         why = None if bound is not None else f"no finite closed-form bound ({bounds.data.get('reason') if bounds else ''})"
-        out.append(("plot-bound", "Measured lambda_max against the closed-form bound",
-                    plots.bound_vs_measured(lam, bound, bounds.data.get("blocks", []) if bounds else []), why))
+        out.append(("plot-bound", f"Measured {qty} against the closed-form bound",
+                    plots.bound_vs_measured(lam, bound, bounds.data.get("blocks", []) if bounds else [], qty), why))
     else:
-        out.append(("plot-bound", "Measured lambda_max against the closed-form bound", None, why_scan))
+        out.append(("plot-bound", f"Measured {qty} against the closed-form bound", None, why_scan))
     return out
 
 
