@@ -19,6 +19,7 @@ import numpy as np
 
 from .options import ModelDataOptions
 from ._version import __version__
+from .audit_context import audit_context
 from .errors import ConfigError, FimauditError
 from .certify import CertifyConfig, certify
 from .evidence import SCORELESS, AttackConfig, run_attack, run_clever
@@ -194,6 +195,7 @@ class AuditResult:
     fimaudit: str = __version__
     schema_version: str = AUDIT_SCHEMA_VERSION
     kind: str = "audit"
+    context: dict | None = None  # fimaudit.audit_context: data, preprocessing, units, policy file, versions
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -216,7 +218,7 @@ class AuditResult:
             "policy": _clean(self.policy),
             "checks": [c.to_dict() for c in self.checks],
             "sections": [s.to_dict() for s in self.sections],
-        }
+        } | ({} if self.context is None else {"context": _clean(self.context)})
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditResult":
@@ -229,6 +231,7 @@ class AuditResult:
             model=d["model"], config=d["config"], sections=tuple(Section.from_dict(s) for s in d["sections"]),
             checks=tuple(CheckResult.from_dict(c) for c in d.get("checks", ())), policy=d.get("policy"),
             created=d.get("created"), fimaudit=str(d.get("fimaudit", "")), schema_version=version,
+            context=d.get("context"),
         )
 
 
@@ -527,6 +530,7 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
     pw = model.info.piecewise
     piecewise = pw is not None and pw.complete
     cfg, defaults = cfg.resolve_defaults(piecewise)
+    prep = None
     ctx = AuditContext(cfg, progress=progress, execution=execution, piecewise=pw if piecewise else None,
                        proto=model.proto if piecewise else None,
                        io_names=(model.info.input.name, model.info.output.name), defaults=defaults)
@@ -564,12 +568,14 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
         ctx.step(spec.name, 1, 1)
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
+    context = audit_context(cfg, None if prep is None else len(prep.dataset.x), None if prep is None else prep.config,
+                            ctx.data.get("scan"))
     return AuditResult(
         model={"path": cfg.model, "sha256": model.info.sha256, "sample_shape": list(model.sample_shape),
                "input": model.info.input.name, "output": model.info.output.name, "provider": model.provider}
         | ({} if model.info.piecewise is None else {"piecewise": model.info.piecewise.to_dict()})
         | ({"defaults": defaults} if defaults else {}),
-        config=cfg_d, sections=tuple(sections),
+        config=cfg_d, sections=tuple(sections), context=context,
     )
 
 

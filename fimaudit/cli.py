@@ -885,8 +885,11 @@ def audit_cmd(
 
             result = run_audit(cfg, progress, execution)
     checks = () if policy is None else evaluate(policy, result)
+    from .audit_context import policy_file
+
+    context = None if result.context is None else {**result.context, "policy": policy_file(policy_path)}
     result = AuditResult(result.model, result.config, result.sections, checks,
-                         None if policy is None else policy.to_dict(), created)
+                         None if policy is None else policy.to_dict(), created, context=context)
     if out is not None:
         pages = {name: renderer_for(fmt, None, "audit")(result) for name, fmt in AUDIT_FILES.items()}  # all, then write
         out.mkdir(exist_ok=True)
