@@ -11,19 +11,8 @@ from xml.etree import ElementTree as ET
 
 from ..audit import AuditResult
 from . import plots
+from .page import facts, num, page, pct, preprocessing_text, section, table, versions_text
 from .terminal import _fmt
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;color:#222;max-width:72em;padding:0 1em}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}.pass{color:#1e7d32;font-weight:bold}
-.fail{color:#b71c1c;font-weight:bold}.verdict{font-size:1.4em;padding:.4em .8em;border-radius:4px;display:inline-block}
-.verdict.pass{background:#e8f5e9}.verdict.fail{background:#ffebee}.verdict.none{background:#f4f4f4}
-.unavailable{background:#fff6d6;padding:.5em;border-left:4px solid #e0b000}figure{margin:1em 0}
-figure svg{max-width:100%;height:auto}img.thumb{width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc}
-code{background:#f4f4f4;padding:0 .2em}
-"""
-
 
 def _value(v) -> str:
     if isinstance(v, bool):
@@ -86,73 +75,332 @@ def _piecewise_note(result: AuditResult) -> str | None:
     return pw.get("note") if pw else None
 
 
-def _worst_case_html(result: AuditResult) -> str:
-    """The per-sample worst case over the attacks, per eps, and the attacks skipped with their reasons."""
+VACUOUS_RATIO = 1e3  # a finite bound this many times the measured median lambda_max says nothing about the model
+
+
+def _lambdas(result: AuditResult) -> list[float]:
+    scan = result.section("scan")
+    if not scan or scan.status != "ok":
+        return []
+    return [s["lambda_max"] for s in scan.data.get("samples", []) if s.get("lambda_max") is not None]
+
+
+def vacuous_note(result: AuditResult) -> str | None:
+    """'finite but vacuous: ...' when the closed-form bound exceeds the measured median lambda_max 1e3-fold."""
+    bounds = result.section("bounds")
+    bound = bounds.data.get("fim_upper") if bounds and bounds.status == "ok" else None
+    lam = [v for v in _lambdas(result) if v > 0]
+    if bound is None or not lam:
+        return None
+    import numpy as np
+
+    med, top = float(np.median(lam)), float(max(lam))
+    if bound / med <= VACUOUS_RATIO:
+        return None
+    return (f"finite but vacuous: the bound {bound:.3g} is {bound / top:.3g}× the largest measured lambda_max "
+            f"({top:.3g}) and {bound / med:.3g}× the median ({med:.3g}); it guarantees nothing at this model's scale")
+
+
+def _context_html(result: AuditResult) -> str:
+    """The run's context: model, data, preprocessing, units, policy file, versions, seed."""
+    m, cfg, ctx = result.model, result.config or {}, result.context or {}
+    pp = ctx.get("preprocessing") or {}
+    prep = result.section("preprocessing")
+    sanity = ""
+    if prep and prep.status == "ok":
+        d = prep.data
+        sanity = (f"clean accuracy {pct(d.get('accuracy'))} on {d.get('samples')} samples "
+                  f"(chance {pct(d.get('chance'))}): " + ("looks sane" if d.get("sane") else f"SUSPECT: {d.get('note')}"))
+    pol = result.policy or {}
+    pf = ctx.get("policy") or {}
+    policy = ""
+    if result.policy is not None:
+        policy = f"“{pol.get('name', '')}”, {len(pol.get('checks') or [])} checks"
+        if pf:
+            policy += f"; file {pf.get('file')} (sha256 {pf.get('sha256')})"
+    data = ctx.get("data", cfg.get("data"))
+    samples = ctx.get("samples")
+    grad = ctx.get("gradients") or {}
+    rows = [
+        ("model", f"{m.get('path')} (sha256 {m.get('sha256')})"),
+        ("input, output", f"'{m.get('input')}' {m.get('sample_shape')} → '{m.get('output')}'"),
+        ("provider", str(m.get("provider") or "")),
+        ("data", "" if data is None else f"{data}" + (f": the first {samples} samples" if samples is not None else "")),
+        ("samples per section", f"scan and attacks {cfg.get('samples')}, CLEVER {cfg.get('clever_samples')}, "
+                                f"metric suite {cfg.get('metrics_samples')}"),
+        ("preprocessing", preprocessing_text(pp) if pp else preprocessing_text(
+            {"scale": cfg.get("scale"), "mean": cfg.get("mean"), "std": cfg.get("std")})),
+        ("layout", (f"{str(pp.get('layout')).upper()}" + (f" ({pp['layout_evidence']})" if pp.get("layout_evidence") else ""))
+         if pp.get("layout") else ""),
+        ("input range", "" if not (pp.get("input_range") or cfg.get("input_range")) else
+         "[{:g}, {:g}] in attack units (adversarial inputs are clipped to it)".format(*(pp.get("input_range") or cfg.get("input_range")))),
+        ("clean predictions", sanity),
+        ("eps units", ctx.get("eps_units") or f"attack units: data × --scale ({cfg.get('norm')})"),
+        ("radius units", "; ".join(f"{k}: {v}" for k, v in (ctx.get("units") or {}).items() if k != "eps")),
+        ("attacks", f"{', '.join(cfg.get('attacks') or [])}, norm {cfg.get('norm')}, eps "
+                    f"{', '.join(f'{x:g}' for x in cfg.get('eps') or [])}, budget {cfg.get('budget')} queries per sample"),
+        ("gradients", f"requested {grad.get('requested', cfg.get('gradients'))}"
+                      + (f"; scan used {grad['scan']}" if grad.get("scan") else "")
+                      + (f" ({grad['reason']})" if grad.get("reason") else "")),
+        ("policy", policy or "none: evidence without a verdict"),
+        ("seed", str(ctx.get("seed", cfg.get("seed")))),
+        ("versions", versions_text(ctx.get("versions")) or f"fimaudit {result.fimaudit}"),
+        ("created", result.created or ""),
+    ]
+    return section("context", "Context", facts(rows))
+
+
+def _checks_html(result: AuditResult) -> str:
+    e = html.escape
+    if not result.checks:
+        return section("checks", "Policy checks", "<p>No policy was given: the dossier reports evidence without a verdict.</p>")
+    vac = vacuous_note(result)
+    rows = []
+    for c in result.checks:
+        note = e(c.reason or "")
+        if vac and c.key.startswith("bound."):
+            note = (note + "<br>" if note else "") + f'<span class="vacuous">{e(vac)}</span>'
+        rows.append([f"<code>{e(c.text)}</code>", e(_value(c.value)),
+                     f"<span class={'pass' if c.passed else 'fail'}>{'PASS' if c.passed else 'FAIL'}</span>", note])
+    return section("checks", "Policy checks", table(["check", "value", "result", "note"], rows, raw=True,
+                                                   left=(0, 2, 3), cls="checks"))
+
+
+_STATS_HEAD = ["quantity", "mean", "median", "p90", "max", "n"]
+
+
+def _stats_row(name: str, st: dict) -> list[str]:
+    return [name, *(num(st.get(k)) for k in ("mean", "median", "p90", "max")), str(st.get("count", "-"))]
+
+
+def _fisher_html(result: AuditResult) -> str:
+    scan = result.section("scan")
+    if not scan or scan.status != "ok":
+        return section("fisher", "Input-space Fisher information", _unavailable(scan, "scan"))
+    s = scan.data.get("summary") or {}
+    rows = []
+    for key, name in (("lambda_max", "lambda_max(F)"), ("trace", "trace(F)"), ("lower_bound", "certified lower bound of lambda_max"),
+                      ("lower_estimate", "lower estimate of lambda_max")):
+        st = s.get(key)
+        if st and st.get("count"):
+            rows.append(_stats_row(name, st))
+    if (s.get("surrogate") or {}).get("available"):
+        rows.append(_stats_row("lambda_max, float surrogate", s["surrogate"]["lambda_max"]))
+    if (s.get("smoothed") or {}).get("lambda_max"):
+        sig = s["smoothed"].get("sigma")
+        rows.append(_stats_row("lambda_max(F_sigma), smoothed" + (f" (sigma {sig:.3g})" if isinstance(sig, (int, float)) else ""),
+                               s["smoothed"]["lambda_max"]))
+    run = scan.data.get("run") or {}
+    units = (scan.data.get("units") or {}).get("description", "")
+    body = table(_STATS_HEAD, rows) if rows else "<p>No per-sample values (see the notes).</p>"
+    body += (f"<p class=muted>Per sample: {html.escape(str(run.get('method_used', '')))} method, "
+             f"{run.get('samples_scanned', '-')} samples, {s.get('queries_total', '-')} queries; units {html.escape(units)}.</p>")
+    return section("fisher", "Input-space Fisher information", body)
+
+
+def _bound_html(result: AuditResult) -> str:
+    b = result.section("bounds")
+    if not b or b.status != "ok":
+        return section("bound", "Closed-form bound from the weights", _unavailable(b, "bounds"))
+    d = b.data
+    vac = vacuous_note(result)
+    lam = [v for v in _lambdas(result) if v > 0]
+    rows = [("Lipschitz bound L of the logit map", num(d.get("lipschitz")) + " (model-input units, L2)"),
+            ("lambda_max(F) ≤ L²/2", num(d.get("fim_upper")) if d.get("fim_upper") is not None else f"none: {d.get('reason')}"),
+            ("measured lambda_max (median, max)", f"{num(float(sorted(lam)[len(lam) // 2]) if lam else None)}, "
+                                                    f"{num(max(lam) if lam else None)}" if lam else ""),
+            ("family", str(d.get("family") or "unknown"))]
+    body = facts(rows, "bound-facts")
+    if vac:
+        body += f'<p class="unavailable vacuous" id="vacuous">{html.escape(vac)}</p>'
+    blocks = d.get("blocks") or []
+    if blocks:
+        body += table(["block", "kind", "status", "L", "why"],
+                      [[bl["name"], bl["kind"], bl.get("status") or ("bounded" if bl.get("lipschitz") is not None else "unbounded"),
+                        num(bl.get("lipschitz")), bl.get("reason") or bl.get("detail") or ""] for bl in blocks], left=3)
+    body += "".join(f"<p class=muted>note: {html.escape(n)}</p>" for n in d.get("notes") or [])
+    return section("bound", "Closed-form bound from the weights", body)
+
+
+def _unavailable(sec, name: str) -> str:
+    why = sec.reason if sec is not None else f"no {name} section"
+    return f'<p class="unavailable">Not available: {html.escape(why or "no data")}</p>'
+
+
+def _attacks_html(result: AuditResult) -> str:
+    e = html.escape
     att = result.section("attacks")
-    if not att or att.status != "ok" or not att.data.get("worst_case"):
+    if not att or att.status != "ok":
+        return section("attacks", "Attacks", _unavailable(att, "attacks"))
+    d = att.data
+    norm = d.get("norm", "")
+    body = ""
+    masking = d.get("masking") or []
+    if masking:
+        body += ('<div class="warning" id="masking"><strong>Possible gradient masking:</strong> the robust accuracies '
+                 "below may overstate the model's robustness.<ul>"
+                 + "".join(f"<li><strong>{e(str(f.get('flag', '')))}</strong>: {e(str(f.get('detail', '')))}</li>" for f in masking)
+                 + "</ul></div>")
+    runs = d.get("runs") or []
+    names = [f"{r['config']['attack']}" for r in runs]
+    wc = (d.get("worst_case") or {}).get("robust_accuracy") or {}
+    eps_all = sorted({float(r["eps"]) for run in runs for r in run["results"]})
+    by = {(i, float(r["eps"])): r for i, run in enumerate(runs) for r in run["results"]}
+    clean = ["clean (eps 0)", *(pct(run.get("clean_accuracy")) for run in runs)] + (["-"] if wc else [])
+    ra_rows = [clean] + [[f"{x:g}", *(pct(by[(i, x)]["robust_accuracy"]) if (i, x) in by else "-" for i in range(len(runs))),
+                          *([pct(wc.get(f"{x:g}"))] if wc else [])] for x in eps_all]
+    for i, run in enumerate(runs):
+        ps = run.get("per_sample_radius")
+        if ps:
+            ra_rows.append([f"own radius ({names[i]}, {ps.get('eps_from')})",
+                            *(pct(ps["robust_accuracy"]) if j == i else "-" for j in range(len(runs))), *(["-"] if wc else [])])
+    head = [f"eps ({norm}, attack units)", *names, *(["worst case per sample"] if wc else [])]
+    body += ('<section id=worst-case><h3>Robust accuracy: each attack and the per-sample worst case over them</h3>'
+             + table(head, ra_rows)
+             + (f"<p class=muted>worst case: {e((d.get('worst_case') or {}).get('rule', ''))}</p>" if wc else "")
+             + "</section>")
+    taus = [f"{t:g}" for t in d.get("taus") or []]
+    if taus and runs:
+        rr_rows = []
+        for x in eps_all:
+            row = [f"{x:g}"]
+            for t in taus:
+                for i in range(len(runs)):
+                    r = by.get((i, x))
+                    key = next((k for k in (r or {}).get("robust_ratio", {}) if float(k) == float(t)), None)
+                    row.append(pct(r["robust_ratio"][key]) if r and key else "-")
+            rr_rows.append(row)
+        rr_head = [f"eps ({norm})", *(f"{n} (tau {t})" for t in taus for n in names)]
+        body += ("<h3>Robust ratio: share of samples whose prediction moves by less than tau</h3>" + table(rr_head, rr_rows))
+    q_rows = [[n, str(sum(r.get("queries_total", 0) for r in run["results"])),
+               str(run["config"].get("budget", "-")), str(run["config"].get("gradients", "-"))] for n, run in zip(names, runs)]
+    if q_rows:
+        body += "<h3>Cost</h3>" + table(["attack", "queries", "budget per sample and eps", "gradients"], q_rows)
+    wb = d.get("whitebox")
+    if wb and wb not in ("apgd", "off"):
+        body += f'<p class="unavailable">{e(str(wb))}</p>'
+    body += "".join(f"<p>{e(s['attack'])} skipped: {e(s.get('reason') or '')}</p>" for s in d.get("skipped") or [])
+    body += "".join(f"<p class=muted>note: {e(n)}</p>" for n in d.get("notes") or [])
+    return section("attacks", "Attacks", body)
+
+
+def _clever_validity_html(result: AuditResult) -> str:
+    cl, va = result.section("clever"), result.section("validity")
+    units = (result.context or {}).get("units") or {}
+    if cl and cl.status == "ok":
+        sm, cfg = cl.data.get("summary") or {}, cl.data.get("config") or {}
+        rows = [("median CLEVER score", f"{num(sm.get('median_score'))} ({units.get('clever', 'attack units, L2')})"),
+                ("Weibull fit accepted", pct(sm.get("fit_ok_share")) + " of runs"),
+                ("median relative spread over seeds", pct(sm.get("median_relative_spread"))),
+                ("samples, seeds", f"{len(cl.data.get('samples') or [])}, {cfg.get('seeds', '-')}"),
+                ("norm, radius R", f"{cfg.get('norm', 'l2')}, {num(cfg.get('radius'))}"),
+                ("queries", str(sm.get("queries_total", "-")))]
+        cb = facts(rows, "clever-facts")
+        if sm.get("fit_ok_share") is not None and sm["fit_ok_share"] < 0.5:
+            cb += ('<p class="unavailable">The Weibull fit was rejected in most runs: the scores fall back to the '
+                   "largest sampled gradient norm and are estimates, not certificates.</p>")
+    else:
+        cb = _unavailable(cl, "clever")
+    if va and va.status == "ok":
+        d = va.data
+        n = len(d.get("samples") or [])
+        rows = [("Spearman rho", num(d.get("spearman"), 3) if d.get("spearman") is not None else
+                 "- (fewer than 3 attacked samples with distinct values)"),
+                ("samples", f"{d.get('attacked', 0)} broken of {n} (the others censored at eps {num(d.get('max_eps'))})"),
+                ("distance", str(d.get("distance", ""))),
+                ("FIM radius units", str(d.get("radius_units", ""))),
+                ("distance units", str(d.get("eps_units", "")))]
+        vb = facts(rows, "validity-facts")
+    else:
+        vb = _unavailable(va, "validity")
+    return ('<div class="cols">' + section("clever", "CLEVER scores", cb)
+            + section("validity", "Validity: FIM-predicted radius against the attacks' distance", vb) + "</div>")
+
+
+def _certify_html(result: AuditResult) -> str:
+    c = result.section("certify")
+    if not c or c.status != "ok":
+        return ""  # not run: the sections table says why
+    d = c.data
+    s, cfg = d.get("summary") or {}, d.get("config") or {}
+    rows = [[num(r.get("radius")), pct(r.get("accuracy")), pct(r.get("certified"))] for r in s.get("certified_accuracy") or []]
+    src = d.get("sigma_source") or {}
+    body = (f"<p>Gaussian smoothing, sigma {num(cfg.get('sigma'))} ({html.escape(str(src.get('rule', '')))}), "
+            f"n {cfg.get('n', '-')} draws per sample, alpha {num(cfg.get('alpha'))}. "
+            f"{html.escape((d.get('units') or {}).get('description', ''))}.</p>"
+            + table(["L2 radius", "certified accuracy", "certified"], rows, left=0)
+            + f"<p class=muted>clean accuracy {pct(s.get('clean_accuracy'))}, smoothed {pct(s.get('smoothed_accuracy'))}, "
+              f"abstained on {pct(s.get('abstain_rate'))}</p>")
+    return section("certify", "Certified radius (randomized smoothing)", body)
+
+
+_METRICS = ("accuracy", "ece", "log_loss", "margin_median", "corruption_relative_accuracy", "corruption_accuracy_gap",
+            "spectral_product", "sharpness_flatness")
+
+
+def _metrics_html(result: AuditResult) -> str:
+    m = result.section("metrics")
+    if not m or m.status != "ok":
+        return section("metrics", "Metric suite", _unavailable(m, "metrics"))
+    d = m.data
+    met = d.get("metrics") or {}
+    body = table(["metric", "value"], [[k, num(met[k])] for k in _METRICS if k in met])
+    corr = d.get("corruptions") or {}
+    if corr:
+        sev = sorted({int(s) for row in corr.values() for s in row})
+        body += table(["corruption", *(f"severity {x}" for x in sev)],
+                      [[name, *(pct(row.get(str(x))) for x in sev)] for name, row in corr.items()])
+    if d.get("corruptions_skipped"):
+        body += f'<p class="unavailable">{html.escape(d["corruptions_skipped"])}</p>'
+    n = (d.get("config") or {}).get("samples")
+    body += f"<p class=muted>on {n} samples; all {len(met)} metrics are in audit.json.</p>"
+    return section("metrics", "Metric suite", body)
+
+
+def _worst_html(result: AuditResult) -> str:
+    worst = result.section("worst")
+    if not worst or worst.status != "ok":
         return ""
     e = html.escape
-    wc = att.data["worst_case"]
-    rows = "".join(f"<tr><td>{e(eps)}</td><td>{_value(ra)}</td><td class=l>{e(', '.join(wc['attacks'][eps]))}</td></tr>"
-                   for eps, ra in wc["robust_accuracy"].items())
-    skipped = "".join(f"<p>{e(s['attack'])} skipped: {e(s['reason'] or '')}</p>" for s in att.data.get("skipped") or [])
-    return ("<section id=worst-case><h2>Robust accuracy, worst case per sample over the attacks</h2><table><tr>"
-            f"<th>eps ({e(att.data['norm'])})</th><th>robust accuracy</th><th class=l>attacks</th></tr>{rows}</table>"
-            + skipped + "</section>")
+    rows = []
+    for r in worst.data["samples"]:
+        imgs = "".join(f'<img class="thumb" alt="{alt} of sample {r["index"]}" src="{r[k]}">'
+                       for k, alt in (("input_png", "input"), ("direction_png", "worst direction")) if r.get(k))
+        rows.append([str(r["index"]), e(_value(r["label"])), str(r["predicted"]), _fmt(r["lambda_max"]), imgs or "-"])
+    note = f"<p>{e(worst.data['thumbnails_note'])}</p>" if worst.data.get("thumbnails_note") else ""
+    return section("worst", "Worst samples", note + table(["index", "label", "predicted", "lambda_max",
+                                                          "input, worst direction"], rows, left=(4,), raw=True))
 
 
 def render_audit_html(result: AuditResult) -> str:
     e = html.escape
     v = result.verdict
     cls = {"pass": "pass", "fail": "fail"}.get(v, "none")
-    checks = "".join(
-        f"<tr><td class=l><code>{e(c.text)}</code></td><td>{_value(c.value)}</td>"
-        f"<td class={'pass' if c.passed else 'fail'}>{'PASS' if c.passed else 'FAIL'}</td>"
-        f"<td class=l>{e(c.reason or '')}</td></tr>"
-        for c in result.checks
-    )
-    check_table = (f"<table><tr><th class=l>check</th><th>value</th><th>result</th><th class=l>note</th></tr>{checks}</table>"
-                   if result.checks else "<p>No policy was given: the dossier reports evidence without a verdict.</p>")
-    sec_rows = "".join(
-        f"<tr><td class=l>{e(s.name)}</td><td class=l>{e(s.status)}</td><td class=l>{e(s.reason or '')}</td></tr>"
-        for s in result.sections  # no wall times here: the page is byte-identical run to run (they are in audit.json)
-    )
     figures = []
     for pid, title, svg, reason in _plots(result):
-        body = svg if svg else f'<p class="unavailable">Not available: {e(reason or "no data")}</p>'
-        figures.append(f'<section id="{pid}"><h2>{e(title)}</h2><figure class="plot" data-plot="{pid}">{body}</figure></section>'
-                       if svg else f'<section id="{pid}"><h2>{e(title)}</h2>{body}</section>')
-    worst = result.section("worst")
-    worst_html = ""
-    if worst and worst.status == "ok":
-        rows = []
-        for r in worst.data["samples"]:
-            imgs = "".join(f'<img class="thumb" alt="{alt} of sample {r["index"]}" src="{r[k]}">'
-                           for k, alt in (("input_png", "input"), ("direction_png", "worst direction")) if r.get(k))
-            rows.append(f"<tr><td>{r['index']}</td><td>{_value(r['label'])}</td><td>{r['predicted']}</td>"
-                        f"<td>{_fmt(r['lambda_max'])}</td><td class=l>{imgs or '-'}</td></tr>")
-        note = f"<p>{e(worst.data['thumbnails_note'])}</p>" if worst.data.get("thumbnails_note") else ""
-        worst_html = ("<section id=worst><h2>Worst samples</h2>" + note + "<table><tr><th>index</th><th>label</th>"
-                      "<th>predicted</th><th>lambda_max</th><th class=l>input, worst direction</th></tr>"
-                      + "".join(rows) + "</table></section>")
+        body = (f'<figure class="plot" data-plot="{pid}">{svg}</figure>' if svg else
+                f'<p class="unavailable">Not available: {e(reason or "no data")}</p>')
+        figures.append(f'<section id="{pid}"><h2>{e(title)}</h2>{body}</section>')
+    sec_rows = [[s.name, s.status, s.reason or ""] for s in result.sections]  # no wall times: byte-identical pages
     m = result.model
-    created = f", {e(result.created)}" if result.created else ""
-    return (
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
-        f"<title>fimaudit audit: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
-        f"<h1>fimaudit audit</h1><p><code>{e(m['path'])}</code> (sha256 {e(str(m.get('sha256', '')))[:16]}…)</p>"
+    body = (
         f'<p id="verdict" class="verdict {cls}">Verdict: {e(v.upper())}</p>'
         + (f'<p id="piecewise" class="unavailable">{e(_piecewise_note(result))}</p>' if _piecewise_note(result) else "")
         + "".join(f'<p class="unavailable">{e(n)}</p>' for n in (m.get("defaults") or []))
-        + _worst_case_html(result)
-        +
-        f"<section id=checks><h2>Policy checks</h2>{check_table}</section>"
-        + "".join(figures) + worst_html
-        + "<section id=sections><h2>Sections</h2><table><tr><th class=l>section</th><th class=l>status</th>"
-        f"<th class=l>reason</th></tr>{sec_rows}</table></section>"
-        f"<p>fimaudit {e(result.fimaudit)}, audit schema {e(result.schema_version)}{created}</p></body></html>\n"
+        + _checks_html(result)
+        + _context_html(result)
+        + '<div class="cols">' + _fisher_html(result) + _bound_html(result) + "</div>"
+        + _attacks_html(result)
+        + _clever_validity_html(result)
+        + _certify_html(result)
+        + _metrics_html(result)
+        + '<div class="plots">' + "".join(figures) + "</div>"
+        + _worst_html(result)
+        + section("sections", "Sections", table(["section", "status", "reason"], sec_rows, left=3))
     )
+    created = f", {e(result.created)}" if result.created else ""
+    footer = f"fimaudit {e(result.fimaudit)}, audit schema {e(result.schema_version)}{created}"
+    return page("audit", m["path"], body, footer, f"(sha256 {e(str(m.get('sha256', '')))[:16]}…)")
 
 
 def render_audit_markdown(result: AuditResult) -> str:
