@@ -38,10 +38,14 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
     label = f"{qty} per sample" + (f" (smoothed Fisher, sigma {sigma:.3g})" if isinstance(sigma, (int, float)) else "")
     out.append(("plot-lambda", label, plots.lambda_histogram(lam, bound, qty) if lam else None, why_scan))
     val = result.section("validity")
+    att = result.section("attacks")
+    att = att if att and att.status == "ok" else None
     if val and val.status == "ok":
         out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack",
                     plots.radius_scatter(val.data["samples"], val.data["max_eps"],
-                                        val.data.get("distance", "smallest successful eps")), "no samples"))
+                                        val.data.get("distance", "smallest successful eps"),
+                                        (att.data.get("norm") if att else None) or (result.config or {}).get("norm")),
+                    "no samples"))
     else:
         out.append(("plot-validity", "FIM-predicted radius against the smallest successful attack", None,
                     val.reason if val else "no validity section"))
@@ -49,7 +53,8 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
     if att and att.status == "ok":
         tau = att.data["taus"][0] if att.data.get("taus") else None
         out.append(("plot-robustness", "Robust accuracy and robust ratio against eps",
-                    plots.robustness_curves(att.data["runs"], tau), "no attack results"))
+                    plots.robustness_curves(att.data["runs"], tau, att.data.get("worst_case"), att.data.get("norm")),
+                    "no attack results"))
     else:
         out.append(("plot-robustness", "Robust accuracy and robust ratio against eps", None,
                     att.reason if att else "no attacks section"))
