@@ -64,17 +64,32 @@ class OpBound:
         return {"name": self.name, "op": self.op, "lipschitz": _num(self.lipschitz), "how": self.how}
 
 
+BLOCK_STATUSES = ("bounded", "unbounded", "not computed")
+
+
 @dataclass(frozen=True)
 class Block:
+    """A recognised block; ``status`` bounded (``lipschitz`` is its constant), unbounded (``reason``: what in it has
+    no global constant) or not computed (``reason``: why its constant was not measured)."""
+
     name: str
     kind: str
     lipschitz: float | None
     nodes: tuple[str, ...] = ()
     detail: str = ""
+    status: str = ""
+    reason: str | None = None
+    span: tuple[str, str] | None = field(default=None, compare=False, repr=False)  # (input, output) tensors
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "lipschitz": _num(self.lipschitz), "detail": self.detail,
-                "nodes": list(self.nodes)}
+                "status": self.status or ("bounded" if self.lipschitz is not None else "unbounded"),
+                "reason": self.reason, "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Block":
+        return cls(d["name"], d["kind"], d.get("lipschitz"), tuple(d.get("nodes") or ()), d.get("detail", ""),
+                   d.get("status", ""), d.get("reason"))
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,17 @@ class BoundResult:
             "ops": [o.to_dict() for o in self.ops],
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BoundResult":
+        """A saved ``fimaudit bounds --json`` result (per-op constants kept, as read)."""
+        if "blocks" not in d or "fim_upper" not in d:
+            raise ValueError("not a bounds result (no blocks or fim_upper)")
+        return cls(model=str(d.get("model", "")), lipschitz=d.get("lipschitz"), fim_upper=d.get("fim_upper"),
+                   reason=d.get("reason"), family=d.get("family"), blocks=tuple(Block.from_dict(b) for b in d["blocks"]),
+                   ops=tuple(OpBound(o["name"], o["op"], o.get("lipschitz"), o.get("how", "")) for o in d.get("ops") or ()),
+                   excluded_output_op=d.get("excluded_output_op"), notes=tuple(d.get("notes") or ()),
+                   schema_version=str(d.get("schema_version", SCHEMA_VERSION)))
 
 
 def _non_finite(c: np.ndarray | None) -> bool:
@@ -489,13 +515,15 @@ def detect_blocks(g: OpGraph, prop: _Propagator) -> list[Block]:
         c.op == "MatMul" and len(g.var_inputs(c)) == 2 for c in g.consumers.get(n.outputs[0], []))]
     for k, sm in enumerate(softmax_attn):
         blocks.append(Block(f"attention{k}", "transformer-attention", None, (sm.name,),
-                            "softmax(Q K^T / sqrt(d)) V: not globally Lipschitz"))
+                            "softmax(Q K^T / sqrt(d)) V: not globally Lipschitz", "unbounded",
+                            "softmax(Q K^T / sqrt(d)) V multiplies two input-dependent tensors: no global constant"))
         covered.add(sm.name)
     lns = [n for n in g.nodes if n.op == "LayerNormalization"]
     ln_decomp = [n for n in g.nodes if n.op == "Div" and prop._layernorm_pattern(n.inputs[0], n.inputs[1]) is not None]
     for n in lns + ln_decomp:
         blocks.append(Block(n.name, "layernorm", ratio(n.outputs[0], n.inputs[0]), (n.name,),
-                            "global bound from epsilon (decomposed form)" if n.op == "Div" else "global bound from epsilon"))
+                            "global bound from epsilon (decomposed form)" if n.op == "Div" else "global bound from epsilon",
+                            span=(n.inputs[0], n.outputs[0])))
     for n in g.nodes:
         var = g.var_inputs(n)
         if n.op == "Add" and len(var) == 2:
@@ -515,7 +543,8 @@ def detect_blocks(g: OpGraph, prop: _Propagator) -> list[Block]:
                 kind = f"resnet-residual ({shortcut} shortcut)"
             nodes = tuple(span(start, n))
             covered.update(nodes)
-            blocks.append(Block(n.name, kind, ratio(n.outputs[0], start), nodes, f"from '{start}'"))
+            blocks.append(Block(n.name, kind, ratio(n.outputs[0], start), nodes, f"from '{start}'",
+                                span=(start, n.outputs[0])))
         elif n.op == "Concat" and len(var) >= 2:
             ancs = [g.ancestors(v) for v in var]
             if any(var[i] in ancs[j] for i in range(len(var)) for j in range(len(var)) if i != j):
@@ -523,10 +552,11 @@ def detect_blocks(g: OpGraph, prop: _Propagator) -> list[Block]:
                 nodes = tuple(span(start, n))
                 covered.update(nodes)
                 blocks.append(Block(n.name, "densenet-layer", ratio(n.outputs[0], start), nodes,
-                                    "concatenation of the input and a branch"))
+                                    "concatenation of the input and a branch", span=(start, n.outputs[0])))
         elif n.op == "Mul" and len(var) == 2 and prop._same_input_pattern(*n.inputs[:2]) is None:
             if any(g.producer.get(i) is not None and g.producer[i].op in ("Sigmoid", "HardSigmoid") for i in var):
-                blocks.append(Block(n.name, "squeeze-excitation", None, (n.name,), "x * sigmoid(h(x)): no global constant"))
+                blocks.append(Block(n.name, "squeeze-excitation", None, (n.name,), "x * sigmoid(h(x)): no global constant",
+                                    "unbounded", "x * sigmoid(h(x)) multiplies two input-dependent tensors: no global constant"))
                 covered.add(n.name)
     # Conv stacks (VGG stages): Conv/BN/activation runs up to a pooling, outside other blocks.
     stage: list[Node] = []
@@ -539,7 +569,7 @@ def detect_blocks(g: OpGraph, prop: _Propagator) -> list[Block]:
             last = end or stage[-1]
             blocks.append(Block(f"conv_stage{k}", "vgg-conv-stack", ratio(last.outputs[0], stage_in),
                                 tuple(s.name for s in stage) + ((end.name,) if end else ()),
-                                f"{sum(s.op == 'Conv' for s in stage)} conv layers"))
+                                f"{sum(s.op == 'Conv' for s in stage)} conv layers", span=(stage_in, last.outputs[0])))
             k += 1
         stage, stage_in = [], None
 
@@ -571,11 +601,56 @@ def detect_blocks(g: OpGraph, prop: _Propagator) -> list[Block]:
     dense = [h for h in head if h.op in ("Gemm", "MatMul")]
     if dense and g.var_inputs(head[-1]):
         first = head[-1]
-        blocks.append(Block("head", "mlp-head", ratio(head[0].inputs[0] if head[0].op in ("Softmax", "LogSoftmax") else head[0].outputs[0], g.var_inputs(first)[0]),
-                            tuple(h.name for h in reversed(head)), f"{len(dense)} dense layers"))
+        head_out = head[0].inputs[0] if head[0].op in ("Softmax", "LogSoftmax") else head[0].outputs[0]
+        blocks.append(Block("head", "mlp-head", ratio(head_out, g.var_inputs(first)[0]),
+                            tuple(h.name for h in reversed(head)), f"{len(dense)} dense layers",
+                            span=(g.var_inputs(first)[0], head_out)))
     del attn
     index = {n.name: n.index for n in g.nodes}
     return sorted(blocks, key=lambda b: max((index.get(n, -1) for n in b.nodes), default=-1))
+
+
+def label_blocks(blocks: list[Block], prop: "_Propagator", model_reason: str | None) -> list[Block]:
+    """Each block bounded, unbounded (with what in it has no global constant) or not computed (with why).
+
+    The structural pass (weights counted as 1) tells a block that is unbounded itself (its output unbounded while
+    its input is not) from one whose constant was simply not measured: the model had no finite bound, so no weight
+    norm was computed, or the block's input is already unbounded upstream, so no ratio to it means anything."""
+    out = []
+    intrinsic = [b for b in blocks if b.status == "unbounded"]  # attention, gating: decided where recognised
+    for b in blocks:
+        if b.status:
+            out.append(b)
+            continue
+        if b.lipschitz is not None:
+            out.append(replace(b, status="bounded", reason=None))
+            continue
+        inner = next((x for x in intrinsic if set(x.nodes) <= set(b.nodes)), None)
+        if inner is not None:
+            out.append(replace(b, status="unbounded", reason=f"contains {inner.name}: {inner.reason}"))
+            continue
+        if b.span is None:
+            out.append(replace(b, status="not computed", reason="its input and output tensors are unknown"))
+            continue
+        inp, outp = b.span
+        li, lo = prop.lip(inp), prop.lip(outp)
+        if not math.isfinite(li):
+            first = next((x.name for x in out if x.status == "unbounded"), None)
+            out.append(replace(b, status="not computed",
+                               reason="its input is already unbounded upstream" + (f" (after {first})" if first else "")
+                                      + ": no ratio to it is measured"))
+        elif not math.isfinite(lo):
+            out.append(replace(b, status="unbounded", reason=prop.reason.get(outp) or "a part of it has no known "
+                                                                                      "Lipschitz constant"))
+        elif li == 0:
+            out.append(replace(b, status="not computed", reason="its input does not depend on the model input"))
+        elif prop.structural:
+            out.append(replace(b, status="not computed",
+                               reason="bounded in structure; its weight norms were not computed because the model as "
+                                      "a whole has no finite bound (reason below)"))
+        else:
+            out.append(replace(b, status="not computed", reason="no ratio of its output to its input bound"))
+    return out
 
 
 def classify(blocks: list[Block], g: OpGraph) -> str | None:
@@ -624,6 +699,7 @@ def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str,
     blocks = detect_blocks(g, prop)
     if prop.structural:  # weights were not measured: no block constant means anything
         blocks = [replace(b, lipschitz=None) for b in blocks]
+    blocks = label_blocks(blocks, prop, reason)
     notes = []
     if excluded:
         notes.append(f"the final {excluded} is excluded: the bound is on the logit map")

@@ -12,7 +12,9 @@ from ..errors import ConfigError
 from ..evidence_result import EVIDENCE_KINDS
 from . import evidence as _evidence
 from ..result import ScanResult
-from .certify import render_certify_text
+from .certify import render_certify_html, render_certify_text
+from .bounds import render_bounds_html, render_bounds_text
+from ..graph.bounds import BoundResult
 from .audit import render_audit_html, render_audit_json, render_audit_junit, render_audit_markdown, render_audit_text
 from .html import render_html
 from .markdown import render_markdown
@@ -34,14 +36,15 @@ EXTENSIONS = {".html": "html", ".htm": "html", ".json": "json", ".md": "markdown
 
 # Every result kind with its loader and its renderers by format name.
 LOADERS: dict[str, Callable[[dict], object]] = {"scan": ScanResult.from_dict, "audit": AuditResult.from_dict,
-                                               "certify": CertifyResult.from_dict,
+                                               "certify": CertifyResult.from_dict, "bounds": BoundResult.from_dict,
                                                **{k: c.from_dict for k, c in EVIDENCE_KINDS.items()}}
 KIND_RENDERERS: dict[str, dict[str, Callable]] = {
     "scan": RENDERERS,
     "audit": {"html": render_audit_html, "json": render_audit_json, "markdown": render_audit_markdown,
               "text": render_audit_text, "junit": render_audit_junit},
     # certify has a terminal renderer only; json is the saved report again
-    "certify": {"text": render_certify_text, "json": render_json},
+    "certify": {"text": render_certify_text, "json": render_json, "html": render_certify_html},
+    "bounds": {"text": render_bounds_text, "json": render_json, "html": render_bounds_html},
     **{k: _evidence.RENDERERS for k in EVIDENCE_KINDS},
 }
 EXTENSIONS[".xml"] = "junit"
@@ -50,6 +53,8 @@ EXTENSIONS[".xml"] = "junit"
 def load_result(raw: dict) -> tuple[str, object]:
     """(kind, result object) of a saved JSON result; a scan report has no ``kind`` field."""
     kind = raw.get("kind", "scan") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and "kind" not in raw and "blocks" in raw and "fim_upper" in raw:
+        kind = "bounds"  # `fimaudit bounds --json` writes no kind field
     if kind not in LOADERS:
         raise ValueError(f"unknown result kind {kind!r} (re-renderable: {', '.join(LOADERS)})")
     return kind, LOADERS[kind](raw)

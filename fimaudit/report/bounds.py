@@ -13,10 +13,13 @@ def render_bounds(result: BoundResult, console: Console, show_ops: bool = False)
     table = Table(title=f"Recognised blocks ({result.family or 'unknown'} family)", title_justify="left")
     table.add_column("block")
     table.add_column("kind")
+    table.add_column("status")
     table.add_column("L", justify="right")
-    table.add_column("how")
+    table.add_column("how / why")
     for b in result.blocks:
-        table.add_row(b.name, b.kind, "unbounded" if b.lipschitz is None else _fmt(b.lipschitz), b.detail)
+        status = b.status or ("bounded" if b.lipschitz is not None else "unbounded")
+        table.add_row(b.name, b.kind, status, "-" if b.lipschitz is None else _fmt(b.lipschitz),
+                      b.detail if status == "bounded" else (b.reason or b.detail))
     console.print(table)
     if show_ops:
         ops = Table(title="Per-operation constants", title_justify="left")
@@ -32,3 +35,33 @@ def render_bounds(result: BoundResult, console: Console, show_ops: bool = False)
         console.print(f"[bold]lambda_max(F) <= L^2/2[/bold] = {_fmt(result.fim_upper)}")
     for note in result.notes:
         console.print(f"note: {note}", style="yellow")
+
+
+def _status(b: dict) -> str:
+    return b.get("status") or ("bounded" if b.get("lipschitz") is not None else "unbounded")
+
+
+def render_bounds_html(result: BoundResult) -> str:
+    """The shared page (fimaudit.report.page): the bound, then each block bounded / unbounded / not computed."""
+    from .page import e, facts, num, page, section, table
+
+    d = result.to_dict()
+    rows = [("command", "fimaudit bounds"), ("model", d["model"]), ("family", d["family"] or "unknown"),
+            ("Lipschitz bound L", f"{num(d['lipschitz'])} (logit map, model-input units, L2)" if d["lipschitz"] is not None
+             else f"none: {d['reason']}"),
+            ("lambda_max(F) ≤ L²/2", num(d["fim_upper"]) if d["fim_upper"] is not None else "none"),
+            ("excluded output op", d.get("excluded_output_op") or "")]
+    blocks = table(["block", "kind", "status", "L", "why"],
+                   [[b["name"], b["kind"], _status(b), num(b["lipschitz"]), b.get("reason") or b["detail"]]
+                    for b in d["blocks"]], left=(0, 1, 2, 4))
+    notes = "".join(f'<p class="note">{e(n)}</p>' for n in d["notes"])
+    body = section("context", "Context", facts(rows)) + notes + section("blocks", "Recognised blocks", blocks)
+    return page("bounds", d["model"], body, f"fimaudit bounds result, schema {e(d['schema_version'])}")
+
+
+def render_bounds_text(result: BoundResult) -> str:
+    import io
+
+    buf = io.StringIO()
+    render_bounds(result, Console(file=buf, width=120, color_system=None, force_terminal=False))
+    return buf.getvalue()

@@ -67,3 +67,37 @@ def render_certify_text(result: CertifyResult) -> str:
     buf = io.StringIO()
     render_certify(result, Console(file=buf, width=110, color_system=None, force_terminal=False))
     return buf.getvalue()
+
+
+def render_certify_html(result: CertifyResult) -> str:
+    """The shared page (fimaudit.report.page): context, certified accuracy per radius, the facts to read it."""
+    from .page import e, facts, num, page, preprocessing_text, section, table
+
+    s, cfg, m = result.summary, result.config, result.model
+    pp = cfg.get("preprocess") or {}
+    units = result.units.get("description", "")
+    rows = [
+        ("command", "fimaudit certify"),
+        ("model", f"{m['path']} (sha256 {m['sha256']})"),
+        ("data", f"{cfg.get('data_source')}: {len(result.samples)} samples"),
+        ("preprocessing", preprocessing_text(pp or {"scale": cfg.get("scale"), "mean": cfg.get("mean"),
+                                                     "std": cfg.get("std")})
+         + (f"; layout {str((pp.get('layout') or {}).get('name', '?')).upper()}" if pp.get("layout") else "")),
+        ("smoothing", f"Gaussian, sigma {cfg['sigma']:g} ({result.units.get('space', 'input')} units)"),
+        ("draws", f"n0 = {cfg['n0']} selection and n = {cfg['n']} estimation draws per sample, alpha = {cfg['alpha']:g} "
+                  "(one-sided Clopper-Pearson)"),
+        ("radius units", units),
+        ("clean accuracy", f"{_pct(s.clean_accuracy)}; smoothed {_pct(s.smoothed_accuracy)} (abstentions count as wrong)"),
+        ("certified radius", f"median {_fmt(s.radius.median)}, max {_fmt(s.radius.max)} over {s.radius.count} certified; "
+                             f"abstained on {_pct(s.abstain_rate)}"),
+        ("queries", f"{s.queries_total} total"),
+        ("seed", str(cfg.get("seed", ""))),
+        ("provider", str(result.runtime.get("provider"))),
+    ]
+    table_html = table(["L2 radius", "certified accuracy", "certified"],
+                       [[num(r.radius), _pct(r.accuracy), _pct(r.certified)] for r in s.certified_accuracy], left=0)
+    notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.notes)
+    body = (section("context", "Context", facts(rows)) + notes
+            + section("certified", "Certified L2 robustness (randomized smoothing)", table_html))
+    return page("certify", m["path"], body, f"fimaudit certify result, schema {e(result.schema_version)}",
+                f"sigma {cfg['sigma']:g}, clean accuracy {_pct(s.clean_accuracy)}")

@@ -118,14 +118,109 @@ def render_markdown(result: EvidenceResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pp_text(cfg: dict) -> str:
+    from .page import preprocessing_text
+
+    pp = cfg.get("preprocess") if isinstance(cfg.get("preprocess"), dict) else None
+    if pp:
+        return preprocessing_text(pp) + (f"; layout {str((pp.get('layout') or {}).get('name', '?')).upper()}"
+                                         if pp.get("layout") else "")
+    return preprocessing_text({"scale": cfg.get("scale"), "mean": cfg.get("mean"), "std": cfg.get("std")})
+
+
+def context_rows(result: EvidenceResult) -> list[tuple[str, str]]:
+    """The facts a reader needs next to the table: model, data, preprocessing, norm and units, accuracy."""
+    from .page import pct
+    from .plots import NORMS
+
+    cfg = dict(result.get("config") or {})
+    m = result.get("model") if isinstance(result.get("model"), dict) else {}
+    rows = [("command", f"fimaudit {result.kind}")]
+    if m:
+        rows.append(("model", f"{m.get('path')} (sha256 {m.get('sha256')})"))
+    if result.kind in ("attack", "metrics", "clever"):
+        rows += [("data", f"{cfg.get('data')}" + (f": the first {cfg['samples']} samples" if cfg.get("samples") else "")),
+                 ("preprocessing", _pp_text(cfg)),
+                 ("input range", "[{:g}, {:g}], attack units".format(*cfg["input_range"]) if cfg.get("input_range") else "")]
+    if result.kind == "attack":
+        norm = NORMS.get(cfg.get("norm"), cfg.get("norm"))
+        rows += [("attack", f"{cfg.get('attack')}" + (f", {cfg.get('steps')} steps" if cfg.get("steps") else "")
+                  + (f", surrogate {cfg['surrogate']}" if cfg.get("surrogate") else "")),
+                 ("norm", str(norm)),
+                 ("eps", ", ".join(f"{x:g}" for x in cfg.get("eps") or []) + " (attack units: data × --scale, before --mean/--std)"),
+                 ("clean accuracy", f"{pct(result.get('clean_accuracy'))} on these samples"),
+                 ("budget", f"{cfg.get('budget')} queries per sample and eps"),
+                 ("gradients", str((result.get("gradients") or {}).get("source") or cfg.get("gradients") or ""))]
+    elif result.kind == "clever":
+        rows += [("norm, radius R", f"{NORMS.get(cfg.get('norm'), cfg.get('norm'))}, {cfg.get('radius')} "
+                                    "(attack units: data × --scale)"),
+                 ("points, seeds", f"{cfg.get('points')} per batch, {cfg.get('seeds')} seeds"),
+                 ("gradients", str((result.get("gradients") or {}).get("source") or cfg.get("gradients") or ""))]
+    elif result.kind == "metrics":
+        acc = (result.get("metrics") or {}).get("accuracy")
+        rows.append(("clean accuracy", pct(acc) if acc is not None else ""))
+    elif result.kind == "compare":
+        rows += [("models", ", ".join(r["model"] for r in result["rows"])),
+                 ("target", str(result["target"])),
+                 ("settings", ", ".join(f"{k} {v}" for k, v in cfg.items() if not isinstance(v, (dict, list))))]
+    rows += [("seed", str(cfg.get("seed", ""))),
+             ("provider", str((result.get("runtime") or {}).get("provider") or ""))]
+    return rows
+
+
 def render_html(result: EvidenceResult) -> str:
-    e = html.escape
-    head, rows = _rows(result)
-    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
-             + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<title>fimaudit {e(result.kind)}</title><style>table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;"
-            f"padding:.2em .5em}}</style></head><body><h1>fimaudit {e(result.kind)}</h1>{table}</body></html>\n")
+    """The shared page (fimaudit.report.page): context facts, then the result's tables and notes."""
+    from .page import e, facts, page, section, table
+
+    if result.kind == "compare":
+        body = _compare_html(result.to_dict())
+    else:
+        head, rows = _rows(result)
+        body = section("results", {"attack": "Robust accuracy and robust ratio by eps", "metrics": "Metrics",
+                                   "clever": "CLEVER score per sample"}[result.kind], table(head, rows))
+        if result.kind == "metrics" and result["corruptions"]:
+            sev = sorted({int(s) for row in result["corruptions"].values() for s in row})
+            body += section("corruptions", "Accuracy under corruptions (by severity)",
+                            table(["corruption", *map(str, sev)],
+                                  [[n, *(f"{100 * row[str(s)]:.1f}%" for s in sev)] for n, row in result["corruptions"].items()]))
+        if result.kind == "clever":
+            sm = result["summary"]
+            spread = "-" if sm.get("median_relative_spread") is None else f"{sm['median_relative_spread']:.2%}"
+            body += (f"<p>median score {sm['median_score']:.4g}; median relative spread over seeds {spread}; "
+                     f"Weibull fit accepted in {sm['fit_ok_share']:.0%} of runs</p>")
+    notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.get("notes") or [])
+    m = result.get("model")
+    model = m.get("path") if isinstance(m, dict) else None
+    return page(result.kind, model, section("context", "Context", facts(context_rows(result))) + notes + body,
+                f"fimaudit {e(result.kind)} result, schema {e(result.schema_version)}")
+
+
+def _compare_html(rep: dict) -> str:
+    from .page import num, section, table
+
+    body = section("models", "Models", table(["model", *COMPARE_COLUMNS],
+                                             [[r["model"], *(_fmt(r.get(c)) for c in COMPARE_COLUMNS)] for r in rep["rows"]]))
+    rows = []
+    for name, v in rep["correlations"].items():
+        if v is None:
+            continue
+        cells = []
+        for k in ("spearman", "kendall"):
+            val, ci = v[k]["value"], v[k]["ci"]
+            cells.append("-" if val is None else (f"{val:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{val:+.2f}"))
+        rows.append([name, str(v["n"]), *cells])
+    body += section("correlations", f"Rank correlation with {rep['target']} (95% bootstrap CI)",
+                    table(["metric", "n", "Spearman", "Kendall"], rows))
+    if rep.get("validity"):
+        vrows = []
+        for v in rep["validity"]:
+            sp = v["spearman"]
+            cell = "-" if sp["value"] is None else (f"{sp['value']:+.2f} [{sp['ci'][0]:+.2f}, {sp['ci'][1]:+.2f}]"
+                                                    if sp["ci"] else f"{sp['value']:+.2f}")
+            vrows.append([v["model"], str(sp["n"]), cell, num(v["median_distance_over_radius"])])
+        body += section("validity", "Per-sample validity: FIM-predicted radius against the minimal adversarial L2 "
+                                    "distance (attack units)", table(["model", "n", "Spearman", "median dist/r"], vrows))
+    return body
 
 
 RENDERERS = {"text": render_text, "json": render_json, "markdown": render_markdown, "html": render_html}

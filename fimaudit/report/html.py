@@ -11,16 +11,10 @@ import math
 import numpy as np
 
 from ..result import ScanResult
+from .page import facts as facts_table
+from .page import page, section, versions_text
 from .terminal import (_dither_text, _fmt, _gradients_text, cap, piecewise_fact, preprocess_line, smoothing_label,
                         smoothing_text, summary_rows)
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222;max-width:70em}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}.note{background:#fff6d6;padding:.5em;border-left:4px solid #e0b000}
-code{background:#f4f4f4;padding:0 .2em}
-"""
-
 
 def _histogram_svg(values: list[float], width: int = 640, height: int = 220) -> str:
     """Histogram of log10(lambda_max) per sample as an inline SVG."""
@@ -92,16 +86,19 @@ def render_html(result: ScanResult) -> str:
         for x in result.samples
     )
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.notes)
-    return (
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        f"<title>fimaudit scan: {e(m['path'])}</title><style>{_CSS}</style></head><body>"
-        f"<h1>fimaudit scan</h1><p><code>{e(m['path'])}</code></p>"
-        f"<h2>{e(cap(smoothing_label(s) or 'input-space Fisher information'))}</h2>"
-        "<table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
-        f"<th>p90</th><th>max</th><th>n</th></tr>{''.join(rows)}</table>"
-        "<table>" + "".join(f"<tr><th class=l>{e(k)}</th><td class=l>{e(v)}</td></tr>" for k, v in facts) + "</table>"
-        f"{notes}<h2>lambda_max per sample</h2>{_histogram_svg([x.lambda_max for x in result.samples])}"
-        "<h2>Samples</h2><table><tr><th>index</th><th>label</th><th>predicted</th><th>lambda_max</th><th>95% interval</th>"
-        f"<th>trace</th><th>lower bound or estimate</th><th>queries</th></tr>{sample_rows}</table>"
-        f"<p>fimaudit {e(str(result.runtime.get('fimaudit')))}, schema {e(result.schema_version)}</p></body></html>\n"
+    facts.insert(0, ("command", "fimaudit scan"))
+    facts.insert(3, ("data", f"{result.run.data_source or '-'}: {result.run.samples_scanned} samples"))
+    body = (
+        section("context", "Context", facts_table(facts))
+        + notes
+        + section("fisher", cap(smoothing_label(s) or "input-space Fisher information"),
+                  "<div class=scroll><table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
+                  f"<th>p90</th><th>max</th><th>n</th></tr>{''.join(rows)}</table></div>"
+                  f"<p class=muted>units: {e(result.units.get('description', ''))}</p>")
+        + section("histogram", "lambda_max per sample", _histogram_svg([x.lambda_max for x in result.samples]))
+        + section("samples", "Samples", "<div class=scroll><table><tr><th>index</th><th>label</th><th>predicted</th>"
+                  "<th>lambda_max</th><th>95% interval</th><th>trace</th><th>lower bound or estimate</th><th>queries</th>"
+                  f"</tr>{sample_rows}</table></div>")
     )
+    return page("scan", m["path"], body, f"fimaudit {e(str(result.runtime.get('fimaudit')))}, schema {e(result.schema_version)}; "
+                + e(versions_text(result.runtime)))
