@@ -106,6 +106,10 @@ def vacuous_note(result: AuditResult) -> str | None:
             f"({top:.3g}) and {bound / med:.3g}× the median ({med:.3g}); it guarantees nothing at this model's scale")
 
 
+_UNIT_NAMES = {"fisher": "Fisher units", "fim_radius": "FIM radius units", "clever": "CLEVER radius units",
+               "certify": "certified radius units", "bound": "bound units"}
+
+
 def _context_html(result: AuditResult) -> str:
     """The run's context: model, data, preprocessing, units, policy file, versions, seed."""
     m, cfg, ctx = result.model, result.config or {}, result.context or {}
@@ -141,8 +145,9 @@ def _context_html(result: AuditResult) -> str:
          "[{:g}, {:g}] in attack units (adversarial inputs are clipped to it)".format(*(pp.get("input_range") or cfg.get("input_range")))),
         ("clean predictions", sanity),
         ("eps units", ctx.get("eps_units") or f"attack units: data × --scale ({cfg.get('norm')})"),
-        ("radius units", "; ".join(f"{k}: {v}" for k, v in (ctx.get("units") or {}).items() if k != "eps")),
-        ("attacks", f"{', '.join(cfg.get('attacks') or [])}, norm {cfg.get('norm')}, eps "
+        *((_UNIT_NAMES.get(k, f"{k} units"), v) for k, v in (ctx.get("units") or {}).items() if k != "eps"),
+        ("attacks", f"{', '.join(cfg.get('attacks') or [])}"
+                    + (" and white-box APGD" if cfg.get("whitebox") else "") + f", norm {cfg.get('norm')}, eps "
                     f"{', '.join(f'{x:g}' for x in cfg.get('eps') or [])}, budget {cfg.get('budget')} queries per sample"),
         ("gradients", f"requested {grad.get('requested', cfg.get('gradients'))}"
                       + (f"; scan used {grad['scan']}" if grad.get("scan") else "")

@@ -176,6 +176,10 @@ def render_html(result: EvidenceResult) -> str:
         body = _compare_html(result.to_dict())
     else:
         head, rows = _rows(result)
+        if result.kind == "attack":
+            from .plots import NORMS
+
+            head = [f"eps ({NORMS.get(result['config']['norm'], result['config']['norm'])}, attack units)", *head[1:]]
         body = section("results", {"attack": "Robust accuracy and robust ratio by eps", "metrics": "Metrics",
                                    "clever": "CLEVER score per sample"}[result.kind], table(head, rows))
         if result.kind == "metrics" and result["corruptions"]:
@@ -191,8 +195,15 @@ def render_html(result: EvidenceResult) -> str:
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in result.get("notes") or [])
     m = result.get("model")
     model = m.get("path") if isinstance(m, dict) else None
+    subtitle = ""
+    if result.kind == "attack":
+        from .page import pct
+        from .plots import NORMS
+
+        cfg = result["config"]
+        subtitle = e(f"{cfg['attack']}, {NORMS.get(cfg['norm'], cfg['norm'])}, clean accuracy {pct(result['clean_accuracy'])}")
     return page(result.kind, model, section("context", "Context", facts(context_rows(result))) + notes + body,
-                f"fimaudit {e(result.kind)} result, schema {e(result.schema_version)}")
+                f"fimaudit {e(result.kind)} result, schema {e(result.schema_version)}", subtitle)
 
 
 def _compare_html(rep: dict) -> str:
