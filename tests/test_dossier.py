@@ -99,8 +99,13 @@ def test_dossier_shows_its_context_and_every_table(dossier):
     wc = wc[:wc.index("</table>")]
     heads = re.findall(r"<th[^>]*>([^<]*)</th>", wc)
     assert heads[1:] == [r["config"]["attack"] for r in att["runs"]] + ["worst case per sample"]
-    ra = att["worst_case"]["robust_accuracy"]["0.05"]
-    assert f"{100 * ra:.1f}%" in wc
+    for eps, ra in att["worst_case"]["robust_accuracy"].items():  # each eps row: every attack, then the worst case
+        row = next(r for r in wc.split("<tr>")[1:] if re.search(rf"<td class=l>{re.escape(eps)}</td>", r))
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+        per_attack = [next(x["robust_accuracy"] for x in run["results"] if float(x["eps"]) == float(eps))
+                      for run in att["runs"]]
+        per_attack = [f"{100 * v:.1f}%" for v in per_attack]
+        assert cells == [eps, *per_attack, f"{100 * ra:.1f}%"], (eps, cells)
     # CLEVER median, validity Spearman, certify table
     clever = _section(rep, "clever")["summary"]
     assert f"{clever['median_score']:.4g}" in _text(page[page.index("<section id=clever>"):page.index("<section id=validity>")])
