@@ -165,11 +165,16 @@ def _checks_html(result: AuditResult) -> str:
     if not result.checks:
         return section("checks", "Policy checks", "<p>No policy was given: the dossier reports evidence without a verdict.</p>")
     vac = vacuous_note(result)
+    b = result.section("bounds")
+    no_bound = (b.data.get("reason") or "no finite closed-form bound") \
+        if b and b.status == "ok" and b.data.get("fim_upper") is None else None
     rows = []
     for c in result.checks:
         note = e(c.reason or "")
         if vac and c.key.startswith("bound."):
             note = (note + "<br>" if note else "") + f'<span class="vacuous">{e(vac)}</span>'
+        elif no_bound and c.key.startswith("bound.") and not c.reason:
+            note = e(f"no finite bound: {no_bound}")
         rows.append([f"<code>{e(c.text)}</code>", e(_value(c.value)),
                      f"<span class={'pass' if c.passed else 'fail'}>{'PASS' if c.passed else 'FAIL'}</span>", note])
     return section("checks", "Policy checks", table(["check", "value", "result", "note"], rows, raw=True,
@@ -215,20 +220,29 @@ def _bound_html(result: AuditResult) -> str:
     d = b.data
     vac = vacuous_note(result)
     lam = [v for v in _lambdas(result) if v > 0]
-    rows = [("Lipschitz bound L of the logit map", num(d.get("lipschitz")) + " (model-input units, L2)"),
+    rows = [("Lipschitz bound L of the logit map", num(d.get("lipschitz")) + " (model-input units, L2)"
+             if d.get("lipschitz") is not None else "none"),
             ("lambda_max(F) ≤ L²/2", num(d.get("fim_upper")) if d.get("fim_upper") is not None else f"none: {d.get('reason')}"),
             ("measured lambda_max (median, max)", f"{num(float(np.median(lam)))}, {num(max(lam))}" if lam else ""),
             ("family", str(d.get("family") or "unknown"))]
     body = facts(rows, "bound-facts")
     if vac:
         body += f'<p class="unavailable vacuous" id="vacuous">{html.escape(vac)}</p>'
-    blocks = d.get("blocks") or []
-    if blocks:
-        body += table(["block", "kind", "status", "L", "why"],
-                      [[bl["name"], bl["kind"], bl.get("status") or ("bounded" if bl.get("lipschitz") is not None else "unbounded"),
-                        num(bl.get("lipschitz")), bl.get("reason") or bl.get("detail") or ""] for bl in blocks], left=3)
     body += "".join(f"<p class=muted>note: {html.escape(n)}</p>" for n in d.get("notes") or [])
     return section("bound", "Closed-form bound from the weights", body)
+
+
+def _blocks_html(result: AuditResult) -> str:
+    """Each recognised block: bounded (its constant), unbounded or not computed, with why (fimaudit.graph.bounds)."""
+    b = result.section("bounds")
+    blocks = (b.data.get("blocks") or []) if b and b.status == "ok" else []
+    if not blocks:
+        return ""
+    rows = [[bl["name"], bl["kind"], bl.get("status") or ("bounded" if bl.get("lipschitz") is not None else "unbounded"),
+             num(bl.get("lipschitz")), bl.get("detail", "") if bl.get("lipschitz") is not None else (bl.get("reason") or bl.get("detail") or "")]
+            for bl in blocks]
+    return section("blocks", "Blocks of the closed-form bound",
+                   table(["block", "kind", "status", "L", "how / why"], rows, left=(0, 1, 2, 4), cls="blocks"))
 
 
 def _unavailable(sec, name: str) -> str:
@@ -263,7 +277,7 @@ def _attacks_html(result: AuditResult) -> str:
         if ps:
             ra_rows.append([f"own radius ({names[i]}, {ps.get('eps_from')})",
                             *(pct(ps["robust_accuracy"]) if j == i else "-" for j in range(len(runs))), *(["-"] if wc else [])])
-    head = [f"eps ({norm}, attack units)", *names, *(["worst case per sample"] if wc else [])]
+    head = [f"eps ({plots.NORMS.get(norm, norm)}, attack units)", *names, *(["worst case per sample"] if wc else [])]
     body += ('<section id=worst-case><h3>Robust accuracy: each attack and the per-sample worst case over them</h3>'
              + table(head, ra_rows)
              + (f"<p class=muted>worst case: {e((d.get('worst_case') or {}).get('rule', ''))}</p>" if wc else "")
@@ -279,7 +293,7 @@ def _attacks_html(result: AuditResult) -> str:
                     key = next((k for k in (r or {}).get("robust_ratio", {}) if float(k) == float(t)), None)
                     row.append(pct(r["robust_ratio"][key]) if r and key else "-")
             rr_rows.append(row)
-        rr_head = [f"eps ({norm})", *(f"{n} (tau {t})" for t in taus for n in names)]
+        rr_head = [f"eps ({plots.NORMS.get(norm, norm)})", *(f"{n} (tau {t})" for t in taus for n in names)]
         body += ("<h3>Robust ratio: share of samples whose prediction moves by less than tau</h3>" + table(rr_head, rr_rows))
     q_rows = [[n, str(sum(r.get("queries_total", 0) for r in run["results"])),
                str(run["config"].get("budget", "-")), str(run["config"].get("gradients", "-"))] for n, run in zip(names, runs)]
@@ -398,7 +412,7 @@ def render_audit_html(result: AuditResult) -> str:
         + "".join(f'<p class="unavailable">{e(n)}</p>' for n in (m.get("defaults") or []))
         + _checks_html(result)
         + _context_html(result)
-        + '<div class="cols">' + _fisher_html(result) + _bound_html(result) + "</div>"
+        + '<div class="cols">' + _fisher_html(result) + _bound_html(result) + "</div>" + _blocks_html(result)
         + _attacks_html(result)
         + _clever_validity_html(result)
         + _certify_html(result)

@@ -124,6 +124,10 @@ def bound_vs_measured(values: list[float], bound: float | None, blocks: list[dic
     if bound is not None and bound > 0:
         ax.axhline(bound, color="#c0392b", linestyle="--",
                    label=f"closed-form bound L^2/2 = {bound:.3g} ({bound / vals.max():.3g}× the largest measured)")
+    else:
+        from matplotlib.lines import Line2D
+
+        ax.add_line(Line2D([], [], color="#c0392b", linestyle="--", label="no finite closed-form bound (see its section)"))
     ax.set_xlabel("sample rank (by measured value)")
     ax.set_ylabel(f"{quantity} (per model-input unit)")
     _integer_axis(ax.xaxis)
