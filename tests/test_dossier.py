@@ -141,6 +141,11 @@ def test_vacuous_bound_is_named_next_to_its_check_and_a_tight_one_is_not(dossier
     tight = render_audit_html(_with_bound(rep, 2 * max(lam)))
     assert "vacuous" not in _text(tight)
     assert 'id="vacuous"' not in tight
+    from fimaudit.report.audit import render_audit_markdown, render_audit_text
+
+    for render in (render_audit_text, render_audit_markdown):  # the terminal and audit.md say it too
+        assert "finite but vacuous" in render(_with_bound(rep, 1e5 * max(lam)))
+        assert "vacuous" not in render(_with_bound(rep, 2 * max(lam)))
 
 
 def test_masking_flags_are_a_warning_box_in_the_attacks_section(dossier):

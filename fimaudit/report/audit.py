@@ -432,7 +432,9 @@ def render_audit_markdown(result: AuditResult) -> str:
         lines += [f"**Note:** {_piecewise_note(result)}", ""]
     if result.checks:
         lines += ["| check | value | result | note |", "|---|---:|---|---|"]
-        lines += [f"| `{c.text}` | {_value(c.value)} | {'PASS' if c.passed else 'FAIL'} | {c.reason or ''} |"
+        vac = vacuous_note(result)
+        lines += [f"| `{c.text}` | {_value(c.value)} | {'PASS' if c.passed else 'FAIL'} | "
+                  + "; ".join(x for x in (c.reason, vac if c.key.startswith("bound.") else None) if x) + " |"
                   for c in result.checks]
         lines.append("")
     scan = result.section("scan")
@@ -490,8 +492,11 @@ def render_audit_text(result: AuditResult) -> str:
         lines.append(f"  note: {_piecewise_note(result)}")
     for note in (result.model or {}).get("defaults") or []:
         lines.append(f"  note: {note}")
+    vac = vacuous_note(result)
     for c in result.checks:
         lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
+        if vac and c.key.startswith("bound."):
+            lines.append(f"        {vac}")
     for s in result.sections:
         lines.append(f"  section {s.name}: {s.status}" + (f" ({s.reason})" if s.reason else ""))
     return "\n".join(lines) + "\n"
