@@ -28,9 +28,11 @@ code{background:#f2f4f6;padding:0 .25em;border-radius:3px;font-size:.92em;overfl
 table{border-collapse:collapse;margin:.5em 0 1em;font-variant-numeric:tabular-nums}
 th,td{border:1px solid var(--line);padding:.22em .6em;text-align:right;vertical-align:top}
 th{background:var(--head);font-weight:600}td.l,th.l{text-align:left}
-table.checks td:first-child{white-space:nowrap}table.checks{width:100%}
+table.checks{width:100%}table.checks td:first-child{min-width:16em}table.checks td:last-child{min-width:12em}
+table.checks code{overflow-wrap:break-word}
 table.blocks td:first-child{overflow-wrap:anywhere;max-width:28em}
-table.facts{width:100%}table.facts th{width:13em;text-align:left;white-space:nowrap}table.facts td{text-align:left}
+table.facts{width:100%}table.facts th{width:13em;text-align:left;white-space:nowrap}
+table.facts td{text-align:left;overflow-wrap:anywhere}
 .pass{color:var(--ok);font-weight:bold}.fail{color:var(--bad);font-weight:bold}
 .verdict{font-size:1.3em;padding:.3em .8em;border-radius:4px;display:inline-block;margin:.4em 0}
 .verdict.pass{background:#e8f5e9}.verdict.fail{background:#ffebee}.verdict.none{background:#f2f4f6}
