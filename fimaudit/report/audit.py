@@ -65,7 +65,8 @@ def _plots(result: AuditResult) -> list[tuple[str, str, str | None, str | None]]
         out.append(("plot-corruptions", "Accuracy against corruption severity",
                     plots.corruption_curves(met.data["corruptions"]), None))
     else:
-        reason = (met.reason if met and met.status != "ok" else "corruptions were not computed") if met else "no metrics section"
+        reason = (met.reason if met and met.status != "ok" else
+                  met.data.get("corruptions_skipped") or "corruptions were not computed") if met else "no metrics section"
         out.append(("plot-corruptions", "Accuracy against corruption severity", None, reason))
     if lam:
         why = None if bound is not None else f"no finite closed-form bound ({bounds.data.get('reason') if bounds else ''})"

@@ -103,7 +103,7 @@ def lambda_histogram(values: list[float], bound: float | None = None, quantity: 
     _integer_axis(ax.yaxis)
     if bound is not None and bound > 0:
         lb = float(np.log10(bound))
-        if lb <= logs.max() + 1:
+        if lb <= logs.max() + max(1.0, 0.5 * float(np.ptp(logs))):  # near enough to share the axis
             ax.axvline(lb, color="#c0392b", linestyle="--", label=f"closed-form bound {bound:.3g}")
         else:
             ax.add_line(Line2D([], [], color="#c0392b", linestyle="--",
