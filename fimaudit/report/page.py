@@ -50,10 +50,10 @@ footer{margin-top:2em;color:var(--muted);font-size:.9em;border-top:1px solid var
 @page{margin:12mm 11mm}
 @media print{
 body{font-size:9.5pt;max-width:none;padding:0;-webkit-print-color-adjust:exact;print-color-adjust:exact}
-h2{break-after:avoid;page-break-after:avoid}
-section,figure,table,tr,.warning,.unavailable{break-inside:avoid;page-break-inside:avoid}
-section.long,section.long table{break-inside:auto;page-break-inside:auto}
-.plots{display:block}.plots>section{break-inside:avoid}
+h2,h3{break-after:avoid;page-break-after:avoid}
+figure,tr,.warning,.unavailable,table.facts,.plots>section,#fisher,#bound,#clever,#validity,#certify,#worst-case
+{break-inside:avoid;page-break-inside:avoid}
+.plots{display:block}
 figure svg{max-height:95mm;width:auto;max-width:100%;margin:0 auto}
 .cols{display:block}.scroll{overflow:visible}
 table{font-size:.95em}th,td{padding:.12em .4em}
