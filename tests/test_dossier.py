@@ -170,6 +170,7 @@ def saved(dossier):
     out = {}
     for kind, args in (("attack", ["--attack", "pgd", "--eps", "0.03", "--budget", "100"]),
                        ("certify", ["--sigma", "0.25", "--n", "100"]), ("scan", ["--budget", "100"]),
+                       ("clever", ["--samples", "2"]), ("metrics", []),
                        ("bounds", None)):
         path = tmp / f"{kind}.json"
         cmd = [kind, str(model), *(data + args if args is not None else []), "--json", str(path), "-q"]
@@ -191,13 +192,25 @@ def test_attack_report_html_uses_the_shared_page_and_names_its_context(saved):
         assert needle in text, needle
 
 
-@pytest.mark.parametrize("kind", ["certify", "bounds", "scan"])
+@pytest.mark.parametrize("kind", ["certify", "bounds", "scan", "clever", "metrics"])
 def test_every_report_kind_has_an_html_page_in_the_shared_shell(saved, kind):
     res = runner.invoke(app, ["report", str(saved[kind]), "--format", "html"])
     assert res.exit_code == 0, res.stderr
     page = res.stdout
     assert CSS in page and f'data-kind="{kind}"' in page and "<section id=context>" in page
     assert "conv.onnx" in page
+
+
+def test_compare_html_is_in_the_shared_shell_too():
+    from fimaudit.evidence_result import CompareResult
+    from fimaudit.report.evidence import render_html
+
+    rep = {"target": "ra_pgd_linf", "rows": [{"model": "a", "clean_accuracy": 0.9}, {"model": "b", "clean_accuracy": 0.8}],
+           "correlations": {"clean_accuracy": {"n": 2, "spearman": {"value": 1.0, "ci": None},
+                                               "kendall": {"value": 1.0, "ci": None}}},
+           "config": {"samples": 10, "eps_linf": 0.03, "seed": 0}, "validity": None}
+    page = render_html(CompareResult.of(rep))
+    assert CSS in page and 'data-kind="compare"' in page and "a, b" in _text(page) and "attack units" in page
 
 
 # --------------------------------------------------------------------------- plots

@@ -162,7 +162,8 @@ def context_rows(result: EvidenceResult) -> list[tuple[str, str]]:
     elif result.kind == "compare":
         rows += [("models", ", ".join(r["model"] for r in result["rows"])),
                  ("target", str(result["target"])),
-                 ("settings", ", ".join(f"{k} {v}" for k, v in cfg.items() if not isinstance(v, (dict, list))))]
+                 ("settings", ", ".join(f"{k} {v}" for k, v in cfg.items() if not isinstance(v, (dict, list)))
+                  + " (eps in attack units: data × --scale)")]
     rows += [("seed", str(cfg.get("seed", ""))),
              ("provider", str((result.get("runtime") or {}).get("provider") or ""))]
     return rows
