@@ -6,9 +6,6 @@ No scripts, no external assets: the file opens anywhere and can be attached to a
 from __future__ import annotations
 
 import html
-import math
-
-import numpy as np
 
 from ..result import ScanResult
 from .page import facts as facts_table
@@ -16,35 +13,16 @@ from .page import page, section, versions_text
 from .terminal import (_dither_text, _fmt, _gradients_text, cap, piecewise_fact, preprocess_line, smoothing_label,
                         smoothing_text, summary_rows)
 
-def _histogram_svg(values: list[float], width: int = 640, height: int = 220) -> str:
-    """Histogram of log10(lambda_max) per sample as an inline SVG."""
-    vals = np.array([v for v in values if v is not None and v > 0 and math.isfinite(v)])
-    if vals.size == 0:
+def _histogram_svg(result: ScanResult) -> str:
+    """The dossier's histogram (fimaudit.report.plots): log10 lambda_max per sample, integer counts, the bound."""
+    from . import plots
+
+    bound = (result.bound or {}).get("fim_upper")
+    qty = "lambda_max(F_sigma)" if result.summary.smoothed else "lambda_max(F)"
+    svg = plots.lambda_histogram([x.lambda_max for x in result.samples], bound, qty)
+    if svg is None:
         return "<p>No positive lambda_max values to plot.</p>"
-    logs = np.log10(vals)
-    lo, hi = float(np.floor(logs.min())), float(np.ceil(logs.max()))
-    if hi <= lo:
-        hi = lo + 1
-    bins = min(30, max(5, int(np.sqrt(vals.size)) * 2))
-    counts, edges = np.histogram(logs, bins=bins, range=(lo, hi))
-    pad_l, pad_b, pad_t = 40, 30, 10
-    plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
-    top = max(int(counts.max()), 1)
-    bar_w = plot_w / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             'aria-label="histogram of lambda_max per sample">']
-    for i, c in enumerate(counts):
-        h = plot_h * c / top
-        x = pad_l + i * bar_w
-        parts.append(f'<rect x="{x:.1f}" y="{pad_t + plot_h - h:.1f}" width="{bar_w - 1:.1f}" height="{h:.1f}" '
-                     f'fill="#4a78b5"><title>{c} samples in [1e{edges[i]:.2f}, 1e{edges[i + 1]:.2f})</title></rect>')
-    parts.append(f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{pad_l + plot_w}" y2="{pad_t + plot_h}" stroke="#333"/>')
-    for k in range(int(lo), int(hi) + 1):
-        x = pad_l + plot_w * (k - lo) / (hi - lo)
-        parts.append(f'<text x="{x:.1f}" y="{height - 8}" font-size="11" text-anchor="middle">1e{k}</text>')
-    parts.append(f'<text x="4" y="{pad_t + 10}" font-size="11">{top}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return f'<figure class="plot" data-plot="plot-lambda">{svg}</figure>'
 
 
 def render_html(result: ScanResult) -> str:
@@ -95,7 +73,7 @@ def render_html(result: ScanResult) -> str:
                   "<div class=scroll><table><tr><th class=l>quantity</th><th>mean</th><th>median</th>"
                   f"<th>p90</th><th>max</th><th>n</th></tr>{''.join(rows)}</table></div>"
                   f"<p class=muted>units: {e(result.units.get('description', ''))}</p>")
-        + section("histogram", "lambda_max per sample", _histogram_svg([x.lambda_max for x in result.samples]))
+        + section("histogram", "lambda_max per sample", _histogram_svg(result))
         + section("samples", "Samples", "<div class=scroll><table><tr><th>index</th><th>label</th><th>predicted</th>"
                   "<th>lambda_max</th><th>95% interval</th><th>trace</th><th>lower bound or estimate</th><th>queries</th>"
                   f"</tr>{sample_rows}</table></div>")

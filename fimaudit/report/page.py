@@ -43,7 +43,7 @@ table.facts td{text-align:left;overflow-wrap:anywhere}
 .cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(30em,1fr));gap:0 2em}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(34em,1fr));gap:.5em 2em}
 .plots>section{min-width:0}
-figure{margin:.5em 0}figure svg{width:100%;height:auto;display:block}
+figure{margin:.5em 0}figure.plot{max-width:56em}figure svg{width:100%;height:auto;display:block}
 img.thumb{width:84px;height:84px;image-rendering:pixelated;border:1px solid var(--line)}
 footer{margin-top:2em;color:var(--muted);font-size:.9em;border-top:1px solid var(--line);padding-top:.5em}
 @media (max-width:40em){.cols,.plots{grid-template-columns:1fr}table.facts th{width:auto;white-space:normal}}
