@@ -137,6 +137,9 @@ def preprocessing_text(pp: dict | None) -> str:
     if not pp:
         return ""
     scale = pp.get("scale")
+    if scale == 1 and all(m == 0 for m in pp.get("mean") or [0]) and all(s == 1 for s in pp.get("std") or [1]):
+        return "none: the data are fed as stored (data units are model-input units)" + (
+            f" ({pp['how']})" if pp.get("how") else "")
     mean = ", ".join(f"{m:g}" for m in pp.get("mean") or [])
     std = ", ".join(f"{s:g}" for s in pp.get("std") or [])
     out = f"x × {scale:.6g}" if isinstance(scale, (int, float)) else "x"
