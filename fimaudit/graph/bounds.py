@@ -647,7 +647,7 @@ def label_blocks(blocks: list[Block], prop: "_Propagator", model_reason: str | N
         elif prop.structural:
             out.append(replace(b, status="not computed",
                                reason="bounded in structure; its weight norms were not computed because the model as "
-                                      "a whole has no finite bound (reason below)"))
+                                      "a whole has no finite bound (see the model's reason)"))
         else:
             out.append(replace(b, status="not computed", reason="no ratio of its output to its input bound"))
     return out

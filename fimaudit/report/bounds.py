@@ -53,7 +53,7 @@ def render_bounds_html(result: BoundResult) -> str:
             ("excluded output op", d.get("excluded_output_op") or "")]
     blocks = table(["block", "kind", "status", "L", "why"],
                    [[b["name"], b["kind"], _status(b), num(b["lipschitz"]), b.get("reason") or b["detail"]]
-                    for b in d["blocks"]], left=(0, 1, 2, 4))
+                    for b in d["blocks"]], left=(0, 1, 2, 4), cls="blocks")
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in d["notes"])
     body = section("context", "Context", facts(rows)) + notes + section("blocks", "Recognised blocks", blocks)
     return page("bounds", d["model"], body, f"fimaudit bounds result, schema {e(d['schema_version'])}")

@@ -30,7 +30,7 @@ th,td{border:1px solid var(--line);padding:.22em .6em;text-align:right;vertical-
 th{background:var(--head);font-weight:600}td.l,th.l{text-align:left}
 table.checks{width:100%}table.checks td:first-child{min-width:16em}table.checks td:last-child{min-width:12em}
 table.checks code{overflow-wrap:break-word}
-table.blocks td:first-child{overflow-wrap:anywhere;max-width:28em}
+table.blocks td:first-child{overflow-wrap:anywhere;max-width:28em}table.blocks td:nth-child(3){white-space:nowrap}
 table.facts{width:100%}table.facts th{width:13em;text-align:left;white-space:nowrap}
 table.facts td{text-align:left;overflow-wrap:anywhere}
 .pass{color:var(--ok);font-weight:bold}.fail{color:var(--bad);font-weight:bold}
