@@ -912,7 +912,8 @@ def audit_cmd(
 @command("report")
 def report_cmd(
     opts: Opts,
-    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan --json`, `certify --json`, `attack --json` or `fimaudit audit`."),
+    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan`, `bounds`, `attack`, `clever`, `metrics`, `compare` or `certify` "
+                               "with --json, or by `fimaudit audit`."),
     fmt: Optional[str] = typer.Option(
         None, "--format", metavar="FORMAT", show_default="from --out, else text",
         help="text | markdown | html | json | junit (audit).",
