@@ -299,3 +299,12 @@ def test_bounds_label_a_bounded_model_block_by_block():
     assert rep["fim_upper"] is not None
     assert [b["status"] for b in rep["blocks"]] == ["bounded"] * len(rep["blocks"])
     assert all(b["reason"] is None and b["lipschitz"] > 0 for b in rep["blocks"])
+
+
+def test_an_audit_saved_before_the_context_still_renders_its_facts(dossier):
+    """audit.json written before ``context`` existed: the page falls back to the config (data, seed, scale)."""
+    tmp, model, policy, rep, _ = dossier
+    old = {k: v for k, v in rep.items() if k != "context"}
+    page = render_audit_html(AuditResult.from_dict(old))
+    text = _text(page)
+    assert rep["config"]["data"] in text and "x × 0.00392157" in text and re.search(r"<th>seed</th><td>3</td>", page)
