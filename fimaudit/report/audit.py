@@ -155,10 +155,46 @@ def render_audit_html(result: AuditResult) -> str:
     )
 
 
+def _provenance(result: AuditResult) -> list[str]:
+    """Where the run's settings came from: the [audit] values taken from the policy, and those the command line
+    overrode (policy.PRECEDENCE: an option given on the command line wins)."""
+    cfg = result.config or {}
+    out = []
+    if cfg.get("from_policy"):
+        out.append("from the policy's [audit]: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in cfg["from_policy"].items()))
+    if cfg.get("overridden"):
+        out.append("given on the command line, over the policy's [audit]: " + ", ".join(
+            f"{k} = {json.dumps(v['command_line'])} (policy: {json.dumps(v['policy'])})" for k, v in cfg["overridden"].items()))
+    return out
+
+
+def _attack_table(result: AuditResult) -> tuple[list[str], list[tuple[str, list[str], str]], list[dict]]:
+    """(attack names, rows (eps, each attack's robust accuracy, the per-sample worst case), masking flags) of the
+    attacks section; empty when it is unavailable."""
+    att = result.section("attacks")
+    if not att or att.status != "ok":
+        return [], [], []
+    names = [run["config"]["attack"] for run in att.data["runs"]]
+    wc = (att.data.get("worst_case") or {}).get("robust_accuracy") or {}
+    rows = []
+    for eps in att.data.get("eps") or []:
+        vals = []
+        for run in att.data["runs"]:
+            r = next((r for r in run["results"] if abs(float(r["eps"]) - float(eps)) <= 1e-12 * max(1.0, abs(eps))), None)
+            vals.append(_value(None if r is None else r["robust_accuracy"]))
+        worst = next((v for k, v in wc.items() if k != "per-sample" and abs(float(k) - float(eps)) <= 1e-9 * max(1.0, abs(eps))), None)
+        rows.append((f"{eps:g}", vals, _value(worst)))
+    return names, rows, list(att.data.get("masking") or [])
+
+
 def render_audit_markdown(result: AuditResult) -> str:
     lines = [f"# fimaudit audit: `{result.model['path']}`", "", f"**Verdict: {result.verdict.upper()}**", ""]
     if _piecewise_note(result):
         lines += [f"**Note:** {_piecewise_note(result)}", ""]
+    notes = list((result.model or {}).get("defaults") or [])
+    lines += [f"- Note: {n}" for n in notes] + ([""] if notes else [])
+    prov = _provenance(result)
+    lines += [f"- Settings {p}" for p in prov] + ([""] if prov else [])
     if result.checks:
         lines += ["| check | value | result | note |", "|---|---:|---|---|"]
         lines += [f"| `{c.text}` | {_value(c.value)} | {'PASS' if c.passed else 'FAIL'} | {c.reason or ''} |"
@@ -176,14 +212,19 @@ def render_audit_markdown(result: AuditResult) -> str:
         lines.append("")
     att = result.section("attacks")
     if att and att.status == "ok":
-        lines += ["## Attacks", "", "| attack | eps | robust accuracy |", "|---|---:|---:|"]
-        for run in att.data["runs"]:
-            for r in run["results"]:
-                lines.append(f"| {run['config']['attack']} ({run['config']['norm']}) | {r['eps']:g} | {_value(r['robust_accuracy'])} |")
+        names, rows, masking = _attack_table(result)
+        lines += ["## Attacks", "", f"Robust accuracy ({att.data['norm']}) per attack, and the per-sample worst case over "
+                  "all of them (a sample counts as robust only if every attack failed on it): the figure a verdict "
+                  "should use.", "",
+                  "| eps | " + " | ".join(names) + " | worst case |", "|---:|" + "---:|" * (len(names) + 1)]
+        lines += [f"| {eps} | " + " | ".join(vals) + f" | **{worst}** |" for eps, vals, worst in rows]
         for eps, ra in ((att.data.get("worst_case") or {}).get("robust_accuracy") or {}).items():
-            lines.append(f"| worst case per sample over the attacks | {eps} | {_value(ra)} |")
+            if eps == "per-sample":
+                lines.append(f"| per-sample radii | " + " | ".join("" for _ in names) + f" | **{_value(ra)}** |")
         for skip in att.data.get("skipped") or []:
-            lines.append(f"| {skip['attack']}: skipped ({skip['reason']}) | | |")
+            lines.append(f"\n{skip['attack']}: skipped ({skip['reason']})")
+        lines += ["", "### Gradient-masking flags", ""]
+        lines += [f"- **{f['flag']}**: {f['detail']}" for f in masking] or ["None: no sign of masked gradients."]
         lines += [""] + [f"- {n}" for n in att.data.get("notes") or []] + ([""] if att.data.get("notes") else [])
     lines += ["## Sections", "", "| section | status | reason |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.reason or ''} |" for s in result.sections]
@@ -221,6 +262,15 @@ def render_audit_text(result: AuditResult) -> str:
         lines.append(f"  note: {note}")
     for c in result.checks:
         lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
+    for p in _provenance(result):
+        lines.append(f"  settings {p}")
+    names, rows, masking = _attack_table(result)
+    if rows:
+        norm = result.section("attacks").data["norm"]
+        lines.append(f"  robust accuracy ({norm}), per attack and the per-sample worst case over all of them:")
+        for eps, vals, worst in rows:
+            lines.append(f"    eps {eps}: " + ", ".join(f"{n} {v}" for n, v in zip(names, vals)) + f"; worst case {worst}")
+        lines += [f"  masking: {f['flag']}: {f['detail']}" for f in masking] or ["  masking: no sign of masked gradients"]
     for s in result.sections:
         lines.append(f"  section {s.name}: {s.status}" + (f" ({s.reason})" if s.reason else ""))
     return "\n".join(lines) + "\n"
