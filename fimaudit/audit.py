@@ -576,7 +576,7 @@ def _metrics_section(ctx: AuditContext) -> dict:
     _labels_needed(ctx, "the metric suite")
     x = ctx.arrays.get("inputs")
     # Corruptions are defined on images in [0, 1]; other inputs still get the rest of the suite.
-    in_unit = x is None or (float(x.min()) >= -1e-9 and float(x.max()) <= 1 + 1e-9)
+    in_unit = x is None or (float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6)  # sanity.RANGE_TOLERANCE
     mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0, corruptions=cfg.corruptions and in_unit)
     rep = run_metrics(mcfg).to_dict()
     if cfg.corruptions and not in_unit:
