@@ -160,7 +160,7 @@ def _api_options(options: dict, fn: str = "scan") -> dict:
         v = out["input_shape"]
         try:
             shape = parse_input_shape(v) if isinstance(v, str) else tuple(int(t) for t in v)
-        except (TypeError, ValueError, ConfigError):
+        except (TypeError, ValueError, FimauditError):
             shape = ()
         if not shape or any(t <= 0 for t in shape):
             raise bad(f"input_shape must be positive integers such as (3, 224, 224) or '3,224,224', not {v!r}")
