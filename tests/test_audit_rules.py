@@ -117,7 +117,10 @@ def test_square_beating_apgd_on_a_masked_model_is_flagged_and_counted(tmp_path):
     flags = [f for f in att["masking"] if f["flag"] == "blackbox_beats_whitebox"]
     assert len(flags) == 1 and flags[0]["count"] >= 5 and flags[0]["eps"] == 0.03
     assert rep["checks"][0]["passed"] is False  # the verdict uses the worst case, not APGD
-    assert "masking: blackbox_beats_whitebox" in rep["_stdout"] and "worst case" in rep["_stdout"]
+    assert "masking: blackbox_beats_whitebox" in rep["_stdout"]
+    # each attack's figure with the worst case beside it, in the terminal and in the markdown
+    assert re.search(r"eps 0\.03: apgd 1, square [0-9.]+; worst case [0-9.]+$", rep["_stdout"], re.M), rep["_stdout"]
+    assert re.search(r"^\| 0\.03 \| 1 \| [0-9.]+ \| \*\*[0-9.]+\*\* \|$", rep["_md"], re.M), rep["_md"]
     assert "**blackbox_beats_whitebox**" in rep["_md"]
 
 
