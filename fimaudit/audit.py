@@ -415,6 +415,10 @@ def _attack_section(ctx: AuditContext) -> dict:
     out = {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
            "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off"), "skipped": skipped,
            "worst_case": worst_case(runs, cfg.taus), "masking": masking_flags(runs, cfg.norm)}
+    if whitebox_note and "no derivative" in whitebox_note:  # the self-check found no usable derivative
+        out["masking"].append({"flag": "no_usable_gradient", "detail": f"{whitebox_note}. Vanishing or masked "
+                               "gradients are likely (a smooth model's gradient passes this check): gradient attacks "
+                               "say nothing here, only the black-box attacks count"})
     if ctx.piecewise is not None:
         out["notes"] = [n for n in ctx.defaults if n.startswith(("attacks", "the policy's attacks"))] or [GRADIENT_NOTE]
     return out

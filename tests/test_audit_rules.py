@@ -124,6 +124,21 @@ def test_square_beating_apgd_on_a_masked_model_is_flagged_and_counted(tmp_path):
     assert "**blackbox_beats_whitebox**" in rep["_md"]
 
 
+def test_a_model_whose_gradient_vanishes_everywhere_is_flagged(tmp_path):
+    """Every pixel behind the step: the gradient graph's self-check measures no derivative, APGD cannot run, and the
+    attacks section says why instead of silently reporting the black-box figures alone."""
+    rng = np.random.default_rng(0)
+    w2 = rng.standard_normal((3, 16))
+    model = N.Net((1, 4, 4), [("dense", 1e4 * np.eye(16), -5e3 * np.ones(16)), ("tanh",),
+                              ("dense", w2, np.zeros(3))]).onnx(tmp_path / "steep.onnx")
+    x = 0.5 + 0.02 * rng.choice([-1.0, 1.0], size=(6, 1, 4, 4))
+    np.savez(tmp_path / "d.npz", x=x.astype(np.float32), y=(np.tanh(1e4 * (x.reshape(6, -1) - 0.5)) @ w2.T).argmax(1))
+    rep = _attack_audit(tmp_path, model, tmp_path / "d.npz", "steep")
+    att = _sec(rep, "attacks")["data"]
+    assert att["whitebox"].startswith("white-box APGD unavailable")
+    assert [f["flag"] for f in att["masking"]] == ["no_usable_gradient"]
+
+
 def test_a_smooth_model_has_no_masking_flags(tmp_path):
     model, data = _masked_model(tmp_path, 1.0)  # the same net with a gentle slope everywhere
     rep = _attack_audit(tmp_path, model, data, "smooth")
