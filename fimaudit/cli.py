@@ -309,7 +309,7 @@ shared_option("classes", ("--classes",), Optional[Path], None,
               metavar="FILE", none_means="sorted names, when their count matches the model's")
 shared_option("input_range", ("--input-range",), str, "0,1",
               "Valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
-              groups=("data",), parse=parse_range, metavar="LO,HI")
+              groups=("data",), parse=lambda text: None if text is None else parse_range(text), metavar="LO,HI")
 shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
               groups=("data",), parse=_at_least("--seed", 0), metavar="N")  # numpy seeds are nonnegative
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
@@ -879,7 +879,8 @@ def default_audit_folder(model: Path) -> Path:
     return folder
 
 
-@command("audit", "data", "budget", "cluster", "out", defaults={"samples": 20})
+@command("audit", "data", "budget", "cluster", "out", defaults={"samples": 20, "input_range": None},
+         none_means={"input_range": "0,1, or the data's own range when they lie outside [0, 1]"})
 def audit_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
@@ -906,9 +907,8 @@ def audit_cmd(
         raise ConfigError(f"--out {out} is a file; give a folder")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    # input_range None (not given): automatic, [0, 1] or derived from the data when they lie outside it
     fields = {**opts.config_fields(), "model": str(model), "eps_from": eps_from}
-    if "input_range" not in opts.given:
-        fields["input_range"] = None  # automatic: [0, 1], or derived from the data when they lie outside it
     cfg = AuditConfig(**apply_to_config(policy, fields, opts.given))
     cfg.validate()
     execution = opts.execution()
