@@ -8,7 +8,7 @@ Format (see examples/policy.toml)::
     name = "vendor intake"
     checks = [
       "fisher.lambda_max.median <= 50",
-      "attack.pgd.linf[0.03].robust_accuracy >= 0.4",
+      "attack.worst.linf[0.03].robust_accuracy >= 0.4",   # the per-sample worst case over every attack
       "bound.finite = true",
     ]
 
@@ -16,6 +16,9 @@ A check is ``KEY OP VALUE`` with spaces around OP (``<=``, ``>=``, ``<``, ``>``,
 number or true/false. Keys are matched by the resolvers in ``KEYS``; an unknown key, operator
 or value is an invalid policy (exit 2, the message names the key). A known key whose evidence
 could not be computed fails its check with the reason.
+
+Precedence (``PRECEDENCE``): an option given on the command line wins over the [audit] table; an [audit]
+value wins over the command line's default. ``apply_to_config`` records which values came from where.
 """
 
 from __future__ import annotations

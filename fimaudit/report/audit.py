@@ -220,7 +220,7 @@ def render_audit_markdown(result: AuditResult) -> str:
         lines += [f"| {eps} | " + " | ".join(vals) + f" | **{worst}** |" for eps, vals, worst in rows]
         for eps, ra in ((att.data.get("worst_case") or {}).get("robust_accuracy") or {}).items():
             if eps == "per-sample":
-                lines.append(f"| per-sample radii | " + " | ".join("" for _ in names) + f" | **{_value(ra)}** |")
+                lines.append("| per-sample radii | " + " | ".join("" for _ in names) + f" | **{_value(ra)}** |")
         for skip in att.data.get("skipped") or []:
             lines.append(f"\n{skip['attack']}: skipped ({skip['reason']})")
         lines += ["", "### Gradient-masking flags", ""]
