@@ -199,9 +199,9 @@ def test_bad_input_is_exit_2_before_any_file(zoo, tmp_path):
 
 def test_example_policy_parses():
     pol = load_policy("examples/policy.toml")
-    assert len(pol.checks) == 7 and 0.03 in pol.eps_needed()
+    assert len(pol.checks) == 7 and 0.01 in pol.eps_needed()
     # the verdict gates on the per-sample worst case over every attack, never on one (weaker) attack alone
-    assert any(c.key == "attack.worst.linf[0.03].robust_accuracy" for c in pol.checks)
+    assert any(c.key == "attack.worst.linf[0.01].robust_accuracy" for c in pol.checks)
     assert not any(c.key.startswith("attack.") and not c.key.startswith("attack.worst.") for c in pol.checks)
 
 
