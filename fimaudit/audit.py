@@ -66,7 +66,8 @@ class AuditConfig(ModelDataOptions):
     scale: float = 1.0
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
-    input_range: tuple[float, float] = (0.0, 1.0)
+    # None: automatic (resolve_input_range): [0, 1], or the data's own range rounded outward when they lie outside it
+    input_range: tuple[float, float] | None = None
     seed: int = 0
     budget: int = 2000
     eps: tuple[float, ...] = (0.01, 0.03)
@@ -86,6 +87,10 @@ class AuditConfig(ModelDataOptions):
     certify_n: int = 1000
     certify_radii: tuple[float, ...] = (0.0, 0.25, 0.5)
     sections: tuple[str, ...] = ()  # empty: all
+    # provenance (policy.apply_to_config): [audit] values this run took from the policy, and policy values that an
+    # option given on the command line overrode ({key: {"policy": v, "command_line": w}})
+    from_policy: dict = field(default_factory=dict)
+    overridden: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -126,6 +131,32 @@ class AuditConfig(ModelDataOptions):
                          f"for any classifier; sigma {sigma:g} ({CERTIFY_SIGMA_RULE}), n {self.certify_n}")
         return replace(self, attacks=tuple(attacks), whitebox=whitebox, certify_sigma=sigma), notes
 
+    def resolve_input_range(self, x: np.ndarray | None) -> tuple["AuditConfig", dict | None]:
+        """The attack box when ``input_range`` is None: [0, 1] when the data (after --scale) lie in it, else the data's
+        min/max rounded outward to 0.001 (pre-normalised data), with a record that says so (``None`` when nothing was
+        derived). A box the caller gave is kept."""
+        from dataclasses import replace
+
+        if self.input_range is not None:
+            return self, None
+        if x is None or x.size == 0:
+            return replace(self, input_range=(0.0, 1.0)), None
+        xmin, xmax = float(np.min(x)), float(np.max(x))
+        slack = 1e-6  # sanity.RANGE_TOLERANCE of [0, 1]: float noise of stored data, clipped with a note later
+        if xmin >= -slack and xmax <= 1 + slack:
+            return replace(self, input_range=(0.0, 1.0)), None
+        lo, hi = float(np.floor(xmin * 1000) / 1000), float(np.ceil(xmax * 1000) / 1000)
+        if hi <= lo:
+            hi = lo + 0.001
+        n = len(x)
+        record = {"input_range": [lo, hi], "data_range": [xmin, xmax], "source": "derived from the data",
+                  "note": (f"attack box [{lo:g}, {hi:g}] derived from the data: the {n} audited samples lie in "
+                           f"[{xmin:.4g}, {xmax:.4g}] after --scale, outside [0, 1] (pre-normalised data?), and no "
+                           f"--input-range was given; their min/max rounded outward to 0.001. Attacks clip to this "
+                           f"box; pass --input-range LO,HI to set the valid range yourself (e.g. per-channel "
+                           f"normalised images: the smallest (0 - mean)/std and the largest (1 - mean)/std)")}
+        return replace(self, input_range=(lo, hi)), record
+
     def gradients_for(self, use: str) -> str:
         """The gradient source a section gets: ``use`` is scan/clever (auto|graph|fd), blackbox (auto|fd|zo) or
         whitebox (auto|graph); a value that does not apply to that use falls back to auto."""
@@ -134,7 +165,7 @@ class AuditConfig(ModelDataOptions):
 
     def build(self, cls: type, **own: Any) -> Any:
         """``cls`` (ScanConfig, AttackConfig, MetricsConfig) from the fields it shares with this config, then ``own``."""
-        names = set(cls.__dataclass_fields__) - {"extra"}  # type: ignore[attr-defined]
+        names = set(cls.__dataclass_fields__) - {"extra", "from_policy", "overridden"}  # type: ignore[attr-defined]
         return cls(**{**{k: v for k, v in asdict(self).items() if k in names}, **own})
 
 
@@ -252,6 +283,15 @@ class AuditContext:
     io_names: tuple[str, str] = ("", "")  # the model's input and output names
     surrogate: Any = None  # fimaudit.piecewise.Surrogate, built on first use
     defaults: list[str] = field(default_factory=list)  # what resolve_defaults chose for this model's kind
+    reasons: dict[str, str] = field(default_factory=dict)  # section name -> why it is unavailable (earlier sections)
+    data_notes: list[str] = field(default_factory=list)  # notes of the data loading the dossier must show
+
+    def needs(self, name: str, what: str) -> dict:
+        """The data of an earlier section, or Unavailable with that section's own reason (never a guessed one)."""
+        if name in self.data:
+            return self.data[name]
+        why = self.reasons.get(name)
+        raise Unavailable(f"needs the {name} section, which is unavailable" + (f": {why}" if why else "") + f" ({what})")
 
     def step(self, section: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -330,9 +370,7 @@ def _not_for_piecewise(scan_d: dict) -> None:
 
 def _worst_section(ctx: AuditContext, k: int = 5) -> dict:
     """The k samples with the largest lambda_max, with thumbnails of the input and the worst direction."""
-    scan_d = ctx.data.get("scan")
-    if scan_d is None:
-        raise Unavailable("needs the scan section")
+    scan_d = ctx.needs("scan", "the worst samples are ranked by lambda_max")
     _not_for_piecewise(scan_d)
     shape = tuple(scan_d["model"]["input"]["sample_shape"])
     ranked = sorted((s for s in scan_d["samples"] if s["lambda_max"] is not None), key=lambda s: -s["lambda_max"])[:k]
@@ -379,7 +417,11 @@ def _attack_section(ctx: AuditContext) -> dict:
         ctx.step("attacks", k + 1, len(cfg.attacks))
     out = {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
            "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off"), "skipped": skipped,
-           "worst_case": worst_case(runs)}
+           "worst_case": worst_case(runs, cfg.taus), "masking": masking_flags(runs, cfg.norm)}
+    if whitebox_note and "no derivative" in whitebox_note:  # the self-check found no usable derivative
+        out["masking"].append({"flag": "no_usable_gradient", "detail": f"{whitebox_note}. Vanishing or masked "
+                               "gradients are likely (a smooth model's gradient passes this check): gradient attacks "
+                               "say nothing here, only the black-box attacks count"})
     if ctx.piecewise is not None:
         out["notes"] = [n for n in ctx.defaults if n.startswith(("attacks", "the policy's attacks"))] or [GRADIENT_NOTE]
     return out
@@ -398,24 +440,131 @@ def _surrogate_for(ctx: AuditContext):
     return ctx.surrogate
 
 
-def worst_case(runs: list[dict]) -> dict | None:
+def _sample_ok(smp: dict, tau: float | None = None) -> bool:
+    """A sample withstood one attack run: classified correctly and not broken (robust accuracy); with ``tau``, also
+    kept its prediction and moved its predicted-class probability by at most tau (robust ratio)."""
+    ok = bool(smp["correct"]) and not bool(smp["success"])
+    if tau is None or not ok:
+        return ok
+    change = smp.get("prob_change")
+    return change is not None and int(smp["adv_predicted"]) == int(smp["label"]) and float(change) <= tau + 1e-12
+
+
+def worst_case(runs: list[dict], taus: tuple[float, ...] | list[float] = ()) -> dict | None:
     """Per eps: robust accuracy when each sample counts as robust only if every attack run failed on it (and it
-    was classified correctly): the per-sample worst case over the attacks."""
-    by_eps: dict[float, dict[int, bool]] = {}
-    names: dict[float, list[str]] = {}
+    was classified correctly): the per-sample worst case over the attacks (AutoAttack's convention). With ``taus``,
+    the robust ratio by the same rule: a sample counts only if, under every attack, it kept its prediction and its
+    predicted-class probability moved by at most tau. Runs at per-sample radii (--eps-from) make the key
+    ``per-sample``."""
+    by_eps: dict[float | str, dict[int, list[dict]]] = {}
+    names: dict[float | str, list[str]] = {}
+
+    def add(key: float | str, name: str, samples: list[dict]) -> None:
+        names.setdefault(key, []).append(name)
+        seen = by_eps.setdefault(key, {})
+        for smp in samples:
+            seen.setdefault(smp["index"], []).append(smp)
+
     for run in runs:
         for r in run["results"]:
-            eps = float(r["eps"])
-            names.setdefault(eps, []).append(run["config"]["attack"])
-            seen = by_eps.setdefault(eps, {})
-            for smp in r["samples"]:
-                ok = bool(smp["correct"]) and not bool(smp["success"])
-                seen[smp["index"]] = seen.get(smp["index"], True) and ok
+            add(float(r["eps"]), run["config"]["attack"], r["samples"])
+        if (run.get("per_sample_radius") or {}).get("samples"):
+            add("per-sample", run["config"]["attack"], run["per_sample_radius"]["samples"])
     if not by_eps:
         return None
-    return {"robust_accuracy": {f"{eps:g}": float(np.mean(list(seen.values()))) for eps, seen in sorted(by_eps.items())},
-            "attacks": {f"{eps:g}": names[eps] for eps in sorted(by_eps)},
-            "rule": "a sample is robust at eps only if it is classified correctly and every attack failed on it"}
+
+    def label(key: float | str) -> str:
+        return key if isinstance(key, str) else f"{key:g}"
+
+    keys = sorted((k for k in by_eps if not isinstance(k, str))) + [k for k in by_eps if isinstance(k, str)]
+    ratio_ok = all("prob_change" in smp for seen in by_eps.values() for rows in seen.values() for smp in rows)
+    out = {"robust_accuracy": {label(k): float(np.mean([all(_sample_ok(s) for s in rows) for rows in by_eps[k].values()]))
+                               for k in keys},
+           "attacks": {label(k): names[k] for k in keys},
+           "rule": "a sample is robust at eps only if it is classified correctly and every attack failed on it"}
+    if taus and ratio_ok:
+        out["robust_ratio"] = {label(k): {f"{t:g}": float(np.mean([all(_sample_ok(s, float(t)) for s in rows)
+                                                                  for rows in by_eps[k].values()]))
+                                          for t in taus} for k in keys}
+        out["ratio_rule"] = ("robust ratio at tau: a sample counts only if, under every attack, it kept its correct "
+                             "prediction and its predicted-class probability moved by at most tau")
+    return out
+
+
+# Black-box and score-based attacks: when one of them breaks a sample the white-box APGD did not at the same eps, the
+# gradients APGD followed may be masked (Athalye et al. 2018; AutoAttack's checks).
+BLACKBOX_ATTACKS = ("square", "rays", "hsja", "transfer", "pgd", "fgsm", "bim")
+
+
+def masking_flags(runs: list[dict], norm: str) -> list[dict]:
+    """Signs of gradient masking in the attack runs, AutoAttack-style: a list of {"flag", "detail"}, empty when
+    nothing is suspicious.
+
+    - ``blackbox_beats_whitebox``: at some eps a black-box or score-based attack (Square, RayS, HopSkipJump, the
+      transfer attack, black-box PGD; also the Square run beside APGD) broke correctly classified samples that the
+      white-box APGD did not;
+    - ``zero_gradient``: APGD's loss gradient is exactly zero at correctly classified samples;
+    - ``non_monotone``: an attack's robust accuracy (or the per-sample worst case) rises with eps;
+    - ``nondeterministic``: the model gave different outputs for the same input.
+    """
+    flags: list[dict] = []
+    wb = next((r for r in runs if r["config"]["attack"] == "apgd"), None)
+    if wb is not None:
+        by_eps = {float(r["eps"]): r for r in wb["results"]}
+        beaten: dict[float, dict[str, list[int]]] = {}
+        for run in runs:
+            name = run["config"]["attack"]
+            if name not in BLACKBOX_ATTACKS:
+                continue
+            for r in run["results"]:
+                w = by_eps.get(float(r["eps"]))
+                if w is None:
+                    continue
+                held = {s["index"] for s in w["samples"] if s["correct"] and not s["success"]}
+                idx = sorted(s["index"] for s in r["samples"] if s["correct"] and s["success"] and s["index"] in held)
+                if idx:
+                    beaten.setdefault(float(r["eps"]), {})[name] = idx
+        for eps, r in by_eps.items():  # the Square run beside APGD (its sanity check)
+            idx = sorted(set((r.get("sanity") or {}).get("blackbox_beats_whitebox") or []))
+            correct = {s["index"] for s in r["samples"] if s["correct"]}
+            idx = [i for i in idx if i in correct]
+            if idx:
+                prev = beaten.setdefault(eps, {}).get("square", [])
+                beaten[eps]["square"] = sorted(set(prev) | set(idx))
+        for eps in sorted(beaten):
+            parts = [f"{name} broke {len(idx)} (sample{'s' if len(idx) > 1 else ''} "
+                     f"{', '.join(map(str, idx[:8]))}{', ...' if len(idx) > 8 else ''})"
+                     for name, idx in sorted(beaten[eps].items())]
+            flags.append({"flag": "blackbox_beats_whitebox", "eps": eps, "count": len(set().union(*beaten[eps].values())),
+                          "detail": f"at {norm} eps {eps:g}, black-box attacks broke samples that white-box APGD did "
+                                    f"not: {'; '.join(parts)}; APGD's gradients may be masked, so its robust accuracy "
+                                    "is overstated (the worst case per sample counts these)"})
+        zero = sorted({i for r in wb["results"] for i in ((r.get("sanity") or {}).get("zero_gradient") or [])
+                       if any(s["index"] == i and s["correct"] for s in r["samples"])})
+        if zero:
+            flags.append({"flag": "zero_gradient", "count": len(zero),
+                          "detail": f"APGD's loss gradient is exactly zero at {len(zero)} correctly classified "
+                                    f"sample{'s' if len(zero) > 1 else ''} ({', '.join(map(str, zero[:8]))}"
+                                    f"{', ...' if len(zero) > 8 else ''}): gradient attacks cannot move there "
+                                    "(vanishing or masked gradients); trust only the black-box attacks there"})
+        if any((r.get("sanity") or {}).get("nondeterministic") for r in wb["results"]):
+            flags.append({"flag": "nondeterministic", "detail": "the model gave different outputs for the same input "
+                                                                "(randomness in the model masks gradients)"})
+    curves = [(run["config"]["attack"], {float(r["eps"]): r["robust_accuracy"] for r in run["results"]}) for run in runs]
+    wc = worst_case(runs)
+    if wc:
+        curves.append(("worst case", {float(k): v for k, v in wc["robust_accuracy"].items() if k != "per-sample"}))
+    for name, curve in curves:
+        eps = sorted(curve)
+        rises = [(a, b) for a, b in zip(eps, eps[1:]) if curve[b] is not None and curve[a] is not None
+                 and curve[b] > curve[a] + 1e-12]
+        if rises:
+            a, b = rises[0]
+            flags.append({"flag": "non_monotone", "attack": name,
+                          "detail": f"{name}: robust accuracy rises with eps ({curve[a]:.3g} at {norm} eps {a:g}, "
+                                    f"{curve[b]:.3g} at {b:g}): a stronger perturbation should never help, so the "
+                                    "attack is not converging (masked gradients or too small a budget)"})
+    return flags
 
 
 def _clever_section(ctx: AuditContext) -> dict:
@@ -434,16 +583,28 @@ def _metrics_section(ctx: AuditContext) -> dict:
     _labels_needed(ctx, "the metric suite")
     x = ctx.arrays.get("inputs")
     # Corruptions are defined on images in [0, 1]; other inputs still get the rest of the suite.
-    in_unit = x is None or (float(x.min()) >= -1e-9 and float(x.max()) <= 1 + 1e-9)
+    in_unit = x is None or (float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6)  # sanity.RANGE_TOLERANCE
     mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0, corruptions=cfg.corruptions and in_unit)
     rep = run_metrics(mcfg).to_dict()
     if cfg.corruptions and not in_unit:
-        rep["corruptions_skipped"] = "inputs after --scale are not in [0, 1]: corruptions are defined on images in [0, 1]"
+        rep["corruptions_skipped"] = corruption_skip_reason(float(x.min()), float(x.max()), cfg.scale)
     if rep["corruptions"]:
         sev = sorted({int(s) for row in rep["corruptions"].values() for s in row})
         rep["corruption_mean_by_severity"] = {str(s): float(np.mean([row[str(s)] for row in rep["corruptions"].values()]))
                                               for s in sev}
     return rep
+
+
+def corruption_skip_reason(xmin: float, xmax: float, scale: float) -> str:
+    """Why the corruptions did not run on data outside [0, 1], and exactly what to pass so that they do."""
+    if xmin >= 0 and xmax > 1 and xmax <= 255 * max(scale, 1e-300) + 1e-6 and scale == 1.0:
+        fix = "pass --scale 1/255 (0-255 pixels)"
+    else:
+        fix = ("store the images un-normalised (pixels in [0, 1], or 0-255 with --scale 1/255) and give the model's "
+               "normalisation as --mean M --std S (per channel, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225),"
+               " so that the model input is (x*scale - mean)/std")
+    return (f"corruptions are defined on images in [0, 1] and the data lie in [{xmin:.4g}, {xmax:.4g}] after --scale "
+            f"(pre-normalised?): {fix}; or set [audit] corruptions = false")
 
 
 def _validity_section(ctx: AuditContext) -> dict:
@@ -452,11 +613,8 @@ def _validity_section(ctx: AuditContext) -> dict:
     The distance is the white-box minimal-distance search (in the attack norm) when the gradient
     graph allowed it; otherwise the smallest eps of the policy grid at which an attack succeeded.
     """
-    scan_d, att = ctx.data.get("scan"), ctx.data.get("attacks")
-    if scan_d is None:
-        raise Unavailable("needs the scan section")
-    if att is None:
-        raise Unavailable("needs the attacks section (labelled data)")
+    scan_d = ctx.needs("scan", "the FIM radius")
+    att = ctx.needs("attacks", "the adversarial distances")
     _not_for_piecewise(scan_d)
     lam = {s["index"]: s["lambda_max"] for s in scan_d["samples"]}
     smallest: dict[int, float] = {}
@@ -524,30 +682,39 @@ SECTIONS: list[SectionSpec] = [
 def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: Any = None) -> AuditResult:
     """Every section in order; bad input (model, data, options) raises, a failing section is recorded."""
     cfg.validate()
+    given_range = cfg.input_range is not None
     # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
                        input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
     pw = model.info.piecewise
     piecewise = pw is not None and pw.complete
+    prep = inputs = None
+    if cfg.data is not None:
+        prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
+                       DataOptions.of(cfg))
+        inputs = np.asarray(prep.dataset.x, dtype=np.float64) * prep.pre.scale
+    cfg, derived_range = cfg.resolve_input_range(inputs)
     cfg, defaults = cfg.resolve_defaults(piecewise)
-    prep = None
+    if derived_range is not None:
+        defaults = [derived_range["note"], *defaults]
     ctx = AuditContext(cfg, progress=progress, execution=execution, piecewise=pw if piecewise else None,
                        proto=model.proto if piecewise else None,
                        io_names=(model.info.input.name, model.info.output.name), defaults=defaults)
-    if cfg.data is not None:
-        prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
-                       DataOptions(cfg.layout, cfg.resize, cfg.channels, cfg.preset))
-        ctx.arrays["inputs"] = np.asarray(prep.dataset.x, dtype=np.float64) * prep.pre.scale
+    if prep is not None:
+        ctx.arrays["inputs"] = inputs
         if prep.dataset.y is None:
             ctx.unlabelled_reason = f"{cfg.data} has no labels (y, subfolders or labels.csv)"
+        ctx.data_notes = [n for n in prep.notes if "--classes" in n]
 
         raw = model.run(prep.pre.apply(prep.dataset.x, model.sample_shape))  # one clean query per sample
         ctx.preprocessing = checked(np.argmax(raw, axis=1), prep.dataset.y, raw.shape[1]).to_dict()
+        defaults = defaults + ctx.data_notes
     # every section when none is named; the preprocessing check always runs (the others mean nothing without it)
     wanted = set(cfg.sections) | {"preprocessing"} if cfg.sections else {s.name for s in SECTIONS}
     sections = []
     for spec in SECTIONS:
         if spec.name not in wanted:
+            ctx.reasons[spec.name] = "not requested"
             sections.append(Section(spec.name, "unavailable", "not requested", {}))
             continue
         t0 = time.perf_counter()
@@ -556,18 +723,19 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
                 data = spec.run(ctx)
             ctx.data[spec.name] = data
             sections.append(Section(spec.name, "ok", None, data, time.perf_counter() - t0))
-        except Unavailable as exc:
-            sections.append(Section(spec.name, "unavailable", str(exc), {}, time.perf_counter() - t0))
-        except FimauditError as exc:
+        except (Unavailable, FimauditError) as exc:
+            ctx.reasons[spec.name] = str(exc)
             sections.append(Section(spec.name, "unavailable", str(exc), {}, time.perf_counter() - t0))
         except Exception as exc:  # a bug in one section must not cost the other sections
             if os.environ.get("FIMAUDIT_DEBUG"):
                 raise
             msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            ctx.reasons[spec.name] = msg
             sections.append(Section(spec.name, "error", msg, {}, time.perf_counter() - t0))
         ctx.step(spec.name, 1, 1)
     cfg_d = asdict(cfg)
     cfg_d.pop("extra", None)
+    cfg_d["input_range_source"] = (derived_range or {}).get("source") or ("given" if given_range else "default [0, 1]")
     context = audit_context(cfg, None if prep is None else len(prep.dataset.x), None if prep is None else prep.config,
                             ctx.data.get("scan"))
     return AuditResult(

@@ -303,9 +303,13 @@ shared_option("resize", ("--resize",), str, DEFAULT_RESIZE,
               parse=_choice("--resize", RESIZE_POLICIES), metavar="POLICY")
 shared_option("channels", ("--channels",), str, "rgb", "Image folders: channel order the model expects.",
               groups=("data",), parse=_choice("--channels", CHANNEL_ORDERS), metavar=_one_of(CHANNEL_ORDERS))
+shared_option("classes", ("--classes",), Optional[Path], None,
+              "Image folders: a file of class names, one per line, in the model's output order; maps subfolder or "
+              "labels.csv names to the model's class indices.", groups=("data",), parse=_optional_str,
+              metavar="FILE", none_means="sorted names, when their count matches the model's")
 shared_option("input_range", ("--input-range",), str, "0,1",
               "Valid range of inputs after --scale (attacks clip to it; synthetic inputs are drawn in it).",
-              groups=("data",), parse=parse_range, metavar="LO,HI")
+              groups=("data",), parse=lambda text: None if text is None else parse_range(text), metavar="LO,HI")
 shared_option("seed", ("--seed",), int, 0, "Seed for every random choice: same seed, same numbers.",
               groups=("data",), parse=_at_least("--seed", 0), metavar="N")  # numpy seeds are nonnegative
 shared_option("budget", ("--budget",), int, 2000, "Maximum queries per sample (never exceeded).",
@@ -329,8 +333,11 @@ shared_option("quiet", ("--quiet", "-q"), bool, False, "No progress display or t
 class Opts:
     """Parsed shared options of one command run: ``opts.scale``, ``opts.config(ScanConfig, model=...)``."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
         self._values = dict(values)
+        # options given on the command line (or by an environment variable), not left at their defaults: click's
+        # ParameterSource. A policy's [audit] value yields to these and only to these (audit_cmd).
+        self.__dict__["given"] = frozenset(given)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -401,15 +408,18 @@ def command(name: str, *groups: str, defaults: dict[str, Any] | None = None, exc
         ]
 
         def wrapper(**kwargs: Any) -> None:
+            ctx = kwargs.pop("_click_context")
             raw = {o.name: kwargs.pop(o.name) for o in shared}
+            given = frozenset(name for name in [*raw, *kwargs] if _on_command_line(ctx, name))
 
             def body() -> int:
-                opts = Opts({o.name: o.parse(raw[o.name]) for o in shared})
+                opts = Opts({o.name: o.parse(raw[o.name]) for o in shared}, given)
                 return fn(opts, **kwargs)
 
             raise typer.Exit(_run_guarded(body, raw.get("timeout")))
 
-        params = own + extra
+        params = own + extra + [inspect.Parameter("_click_context", inspect.Parameter.KEYWORD_ONLY,
+                                                  annotation=typer.Context)]
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         wrapper.__name__ = fn.__name__
@@ -418,6 +428,12 @@ def command(name: str, *groups: str, defaults: dict[str, Any] | None = None, exc
         return wrapper
 
     return deco
+
+
+def _on_command_line(ctx: Any, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (or by an environment variable), not defaulted."""
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
 # --------------------------------------------------------------------------- I/O and exit codes
@@ -846,13 +862,32 @@ def _timestamp() -> str:
     return when.replace(microsecond=0).isoformat()
 
 
-@command("audit", "data", "budget", "cluster", "out", defaults={"samples": 20})
+def default_audit_folder(model: Path) -> Path:
+    """``./fimaudit-audit-<model stem>``: where ``audit`` writes its dossier without ``--out`` (and without ``--json``).
+
+    Refused (one line, before anything runs) when that folder exists and holds anything but an earlier dossier: an
+    unrelated folder is never written into silently. An earlier dossier there is replaced, as ``--out`` does.
+    """
+    folder = Path(f"fimaudit-audit-{model.stem}")
+    if folder.exists():
+        if not folder.is_dir():
+            raise ConfigError(f"no --out given and the default dossier path {folder} is a file; give --out DIR")
+        other = sorted(p.name for p in folder.iterdir() if p.name not in AUDIT_FILES)
+        if other:
+            raise ConfigError(f"no --out given and the default dossier folder {folder}{os.sep} holds other files "
+                              f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); give --out DIR")
+    return folder
+
+
+@command("audit", "data", "budget", "cluster", "out", defaults={"samples": 20, "input_range": None},
+         none_means={"input_range": "0,1, or the data's own range when they lie outside [0, 1]"})
 def audit_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to audit.", show_default=False),
     policy_path: Optional[Path] = typer.Option(None, "--policy", metavar="FILE",
                                                help="TOML policy: checks and what to compute."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR",
+                                       show_default="./fimaudit-audit-MODEL, unless --json is given",
                                        help="Folder for audit.json, audit.html, audit.md, junit.xml."),
     eps_from: Optional[str] = typer.Option(
         None, "--eps-from", metavar="KEY", show_default="off",
@@ -865,11 +900,16 @@ def audit_cmd(
     from .report import renderer_for
 
     policy = None if policy_path is None else load_policy(policy_path)
+    default_out = out is None and opts.json is None
+    if default_out:  # no --out and no --json: the dossier goes to a default folder, named on stderr
+        out = default_audit_folder(model)
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     if out is not None and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
-    cfg = AuditConfig(**apply_to_config(policy, {**opts.config_fields(), "model": str(model), "eps_from": eps_from}))
+    # input_range None (not given): automatic, [0, 1] or derived from the data when they lie outside it
+    fields = {**opts.config_fields(), "model": str(model), "eps_from": eps_from}
+    cfg = AuditConfig(**apply_to_config(policy, fields, opts.given))
     cfg.validate()
     execution = opts.execution()
     created = _timestamp()
@@ -904,8 +944,8 @@ def audit_cmd(
                 value = "not computed" if c.value is None else c.value
                 why = f"; {c.reason}" if c.reason else ""
                 sys.stderr.write(f"fimaudit: check failed: {c.text} (value {value}{why})\n")
-    if out is None and opts.json is None:
-        sys.stderr.write("fimaudit: note: no --out or --json given, so no report was written\n")
+    if default_out:
+        sys.stderr.write(f"fimaudit: note: no --out given: the dossier ({', '.join(AUDIT_FILES)}) is in {out}{os.sep}\n")
     return EXIT_OK if result.verdict != "fail" else EXIT_GATE
 
 

@@ -39,3 +39,7 @@ class ModelOutputError(FimauditError):
 
 class ResourceError(FimauditError):
     """The input declares more memory or time than the run may use; refused before work starts."""
+
+
+class OptionError(ConfigError, ValueError):
+    """A bad option value given to the Python API (``fimaudit.scan(..., samples=0)``): also a ``ValueError``."""

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DataOptions, prepare
 from .metrics.clever import clever
-from .metrics.robustness import robust_accuracy, robust_ratio
+from .metrics.robustness import prob_change, robust_accuracy, robust_ratio
 from .metrics.suite import MetricsConfig, run_metrics
 from .model import load_model
 from .scan import ScanConfig, scan
@@ -346,6 +346,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             sanity = sanity_flags(oracle, x, y, out.success, sq.success)
             sanity["square_robust_accuracy"] = robust_accuracy(sq)
         pert = (out.x_adv - x).reshape(len(x), -1)
+        change = prob_change(out)  # per sample: how far the predicted class's probability moved (robust ratio)
         dist = np.abs(pert).max(axis=1) if cfg.norm == "linf" else np.linalg.norm(pert, axis=1)
         return {
             "robust_accuracy": robust_accuracy(out),
@@ -357,7 +358,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
             "samples": [
                 {"index": i, "label": int(y[i]), "correct": bool(out.correct[i]), "success": bool(out.success[i]),
                  "adv_predicted": int(np.argmax(out.adv_logp[i])), "perturbation_norm": float(dist[i]),
-                 "queries": int(out.queries[i])} | ({} if radii is None else {"eps": float(radii[i])})
+                 "prob_change": float(change[i]), "queries": int(out.queries[i])} | ({} if radii is None else {"eps": float(radii[i])})
                 for i in range(len(x))
             ],
         }

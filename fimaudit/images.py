@@ -32,11 +32,12 @@ class DataOptions:
     resize: str = DEFAULT_RESIZE
     channels: str = "rgb"
     preset: str | None = None
+    classes: str | None = None  # --classes FILE: class names, one per line, in the model's output order
 
     @classmethod
     def of(cls, config) -> "DataOptions":
         """The data options of any config that carries them as fields (ScanConfig, AttackConfig, MetricsConfig)."""
-        return cls(config.layout, config.resize, config.channels, config.preset)
+        return cls(config.layout, config.resize, config.channels, config.preset, getattr(config, "classes", None))
 
     def validate(self) -> None:
         if self.layout not in ("auto", "nchw", "nhwc"):
@@ -105,6 +106,15 @@ def prepare(
     if data is not None and Path(data).is_dir():
         folder = load_image_folder(data, shape, layout, options, samples)
         dataset, images = folder.dataset, True
+        if folder.by_sorted_name:  # name labels numbered by sorted name: do they fit the model at all?
+            k = model.n_classes
+            if k is None:
+                k = int(model.run(pre.apply(dataset.x[:1], shape)).shape[1])
+            if k != len(folder.classes):
+                raise DataError(
+                    f"{data}: {len(folder.classes)} class names ({folder.labels_from}) but the model has {k} outputs, so "
+                    "numbering them by sorted name cannot match the model's classes; pass --classes FILE (one class "
+                    "name per line, in the model's output order)")
         notes.extend(folder.notes)
         config.update({"resize": options.resize, "channels": options.channels, "classes": folder.classes,
                        "labels_from": folder.labels_from})
@@ -116,6 +126,8 @@ def prepare(
     elif data is not None:
         if options.channels != "rgb" or options.resize != DEFAULT_RESIZE:
             notes.append("--channels/--resize apply to image folders only; array data is read as stored")
+        if options.classes is not None:
+            notes.append("--classes applies to image folders only; the labels of array data are class indices")
         dataset = load_data(data, shape, samples)
     return Prepared(dataset, pre, layout, tuple(notes), config, images)
 
@@ -127,6 +139,25 @@ class ImageFolder:
     classes: list[str] | None
     labels_from: str  # "subfolders" | "labels.csv" | "none"
     notes: tuple[str, ...]
+    by_sorted_name: bool = False  # class names numbered by sorted name (no --classes): prepare checks the count
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """--classes FILE: one class name per line, in the model's output order (blank lines skipped)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"--classes file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read --classes file {p}: {type(exc).__name__}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"--classes file {p} names no classes (one class name per line, in the model's output order)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"--classes file {p} names class '{dup[0]}' twice")
+    return names
 
 
 def _is_image(p: Path) -> bool:
@@ -314,13 +345,33 @@ def load_image_folder(
     for i, (path, _) in enumerate(files):
         x[i] = decode_image(path, layout, options.resize, options.channels).reshape(sample_shape)
     y = None if labels_from == "none" else np.array([lab for _, lab in files], dtype=np.int64)
-    if classes is not None:
+    by_sorted_name = False
+    if options.classes is not None and labels_from != "none":
+        names = read_class_names(options.classes)
+        if classes is not None:  # names (subfolders or labels.csv) -> the model's indices
+            missing = [c for c in classes if c not in names]
+            if missing:
+                raise DataError(f"class '{missing[0]}' ({labels_from}) is not in --classes {options.classes} "
+                                f"({len(names)} names: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+            remap = np.array([names.index(c) for c in classes], dtype=np.int64)
+            y = remap[y]
+        elif y is not None and y.size and int(y.max()) >= len(names):
+            raise DataError(f"label {int(y.max())} in {LABELS_FILE} is not an index of the {len(names)} classes of "
+                            f"--classes {options.classes}")
+        classes = names
+        shown = ", ".join(f"{i}={c}" for i, c in enumerate(names[:10])) + (", ..." if len(names) > 10 else "")
+        notes.append(f"labels from {labels_from}, class indices from --classes {options.classes} (the model's order: "
+                     f"{shown})")
+    elif classes is not None:
+        by_sorted_name = True
         shown = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:10])) + (", ..." if len(classes) > 10 else "")
-        notes.append(f"labels from {labels_from} (class index by sorted name: {shown})")
+        notes.append(f"labels from {labels_from}: class indices follow sorted names ({shown}); if the model's class "
+                     "order differs, accuracy is wrong: pass --classes FILE (one class name per line, in the model's "
+                     "output order)")
     elif labels_from == LABELS_FILE:
         notes.append(f"labels from {LABELS_FILE} (class indices as written)")
     side = f"{layout.width}x{layout.height}"
     notes.append(f"{len(files)} image(s) from {root} resized to {side} ({options.resize}), {options.channels.upper()} "
                  f"order, {layout.name.upper()} layout; stored units are pixel values 0-255")
-    return ImageFolder(Dataset(x=x, y=y, source=str(root)), classes, labels_from, tuple(notes))
+    return ImageFolder(Dataset(x=x, y=y, source=str(root)), classes, labels_from, tuple(notes), by_sorted_name)
 

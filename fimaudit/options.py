@@ -25,3 +25,4 @@ class ModelDataOptions:
     resize: str = DEFAULT_RESIZE
     channels: str = "rgb"
     preset: str | None = None
+    classes: str | None = None  # image folders: --classes FILE, class names in the model's output order

@@ -8,7 +8,7 @@ Format (see examples/policy.toml)::
     name = "vendor intake"
     checks = [
       "fisher.lambda_max.median <= 50",
-      "attack.pgd.linf[0.03].robust_accuracy >= 0.4",
+      "attack.worst.linf[0.03].robust_accuracy >= 0.4",   # the per-sample worst case over every attack
       "bound.finite = true",
     ]
 
@@ -16,6 +16,9 @@ A check is ``KEY OP VALUE`` with spaces around OP (``<=``, ``>=``, ``<``, ``>``,
 number or true/false. Keys are matched by the resolvers in ``KEYS``; an unknown key, operator
 or value is an invalid policy (exit 2, the message names the key). A known key whose evidence
 could not be computed fails its check with the reason.
+
+Precedence (``PRECEDENCE``): an option given on the command line wins over the [audit] table; an [audit]
+value wins over the command line's default. ``apply_to_config`` records which values came from where.
 """
 
 from __future__ import annotations
@@ -149,9 +152,13 @@ def _attack_value(result: AuditResult, m: re.Match) -> Any:
         table = (data.get("worst_case") or {}).get("robust_accuracy") or {}
         if what == "robust_accuracy" and data.get("norm") == norm:
             for k, v in table.items():
-                if math.isclose(float(k), eps, rel_tol=1e-9, abs_tol=1e-12):
+                if k != "per-sample" and math.isclose(float(k), eps, rel_tol=1e-9, abs_tol=1e-12):
                     return v
-        raise Missing(f"no worst case over the attacks at {norm} eps {eps:g} in this audit (robust_accuracy only)")
+        if what == "robust_ratio" and data.get("norm") == norm:
+            for k, per_tau in ((data.get("worst_case") or {}).get("robust_ratio") or {}).items():
+                if k != "per-sample" and math.isclose(float(k), eps, rel_tol=1e-9, abs_tol=1e-12):
+                    return _tau(per_tau, tau)
+        raise Missing(f"no worst case over the attacks at {norm} eps {eps:g} in this audit")
     for run in data["runs"]:
         if run["config"]["attack"] == attack and run["config"]["norm"] == norm:
             for r in run["results"]:
@@ -180,9 +187,16 @@ def _tau(table: dict, tau: str | None) -> float:
 
 
 def _worst_robust_ratio(result: AuditResult, m: re.Match) -> float:
+    """robust_ratio[tau=T]: the per-sample worst case over the audit's attacks (audit.worst_case: a sample counts
+    only if it withstood every attack at that eps), then the smallest over the eps. Audits saved before the
+    per-sample probability changes were recorded fall back to the smallest ratio of any one attack run."""
     data = _section(result, "attacks")
-    vals = [_tau(r["robust_ratio"], m.group(1)) for run in data["runs"]
-            for r in run["results"] + ([run["per_sample_radius"]] if run.get("per_sample_radius") else [])]
+    table = (data.get("worst_case") or {}).get("robust_ratio")
+    if table:
+        vals = [_tau(per_tau, m.group(1)) for per_tau in table.values()]
+    else:
+        vals = [_tau(r["robust_ratio"], m.group(1)) for run in data["runs"]
+                for r in run["results"] + ([run["per_sample_radius"]] if run.get("per_sample_radius") else [])]
     if not vals:
         raise Missing("no attack results")
     return min(vals)
@@ -317,15 +331,36 @@ def policy_from_dict(raw: dict, source: str = "") -> Policy:
     return Policy(str(pol.get("name", source)), checks, dict(audit), source)
 
 
-def apply_to_config(policy: Policy | None, fields: dict) -> dict:
-    """AuditConfig keyword arguments: the CLI's shared options, then the policy's [audit] table."""
+PRECEDENCE = ("an option given on the command line wins over the policy's [audit] table; the policy's value wins over "
+              "the command line's default")
+
+
+def apply_to_config(policy: Policy | None, fields: dict, given: frozenset[str] | set[str] | None = None) -> dict:
+    """AuditConfig keyword arguments: ``fields`` (the command line's values), with the policy's [audit] table.
+
+    The precedence rule (``PRECEDENCE``): a key in ``given`` (an option given on the command line, not left at its
+    default) keeps the command line's value; every other [audit] key takes the policy's value. ``given`` None: the
+    policy wins for every key (the Python API, where ``fields`` are the caller's defaults). The values taken from the
+    policy are recorded as ``from_policy`` and the policy values the command line overrode as ``overridden``
+    (``{key: {"policy": v, "command_line": w}}``); the dossier lists both.
+    """
     out = dict(fields)
     if policy is None:
         return out
+    given = frozenset(given or ())
+    from_policy: dict[str, Any] = {}
+    overridden: dict[str, Any] = {}
     for k, v in policy.audit.items():
         if k == "grad":  # the old spelling of gradients (deprecated; load_policy notes it)
             k = "gradients"
-        out[k] = tuple(v) if isinstance(v, list) else v
+        value = tuple(v) if isinstance(v, list) else v
+        if k in given:
+            overridden[k] = {"policy": v, "command_line": list(out[k]) if isinstance(out[k], tuple) else out[k]}
+            continue
+        out[k] = value
+        from_policy[k] = v
+    out["from_policy"] = from_policy
+    out["overridden"] = overridden
     need = policy.eps_needed()
     if need:
         out["eps"] = tuple(sorted(set(out.get("eps", AuditConfig.eps)) | set(need)))

@@ -199,7 +199,10 @@ def test_bad_input_is_exit_2_before_any_file(zoo, tmp_path):
 
 def test_example_policy_parses():
     pol = load_policy("examples/policy.toml")
-    assert len(pol.checks) == 7 and 0.03 in pol.eps_needed()
+    assert len(pol.checks) == 7 and 0.01 in pol.eps_needed()
+    # the verdict gates on the per-sample worst case over every attack, never on one (weaker) attack alone
+    assert any(c.key == "attack.worst.linf[0.01].robust_accuracy" for c in pol.checks)
+    assert not any(c.key.startswith("attack.") and not c.key.startswith("attack.worst.") for c in pol.checks)
 
 
 # --------------------------------------------------------------------------- the dossier in a real browser
@@ -304,7 +307,7 @@ def test_certify_section_slots_in_with_its_policy_key(zoo, tmp_path):
     assert rep["checks"][0]["value"] == row["accuracy"]
 
 
-def test_wrong_preprocessing_fails_the_audit_with_its_own_check(tmp_path):
+def test_wrong_preprocessing_fails_the_audit_with_its_own_check(tmp_path, monkeypatch):
     """Pixels 0-255 into a model that expects normalised inputs: every command notes it, the audit fails on it."""
     from .test_bad_input import run_cli
 
@@ -325,9 +328,11 @@ def test_wrong_preprocessing_fails_the_audit_with_its_own_check(tmp_path):
     good = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--mean", "0.286", "--std", "0.353",
                    "--policy", str(policy), "--out", str(tmp_path / "g"), "-q")
     assert good.exit_code == 0 and "preprocessing" not in good.stderr and "check failed" not in good.stderr
+    monkeypatch.chdir(tmp_path)  # no --out: the dossier goes to ./fimaudit-audit-<model stem>/, named on stderr
     nowhere = run_cli("audit", str(model), "--data", str(data), "--scale", "1/255", "--mean", "0.286", "--std", "0.353",
                       "--policy", str(policy), "-q")
-    assert nowhere.exit_code == 0 and "no report was written" in nowhere.stderr
+    assert nowhere.exit_code == 0 and "fimaudit-audit-vgg_small" in nowhere.stderr
+    assert sorted(p.name for p in (tmp_path / "fimaudit-audit-vgg_small").iterdir()) == sorted(FILES)
     rep = json.loads((tmp_path / "g" / "audit.json").read_text())
     sec = next(s for s in rep["sections"] if s["name"] == "preprocessing")
     assert sec["data"]["sane"] is True and not any(c["key"] == "preprocessing.sane" for c in rep["checks"])

@@ -32,6 +32,7 @@ BAD = {
     "layout": ("chw", "--layout"),
     "resize": ("crop", "--resize"),
     "channels": ("rbg", "--channels"),
+    "classes": None,  # a path; a missing or empty file is test_images' business (one line, exit 2)
     "seed": ("one", "--seed"),
     "budget": ("many", "--budget"),
     "workers": ("0", "--workers"),

@@ -150,12 +150,16 @@ def test_vacuous_bound_is_named_next_to_its_check_and_a_tight_one_is_not(dossier
 
 def test_masking_flags_are_a_warning_box_in_the_attacks_section(dossier):
     tmp, model, policy, rep, page = dossier
-    assert 'id="masking"' not in page
     res = AuditResult.from_dict(rep)
-    flags = [{"flag": "blackbox_beats_whitebox", "detail": "Square broke 3 samples APGD did not"}]
-    secs = tuple(dataclasses.replace(s, data={**s.data, "masking": flags}) if s.name == "attacks" else s
-                 for s in res.sections)
-    out = render_audit_html(dataclasses.replace(res, sections=secs))
+
+    def with_flags(flags):
+        secs = tuple(dataclasses.replace(s, data={**s.data, "masking": flags}) if s.name == "attacks" else s
+                     for s in res.sections)
+        return render_audit_html(dataclasses.replace(res, sections=secs))
+
+    clean = with_flags([])
+    assert 'id="masking"' not in clean and "no sign of masked gradients" in clean
+    out = with_flags([{"flag": "blackbox_beats_whitebox", "detail": "Square broke 3 samples APGD did not"}])
     att = out[out.index("<section id=attacks>"):]
     box = att[att.index('id="masking"'):att.index("</div>")]
     assert "gradient masking" in box and "blackbox_beats_whitebox" in box and "Square broke 3 samples" in box

@@ -242,10 +242,12 @@ def test_prepare_feeds_a_flattened_grey_mlp(tmp_path):
     arr[0, 1] = 255  # second pixel of the first row
     (tmp_path / "d" / "seven").mkdir(parents=True)
     Image.fromarray(arr, "L").save(tmp_path / "d" / "seven" / "a.png")
-    prep = prepare(model, str(tmp_path / "d"), None, 1.0, (0.0,), (1.0,), DataOptions(preset="unit"))
+    (tmp_path / "classes.txt").write_text("six\nseven\neight\n")  # one folder, three classes: --classes maps it
+    prep = prepare(model, str(tmp_path / "d"), None, 1.0, (0.0,), (1.0,),
+                   DataOptions(preset="unit", classes=str(tmp_path / "classes.txt")))
     u = prep.pre.apply(prep.dataset.x, model.sample_shape)
     assert u.shape == (1, 784, 1) and u[0, 1, 0] == 1.0 and u.sum() == 1.0
-    assert prep.layout.name == "flat" and prep.images and prep.dataset.y.tolist() == [0]
+    assert prep.layout.name == "flat" and prep.images and prep.dataset.y.tolist() == [1]
 
 
 def test_corpus_photos_round_trip_keep_the_accuracy(tmp_path):
@@ -299,7 +301,7 @@ def _cli(*args):
     from fimaudit.cli import app
 
     res = CliRunner().invoke(app, [str(a) for a in args])
-    return res, (json.loads(res.stdout) if res.exit_code == 0 and "--json" in args else None)
+    return res, (json.loads(res.stdout) if res.exit_code == 0 and "--json" in args and "-" in args else None)
 
 
 @pytest.fixture(scope="module")
@@ -317,19 +319,21 @@ def photos(tmp_path_factory):
 
 def test_cli_scans_a_224_model_from_a_photo_folder_with_a_preset(photos):
     tmp, model = photos
+    (tmp / "classes.txt").write_text("dog\nbird\ncat\nfish\nfrog\n")  # the model's 5 outputs, in its order
     res, rep = _cli("scan", model, "--data", tmp / "photos", "--preset", "imagenet", "--budget", "40", "--no-bounds",
-                    "-q", "--json", "-", "--report", tmp / "r.md")
+                    "--classes", tmp / "classes.txt", "-q", "--json", "-", "--report", tmp / "r.md")
     assert res.exit_code == 0, res.stderr
     pp = rep["config"]["preprocess"]
     assert rep["config"]["preset"] == "imagenet" and pp["how"].startswith("--preset imagenet")
     assert pp["mean"] == [0.485, 0.456, 0.406] and pp["std"] == [0.229, 0.224, 0.225] and pp["scale"] == 1 / 255
-    assert pp["layout"]["name"] == "nchw" and pp["layout"]["source"] == "graph" and pp["classes"] == ["cat", "dog"]
-    assert [s["label"] for s in rep["samples"]] == [0, 0, 1]
+    assert pp["layout"]["name"] == "nchw" and pp["layout"]["source"] == "graph"
+    assert pp["classes"] == ["dog", "bird", "cat", "fish", "frog"]
+    assert [s["label"] for s in rep["samples"]] == [2, 2, 0]
     assert all(np.isfinite(s["lambda_max"]) and s["lambda_max"] > 0 for s in rep["samples"])
     assert rep["units"]["space"] == "input" and "--preset imagenet" in rep["units"]["description"]
     assert "- preprocess: --preset imagenet: pixel/255" in (tmp / "r.md").read_text()
     res, rep = _cli("scan", model, "--data", tmp / "photos", "--preset", "imagenet", "--space", "data", "--samples", "1",
-                    "--budget", "40", "--no-bounds", "-q", "--json", "-")
+                    "--classes", tmp / "classes.txt", "--budget", "40", "--no-bounds", "-q", "--json", "-")
     assert res.exit_code == 0 and "pixel-value unit" in rep["units"]["description"]
 
 
@@ -350,3 +354,57 @@ def test_cli_refuses_broken_images_in_one_line(photos, monkeypatch):
     assert res.exit_code == 2 and len(lines) == 1 and "decompression-bomb" in lines[0] and "huge.png" in lines[0]
     res, _ = _cli("scan", model, "--data", bad, "--preset", "imagenet", "--mean", "0.5", "-q")
     assert res.exit_code == 2 and "either --preset or --scale" in res.stderr
+
+
+# ------------------------------------------------------------------------------ --classes
+@pytest.mark.parametrize("command", ["scan", "metrics", "attack", "certify", "clever", "audit"])
+def test_classes_file_maps_names_to_the_models_order_in_every_data_command(photos, command):
+    """--classes is a shared data option: every command with --data takes it; without it, two folder names for a
+    5-class model are refused in one line (exit 2) before anything runs."""
+    tmp, model = photos
+    (tmp / "classes.txt").write_text("dog\nbird\ncat\nfish\nfrog\n")
+    own = {"scan": ["--budget", "20", "--no-bounds"], "metrics": ["--no-corruptions"],
+           "attack": ["--attack", "fgsm", "--eps", "0.01"], "certify": ["--sigma", "0.25", "--n0", "2", "--n", "12"],
+           "clever": ["--points", "20", "--seeds", "1"], "audit": ["--out", tmp / f"dossier-{command}"]}[command]
+    base = [command, model, "--data", tmp / "photos", "--preset", "imagenet", "--samples", "1", "-q"]
+    out = ["--json", tmp / f"{command}.json"] if command != "audit" else []
+    res, _ = _cli(*base, *own, *out)
+    assert res.exit_code == 2 and not (tmp / f"dossier-{command}").exists() and not (tmp / f"{command}.json").exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "2 class names" in lines[0] and "5 outputs" in lines[0] and "--classes FILE" in lines[0]
+    if command in ("scan", "attack"):  # the mapped labels, end to end (the others run long or hold no labels)
+        res, _ = _cli(*base, *own, "--classes", tmp / "classes.txt", *out)
+        assert res.exit_code == 0, res.stderr
+        import json
+
+        rep = json.loads((tmp / f"{command}.json").read_text())
+        labels = ([s["label"] for s in rep["samples"]] if command == "scan"
+                  else [s["label"] for s in rep["results"][0]["samples"]])
+        assert labels == [2]
+
+
+def test_classes_file_remaps_labels_csv_names_and_refuses_what_does_not_fit(tmp_path):
+    from fimaudit.errors import DataError
+    from fimaudit.model import load_model
+
+    w = np.random.default_rng(0).standard_normal((3, 16))
+    model = load_model(B.save(B.linear_model(w, np.zeros(3), sample_shape=(1, 4, 4)), tmp_path / "m.onnx"), device="cpu")
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(root / name)
+    (root / "labels.csv").write_text("file,label\na.png,cat\nb.png,airplane\nc.png,bird\n")
+    # sorted names (airplane=0, bird=1, cat=2) and the model has 3 outputs: allowed, with a note that says how
+    prep = prepare(model, str(root), None, 1.0, (0.0,), (1.0,), DataOptions())
+    assert prep.dataset.y.tolist() == [2, 0, 1]
+    assert any("class indices follow sorted names" in n and "--classes" in n for n in prep.notes)
+    # the model's own order (CIFAR: airplane=0, ..., bird=2, cat=3 would need 4+ names; here cat, bird, airplane)
+    (tmp_path / "c.txt").write_text("cat\nbird\nairplane\n")
+    prep = prepare(model, str(root), None, 1.0, (0.0,), (1.0,), DataOptions(classes=str(tmp_path / "c.txt")))
+    assert prep.dataset.y.tolist() == [0, 2, 1] and not any("follow sorted names" in n for n in prep.notes)
+    for text, needle in (("cat\nbird\n", "'airplane'"), ("cat\ncat\nbird\n", "twice"), ("\n\n", "no classes")):
+        (tmp_path / "c.txt").write_text(text)
+        with pytest.raises(DataError, match=needle):
+            prepare(model, str(root), None, 1.0, (0.0,), (1.0,), DataOptions(classes=str(tmp_path / "c.txt")))
+    with pytest.raises(DataError, match="not found"):
+        prepare(model, str(root), None, 1.0, (0.0,), (1.0,), DataOptions(classes=str(tmp_path / "missing.txt")))

@@ -143,7 +143,8 @@ def _context_html(result: AuditResult) -> str:
         ("layout", (f"{str(pp.get('layout')).upper()}" + (f" ({pp['layout_evidence']})" if pp.get("layout_evidence") else ""))
          if pp.get("layout") else ""),
         ("input range", "" if not (pp.get("input_range") or cfg.get("input_range")) else
-         "[{:g}, {:g}] in attack units (adversarial inputs are clipped to it)".format(*(pp.get("input_range") or cfg.get("input_range")))),
+         "[{:g}, {:g}] in attack units (adversarial inputs are clipped to it)".format(*(pp.get("input_range") or cfg.get("input_range")))
+         + (f"; {cfg['input_range_source']}" if cfg.get("input_range_source") else "")),
         ("clean predictions", sanity),
         ("eps units", ctx.get("eps_units") or f"attack units: data × --scale ({cfg.get('norm')})"),
         *((_UNIT_NAMES.get(k, f"{k} units"), v) for k, v in (ctx.get("units") or {}).items() if k != "eps"),
@@ -154,6 +155,7 @@ def _context_html(result: AuditResult) -> str:
                       + (f"; scan used {grad['scan']}" if grad.get("scan") else "")
                       + (f" ({grad['reason']})" if grad.get("reason") else "")),
         ("policy", policy or "none: evidence without a verdict"),
+        *(("settings", p) for p in _provenance(result)),
         ("seed", str(ctx.get("seed", cfg.get("seed")))),
         ("versions", versions_text(ctx.get("versions")) or f"fimaudit {result.fimaudit}"),
         ("created", result.created or ""),
@@ -265,6 +267,9 @@ def _attacks_html(result: AuditResult) -> str:
                  "below may overstate the model's robustness.<ul>"
                  + "".join(f"<li><strong>{e(str(f.get('flag', '')))}</strong>: {e(str(f.get('detail', '')))}</li>" for f in masking)
                  + "</ul></div>")
+    elif "masking" in d:
+        body += '<p class=muted id="no-masking">Gradient-masking checks: no sign of masked gradients.</p>'
+
     runs = d.get("runs") or []
     names = [f"{r['config']['attack']}" for r in runs]
     wc = (d.get("worst_case") or {}).get("robust_accuracy") or {}
@@ -277,13 +282,15 @@ def _attacks_html(result: AuditResult) -> str:
         ps = run.get("per_sample_radius")
         if ps:
             ra_rows.append([f"own radius ({names[i]}, {ps.get('eps_from')})",
-                            *(pct(ps["robust_accuracy"]) if j == i else "-" for j in range(len(runs))), *(["-"] if wc else [])])
+                            *(pct(ps["robust_accuracy"]) if j == i else "-" for j in range(len(runs))),
+                            *([pct(wc.get("per-sample"))] if wc else [])])
     head = [f"eps ({plots.NORMS.get(norm, norm)}, attack units)", *names, *(["worst case per sample"] if wc else [])]
     body += ('<section id=worst-case><h3>Robust accuracy: each attack and the per-sample worst case over them</h3>'
              + table(head, ra_rows)
              + (f"<p class=muted>worst case: {e((d.get('worst_case') or {}).get('rule', ''))}</p>" if wc else "")
              + "</section>")
     taus = [f"{t:g}" for t in d.get("taus") or []]
+    wrr = (d.get("worst_case") or {}).get("robust_ratio") or {}  # per eps, per tau (absent in older audits)
     if taus and runs:
         rr_rows = []
         for x in eps_all:
@@ -293,8 +300,11 @@ def _attacks_html(result: AuditResult) -> str:
                     r = by.get((i, x))
                     key = next((k for k in (r or {}).get("robust_ratio", {}) if float(k) == float(t)), None)
                     row.append(pct(r["robust_ratio"][key]) if r and key else "-")
+                if wrr:
+                    row.append(pct((wrr.get(f"{x:g}") or {}).get(t)))
             rr_rows.append(row)
-        rr_head = [f"eps ({plots.NORMS.get(norm, norm)})", *(f"{n} (tau {t})" for t in taus for n in names)]
+        rr_head = [f"eps ({plots.NORMS.get(norm, norm)})",
+                   *(h for t in taus for h in [*(f"{n} (tau {t})" for n in names), *([f"worst case (tau {t})"] if wrr else [])])]
         body += ("<h3>Robust ratio: share of samples whose prediction moves by less than tau</h3>" + table(rr_head, rr_rows))
     q_rows = [[n, str(sum(r.get("queries_total", 0) for r in run["results"])),
                str(run["config"].get("budget", "-")), str(run["config"].get("gradients", "-"))] for n, run in zip(names, runs)]
@@ -427,10 +437,46 @@ def render_audit_html(result: AuditResult) -> str:
     return page("audit", m["path"], body, footer, f"(sha256 {e(str(m.get('sha256', '')))[:16]}…)")
 
 
+def _provenance(result: AuditResult) -> list[str]:
+    """Where the run's settings came from: the [audit] values taken from the policy, and those the command line
+    overrode (policy.PRECEDENCE: an option given on the command line wins)."""
+    cfg = result.config or {}
+    out = []
+    if cfg.get("from_policy"):
+        out.append("from the policy's [audit]: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in cfg["from_policy"].items()))
+    if cfg.get("overridden"):
+        out.append("given on the command line, over the policy's [audit]: " + ", ".join(
+            f"{k} = {json.dumps(v['command_line'])} (policy: {json.dumps(v['policy'])})" for k, v in cfg["overridden"].items()))
+    return out
+
+
+def _attack_table(result: AuditResult) -> tuple[list[str], list[tuple[str, list[str], str]], list[dict]]:
+    """(attack names, rows (eps, each attack's robust accuracy, the per-sample worst case), masking flags) of the
+    attacks section; empty when it is unavailable."""
+    att = result.section("attacks")
+    if not att or att.status != "ok":
+        return [], [], []
+    names = [run["config"]["attack"] for run in att.data["runs"]]
+    wc = (att.data.get("worst_case") or {}).get("robust_accuracy") or {}
+    rows = []
+    for eps in att.data.get("eps") or []:
+        vals = []
+        for run in att.data["runs"]:
+            r = next((r for r in run["results"] if abs(float(r["eps"]) - float(eps)) <= 1e-12 * max(1.0, abs(eps))), None)
+            vals.append(_value(None if r is None else r["robust_accuracy"]))
+        worst = next((v for k, v in wc.items() if k != "per-sample" and abs(float(k) - float(eps)) <= 1e-9 * max(1.0, abs(eps))), None)
+        rows.append((f"{eps:g}", vals, _value(worst)))
+    return names, rows, list(att.data.get("masking") or [])
+
+
 def render_audit_markdown(result: AuditResult) -> str:
     lines = [f"# fimaudit audit: `{result.model['path']}`", "", f"**Verdict: {result.verdict.upper()}**", ""]
     if _piecewise_note(result):
         lines += [f"**Note:** {_piecewise_note(result)}", ""]
+    notes = list((result.model or {}).get("defaults") or [])
+    lines += [f"- Note: {n}" for n in notes] + ([""] if notes else [])
+    prov = _provenance(result)
+    lines += [f"- Settings {p}" for p in prov] + ([""] if prov else [])
     if result.checks:
         lines += ["| check | value | result | note |", "|---|---:|---|---|"]
         vac = vacuous_note(result)
@@ -450,14 +496,19 @@ def render_audit_markdown(result: AuditResult) -> str:
         lines.append("")
     att = result.section("attacks")
     if att and att.status == "ok":
-        lines += ["## Attacks", "", "| attack | eps | robust accuracy |", "|---|---:|---:|"]
-        for run in att.data["runs"]:
-            for r in run["results"]:
-                lines.append(f"| {run['config']['attack']} ({run['config']['norm']}) | {r['eps']:g} | {_value(r['robust_accuracy'])} |")
+        names, rows, masking = _attack_table(result)
+        lines += ["## Attacks", "", f"Robust accuracy ({att.data['norm']}) per attack, and the per-sample worst case over "
+                  "all of them (a sample counts as robust only if every attack failed on it): the figure a verdict "
+                  "should use.", "",
+                  "| eps | " + " | ".join(names) + " | worst case |", "|---:|" + "---:|" * (len(names) + 1)]
+        lines += [f"| {eps} | " + " | ".join(vals) + f" | **{worst}** |" for eps, vals, worst in rows]
         for eps, ra in ((att.data.get("worst_case") or {}).get("robust_accuracy") or {}).items():
-            lines.append(f"| worst case per sample over the attacks | {eps} | {_value(ra)} |")
+            if eps == "per-sample":
+                lines.append("| per-sample radii | " + " | ".join("" for _ in names) + f" | **{_value(ra)}** |")
         for skip in att.data.get("skipped") or []:
-            lines.append(f"| {skip['attack']}: skipped ({skip['reason']}) | | |")
+            lines.append(f"\n{skip['attack']}: skipped ({skip['reason']})")
+        lines += ["", "### Gradient-masking flags", ""]
+        lines += [f"- **{f['flag']}**: {f['detail']}" for f in masking] or ["None: no sign of masked gradients."]
         lines += [""] + [f"- {n}" for n in att.data.get("notes") or []] + ([""] if att.data.get("notes") else [])
     lines += ["## Sections", "", "| section | status | reason |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.reason or ''} |" for s in result.sections]
@@ -498,6 +549,15 @@ def render_audit_text(result: AuditResult) -> str:
         lines.append(f"  {'PASS' if c.passed else 'FAIL'}  {c.text}  (value {_value(c.value)}{'; ' + c.reason if c.reason else ''})")
         if vac and c.key.startswith("bound."):
             lines.append(f"        {vac}")
+    for p in _provenance(result):
+        lines.append(f"  settings {p}")
+    names, rows, masking = _attack_table(result)
+    if rows:
+        norm = result.section("attacks").data["norm"]
+        lines.append(f"  robust accuracy ({norm}), per attack and the per-sample worst case over all of them:")
+        for eps, vals, worst in rows:
+            lines.append(f"    eps {eps}: " + ", ".join(f"{n} {v}" for n, v in zip(names, vals)) + f"; worst case {worst}")
+        lines += [f"  masking: {f['flag']}: {f['detail']}" for f in masking] or ["  masking: no sign of masked gradients"]
     for s in result.sections:
         lines.append(f"  section {s.name}: {s.status}" + (f" ({s.reason})" if s.reason else ""))
     return "\n".join(lines) + "\n"

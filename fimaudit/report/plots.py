@@ -157,6 +157,14 @@ def radius_scatter(rows: list[dict], max_eps: float, distance: str = "smallest s
     return fig
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 _SIZES = (9, 7, 5.5, 4.5, 4, 3.5, 3)
 
@@ -197,7 +205,7 @@ def robustness_curves(runs: list[dict], tau: float | None, worst: dict | None = 
             if key is not None:
                 rr[name] = [r["robust_ratio"][key] for r in run["results"]]
                 ax2.plot(eps, rr[name], **style)
-    wc = (worst or {}).get("robust_accuracy") or {}
+    wc = {k: v for k, v in ((worst or {}).get("robust_accuracy") or {}).items() if _is_number(k)}  # not "per-sample"
     if wc:
         xs = sorted(wc, key=float)
         ax1.plot([float(x) for x in xs], [wc[x] for x in xs], "k--", lw=1.6, marker=".", ms=6,
