@@ -210,6 +210,14 @@ def robustness_curves(runs: list[dict], tau: float | None, worst: dict | None = 
         xs = sorted(wc, key=float)
         ax1.plot([float(x) for x in xs], [wc[x] for x in xs], "k--", lw=1.6, marker=".", ms=6,
                  label="worst case per sample over the attacks")
+        wrr = (worst or {}).get("robust_ratio") or {}  # per eps, per tau (newer audits)
+        if tau is not None and all(x in wrr for x in xs):
+            key = next((k for k in wrr[xs[0]] if np.isclose(float(k), tau)), None)
+            if key is not None:
+                ax2.plot([float(x) for x in xs], [wrr[x][key] for x in xs], "k--", lw=1.6, marker=".", ms=6,
+                         label="worst case per sample over the attacks")
+                if all(len(v) == len(xs) for v in rr.values()):
+                    rr["worst case"] = [wrr[x][key] for x in xs]
     for ax in (ax1, ax2):
         ax.set_xlabel(eps_label(norm).replace(" (", "\n("))
         ax.set_ylim(-0.04, 1.04)
