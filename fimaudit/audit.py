@@ -520,6 +520,13 @@ SECTIONS: list[SectionSpec] = [
 
 def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: Any = None) -> AuditResult:
     """Every section in order; bad input (model, data, options) raises, a failing section is recorded."""
+    from . import progress as ambient
+
+    with ambient.task("section", total=len(SECTIONS)) as bar:
+        return _run_audit(cfg, progress, execution, bar)
+
+
+def _run_audit(cfg: AuditConfig, progress: ProgressFn | None, execution: Any, bar) -> AuditResult:
     cfg.validate()
     # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
     model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
@@ -543,6 +550,7 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
     wanted = set(cfg.sections) | {"preprocessing"} if cfg.sections else {s.name for s in SECTIONS}
     sections = []
     for spec in SECTIONS:
+        bar.update(SECTIONS.index(spec), detail=spec.name)
         if spec.name not in wanted:
             sections.append(Section(spec.name, "unavailable", "not requested", {}))
             continue

@@ -451,8 +451,12 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
 
         checked(np.argmax(np.asarray(clean).reshape(n_samples, -1), axis=1), dataset.y, int(model.n_classes), notes)
     job = SmoothingJob(config.sigma, config.n0, config.n, config.alpha, config.seed, job_pre)
-    samples, run_info = run_per_sample(job, model, points, labels, execution=execution, progress=progress,
-                                       device=config.device, threads=config.threads)
+    from . import progress as ambient
+
+    with ambient.task("certify", total=n_samples, unit="samples", estimate=True) as bar:
+        samples, run_info = run_per_sample(job, model, points, labels, execution=execution,
+                                           progress=bar.callback(progress), device=config.device,
+                                           threads=config.threads)
     samples = tuple(samples)
     seconds = time.perf_counter() - t_start
     labelled = dataset.y is not None
