@@ -798,8 +798,8 @@ def compare_cmd(
     if result.get("partial"):
         left = ", ".join(u["model"] for u in result["unfinished"])
         where = "" if opts.json is None else f"; partial report written to {opts.json}"
-        _err(f"compare stopped by {result['stopped']['reason']}: {len(result['rows'])} of "
-             f"{len(result['rows']) + len(result['unfinished'])} models finished, not finished: {left}{where}")
+        _err(f"compare stopped: {result['stopped']['reason']}; {len(result['rows'])} of "
+             f"{len(result['rows']) + len(result['unfinished'])} models finished; not finished: {left}{where}")
         return EXIT_ERROR
     return EXIT_OK
 

@@ -700,23 +700,48 @@ def _finite(v) -> bool:
 
 
 def correlate(pairs: np.ndarray, rng: np.random.Generator, boot: int = 1000, level: float = 0.95) -> dict:
-    """Spearman and Kendall coefficients with percentile bootstrap intervals over models."""
-    a, b = pairs[:, 0], pairs[:, 1]
-    out = {"n": int(len(a))}
-    from scipy import stats  # here: importing scipy.stats costs ~0.9 s at start-up
+    """Spearman and Kendall (tau-b) coefficients with percentile bootstrap intervals over models.
 
-    for name, fn in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
-        val = float(fn(a, b).statistic)
-        reps = []
-        for _ in range(boot):
-            idx = rng.integers(0, len(a), len(a))
-            if np.ptp(a[idx]) == 0 or np.ptp(b[idx]) == 0:
-                continue
-            reps.append(fn(a[idx], b[idx]).statistic)
-        reps = np.array([r for r in reps if np.isfinite(r)])
+    The bootstrap is vectorised (all resamples at once): the same draws and the same statistics as
+    scipy's ``spearmanr``/``kendalltau`` resample by resample, in milliseconds instead of seconds per metric.
+    """
+    a, b = pairs[:, 0], pairs[:, 1]
+    n = len(a)
+    out = {"n": int(n)}
+    for name, fn in (("spearman", _spearman_rows), ("kendall", _kendall_rows)):
+        val = float(fn(a[None], b[None])[0])
+        idx = rng.integers(0, n, (boot, n))
+        ra, rb = a[idx], b[idx]
+        keep = (np.ptp(ra, axis=1) > 0) & (np.ptp(rb, axis=1) > 0)
+        reps = fn(ra[keep], rb[keep]) if keep.any() else np.empty(0)
+        reps = reps[np.isfinite(reps)]
         lo, hi = (np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]) if reps.size else (np.nan, np.nan))
         out[name] = {"value": val if np.isfinite(val) else None, "ci": [float(lo), float(hi)] if reps.size else None}
     return out
+
+
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair: the Pearson correlation of average ranks (as scipy.stats.spearmanr)."""
+    from scipy.stats import rankdata
+
+    return _pearson_rows(rankdata(a, axis=1), rankdata(b, axis=1))
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return np.clip(r, -1.0, 1.0)
+
+
+def _kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair (as scipy.stats.kendalltau): sum(sa sb) / sqrt(sum(sa^2) sum(sb^2)) over the
+    pairs i < j, with sa = sign(a_i - a_j); a pair tied in both counts in neither sum."""
+    i, j = np.triu_indices(a.shape[1], 1)
+    sa, sb = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sa * sb).sum(axis=1) / np.sqrt((sa * sa).sum(axis=1) * (sb * sb).sum(axis=1))
 
 
 CLEVER_UNUSED = ("extra", "attack", "eps", "budget", "taus", "steps", "gradients", "loss", "restarts", "min_distance")

@@ -114,12 +114,12 @@ class Reporter:
     def push(self, task: Task) -> None:
         task.started = self.clock()
         self.stack.append(task)
-        self.changed()
+        self.changed(force=True)
 
     def pop(self, task: Task) -> None:
         if task in self.stack:
             del self.stack[self.stack.index(task):]
-        self.changed()
+        self.changed(force=True)
 
     def update(self, task: Task, done: int | None = None, total: int | None = None, detail: str | None = None) -> None:
         if total is not None:
@@ -143,8 +143,8 @@ class Reporter:
         """A line of its own (not rate-limited): the estimated total of a long task."""
         raise NotImplementedError
 
-    def changed(self) -> None:
-        """The path or the counts changed: redraw (terminal) or maybe print a line (log)."""
+    def changed(self, force: bool = False) -> None:
+        """The path or the counts changed: redraw (terminal; ``force``: now) or maybe print a line (log)."""
 
     def close(self) -> None:
         pass
@@ -168,7 +168,7 @@ class LineReporter(Reporter):
     def note(self, text: str) -> None:
         self._write(f"fimaudit: {self.title}: {text}")
 
-    def changed(self) -> None:
+    def changed(self, force: bool = False) -> None:  # the rate limit holds even for a new task
         now = self.clock()
         if now - self.last < self.interval or not self.stack:
             return
@@ -185,7 +185,7 @@ class TerminalReporter(Reporter):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console if console is not None else Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(bar_width=10), MofNCompleteColumn(),
                             TimeElapsedColumn(), TextColumn("{task.fields[left]}"), console=self.console,
                             transient=True)
         self.bar.start()
@@ -195,16 +195,26 @@ class TerminalReporter(Reporter):
     def note(self, text: str) -> None:
         self.bar.console.print(f"fimaudit: {self.title}: {text}", soft_wrap=True, highlight=False)
 
-    def changed(self) -> None:
+    def changed(self, force: bool = False) -> None:
         now = self.clock()
-        if now - self.drawn < TTY_REFRESH:
+        if now - self.drawn < TTY_REFRESH and not force:
             return
         self.drawn = now
         inner = self.stack[-1] if self.stack else None
         rem = self.remaining()
-        self.bar.update(self.row, description=self.path(), completed=inner.done if inner else 0,
+        self.bar.update(self.row, description=self.short_path(), completed=inner.done if inner else 0,
                         total=inner.total if inner else None,
-                        left="" if rem is None else f"~{duration(rem)} left (estimate)")
+                        left="" if rem is None else f"~{duration(rem)} left")
+
+    def short_path(self) -> str:
+        """The task path, its outer levels dropped (``...``) until it leaves room for the bar on one line."""
+        room = max(20, self.console.width - 42)  # bar 10, count, clock and estimate take about 42 columns
+        parts = [self.title] + [t.text() for t in self.stack]
+        text = " > ".join(parts)
+        while len(text) > room and len(parts) > 1:
+            parts = parts[1:]
+            text = "... > " + " > ".join(parts)
+        return text if len(text) <= room else text[: room - 3] + "..."
 
     def close(self) -> None:
         self.bar.stop()

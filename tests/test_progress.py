@@ -169,3 +169,26 @@ def test_nested_jobs_report_inside_their_parent(zoo, monkeypatch):
     # a model's sections, the attack's eps and the attack's own query count appear under "compare"
     assert "fimaudit: compare > 0/2 models > a 1/5 sections (pgd linf) > pgd linf 0/1 eps (eps 0.03) > pgd eps 0.03" \
         in res.stderr
+
+
+def test_a_terminal_gets_a_bar_with_the_path_and_the_notes_on_stderr_only():
+    from rich.console import Console
+
+    from fimaudit.progress import TerminalReporter
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=80, color_system=None)
+    clock = FakeClock()
+    rep = TerminalReporter("audit", console=console, clock=clock)
+    with progress.installed(rep):
+        with progress.task("section", total=9) as sec:
+            sec.update(4, detail="attacks")
+            with progress.task("pgd linf", total=2, unit="eps", estimate=True) as eps:
+                clock.t += 20
+                eps.update(1, detail="eps 0.03")
+                # too long for one 80-column line beside the bar: the outer levels give way, the innermost stays
+                assert rep.short_path().startswith("... > ") and rep.short_path().endswith("(eps 0.03)")
+                assert len(rep.short_path()) <= 80 - 42
+    rep.close()
+    out = buf.getvalue()
+    assert "pgd linf: the first of 2 eps took 20s; estimated total ~40s" in out
