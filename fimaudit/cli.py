@@ -2,7 +2,11 @@
 
 Exit codes: 0 success (policy or gate passed), 1 a policy check or the ``--fail-above`` gate failed,
 2 bad input, error or ``--timeout`` elapsed (one line on stderr, ``fimaudit: error: ...``, never a
-traceback), 130/143 interrupted by SIGINT/SIGTERM (one line; no report written, temporary files removed).
+traceback; ``compare`` still writes the models finished in time, its report marked ``"partial": true``),
+130/143 interrupted by SIGINT/SIGTERM (one line; no report written, temporary files removed).
+
+Progress goes to stderr only (``fimaudit.progress``): a bar in a terminal, else a line at most every 10 s with
+the elapsed time and an estimate of the remaining time; ``-q`` silences it.
 
 Shared options
 --------------
@@ -319,9 +323,11 @@ shared_option("scheduler", ("--scheduler",), Optional[str], None,
 shared_option("json", ("--json",), Optional[str], None, "Write the JSON result here ('-': stdout).",
               groups=("out",), config=False, metavar="FILE")
 shared_option("timeout", ("--timeout",), Optional[float], None,
-              "Stop the whole run after SECONDS: one line, exit 2, nothing written.", groups=("out",), config=False,
+              "Stop the whole run after SECONDS: one line, exit 2, nothing written (compare writes the models finished, "
+              "marked partial).", groups=("out",), config=False,
               parse=_seconds, metavar="SECONDS", none_means="no limit")
-shared_option("quiet", ("--quiet", "-q"), bool, False, "No progress display or table (errors still go to stderr).",
+shared_option("quiet", ("--quiet", "-q"), bool, False,
+              "No progress (bar or log lines) and no table (errors still go to stderr).",
               groups=("out",), config=False)
 
 
@@ -766,10 +772,12 @@ def compare_cmd(
 ) -> int:
     """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations.
 
-    Per model, cheap sections first: scan (+ bound), PGD L-inf, Square L-inf, PGD L2, CLEVER, metric suite. The
-    defaults (10 samples, 3 CLEVER samples, 100 metric samples) finish the README's 14-model manifest in under 5
-    minutes on 2 cores. With --timeout the models finished in time are kept: the report is written, marked
-    partial (JSON "partial": true, "unfinished" with each model's reason), and the exit code is 2.
+    Per model, cheap sections first: scan (+ bound), PGD L-inf, Square L-inf, PGD L2, CLEVER, metric suite. """ \
+        """The defaults (10 samples, 3 CLEVER samples, 100 metric samples) finish the README's 14-model manifest """ \
+        """in under 5 minutes on 2 cores (docs/compare.md).
+
+    With --timeout the models finished in time are kept: the report is written, marked partial (JSON """ \
+        """"partial": true, "unfinished" with each model's reason), and the exit code is 2.
     """
     from .evidence import ModelSpec, compare_models
     from .progress import reporting

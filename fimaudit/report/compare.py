@@ -79,9 +79,10 @@ def correlation_gap(rep: dict, target: str | None = None) -> tuple[str | None, l
             f"{n} model{'s' if n != 1 else ''} given"), left_out
 
 
-def _ci(v: dict, key: str) -> str:
+def _ci(v: dict, key: str, sep: str = ",") -> str:
+    """``+0.44 [-0.08,+0.79]`` (terminal: no space, so the longest metric name still fits 80 columns)."""
     val, ci = v[key]["value"], v[key]["ci"]
-    return "-" if val is None else (f"{val:+.2f} [{ci[0]:+.2f},{ci[1]:+.2f}]" if ci else f"{val:+.2f}")
+    return "-" if val is None else (f"{val:+.2f} [{ci[0]:+.2f}{sep}{ci[1]:+.2f}]" if ci else f"{val:+.2f}")
 
 
 def compare_tables(rep: dict) -> list:
@@ -150,7 +151,7 @@ def compare_markdown(rep: dict, columns=COLUMNS, target: str | None = None) -> s
     lines += ["", f"| metric vs {target} | n | Spearman [95% CI] | Kendall [95% CI] |", "|---|---:|---|---|"]
     for m, v in corr.items():
         if v is not None:
-            lines.append(f"| {m} | {v['n']} | {_ci(v, 'spearman')} | {_ci(v, 'kendall')} |")
+            lines.append(f"| {m} | {v['n']} | {_ci(v, 'spearman', ', ')} | {_ci(v, 'kendall', ', ')} |")
     if left_out:
         lines += ["", f"Left out (fewer than 3 models with finite values): {', '.join(left_out)}."]
     return "\n".join(lines) + "\n"
