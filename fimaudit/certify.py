@@ -162,10 +162,17 @@ class SmoothingJob:
         self, model: Model, indices: Sequence[int], points: np.ndarray, labels: Sequence[int | None]
     ) -> list[CertifiedSample]:
         """Certify ``points[j]`` (sample ``indices[j]``); each sample draws from its own Generator."""
+        from . import progress as ambient
+
+        with ambient.task("noise", total=len(points) * (1 + self.n0 + self.n), unit="draws") as bar:
+            return self._certify(model, indices, points, labels, bar)
+
+    def _certify(self, model: Model, indices, points: np.ndarray, labels, bar) -> list[CertifiedSample]:
         shape = model.sample_shape
         to_input = (lambda rows: rows) if self.preprocess is None else (lambda rows: self.preprocess.apply(rows, shape))
 
         def classify(rows: np.ndarray) -> np.ndarray:
+            bar.advance(len(rows))  # progress: noise draws classified so far
             return np.argmax(model.run(to_input(rows)), axis=1)
 
         chunk = noise_chunk(model.d)

@@ -134,7 +134,8 @@ class Reporter:
             per = took / task.done
             what = task.unit or "units"
             first = f"the first {task.done}" if task.done > 1 else "the first"
-            self.note(f"{task.label + ': ' if task.label else ''}{first} of {task.total} {what} took {duration(took)}; estimated total "
+            named = task.label and task.label != self.title
+            self.note(f"{task.label + ': ' if named else ''}{first} of {task.total} {what} took {duration(took)}; estimated total "
                       f"~{duration(per * task.total)} for {task.total} {what} (~{duration(per * (task.total - task.done))}"
                       " more)")
         self.changed()
