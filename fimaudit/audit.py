@@ -351,6 +351,9 @@ def _attack_section(ctx: AuditContext) -> dict:
     _labels_needed(ctx, "attacks")
     runs, skipped = [], []
     whitebox_note = None
+    from . import progress as ambient
+
+    bar = ambient.begin("attacks", total=len(cfg.attacks) + (1 if cfg.whitebox else 0))
     if cfg.whitebox:
         # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
         try:
@@ -362,6 +365,7 @@ def _attack_section(ctx: AuditContext) -> dict:
     elif ctx.piecewise is not None:
         whitebox_note = f"skipped: {GRADIENT_NOTE}"
     for k, name in enumerate(cfg.attacks):
+        bar.update(k + (1 if cfg.whitebox else 0), detail=name)
         own: dict[str, Any] = {}
         if name == "transfer":
             surrogate = _surrogate_for(ctx)
@@ -374,6 +378,7 @@ def _attack_section(ctx: AuditContext) -> dict:
                          gradients=cfg.gradients_for("blackbox") if name not in SCORELESS else "auto", **own)
         runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
+    bar.end()
     out = {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
            "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off"), "skipped": skipped,
            "worst_case": worst_case(runs)}

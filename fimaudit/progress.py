@@ -122,6 +122,9 @@ class Reporter:
         self.changed(force=True)
 
     def update(self, task: Task, done: int | None = None, total: int | None = None, detail: str | None = None) -> None:
+        if task in self.stack and self.stack[-1] is not task:
+            # a parent moves on only once its children are done: tasks left above it were cut short by an exception
+            del self.stack[self.stack.index(task) + 1:]
         if total is not None:
             task.total = int(total)
         if done is not None:
@@ -232,6 +235,10 @@ class TaskHandle:
         if self.reporter is not None:
             self.reporter.update(self.task, done, total, detail)
 
+    def end(self) -> None:
+        if self.reporter is not None:
+            self.reporter.pop(self.task)
+
     def advance(self, n: int = 1, detail: str | None = None) -> None:
         self.update(self.task.done + n, None, detail)
 
@@ -246,6 +253,16 @@ class TaskHandle:
                 chained(done, total, *rest)
 
         return call
+
+
+def begin(label: str, total: int | None = None, unit: str = "", estimate: bool = False) -> TaskHandle:
+    """``task()`` without a ``with`` block: call ``.end()`` when done. If an exception skips ``.end()``, the task
+    goes when its parent next moves on."""
+    reporter = _current.get()
+    t = Task(label, None if total is None else int(total), unit, estimate)
+    if reporter is not None:
+        reporter.push(t)
+    return TaskHandle(reporter, t)
 
 
 @contextlib.contextmanager

@@ -62,9 +62,10 @@ def test_a_slow_step_still_gets_its_line_once_the_interval_has_passed():
 def test_remaining_time_is_extrapolated_from_the_share_done():
     rep, clock, out = reporter(0.0)
     with progress.installed(rep), progress.task("", total=4, unit="models") as outer:
+        clock.t += 10.0
+        outer.update(1)
         with progress.task("m1", total=10, unit="sections") as inner:
-            clock.t += 30.0
-            outer.update(1)
+            clock.t += 20.0
             inner.update(5)  # 1 model + half of the next: 1.5 / 4 done after 30 s
             assert rep.fraction() == pytest.approx(1.5 / 4)
             assert rep.remaining() == pytest.approx(30.0 * 2.5 / 1.5)
@@ -194,3 +195,13 @@ def test_a_terminal_gets_a_bar_with_the_path_and_the_notes_on_stderr_only():
     rep.close()
     out = buf.getvalue()
     assert "pgd linf: the first of 2 eps took 20s; estimated total ~40s" in out
+
+
+def test_a_task_cut_short_by_an_exception_goes_when_its_parent_moves_on():
+    rep, clock, out = reporter(0.0)
+    with progress.installed(rep), progress.task("section", total=3) as sec:
+        sec.update(0, detail="attacks")
+        progress.begin("attacks", total=2)  # its .end() never comes: the section failed
+        sec.update(1, detail="clever")
+        assert [t.label for t in rep.stack] == ["section"]
+        assert rep.path() == "scan > section 1/3 (clever)"
