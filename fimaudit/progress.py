@@ -137,10 +137,10 @@ class Reporter:
             per = took / task.done
             what = task.unit or "units"
             first = f"the first {task.done}" if task.done > 1 else "the first"
-            named = task.label and task.label != self.title
-            self.note(f"{task.label + ': ' if named else ''}{first} of {task.total} {what} took {duration(took)}; estimated total "
-                      f"~{duration(per * task.total)} for {task.total} {what} (~{duration(per * (task.total - task.done))}"
-                      " more)")
+            named = f"{task.label}: " if task.label and task.label != self.title else ""
+            more = duration(per * (task.total - task.done))
+            self.note(f"{named}{first} of {task.total} {what} took {duration(took)}; estimated total "
+                      f"~{duration(per * task.total)} for {task.total} {what} (~{more} more)")
         self.changed()
 
     def note(self, text: str) -> None:
