@@ -166,6 +166,9 @@ def test_cli_timeout_writes_the_partial_report_and_report_reprints_it(zoo, monke
     again = runner.invoke(app, ["report", str(out), "--format", "text"])
     assert again.exit_code == 0
     assert again.stdout == res.stdout  # what the command printed, at 80 columns, is what the report re-renders
+    for fmt in ("markdown", "html"):
+        page = runner.invoke(app, ["report", str(out), "--format", fmt])
+        assert page.exit_code == 0 and "PARTIAL REPORT: --timeout 12 s elapsed" in page.stdout, fmt
 
 
 def test_cli_complete_run_prints_what_report_reprints(zoo, monkeypatch):

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..evidence_result import EvidenceResult
 from .compare import COLUMNS as COMPARE_COLUMNS
-from .compare import compare_markdown, compare_tables
+from .compare import compare_markdown, compare_tables, partial_lines
 from .terminal import _fmt
 
 
@@ -123,6 +123,8 @@ def render_html(result: EvidenceResult) -> str:
     head, rows = _rows(result)
     table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    if result.kind == "compare":  # a run cut short by --timeout says so first
+        table = "".join(f"<p><strong>{e(line.strip())}</strong></p>" for line in partial_lines(result.to_dict())) + table
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             f"<title>fimaudit {e(result.kind)}</title><style>table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;"
             f"padding:.2em .5em}}</style></head><body><h1>fimaudit {e(result.kind)}</h1>{table}</body></html>\n")
