@@ -197,7 +197,7 @@ class TerminalReporter(Reporter):
         self.drawn = -1e18
 
     def note(self, text: str) -> None:
-        self.bar.console.print(f"fimaudit: {self.title}: {text}", soft_wrap=True, highlight=False)
+        self.bar.console.print(f"fimaudit: {self.title}: {text}", soft_wrap=True, highlight=False, markup=False)
 
     def changed(self, force: bool = False) -> None:
         now = self.clock()
@@ -206,8 +206,12 @@ class TerminalReporter(Reporter):
         self.drawn = now
         inner = self.stack[-1] if self.stack else None
         rem = self.remaining()
-        self.bar.update(self.row, description=self.short_path(), completed=inner.done if inner else 0,
-                        total=inner.total if inner else None,
+        total = inner.total if inner else None
+        if total is None:  # rich's update() keeps the old total on None: a task without one shows 0/?
+            for row in self.bar.tasks:
+                if row.id == self.row:
+                    row.total = None
+        self.bar.update(self.row, description=self.short_path(), completed=inner.done if inner else 0, total=total,
                         left="" if rem is None else f"~{duration(rem)} left")
 
     def short_path(self) -> str:

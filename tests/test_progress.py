@@ -192,6 +192,8 @@ def test_a_terminal_gets_a_bar_with_the_path_and_the_notes_on_stderr_only():
                 # too long for one 80-column line beside the bar: the outer levels give way, the innermost stays
                 assert rep.short_path().startswith("... > ") and rep.short_path().endswith("(eps 0.03)")
                 assert len(rep.short_path()) <= 80 - 42
+            with progress.task("minimal distance"):  # no total: the bar shows 0/?, not the parent's count
+                assert rep.bar.tasks[0].total is None
     rep.close()
     out = buf.getvalue()
     assert "pgd linf: the first of 2 eps took 20s; estimated total ~40s" in out
