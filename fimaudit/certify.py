@@ -462,7 +462,8 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
 
     with ambient.task("certify", total=n_samples, unit="samples", estimate=True) as bar:
         samples, run_info = run_per_sample(job, model, points, labels, execution=execution,
-                                           progress=bar.callback(progress), device=config.device,
+                                           progress=bar.callback(progress, lambda queries: f"{queries} queries"),
+                                           device=config.device,
                                            threads=config.threads)
     samples = tuple(samples)
     seconds = time.perf_counter() - t_start

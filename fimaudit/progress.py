@@ -66,11 +66,11 @@ class Task:
     started: float = 0.0
     estimated: bool = field(default=False, repr=False)
 
-    def text(self) -> str:
+    def text(self, label: bool = True) -> str:
         count = "" if self.total is None else f" {min(self.done, self.total)}/{self.total}"
         unit = f" {self.unit}" if self.unit and self.total is not None else ""
         detail = f" ({self.detail})" if self.detail else ""
-        return f"{self.label}{count}{unit}{detail}".strip()
+        return f"{self.label if label else ''}{count}{unit}{detail}".strip()
 
 
 class Reporter:
@@ -102,8 +102,13 @@ class Reporter:
             return None
         return self.elapsed() * (1.0 - f) / f
 
+    def parts(self) -> list[str]:
+        """The title, then each task (the first one's label left out when it repeats the title: ``scan > 3/20``)."""
+        texts = [t.text(label=k > 0 or t.label != self.title) for k, t in enumerate(self.stack)]
+        return [self.title] + [t for t in texts if t]
+
     def path(self) -> str:
-        return " > ".join([self.title] + [t.text() for t in self.stack])
+        return " > ".join(self.parts())
 
     def timing(self) -> str:
         rem = self.remaining()
@@ -217,7 +222,7 @@ class TerminalReporter(Reporter):
     def short_path(self) -> str:
         """The task path, its outer levels dropped (``...``) until it leaves room for the bar on one line."""
         room = max(20, self.console.width - 42)  # bar 10, count, clock and estimate take about 42 columns
-        parts = [self.title] + [t.text() for t in self.stack]
+        parts = self.parts()
         text = " > ".join(parts)
         while len(text) > room and len(parts) > 1:
             parts = parts[1:]
@@ -246,13 +251,15 @@ class TaskHandle:
     def advance(self, n: int = 1, detail: str | None = None) -> None:
         self.update(self.task.done + n, None, detail)
 
-    def callback(self, chained: Callable[..., None] | None = None) -> Callable[..., None] | None:
-        """A job's ``progress(done, total, *rest)`` callback that updates this task and then calls ``chained``."""
+    def callback(self, chained: Callable[..., None] | None = None,
+                 detail: Callable[..., str] | None = None) -> Callable[..., None] | None:
+        """A job's ``progress(done, total, *rest)`` callback that updates this task (its detail ``detail(*rest)``)
+        and then calls ``chained``."""
         if self.reporter is None:
             return chained
 
         def call(done: int, total: int, *rest: Any) -> None:
-            self.update(done, total)
+            self.update(done, total, None if detail is None else detail(*rest))
             if chained is not None:
                 chained(done, total, *rest)
 

@@ -1117,7 +1117,7 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None)
     from . import progress as ambient
 
     with ambient.task("scan", unit="samples") as bar:
-        return _scan(config, bar.callback(progress), execution)
+        return _scan(config, bar.callback(progress, lambda queries: f"{queries} queries"), execution)
 
 
 def _scan(config: ScanConfig, progress: ProgressFn | None, execution) -> ScanResult:

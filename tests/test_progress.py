@@ -45,7 +45,7 @@ def test_lines_come_at_most_once_per_interval_and_none_before_it():
     # 59 simulated seconds, one line per 10 s at most, the first once 10 s have passed: at 10, 20, ..., 50 s
     assert len(lines) == 5
     assert all("elapsed" in line and "remaining" in line for line in lines)
-    assert lines[0].startswith("fimaudit: scan > scan 10/100 samples | elapsed 10s")
+    assert lines[0].startswith("fimaudit: scan > 10/100 samples | elapsed 10s")
 
 
 def test_a_slow_step_still_gets_its_line_once_the_interval_has_passed():
