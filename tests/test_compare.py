@@ -69,9 +69,18 @@ def test_the_tables_fit_80_columns_and_cut_no_cell():
     assert "adversarial_relative_confidence" in text  # the longest metric name fits whole
 
 
+def with_validity(rep: dict) -> dict:
+    rep["validity"] = [{"model": r["model"], "spearman": {"value": 0.61, "ci": [0.2, 0.88], "n": 10},
+                        "median_distance_over_radius": 1.234, "lambda_method": "exact", "lambda_gradients": "graph",
+                        "distance_gradients": "graph"} for r in rep["rows"]]
+    return rep
+
+
 def test_the_command_and_the_saved_report_print_the_same_text_at_any_width():
-    rep = fake_report(NAMES)
-    assert render(rep, 80) == render(rep, 120) == render(rep, 200)
+    rep = with_validity(fake_report(NAMES))
+    text = render(rep, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert text == render(rep, 120) == render(rep, 200)
 
 
 def test_an_empty_rank_correlation_table_says_why():

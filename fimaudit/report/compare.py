@@ -123,16 +123,20 @@ def compare_tables(rep: dict) -> list:
 
 def validity_table(validities: list[dict]) -> Table:
     """Per model: Spearman rho of the FIM-predicted radius with the minimal adversarial L2 distance."""
-    t = _table("Per-sample validity: rho(sqrt(2 KL*/lambda_max), minimal adversarial L2 distance), 95% bootstrap CI")
-    t.add_column("model", overflow="fold")
-    for col in ("n", "Spearman", "dist/r", "lambda", "distances"):
-        t.add_column(col, no_wrap=col in ("n", "Spearman", "dist/r"))
+    heads = ["n", "Spearman", "dist/r", "lambda", "distances"]
+    rows = []
     for v in validities:
         sp = v["spearman"]
-        cell = "-" if sp["value"] is None else (f"{sp['value']:+.2f} [{sp['ci'][0]:+.2f}, {sp['ci'][1]:+.2f}]"
+        cell = "-" if sp["value"] is None else (f"{sp['value']:+.2f} [{sp['ci'][0]:+.2f},{sp['ci'][1]:+.2f}]"
                                                 if sp["ci"] else f"{sp['value']:+.2f}")
-        t.add_row(Text(str(v["model"])), str(sp["n"]), cell, _fmt(v["median_distance_over_radius"]),
-                  f"{v['lambda_method']} ({v['lambda_gradients']})", v["distance_gradients"])
+        rows.append((str(v["model"]), [str(sp["n"]), cell, _fmt(v["median_distance_over_radius"]),
+                                       f"{v['lambda_method']} ({v['lambda_gradients']})", v["distance_gradients"]]))
+    t = _table("Per-sample validity: rho(sqrt(2 KL*/lambda_max), minimal adversarial L2 distance), 95% bootstrap CI")
+    t.add_column("model", overflow="fold", max_width=_first_width(heads, [r for _, r in rows]))
+    for col in heads:
+        t.add_column(col, no_wrap=True)
+    for name, cells in rows:
+        t.add_row(Text(name), *cells)
     return t
 
 
