@@ -355,6 +355,7 @@ def _attack_section(ctx: AuditContext) -> dict:
 
     bar = ambient.begin("attacks", total=len(cfg.attacks) + (1 if cfg.whitebox else 0))
     if cfg.whitebox:
+        bar.update(0, detail="apgd")
         # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
         try:
             # also each sample's minimal adversarial distance (binary search with the exact gradients): validity
