@@ -30,12 +30,12 @@ def _rho(rep: dict, metric: str, target: str) -> str:
 def reading(rep: dict) -> str:
     t = rep["target"]
     rows = {r["model"]: r for r in rep["rows"]}
-    secs = sum(r["timing"]["seconds"] for r in rep["rows"])
+    secs = sum((r.get("timing") or {}).get("seconds", 0.0) for r in rep["rows"])  # 0 in reports saved without timing
     lines = [
         "## Reading",
         "",
-        f"- Cost: {secs / 60:.1f} minutes of model time for the {len(rows)} models on 2 CPU cores "
-        "(scan, three attacks, CLEVER and the metric suite per model).",
+    ] + ([f"- Cost: {secs / 60:.1f} minutes of model time for the {len(rows)} models on 2 CPU cores "
+          "(scan, three attacks, CLEVER and the metric suite per model)."] if secs > 0 else []) + [
         f"- Attacks agree with each other: RA under Square (L∞) {_rho(rep, 'ra_square_linf', t)}, PGD (L2) "
         f"{_rho(rep, 'ra_pgd_l2', t)}, and CLEVER {_rho(rep, 'clever_l2_median', t)} against RA under PGD (L∞).",
         f"- The measured Fisher spectral norm tracks attacks only loosely: median λ_max {_rho(rep, 'lambda_median', t)}, "
@@ -60,6 +60,14 @@ def reading(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def usage() -> str:
+    """The hand-written head of docs/compare.md (defaults, cost, --timeout, layout), kept when regenerating."""
+    text = (ROOT / "docs" / "compare.md").read_text()
+    start = text.index("## Running it")
+    end = text.index("## The sample zoo")
+    return text[start:end]
+
+
 def main() -> None:
     rep = json.loads((ROOT / "bench" / "results" / "compare.json").read_text())
     cfg = rep["config"]
@@ -68,8 +76,8 @@ def main() -> None:
             f"[0, 1], {cfg['budget']} queries per sample, seed {cfg['seed']}; each model on its own shipped data and "
             "preprocessing). Intervals are 95% percentile bootstraps over models.\n")
     (ROOT / "docs" / "compare.md").write_text(
-        "# `fimaudit compare` on the sample zoo\n\n" + head + "\n" + compare_markdown(rep, COLUMNS) + "\n"
-        + reading(rep) + "\n")
+        "# `fimaudit compare` on the sample zoo\n\n" + usage() + f"## The sample zoo at `--samples {cfg['samples']}`\n\n"
+        + head + "\n" + compare_markdown(rep, COLUMNS) + "\n" + reading(rep) + "\n")
     parts = ["# Metric correlations on the sample zoo\n", head]
     for target in rep.get("correlations_by_target", {}):
         cols = tuple(c for c in METRIC_COLUMNS if c in rep["rows"][0]) if target != rep["target"] else COLUMNS

@@ -392,7 +392,11 @@ def _attack_section(ctx: AuditContext) -> dict:
     _labels_needed(ctx, "attacks")
     runs, skipped = [], []
     whitebox_note = None
+    from . import progress as ambient
+
+    bar = ambient.begin("attacks", total=len(cfg.attacks) + (1 if cfg.whitebox else 0))
     if cfg.whitebox:
+        bar.update(0, detail="apgd")
         # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
         try:
             # also each sample's minimal adversarial distance (binary search with the exact gradients): validity
@@ -403,6 +407,7 @@ def _attack_section(ctx: AuditContext) -> dict:
     elif ctx.piecewise is not None:
         whitebox_note = f"skipped: {GRADIENT_NOTE}"
     for k, name in enumerate(cfg.attacks):
+        bar.update(k + (1 if cfg.whitebox else 0), detail=name)
         own: dict[str, Any] = {}
         if name == "transfer":
             surrogate = _surrogate_for(ctx)
@@ -415,6 +420,7 @@ def _attack_section(ctx: AuditContext) -> dict:
                          gradients=cfg.gradients_for("blackbox") if name not in SCORELESS else "auto", **own)
         runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
+    bar.end()
     out = {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
            "whitebox": whitebox_note or ("apgd" if cfg.whitebox else "off"), "skipped": skipped,
            "worst_case": worst_case(runs, cfg.taus), "masking": masking_flags(runs, cfg.norm)}
@@ -681,6 +687,13 @@ SECTIONS: list[SectionSpec] = [
 
 def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: Any = None) -> AuditResult:
     """Every section in order; bad input (model, data, options) raises, a failing section is recorded."""
+    from . import progress as ambient
+
+    with ambient.task("section", total=len(SECTIONS)) as bar:
+        return _run_audit(cfg, progress, execution, bar)
+
+
+def _run_audit(cfg: AuditConfig, progress: ProgressFn | None, execution: Any, bar) -> AuditResult:
     cfg.validate()
     given_range = cfg.input_range is not None
     # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
@@ -713,6 +726,7 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
     wanted = set(cfg.sections) | {"preprocessing"} if cfg.sections else {s.name for s in SECTIONS}
     sections = []
     for spec in SECTIONS:
+        bar.update(SECTIONS.index(spec), detail=spec.name)
         if spec.name not in wanted:
             ctx.reasons[spec.name] = "not requested"
             sections.append(Section(spec.name, "unavailable", "not requested", {}))

@@ -162,10 +162,17 @@ class SmoothingJob:
         self, model: Model, indices: Sequence[int], points: np.ndarray, labels: Sequence[int | None]
     ) -> list[CertifiedSample]:
         """Certify ``points[j]`` (sample ``indices[j]``); each sample draws from its own Generator."""
+        from . import progress as ambient
+
+        with ambient.task("noise", total=len(points) * (1 + self.n0 + self.n), unit="draws") as bar:
+            return self._certify(model, indices, points, labels, bar)
+
+    def _certify(self, model: Model, indices, points: np.ndarray, labels, bar) -> list[CertifiedSample]:
         shape = model.sample_shape
         to_input = (lambda rows: rows) if self.preprocess is None else (lambda rows: self.preprocess.apply(rows, shape))
 
         def classify(rows: np.ndarray) -> np.ndarray:
+            bar.advance(len(rows))  # progress: noise draws classified so far
             return np.argmax(model.run(to_input(rows)), axis=1)
 
         chunk = noise_chunk(model.d)
@@ -451,8 +458,13 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
 
         checked(np.argmax(np.asarray(clean).reshape(n_samples, -1), axis=1), dataset.y, int(model.n_classes), notes)
     job = SmoothingJob(config.sigma, config.n0, config.n, config.alpha, config.seed, job_pre)
-    samples, run_info = run_per_sample(job, model, points, labels, execution=execution, progress=progress,
-                                       device=config.device, threads=config.threads)
+    from . import progress as ambient
+
+    with ambient.task("certify", total=n_samples, unit="samples", estimate=True) as bar:
+        samples, run_info = run_per_sample(job, model, points, labels, execution=execution,
+                                           progress=bar.callback(progress, lambda queries: f"{queries} queries"),
+                                           device=config.device,
+                                           threads=config.threads)
     samples = tuple(samples)
     seconds = time.perf_counter() - t_start
     labelled = dataset.y is not None

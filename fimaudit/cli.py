@@ -2,7 +2,11 @@
 
 Exit codes: 0 success (policy or gate passed), 1 a policy check or the ``--fail-above`` gate failed,
 2 bad input, error or ``--timeout`` elapsed (one line on stderr, ``fimaudit: error: ...``, never a
-traceback), 130/143 interrupted by SIGINT/SIGTERM (one line; no report written, temporary files removed).
+traceback; ``compare`` still writes the models finished in time, its report marked ``"partial": true``),
+130/143 interrupted by SIGINT/SIGTERM (one line; no report written, temporary files removed).
+
+Progress goes to stderr only (``fimaudit.progress``): a bar in a terminal, else a line at most every 10 s with
+the elapsed time and an estimate of the remaining time; ``-q`` silences it.
 
 Shared options
 --------------
@@ -59,7 +63,6 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperCommand, TyperGroup
 from typer.models import OptionInfo
 
@@ -324,9 +327,11 @@ shared_option("scheduler", ("--scheduler",), Optional[str], None,
 shared_option("json", ("--json",), Optional[str], None, "Write the JSON result here ('-': stdout).",
               groups=("out",), config=False, metavar="FILE")
 shared_option("timeout", ("--timeout",), Optional[float], None,
-              "Stop the whole run after SECONDS: one line, exit 2, nothing written.", groups=("out",), config=False,
+              "Stop the whole run after SECONDS: one line, exit 2, nothing written (compare writes the models finished, "
+              "marked partial).", groups=("out",), config=False,
               parse=_seconds, metavar="SECONDS", none_means="no limit")
-shared_option("quiet", ("--quiet", "-q"), bool, False, "No progress display or table (errors still go to stderr).",
+shared_option("quiet", ("--quiet", "-q"), bool, False,
+              "No progress (bar or log lines) and no table (errors still go to stderr).",
               groups=("out",), config=False)
 
 
@@ -586,7 +591,7 @@ def scan_cmd(
     )
     config.validate()
     execution = opts.execution()
-    result = _with_progress(opts.quiet, "scanning", lambda progress: scan(config, progress, execution))
+    result = _with_progress(opts.quiet, "scan", lambda progress: scan(config, progress, execution))
     _write_json(opts, render_json(result))
     if report_path is not None:
         write_atomic(report_path, renderer_for(None, report_path)(result))
@@ -682,7 +687,8 @@ def attack_cmd(
     cfg = opts.config(AttackConfig, model=str(model), attack=attack, norm=norm, eps=eps_list, eps_from=eps_from,
                       taus=_floats_list(taus, "--tau"), steps=steps, gradients=gradients, loss=loss, restarts=restarts,
                       min_distance=min_distance, surrogate=None if surrogate is None else str(surrogate))
-    result = run_attack(cfg, execution=opts.execution())
+    execution = opts.execution()
+    result = _with_progress(opts.quiet, "attack", lambda _p: run_attack(cfg, execution=execution))
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
@@ -713,7 +719,8 @@ def metrics_cmd(
     from .metrics.suite import MetricsConfig, run_metrics
     from .report.evidence import tables as evidence_tables
 
-    result = run_metrics(opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions))
+    cfg = opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions)
+    result = _with_progress(opts.quiet, "metrics", lambda _p: run_metrics(cfg))
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
@@ -739,8 +746,9 @@ def clever_cmd(
     from .evidence import AttackConfig, run_clever
     from .report.evidence import tables as evidence_tables
 
-    result = run_clever(opts.config(AttackConfig, model=str(model)), norm, radius, points, seeds,
-                        gradients=gradients)
+    cfg = opts.config(AttackConfig, model=str(model))
+    result = _with_progress(opts.quiet, "clever", lambda _p: run_clever(cfg, norm, radius, points, seeds,
+                                                                         gradients=gradients))
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
@@ -748,7 +756,12 @@ def clever_cmd(
     return EXIT_OK
 
 
-@command("compare", "data", "budget", "cluster", "out", defaults={"samples": 20},
+# `fimaudit compare` defaults: chosen so that the README's `compare --manifest sample_models/manifest.json` (14
+# models, two of them 96x96) finishes within 5 minutes on 2 CPU cores (docs/compare.md has the per-section profile).
+COMPARE_SAMPLES, COMPARE_BUDGET, COMPARE_CLEVER_SAMPLES, COMPARE_CLEVER_POINTS, COMPARE_METRIC_SAMPLES = 10, 2000, 3, 20, 100
+
+
+@command("compare", "data", "budget", "cluster", "out", defaults={"samples": COMPARE_SAMPLES, "budget": COMPARE_BUDGET},
          none_means={"data": "each model's own, from --manifest"})
 def compare_cmd(
     opts: Opts,
@@ -758,9 +771,13 @@ def compare_cmd(
     eps_linf: float = typer.Option(0.03, "--eps-linf", metavar="FLOAT", help="L-inf radius for PGD and Square."),
     eps_l2: float = typer.Option(0.5, "--eps-l2", metavar="FLOAT",
                                  help="L2 radius for PGD; CLEVER uses 4x it as its ball."),
-    clever_points: int = typer.Option(20, "--clever-points", metavar="N",
-                                      help="CLEVER: points sampled per sample (2d queries each)."),
-    clever_samples: int = typer.Option(5, "--clever-samples", metavar="N", help="CLEVER: samples per model."),
+    clever_points: int = typer.Option(COMPARE_CLEVER_POINTS, "--clever-points", metavar="N",
+                                      help="CLEVER: points sampled per sample (exact gradients from the gradient graph "
+                                      "when it passes its self-check, else 2d queries each)."),
+    clever_samples: int = typer.Option(COMPARE_CLEVER_SAMPLES, "--clever-samples", metavar="N",
+                                       help="CLEVER: samples per model."),
+    metric_samples: int = typer.Option(COMPARE_METRIC_SAMPLES, "--metric-samples", metavar="N",
+                                       help="Samples for the metric suite (sharpness, corruptions, the attacked set)."),
     no_metrics: bool = typer.Option(False, "--no-metrics", help="Skip the weight/sharpness/corruption metrics."),
     validity: bool = typer.Option(
         False, "--validity", help="Per model: Spearman rho of the FIM-predicted radius sqrt(2 KL*/lambda_max) with each "
@@ -769,50 +786,83 @@ def compare_cmd(
     kl_star: float = typer.Option(0.1, "--kl-star", metavar="NATS",
                                   help="KL* (nats) of the predicted radius; rho does not depend on it."),
 ) -> int:
-    """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations."""
+    """Compare models: accuracy, Fisher spectral norms, bounds, RA, RR and CLEVER, with rank correlations.
+
+    Per model, cheap sections first: scan (+ bound), PGD L-inf, Square L-inf, PGD L2, CLEVER, metric suite. """ \
+        """The defaults (10 samples, 3 CLEVER samples, 100 metric samples) finish the README's 14-model manifest """ \
+        """in under 5 minutes on 2 cores (docs/compare.md).
+
+    With --timeout the models finished in time are kept: the report is written, marked partial (JSON """ \
+        """"partial": true, "unfinished" with each model's reason), and the exit code is 2.
+    """
     from .evidence import ModelSpec, compare_models
+    from .progress import reporting
     from .report.evidence import tables as evidence_tables
 
+    if clever_samples < 1 or clever_points < 10 or metric_samples < 1:
+        raise ConfigError("--clever-samples and --metric-samples must be >= 1, --clever-points >= 10")
     per_model = ("data", "samples", "scale", "mean", "std", "seed", "budget")  # set per spec or passed explicitly
     common = {k: v for k, v in opts.config_fields().items() if k not in per_model}
-    specs: list[ModelSpec] = []
-    if manifest is not None:
-        try:
-            entries = json.loads(manifest.read_text())["models"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"cannot read manifest {manifest}: {exc}") from None
-        for e in entries:
-            pp = e["preprocess"]
-            specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
-                                   float(pp["scale"]), (float(pp["mean"]),), (float(pp["std"]),), e["name"],
-                                   opts.input_range))
+    specs: list[ModelSpec] = [] if manifest is None else _manifest_specs(manifest, opts.input_range)
     for m in models or []:
         if opts.data is None:
             raise ConfigError("--data is needed for models given on the command line")
         specs.append(ModelSpec(str(m), opts.data, opts.scale, opts.mean, opts.std, m.stem, opts.input_range))
     if len(specs) < 2:
         raise ConfigError("compare needs at least two models")
-    result = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
-                         seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
-                         with_metrics=not no_metrics, options=common, execution=opts.execution(),
-                         with_validity=validity, kl_star=kl_star,
-                         progress=None if opts.quiet else (lambda name: sys.stderr.write(f"done: {name}\n")))
+    with reporting("compare", opts.quiet):
+        result = compare_models(specs, samples=opts.samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=opts.budget,
+                                seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
+                                with_metrics=not no_metrics, metric_samples=metric_samples, options=common,
+                                execution=opts.execution(), with_validity=validity, kl_star=kl_star)
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         for item in evidence_tables(result):
             opts.console.print(item)
+    if result.get("partial"):
+        left = ", ".join(u["model"] for u in result["unfinished"])
+        where = "" if opts.json is None else f"; partial report written to {opts.json}"
+        _err(f"compare stopped: {result['stopped']['reason']}; {len(result['rows'])} of "
+             f"{len(result['rows']) + len(result['unfinished'])} models finished; not finished: {left}{where}")
+        return EXIT_ERROR
     return EXIT_OK
 
 
-def _with_progress(quiet: bool, verb: str, run: Callable[[Any], Any]) -> Any:
-    """``run(progress)`` under a progress bar on stderr (samples done, queries), or ``run(None)`` when quiet."""
-    if quiet:
+def _manifest_specs(manifest: Path, input_range: tuple[float, float]) -> list:
+    """The models of a zoo manifest (``{"models": [{"name", "file", "data", "preprocess": {scale, mean, std}}]}``),
+    paths relative to the manifest's folder; a malformed entry is one line naming it."""
+    from .evidence import ModelSpec
+
+    try:
+        entries = json.loads(manifest.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read manifest {manifest}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(entries, list):
+        raise ConfigError(f"manifest {manifest}: 'models' must be a list")
+
+    def floats(value: Any) -> tuple[float, ...]:
+        return tuple(float(v) for v in (value if isinstance(value, list) else [value]))
+
+    specs = []
+    for k, e in enumerate(entries):
+        try:
+            pp = e.get("preprocess") or {}
+            name = str(e.get("name") or Path(e["file"]).stem)
+            specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
+                                   float(pp.get("scale", 1.0)), floats(pp.get("mean", 0.0)), floats(pp.get("std", 1.0)),
+                                   name, input_range))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"manifest {manifest}: model {k + 1} is malformed ({type(exc).__name__}: {exc}); each "
+                              "needs 'file' and 'data', optionally 'name' and 'preprocess' {scale, mean, std}") from None
+    return specs
+
+
+def _with_progress(quiet: bool, title: str, run: Callable[[Any], Any]) -> Any:
+    """``run(None)`` with progress on stderr (fimaudit.progress: a bar in a terminal, a line every 10 s in a log)."""
+    from .progress import reporting
+
+    with reporting(title, quiet):
         return run(None)
-    with Progress(TextColumn(f"[bold]{verb}"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-                  TextColumn("{task.fields[queries]} queries"), TimeElapsedColumn(), console=Console(stderr=True),
-                  transient=True) as bar:
-        task = bar.add_task(verb, total=None, queries=0)
-        return run(lambda done, total, queries: bar.update(task, completed=done, total=total, queries=queries))
 
 
 @command("certify", "data", "cluster", "out",
@@ -840,7 +890,7 @@ def certify_cmd(
                          radii=_floats_list(radii, "--radii"), space=space)
     config.validate()
     execution = opts.execution()
-    result = _with_progress(opts.quiet, "certifying", lambda progress: certify(config, progress, execution))
+    result = _with_progress(opts.quiet, "certify", lambda progress: certify(config, progress, execution))
     _write_json(opts, result.to_dict())
     if not opts.quiet:
         render_certify(result, opts.console)
@@ -913,17 +963,7 @@ def audit_cmd(
     cfg.validate()
     execution = opts.execution()
     created = _timestamp()
-    if opts.quiet:
-        result = run_audit(cfg, execution=execution)
-    else:
-        with Progress(TextColumn("[bold]auditing"), TextColumn("{task.fields[section]}"), BarColumn(),
-                      MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("audit", total=None, section="")
-
-            def progress(section: str, done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total, section=section)
-
-            result = run_audit(cfg, progress, execution)
+    result = _with_progress(opts.quiet, "audit", lambda _progress: run_audit(cfg, execution=execution))
     checks = () if policy is None else evaluate(policy, result)
     from .audit_context import policy_file
 

@@ -314,8 +314,12 @@ def _model_task(fn: Callable[..., dict], spec: Any, model_blob: bytes, data_blob
 def run_per_model(
     fn: Callable[..., dict], specs: Sequence[Any], kwargs: dict, execution: Execution,
     progress: Callable[[str], None] | None = None,
+    collected: dict[int, dict] | None = None,
 ) -> list[dict]:
     """``[fn(spec, **kwargs) for spec in specs]`` with one Dask task per model, in the order of ``specs``.
+
+    ``collected`` (spec index -> row) fills as models finish, so a caller stopped by ``--timeout``
+    keeps the rows that were done.
 
     Each model travels once, as the validated bytes (external data inlined), with its data file
     when that is a file; an image folder is read by path, so the workers must see it.
@@ -336,7 +340,7 @@ def run_per_model(
             model_f = client.scatter(model_blob, hash=False)
             data_f = None if data_blob is None else client.scatter(data_blob, hash=False)
             futures[client.submit(_model_task, fn, spec, model_f, data_f, kwargs, pure=False)] = i
-        rows: dict[int, dict] = {}
+        rows: dict[int, dict] = {} if collected is None else collected
         for fut in as_completed(list(futures)):
             rows[futures[fut]] = fut.result()
             if progress:

@@ -1112,8 +1112,15 @@ def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None)
 
     ``execution`` (``fimaudit.distributed.Execution``) runs stage 4 on Dask workers; the
     report is the same apart from ``timing``. Raises ``FimauditError`` subclasses for bad
-    input (one-line messages).
+    input (one-line messages). Progress also goes to the ambient reporter (``fimaudit.progress``).
     """
+    from . import progress as ambient
+
+    with ambient.task("scan", unit="samples") as bar:
+        return _scan(config, bar.callback(progress, lambda queries: f"{queries} queries"), execution)
+
+
+def _scan(config: ScanConfig, progress: ProgressFn | None, execution) -> ScanResult:
     t_start = time.perf_counter()
     loaded = load(config)
     model = loaded.model

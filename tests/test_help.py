@@ -83,7 +83,7 @@ def test_dither_default_is_automatic_not_zero():
 
 @pytest.mark.parametrize("name, shown", [
     ("scan", "100 with --data, else 16"), ("certify", "100 with --data, else 16"), ("attack", "all"),
-    ("audit", "20"), ("compare", "20"), ("metrics", "500"), ("clever", "5"),
+    ("audit", "20"), ("compare", "10"), ("metrics", "500"), ("clever", "5"),
 ])
 def test_samples_states_the_real_default(name, shown):
     row = _row(_help(name), "--samples")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import progress
 from ..errors import ConfigError
 from ..model.oracle import LogProbOracle
 
@@ -60,6 +61,7 @@ class Budget:
     def __init__(self, n: int, limit: int) -> None:
         self.used = np.zeros(n, dtype=np.int64)
         self.limit = int(limit)
+        self.on_spend = None  # progress hook: called with the queries spent so far (fimaudit.progress)
 
     def left(self, idx: np.ndarray | None = None) -> np.ndarray:
         rem = self.limit - self.used
@@ -67,6 +69,8 @@ class Budget:
 
     def spend(self, idx: np.ndarray, per_sample: int) -> None:
         self.used[idx] += per_sample
+        if self.on_spend is not None:
+            self.on_spend(int(self.used.sum()))
 
 
 class Attack(ABC):
@@ -111,7 +115,10 @@ class Attack(ABC):
         else:
             # keep one query per sample for the final evaluation
             acct.limit -= 1
-            x_adv = self.run(oracle, x, y, eps, norm, (lo, hi), rng, acct, correct)
+            with progress.task(f"{self.name} eps {eps:g}", total=n * budget, unit="queries") as bar:
+                acct.on_spend = bar.update
+                x_adv = self.run(oracle, x, y, eps, norm, (lo, hi), rng, acct, correct)
+                acct.on_spend = None
             acct.limit += 1
         x_adv = np.clip(x + project(x_adv - x, eps, norm), lo, hi)
         adv_logp = oracle.logp(x_adv)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import progress
 from ..options import ModelDataOptions
 from ..attack_space import attack_oracle
 from ..attacks import make_attack
@@ -86,12 +87,15 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
         if skipped:
             notes.append(f"{', '.join(skipped)} skipped: the last two axes of the sample shape "
                          f"{list(model.sample_shape)} are not an image's height and width")
-        for name in names:
-            corr[name] = {"0": clean["accuracy"]}
-            for sev in SEVERITIES:
-                perf = performance(oracle.logp(_corrupt_images(np.clip(x, 0.0, 1.0), name, sev, rng, prep.layout)), y)
-                corr[name][str(sev)] = perf["accuracy"]
-                shifts.append(shift_robustness(clean, perf))
+        with progress.task("corruptions", total=len(names) * len(SEVERITIES)) as bar:
+            for name in names:
+                corr[name] = {"0": clean["accuracy"]}
+                for sev in SEVERITIES:
+                    bar.update(len(shifts), detail=f"{name} {sev}")
+                    bad = _corrupt_images(np.clip(x, 0.0, 1.0), name, sev, rng, prep.layout)
+                    perf = performance(oracle.logp(bad), y)
+                    corr[name][str(sev)] = perf["accuracy"]
+                    shifts.append(shift_robustness(clean, perf))
         for key in ("accuracy_gap", "relative_accuracy", "relative_confidence", "uncertainty_shift"):
             metrics[f"corruption_{key}"] = float(np.mean([s[key] for s in shifts]))
     if cfg.attack_samples > 0 and cfg.attack_eps > 0:

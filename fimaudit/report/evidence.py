@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..evidence_result import EvidenceResult
 from .compare import COLUMNS as COMPARE_COLUMNS
-from .compare import compare_markdown, compare_tables
+from .compare import compare_markdown, compare_tables, partial_lines
 from .terminal import _fmt
 
 
@@ -174,7 +174,8 @@ def render_html(result: EvidenceResult) -> str:
     from .page import e, facts, page, section, table
 
     if result.kind == "compare":
-        body = _compare_html(result.to_dict())
+        rep = result.to_dict()  # a run cut short by --timeout says so first
+        body = "".join(f"<p><strong>{e(line.strip())}</strong></p>" for line in partial_lines(rep)) + _compare_html(rep)
     else:
         head, rows = _rows(result)
         if result.kind == "attack":
