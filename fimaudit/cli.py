@@ -831,6 +831,58 @@ def certify_cmd(
     return EXIT_OK
 
 
+@command("verify", "data", "cluster", "out", defaults={"data": ...})
+def verify_cmd(
+    opts: Opts,
+    model: Path = typer.Argument(..., help="ONNX classifier to verify.", show_default=False),
+    norm: str = typer.Option("linf", "--norm", metavar="[linf|l2]", help="Norm of the radius eps."),
+    eps: Optional[str] = typer.Option(None, "--eps", metavar="LIST", show_default="0.03; none with --eps-from",
+                                      help="Radius or comma list, in attack units (data x --scale); inf: the whole "
+                                      "--input-range box."),
+    eps_from: Optional[str] = typer.Option(
+        None, "--eps-from", metavar="KEY", show_default="off",
+        help="Also verify each sample at its own radius: array KEY of the --data .npz (--eps units).",
+    ),
+    method: str = typer.Option("crown", "--method", metavar="[crown|ibp]",
+                               help="crown: linear bounds back-substituted to the input (IBP where an operator has "
+                               "no relaxation); ibp: interval bounds only."),
+    bisect: bool = typer.Option(True, "--bisect/--no-bisect",
+                                help="Also find each sample's largest verified radius by bisection."),
+) -> int:
+    """Sound robustness verification: per sample and eps, is every other class's margin provably positive?"""
+    from .verify.run import VerifyConfig, run_verify
+    from .report.verify import render_verify
+
+    eps_list = _eps_list(eps) if eps is not None else (() if eps_from else (0.03,))
+    cfg = opts.config(VerifyConfig, model=str(model), norm=norm, eps=eps_list, eps_from=eps_from, method=method,
+                      bisect=bisect)
+    cfg.validate()
+    result = _with_progress(opts.quiet, "verifying", lambda progress: run_verify(cfg, progress, opts.execution()))
+    _write_json(opts, result.to_dict())
+    if not opts.quiet:
+        render_verify(result, opts.console)
+    return EXIT_OK
+
+
+def _eps_list(text: str) -> tuple[float, ...]:
+    """--eps of verify: numbers or fractions, and inf (the whole input box)."""
+    out = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if tok.lower() in ("inf", "infinity"):
+            out.append(float("inf"))
+            continue
+        try:
+            out.append(eval_fraction(tok))
+        except ValueError:
+            raise ConfigError(f"--eps '{text}' must be numbers (or inf) separated by commas") from None
+    if not out:
+        raise ConfigError("--eps needs at least one number")
+    return tuple(out)
+
+
 AUDIT_FILES = {"audit.json": "json", "audit.html": "html", "audit.md": "markdown", "junit.xml": "junit"}
 
 
