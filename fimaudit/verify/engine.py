@@ -146,7 +146,7 @@ class BoundGraph:
             boxes[name] = out
             margins[name] = m
             if name in targets and np.all(np.isfinite(out.lo)) and np.all(np.isfinite(out.hi)):
-                lo, hi = self._crown_box(bounds, input_set, name)
+                lo, hi = self.crown_box(bounds, input_set, name)
                 boxes[name] = Box(np.maximum(out.lo, lo), np.minimum(out.hi, hi))
                 bounds.refined.append(name)
         return bounds
@@ -176,7 +176,8 @@ class BoundGraph:
                 return set()
         return set(names)
 
-    def _crown_box(self, bounds: Bounds, input_set, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def crown_box(self, bounds: Bounds, input_set, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """CROWN lower and upper bounds of every element of tensor ``name`` (2 x size spec rows)."""
         shape = bounds[name].shape
         n = int(np.prod(shape))
         biggest = max(int(np.prod(b.shape)) for b in bounds.boxes.values())
