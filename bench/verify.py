@@ -3,7 +3,7 @@
     FIMAUDIT_REALMODELS=/work/shared/realmodels python bench/verify.py [--samples 10] [--method crown]
 
 Each model runs in its own process (peak RSS per model). For every model: verify at each sample's own
-L-inf radius (the npz's ``eps``), no bisection; then a soundness count: for each verified sample, random
+L-inf radius (the npz's ``eps``), ReLU branch and bound up to --branches splits, no bisection; then a soundness count: for each verified sample, random
 points and corners of its set evaluated by onnxruntime (float32) must keep the label (margin > 0) and
 stay inside the logit intervals. Prints a table and writes bench/results/verify.json.
 """
@@ -24,7 +24,7 @@ import numpy as np
 RANGES = {"oval21_cifar_base_kw": (-2.2, 2.7), "cifar10_resnet_2b": (-2.0, 2.2)}  # normalised outside the graph
 
 
-def one(name: str, folder: Path, samples: int, method: str, points: int) -> dict:
+def one(name: str, folder: Path, samples: int, method: str, points: int, branches: int) -> dict:
     from fimaudit.model import load_model
     from fimaudit.verify.run import VerifyConfig, run_verify
     from fimaudit.verify import BoundGraph, InputSet
@@ -33,7 +33,7 @@ def one(name: str, folder: Path, samples: int, method: str, points: int) -> dict
     t0 = time.perf_counter()
     res = run_verify(VerifyConfig(model=str(folder / f"{name}.onnx"), data=str(folder / f"{name}.npz"), eps=(),
                                   eps_from="eps", method=method, bisect=False, input_range=rng_range, samples=samples,
-                                  device="cpu")).to_dict()
+                                  device="cpu", branches=branches)).to_dict()
     seconds = time.perf_counter() - t0
     d = np.load(folder / f"{name}.npz")
     x, y, eps = d["x"][:samples], d["y"][:samples], d["eps"].reshape(-1)
@@ -68,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--method", default="crown", choices=("crown", "ibp"))
+    ap.add_argument("--branches", type=int, default=40, help="ReLU branch-and-bound budget per sample (crown)")
     ap.add_argument("--points", type=int, default=200, help="soundness points per verified sample")
     ap.add_argument("--models", default="mnistfc_256x2,eran_mnist_relu_9_200,oval21_cifar_base_kw,cifar10_resnet_2b,"
                     "marabou_cifar10_small")
@@ -76,12 +77,12 @@ def main() -> None:
     args = ap.parse_args()
     folder = Path(os.environ.get("FIMAUDIT_REALMODELS", "/work/shared/realmodels"))
     if args.one:
-        print(json.dumps(one(args.one, folder, args.samples, args.method, args.points)))
+        print(json.dumps(one(args.one, folder, args.samples, args.method, args.points, args.branches)))
         return
     rows = []
     for name in args.models.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--method", args.method,
-               "--points", str(args.points)]
+               "--points", str(args.points), "--branches", str(args.branches)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         r = rows[-1]
@@ -89,7 +90,7 @@ def main() -> None:
               f"{r['seconds_per_sample']:6.2f} s/sample  RSS {r['peak_rss_mb']:6.0f} MB  intermediate {r['intermediate_bounds']:5s} "
               f"soundness {r['soundness_violations']}/{r['soundness_points']} violations", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"method": args.method, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"method": args.method, "branches": args.branches, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

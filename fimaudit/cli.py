@@ -848,14 +848,19 @@ def verify_cmd(
                                "no relaxation); ibp: interval bounds only."),
     bisect: bool = typer.Option(True, "--bisect/--no-bisect",
                                 help="Also find each sample's largest verified radius by bisection."),
+    branches: int = typer.Option(0, "--branches", metavar="N",
+                                 help="--method crown: split up to N unstable ReLUs per sample and eps when the bound "
+                                 "alone does not verify (branch and bound; 0: off)."),
 ) -> int:
     """Sound robustness verification: per sample and eps, is every other class's margin provably positive?"""
     from .verify.run import VerifyConfig, run_verify
     from .report.verify import render_verify
 
     eps_list = _eps_list(eps) if eps is not None else (() if eps_from else (0.03,))
+    if branches < 0:
+        raise ConfigError("--branches must be >= 0")
     cfg = opts.config(VerifyConfig, model=str(model), norm=norm, eps=eps_list, eps_from=eps_from, method=method,
-                      bisect=bisect)
+                      bisect=bisect, branches=branches)
     cfg.validate()
     result = _with_progress(opts.quiet, "verifying", lambda progress: run_verify(cfg, progress, opts.execution()))
     _write_json(opts, result.to_dict())

@@ -109,11 +109,34 @@ def net(kind: str, rng: np.random.Generator):
         head, hi = _head(rng, "a", 3 * 6 * 6)
         return _model(nodes + head, {"Wt": rng.standard_normal((c, 3, 3, 3)), "bt": rng.standard_normal(3)} | hi,
                       (c, s, s)), (c, s, s)
+    if kind == "shapes":  # a Shape/Gather/Unsqueeze/Concat chain folded into a Reshape; Transpose, Gather, Pad, Squeeze
+        nodes = lin + [helper.make_node("Shape", ["h"], ["sh"]),
+                       helper.make_node("Gather", ["sh", "i0"], ["s0"], axis=0),
+                       helper.make_node("Unsqueeze", ["s0", "ax0"], ["s1"]),
+                       helper.make_node("Concat", ["s1", "two", "four"], ["shp"], axis=0),
+                       helper.make_node("Reshape", ["h", "shp"], ["r3"]),
+                       helper.make_node("Transpose", ["r3"], ["t3"], perm=[0, 2, 1]),
+                       helper.make_node("Gather", ["t3", "idx"], ["g3"], axis=1),
+                       helper.make_node("Pad", ["g3", "pads"], ["p3"], mode="reflect"),
+                       helper.make_node("Unsqueeze", ["p3", "ax0"], ["u4"]),
+                       helper.make_node("Squeeze", ["u4", "ax0"], ["a"])]
+        head, hi = _head(rng, "a", 3 * 4)
+        return _model(nodes + head, inits | hi | {"i0": np.array(0, np.int64), "ax0": np.array([0], np.int64),
+                                                  "two": np.array([2], np.int64), "four": np.array([4], np.int64),
+                                                  "idx": np.array([3, 0, 3], np.int64),
+                                                  "pads": np.array([0, 0, 1, 0, 0, 1], np.int64)}, (d,)), (d,)
+    if kind == "quant":  # QuantizeLinear/DequantizeLinear (uint8) between two layers
+        nodes = lin + [helper.make_node("QuantizeLinear", ["h", "qs", "qz"], ["q"]),
+                       helper.make_node("DequantizeLinear", ["q", "qs", "qz"], ["a"])]
+        head, hi = _head(rng, "a", 8)
+        m = _model(nodes + head, inits | hi | {"qs": np.float32(0.05)}, (d,))
+        m.graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), "qz"))
+        return m, (d,)
     raise KeyError(kind)
 
 
 KINDS = ("relu", "leaky", "sigmoid", "tanh", "hardsigmoid", "hardswish", "clip", "sign", "floor", "round", "erf",
-         "mul2", "attention", "conv", "convt")
+         "mul2", "attention", "conv", "convt", "shapes", "quant")
 
 
 def _session(m):
@@ -124,8 +147,9 @@ def _all_outputs(m):
     """The model with every node output exposed (to check every intermediate interval)."""
     full = onnx.ModelProto()
     full.CopyFrom(m)
-    names = [o for n in m.graph.node for o in n.output if o != "z"]
-    full.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+    names = [o for n in m.graph.node for o in n.output if o != "z" and o in types]
+    full.graph.output.extend(helper.make_tensor_value_info(o, types[o], None) for o in names)
     return _session(full), ["z"] + names
 
 
@@ -170,6 +194,8 @@ def test_bounds_contain_float32_outputs(kind, seed, eps):
     every, names = _all_outputs(m)
     for p in pts:
         for name, val in zip(names, every.run(None, {"x": _t(p)[None]})):
+            if name not in b:  # a static (shape) tensor
+                continue
             box = b[name]
             val = np.asarray(val, np.float64).reshape(box.shape)
             assert np.all(val >= box.lo) and np.all(val <= box.hi), (kind, name)
@@ -343,12 +369,12 @@ def _robust_mlp(tmp_path: Path):
     return model, tmp_path / "d.npz"
 
 
-def _verify_then_attack(model, data, eps, norm, input_range=(0.0, 1.0), samples=None, method="crown"):
+def _verify_then_attack(model, data, eps, norm, input_range=(0.0, 1.0), samples=None, method="crown", branches=0):
     from fimaudit.evidence import AttackConfig, run_attack
     from fimaudit.verify.run import VerifyConfig, run_verify
 
     v = run_verify(VerifyConfig(model=str(model), data=str(data), eps=(eps,), norm=norm, method=method, bisect=False,
-                                input_range=input_range, samples=samples, device="cpu")).to_dict()
+                                input_range=input_range, samples=samples, device="cpu", branches=branches)).to_dict()
     verified = {s["index"] for s in v["samples"] if s["bounds"][0]["verified"]}
     a = run_attack(AttackConfig(model=str(model), data=str(data), attack="apgd", eps=(eps,), norm=norm, steps=40,
                                 restarts=1, input_range=input_range, samples=samples, device="cpu")).to_dict()
@@ -366,6 +392,19 @@ def test_verified_samples_resist_apgd(tmp_path, norm, eps):
     # at a large radius the attack succeeds somewhere and nothing it breaks is verified
     verified, broken = _verify_then_attack(model, data, 0.4, norm)
     assert broken and not verified & broken
+
+
+def test_branch_and_bound_sound_and_useful(tmp_path):
+    """ReLU branch and bound verifies more than the root bound, and never a sample APGD breaks (radii around the
+    model's robustness edge, where an unsound split would claim too much)."""
+    model, data = _robust_mlp(tmp_path)
+    more = 0
+    for eps in (0.05, 0.1, 0.2):
+        plain, _ = _verify_then_attack(model, data, eps, "linf")
+        verified, broken = _verify_then_attack(model, data, eps, "linf", branches=40)
+        assert plain <= verified and not verified & broken
+        more += len(verified - plain)
+    assert more > 0
 
 
 REAL = os.environ.get("FIMAUDIT_REALMODELS")

@@ -44,22 +44,25 @@ def conv(x: np.ndarray, w: np.ndarray, strides, dil, begins, ends, group: int = 
 
 
 def conv_adjoint(a: np.ndarray, w: np.ndarray, strides, dil, begins, ends, group: int, in_sp) -> np.ndarray:
-    """The transpose of ``conv``: a (N, M, *O) -> (N, C, *in_sp)."""
+    """The transpose of ``conv``: a (N, M, *O) -> (N, C, *in_sp). One matrix product for every kernel offset
+    (W^T a: (G, Cg * K, M/G) @ (N, G, M/G, P)), then one strided add per offset (col2im)."""
     n, m = a.shape[:2]
     cg = w.shape[1]
-    kernel = w.shape[2:]
+    kernel = tuple(w.shape[2:])
+    kk = int(np.prod(kernel))
     out_sp = a.shape[2:]
     p = int(np.prod(out_sp))
     padded = tuple(s + b + e for s, b, e in zip(in_sp, begins, ends))
-    # windows may reach past the padded input's end when (n + pads - span) is not a stride multiple: room for them
     need = tuple(max(pd, (o - 1) * s + (k - 1) * d + 1) for pd, o, s, k, d in zip(padded, out_sp, strides, kernel, dil))
     gx = np.zeros((n, group, cg) + need, dtype=np.float64)
-    wg = w.reshape((group, m // group, cg) + tuple(kernel))
-    ag = a.reshape(n, group, m // group, p)
-    for off in np.ndindex(*kernel):
-        contrib = np.matmul(np.swapaxes(wg[(Ellipsis,) + off], -1, -2)[None], ag)  # (N, G, Cg, P)
-        gx[(slice(None), slice(None), slice(None)) + _window_slice(off, dil, strides, out_sp)] += contrib.reshape(
-            (n, group, cg) + tuple(out_sp))
+    wt = np.ascontiguousarray(np.moveaxis(w.reshape((group, m // group, cg * kk)), 1, 2))  # (G, Cg*K, M/G)
+    if group == 1:  # one GEMM over all rows: (Cg*K, M) @ (M, N*P)
+        at = np.ascontiguousarray(np.swapaxes(a.reshape(n, m, p), 0, 1)).reshape(m, n * p)
+        cols = np.swapaxes((wt[0] @ at).reshape(cg * kk, n, p), 0, 1).reshape((n, 1, cg, kk) + tuple(out_sp))
+    else:
+        cols = np.matmul(wt[None], a.reshape(n, group, m // group, p)).reshape((n, group, cg, kk) + tuple(out_sp))
+    for j, off in enumerate(np.ndindex(*kernel)):
+        gx[(slice(None), slice(None), slice(None)) + _window_slice(off, dil, strides, out_sp)] += cols[:, :, :, j]
     gx = gx.reshape((n, group * cg) + need)
     crop = tuple(slice(b, b + s) for b, s in zip(begins, in_sp))
     return gx[(slice(None), slice(None)) + crop]

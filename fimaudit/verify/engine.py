@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import UnsupportedModelError
 from .intervals import Box, U32, round_margin
-from .ops import OPS, OpContext, concretize_lower
+from .ops import LOWER_SLOPES, OPS, OpContext, concretize_lower
 
 # Operators whose relaxation depends on their input interval: refining those inputs by CROWN tightens it.
 NONLINEAR = frozenset(("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Clip", "HardSigmoid", "MaxPool", "Pow",
@@ -121,12 +121,15 @@ class BoundGraph:
         return values
 
     # --------------------------------------------------------------------------------------------- IBP
-    def intervals(self, input_set, refine: str | bool = False, refine_limit: int = 4096) -> Bounds:
+    def intervals(self, input_set, refine: str | bool = False, refine_limit: int = 4096,
+                  splits: dict[str, Box] | None = None) -> Bounds | None:
         """Interval of every tensor over ``input_set`` (``fimaudit.verify.sets.InputSet``).
 
         ``refine``: also tighten the inputs of nonlinear operators by CROWN (``True``: all of them;
         ``"auto"``: when their total size is at most ``refine_limit`` elements, e.g. small MLPs and
         convnets). Refined intervals are intersected with the IBP ones (both are sound).
+        ``splits`` (branch and bound): extra bounds of some tensors, valid on a part of the set (a ReLU branch);
+        the result then holds on that part only. None when the splits are contradictory (an empty branch).
         """
         box = input_set.model_box(self.input_shape)
         m_in = round_margin(box.mag)  # the float32 cast of the model input
@@ -143,12 +146,19 @@ class BoundGraph:
             if not (np.all(np.isfinite(out.lo)) and np.all(np.isfinite(out.hi))):
                 bad = Box(np.nan_to_num(out.lo, nan=-np.inf), np.nan_to_num(out.hi, nan=np.inf))
                 out = bad
+            if splits and name in splits:
+                out = Box(np.maximum(out.lo, splits[name].lo), np.minimum(out.hi, splits[name].hi))
             boxes[name] = out
             margins[name] = m
             if name in targets and np.all(np.isfinite(out.lo)) and np.all(np.isfinite(out.hi)):
-                lo, hi = self.crown_box(bounds, input_set, name)
-                boxes[name] = Box(np.maximum(out.lo, lo), np.minimum(out.hi, hi))
-                bounds.refined.append(name)
+                mask = self._refine_mask(name, out)
+                count = int(mask.sum())
+                if count and (refine != "auto" or count <= refine_limit):
+                    lo, hi = self.crown_box(bounds, input_set, name, mask)
+                    boxes[name] = Box(np.maximum(out.lo, lo), np.minimum(out.hi, hi))
+                    bounds.refined.append(name)
+            if np.any(boxes[name].lo > boxes[name].hi):
+                return None
         return bounds
 
     def preactivations(self, bounds: Bounds) -> dict[str, Box]:
@@ -169,31 +179,37 @@ class BoundGraph:
             var = [i for i in node.inputs if i and self.graph.is_var(i)]
             if node.op in RELAXED or (node.op in ("Mul", "MatMul") and len(var) == 2):
                 names += [i for i in var if i != self.input_name]
-        names = list(dict.fromkeys(names))
-        if refine == "auto":
-            total = sum(int(np.prod(self.graph.shapes.get(n, (limit + 1,)))) for n in names)
-            if total > limit:
-                return set()
-        return set(names)
+        return set(dict.fromkeys(names))
 
-    def crown_box(self, bounds: Bounds, input_set, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """CROWN lower and upper bounds of every element of tensor ``name`` (2 x size spec rows)."""
+    def _refine_mask(self, name: str, box: Box) -> np.ndarray:
+        """Elements worth tightening: for a tensor read only by ReLU/LeakyReLU, the unstable ones (interval across
+        0: a stable neuron's relaxation is exact whatever its bounds); otherwise all."""
+        cons = self.graph.consumers.get(name, [])
+        if cons and all(c.op in ("Relu", "LeakyRelu") for c in cons):
+            return (box.lo < 0) & (box.hi > 0)
+        return np.ones(box.shape, dtype=bool)
+
+    def crown_box(self, bounds: Bounds, input_set, name: str, mask: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """CROWN lower and upper bounds of the elements of tensor ``name`` (where ``mask``; -inf/+inf elsewhere)."""
         shape = bounds[name].shape
         n = int(np.prod(shape))
+        which = np.flatnonzero(np.ones(n, bool) if mask is None else np.asarray(mask).reshape(-1))
+        m = which.size
         biggest = max(int(np.prod(b.shape)) for b in bounds.boxes.values())
-        rows = max(1, min(2 * n, ROW_BYTES // (8 * max(biggest, 1))))
-        lo = np.empty(n)
-        hi = np.empty(n)
-        eye_rows = np.concatenate([np.arange(n), np.arange(n)])
-        signs = np.concatenate([np.ones(n), -np.ones(n)])
-        res = np.empty(2 * n)
-        for start in range(0, 2 * n, rows):
+        rows = max(1, min(2 * m, ROW_BYTES // (8 * max(biggest, 1))))
+        lo = np.full(n, -np.inf)
+        hi = np.full(n, np.inf)
+        eye_rows = np.concatenate([which, which])
+        signs = np.concatenate([np.ones(m), -np.ones(m)])
+        res = np.empty(2 * m)
+        for start in range(0, 2 * m, rows):
             idx = eye_rows[start:start + rows]
             a = np.zeros((len(idx), n))
             a[np.arange(len(idx)), idx] = signs[start:start + rows]
             res[start:start + rows] = self.lower(bounds, input_set, name, a.reshape((len(idx),) + shape))
-        lo[:] = res[:n]
-        hi[:] = -res[n:]
+        lo[which] = res[:m]
+        hi[which] = -res[m:]
         return lo.reshape(shape), hi.reshape(shape)
 
     # ------------------------------------------------------------------------------------------- CROWN
@@ -270,8 +286,14 @@ class BoundGraph:
         if method == "crown":
             c = self.spec(label, k)
             others = [j for j in range(k) if j != label]
-            crown = self.lower(bounds, input_set, self.logit_name, c)
-            out[others] = np.maximum(ibp[others], crown)
+            best = ibp[others]
+            for mode in LOWER_SLOPES:  # every choice of ReLU lower slopes is sound: keep each row's best
+                self.ctx.cache["lower_slope"] = mode
+                try:
+                    best = np.maximum(best, self.lower(bounds, input_set, self.logit_name, c))
+                finally:
+                    self.ctx.cache.pop("lower_slope", None)
+            out[others] = best
         out[label] = np.inf
         return out
 

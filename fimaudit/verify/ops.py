@@ -103,9 +103,12 @@ def concretize_lower(a: np.ndarray, box: Box) -> np.ndarray:
 # Unary functions: the float64 function, the points where its monotonicity changes (None: nondecreasing),
 # whether the op is exact in float32 (no margin), and the linear relaxation (None: IBP only).
 
-def _relu_like_relax(alpha: float):
-    """max(x, alpha x) for 0 <= alpha < 1: secant above, a line through the kink below (CROWN's adaptive
-    choice: slope 1 when u > -l, else alpha)."""
+LOWER_SLOPES = ("adaptive", "low", "high")  # ReLU-like lower lines tried by ``BoundGraph.margins``
+
+
+def _relu_like_relax(alpha: float, mode: str = "adaptive"):
+    """max(x, alpha x) for 0 <= alpha < 1: secant above, a line through the kink below: any slope in
+    [alpha, 1] is sound; CROWN's adaptive choice is 1 when u > -l, else alpha ("low": alpha, "high": 1)."""
 
     def relax(lo, hi):
         lo = np.minimum(lo, hi)
@@ -117,7 +120,8 @@ def _relu_like_relax(alpha: float):
         s = np.where(cross, (hi - alpha * lo) / den, up_s)
         up_b = np.where(cross, alpha * lo - s * lo, up_b)
         up_s = s
-        lo_s = np.where(cross, np.where(hi > -lo, 1.0, alpha), lo_s)
+        pick = {"adaptive": np.where(hi > -lo, 1.0, alpha), "low": alpha, "high": 1.0}[mode]
+        lo_s = np.where(cross, pick, lo_s)
         return lo_s, np.zeros_like(lo), up_s, up_b
 
     return relax
@@ -263,7 +267,13 @@ def _unary(name, f, *, exact=False, crit=(), relax=None, increasing=True):
     rule(name, point=point, ibp=_monotone_ibp(f, exact, crit), linear=None if relax is None else _unary_linear(relax))
 
 
-_unary("Relu", lambda c, n, i, x: np.maximum(x, 0.0), exact=True, relax=lambda node: _relu_like_relax(0.0))
+def _slope_mode(ctx) -> str:
+    return ctx.cache.get("lower_slope", "adaptive")
+
+
+_unary("Relu", lambda c, n, i, x: np.maximum(x, 0.0), exact=True)
+OPS["Relu"] = OpRule(OPS["Relu"].point, OPS["Relu"].ibp,
+                     lambda c, n, a, i, o: _unary_linear(lambda _n: _relu_like_relax(0.0, _slope_mode(c)))(c, n, a, i, o))
 
 
 def _leaky(c, n, i, x):
@@ -271,17 +281,11 @@ def _leaky(c, n, i, x):
     return np.where(x >= 0, x, a * x)
 
 
-def _leaky_relax(node):
-    a = float(node.attrs.get("alpha", 0.01))
-    if not 0.0 <= a < 1.0:
-        return None
-    return _relu_like_relax(a)
-
-
 def _leaky_linear(ctx, node, a, ins, out):
-    relax = _leaky_relax(node)
-    if relax is None:
+    alpha = float(node.attrs.get("alpha", 0.01))
+    if not 0.0 <= alpha < 1.0:
         return None
+    relax = _relu_like_relax(alpha, _slope_mode(ctx))
     return _unary_linear(lambda _n: relax)(ctx, node, a, ins, out)
 
 

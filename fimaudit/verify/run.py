@@ -18,7 +18,7 @@ from ..evidence_result import EvidenceResult
 from ..options import ModelDataOptions
 
 METHODS = ("crown", "ibp")
-REFINE_LIMIT = 4096  # --method crown: intermediate bounds by CROWN when the nonlinear inputs total at most this
+REFINE_LIMIT = 4096  # --method crown: a tensor's intermediate bounds by CROWN when at most this many elements need it
 BISECT_STEPS = 10
 GROW_STEPS = 6
 
@@ -44,6 +44,7 @@ class VerifyConfig(ModelDataOptions):
     std: tuple[float, ...] = (1.0,)
     seed: int = 0
     refine_limit: int = REFINE_LIMIT
+    branches: int = 0  # --branches: ReLU branch-and-bound budget per sample and eps (0: the CROWN/IBP bound alone)
 
     def validate(self) -> None:
         if self.norm not in ("linf", "l2"):
@@ -58,12 +59,13 @@ class VerifyConfig(ModelDataOptions):
             raise ConfigError("--eps values must be nonnegative (inf: the whole --input-range box)")
 
 
-def method_description(method: str, refined: bool) -> str:
+def method_description(method: str, refined: bool, limit: int = REFINE_LIMIT) -> str:
     if method == "ibp":
         return "IBP: interval bound propagation through every operator (Gowal et al. 2018)"
     if refined:
-        return ("CROWN: linear bounds back-substituted from the margin specification to the input (Zhang et al. 2018), "
-                "with every nonlinear operator's input bounds also computed by CROWN")
+        return ("CROWN: linear bounds back-substituted from the margin specification to the input (Zhang et al. 2018); "
+                "the inputs of nonlinear operators bounded by CROWN too where at most "
+                f"{limit} of a tensor's elements need it (unstable ReLUs), by IBP elsewhere; the larger of it and IBP")
     return ("CROWN-IBP style: the margin specification (K-1 rows) back-substituted by CROWN through the whole graph, "
             "intermediate (pre-activation) bounds from IBP (Zhang et al. 2020); the larger of it and IBP")
 
@@ -85,10 +87,17 @@ class SampleVerifier:
         except FloatingPointError:
             return np.full(1, -np.inf)
 
-    def verified(self, x0, label, eps) -> tuple[bool, np.ndarray]:
+    def verified(self, x0, label, eps, branches: int = 0) -> tuple[bool, np.ndarray, int]:
+        """(verified, margin lower bounds at the root, branches used)."""
+        if branches > 0 and self.cfg.method == "crown":
+            from .bab import verify_bab
+            from .sets import InputSet
+
+            s = InputSet.of(x0, eps, self.cfg.norm, self.cfg.input_range, self.pre)
+            return verify_bab(self.graph, s, label, self.cfg.method, branches, self.refine, self.cfg.refine_limit)
         m = self.margins(x0, label, eps)
         finite = np.where(np.isfinite(m), m, np.where(m > 0, np.inf, -np.inf))
-        return bool(np.all(finite > 0)), m
+        return bool(np.all(np.delete(finite, label) > 0)) if finite.size > 1 else bool(np.all(finite > 0)), m, 0
 
     def radius(self, x0, label, start: float) -> float:
         """The largest radius found verified: grow from ``start`` by doubling, then bisect."""
@@ -97,7 +106,7 @@ class SampleVerifier:
         if not np.isfinite(r) or r <= 0:
             r = 1e-3
         for _ in range(GROW_STEPS):
-            ok, _ = self.verified(x0, label, r)
+            ok = self.verified(x0, label, r)[0]
             if ok:
                 lo = r
                 r *= 2
@@ -108,7 +117,7 @@ class SampleVerifier:
             return lo
         for _ in range(BISECT_STEPS):
             mid = 0.5 * (lo + hi)
-            ok, _ = self.verified(x0, label, mid)
+            ok = self.verified(x0, label, mid)[0]
             lo, hi = (mid, hi) if ok else (lo, mid)
         return lo
 
@@ -118,12 +127,13 @@ class SampleVerifier:
         rows = []
         for eps in radii:
             if not correct:
-                rows.append({"eps": eps, "verified": False, "margin_lower": None, "margins": None})
+                rows.append({"eps": eps, "verified": False, "margin_lower": None, "margins": None, "branches": 0})
                 continue
-            ok, m = self.verified(x0, label, eps)
+            ok, m, used = self.verified(x0, label, eps, self.cfg.branches)
             others = np.delete(m, label) if m.size > 1 else m
             rows.append({"eps": eps, "verified": ok, "margin_lower": float(np.min(others)),
-                         "margins": [None if k == label else float(v) for k, v in enumerate(m)] if m.size > 1 else None})
+                         "margins": [None if k == label else float(v) for k, v in enumerate(m)] if m.size > 1 else None,
+                         "branches": used})
         radius = None
         if self.cfg.bisect:
             radius = 0.0
@@ -187,6 +197,8 @@ def run_verify(cfg: VerifyConfig, progress=None, execution=None) -> VerifyResult
     rows, info = run_per_sample(work, model, x, [int(v) for v in y], execution=execution, progress=progress,
                                 device=cfg.device, threads=cfg.threads)
     refined = bool(cfg.method == "crown" and graph._refine_targets("auto", cfg.refine_limit))
+    if cfg.branches and cfg.method != "crown":
+        notes.append("--branches applies to --method crown only; ignored")
     results = []
     for k, eps in enumerate(cfg.eps):
         ver = [bool(r["bounds"][k]["verified"]) for r in rows]
@@ -210,7 +222,9 @@ def run_verify(cfg: VerifyConfig, progress=None, execution=None) -> VerifyResult
                   "sample_shape": list(model.sample_shape), "logits": graph.logit_name},
         "config": cfg_d,
         "method": {"name": cfg.method, "intermediate": "crown" if refined else "ibp",
-                   "description": method_description(cfg.method, refined)},
+                   "description": method_description(cfg.method, refined, cfg.refine_limit),
+                   "branches": cfg.branches if cfg.method == "crown" else 0,
+                   "bisection": "the root bound of --method, no branching" if cfg.bisect else None},
         "set": {"norm": cfg.norm, "input_range": list(cfg.input_range), "preprocess": pre.to_dict(),
                 "units": "attack units (data x --scale), the units of --eps; the model receives (x - mean) / std"},
         "soundness": "bounds hold for the float32 evaluation: float64 intervals widened by per-operator float32 "
