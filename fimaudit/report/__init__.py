@@ -18,7 +18,7 @@ from .html import render_html
 from .markdown import render_markdown
 from .terminal import render_text
 from .verify import render_verify_text
-from ..verify.run import VerifyResult
+from ..evidence_result import VerifyResult
 
 
 def render_json(result: ScanResult) -> str:

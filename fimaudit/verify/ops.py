@@ -1224,6 +1224,11 @@ def _softmax_ibp(ctx, node, ins):
     if ctx.opset < 13 and ax != nd - 1:
         lo, hi = lo.reshape(int(np.prod(x.shape[:ax])), -1), hi.reshape(int(np.prod(x.shape[:ax])), -1)
         ax = 1
+    with np.errstate(over="ignore"):  # exp overflow -> inf -> a probability bound of 0 or 1: still sound
+        return _softmax_box(x, lo, hi, ax, nd)
+
+
+def _softmax_box(x, lo, hi, ax, nd):
     # sum over j != i of exp(u_j - l_i) = (sum_j exp(u_j - c) - exp(u_i - c)) * exp(c - l_i), c = max u
     c = hi.max(axis=ax, keepdims=True)
     eu = np.exp(hi - c)

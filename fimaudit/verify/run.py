@@ -14,18 +14,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..evidence_result import EvidenceResult
+from ..evidence_result import VerifyResult
 from ..options import ModelDataOptions
 
 METHODS = ("crown", "ibp")
 REFINE_LIMIT = 4096  # --method crown: a tensor's intermediate bounds by CROWN when at most this many elements need it
 BISECT_STEPS = 10
 GROW_STEPS = 6
-
-
-class VerifyResult(EvidenceResult):
-    KIND = "verify"
-    REQUIRED = ("model", "config", "method", "clean_accuracy", "results", "samples")
 
 
 @dataclass(frozen=True)
