@@ -64,6 +64,49 @@ def one(name: str, folder: Path, samples: int, method: str, points: int, branche
             "soundness_points": checked, "soundness_violations": violations}
 
 
+def large_net_seconds() -> dict:
+    """IBP and CROWN-IBP margins on a synthetic 224 x 224 convnet (Conv/ReLU/MaxPool/residual Add/GAP/Gemm)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fimaudit.verify import BoundGraph, InputSet
+
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * (2 / np.prod(shape[1:])) ** 0.5).astype(np.float32),
+                                       f"w{len(inits)}")
+
+    inits: list = []
+    nodes, prev = [], "x"
+    for i, (cin, cout, stride) in enumerate([(3, 32, 2), (32, 64, 2), (64, 64, 1), (64, 64, 1), (64, 128, 2)]):
+        inits.append(w(cout, cin, 3, 3))
+        nodes += [helper.make_node("Conv", [prev, inits[-1].name], [f"c{i}"], pads=[1, 1, 1, 1], strides=[stride] * 2),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+        if i == 3:  # a residual connection
+            nodes.append(helper.make_node("Add", ["r3", "r2"], ["res"]))
+            nodes.append(helper.make_node("MaxPool", ["res"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]))
+            prev = "mp"
+    inits.append(w(10, 128))
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gp"]), helper.make_node("Flatten", ["gp"], ["f"]),
+              helper.make_node("Gemm", ["f", inits[-1].name], ["z"], transB=1)]
+    g = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    bg = BoundGraph(model, "x", "z", (3, 224, 224))
+    s = InputSet.of(rng.uniform(0, 1, (3, 224, 224)), 1 / 255, "linf", (0, 1))
+    t0, c0 = time.perf_counter(), time.process_time()
+    b = bg.intervals(s)
+    t1, c1 = time.perf_counter(), time.process_time()
+    bg.margins(b, s, 0, "crown")
+    t2, c2 = time.perf_counter(), time.process_time()
+    return {"ibp_seconds_224": t1 - t0, "crown_ibp_margins_seconds_224": t2 - t1,
+            "ibp_cpu_seconds_224": c1 - c0, "crown_ibp_margins_cpu_seconds_224": c2 - c1,
+            "load_average": os.getloadavg()[0],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=10)
@@ -76,6 +119,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "verify.json")
     args = ap.parse_args()
     folder = Path(os.environ.get("FIMAUDIT_REALMODELS", "/work/shared/realmodels"))
+    if args.one == "large":
+        print(json.dumps(large_net_seconds()))
+        return
     if args.one:
         print(json.dumps(one(args.one, folder, args.samples, args.method, args.points, args.branches)))
         return
@@ -89,8 +135,15 @@ def main() -> None:
         print(f"{r['model']:24s} verified {r['verified']:2d}/{r['samples']}  cert.acc {100 * r['certified_accuracy']:5.1f}%  "
               f"{r['seconds_per_sample']:6.2f} s/sample  RSS {r['peak_rss_mb']:6.0f} MB  intermediate {r['intermediate_bounds']:5s} "
               f"soundness {r['soundness_violations']}/{r['soundness_points']} violations", flush=True)
+    out = subprocess.run([sys.executable, __file__, "--one", "large"], capture_output=True, text=True, check=True)
+    large = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"synthetic 224x224 convnet: IBP {large['ibp_seconds_224']:.2f} s ({large['ibp_cpu_seconds_224']:.2f} s CPU), "
+          f"CROWN-IBP margins {large['crown_ibp_margins_seconds_224']:.2f} s "
+          f"({large['crown_ibp_margins_cpu_seconds_224']:.2f} s CPU), peak RSS {large['peak_rss_mb']:.0f} MB, "
+          f"load average {large['load_average']:.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"method": args.method, "branches": args.branches, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"method": args.method, "branches": args.branches, "rows": rows,
+                                    "large_224": large}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

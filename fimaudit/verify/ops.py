@@ -909,8 +909,9 @@ def _conv_ibp(ctx, node, ins):
     w, b, strides, dil, begins, ends, g = _conv_args(ctx, node, ins, x.shape)
     aw = np.abs(w)
     mid = conv(x.mid, w, strides, dil, begins, ends, g)
-    rad = conv(x.rad, aw, strides, dil, begins, ends, g)
-    mag = conv(np.abs(x.mid), aw, strides, dil, begins, ends, g) + rad
+    both = conv(np.concatenate([x.rad, np.abs(x.mid)]), aw, strides, dil, begins, ends, g)  # one pass for |W| rad, |W| |mid|
+    rad = both[: x.shape[0]]
+    mag = both[x.shape[0]:] + rad
     if b is not None:
         mid = mid + _bias_shape(b, mid.ndim)
         mag = mag + np.abs(_bias_shape(b, mid.ndim))
