@@ -456,3 +456,23 @@ def test_cli_json_schema_report_and_exit_codes(tmp_path):
     assert r.exit_code == 2 and "Cos" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["verify", str(model), "--data", str(data), "--method", "magic"])
     assert r.exit_code == 2
+
+
+def test_workers_give_the_single_process_result(tmp_path):
+    """--workers/--scheduler: samples verified on Dask workers match the single-process run (timing aside)."""
+    distributed = pytest.importorskip("distributed")
+    from fimaudit.distributed import Execution
+    from fimaudit.verify.run import VerifyConfig, run_verify
+
+    model, data = _robust_mlp(tmp_path)
+    cfg = VerifyConfig(model=str(model), data=str(data), eps=(0.03, 0.1), device="cpu", branches=10)
+
+    def samples(rep):
+        return [{k: v for k, v in s.items() if k != "seconds"} for s in rep.to_dict()["samples"]]
+
+    local = run_verify(cfg)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as c, distributed.Client(c):
+        remote = run_verify(cfg, execution=Execution(scheduler=c.scheduler_address, chunk=3))
+    assert samples(remote) == samples(local)
+    assert remote.to_dict()["runtime"]["execution"]["mode"] == "dask"
