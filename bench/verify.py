@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 RANGES = {"oval21_cifar_base_kw": (-2.2, 2.7), "cifar10_resnet_2b": (-2.0, 2.2)}  # normalised outside the graph
+# ReLU branch and bound only where a branch costs well under a second (it recomputes CROWN intermediate bounds)
+NO_BRANCHING = ("cifar10_resnet_2b", "marabou_cifar10_small")
 
 
 def one(name: str, folder: Path, samples: int, method: str, points: int, branches: int) -> dict:
@@ -60,6 +62,7 @@ def one(name: str, folder: Path, samples: int, method: str, points: int, branche
     return {"model": name, "samples": len(x), "verified": ps["verified"], "certified_accuracy": ps["certified_accuracy"],
             "clean_accuracy": res["clean_accuracy"], "seconds_per_sample": seconds / len(x),
             "intermediate_bounds": res["method"]["intermediate"], "eps_median": ps["eps_median"],
+            "branches": branches, "branches_used": sum(s["bounds"][0].get("branches", 0) for s in res["samples"]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "soundness_points": checked, "soundness_violations": violations}
 
@@ -111,7 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--method", default="crown", choices=("crown", "ibp"))
-    ap.add_argument("--branches", type=int, default=40, help="ReLU branch-and-bound budget per sample (crown)")
+    ap.add_argument("--branches", type=int, default=30, help="ReLU branch-and-bound budget per sample (crown)")
     ap.add_argument("--points", type=int, default=200, help="soundness points per verified sample")
     ap.add_argument("--models", default="mnistfc_256x2,eran_mnist_relu_9_200,oval21_cifar_base_kw,cifar10_resnet_2b,"
                     "marabou_cifar10_small")
@@ -127,13 +130,15 @@ def main() -> None:
         return
     rows = []
     for name in args.models.split(","):
+        branches = 0 if name in NO_BRANCHING else args.branches
         cmd = [sys.executable, __file__, "--one", name, "--samples", str(args.samples), "--method", args.method,
-               "--points", str(args.points), "--branches", str(args.branches)]
+               "--points", str(args.points), "--branches", str(branches)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         r = rows[-1]
         print(f"{r['model']:24s} verified {r['verified']:2d}/{r['samples']}  cert.acc {100 * r['certified_accuracy']:5.1f}%  "
               f"{r['seconds_per_sample']:6.2f} s/sample  RSS {r['peak_rss_mb']:6.0f} MB  intermediate {r['intermediate_bounds']:5s} "
+              f"branches <= {r['branches']:2d} "
               f"soundness {r['soundness_violations']}/{r['soundness_points']} violations", flush=True)
     out = subprocess.run([sys.executable, __file__, "--one", "large"], capture_output=True, text=True, check=True)
     large = json.loads(out.stdout.strip().splitlines()[-1])

@@ -476,3 +476,41 @@ def test_workers_give_the_single_process_result(tmp_path):
         remote = run_verify(cfg, execution=Execution(scheduler=c.scheduler_address, chunk=3))
     assert samples(remote) == samples(local)
     assert remote.to_dict()["runtime"]["execution"]["mode"] == "dask"
+
+
+def test_attack_space_mapping_nhwc_per_channel(tmp_path):
+    """verify's set is the attack space's: per-channel --mean/--std on an NHWC model. For an affine model the
+    reported margin bounds equal the closed-form minimum over the box in attack space (so the channel axis,
+    the mean and the 1/std scaling are all applied where the attacks apply them)."""
+    from fimaudit.verify.run import VerifyConfig, run_verify
+
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "Wc", "bc"], ["c"]),
+             helper.make_node("Flatten", ["c"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "W", "b"], ["z"], transB=1)]
+    m = _model(nodes, {"Wc": rng.standard_normal((2, 3, 1, 1)), "bc": rng.standard_normal(2),
+                       "W": rng.standard_normal((3, 32)), "b": rng.standard_normal(3)}, (4, 4, 3))
+    model = _save(m, tmp_path / "nhwc.onnx")
+    mean, std = np.array([0.1, 0.2, 0.3]), np.array([0.5, 1.0, 2.0])
+    x = rng.uniform(0, 1, (3, 4, 4, 3)).astype(np.float32)
+    u = (x - mean) / std
+    y = np.argmax(_session(m).run(None, {"x": u.astype(np.float32)})[0], axis=1)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    eps = 0.05
+    rep = run_verify(VerifyConfig(model=str(model), data=str(tmp_path / "d.npz"), eps=(eps,), bisect=False,
+                                  mean=tuple(mean), std=tuple(std), device="cpu")).to_dict()
+    g = BoundGraph(m, "x", "z", (4, 4, 3))
+    c0 = g.evaluate(np.zeros((4, 4, 3)))["z"].reshape(-1)
+    jac = np.stack([g.evaluate(e.reshape(4, 4, 3))["z"].reshape(-1) - c0 for e in np.eye(48)], axis=1)  # (3, 48)
+    for s, xi, yi in zip(rep["samples"], x.astype(np.float64), y):
+        lo, hi = np.maximum(xi - eps, 0).reshape(-1), np.minimum(xi + eps, 1).reshape(-1)
+        sd = np.broadcast_to(std, (4, 4, 3)).reshape(-1)
+        mu = np.broadcast_to(mean, (4, 4, 3)).reshape(-1)
+        for k in range(3):
+            if k == yi:
+                continue
+            a = (jac[yi] - jac[k]) / sd
+            exact = np.sum(np.minimum(a * lo, a * hi)) - a @ mu + c0[yi] - c0[k]
+            got = s["bounds"][0]["margins"][k]
+            assert exact - 1e-3 * (1 + abs(exact)) <= got <= exact + 1e-9  # rounding margins: slightly below
