@@ -125,6 +125,11 @@ def net(kind: str, rng: np.random.Generator):
                                                   "two": np.array([2], np.int64), "four": np.array([4], np.int64),
                                                   "idx": np.array([3, 0, 3], np.int64),
                                                   "pads": np.array([0, 0, 1, 0, 0, 1], np.int64)}, (d,)), (d,)
+    if kind == "sum":  # Sum of activations and a constant, Max/Min of an activation and a constant
+        nodes = lin + [helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Sum", ["h", "r", "c"], ["s"]),
+                       helper.make_node("Max", ["s", "c"], ["mx"]), helper.make_node("Min", ["mx", "c2"], ["a"])]
+        head, hi = _head(rng, "a", 8)
+        return _model(nodes + head, inits | hi | {"c": rng.standard_normal(8), "c2": rng.standard_normal(8) + 1}, (d,)), (d,)
     if kind == "quant":  # QuantizeLinear/DequantizeLinear (uint8) between two layers
         nodes = lin + [helper.make_node("QuantizeLinear", ["h", "qs", "qz"], ["q"]),
                        helper.make_node("DequantizeLinear", ["q", "qs", "qz"], ["a"])]
@@ -136,7 +141,7 @@ def net(kind: str, rng: np.random.Generator):
 
 
 KINDS = ("relu", "leaky", "sigmoid", "tanh", "hardsigmoid", "hardswish", "clip", "sign", "floor", "round", "erf",
-         "mul2", "attention", "conv", "convt", "shapes", "quant")
+         "mul2", "attention", "conv", "convt", "shapes", "quant", "sum")
 
 
 def _session(m):

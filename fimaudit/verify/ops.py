@@ -433,7 +433,24 @@ def _div_linear(ctx, node, a, ins, out):
 
 
 rule("Add", "Sum", point=_bin_point(np.add), ibp=_add_ibp, linear=_add_linear(1.0))
-OPS["Sum"] = OpRule(lambda c, n, i: [sum(np.asarray(v, np.float64) for v in i)], None, None)
+def _sum_ibp(ctx, node, ins):
+    boxes = [as_box(v) for v in ins]
+    lo, hi = sum(b.lo for b in boxes), sum(b.hi for b in boxes)
+    return Box(lo, hi), round_margin(sum(b.mag for b in boxes), len(boxes))
+
+
+def _sum_linear(ctx, node, a, ins, out):
+    res, bias = [], np.zeros(a.shape[0])
+    for v in ins:
+        if isinstance(v, Box):
+            res.append(unbroadcast(a, v.shape))
+        else:
+            res.append(None)
+            bias = bias + _sum_rows(a, np.broadcast_to(v, a.shape[1:]))
+    return res, bias
+
+
+OPS["Sum"] = OpRule(lambda c, n, i: [sum(np.asarray(v, np.float64) for v in i)], _sum_ibp, _sum_linear)
 rule("Sub", point=_bin_point(np.subtract), ibp=_sub_ibp, linear=_add_linear(-1.0))
 rule("Mul", point=_bin_point(np.multiply), ibp=_mul_ibp, linear=_mul_linear)
 rule("Div", point=_bin_point(lambda x, y: x / y if np.issubdtype(np.result_type(x, y), np.floating)
