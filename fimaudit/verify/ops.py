@@ -455,10 +455,17 @@ rule("Sub", point=_bin_point(np.subtract), ibp=_sub_ibp, linear=_add_linear(-1.0
 rule("Mul", point=_bin_point(np.multiply), ibp=_mul_ibp, linear=_mul_linear)
 rule("Div", point=_bin_point(lambda x, y: x / y if np.issubdtype(np.result_type(x, y), np.floating)
                              else np.floor_divide(x, y)), ibp=_div_ibp, linear=_div_linear)
-rule("Max", point=lambda c, n, i: [np.maximum.reduce([np.asarray(v) for v in i])],
-     ibp=lambda c, n, i: (Box(np.maximum.reduce([as_box(v).lo for v in i]), np.maximum.reduce([as_box(v).hi for v in i])), 0.0))
-rule("Min", point=lambda c, n, i: [np.minimum.reduce([np.asarray(v) for v in i])],
-     ibp=lambda c, n, i: (Box(np.minimum.reduce([as_box(v).lo for v in i]), np.minimum.reduce([as_box(v).hi for v in i])), 0.0))
+def _fold(f, arrays):
+    out = arrays[0]
+    for v in arrays[1:]:
+        out = f(out, v)
+    return out
+
+
+rule("Max", point=lambda c, n, i: [_fold(np.maximum, [np.asarray(v) for v in i])],
+     ibp=lambda c, n, i: (Box(_fold(np.maximum, [as_box(v).lo for v in i]), _fold(np.maximum, [as_box(v).hi for v in i])), 0.0))
+rule("Min", point=lambda c, n, i: [_fold(np.minimum, [np.asarray(v) for v in i])],
+     ibp=lambda c, n, i: (Box(_fold(np.minimum, [as_box(v).lo for v in i]), _fold(np.minimum, [as_box(v).hi for v in i])), 0.0))
 
 
 def _pow_ibp(ctx, node, ins):
