@@ -94,9 +94,14 @@ def _pos_neg(a: np.ndarray):
 
 
 def concretize_lower(a: np.ndarray, box: Box) -> np.ndarray:
-    """min over the box of the rows of a: sum(a+ lo + a- hi) -> (S,)."""
+    """min over the box of the rows of a: sum(a+ lo + a- hi) -> (S,); a zero coefficient ignores an infinite end."""
     ap, an = _pos_neg(a)
-    return _sum_rows(ap, box.lo) + _sum_rows(an, box.hi)
+    if np.all(np.isfinite(box.lo)) and np.all(np.isfinite(box.hi)):
+        return _sum_rows(ap, box.lo) + _sum_rows(an, box.hi)
+    lo = np.broadcast_to(box.lo, a.shape[1:])[None]
+    hi = np.broadcast_to(box.hi, a.shape[1:])[None]
+    terms = np.where(ap > 0, ap * np.where(ap > 0, lo, 0.0), 0.0) + np.where(an < 0, an * np.where(an < 0, hi, 0.0), 0.0)
+    return terms.reshape(a.shape[0], -1).sum(axis=1)
 
 
 # ----------------------------------------------------------------------------------------- elementwise
@@ -378,18 +383,16 @@ def _mul_ibp(ctx, node, ins):
     return out, round_margin(out.mag)
 
 
-def _recip_box(y: Box, node) -> Box:
-    if np.any((y.lo <= 0) & (y.hi >= 0)):
-        raise UnsupportedModelError(f"Div '{node.name}': the divisor's interval contains 0 over the set; no finite "
-                                    "bound (a LayerNorm with zero variance, or too large a set)")
-    return Box(1.0 / y.hi, 1.0 / y.lo)
-
-
 def _div_ibp(ctx, node, ins):
+    """x / y: x times [1/hi, 1/lo] where y keeps one sign; unbounded (-inf, inf) where y's interval holds 0."""
     x = as_box(ins[0])
     y = as_box(ins[1])
-    out = _mul_box(x, _recip_box(y, node))
-    return out, round_margin(out.mag, 2)
+    zero = (y.lo <= 0) & (y.hi >= 0)
+    safe = Box(np.where(zero, 1.0, y.lo), np.where(zero, 1.0, y.hi))
+    out = _mul_box(x, Box(1.0 / safe.hi, 1.0 / safe.lo))
+    zero = np.broadcast_to(zero, out.shape)
+    out = Box(np.where(zero, -np.inf, out.lo), np.where(zero, np.inf, out.hi))
+    return out, round_margin(np.where(zero, 0.0, out.mag), 2)
 
 
 def _add_linear(sign: float):
