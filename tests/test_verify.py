@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from fimaudit.verify import BoundGraph, InputSet, domain_bounds
+from fimaudit.verify import BoundGraph, BoxSet, InputSet, domain_bounds
 from fimaudit.verify.sets import _l2_dual
 
 OPSET = 17
@@ -520,3 +520,15 @@ def test_attack_space_mapping_nhwc_per_channel(tmp_path):
             exact = np.sum(np.minimum(a * lo, a * hi)) - a @ mu + c0[yi] - c0[k]
             got = s["bounds"][0]["margins"][k]
             assert exact - 1e-3 * (1 + abs(exact)) <= got <= exact + 1e-9  # rounding margins: slightly below
+
+
+def test_box_set_equals_the_linf_set_without_preprocessing():
+    """BoxSet (a box in model-input units, for other bound users) gives the same intervals and margins as InputSet."""
+    rng = np.random.default_rng(12)
+    m, shape = net("relu", rng)
+    g = BoundGraph(m, "x", "z", shape)
+    x0 = rng.uniform(-1, 1, shape)
+    a, b = InputSet.of(x0, 0.1, "linf"), BoxSet(x0 - 0.1, x0 + 0.1)
+    ba, bb = g.intervals(a, refine=True), g.intervals(b, refine=True)
+    assert np.allclose(ba["z"].lo, bb["z"].lo) and np.allclose(ba["z"].hi, bb["z"].hi)
+    assert np.allclose(g.margins(ba, a, 0), g.margins(bb, b, 0))

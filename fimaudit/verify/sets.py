@@ -125,3 +125,25 @@ def _l2_dual(a: np.ndarray, x0: np.ndarray, eps: float, lo: np.ndarray, hi: np.n
         fd = _dual_value(a, x0, eps, lo, hi, np.exp(d))
         best = np.maximum(best, np.maximum(fc, fd))
     return best
+
+
+@dataclass(frozen=True)
+class BoxSet:
+    """An elementwise box [lo, hi] given directly in model-input units (sample shape): for callers that already
+    hold one (local Lipschitz/Fisher bounds around a point, a branch of a split domain). Same interface as
+    ``InputSet`` for ``BoundGraph``."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def model_box(self, input_shape) -> Box:
+        lo = np.asarray(self.lo, dtype=np.float64)
+        hi = np.asarray(self.hi, dtype=np.float64)
+        return Box(np.minimum(lo, hi).reshape(input_shape), np.maximum(lo, hi).reshape(input_shape))
+
+    def lower(self, a_model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s = a_model.shape[0]
+        a = a_model.reshape(s, -1)
+        lo, hi = np.asarray(self.lo, np.float64).reshape(-1), np.asarray(self.hi, np.float64).reshape(-1)
+        ap, an = np.maximum(a, 0), np.minimum(a, 0)
+        return ap @ lo + an @ hi, np.abs(a) @ np.maximum(np.abs(lo), np.abs(hi))
