@@ -601,16 +601,48 @@ def bounds_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to bound from its weights.", show_default=False),
     ops: bool = typer.Option(False, "--ops", help="Also list every operation's constant."),
+    domain: Optional[str] = typer.Option(
+        None, "--domain", metavar="LO,HI", show_default="off",
+        help="Also bound the logits over the whole input box [LO, HI] (model-input units) by interval propagation: "
+        "finite for attention and LayerNorm models, which have no global constant.",
+    ),
 ) -> int:
     """Closed-form upper bound on lambda_max(F) from the exported weights (per-block Lipschitz constants)."""
     from .graph import compute_bounds
     from .report.bounds import render_bounds
 
+    box = _domain_range(domain) if domain is not None else None
     result = compute_bounds(str(model), **opts.config_fields())
-    _write_json(opts, result.to_dict())
+    payload = result.to_dict()
+    over = None
+    if box is not None:
+        from .model import load_model
+        from .verify import domain_bounds
+
+        fields_ = opts.config_fields()
+        m = load_model(str(model), input_name=fields_.get("input_name"), output_name=fields_.get("output_name"),
+                       input_shape=fields_.get("input_shape"), device="cpu")
+        z = domain_bounds(m, box)
+        over = {"input_range": list(box), "method": "ibp", "units": "model-input units",
+                "logits_lower": [float(v) for v in z.lo.reshape(-1)], "logits_upper": [float(v) for v in z.hi.reshape(-1)]}
+        payload["domain_bounds"] = over
+    _write_json(opts, payload)
     if not opts.quiet:
         render_bounds(result, opts.console, show_ops=ops)
+        if over is not None:
+            lo, hi = min(over["logits_lower"]), max(over["logits_upper"])
+            spread = max(u - l for l, u in zip(over["logits_lower"], over["logits_upper"]))
+            opts.console.print(f"[bold]bound over the input box[/bold] [{box[0]:g}, {box[1]:g}] (IBP, fimaudit verify's "
+                               f"engine): every logit in [{lo:.4g}, {hi:.4g}], widest logit interval {spread:.4g}",
+                               soft_wrap=True)
     return EXIT_OK
+
+
+def _domain_range(text: str) -> tuple[float, float]:
+    try:
+        return parse_range(text)
+    except ConfigError:
+        raise ConfigError(f"--domain '{text}' must be LO,HI with LO < HI") from None
 
 
 @command("attack", "data", "budget", "cluster", "out", defaults={"data": ...})

@@ -532,3 +532,26 @@ def test_box_set_equals_the_linf_set_without_preprocessing():
     ba, bb = g.intervals(a, refine=True), g.intervals(b, refine=True)
     assert np.allclose(ba["z"].lo, bb["z"].lo) and np.allclose(ba["z"].hi, bb["z"].hi)
     assert np.allclose(g.margins(ba, a, 0), g.margins(bb, b, 0))
+
+
+def test_bounds_command_domain_option(tmp_path):
+    """`fimaudit bounds --domain LO,HI`: an attention model without a global constant gets finite logit bounds over
+    the box, in the JSON, and they contain sampled onnxruntime outputs."""
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    rng = np.random.default_rng(4)
+    m, shape = net("attention", rng)
+    path = _save(m, tmp_path / "att.onnx")
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, ["bounds", str(path), "--domain=-1,1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    lo, hi = np.array(rep["domain_bounds"]["logits_lower"]), np.array(rep["domain_bounds"]["logits_upper"])
+    assert np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))
+    sess = _session(m)
+    for _ in range(30):
+        z = sess.run(None, {"x": _t(rng.uniform(-1, 1, shape))[None]})[0].reshape(-1)
+        assert np.all(z >= lo) and np.all(z <= hi)
+    assert "bound over the input box" in r.output
