@@ -1,6 +1,7 @@
 """Branch and bound on ReLU neurons: when CROWN cannot show every margin positive over the set, split an
 unstable ReLU's input into x <= 0 and x >= 0, bound each half again (its neuron is then exact), and keep
-splitting the worst branch until every branch is verified or the branch budget is spent.
+splitting the worst branch until every branch is verified, the branch budget is spent, or after 12 branches
+the worst one has not closed half of the root's gap (a sample far from verified is not worth the budget).
 
 Sound because the two halves cover the set and the bounds of each half hold on it (``BoundGraph.intervals``
 with ``splits``). No split constraint enters the linear bounds themselves (as beta-CROWN's multipliers would,
@@ -14,6 +15,9 @@ import heapq
 import numpy as np
 
 from .intervals import Box
+
+PROGRESS_CHECK = 12  # after this many branches, give up unless the worst branch closed PROGRESS_SHARE of the gap
+PROGRESS_SHARE = 0.5
 
 
 def _relu_inputs(graph) -> list[str]:
@@ -61,11 +65,14 @@ def verify_bab(graph, input_set, label: int, method: str = "crown", branches: in
     names = _relu_inputs(graph)
     heap = [(float(others.min()), 0, {}, root)]
     used, counter = 0, 1
+    root_worst = float(others.min())
     while heap:
         worst, _, splits, bounds = heapq.heappop(heap)
         where = _pick(graph, bounds, names)
         if where is None or used + 2 > branches:
             return False, margins, used
+        if used >= PROGRESS_CHECK and worst < PROGRESS_SHARE * root_worst:
+            return False, margins, used  # the worst branch has not closed half the gap: more splits would not do
         for side in (-1, 1):
             child = _child(splits, bounds, where[0], where[1], side)
             b = graph.intervals(input_set, refine=refine, refine_limit=refine_limit, splits=child)
