@@ -69,7 +69,6 @@ def one(name: str, folder: Path, samples: int, method: str, points: int, branche
 
 def large_net_seconds() -> dict:
     """IBP and CROWN-IBP margins on a synthetic 224 x 224 convnet (Conv/ReLU/MaxPool/residual Add/GAP/Gemm)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from fimaudit.verify import BoundGraph, InputSet

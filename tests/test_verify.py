@@ -226,10 +226,9 @@ def test_relaxation_lines_enclose_the_function(op, attrs):
     lo, hi = ends.min(1), ends.max(1) + 1e-3
     ins = [Box(lo, hi)] + ([np.float64(-0.5), np.float64(0.7)] if op == "Clip" else [])
     f = lambda v: OPS[op].point(ctx, node, [v] + ins[1:])[0]  # noqa: E731
-    a_pos = np.eye(lo.size)[None][0][None]  # one spec row per element: +e_i (lower) and -e_i (upper)
+    # one spec row per element: +e_i picks the lower line of element i, -e_i the upper one
     res_lo, b_lo = OPS[op].linear(ctx, node, np.eye(lo.size), ins, None)
     res_up, b_up = OPS[op].linear(ctx, node, -np.eye(lo.size), ins, None)
-    del a_pos
     s_lo, s_up = np.diag(res_lo[0]), -np.diag(res_up[0])
     t_lo, t_up = b_lo, -b_up
     grid = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, 201)[None]
