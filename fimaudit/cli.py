@@ -622,16 +622,48 @@ def bounds_cmd(
     opts: Opts,
     model: Path = typer.Argument(..., help="ONNX classifier to bound from its weights.", show_default=False),
     ops: bool = typer.Option(False, "--ops", help="Also list every operation's constant."),
+    domain: Optional[str] = typer.Option(
+        None, "--domain", metavar="LO,HI", show_default="off",
+        help="Also bound the logits over the whole input box [LO, HI] (model-input units) by interval propagation: "
+        "finite for attention and LayerNorm models, which have no global constant.",
+    ),
 ) -> int:
     """Closed-form upper bound on lambda_max(F) from the exported weights (per-block Lipschitz constants)."""
     from .graph import compute_bounds
     from .report.bounds import render_bounds
 
+    box = _domain_range(domain) if domain is not None else None
     result = compute_bounds(str(model), **opts.config_fields())
-    _write_json(opts, result.to_dict())
+    payload = result.to_dict()
+    over = None
+    if box is not None:
+        from .model import load_model
+        from .verify import domain_bounds
+
+        fields_ = opts.config_fields()
+        m = load_model(str(model), input_name=fields_.get("input_name"), output_name=fields_.get("output_name"),
+                       input_shape=fields_.get("input_shape"), device="cpu")
+        z = domain_bounds(m, box)
+        over = {"input_range": list(box), "method": "ibp", "units": "model-input units",
+                "logits_lower": [float(v) for v in z.lo.reshape(-1)], "logits_upper": [float(v) for v in z.hi.reshape(-1)]}
+        payload["domain_bounds"] = over
+    _write_json(opts, payload)
     if not opts.quiet:
         render_bounds(result, opts.console, show_ops=ops)
+        if over is not None:
+            lo, hi = min(over["logits_lower"]), max(over["logits_upper"])
+            spread = max(u - l for l, u in zip(over["logits_lower"], over["logits_upper"]))
+            opts.console.print(f"[bold]bound over the input box[/bold] [{box[0]:g}, {box[1]:g}] (IBP, fimaudit verify's "
+                               f"engine): every logit in [{lo:.4g}, {hi:.4g}], widest logit interval {spread:.4g}",
+                               soft_wrap=True)
     return EXIT_OK
+
+
+def _domain_range(text: str) -> tuple[float, float]:
+    try:
+        return parse_range(text)
+    except ConfigError:
+        raise ConfigError(f"--domain '{text}' must be LO,HI with LO < HI") from None
 
 
 @command("attack", "data", "budget", "cluster", "out", defaults={"data": ...})
@@ -895,6 +927,63 @@ def certify_cmd(
     if not opts.quiet:
         render_certify(result, opts.console)
     return EXIT_OK
+
+
+@command("verify", "data", "cluster", "out", defaults={"data": ...})
+def verify_cmd(
+    opts: Opts,
+    model: Path = typer.Argument(..., help="ONNX classifier to verify.", show_default=False),
+    norm: str = typer.Option("linf", "--norm", metavar="[linf|l2]", help="Norm of the radius eps."),
+    eps: Optional[str] = typer.Option(None, "--eps", metavar="LIST", show_default="0.03; none with --eps-from",
+                                      help="Radius or comma list, in attack units (data x --scale); inf: the whole "
+                                      "--input-range box."),
+    eps_from: Optional[str] = typer.Option(
+        None, "--eps-from", metavar="KEY", show_default="off",
+        help="Also verify each sample at its own radius: array KEY of the --data .npz (--eps units).",
+    ),
+    method: str = typer.Option("crown", "--method", metavar="[crown|ibp]",
+                               help="crown: linear bounds back-substituted to the input (IBP where an operator has "
+                               "no relaxation); ibp: interval bounds only."),
+    bisect: bool = typer.Option(True, "--bisect/--no-bisect",
+                                help="Also find each sample's largest verified radius by bisection."),
+    branches: int = typer.Option(0, "--branches", metavar="N",
+                                 help="--method crown: split up to N unstable ReLUs per sample and eps when the bound "
+                                 "alone does not verify (branch and bound; 0: off)."),
+) -> int:
+    """Sound robustness verification: per sample and eps, is every other class's margin provably positive?"""
+    from .verify.run import VerifyConfig, run_verify
+    from .report.verify import render_verify
+
+    eps_list = _eps_list(eps) if eps is not None else (() if eps_from else (0.03,))
+    if branches < 0:
+        raise ConfigError("--branches must be >= 0")
+    cfg = opts.config(VerifyConfig, model=str(model), norm=norm, eps=eps_list, eps_from=eps_from, method=method,
+                      bisect=bisect, branches=branches)
+    cfg.validate()
+    result = _with_progress(opts.quiet, "verifying", lambda progress: run_verify(cfg, progress, opts.execution()))
+    _write_json(opts, result.to_dict())
+    if not opts.quiet:
+        render_verify(result, opts.console)
+    return EXIT_OK
+
+
+def _eps_list(text: str) -> tuple[float, ...]:
+    """--eps of verify: numbers or fractions, and inf (the whole input box)."""
+    out = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if tok.lower() in ("inf", "infinity"):
+            out.append(float("inf"))
+            continue
+        try:
+            out.append(eval_fraction(tok))
+        except ValueError:
+            raise ConfigError(f"--eps '{text}' must be numbers (or inf) separated by commas") from None
+    if not out:
+        raise ConfigError("--eps needs at least one number")
+    return tuple(out)
 
 
 AUDIT_FILES = {"audit.json": "json", "audit.html": "html", "audit.md": "markdown", "junit.xml": "junit"}

@@ -78,4 +78,11 @@ class CompareResult(EvidenceResult):
     REQUIRED = ("rows", "correlations", "target", "config")
 
 
+class VerifyResult(EvidenceResult):
+    """``fimaudit verify`` (fimaudit.verify.run); its own renderers (fimaudit.report.verify), not the evidence tables."""
+
+    KIND = "verify"
+    REQUIRED = ("model", "config", "method", "clean_accuracy", "results", "samples")
+
+
 EVIDENCE_KINDS: dict[str, type[EvidenceResult]] = {c.KIND: c for c in (AttackResult, MetricsResult, CleverResult, CompareResult)}

@@ -19,6 +19,8 @@ from .audit import render_audit_html, render_audit_json, render_audit_junit, ren
 from .html import render_html
 from .markdown import render_markdown
 from .terminal import render_text
+from .verify import render_verify_text
+from ..evidence_result import VerifyResult
 
 
 def render_json(result: ScanResult) -> str:
@@ -37,6 +39,7 @@ EXTENSIONS = {".html": "html", ".htm": "html", ".json": "json", ".md": "markdown
 # Every result kind with its loader and its renderers by format name.
 LOADERS: dict[str, Callable[[dict], object]] = {"scan": ScanResult.from_dict, "audit": AuditResult.from_dict,
                                                "certify": CertifyResult.from_dict, "bounds": BoundResult.from_dict,
+                                               "verify": VerifyResult.from_dict,
                                                **{k: c.from_dict for k, c in EVIDENCE_KINDS.items()}}
 KIND_RENDERERS: dict[str, dict[str, Callable]] = {
     "scan": RENDERERS,
@@ -45,6 +48,7 @@ KIND_RENDERERS: dict[str, dict[str, Callable]] = {
     # certify has a terminal renderer only; json is the saved report again
     "certify": {"text": render_certify_text, "json": render_json, "html": render_certify_html},
     "bounds": {"text": render_bounds_text, "json": render_json, "html": render_bounds_html},
+    "verify": {"text": render_verify_text, "json": render_json},
     **{k: _evidence.RENDERERS for k in EVIDENCE_KINDS},
 }
 EXTENSIONS[".xml"] = "junit"
