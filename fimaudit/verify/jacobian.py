@@ -1,0 +1,388 @@
+"""Interval VJPs: bounds on the model's Jacobian over an input set, by a backward pass through the graph.
+
+Given cotangent rows C (R, *logit_shape) (constants: e_k for the logit Jacobian J, e_k - e_y for the
+margin Jacobian D), the pass carries, for every tensor t, an enclosure of C . dlogits/dt valid at every
+point of the set, in midpoint-radius form ``Adj(mid, rad)``: the true cotangent lies in
+[mid - rad, mid + rad] elementwise. Each operator's rule (``OpRule.jacobian`` in the one operator table,
+attached here with ``ops.attach``) maps the enclosure of its output's cotangent to its inputs':
+
+  * linear operators with constant weights (Conv, Gemm, MatMul, BatchNorm, pooling means, Add, Concat,
+    Reshape and every data-movement op): mid -> L^T mid, rad -> |L|^T rad, reusing the CROWN rule
+    (``OpRule.linear``) with the weights replaced by their absolute values for the radius;
+  * elementwise nonlinearities: the cotangent times the range of the derivative over the forward
+    interval of the input (ReLU: {0}, {1} or [0, 1]; Sigmoid/Tanh/Erf: the bell-shaped derivative's
+    range; LeakyReLU, Clip, HardSigmoid, Softplus likewise), an interval product;
+  * MaxPool: every window element that can be the maximum over the set gets [0, 1] (exactly 1 when it
+    dominates its window), a sound but loose routing;
+  * Mul / MatMul of two activations: the product rule with the forward intervals of the other factor.
+
+Rounding: the enclosure is widened at every step by the float32 error bound of the same step (gamma_n of
+fimaudit.verify.intervals times the magnitudes), so it holds for the Jacobian computed in float32 by a
+gradient graph (what ``fimaudit scan`` measures) as well as for the exact one; the forward intervals
+themselves already contain the float32 evaluation (the engine's margins). Operators without a rule
+(Softmax or LayerNormalization inside the graph, Div by an activation, ...) make the pass refuse with
+``UnsupportedModelError`` naming the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.special import erf, expit
+
+from ..errors import UnsupportedModelError
+from .conv import window_argmax_offsets
+from .intervals import U32, Box, gamma
+from .ops import OPS, _pool_args, attach, unbroadcast
+
+ABS_FLOOR = 1e-37  # absolute widening per step (float32 subnormals flushed to zero)
+DERIV_ULPS = 16.0  # error of a float32 derivative kernel (e.g. y (1 - y) of a float32 sigmoid), in ulps of 1
+
+
+@dataclass(frozen=True)
+class Adj:
+    """Cotangent enclosure [mid - rad, mid + rad], arrays (R, *tensor_shape), rad >= 0."""
+
+    mid: np.ndarray
+    rad: np.ndarray
+
+    @property
+    def lo(self) -> np.ndarray:
+        return self.mid - self.rad
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.mid + self.rad
+
+    @staticmethod
+    def exact(rows: np.ndarray) -> "Adj":
+        rows = np.asarray(rows, dtype=np.float64)
+        return Adj(rows, np.zeros_like(rows))
+
+    def widen(self, rel: float) -> "Adj":
+        """Add rel * (|mid| + rad) + floor: the rounding of one float32 step on these magnitudes."""
+        return Adj(self.mid, self.rad * (1 + rel) + rel * np.abs(self.mid) + ABS_FLOOR)
+
+    def __add__(self, other: "Adj") -> "Adj":
+        return Adj(self.mid + other.mid, self.rad + other.rad).widen(gamma(2))
+
+    def times(self, lo, hi) -> "Adj":
+        """Elementwise product with the interval [lo, hi] (broadcast over the leading row axis)."""
+        lo = np.asarray(lo, dtype=np.float64)
+        hi = np.asarray(hi, dtype=np.float64)
+        if lo is hi or np.array_equal(lo, hi):
+            return Adj(self.mid * lo, self.rad * np.abs(lo)).widen(gamma(1))
+        a, b = self.lo, self.hi
+        c1, c2, c3, c4 = a * lo, a * hi, b * lo, b * hi
+        mn = np.minimum(np.minimum(c1, c2), np.minimum(c3, c4))
+        mx = np.maximum(np.maximum(c1, c2), np.maximum(c3, c4))
+        return Adj(0.5 * (mn + mx), 0.5 * (mx - mn)).widen(gamma(2))
+
+    def reshape(self, shape) -> "Adj":
+        return Adj(self.mid.reshape(shape), self.rad.reshape(shape))
+
+
+def _none_rest(node, first):
+    return [first] + [None] * (len(node.inputs) - 1)
+
+
+# ------------------------------------------------------------------------------ linear operators
+# Input positions whose constant values are weights (replaced by |w| for the radius); others keep their
+# values (shapes, axes, pads, BatchNorm's variance).
+WEIGHTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (0, 1), "MatMul": (0, 1), "BatchNormalization": (1,),
+           "Mul": (0, 1), "Div": (1,)}
+
+
+def _fan(node, ins, out: Box, var: int) -> int:
+    """Most terms any element of the input's cotangent sums (its float32 rounding: gamma of it)."""
+    op = node.op
+    if op == "Conv":
+        w = np.asarray(ins[1])
+        return int(w.shape[0] * np.prod(w.shape[2:])) + 1
+    if op == "ConvTranspose":
+        w = np.asarray(ins[1])
+        return int(w.shape[1] * np.prod(w.shape[2:])) + 1
+    if op in ("Gemm", "MatMul"):
+        return int(max(out.shape)) + 1
+    size_in = max(1, int(np.prod(ins[var].shape)))
+    return int(np.ceil(np.prod(out.shape) / size_in)) + 1
+
+
+def _affine_jacobian(ctx, node, adj: Adj, ins, out: Box):
+    """A linear op in its varying inputs (weights constant): the CROWN rule is its exact transpose."""
+    r = OPS[node.op]
+    res_mid = r.linear(ctx, node, adj.mid, ins, out)
+    if res_mid is None:
+        raise UnsupportedModelError(f"{node.op} '{node.name}': no interval Jacobian rule for this form")
+    widx = WEIGHTS.get(node.op, ())
+    abs_ins = [np.abs(np.asarray(v, np.float64)) if (k in widx and v is not None and not isinstance(v, Box)) else v
+               for k, v in enumerate(ins)]
+    var = next(k for k, v in enumerate(ins) if isinstance(v, Box))
+    g = gamma(_fan(node, ins, out, var))
+    res_rad = r.linear(ctx, node, adj.rad * (1 + g) + g * np.abs(adj.mid), abs_ins, out)
+    outs = []
+    for k, (m, rr) in enumerate(zip(res_mid[0], res_rad[0])):
+        if m is None or not isinstance(ins[k], Box):
+            outs.append(None)
+            continue
+        outs.append(Adj(np.asarray(m, np.float64), np.abs(np.asarray(rr, np.float64)) + ABS_FLOOR))
+    return outs
+
+
+def _box(v) -> Box:
+    return v if isinstance(v, Box) else Box.point(np.asarray(v, np.float64))
+
+
+def _mul_jacobian(ctx, node, adj: Adj, ins, out: Box):
+    x, y = ins[0], ins[1]
+    if not (isinstance(x, Box) and isinstance(y, Box)):
+        return _affine_jacobian(ctx, node, adj, ins, out)
+    shape = adj.mid.shape
+    res = []
+    for me, other in ((x, y), (y, x)):
+        prod = Adj(np.broadcast_to(adj.mid, shape), np.broadcast_to(adj.rad, shape)).times(other.lo, other.hi)
+        g = gamma(_fan(node, ins, out, 0 if me is x else 1))
+        res.append(Adj(unbroadcast(prod.mid, me.shape), unbroadcast(prod.rad, me.shape)).widen(g))
+    return res
+
+
+def _div_jacobian(ctx, node, adj, ins, out):
+    if isinstance(ins[1], Box):
+        raise UnsupportedModelError(f"Div '{node.name}': division by a tensor that depends on the input has no "
+                                    "interval Jacobian rule")
+    return _affine_jacobian(ctx, node, adj, ins, out)
+
+
+def _rump(am, ar, bm, br, matmul):
+    """Midpoint-radius product of two interval matrices (Rump 1999): (mid, rad) of [am +- ar] @ [bm +- br]."""
+    mid = matmul(am, bm)
+    mag = matmul(np.abs(am), np.abs(bm))
+    rad = matmul(np.abs(am), br) + matmul(ar, np.abs(bm)) + matmul(ar, br)
+    return mid, rad, mag
+
+
+def _matmul_boxes_jacobian(ctx, node, adj: Adj, x: Box, w: Box):
+    """y = X @ W, both varying: dX = G @ W^T, dW = X^T @ G (per row of G), with intervals on both sides."""
+    t = lambda v: np.swapaxes(v, -1, -2)  # noqa: E731
+    gx = _rump(adj.mid, adj.rad, t(w.mid)[None], t(w.rad)[None], np.matmul)
+    gw = _rump(t(x.mid)[None], t(x.rad)[None], adj.mid, adj.rad, np.matmul)
+    res = []
+    for (mid, rad, mag), shape, n in ((gx, x.shape, w.shape[-1]), (gw, w.shape, x.shape[-2])):
+        g = gamma(int(n) + 1)
+        res.append(Adj(unbroadcast(mid, shape), unbroadcast(rad * (1 + g) + g * mag, shape) + ABS_FLOOR))
+    return res
+
+
+def _matmul_jacobian(ctx, node, adj, ins, out):
+    x, w = ins[0], ins[1]
+    if isinstance(x, Box) and isinstance(w, Box):
+        if len(x.shape) < 2 or len(w.shape) < 2:
+            raise UnsupportedModelError(f"MatMul '{node.name}': a 1-D product of two activations")
+        return _matmul_boxes_jacobian(ctx, node, adj, x, w)
+    return _affine_jacobian(ctx, node, adj, ins, out)
+
+
+def _gemm_jacobian(ctx, node, adj, ins, out):
+    if isinstance(ins[0], Box) and isinstance(ins[1], Box):
+        raise UnsupportedModelError(f"Gemm '{node.name}': a product of two activations has no interval Jacobian rule")
+    return _affine_jacobian(ctx, node, adj, ins, out)
+
+
+# ------------------------------------------------------------------------------ elementwise
+def _derivative_rule(drange):
+    """An elementwise op y = f(x): the cotangent times [f'_lo, f'_hi] over the input's interval."""
+
+    def jac(ctx, node, adj, ins, out):
+        x = ins[0]
+        lo, hi = drange(node, np.minimum(x.lo, x.hi), np.maximum(x.lo, x.hi))
+        return _none_rest(node, adj.times(lo, hi))
+
+    return jac
+
+
+def _relu_range(node, lo, hi):
+    return (lo > 0).astype(np.float64), (hi >= 0).astype(np.float64)
+
+
+def _leaky_range(node, lo, hi):
+    a = float(node.attrs.get("alpha", 0.01))
+    d_lo = np.where(lo > 0, 1.0, np.where(hi < 0, a, min(a, 1.0)))
+    d_hi = np.where(lo > 0, 1.0, np.where(hi < 0, a, max(a, 1.0)))
+    return d_lo, d_hi
+
+
+def _bell_range(df, peak):
+    """f' even and decreasing in |x| (Sigmoid, Tanh, Erf): min at the far end, max at 0 when 0 is inside."""
+
+    def drange(node, lo, hi):
+        dl, du = df(lo), df(hi)
+        d_lo = np.minimum(dl, du)
+        d_hi = np.where((lo <= 0) & (hi >= 0), peak, np.maximum(dl, du))
+        # float32 derivative kernels: a few ulps of the peak (y (1 - y) cancels near saturation)
+        m = DERIV_ULPS * U32 * peak
+        return np.maximum(d_lo - m, 0.0), d_hi + m
+
+    return drange
+
+
+def _dsig(x):
+    s = expit(x)
+    return s * (1 - s)
+
+
+def _softplus_range(node, lo, hi):
+    m = DERIV_ULPS * U32
+    return np.maximum(expit(lo) - m, 0.0), np.minimum(expit(hi) + m, 1.0)
+
+
+def _clip_bounds(node, ins):
+    from .ops import _clip_params
+
+    return _clip_params(None, node, ins)
+
+
+def _clip_jacobian(ctx, node, adj, ins, out):
+    a, b = _clip_bounds(node, ins)
+    x = ins[0]
+    inside = (x.lo > a) & (x.hi < b)
+    outside = (x.hi < a) | (x.lo > b)
+    d_lo = np.where(inside, 1.0, 0.0)
+    d_hi = np.where(outside, 0.0, 1.0)
+    return _none_rest(node, adj.times(d_lo, d_hi))
+
+
+def _hardsigmoid_range(node, lo, hi):
+    al = float(node.attrs.get("alpha", 0.2))
+    be = float(node.attrs.get("beta", 0.5))
+    t1, t2 = al * lo + be, al * hi + be
+    tl, th = np.minimum(t1, t2), np.maximum(t1, t2)
+    inside = (tl > 0) & (th < 1)
+    outside = (th < 0) | (tl > 1)
+    return np.where(inside, al, min(al, 0.0)) * (~outside), np.where(inside, al, max(al, 0.0)) * (~outside)
+
+
+# ------------------------------------------------------------------------------ max pooling
+def _maxpool_jacobian(ctx, node, adj: Adj, ins, out: Box):
+    """Route each window's cotangent to every element that can be its maximum: [0, 1] each, exactly 1
+    when one element's lower bound is at least every other's upper bound."""
+    x = ins[0]
+    key = ("maxpool_jac", node.index)
+    kernel, st, dl, bg, en = _pool_args(ctx, node, x.shape)
+    lo_views, out_sp = window_argmax_offsets(x.lo, kernel, st, dl, bg, en)
+    hi_views, _ = window_argmax_offsets(x.hi, kernel, st, dl, bg, en)
+    if key not in ctx.cache:
+        idx = np.arange(1, int(np.prod(x.shape)) + 1, dtype=np.float64).reshape(x.shape)
+        idx_views, _ = window_argmax_offsets(idx, kernel, st, dl, bg, en)
+        ctx.cache[key] = [np.where(np.isfinite(v), v, 0).astype(np.int64).reshape(-1) for v in idx_views]
+    idx_views = ctx.cache[key]
+    lo_stack = np.stack(lo_views)  # (offsets, N, C, *O)
+    hi_stack = np.stack(hi_views)
+    best_lo = lo_stack.max(axis=0)
+    cand = (hi_stack >= best_lo[None]) & np.isfinite(hi_stack)
+    unique = cand.sum(axis=0) == 1
+    n_out = int(np.prod(best_lo.shape))
+    n_in = int(np.prod(x.shape))
+    r = adj.mid.shape[0]
+    mid_cols, rad_cols, rows, cols = [], [], [], []
+    for o, cand_o in enumerate(cand):
+        d_lo = (cand_o & unique).astype(np.float64)
+        d_hi = cand_o.astype(np.float64)
+        part = adj.times(d_lo, d_hi)
+        mid_cols.append(part.mid.reshape(r, -1))
+        rad_cols.append(part.rad.reshape(r, -1))
+        rows.append(np.arange(n_out) + o * n_out)
+        cols.append(idx_views[o])
+    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+    p = sparse.csr_matrix((np.ones(rows_a.size), (rows_a, cols_a)), shape=(n_out * len(cand), n_in + 1))
+    mid = np.asarray((p.T @ np.concatenate(mid_cols, axis=1).T).T)
+    rad = np.asarray((p.T @ np.concatenate(rad_cols, axis=1).T).T)
+    res = Adj(mid[:, 1:].reshape((r,) + x.shape), rad[:, 1:].reshape((r,) + x.shape)).widen(gamma(len(cand) + 1))
+    return _none_rest(node, res)
+
+
+def _global_maxpool_jacobian(ctx, node, adj: Adj, ins, out: Box):
+    x = ins[0]
+    axes = tuple(range(2, len(x.shape)))
+    best_lo = x.lo.max(axis=axes, keepdims=True)
+    cand = x.hi >= best_lo
+    unique = cand.sum(axis=axes, keepdims=True) == 1
+    a = Adj(np.broadcast_to(adj.mid, (adj.mid.shape[0],) + x.shape), np.broadcast_to(adj.rad, (adj.rad.shape[0],) + x.shape))
+    return _none_rest(node, a.times((cand & unique).astype(np.float64), cand.astype(np.float64)))
+
+
+# ------------------------------------------------------------------------------ registration
+_AFFINE = ("Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum",
+           "Add", "Sub", "Neg", "Cast", "Identity", "Dropout", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
+           "Unsqueeze", "Slice", "Gather", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")
+for _name in _AFFINE:
+    if _name in OPS and OPS[_name].linear is not None:
+        attach(_name, jacobian=_affine_jacobian)
+attach("Mul", jacobian=_mul_jacobian)
+attach("Div", jacobian=_div_jacobian)
+attach("MatMul", jacobian=_matmul_jacobian)
+attach("Gemm", jacobian=_gemm_jacobian)
+attach("Relu", jacobian=_derivative_rule(_relu_range))
+attach("LeakyRelu", jacobian=_derivative_rule(_leaky_range))
+attach("Sigmoid", jacobian=_derivative_rule(_bell_range(_dsig, 0.25)))
+attach("Tanh", jacobian=_derivative_rule(_bell_range(lambda v: 1.0 - np.tanh(v) ** 2, 1.0)))
+attach("Erf", jacobian=_derivative_rule(_bell_range(lambda v: 2.0 / np.sqrt(np.pi) * np.exp(-v * v), 2.0 / np.sqrt(np.pi))))
+attach("Softplus", jacobian=_derivative_rule(_softplus_range))
+attach("HardSigmoid", jacobian=_derivative_rule(_hardsigmoid_range))
+attach("Clip", jacobian=_clip_jacobian)
+attach("MaxPool", jacobian=_maxpool_jacobian)
+attach("GlobalMaxPool", jacobian=_global_maxpool_jacobian)
+
+
+def jacobian_ops() -> tuple[str, ...]:
+    """Operators with an interval Jacobian rule."""
+    return tuple(sorted(k for k, r in OPS.items() if r.jacobian is not None))
+
+
+def ancestors(g, name: str) -> list:
+    """The varying nodes the tensor ``name`` depends on, in graph order."""
+    need = {name}
+    keep = []
+    for node in reversed(g.var_nodes):
+        if any(o in need for o in node.outputs if o):
+            keep.append(node)
+            need.update(i for i in node.inputs if i and g.graph.is_var(i))
+    return keep[::-1]
+
+
+def check_supported(g) -> None:
+    """Raise ``UnsupportedModelError`` naming the first operator (on the way to the logits) without a rule."""
+    for node in ancestors(g, g.logit_name):
+        if OPS[node.op].jacobian is None:
+            raise UnsupportedModelError(
+                f"no interval Jacobian rule for operator {node.op} (node '{node.name}'); local bounds support: "
+                + ", ".join(jacobian_ops()))
+
+
+def backward_intervals(g, bounds, rows: np.ndarray) -> Adj:
+    """Enclosure of rows . d(logits)/d(model input) over the set whose forward ``bounds`` are given.
+
+    ``rows``: (R, *logit_shape) constant cotangents. Returns ``Adj`` with arrays (R, *input_shape)."""
+    check_supported(g)
+    rows = np.asarray(rows, dtype=np.float64)
+    adj: dict[str, Adj] = {g.logit_name: Adj.exact(rows)}
+    for node in reversed(ancestors(g, g.logit_name)):
+        out = node.outputs[0]
+        a = adj.pop(out, None)
+        if a is None:
+            continue
+        ins = [None if not i else (bounds[i] if g.graph.is_var(i) else g.consts.get(i)) for i in node.inputs]
+        res = OPS[node.op].jacobian(g.ctx, node, a, ins, bounds[out])
+        for i, ai in zip(node.inputs, res):
+            if ai is None or not i or not g.graph.is_var(i):
+                continue
+            adj[i] = adj[i] + ai if i in adj else ai
+    got = adj.get(g.input_name)
+    if got is None:
+        z = np.zeros((rows.shape[0],) + g.input_shape)
+        return Adj(z, z.copy())
+    return got
+
+
+__all__ = ["Adj", "backward_intervals", "check_supported", "jacobian_ops"]
