@@ -898,8 +898,9 @@ def assemble(
             "trace": Stats.of([s.trace for s in samples]).to_dict(),
         }
     local = None
+    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
     if config.local_bound is not None:
-        samples, local = _local_bounds(config, loaded, points, calib, samples, notes)
+        samples, local = _local_bounds(config, loaded, points, calib, samples, notes, (bound or {}).get("lipschitz"))
     summary = Summary(
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),
@@ -925,7 +926,6 @@ def assemble(
         "opsets": info.opsets,
     }
     units = _units(config.space, pre, loaded.prepared.images, config.preset)
-    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
     if bound is not None and bound.get("fim_upper"):
         lam = summary.lambda_max
         bound["measured_over_bound"] = {
@@ -973,13 +973,15 @@ def assemble(
 
 
 def _local_bounds(config: ScanConfig, loaded: Loaded, points: Points, calib: Calibration,
-                  samples: tuple[SampleResult, ...], notes: list[str]) -> tuple[tuple[SampleResult, ...], dict]:
-    """--local-bound EPS: each sample's certified upper bound on lambda_max(F) over the ball (fimaudit.verify.local)."""
+                  samples: tuple[SampleResult, ...], notes: list[str],
+                  lipschitz: float | None = None) -> tuple[tuple[SampleResult, ...], dict]:
+    """--local-bound EPS: each sample's certified upper bound on lambda_max(F) over the ball (fimaudit.verify.local);
+    ``lipschitz``: the closed-form global bound in the scan's space, taken where it is smaller."""
     from .verify.local import scan_local_bounds
 
     per, summary, more = scan_local_bounds(
         loaded.model, points.x, float(config.local_bound), kind=calib.kind, pre=points.pre,
-        data_space=points.to_input is not None, lambdas=[s.lambda_max for s in samples])
+        data_space=points.to_input is not None, lambdas=[s.lambda_max for s in samples], lipschitz_cap=lipschitz)
     notes.extend(more)
     return tuple(replace(s, local_upper=d) for s, d in zip(samples, per)), summary
 

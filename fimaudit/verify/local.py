@@ -182,14 +182,16 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
 
 
 def local_bounds(g, input_set, *, input_scale: np.ndarray | None = None, refine: str | bool = "auto",
-                 margin_method: str = "crown", sharpen_rows: int = 4096) -> LocalBound:
+                 margin_method: str = "crown", sharpen_rows: int = 4096,
+                 lipschitz_cap: float | None = None) -> LocalBound:
     """Certified upper bounds on lambda_max(F(x')) and on |J(x')|_2 for every x' in ``input_set``.
 
     ``g``: a ``BoundGraph``; ``input_set``: ``InputSet`` in the space the bound refers to (its model map
     (x - mean)/std). ``input_scale``: an extra diagonal factor du/dx (sample shape) applied to the Jacobian
     when the set's coordinates are not those the Fisher is reported in; None: the set's own coordinates
     (the InputSet's std is applied automatically). Raises ``UnsupportedModelError`` for operators without
-    an interval Jacobian rule.
+    an interval Jacobian rule. ``lipschitz_cap``: a global Lipschitz bound of the logits in the same
+    coordinates (the closed-form bound from the weights), used when smaller (a valid bound everywhere).
     """
     t0 = time.perf_counter()
     check_supported(g)
@@ -225,6 +227,8 @@ def local_bounds(g, input_set, *, input_scale: np.ndarray | None = None, refine:
     jm, jr = mid[:k], rad[:k]
     dm, dr = mid[k:], rad[k:]
     lip = interval_norm(jm, jr)
+    if lipschitz_cap is not None and np.isfinite(lipschitz_cap) and lipschitz_cap > 0:
+        lip = min(lip, float(lipschitz_cap))
     s = np.sqrt(pu[others]) * (1 + 2 * F64)
     cands = {
         "diag_p": interval_norm(dm, dr, s) ** 2,
@@ -244,7 +248,8 @@ def refused(eps: float, norm: str, reason: str) -> LocalBound:
 
 # ----------------------------------------------------------------------------------- the scan's use
 def scan_local_bounds(model, points: np.ndarray, eps: float, *, kind: str = "logits", pre=None,
-                      data_space: bool = False, lambdas=None) -> tuple[list[dict | None], dict, list[str]]:
+                      data_space: bool = False, lambdas=None,
+                      lipschitz_cap: float | None = None) -> tuple[list[dict | None], dict, list[str]]:
     """Each scan point's certified local bound over the L-inf ball of radius ``eps`` around it (units of the
     scan's --space: model input, or stored data when ``data_space``, mapped by ``pre``).
 
@@ -272,7 +277,7 @@ def scan_local_bounds(model, points: np.ndarray, eps: float, *, kind: str = "log
             continue
         s = _scan_set(points[i], eps, pre, data_space, model.sample_shape)
         try:
-            lb = local_bounds(g, s)
+            lb = local_bounds(g, s, lipschitz_cap=lipschitz_cap)
         except FimauditError as exc:
             lb = refused(eps, "linf", str(exc))
         d = lb.to_dict()
