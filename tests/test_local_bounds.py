@@ -218,3 +218,26 @@ def test_broken_no_rounding(tmp_path, monkeypatch):
     monkeypatch.setattr(jac_mod, "gamma", lambda n: 0.0)
     monkeypatch.setattr(jac_mod, "ABS_FLOOR", 0.0)
     assert check() > 0
+
+
+def test_audit_policy_key_and_dossier_section(tmp_path):
+    from fimaudit.audit import AuditConfig, run_audit
+    from fimaudit.policy import evaluate, parse_check, policy_from_dict
+    from fimaudit.report.audit import render_audit_html, render_audit_markdown
+
+    pol = policy_from_dict({"policy": {"checks": ["fisher.local_upper.median <= 1e6"]}, "audit": {"samples": 2, "sections": ["scan"]}})
+    from fimaudit.policy import apply_to_config
+
+    fields = apply_to_config(pol, {"model": str(ZOO / "mlp_small.onnx"), "data": str(ZOO / "fmnist_test_1000_28.npz"),
+                                   "scale": 1 / 255})
+    assert fields["local_bound"] == 0.0  # named by a check: computed at the points
+    res = run_audit(AuditConfig(**fields))
+    (check,) = evaluate(pol, res)
+    loc = res.section("scan").data["summary"]["local_upper"]
+    assert check.passed and check.value == loc["fisher_upper"]["median"]
+    assert "Local Fisher sandwich" in render_audit_html(res) and "certified local upper" in render_audit_markdown(res)
+    # without a local bound the key is missing, with the reason
+    res2 = run_audit(AuditConfig(**(fields | {"local_bound": None})))
+    (c2,) = evaluate(policy_from_dict({"policy": {"checks": ["fisher.local_upper.max <= 1"]}}), res2)
+    assert not c2.passed and "local_bound" in c2.reason
+    assert parse_check("fisher.local_upper.p90 < 3").key == "fisher.local_upper.p90"
