@@ -281,6 +281,9 @@ def _maxpool_jacobian(ctx, node, adj: Adj, ins, out: Box):
     hi_stack = np.stack(hi_views)
     best_lo = lo_stack.max(axis=0)
     cand = (hi_stack >= best_lo[None]) & np.isfinite(hi_stack)
+    dominated = ctx.cache.get("jac_hints", {}).get(("maxpool_dominated", node.index))
+    if dominated is not None and dominated.shape == cand.shape:
+        cand &= ~dominated  # certified x_best - x_j > 0 over the set (fimaudit.verify.local.sharpen)
     unique = cand.sum(axis=0) == 1
     n_out = int(np.prod(best_lo.shape))
     n_in = int(np.prod(x.shape))
@@ -367,6 +370,19 @@ def backward_intervals(g, bounds, rows: np.ndarray) -> Adj:
     check_supported(g)
     rows = np.asarray(rows, dtype=np.float64)
     adj: dict[str, Adj] = {g.logit_name: Adj.exact(rows)}
+    g.ctx.cache["jac_hints"] = getattr(bounds, "hints", {})  # facts certified for these bounds only
+    try:
+        _backward(g, bounds, adj)
+    finally:
+        g.ctx.cache.pop("jac_hints", None)
+    got = adj.get(g.input_name)
+    if got is None:
+        z = np.zeros((rows.shape[0],) + g.input_shape)
+        return Adj(z, z.copy())
+    return got
+
+
+def _backward(g, bounds, adj: dict) -> None:
     for node in reversed(ancestors(g, g.logit_name)):
         out = node.outputs[0]
         a = adj.pop(out, None)
@@ -378,11 +394,6 @@ def backward_intervals(g, bounds, rows: np.ndarray) -> Adj:
             if ai is None or not i or not g.graph.is_var(i):
                 continue
             adj[i] = adj[i] + ai if i in adj else ai
-    got = adj.get(g.input_name)
-    if got is None:
-        z = np.zeros((rows.shape[0],) + g.input_shape)
-        return Adj(z, z.copy())
-    return got
 
 
 __all__ = ["Adj", "backward_intervals", "check_supported", "jacobian_ops"]

@@ -178,7 +178,48 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
         if np.all(lo <= hi):
             b.boxes[name] = Box(lo.reshape(box.shape), hi.reshape(box.shape))
             _reforward(g, b, order[id(node)])
+        if node.op == "MaxPool":
+            spent += _maxpool_dominance(g, b, input_set, node, max_rows - spent)
     return spent
+
+
+def _maxpool_dominance(g, b, input_set, node, rows_left: int) -> int:
+    """CROWN lower bounds of x_best - x_j for the other candidates j of each window with several: j with a
+    positive bound can never be the maximum (a hint the MaxPool Jacobian rule reads, ``b.hints``)."""
+    from .conv import window_argmax_offsets
+    from .ops import _pool_args
+
+    box = b.boxes[node.inputs[0]]
+    kernel, st, dl, bg, en = _pool_args(None, node, box.shape)
+    lo = np.stack(window_argmax_offsets(box.lo, kernel, st, dl, bg, en)[0])
+    hi = np.stack(window_argmax_offsets(box.hi, kernel, st, dl, bg, en)[0])
+    idx = np.stack(window_argmax_offsets(np.arange(1, box.lo.size + 1, dtype=np.float64).reshape(box.shape),
+                                         kernel, st, dl, bg, en)[0])
+    best = np.argmax(lo, axis=0)
+    best_lo = np.take_along_axis(lo, best[None], 0)[0]
+    best_idx = np.take_along_axis(idx, best[None], 0)[0]
+    cand = (hi >= best_lo[None]) & np.isfinite(hi)
+    others = cand & (np.arange(lo.shape[0]).reshape((-1,) + (1,) * best.ndim) != best[None])
+    others &= (hi > lo) | (np.take_along_axis(hi, best[None], 0) > best_lo[None])  # not two equal constants
+    pairs = np.argwhere(others)  # (offset, *window position)
+    if pairs.size == 0 or pairs.shape[0] > rows_left:
+        return 0
+    n = box.lo.size
+    j_idx = idx[tuple(pairs.T)].astype(np.int64) - 1
+    b_idx = best_idx[tuple(pairs[:, 1:].T)].astype(np.int64) - 1
+    res = np.empty(pairs.shape[0])
+    for start in range(0, pairs.shape[0], CHUNK):
+        sl = slice(start, start + CHUNK)
+        a = np.zeros((len(j_idx[sl]), n))
+        a[np.arange(a.shape[0]), b_idx[sl]] += 1.0
+        a[np.arange(a.shape[0]), j_idx[sl]] -= 1.0
+        res[sl] = g.lower(b, input_set, node.inputs[0], a.reshape((a.shape[0],) + box.shape))
+    dominated = np.zeros(lo.shape, dtype=bool)
+    dominated[tuple(pairs[res > 0].T)] = True
+    if not hasattr(b, "hints"):
+        b.hints = {}
+    b.hints[("maxpool_dominated", node.index)] = dominated
+    return int(pairs.shape[0])
 
 
 def local_bounds(g, input_set, *, input_scale: np.ndarray | None = None, refine: str | bool = "auto",
