@@ -241,3 +241,23 @@ def test_audit_policy_key_and_dossier_section(tmp_path):
     (c2,) = evaluate(policy_from_dict({"policy": {"checks": ["fisher.local_upper.max <= 1"]}}), res2)
     assert not c2.passed and "local_bound" in c2.reason
     assert parse_check("fisher.local_upper.p90 < 3").key == "fisher.local_upper.p90"
+
+
+def test_data_space_is_the_input_space_bound_rescaled():
+    """--space data: the ball in stored-data units maps to a ball of radius eps scale/std in model-input units,
+    and F_data = (scale/std)^2 F_input (MATH §1): the two bounds agree up to rounding."""
+    from fimaudit.data import Preprocess
+    from fimaudit.model import load_model
+
+    model = load_model(str(ZOO / "mlp_small.onnx"))
+    pre = Preprocess(scale=1 / 255, mean=(0.2,), std=(0.5,))
+    x = np.load(ZOO / "fmnist_test_1000_28.npz")["x"][:2].astype(np.float64).reshape((2,) + model.sample_shape)
+    x = x + np.random.default_rng(0).standard_normal(x.shape)  # off the ties
+    u = pre.apply(x, model.sample_shape)
+    k = pre.scale / pre.std[0]
+    for eps in (0.0, 2.0):
+        data, _, _ = local_mod.scan_local_bounds(model, x, eps, pre=pre, data_space=True)
+        inp, _, _ = local_mod.scan_local_bounds(model, u, eps * k, pre=pre, data_space=False)
+        for a, b in zip(data, inp):
+            assert a["fisher_upper"] == pytest.approx(k * k * b["fisher_upper"], rel=1e-6)
+            assert a["lipschitz"] == pytest.approx(k * b["lipschitz"], rel=1e-6)
