@@ -162,8 +162,13 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
         box = b.boxes[name]
         amb = _ambiguous(node, box)
         amb = amb[box.hi.reshape(-1)[amb] > box.lo.reshape(-1)[amb]]  # a point interval cannot get tighter
-        if amb.size == 0 or spent + 2 * amb.size > max_rows:
+        room = (max_rows - spent) // 2
+        if amb.size == 0 or room <= 0:
             continue
+        if amb.size > room:  # the entries likeliest to be decided: midpoint farthest from 0 relative to the width
+            c = box.mid.reshape(-1)[amb]
+            w = box.rad.reshape(-1)[amb]
+            amb = amb[np.argsort(-np.abs(c) / np.maximum(w, 1e-300), kind="stable")[:room]]
         n = int(np.prod(box.shape))
         lo, hi = box.lo.reshape(-1).copy(), box.hi.reshape(-1).copy()
         for start in range(0, amb.size, CHUNK // 2):
