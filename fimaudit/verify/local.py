@@ -99,6 +99,7 @@ def probability_upper(z_lo: np.ndarray, z_hi: np.ndarray, margins: np.ndarray, y
 
 SHARPEN_OPS = frozenset(("Relu", "LeakyRelu", "MaxPool", "GlobalMaxPool", "Clip"))
 CHUNK = 256  # CROWN rows per backward pass
+SHARPEN_ROWS = 16384  # CROWN rows per sample at most (deciding ReLU/MaxPool derivatives)
 
 
 def _ambiguous(node, box: Box) -> np.ndarray:
@@ -155,14 +156,16 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
     at most ``max_rows`` CROWN rows in all. Returns the rows spent."""
     spent = 0
     order = {id(n): k for k, n in enumerate(g.var_nodes)}
-    for node in g.var_nodes:
-        if node.op not in SHARPEN_OPS or not g.graph.is_var(node.inputs[0]) or node.inputs[0] == g.input_name:
-            continue
+    layers = [n for n in g.var_nodes
+              if n.op in SHARPEN_OPS and g.graph.is_var(n.inputs[0]) and n.inputs[0] != g.input_name]
+    for k, node in enumerate(layers):
         name = node.inputs[0]
         box = b.boxes[name]
         amb = _ambiguous(node, box)
         amb = amb[box.hi.reshape(-1)[amb] > box.lo.reshape(-1)[amb]]  # a point interval cannot get tighter
-        room = (max_rows - spent) // 2
+        left = max_rows - spent
+        share = left if k == len(layers) - 1 else (3 * left) // 4  # keep a quarter for the layers to come
+        room = share // (4 if node.op == "MaxPool" else 2)
         if amb.size == 0 or room <= 0:
             continue
         if amb.size > room:  # the entries likeliest to be decided: midpoint farthest from 0 relative to the width
@@ -183,8 +186,8 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
         if np.all(lo <= hi):
             b.boxes[name] = Box(lo.reshape(box.shape), hi.reshape(box.shape))
             _reforward(g, b, order[id(node)])
-        if node.op == "MaxPool":
-            spent += _maxpool_dominance(g, b, input_set, node, max_rows - spent)
+        if node.op == "MaxPool":  # then the pairwise differences, which decide a window better than boxes
+            spent += _maxpool_dominance(g, b, input_set, node, share - 2 * amb.size)
     return spent
 
 
@@ -207,8 +210,11 @@ def _maxpool_dominance(g, b, input_set, node, rows_left: int) -> int:
     others = cand & (np.arange(lo.shape[0]).reshape((-1,) + (1,) * best.ndim) != best[None])
     others &= (hi > lo) | (np.take_along_axis(hi, best[None], 0) > best_lo[None])  # not two equal constants
     pairs = np.argwhere(others)  # (offset, *window position)
-    if pairs.size == 0 or pairs.shape[0] > rows_left:
+    if pairs.size == 0 or rows_left <= 0:
         return 0
+    if pairs.shape[0] > rows_left:  # the closest calls first: the smallest overlap hi_j - lo_best
+        gap = hi[tuple(pairs.T)] - best_lo[tuple(pairs[:, 1:].T)]
+        pairs = pairs[np.argsort(gap, kind="stable")[:rows_left]]
     n = box.lo.size
     j_idx = idx[tuple(pairs.T)].astype(np.int64) - 1
     b_idx = best_idx[tuple(pairs[:, 1:].T)].astype(np.int64) - 1
@@ -228,7 +234,7 @@ def _maxpool_dominance(g, b, input_set, node, rows_left: int) -> int:
 
 
 def local_bounds(g, input_set, *, input_scale: np.ndarray | None = None, refine: str | bool = "auto",
-                 margin_method: str = "crown", sharpen_rows: int = 4096,
+                 margin_method: str = "crown", sharpen_rows: int = SHARPEN_ROWS,
                  lipschitz_cap: float | None = None) -> LocalBound:
     """Certified upper bounds on lambda_max(F(x')) and on |J(x')|_2 for every x' in ``input_set``.
 
