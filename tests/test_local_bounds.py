@@ -261,3 +261,79 @@ def test_data_space_is_the_input_space_bound_rescaled():
         for a, b in zip(data, inp):
             assert a["fisher_upper"] == pytest.approx(k * k * b["fisher_upper"], rel=1e-6)
             assert a["lipschitz"] == pytest.approx(k * b["lipschitz"], rel=1e-6)
+
+
+def _mixed_net(path: Path, seed: int = 0) -> Path:
+    """Conv, BatchNorm, Clip (ReLU6), a residual Add, LeakyRelu, SiLU (Mul of two activations), Tanh, Erf,
+    Softplus, HardSigmoid, AveragePool, overlapping MaxPool, Concat, Gemm: every kind of interval VJP rule."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) * 0.7).astype(np.float32))  # noqa: E731
+
+    def init(name, arr):
+        t = numpy_helper.from_array(np.asarray(arr, np.float32), name)
+        return t
+
+    inits = [init("k1", rng.standard_normal((3, 2, 3, 3)) * 0.5), init("c1", rng.standard_normal(3) * 0.2),
+             init("bs", rng.uniform(0.5, 1.5, 3)), init("bb", rng.standard_normal(3) * 0.1),
+             init("bm", rng.standard_normal(3) * 0.1), init("bv", rng.uniform(0.5, 1.5, 3)),
+             init("k2", rng.standard_normal((3, 3, 3, 3)) * 0.4), init("lo", 0.0), init("hi", 6.0),
+             init("w1", rng.standard_normal((8, 3 * 3 * 3 + 3 * 2 * 2)) * 0.4), init("b1", rng.standard_normal(8) * 0.1),
+             init("w2", rng.standard_normal((4, 8)) * 0.8), init("b2", rng.standard_normal(4) * 0.1)]
+    del w
+    nodes = [
+        helper.make_node("Conv", ["x", "k1", "c1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "bs", "bb", "bm", "bv"], ["b"]),
+        helper.make_node("Clip", ["b", "lo", "hi"], ["c"]),
+        helper.make_node("Conv", ["c", "k2"], ["d"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "d"], ["e"]),
+        helper.make_node("LeakyRelu", ["e"], ["f"], alpha=0.1),
+        helper.make_node("Sigmoid", ["f"], ["fs"]),
+        helper.make_node("Mul", ["f", "fs"], ["g"]),
+        helper.make_node("Tanh", ["g"], ["h"]),
+        helper.make_node("AveragePool", ["h"], ["i"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("MaxPool", ["g"], ["gm"], kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("Flatten", ["i"], ["fi"], axis=1),
+        helper.make_node("Flatten", ["gm"], ["fg"], axis=1),
+        helper.make_node("Concat", ["fi", "fg"], ["cat"], axis=1),
+        helper.make_node("Gemm", ["cat", "w1", "b1"], ["j"], transB=1),
+        helper.make_node("Softplus", ["j"], ["k"]),
+        helper.make_node("Erf", ["k"], ["l"]),
+        helper.make_node("HardSigmoid", ["l"], ["m"], alpha=0.4, beta=0.5),
+        helper.make_node("Gemm", ["m", "w2", "b2"], ["z"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])], inits)
+    return B.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_mixed_operator_net_sound(tmp_path):
+    path = _mixed_net(tmp_path / "mixed.onnx")
+    g = _graph(path, (2, 6, 6))
+    oracle = onnx_oracle(path, (2, 6, 6))
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        x0 = rng.standard_normal((2, 6, 6))
+        for eps in (0.0, 0.05, 0.3):
+            lb = local_mod.local_bounds(g, InputSet.of(x0, eps))
+            f, lip, _ = search(oracle, x0, eps, rng, random=24, starts=3, steps=10)
+            assert f <= lb.fisher_upper and lip <= lb.lipschitz, (eps, f, lb.fisher_upper, lip, lb.lipschitz)
+            if eps == 0.0:
+                assert lb.lipschitz <= lip * 1.05  # at a generic point: tight up to the derivative kernels' margins
+
+
+def test_broken_maxpool_routes_to_one_candidate(tmp_path, monkeypatch):
+    """Routing each window's cotangent to the element with the largest lower bound only (as if it were always
+    the max) misses the Jacobians where another element wins."""
+    orig = jac_mod._maxpool_jacobian
+
+    def first_only(ctx, node, adj, ins, out):
+        x = ins[0]
+        squeezed = Box(x.lo, np.maximum(x.lo, np.minimum(x.hi, x.lo)))  # forget the overlaps: point intervals
+        return orig(ctx, node, adj, [squeezed] + list(ins[1:]), out)
+
+    from fimaudit.verify.intervals import Box
+
+    _patched(monkeypatch, "MaxPool", jacobian=first_only)
+    assert _violations(tmp_path)

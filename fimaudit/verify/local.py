@@ -102,7 +102,7 @@ CHUNK = 256  # CROWN rows per backward pass
 SHARPEN_ROWS = 16384  # CROWN rows per sample at most (deciding ReLU/MaxPool derivatives)
 
 
-def _ambiguous(node, box: Box) -> np.ndarray:
+def _ambiguous(node, box: Box, consts: dict | None = None) -> np.ndarray:
     """Flat indices of the input entries whose interval leaves the operator's derivative undecided."""
     lo, hi = box.lo.reshape(-1), box.hi.reshape(-1)
     if node.op in ("Relu", "LeakyRelu"):
@@ -110,7 +110,8 @@ def _ambiguous(node, box: Box) -> np.ndarray:
     if node.op == "Clip":
         from .ops import _clip_params
 
-        a, b = _clip_params(None, node, [box] + [None] * 2) if not node.inputs[1:] else (-np.inf, np.inf)
+        ins = [box] + [(consts or {}).get(i) if i else None for i in node.inputs[1:]]
+        a, b = _clip_params(None, node, ins)
         return np.flatnonzero(((lo <= a) & (hi >= a)) | ((lo <= b) & (hi >= b)))
     # max pooling: every entry whose upper bound reaches its window's largest lower bound (loose: the global max)
     from .ops import _pool_args
@@ -161,7 +162,7 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
     for k, node in enumerate(layers):
         name = node.inputs[0]
         box = b.boxes[name]
-        amb = _ambiguous(node, box)
+        amb = _ambiguous(node, box, g.consts)
         amb = amb[box.hi.reshape(-1)[amb] > box.lo.reshape(-1)[amb]]  # a point interval cannot get tighter
         left = max_rows - spent
         share = left if k == len(layers) - 1 else (3 * left) // 4  # keep a quarter for the layers to come
