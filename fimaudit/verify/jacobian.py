@@ -315,6 +315,66 @@ def _global_maxpool_jacobian(ctx, node, adj: Adj, ins, out: Box):
     return _none_rest(node, a.times((cand & unique).astype(np.float64), cand.astype(np.float64)))
 
 
+# ------------------------------------------------------------------------------ softmax, layer norm
+def _sum_adj(a: Adj, axes: tuple[int, ...], scale: float = 1.0) -> Adj:
+    """Enclosure of scale * sum over ``axes`` (keepdims) of a cotangent enclosure."""
+    n = int(np.prod([a.mid.shape[k] for k in axes])) if axes else 1
+    return Adj(scale * a.mid.sum(axis=axes, keepdims=True),
+               abs(scale) * a.rad.sum(axis=axes, keepdims=True)).widen(gamma(n + 1))
+
+
+def _minus(a: Adj, b: Adj) -> Adj:
+    return Adj(a.mid - b.mid, a.rad + b.rad).widen(gamma(2))
+
+
+def _softmax_jacobian(ctx, node, adj: Adj, ins, out: Box):
+    """y = softmax(x): dx = y * (g - sum_j g_j y_j), with y enclosed by the forward interval of the output."""
+    from .ops import _softmax_axis
+
+    x = ins[0]
+    nd = len(x.shape)
+    ax = _softmax_axis(ctx, node, nd)
+    if ctx.opset < 13 and ax != nd - 1:
+        raise UnsupportedModelError(f"Softmax '{node.name}': the opset < 13 form over flattened axes has no interval "
+                                    "Jacobian rule")
+    ylo, yhi = np.clip(out.lo, 0.0, 1.0), np.clip(out.hi, 0.0, 1.0)
+    s = _sum_adj(adj.times(ylo, yhi), (1 + ax,))
+    return _none_rest(node, _minus(adj, s).times(ylo, yhi))
+
+
+def _layernorm_jacobian(ctx, node, adj: Adj, ins, out: Box):
+    """y = xhat * gamma + beta, xhat = (x - mean) / sigma: dx = (h - mean(h) - xhat mean(h xhat)) / sigma with
+    h = gamma * g; xhat and 1/sigma enclosed as in the engine's IBP rule (finite when epsilon > 0)."""
+    x = ins[0]
+    nd = len(x.shape)
+    ax = int(node.attrs.get("axis", -1)) % nd
+    axes = tuple(range(ax, nd))
+    n = int(np.prod(x.shape[ax:]))
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    slo, shi = x.lo.sum(axis=axes, keepdims=True), x.hi.sum(axis=axes, keepdims=True)
+    d_lo = x.lo * (1 - 1 / n) - (shi - x.hi) / n
+    d_hi = x.hi * (1 - 1 / n) - (slo - x.lo) / n
+    sq_lo = np.where((d_lo < 0) & (d_hi > 0), 0.0, np.minimum(d_lo ** 2, d_hi ** 2))
+    sq_hi = np.maximum(d_lo ** 2, d_hi ** 2)
+    v_lo = sq_lo.mean(axis=axes, keepdims=True) + eps
+    v_hi = sq_hi.mean(axis=axes, keepdims=True) + eps
+    w = 1e-6  # float32 evaluation of mean, variance and rsqrt: a generous relative margin
+    r_lo, r_hi = (1 - w) / np.sqrt(v_hi), (1 + w) / np.sqrt(v_lo)
+    cap = np.sqrt(n)
+    c = [d_lo * r_lo, d_lo * r_hi, d_hi * r_lo, d_hi * r_hi]
+    xh_lo = np.clip(np.minimum.reduce(c), -cap, cap)
+    xh_hi = np.clip(np.maximum.reduce(c), -cap, cap)
+    g = np.asarray(ins[1], np.float64)
+    h = Adj(adj.mid * g, adj.rad * np.abs(g)).widen(gamma(1))
+    radx = tuple(1 + k for k in axes)
+    mh = _sum_adj(h, radx, 1.0 / n)
+    mhx = _sum_adj(h.times(xh_lo, xh_hi), radx, 1.0 / n)
+    shape = h.mid.shape
+    term = Adj(np.broadcast_to(mhx.mid, shape), np.broadcast_to(mhx.rad, shape)).times(xh_lo, xh_hi)
+    inner = _minus(_minus(h, Adj(np.broadcast_to(mh.mid, shape), np.broadcast_to(mh.rad, shape))), term)
+    return _none_rest(node, inner.times(r_lo, r_hi))
+
+
 # ------------------------------------------------------------------------------ registration
 _AFFINE = ("Conv", "ConvTranspose", "BatchNormalization", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum",
            "Add", "Sub", "Neg", "Cast", "Identity", "Dropout", "Concat", "Reshape", "Flatten", "Transpose", "Squeeze",
@@ -335,6 +395,8 @@ attach("Softplus", jacobian=_derivative_rule(_softplus_range))
 attach("HardSigmoid", jacobian=_derivative_rule(_hardsigmoid_range))
 attach("Clip", jacobian=_clip_jacobian)
 attach("MaxPool", jacobian=_maxpool_jacobian)
+attach("Softmax", jacobian=_softmax_jacobian)
+attach("LayerNormalization", jacobian=_layernorm_jacobian)
 attach("GlobalMaxPool", jacobian=_global_maxpool_jacobian)
 
 
