@@ -99,7 +99,7 @@ def probability_upper(z_lo: np.ndarray, z_hi: np.ndarray, margins: np.ndarray, y
 
 SHARPEN_OPS = frozenset(("Relu", "LeakyRelu", "MaxPool", "GlobalMaxPool", "Clip"))
 CHUNK = 256  # CROWN rows per backward pass
-SHARPEN_ROWS = 16384  # CROWN rows per sample at most (deciding ReLU/MaxPool derivatives)
+SHARPEN_ROWS = 8192  # CROWN rows per sample at most (deciding ReLU/MaxPool derivatives)
 
 
 def _ambiguous(node, box: Box, consts: dict | None = None) -> np.ndarray:
