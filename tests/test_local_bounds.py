@@ -236,7 +236,8 @@ def test_audit_policy_key_and_dossier_section(tmp_path):
     from fimaudit.policy import evaluate, parse_check, policy_from_dict
     from fimaudit.report.audit import render_audit_html, render_audit_markdown
 
-    pol = policy_from_dict({"policy": {"checks": ["fisher.local_upper.median <= 1e6"]}, "audit": {"samples": 2, "sections": ["scan"]}})
+    pol = policy_from_dict({"policy": {"checks": ["fisher.local_upper.median <= 1e6"]},
+                            "audit": {"samples": 2, "sections": ["scan"]}})
     from fimaudit.policy import apply_to_config
 
     fields = apply_to_config(pol, {"model": str(ZOO / "mlp_small.onnx"), "data": str(ZOO / "fmnist_test_1000_28.npz"),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from scipy.special import erf, expit
+from scipy.special import expit
 
 from ..errors import UnsupportedModelError
 from .conv import window_argmax_offsets

@@ -28,8 +28,8 @@ from scipy.special import expit
 
 from ..errors import FimauditError, UnsupportedModelError
 from .intervals import U32, Box
-from .ops import OPS
 from .jacobian import backward_intervals, check_supported
+from .ops import OPS
 
 F64 = np.finfo(np.float64).eps
 P_SLACK = 16 * U32  # float32 softmax of the model: a few ulps on each probability
@@ -80,7 +80,8 @@ class LocalBound:
 
         return _clean({"eps": self.eps, "norm": self.norm, "fisher_upper": self.fisher_upper,
                        "lipschitz": self.lipschitz, "reference_class": self.reference_class,
-                       "candidates": self.candidates, "sharpen_rows": self.sharpen_rows, "seconds": round(self.seconds, 4), "reason": self.reason})
+                       "candidates": self.candidates, "sharpen_rows": self.sharpen_rows,
+                       "seconds": round(self.seconds, 4), "reason": self.reason})
 
 
 def probability_upper(z_lo: np.ndarray, z_hi: np.ndarray, margins: np.ndarray, y: int) -> np.ndarray:
@@ -114,8 +115,8 @@ def _ambiguous(node, box: Box, consts: dict | None = None) -> np.ndarray:
         a, b = _clip_params(None, node, ins)
         return np.flatnonzero(((lo <= a) & (hi >= a)) | ((lo <= b) & (hi >= b)))
     # max pooling: every entry whose upper bound reaches its window's largest lower bound (loose: the global max)
-    from .ops import _pool_args
     from .conv import window_argmax_offsets
+    from .ops import _pool_args
 
     if node.op == "GlobalMaxPool":
         axes = tuple(range(2, len(box.shape)))
