@@ -38,38 +38,68 @@ from .intervals import U32, Box, gamma
 from .ops import OPS, _pool_args, attach, unbroadcast
 
 ABS_FLOOR = 1e-37  # absolute widening per step (float32 subnormals flushed to zero)
+F64 = np.finfo(np.float64).eps
+GEN_ELEMS = 2 ** 24  # most generator entries (symbols x rows x tensor size) carried by one cotangent
 DERIV_ULPS = 16.0  # error of a float32 derivative kernel (e.g. y (1 - y) of a float32 sigmoid), in ulps of 1
 
 
 @dataclass(frozen=True)
 class Adj:
-    """Cotangent enclosure [mid - rad, mid + rad], arrays (R, *tensor_shape), rad >= 0."""
+    """Cotangent enclosure: mid + sum_i delta_i gen_i + e with |e| <= rad elementwise and every delta_i in [-1, 1]
+    (arrays (R, *tensor_shape); ``gen`` (G, R, *tensor_shape) or None, one slice per symbol of ``ids``).
+
+    A symbol is the derivative of one activation (ReLU, ...) over the set, shared by every row: linear operators
+    map the generators exactly (no |W| amplification of what they carry); rules that do not handle them
+    receive the folded enclosure (``fold``: rad + sum_i |gen_i|)."""
 
     mid: np.ndarray
     rad: np.ndarray
+    gen: np.ndarray | None = None
+    ids: tuple = ()
 
     @property
     def lo(self) -> np.ndarray:
-        return self.mid - self.rad
+        return self.mid - self.rad - self.absgen
 
     @property
     def hi(self) -> np.ndarray:
-        return self.mid + self.rad
+        return self.mid + self.rad + self.absgen
+
+    @property
+    def absgen(self) -> np.ndarray | float:
+        return 0.0 if self.gen is None else np.abs(self.gen).sum(axis=0)
 
     @staticmethod
     def exact(rows: np.ndarray) -> "Adj":
         rows = np.asarray(rows, dtype=np.float64)
         return Adj(rows, np.zeros_like(rows))
 
+    def fold(self) -> "Adj":
+        """The same enclosure without symbols (the interval hull)."""
+        if self.gen is None:
+            return self
+        return Adj(self.mid, (self.rad + self.absgen) * (1 + 4 * F64))
+
     def widen(self, rel: float) -> "Adj":
-        """Add rel * (|mid| + rad) + floor: the rounding of one float32 step on these magnitudes."""
-        return Adj(self.mid, self.rad * (1 + rel) + rel * np.abs(self.mid) + ABS_FLOOR)
+        """Add rel * (|mid| + sum |gen| + rad) + floor: the rounding of one float32 step on these magnitudes."""
+        return Adj(self.mid, self.rad * (1 + rel) + rel * (np.abs(self.mid) + self.absgen) + ABS_FLOOR,
+                   self.gen, self.ids)
 
     def __add__(self, other: "Adj") -> "Adj":
-        return Adj(self.mid + other.mid, self.rad + other.rad).widen(gamma(2))
+        if self.gen is None and other.gen is None:
+            return Adj(self.mid + other.mid, self.rad + other.rad).widen(gamma(2))
+        ids = list(self.ids) + [i for i in other.ids if i not in set(self.ids)]
+        pos = {k: n for n, k in enumerate(ids)}
+        gen = np.zeros((len(ids),) + self.mid.shape)
+        for a in (self, other):
+            if a.gen is not None:
+                gen[[pos[k] for k in a.ids]] += a.gen
+        return Adj(self.mid + other.mid, self.rad + other.rad, gen, tuple(ids)).widen(gamma(2))
 
     def times(self, lo, hi) -> "Adj":
         """Elementwise product with the interval [lo, hi] (broadcast over the leading row axis)."""
+        if self.gen is not None:
+            return self.fold().times(lo, hi)
         lo = np.asarray(lo, dtype=np.float64)
         hi = np.asarray(hi, dtype=np.float64)
         if lo is hi or np.array_equal(lo, hi):
@@ -80,8 +110,54 @@ class Adj:
         mx = np.maximum(np.maximum(c1, c2), np.maximum(c3, c4))
         return Adj(0.5 * (mn + mx), 0.5 * (mx - mn)).widen(gamma(2))
 
-    def reshape(self, shape) -> "Adj":
-        return Adj(self.mid.reshape(shape), self.rad.reshape(shape))
+    def symbolic_times(self, lo, hi, symbol) -> "Adj":
+        """Product with d in [lo, hi] (elementwise, one value per tensor entry over the set, shared by the rows):
+        d = dc + dr eps_j. The part dr eps_j mid is kept as a new symbol per undecided entry j (up to the
+        generator budget); dr eps_j (sum gen delta + e) goes to the radius."""
+        lo = np.broadcast_to(np.asarray(lo, dtype=np.float64), self.mid.shape[1:])
+        hi = np.broadcast_to(np.asarray(hi, dtype=np.float64), self.mid.shape[1:])
+        dc, dr = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        r = self.mid.shape[0]
+        ag = self.absgen
+        rad = self.rad * np.abs(dc) + dr * (ag + self.rad)
+        gen = None if self.gen is None else self.gen * dc
+        ids = self.ids
+        und = np.flatnonzero(dr.reshape(-1) > 0)
+        if und.size:
+            mid_flat = self.mid.reshape(r, -1)
+            n = mid_flat.shape[1]
+            have = 0 if gen is None else gen.shape[0]
+            room = max(0, GEN_ELEMS // max(r * n, 1) - have)
+            weight = dr.reshape(-1)[und] * np.abs(mid_flat[:, und]).sum(axis=0)
+            keep = und[np.argsort(-weight, kind="stable")[:room]] if und.size > room else und
+            keep = keep[dr.reshape(-1)[keep] * np.abs(mid_flat[:, keep]).sum(axis=0) > 0]
+            rest = np.setdiff1d(und, keep, assume_unique=True)
+            rad_flat = rad.reshape(r, -1)
+            rad_flat[:, rest] += dr.reshape(-1)[rest] * np.abs(mid_flat[:, rest])
+            rad = rad_flat.reshape(self.mid.shape)
+            if keep.size:
+                new = np.zeros((keep.size, r, n))
+                new[np.arange(keep.size), :, keep] = (dr.reshape(-1)[keep][:, None] * mid_flat[:, keep].T)
+                new = new.reshape((keep.size,) + self.mid.shape)
+                gen = new if gen is None else np.concatenate([gen, new])
+                ids = tuple(ids) + tuple((symbol, int(j)) for j in keep)
+        return Adj(self.mid * dc, rad, gen, tuple(ids)).widen(gamma(2))
+
+    def capped(self, n_elems: int) -> "Adj":
+        """At most GEN_ELEMS generator entries for a tensor of ``n_elems`` per row: the smallest symbols folded."""
+        if self.gen is None:
+            return self
+        r = self.mid.shape[0]
+        room = GEN_ELEMS // max(r * n_elems, 1)
+        if self.gen.shape[0] <= room:
+            return self
+        if room <= 0:
+            return self.fold()
+        size = np.abs(self.gen).reshape(self.gen.shape[0], -1).sum(axis=1)
+        order = np.argsort(-size, kind="stable")
+        keep, drop = order[:room], order[room:]
+        rad = (self.rad + np.abs(self.gen[drop]).sum(axis=0)) * (1 + 4 * F64)
+        return Adj(self.mid, rad, self.gen[keep], tuple(self.ids[k] for k in keep))
 
 
 def _none_rest(node, first):
@@ -121,14 +197,23 @@ def _affine_jacobian(ctx, node, adj: Adj, ins, out: Box):
                for k, v in enumerate(ins)]
     var = next(k for k, v in enumerate(ins) if isinstance(v, Box))
     g = gamma(_fan(node, ins, out, var))
-    res_rad = r.linear(ctx, node, adj.rad * (1 + g) + g * np.abs(adj.mid), abs_ins, out)
+    res_rad = r.linear(ctx, node, adj.rad * (1 + g) + g * (np.abs(adj.mid) + adj.absgen), abs_ins, out)
+    res_gen = None
+    if adj.gen is not None:  # the symbols' generators map exactly (stacked as extra rows)
+        n_g, rows = adj.gen.shape[0], adj.mid.shape[0]
+        res_gen = r.linear(ctx, node, adj.gen.reshape((n_g * rows,) + adj.mid.shape[1:]), ins, out)[0]
     outs = []
     for k, (m, rr) in enumerate(zip(res_mid[0], res_rad[0])):
         if m is None or not isinstance(ins[k], Box):
             outs.append(None)
             continue
-        outs.append(Adj(np.asarray(m, np.float64), np.abs(np.asarray(rr, np.float64)) + ABS_FLOOR))
+        m = np.asarray(m, np.float64)
+        gk = None if res_gen is None else np.asarray(res_gen[k], np.float64).reshape((n_g,) + m.shape)
+        outs.append(Adj(m, np.abs(np.asarray(rr, np.float64)) + ABS_FLOOR, gk, adj.ids if gk is not None else ()))
     return outs
+
+
+_affine_jacobian.generators = True
 
 
 def _box(v) -> Box:
@@ -139,6 +224,7 @@ def _mul_jacobian(ctx, node, adj: Adj, ins, out: Box):
     x, y = ins[0], ins[1]
     if not (isinstance(x, Box) and isinstance(y, Box)):
         return _affine_jacobian(ctx, node, adj, ins, out)
+    adj = adj.fold()
     shape = adj.mid.shape
     res = []
     for me, other in ((x, y), (y, x)):
@@ -166,6 +252,7 @@ def _rump(am, ar, bm, br, matmul):
 def _matmul_boxes_jacobian(ctx, node, adj: Adj, x: Box, w: Box):
     """y = X @ W, both varying: dX = G @ W^T, dW = X^T @ G (per row of G), with intervals on both sides."""
     t = lambda v: np.swapaxes(v, -1, -2)  # noqa: E731
+    adj = adj.fold()
     gx = _rump(adj.mid, adj.rad, t(w.mid)[None], t(w.rad)[None], np.matmul)
     gw = _rump(t(x.mid)[None], t(x.rad)[None], adj.mid, adj.rad, np.matmul)
     res = []
@@ -190,6 +277,10 @@ def _gemm_jacobian(ctx, node, adj, ins, out):
     return _affine_jacobian(ctx, node, adj, ins, out)
 
 
+for _rule in (_mul_jacobian, _div_jacobian, _matmul_jacobian, _gemm_jacobian):
+    _rule.generators = True  # they fold the symbols themselves where a product of two activations needs it
+
+
 # ------------------------------------------------------------------------------ elementwise
 def _derivative_rule(drange):
     """An elementwise op y = f(x): the cotangent times [f'_lo, f'_hi] over the input's interval."""
@@ -197,8 +288,11 @@ def _derivative_rule(drange):
     def jac(ctx, node, adj, ins, out):
         x = ins[0]
         lo, hi = drange(node, np.minimum(x.lo, x.hi), np.maximum(x.lo, x.hi))
+        if ctx.cache.get("jac_symbols", True):
+            return _none_rest(node, adj.symbolic_times(lo, hi, node.index))
         return _none_rest(node, adj.times(lo, hi))
 
+    jac.generators = True
     return jac
 
 
@@ -451,7 +545,15 @@ def _backward(g, bounds, adj: dict) -> None:
         if a is None:
             continue
         ins = [None if not i else (bounds[i] if g.graph.is_var(i) else g.consts.get(i)) for i in node.inputs]
-        res = OPS[node.op].jacobian(g.ctx, node, a, ins, bounds[out])
+        rule = OPS[node.op].jacobian
+        if a.gen is not None:
+            if getattr(rule, "generators", False):
+                biggest = max([int(np.prod(v.shape)) for v in ins if isinstance(v, Box)] + [int(np.prod(out_shape))
+                              for out_shape in [bounds[out].shape]])
+                a = a.capped(biggest)
+            else:
+                a = a.fold()
+        res = rule(g.ctx, node, a, ins, bounds[out])
         for i, ai in zip(node.inputs, res):
             if ai is None or not i or not g.graph.is_var(i):
                 continue

@@ -48,15 +48,30 @@ def spectral_norm(a: np.ndarray) -> float:
     return float(np.sqrt(lam)) * (1 + 4 * F64)
 
 
-def interval_norm(mid: np.ndarray, rad: np.ndarray, scale: np.ndarray | None = None) -> float:
-    """sup of |diag(scale) A|_2 over A in [mid - rad, mid + rad] (upper bound; rows scaled by ``scale`` >= 0)."""
+def interval_norm(mid: np.ndarray, rad: np.ndarray, scale: np.ndarray | None = None,
+                  gen: np.ndarray | None = None) -> float:
+    """sup of |diag(scale) A|_2 over A = mid + sum_i delta_i gen_i + E, |delta_i| <= 1, |E| <= rad (upper bound;
+    rows scaled by ``scale`` >= 0; ``gen`` (G, R, d) or None):
+    min(|s mid| + sum_i |s gen_i| (or |s sum_i |gen_i||) + |s rad|, |s (|mid| + sum_i |gen_i| + rad)|)."""
     mid = mid.reshape(mid.shape[0], -1)
     rad = rad.reshape(rad.shape[0], -1)
-    if scale is not None:
-        s = np.asarray(scale, dtype=np.float64)[:, None]
+    s = None if scale is None else np.asarray(scale, dtype=np.float64)[:, None]
+    if s is not None:
         mid, rad = mid * s, rad * s * (1 + 4 * F64)
-    tri = spectral_norm(mid) + spectral_norm(rad)
-    mag = spectral_norm(np.abs(mid) + rad)
+    absgen = 0.0
+    gpart = 0.0
+    if gen is not None and gen.shape[0]:
+        gen = gen.reshape(gen.shape[0], mid.shape[0], -1)
+        if s is not None:
+            gen = gen * s[None] * (1 + 4 * F64)
+        absgen = np.abs(gen).sum(axis=0) * (1 + 4 * F64)
+        grams = np.einsum("grd,gsd->grs", gen, gen)
+        lam = np.linalg.eigvalsh(grams)[:, -1]
+        tr = np.trace(grams, axis1=1, axis2=2)
+        each = np.sqrt(np.maximum(lam, 0) + 8 * (gen.shape[1] + gen.shape[2]) * F64 * tr) * (1 + 4 * F64)
+        gpart = min(float(each.sum()) * (1 + gen.shape[0] * F64), spectral_norm(absgen))
+    tri = spectral_norm(mid) + spectral_norm(rad) + gpart
+    mag = spectral_norm(np.abs(mid) + rad + absgen)
     return min(tri, mag)
 
 
@@ -237,7 +252,7 @@ def _maxpool_dominance(g, b, input_set, node, rows_left: int) -> int:
 
 def local_bounds(g, input_set, *, input_scale: np.ndarray | None = None, refine: str | bool = "auto",
                  margin_method: str = "crown", sharpen_rows: int = SHARPEN_ROWS,
-                 lipschitz_cap: float | None = None) -> LocalBound:
+                 lipschitz_cap: float | None = None, symbolic: bool = True) -> LocalBound:
     """Certified upper bounds on lambda_max(F(x')) and on |J(x')|_2 for every x' in ``input_set``.
 
     ``g``: a ``BoundGraph``; ``input_set``: ``InputSet`` in the space the bound refers to (its model map
@@ -268,30 +283,47 @@ def local_bounds(g, input_set, *, input_scale: np.ndarray | None = None, refine:
     rows[:k] = np.eye(k)
     for r, j in enumerate(others):
         rows[k + r, j], rows[k + r, y] = 1.0, -1.0
-    adj = backward_intervals(g, b, rows.reshape((2 * k - 1,) + tuple(zshape)))
-    mid = adj.mid.reshape(2 * k - 1, -1)
-    rad = adj.rad.reshape(2 * k - 1, -1)
     # the set's coordinates x: u = (x - mean) / std, so du/dx = 1 / std on top of any extra factor
     factor = np.broadcast_to(1.0 / np.asarray(input_set.std, dtype=np.float64), input_set.x0.shape).reshape(-1)
     if input_scale is not None:
         factor = factor * np.broadcast_to(np.asarray(input_scale, np.float64), input_set.x0.shape).reshape(-1)
-    if not np.all(factor == 1.0):
-        af = np.abs(factor)
-        mid, rad = mid * factor, rad * af * (1 + 4 * F64) + 4 * F64 * np.abs(mid * factor)
-    jm, jr = mid[:k], rad[:k]
-    dm, dr = mid[k:], rad[k:]
-    lip = interval_norm(jm, jr)
+    s = np.sqrt(pu[others]) * (1 + 2 * F64)
+    lip, cands = np.inf, {"diag_p": np.inf, "half_margin": np.inf}
+    # two enclosures of the same Jacobians, both sound: activation symbols (no |W| amplification of an
+    # undecided derivative's contribution) and plain intervals (tighter where the cotangent's sign is known)
+    for symbols in ((True, False) if symbolic else (False,)):
+        g.ctx.cache["jac_symbols"] = symbols
+        try:
+            adj = backward_intervals(g, b, rows.reshape((2 * k - 1,) + tuple(zshape)))
+        finally:
+            g.ctx.cache.pop("jac_symbols", None)
+        l_, c_ = _norms(adj, k, factor, s)
+        lip = min(lip, l_)
+        cands = {key: min(cands[key], c_[key]) for key in cands}
     if lipschitz_cap is not None and np.isfinite(lipschitz_cap) and lipschitz_cap > 0:
         lip = min(lip, float(lipschitz_cap))
-    s = np.sqrt(pu[others]) * (1 + 2 * F64)
-    cands = {
-        "diag_p": interval_norm(dm, dr, s) ** 2,
-        "half_margin": 0.5 * interval_norm(dm, dr) ** 2,
-        "half_logit": 0.5 * lip ** 2,
-    }
+    cands["half_logit"] = 0.5 * lip ** 2
     fisher = min(cands.values()) * (1 + 8 * F64)
     return LocalBound(float(input_set.eps), input_set.norm, float(fisher), float(lip), y, pu.tolist(), cands,
                       rows_spent, time.perf_counter() - t0)
+
+
+def _norms(adj, k: int, factor: np.ndarray, s: np.ndarray) -> tuple[float, dict]:
+    """The Lipschitz bound and the margin-based Fisher candidates from one enclosure of the 2K - 1 rows."""
+    mid = adj.mid.reshape(2 * k - 1, -1)
+    rad = adj.rad.reshape(2 * k - 1, -1)
+    gen = None if adj.gen is None else adj.gen.reshape(adj.gen.shape[0], 2 * k - 1, -1)
+    if not np.all(factor == 1.0):
+        af = np.abs(factor)
+        mid, rad = mid * factor, rad * af * (1 + 4 * F64) + 4 * F64 * np.abs(mid * factor)
+        if gen is not None:
+            rad = rad + 4 * F64 * np.abs(gen * factor).sum(axis=0)
+            gen = gen * factor
+    jg = None if gen is None else gen[:, :k]
+    dg = None if gen is None else gen[:, k:]
+    lip = interval_norm(mid[:k], rad[:k], gen=jg)
+    return lip, {"diag_p": interval_norm(mid[k:], rad[k:], s, dg) ** 2,
+                 "half_margin": 0.5 * interval_norm(mid[k:], rad[k:], gen=dg) ** 2}
 
 
 def refused(eps: float, norm: str, reason: str) -> LocalBound:
