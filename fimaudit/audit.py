@@ -86,6 +86,7 @@ class AuditConfig(ModelDataOptions):
     certify_sigma: float | None = None  # randomized smoothing runs when set, and on piecewise-constant models
     certify_n: int = 1000
     certify_radii: tuple[float, ...] = (0.0, 0.25, 0.5)
+    local_bound: float | None = None  # the scan's --local-bound EPS (L-inf, model-input units); None: not computed
     sections: tuple[str, ...] = ()  # empty: all
     # provenance (policy.apply_to_config): [audit] values this run took from the policy, and policy values that an
     # option given on the command line overrode ({key: {"policy": v, "command_line": w}})

@@ -577,6 +577,12 @@ def scan_cmd(
     cross_check: bool = typer.Option(
         False, "--cross-check", help="With the graph: also run the black-box estimator on the same samples and report its error."
     ),
+    local_bound: Optional[float] = typer.Option(
+        None, "--local-bound", metavar="EPS", show_default="off",
+        help="Also certify, per sample, an upper bound on lambda_max(F) and on the logits' L2 Lipschitz constant over "
+        "the L-inf ball of radius EPS (units of --space) around it, from bounds on the Jacobian over the ball "
+        "(0: at the point): lower bound <= lambda_max <= local upper.",
+    ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
     from .report import render_json, renderer_for
@@ -588,6 +594,7 @@ def scan_cmd(
         fail_above=fail_above, subspace=subspace, subspace_dim=subspace_dim, save_direction=save_direction,
         bounds=not no_bounds, dither=dither, no_dither=no_dither, gradients=gradients, cross_check=cross_check,
         smoothing=smoothing, trace_budget=trace_budget, trace_rse=trace_rse, trace_probes=trace_probes,
+        local_bound=local_bound,
     )
     config.validate()
     execution = opts.execution()

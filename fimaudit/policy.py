@@ -50,7 +50,7 @@ _NUM = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 AUDIT_KEYS: dict[str, type] = {
     "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "gradients": str, "grad": str, "eps_from": str, "taus": list,
     "whitebox": bool, "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
-    "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list,
+    "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list, "local_bound": float,
 }
 
 
@@ -118,13 +118,18 @@ def _piecewise(result: AuditResult) -> dict | None:
     return sec.data.get("piecewise") if sec is not None and sec.status == "ok" else None
 
 
-def _fisher(result: AuditResult, m: re.Match) -> Any:
-    """fisher.*: the pointwise F, which is not applicable to a piecewise-constant model (0 almost everywhere)."""
+def _pointwise_only(result: AuditResult) -> None:
+    """The pointwise F is not applicable to a piecewise-constant model (0 almost everywhere)."""
     pw = _piecewise(result)
     if pw and pw.get("complete", True):
         ops = ", ".join(f"{k} x{v}" for k, v in (pw.get("ops") or {}).items())
         raise Missing(f"not applicable: piecewise-constant model (ops {ops}): the pointwise Fisher is 0 almost "
                       "everywhere; check fisher_smoothed.* or fisher_surrogate.* instead")
+
+
+def _fisher(result: AuditResult, m: re.Match) -> Any:
+    """fisher.*: the pointwise F (refused for a piecewise-constant model)."""
+    _pointwise_only(result)
     return _section(result, "scan")["summary"][m.group(1)][m.group(2)]
 
 
@@ -143,6 +148,17 @@ def _fisher_other(result: AuditResult, m: re.Match) -> Any:
         if not data.get("available", True):
             raise Missing(str(data.get("reason")))
     return data["lambda_max"][stat]
+
+
+def _local_upper(result: AuditResult, m: re.Match) -> Any:
+    """fisher.local_upper.*: the scan's certified local upper bounds on lambda_max(F) (scan --local-bound)."""
+    _pointwise_only(result)
+    loc = _section(result, "scan")["summary"].get("local_upper")
+    if not loc:
+        raise Missing("the scan has no local upper bound (set local_bound in [audit], or scan --local-bound EPS)")
+    if not loc.get("certified"):
+        raise Missing(f"no local upper bound could be certified: {loc.get('reason')}")
+    return loc["fisher_upper"][m.group(1)]
 
 
 def _attack_value(result: AuditResult, m: re.Match) -> Any:
@@ -231,6 +247,7 @@ def _certified(result: AuditResult, m: re.Match) -> float:
 # (pattern, resolver, kind): kind "number" or "bool". Later sections add theirs here (e.g. certify.*).
 KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
     (re.compile(r"^fisher\.(lambda_max|trace|lower_bound)\.(mean|median|p90|max)$"), _fisher, "number"),
+    (re.compile(r"^fisher\.local_upper\.(mean|median|p90|max)$"), _local_upper, "number"),
     (re.compile(r"^fisher_(smoothed|surrogate)\.lambda_max\.(mean|median|p90|max)$"), _fisher_other, "number"),
     (re.compile(r"^clean\.accuracy$"), lambda r, m: _section(r, "scan")["summary"]["accuracy"], "number"),
     (re.compile(r"^bound\.finite$"), _bound_finite, "bool"),
@@ -367,6 +384,8 @@ def apply_to_config(policy: Policy | None, fields: dict, given: frozenset[str] |
     radii = [float(m.group(1)) for c in policy.checks for m in [re.match(r"^certify\.certified_accuracy\[r=" + _NUM, c.key)] if m]
     if radii:
         out["certify_radii"] = tuple(sorted(set(out.get("certify_radii", AuditConfig.certify_radii)) | set(radii)))
+    if out.get("local_bound") is None and any(c.key.startswith("fisher.local_upper.") for c in policy.checks):
+        out["local_bound"] = 0.0  # a check on the local upper bound with no radius: the bound at each point
     taus = [float(m.group(1)) for c in policy.checks for m in [re.search(r"\[tau=" + _NUM + r"\]", c.key)] if m]
     if taus:
         out["taus"] = tuple(sorted(set(out.get("taus", AuditConfig.taus)) | set(taus)))

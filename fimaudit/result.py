@@ -91,10 +91,13 @@ class SampleResult:
     # --smoothing: F_sigma of the Gaussian-smoothed model (lambda_max/trace above are then F_sigma's): sigma,
     # lambda_max, lambda_max_ci, trace, trace_ci, draws, queries, ci, predicted, p_sigma_max
     smoothed: dict | None = None
+    # --local-bound EPS: certified upper bounds over the L-inf ball around the point (fimaudit.verify.local):
+    # eps, fisher_upper (>= lambda_max(F) everywhere in the ball), lipschitz, over_measured, reason, ...
+    local_upper: dict | None = None
 
     def to_dict(self) -> dict:
         out = _clean(asdict(self))
-        for key in ("surrogate_lambda_max", "surrogate_predicted", "smoothed"):
+        for key in ("surrogate_lambda_max", "surrogate_predicted", "smoothed", "local_upper"):
             if out.get(key) is None:
                 out.pop(key, None)  # present only where they apply: pointwise reports are unchanged
         return out
@@ -125,6 +128,7 @@ class SampleResult:
             surrogate_lambda_max=d.get("surrogate_lambda_max"),
             surrogate_predicted=d.get("surrogate_predicted"),
             smoothed=d.get("smoothed"),
+            local_upper=d.get("local_upper"),
         )
 
 
@@ -142,6 +146,8 @@ class Summary:
     surrogate: dict | None = None  # piecewise-constant models: the float surrogate's exact Fisher and agreement
     # --smoothing: sigma (median over samples), sigma_source, rule, draws, and Stats of lambda_max and trace of F_sigma
     smoothed: dict | None = None
+    # --local-bound: eps, Stats of fisher_upper / lipschitz / over_measured (upper / measured), violations, ...
+    local_upper: dict | None = None
 
     def to_dict(self) -> dict:
         out = self._core()
@@ -149,6 +155,8 @@ class Summary:
             out["surrogate"] = _clean(self.surrogate)
         if self.smoothed is not None:
             out["smoothed"] = _clean(self.smoothed)
+        if self.local_upper is not None:
+            out["local_upper"] = _clean(self.local_upper)
         return out
 
     def _core(self) -> dict:
@@ -180,6 +188,7 @@ class Summary:
             lower_estimate=Stats.from_dict(d.get("lower_estimate", {"count": 0})),
             surrogate=d.get("surrogate"),
             smoothed=d.get("smoothed"),
+            local_upper=d.get("local_upper"),
         )
 
 

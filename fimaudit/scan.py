@@ -70,6 +70,7 @@ class ScanConfig(ModelDataOptions):
     trace_rse: float = 0.05
     trace_probes: str = "rademacher"
     smoothing: float | None = None  # sigma (units of --space): F_sigma of the Gaussian-smoothed model instead of F
+    local_bound: float | None = None  # eps (L-inf, units of --space): certified local upper bound (fimaudit.verify.local)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -111,6 +112,12 @@ class ScanConfig(ModelDataOptions):
             raise ConfigError("--space data needs --data: synthetic inputs are drawn in model-input units")
         if self.smoothing is not None:
             self._validate_smoothing()
+        if self.local_bound is not None:
+            if not (np.isfinite(self.local_bound) and self.local_bound >= 0):
+                raise ConfigError("--local-bound must be a nonnegative number (the L-inf radius, in the units of --space)")
+            if self.smoothing is not None:
+                raise ConfigError("--local-bound bounds the pointwise Fisher F, not the smoothed F_sigma of --smoothing: "
+                                  "give one")
 
     def _validate_smoothing(self) -> None:
         """--smoothing replaces the pointwise estimator: the options of that estimator contradict it."""
@@ -890,6 +897,10 @@ def assemble(
             "lambda_max": Stats.of([s.lambda_max for s in samples]).to_dict(),
             "trace": Stats.of([s.trace for s in samples]).to_dict(),
         }
+    local = None
+    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
+    if config.local_bound is not None:
+        samples, local = _local_bounds(config, loaded, points, calib, samples, notes, (bound or {}).get("lipschitz"))
     summary = Summary(
         lambda_max=Stats.of([s.lambda_max for s in samples]),
         trace=Stats.of([s.trace for s in samples]),
@@ -902,6 +913,7 @@ def assemble(
         runtime_fraction=(model.run_seconds + _graph_seconds(calib)) / seconds if seconds > 0 else None,
         surrogate=surrogate,
         smoothed=smoothed,
+        local_upper=local,
     )
     info = model.info
     model_dict = {
@@ -914,7 +926,6 @@ def assemble(
         "opsets": info.opsets,
     }
     units = _units(config.space, pre, loaded.prepared.images, config.preset)
-    bound = _bound_summary(model, config, pre, shape) if config.bounds else None
     if bound is not None and bound.get("fim_upper"):
         lam = summary.lambda_max
         bound["measured_over_bound"] = {
@@ -959,6 +970,20 @@ def assemble(
         notes=tuple(notes),
         piecewise=piecewise,
     )
+
+
+def _local_bounds(config: ScanConfig, loaded: Loaded, points: Points, calib: Calibration,
+                  samples: tuple[SampleResult, ...], notes: list[str],
+                  lipschitz: float | None = None) -> tuple[tuple[SampleResult, ...], dict]:
+    """--local-bound EPS: each sample's certified upper bound on lambda_max(F) over the ball (fimaudit.verify.local);
+    ``lipschitz``: the closed-form global bound in the scan's space, taken where it is smaller."""
+    from .verify.local import scan_local_bounds
+
+    per, summary, more = scan_local_bounds(
+        loaded.model, points.x, float(config.local_bound), kind=calib.kind, pre=points.pre,
+        data_space=points.to_input is not None, lambdas=[s.lambda_max for s in samples], lipschitz_cap=lipschitz)
+    notes.extend(more)
+    return tuple(replace(s, local_upper=d) for s, d in zip(samples, per)), summary
 
 
 NO_SURROGATE = {"available": False, "reason": "no float surrogate: the piecewise-constant operators are the model's "

@@ -406,6 +406,39 @@ def _worst_html(result: AuditResult) -> str:
                                                           "input, worst direction"], rows, left=(4,), raw=True))
 
 
+def _local_sandwich(result: AuditResult) -> tuple[dict, list[tuple]] | None:
+    """The scan's local Fisher sandwich (scan --local-bound): its summary and per-sample
+    (index, certified lower, measured lambda_max, local upper, upper / measured)."""
+    scan = result.section("scan")
+    if not scan or scan.status != "ok" or not scan.data["summary"].get("local_upper"):
+        return None
+    rows = [(s["index"], s.get("lower_bound"), s.get("lambda_max"), (s.get("local_upper") or {}).get("fisher_upper"),
+             (s.get("local_upper") or {}).get("over_measured")) for s in scan.data["samples"]]
+    return scan.data["summary"]["local_upper"], rows
+
+
+def _local_sandwich_line(loc: dict) -> str:
+    if not loc.get("certified"):
+        return f"No local upper bound (L-inf radius {loc['eps']:g}): {loc.get('reason')}"
+    return (f"Certified over the L-inf ball of radius {loc['eps']:g} (model-input units) around each sample: "
+            f"lower bound <= lambda_max <= local upper. Median local upper / measured = "
+            f"{_value((loc.get('over_measured') or {}).get('median'))}; {loc.get('violations', 0)} violations; "
+            f"{loc['certified']} samples certified.")
+
+
+def _local_sandwich_html(result: AuditResult) -> str:
+    got = _local_sandwich(result)
+    if got is None:
+        return ""
+    loc, rows = got
+    body = "".join(f"<tr><td>{i}</td><td>{_fmt(lo)}</td><td>{_fmt(lam)}</td><td>{_fmt(up)}</td><td>{_fmt(r)}</td></tr>"
+                   for i, lo, lam, up, r in rows)
+    return ("<section id=local-sandwich><h2>Local Fisher sandwich</h2>"
+            f"<p>{html.escape(_local_sandwich_line(loc))}</p>"
+            "<table><tr><th>index</th><th>certified lower</th><th>lambda_max (measured)</th><th>local upper</th>"
+            f"<th>upper / measured</th></tr>{body}</table></section>")
+
+
 def render_audit_html(result: AuditResult) -> str:
     e = html.escape
     v = result.verdict
@@ -424,6 +457,7 @@ def render_audit_html(result: AuditResult) -> str:
         + _checks_html(result)
         + _context_html(result)
         + '<div class="cols">' + _fisher_html(result) + _bound_html(result) + "</div>" + _blocks_html(result)
+        + _local_sandwich_html(result)
         + _attacks_html(result)
         + _clever_validity_html(result)
         + _certify_html(result)
@@ -491,9 +525,13 @@ def render_audit_markdown(result: AuditResult) -> str:
         rows = [(k, s[k]) for k in ("lambda_max", "trace")]
         if (s.get("surrogate") or {}).get("available"):
             rows.append(("lambda_max, float surrogate", s["surrogate"]["lambda_max"]))
+        if (s.get("local_upper") or {}).get("certified"):
+            rows.append((f"certified local upper (eps {s['local_upper']['eps']:g})", s["local_upper"]["fisher_upper"]))
         for k, st in rows:
             lines.append(f"| {k} | {_value(st['mean'])} | {_value(st['median'])} | {_value(st['p90'])} | {_value(st['max'])} |")
         lines.append("")
+        if s.get("local_upper"):
+            lines += [_local_sandwich_line(s["local_upper"]), ""]
     att = result.section("attacks")
     if att and att.status == "ok":
         names, rows, masking = _attack_table(result)

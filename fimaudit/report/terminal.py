@@ -100,6 +100,9 @@ def summary_rows(s) -> list[tuple[str, Stats]]:
         rows.append(("certified lower bound", s.lower_bound))
     if s.lower_estimate.count:
         rows.append(("lower estimate (FD, not certified)", s.lower_estimate))
+    loc = getattr(s, "local_upper", None) or {}
+    if (loc.get("fisher_upper") or {}).get("count"):
+        rows.append((f"certified local upper (eps {loc.get('eps'):g})", Stats.from_dict(loc["fisher_upper"])))
     sur = getattr(s, "surrogate", None) or {}
     if sur.get("available"):
         rows.append(("lambda_max, float surrogate", Stats.from_dict(sur["lambda_max"])))
@@ -169,7 +172,21 @@ def render_to_console(result: ScanResult, console: Console) -> None:
                                       + ("; VACUOUS (> 1e6 x measured)" if b.get("vacuous") else "")))
         else:
             facts.insert(3, ("bound", f"none from the weights: {b.get('reason')}"))
+    loc = s.local_upper
+    if loc is not None:
+        facts.insert(4, ("local bound", local_bound_fact(loc)))
     print_facts(console, facts, result.notes)
+
+
+def local_bound_fact(loc: dict) -> str:
+    """One line: the local sandwich's tightness, or why there is none."""
+    if not loc.get("certified"):
+        return f"none over the L-inf ball of radius {loc.get('eps'):g}: {loc.get('reason')}"
+    ratio = (loc.get("over_measured") or {}).get("median")
+    lip = (loc.get("lipschitz") or {}).get("median")
+    return (f"lambda_max(F) <= local upper over the L-inf ball of radius {loc.get('eps'):g} (certified); median "
+            f"upper/measured = {_fmt(ratio)}, median Lipschitz bound {_fmt(lip)}, {loc.get('violations', 0)} violations, "
+            f"{_fmt(loc.get('seconds_per_sample'))} s per sample")
 
 
 def print_facts(console: Console, facts: list[tuple[str, str]], notes: tuple[str, ...] | list[str]) -> None:

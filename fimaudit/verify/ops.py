@@ -10,6 +10,10 @@ Each entry (``OpRule``) holds
     each input, the coefficient array (S, *in_shape) (None for constants) and a bias (S,) such that
     for every output value y in the op's image of the input intervals:  A.y >= sum_i A_i.x_i + bias.
     An op without ``linear`` is concretised by its interval in the backward pass (IBP fallback).
+  * ``jacobian(ctx, node, adj, ins, out) -> [Adj | None per input]`` (optional): the interval VJP, one
+    step of the backward pass that bounds the Jacobian over the set (fimaudit.verify.jacobian registers
+    these with ``attach``; ``adj``: midpoint-radius cotangent rows (R, *out_shape)). An op without it
+    makes the local Fisher/Lipschitz bound refuse the model, naming the op.
 
 Rules never mutate their inputs. ``ctx`` (``OpContext``) holds the opset, the static shapes and a
 per-node cache. Docs: docs/verify.md.
@@ -45,6 +49,7 @@ class OpRule:
     ibp: Callable | None = None
     linear: Callable | None = None
     note: str = ""
+    jacobian: Callable | None = None  # interval VJP (fimaudit.verify.jacobian), attached with ``attach``
 
 
 OPS: dict[str, OpRule] = {}
@@ -53,6 +58,13 @@ OPS: dict[str, OpRule] = {}
 def rule(*names: str, point=None, ibp=None, linear=None, note: str = "") -> None:
     for name in names:
         OPS[name] = OpRule(point, ibp, linear, note)
+
+
+def attach(name: str, **fields) -> None:
+    """Add fields (e.g. ``jacobian=...``) to the existing entry of ``name`` (rules kept in other modules)."""
+    import dataclasses
+
+    OPS[name] = dataclasses.replace(OPS[name], **fields)
 
 
 def _s(v) -> str:
