@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import streams
 from .options import ModelDataOptions
 from .attacks import AttackOutcome, RowRng, make_attack
 from .attack_space import attack_oracle
@@ -102,10 +103,10 @@ def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mo
         if _tie_fraction(row) >= TIE_WARNING_SHARE:
             # the self-check compares with central differences, which mean nothing at exact ties (the scan's
             # per-sample dither rule: 3% of that sample's RMS, stream [seed, 4, index])
-            xi = np.random.default_rng([seed, 4, j]).standard_normal(row.shape)
+            xi = streams.rng(seed, "scan.dither", j).standard_normal(row.shape)
             check[j] = row + DITHER_REL * input_scale(row) * xi
     choice = build_gradient_source(model, kind, "graph" if mode == "graph" else "auto", to_input(check),
-                                   np.random.default_rng([seed, 5]))
+                                   streams.rng(seed, "gradients.build"))
     if choice.source != "graph":
         return None, choice.to_dict()
     scale = pre.jacobian_diag(shape)
@@ -138,7 +139,7 @@ class AttackWork:
                              channel_axis=self.pre.channel_axis)
         y = np.asarray(labels, dtype=np.int64)
         clean = oracle.logp(points)
-        outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, indices, k),
+        outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.named(cfg.seed, "attack.rows", indices, k),
                        cfg.budget, clean_logp=clean) for k, eps in enumerate(cfg.eps)]
         if self.radii is not None:  # each sample at its own radius, stream index after the listed eps
             own = np.asarray(self.radii)[np.asarray(indices)]
@@ -147,7 +148,7 @@ class AttackWork:
             for value in np.unique(own):
                 sel = np.flatnonzero(own == value)
                 parts.append((sel, attack(oracle, points[sel], y[sel], float(value), cfg.norm, cfg.input_range,
-                                          RowRng.seeded(cfg.seed, idx_all[sel], len(cfg.eps)), cfg.budget,
+                                          RowRng.named(cfg.seed, "attack.rows", idx_all[sel], len(cfg.eps)), cfg.budget,
                                           clean_logp=clean[sel])))
             outs.append(_combine(parts, len(indices), cfg.norm))
         return [[{"x_adv": o.x_adv[j], "success": o.success[j], "correct": o.correct[j], "clean_logp": o.clean_logp[j],
@@ -333,10 +334,10 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
         for value in np.unique(radii):
             idx = np.flatnonzero(radii == value)
             parts.append((idx, attack(oracle, x[idx], y[idx], float(value), cfg.norm, cfg.input_range,
-                                      RowRng.seeded(cfg.seed, idx, k), cfg.budget, clean_logp=clean[idx])))
+                                      RowRng.named(cfg.seed, "attack.rows", idx, k), cfg.budget, clean_logp=clean[idx])))
             if square is not None:
                 checks.append((idx, square(oracle.oracle, x[idx], y[idx], float(value), cfg.norm, cfg.input_range,
-                                           RowRng.seeded(cfg.seed, idx, k, 1), cfg.budget, clean_logp=clean[idx])))
+                                           RowRng.named(cfg.seed, "attack.sanity_square", idx, k), cfg.budget, clean_logp=clean[idx])))
         return (_combine(parts, len(x), cfg.norm), int(oracle.queries - q0),
                 _combine(checks, len(x), cfg.norm) if checks else None)
 
@@ -394,7 +395,7 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
 
         minimal = {}
         for norm in ("l2", "linf"):
-            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, RowRng.seeded(cfg.seed, everyone, 9),
+            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, RowRng.named(cfg.seed, "attack.min_distance", everyone),
                                        steps=cfg.steps or 30, loss=cfg.loss)
             finite = dist[np.isfinite(dist) & (dist > 0)]
             minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
@@ -466,9 +467,9 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
                                                                         gradients, seed)
     if wb is None:
         wb = GradientOracle(oracle, fd_vjp_at(oracle, 1e-3 * (spec.input_range[1] - spec.input_range[0])))
-    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), np.random.default_rng([seed, 7]), steps=steps,
+    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), streams.rng(seed, "validity.distance"), steps=steps,
                                search=search)
-    out = validity(lam, dist, np.random.default_rng([seed, 8]), KL_STAR if kl_star is None else kl_star)
+    out = validity(lam, dist, streams.rng(seed, "validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
     out.update({
         "model": spec.name or spec.path,
         "lambda_method": res.run.method_used,
@@ -528,7 +529,7 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
         row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
     model, oracle, _, x, y, _, _ = load_attack_inputs(base)
     n_batches = max(2, clever_points // 5)
-    scores = [clever(oracle, x[i], "l2", eps_l2 * 4, np.random.default_rng([seed, i]), n_batches=n_batches,
+    scores = [clever(oracle, x[i], "l2", eps_l2 * 4, streams.rng(seed, "compare.clever", i), n_batches=n_batches,
                      batch_size=5).score for i in range(min(clever_samples, len(x)))]
     row["clever_l2_median"] = float(np.median(scores))
     if with_metrics:
@@ -588,7 +589,7 @@ def compare_models(
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
     metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman", "notes", "preprocessing_sane")]
-    rng = np.random.default_rng(seed)
+    rng = streams.rng(seed, "compare.correlation")
     by_target = {}
     for tgt in targets:
         corr = {}
@@ -655,7 +656,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     samples = []
     counted = wb if wb is not None else oracle  # gradient-graph rows are queries too (one per VJP row)
     for i in range(len(x)):
-        runs = [clever(counted, x[i], norm, radius, np.random.default_rng([cfg.seed, s, i]),
+        runs = [clever(counted, x[i], norm, radius, streams.rng(cfg.seed, "clever.runs", s, i),
                        n_batches=points // batch_size, batch_size=batch_size, h=h,
                        vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
         scores = np.array([r.score for r in runs])

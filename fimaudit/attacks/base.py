@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import streams
 from ..errors import ConfigError
 from ..model.oracle import LogProbOracle
 
@@ -137,9 +138,14 @@ class RowRng:
         self.gens = list(gens)
 
     @classmethod
-    def seeded(cls, seed: int, indices, *stream: int) -> "RowRng":
-        """Row i draws from ``default_rng([seed, indices[i], *stream])``."""
-        return cls([np.random.default_rng([int(seed), int(i), *stream]) for i in indices])
+    def named(cls, seed: int, name: str, indices, *keys: int) -> "RowRng":
+        """Row i draws from stream ``name`` of ``fimaudit.streams`` with keys ``(indices[i], *keys)``."""
+        return cls([streams.rng(seed, name, int(i), *keys) for i in indices])
+
+    @classmethod
+    def seeded(cls, seed: int, indices, eps_index: int) -> "RowRng":
+        """Row i draws from the "attack.rows" stream ``[seed, indices[i], eps_index]``."""
+        return cls.named(seed, "attack.rows", indices, eps_index)
 
     def __len__(self) -> int:
         return len(self.gens)
