@@ -19,6 +19,7 @@ from .attacks import AttackOutcome, RowRng, make_attack
 from .attack_space import attack_oracle
 from .data import Preprocess
 from .errors import ConfigError
+from .estimators.fd import range_step
 from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DataOptions, prepare
 from .metrics.clever import clever
@@ -466,7 +467,7 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, seed)
     if wb is None:
-        wb = GradientOracle(oracle, fd_vjp_at(oracle, 1e-3 * (spec.input_range[1] - spec.input_range[0])))
+        wb = GradientOracle(oracle, fd_vjp_at(oracle, range_step(spec.input_range)))
     dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), streams.rng(seed, "validity.distance"), steps=steps,
                                search=search)
     out = validity(lam, dist, streams.rng(seed, "validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
@@ -644,7 +645,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     if gradients not in ("auto", "graph", "fd"):
         raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
     model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
-    h = 1e-3 * (cfg.input_range[1] - cfg.input_range[0])
+    h = range_step(cfg.input_range)
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, cfg.seed)
     if wb is None and gradients == "graph":

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import streams
 from ..errors import ConfigError
+from ..estimators.fd import coordinate_differences
 from ..model.oracle import LogProbOracle
 
 NORMS = ("linf", "l2")
@@ -189,7 +190,6 @@ def fd_margin_grad(oracle: LogProbOracle, x: np.ndarray, y: np.ndarray, h: float
     """Gradient of the margin at each row by central differences on every coordinate (2d queries per row)."""
     n = len(x)
     d = int(np.prod(x.shape[1:]))
-    flat = x.reshape(n, d)
     lp0 = oracle.logp(x)
     other = lp0.copy()
     other[np.arange(n), y] = -np.inf
@@ -198,14 +198,7 @@ def fd_margin_grad(oracle: LogProbOracle, x: np.ndarray, y: np.ndarray, h: float
     chunk = max(1, 4096 // max(1, 2 * n))
     for start in range(0, d, chunk):
         idx = np.arange(start, min(d, start + chunk))
-        m = len(idx)
-        plus = np.repeat(flat[:, None, :], m, axis=1)
-        minus = plus.copy()
-        plus[:, np.arange(m), idx] += h
-        minus[:, np.arange(m), idx] -= h
-        both = np.concatenate([plus.reshape(n * m, d), minus.reshape(n * m, d)]).reshape((-1,) + x.shape[1:])
-        lp = oracle.logp(both)
-        diff = (lp[: n * m] - lp[n * m :]).reshape(n, m, -1) / (2 * h)
+        diff = coordinate_differences(oracle.logp, x, idx, h)
         grads[:, idx] = diff[np.arange(n), :, y] - diff[np.arange(n), :, runner]
     return grads.reshape(x.shape)
 
