@@ -166,3 +166,8 @@ def test_every_named_stream_at_a_call_site_is_registered():
                 used |= {a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)}
     assert used and used <= set(streams.STREAMS), used - set(streams.STREAMS)
     assert {"scan.probes", "attack.rows", "certify.noise", "metrics.sharpness"} <= used
+
+
+def test_the_documented_table_is_the_registry():
+    doc = (PKG.parent / "docs" / "streams.md").read_text()
+    assert streams.table() in doc
