@@ -29,13 +29,13 @@ def test_onnxruntime_refusals_give_no_shapes_but_bugs_propagate(mlp, monkeypatch
     def refuses(*a, **k):
         raise Fail("[ONNXRuntimeError] : 1 : FAIL : no kernel")
 
-    monkeypatch.setattr(parse, "create_session", refuses)
+    monkeypatch.setattr(parse, "probe_session", refuses)
     assert parse._runtime_shapes(mlp, mlp.graph.input[0].name, (6,), ["z"]) == {}
 
     def buggy(*a, **k):
         raise AttributeError("a bug in fimaudit")
 
-    monkeypatch.setattr(parse, "create_session", buggy)
+    monkeypatch.setattr(parse, "probe_session", buggy)
     with pytest.raises(AttributeError):
         parse._runtime_shapes(mlp, mlp.graph.input[0].name, (6,), ["z"])
 

@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..errors import FimauditError
-from ..model.session import create_session, ort_errors
+from ..model.probe import probe_session
+from ..model.session import ort_errors
 
 
 @dataclass(frozen=True)
@@ -198,14 +199,8 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[i
 
 def _runtime_shapes(model: onnx.ModelProto, input_name: str, sample_shape, names: list[str]) -> dict:
     """Shapes of ``names`` from one onnxruntime run on zeros (batch 1)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(helper.ValueInfoProto(name=n))
     try:
-        sess, _ = create_session(m.SerializeToString(), device="cpu")
+        sess = probe_session(model, names)
         outs = sess.run(names, {input_name: np.zeros((1,) + tuple(sample_shape), dtype=np.float32)})
     except (FimauditError, *ort_errors()):
         # onnxruntime cannot load or run the probe (an unsupported op, a float64 input, a batch of 1 it refuses):
