@@ -43,7 +43,7 @@ COMMANDS = {
     "metrics": lambda images: ["metrics"] + ([] if images else ["--no-corruptions"]),
     "bounds": lambda images: ["bounds"],
     "certify": lambda images: ["certify", "--sigma", "0.25"],
-    "audit": lambda images: ["audit", "--budget", "40", "--eps", "0.02"],
+    "audit": lambda images: ["audit", "--budget", "40"],
 }
 NO_DATA = {"bounds"}  # takes the model only
 # keys whose values are timing, versions or creation stamps: never compared
