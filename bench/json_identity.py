@@ -72,7 +72,12 @@ def run(tree: Path, work: Path, argv: list[str], timeout: float) -> tuple[dict |
     return json.loads(out.read_text()), f"exit {res.returncode}"
 
 
+TEMP = re.compile(r"/tmp/fimaudit-[A-Za-z0-9_]+/")  # audit's per-run temporary folder (e.g. the saved directions)
+
+
 def first_difference(a, b, path: str = "") -> str | None:
+    if isinstance(a, str) and isinstance(b, str):
+        a, b = TEMP.sub("/tmp/fimaudit-*/", a), TEMP.sub("/tmp/fimaudit-*/", b)
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
             if IGNORED.search(str(k)):
