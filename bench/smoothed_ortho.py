@@ -29,7 +29,7 @@ for i, x in enumerate(points):
     truth = step_truth(w, x)
     e_t = []
     for seed in range(seeds):
-        est = smoothed_fisher(oracle, x, SIGMA_STEP, 2000, (seed, 6, i))
+        est = smoothed_fisher(oracle, x, SIGMA_STEP, 2000, (seed, i))
         e_t.append(est.lambda_max / truth - 1)
         hits.append(est.lambda_max_ci[0] <= truth <= est.lambda_max_ci[1])
     e_t = np.array(e_t)

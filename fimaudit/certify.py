@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
+from . import streams
 from .options import ModelDataOptions
 from .data import Preprocess, synthetic_data
 from .errors import ConfigError
@@ -37,7 +38,7 @@ DEFAULT_SAMPLES_SYNTHETIC = 16
 # in memory at once; results do not depend on it (the Generator's stream is chunk-invariant).
 NOISE_VALUES = 1 << 22
 _RADIUS_KEY = re.compile(r"(certified_accuracy|certified)\[r=([^\]]+)\]")
-SEED_TAG = 5  # per-sample Generator seed is [seed, SEED_TAG, index]; scan uses tags 1..4
+# per-sample noise: the "certify.noise" stream of fimaudit.streams ([seed, 5, index])
 
 ProgressFn = Callable[[int, int, int], None]  # (samples done, samples total, queries so far)
 
@@ -181,7 +182,7 @@ class SmoothingJob:
             before = model.queries
             base = int(classify(x[None])[0])
             n_classes = int(model.n_classes)
-            rng = np.random.default_rng([self.seed, SEED_TAG, int(idx)])
+            rng = streams.rng(self.seed, "certify.noise", int(idx))
             selection = class_counts(classify, x, self.sigma, self.n0, n_classes, rng, chunk)
             selected = int(np.argmax(selection))
             counts = class_counts(classify, x, self.sigma, self.n, n_classes, rng, chunk)
@@ -436,7 +437,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
-        rng_data = np.random.default_rng([config.seed, 1])
+        rng_data = streams.rng(config.seed, "data.synthetic")
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points, job_pre = dataset.x, None
         notes.append(

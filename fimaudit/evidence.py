@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import progress as ambient
+from . import streams
 from .options import ModelDataOptions
 from .attacks import AttackOutcome, RowRng, make_attack
 from .attack_space import attack_oracle
 from .data import Preprocess
 from .errors import ConfigError
+from .estimators.fd import range_step
 from .evidence_result import AttackResult, CleverResult, CompareResult
 from .images import DataOptions, prepare
 from .metrics.clever import clever
@@ -103,10 +105,10 @@ def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mo
         if _tie_fraction(row) >= TIE_WARNING_SHARE:
             # the self-check compares with central differences, which mean nothing at exact ties (the scan's
             # per-sample dither rule: 3% of that sample's RMS, stream [seed, 4, index])
-            xi = np.random.default_rng([seed, 4, j]).standard_normal(row.shape)
+            xi = streams.rng(seed, "scan.dither", j).standard_normal(row.shape)
             check[j] = row + DITHER_REL * input_scale(row) * xi
     choice = build_gradient_source(model, kind, "graph" if mode == "graph" else "auto", to_input(check),
-                                   np.random.default_rng([seed, 5]))
+                                   streams.rng(seed, "gradients.build"))
     if choice.source != "graph":
         return None, choice.to_dict()
     scale = pre.jacobian_diag(shape)
@@ -139,7 +141,7 @@ class AttackWork:
                              channel_axis=self.pre.channel_axis)
         y = np.asarray(labels, dtype=np.int64)
         clean = oracle.logp(points)
-        outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.seeded(cfg.seed, indices, k),
+        outs = [attack(oracle, points, y, eps, cfg.norm, cfg.input_range, RowRng.named(cfg.seed, "attack.rows", indices, k),
                        cfg.budget, clean_logp=clean) for k, eps in enumerate(cfg.eps)]
         if self.radii is not None:  # each sample at its own radius, stream index after the listed eps
             own = np.asarray(self.radii)[np.asarray(indices)]
@@ -148,7 +150,7 @@ class AttackWork:
             for value in np.unique(own):
                 sel = np.flatnonzero(own == value)
                 parts.append((sel, attack(oracle, points[sel], y[sel], float(value), cfg.norm, cfg.input_range,
-                                          RowRng.seeded(cfg.seed, idx_all[sel], len(cfg.eps)), cfg.budget,
+                                          RowRng.named(cfg.seed, "attack.rows", idx_all[sel], len(cfg.eps)), cfg.budget,
                                           clean_logp=clean[sel])))
             outs.append(_combine(parts, len(indices), cfg.norm))
         return [[{"x_adv": o.x_adv[j], "success": o.success[j], "correct": o.correct[j], "clean_logp": o.clean_logp[j],
@@ -339,10 +341,10 @@ def _run_attack(cfg: AttackConfig, progress, execution, bar) -> AttackResult:
         for value in np.unique(radii):
             idx = np.flatnonzero(radii == value)
             parts.append((idx, attack(oracle, x[idx], y[idx], float(value), cfg.norm, cfg.input_range,
-                                      RowRng.seeded(cfg.seed, idx, k), cfg.budget, clean_logp=clean[idx])))
+                                      RowRng.named(cfg.seed, "attack.rows", idx, k), cfg.budget, clean_logp=clean[idx])))
             if square is not None:
                 checks.append((idx, square(oracle.oracle, x[idx], y[idx], float(value), cfg.norm, cfg.input_range,
-                                           RowRng.seeded(cfg.seed, idx, k, 1), cfg.budget, clean_logp=clean[idx])))
+                                           RowRng.named(cfg.seed, "attack.sanity_square", idx, k), cfg.budget, clean_logp=clean[idx])))
         return (_combine(parts, len(x), cfg.norm), int(oracle.queries - q0),
                 _combine(checks, len(x), cfg.norm) if checks else None)
 
@@ -405,7 +407,7 @@ def _run_attack(cfg: AttackConfig, progress, execution, bar) -> AttackResult:
         minimal = {}
         for norm in ("l2", "linf"):
             bar.update(detail=f"minimal {norm} distance")
-            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, RowRng.seeded(cfg.seed, everyone, 9),
+            dist, _ = minimal_distance(oracle, x, y, norm, cfg.input_range, RowRng.named(cfg.seed, "attack.min_distance", everyone),
                                        steps=cfg.steps or 30, loss=cfg.loss)
             finite = dist[np.isfinite(dist) & (dist > 0)]
             minimal[norm] = {"per_sample": dist.tolist(), "median": float(np.median(finite)) if finite.size else None}
@@ -476,10 +478,10 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, seed)
     if wb is None:
-        wb = GradientOracle(oracle, fd_vjp_at(oracle, 1e-3 * (spec.input_range[1] - spec.input_range[0])))
-    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), np.random.default_rng([seed, 7]), steps=steps,
+        wb = GradientOracle(oracle, fd_vjp_at(oracle, range_step(spec.input_range)))
+    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), streams.rng(seed, "validity.distance"), steps=steps,
                                search=search)
-    out = validity(lam, dist, np.random.default_rng([seed, 8]), KL_STAR if kl_star is None else kl_star)
+    out = validity(lam, dist, streams.rng(seed, "validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
     out.update({
         "model": spec.name or spec.path,
         "lambda_method": res.run.method_used,
@@ -566,7 +568,7 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
             for i in range(n_clever):
                 cbar.update(i)
                 scores.append(clever(wb if wb is not None else oracle, x[i], "l2", eps_l2 * 4,
-                                     np.random.default_rng([seed, i]), n_batches=n_batches, batch_size=5,
+                                     streams.rng(seed, "compare.clever", i), n_batches=n_batches, batch_size=5,
                                      vjp_at=None if wb is None else wb.vjp_at).score)
         row["clever_l2_median"] = float(np.median(scores))
         row["clever_gradients"] = "graph" if wb is not None else "fd"
@@ -665,7 +667,7 @@ def compare_models(
     target = "ra_pgd_linf"
     targets = [target] + [t for t in ("corruption_relative_accuracy", "corruption_uncertainty_shift") if t in rows[0]]
     metrics = [k for k in rows[0] if k not in ("model", "timing", "validity_spearman", "notes") and _numeric(rows[0][k])]
-    rng = np.random.default_rng(seed)
+    rng = streams.rng(seed, "compare.correlation")
     by_target = {}
     for tgt in targets:
         corr = {}
@@ -763,7 +765,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     if gradients not in ("auto", "graph", "fd"):
         raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
     model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
-    h = 1e-3 * (cfg.input_range[1] - cfg.input_range[0])
+    h = range_step(cfg.input_range)
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, cfg.seed)
     if wb is None and gradients == "graph":
@@ -777,7 +779,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     with ambient.task("clever", total=len(x), unit="samples") as bar:
         for i in range(len(x)):
             bar.update(i)
-            runs = [clever(counted, x[i], norm, radius, np.random.default_rng([cfg.seed, s, i]),
+            runs = [clever(counted, x[i], norm, radius, streams.rng(cfg.seed, "clever.runs", s, i),
                            n_batches=points // batch_size, batch_size=batch_size, h=h,
                            vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
             scores = np.array([r.score for r in runs])

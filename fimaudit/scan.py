@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from . import streams
 from .options import ModelDataOptions
 from ._version import __version__
 from .data import Preprocess, check_labels, synthetic_data
@@ -256,7 +257,7 @@ def dither_points(points: np.ndarray, ties: np.ndarray, config: "ScanConfig",
     if np.any(moved):
         out = points.copy()
         for j in np.flatnonzero(moved):
-            xi = np.random.default_rng([config.seed, 4, int(indices[j])]).standard_normal(points.shape[1:])
+            xi = streams.rng(config.seed, "scan.dither", int(indices[j])).standard_normal(points.shape[1:])
             out[j] = points[j] + sigmas[j] * xi
         which = "every sample" if moved.all() else f"{int(moved.sum())} of {n} samples"
         if source == "auto":
@@ -277,9 +278,6 @@ def dither_points(points: np.ndarray, ties: np.ndarray, config: "ScanConfig",
         # kept at x (--no-dither): ``kink_note`` says, once the Jacobian source is known, what is computed there
         record["kept_at_ties"] = [int(indices[j]) for j in np.flatnonzero(tied)]
     return out, sigmas, record
-
-
-SMOOTH_STREAM = 6  # draw j of sample i: default_rng([seed, 6, i, j])
 
 
 def smoothing_sigmas(points: np.ndarray, config: "ScanConfig", auto: bool = False,
@@ -508,7 +506,7 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
-        rng_data = np.random.default_rng([config.seed, 1])
+        rng_data = streams.rng(config.seed, "data.synthetic")
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points = dataset.x
         notes.append(
@@ -605,7 +603,7 @@ def calibrate(config: ScanConfig, model: Model, points: Points,
     # The step is calibrated once, at the data's first sample and from its values alone, so a sample's
     # result does not depend on how many others are scanned (the first sample is always the same one).
     step = choose_step(
-        oracle, points.x[0], input_scale(points.x[0]), np.random.default_rng([config.seed, 2]), config.fd_step,
+        oracle, points.x[0], input_scale(points.x[0]), streams.rng(config.seed, "scan.fd_step"), config.fd_step,
         max_step=points.sigma_of(0) * STEP_OVER_DITHER if points.sigma_of(0) > 0 else None,
     )
     if step.relative_discrepancy is not None and step.relative_discrepancy > 0.05:
@@ -670,7 +668,7 @@ def estimate_sample(
     if calib.smoothing_sigmas is not None:
         return _estimate_smoothed(oracle, config, calib, index, x, label)
     chosen, step = calib.plan, calib.step
-    rng = np.random.default_rng([config.seed, 3, index])
+    rng = streams.rng(config.seed, "scan.probes", index)
     logp0 = calib.logp[index]
     block = probe_block(oracle.model.max_batch)
     source = FiniteDifferences(
@@ -722,10 +720,10 @@ def estimate_sample(
 
 def _estimate_smoothed(oracle: LogProbOracle, config: ScanConfig, calib: Calibration, index: int, x: np.ndarray,
                        label: int | None) -> SampleOutcome:
-    """F_sigma at sample ``index``: draws from the stream [seed, SMOOTH_STREAM, index], so independent of the others."""
+    """F_sigma at sample ``index``: draws from the stream "scan.smoothing" of (seed, index), so independent of the others."""
     sigma = float(calib.smoothing_sigmas[index])
     logp0 = calib.logp[index]
-    est: SmoothedEstimate = smoothed_fisher(oracle, x, sigma, 2 * calib.plan.k, (config.seed, SMOOTH_STREAM, index),
+    est: SmoothedEstimate = smoothed_fisher(oracle, x, sigma, 2 * calib.plan.k, (config.seed, index),
                                             block=oracle.model.max_batch, direction=bool(config.save_direction))
     spent = est.queries + 1  # + the centre query made in calibration
     if spent > config.budget:  # a planning bug, never a user error
@@ -799,7 +797,7 @@ def _gradient_choice(model, kind: str, config: ScanConfig, points: np.ndarray, t
     from .autodiff.select import build_gradient_source
 
     rows = to_input(points[:2]) if to_input is not None else points[:2]
-    choice = build_gradient_source(model, kind, config.gradients, rows, np.random.default_rng([config.seed, 5]),
+    choice = build_gradient_source(model, kind, config.gradients, rows, streams.rng(config.seed, "gradients.build"),
                                    threads=config.threads)
     record = {k: v for k, v in choice.to_dict().items() if k != "build_seconds"}  # same seed, same report
     if choice.source != "graph":
@@ -1006,7 +1004,7 @@ def piecewise_results(config: ScanConfig, loaded: Loaded, points: Points, calib:
     model = loaded.model
     info = model.info.piecewise
     oracle = LogProbOracle(model, calib.kind, points.to_input)
-    behaviour = behaves_piecewise(oracle.logp, points.x[0], np.random.default_rng([config.seed, 7]))
+    behaviour = behaves_piecewise(oracle.logp, points.x[0], streams.rng(config.seed, "scan.piecewise"))
     info = info.with_behaviour(behaviour)
     record = info.to_dict()
     notes: list[str] = []
@@ -1124,7 +1122,7 @@ def _worker_graph(model: Model, kind: str, config: ScanConfig, rows: np.ndarray)
 
     key = (model.info.sha256, kind, config.gradients, config.seed, config.threads)
     if key not in _WORKER_GRAPHS:
-        choice = build_gradient_source(model, kind, config.gradients, rows, np.random.default_rng([config.seed, 5]),
+        choice = build_gradient_source(model, kind, config.gradients, rows, streams.rng(config.seed, "gradients.build"),
                                        threads=config.threads)
         if choice.source != "graph":
             raise ConfigError(f"a Dask worker could not build the gradient graph the client built ({choice.reason})")

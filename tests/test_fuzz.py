@@ -1,4 +1,4 @@
-"""A short seeded run of bench/fuzz.py: hostile models, data and options end in a result or one clean line."""
+"""A short seeded run of bench/fuzz.py against fimaudit: hostile models, data and options end in a result or one\nclean line (a traceback, an internal error or a leaked file fails)."""
 
 from __future__ import annotations
 
@@ -24,32 +24,14 @@ def fuzz():
     return _fuzz_module()
 
 
-def test_cases_are_a_function_of_the_seed(fuzz, tmp_path):
-    import numpy as np
-
-    rng = np.random.default_rng([0, 10**6])
-    corpus = {}
-    for name, (model, shape) in fuzz.base_models(rng).items():
-        k = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-        corpus[name] = (model, shape, fuzz.base_data(rng, shape, k))
-    a = fuzz.make_case(17, 0, ["scan", "bounds"], tmp_path / "a", corpus)
-    b = fuzz.make_case(17, 0, ["scan", "bounds"], tmp_path / "b", corpus)
-    assert (a.kind, a.detail, a.command) == (b.kind, b.detail, b.command)
-    assert [s.replace(str(tmp_path / "a"), "") for s in a.argv] == [s.replace(str(tmp_path / "b"), "") for s in b.argv]
-    assert (Path(a.folder) / "model.onnx").read_bytes() == (Path(b.folder) / "model.onnx").read_bytes()
-
-
-def test_classification(fuzz):
-    c = fuzz.classify
-    limit = 2 << 30
-    assert c(0, "", "", 0, [], limit) == "ok"
-    assert c(2, "fimaudit: error: bad\n", "", 0, [], limit) == "refusal"
-    assert c(2, "warning\nfimaudit: error: bad\n", "", 0, [], limit) == "bad-refusal"
-    assert c(2, "fimaudit: error: internal error: X\n", "", 0, [], limit) == "internal"
-    assert c(-1, "", "ValueError: x", 0, [], limit) == "traceback"
-    assert c(2, "fimaudit: error: out of memory; lower --max-batch\n", "", 0, [], limit) == "memory"
-    assert c(0, "", "", limit + 1, [], limit) == "memory"
-    assert c(2, "fimaudit: error: bad\n", "", 0, [".r.json.abc.part"], limit) == "leftover"
+def test_the_smoke_run_can_fail(fuzz):
+    """The smoke run below fails only through ``classify``: it must call a traceback, an internal error, a leaked
+    file or a multi-line refusal a failure (the harness's own case generation is bench/fuzz.py's business)."""
+    c, limit = fuzz.classify, 2 << 30
+    failing = [c(-1, "", "ValueError: x", 0, [], limit), c(2, "fimaudit: error: internal error: X\n", "", 0, [], limit),
+               c(2, "warning\nfimaudit: error: bad\n", "", 0, [], limit), c(2, "fimaudit: error: bad\n", "", 0, ["x.part"], limit)]
+    assert set(failing) <= set(fuzz.FAILURES)
+    assert c(2, "fimaudit: error: bad\n", "", 0, [], limit) not in fuzz.FAILURES
 
 
 def test_fuzz_smoke(fuzz):

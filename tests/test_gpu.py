@@ -64,7 +64,8 @@ def test_cuda_model_binds_io_and_sizes_batches_from_free_memory(mlp, monkeypatch
     monkeypatch.setattr(gpu, "free_device_memory", lambda device_id=0: 10**7)
     monkeypatch.setattr(engine, "BoundRunner", Recorder)
     cuda = engine.Model(m._session, m.info, provider=gpu.CUDA, input_dtype=np.float32, max_batch=0, proto=m.proto)
-    assert cuda.max_batch == gpu.choose_batch(10**7, gpu.row_bytes(m.proto, (D,)))
+    # half of 10**7 free bytes over 4 * (2D + 2H + K) = 312 bytes a row: 16025 rows, the power of two below
+    assert cuda.max_batch == 8192
     assert made == [("x", "z", (D,), cuda.max_batch, "cuda")]
     cpu = engine.Model(m._session, m.info, provider=gpu.CPU, input_dtype=np.float32, max_batch=0, proto=m.proto)
     assert cpu.max_batch == 256 and cpu._bound is None and len(made) == 1

@@ -83,7 +83,7 @@ def step_errors(w, oracle, rng, seeds=range(3), budget=2000):
     for i, x in enumerate(points):
         truth = step_truth(w, x)
         for seed in seeds:
-            est = smoothed_fisher(oracle, x, SIGMA_STEP, budget, (seed, 6, i))
+            est = smoothed_fisher(oracle, x, SIGMA_STEP, budget, (seed, i))
             errs.append(est.lambda_max / truth - 1)
             tr_errs.append(est.trace / truth - 1)
             hits.append(est.lambda_max_ci[0] <= truth <= est.lambda_max_ci[1])
@@ -127,10 +127,10 @@ def test_step_model_catches_the_independent_pair_count(step_case, monkeypatch):
 def test_orthogonal_blocks_are_gaussian_and_orthogonal():
     """Rows of a block are mutually orthogonal; each row is N(0, I_d) (uniform direction, chi_d norm)."""
     d = 50
-    e = sm._block((0, 6, 0), 3, 20, d)
+    e = sm._block((0, 0), 3, 20, d)
     h = e @ e.T
     assert np.allclose(h - np.diag(np.diag(h)), 0, atol=1e-9)
-    rows = np.concatenate([sm._block((s, 6, 0), 0, 20, d) for s in range(200)])  # 4000 rows
+    rows = np.concatenate([sm._block((s, 0), 0, 20, d) for s in range(200)])  # 4000 rows
     assert abs(np.mean(np.sum(rows ** 2, axis=1)) - d) < 4 * np.sqrt(2 * d / rows.shape[0])  # chi^2_d mean
     assert np.allclose(np.cov(rows.T), np.eye(d), atol=0.12)  # covariance I (sd of an entry ~ 0.016)
     assert sm._block_size(1000, 400, 10) == 100 and sm._block_size(4000, 30, 10) == 30
@@ -177,7 +177,7 @@ def test_linear_softmax_against_monte_carlo(tmp_path):
         x = rng.standard_normal(d).astype(np.float32).astype(np.float64)
         lam_ref, tr_ref = _smoothed_reference(w, b, x, sigma)
         for seed in range(3):
-            est = smoothed_fisher(oracle, x, sigma, 8000, (seed, 6, i))
+            est = smoothed_fisher(oracle, x, sigma, 8000, (seed, i))
             lam_err.append(est.lambda_max / lam_ref - 1)
             tr_err.append(est.trace / tr_ref - 1)
     lam_err, tr_err = np.abs(lam_err), np.abs(tr_err)
@@ -187,8 +187,8 @@ def test_linear_softmax_against_monte_carlo(tmp_path):
 def test_draws_do_not_depend_on_the_batch(step_case):
     w, oracle, rng = step_case
     x = step_point(w, 0.3, np.random.default_rng(8))
-    a = smoothed_fisher(oracle, x, SIGMA_STEP, 400, (0, 6, 1), block=256)
-    b = smoothed_fisher(oracle, x, SIGMA_STEP, 400, (0, 6, 1), block=6)
+    a = smoothed_fisher(oracle, x, SIGMA_STEP, 400, (0, 1), block=256)
+    b = smoothed_fisher(oracle, x, SIGMA_STEP, 400, (0, 1), block=6)
     assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-12) and a.lambda_max_ci == pytest.approx(b.lambda_max_ci)
 
 
@@ -197,10 +197,10 @@ def test_gram_regenerated_equals_kept(step_case, monkeypatch, jac):
     w, oracle, _ = step_case
     monkeypatch.setattr(sm, "_use_jac", lambda k, m: jac)
     x = step_point(w, -0.2, np.random.default_rng(9))
-    a = smoothed_fisher(oracle, x, SIGMA_STEP, 200, (1, 6, 2), block=40)
+    a = smoothed_fisher(oracle, x, SIGMA_STEP, 200, (1, 2), block=40)
     monkeypatch.setattr(sm, "GRAM_CACHE_ELEMENTS", 0)
     monkeypatch.setattr(sm, "JAC_STORE_ELEMENTS", 0)
-    b = smoothed_fisher(oracle, x, SIGMA_STEP, 200, (1, 6, 2), block=40)
+    b = smoothed_fisher(oracle, x, SIGMA_STEP, 200, (1, 2), block=40)
     assert a.lambda_max == pytest.approx(b.lambda_max, rel=1e-10) and a.trace == pytest.approx(b.trace, rel=1e-10)
 
 
@@ -428,7 +428,7 @@ def test_gram_and_jacobian_paths_agree(tmp_path, monkeypatch, keep):
     out = {}
     for name, use in (("gram", False), ("jac", True)):
         monkeypatch.setattr(sm, "_use_jac", lambda k, m, use=use: use)
-        out[name] = smoothed_fisher(oracle, x, 0.3, 300, (0, 6, 0), block=32, direction=True)
+        out[name] = smoothed_fisher(oracle, x, 0.3, 300, (0, 0), block=32, direction=True)
     g, j = out["gram"], out["jac"]
     assert j.lambda_max == pytest.approx(g.lambda_max, rel=1e-9) and j.trace == pytest.approx(g.trace, rel=1e-9)
     assert j.lambda_max_ci == pytest.approx(g.lambda_max_ci, rel=1e-8) and j.trace_ci == pytest.approx(g.trace_ci, rel=1e-8)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import progress
+from .. import streams
 from ..errors import ConfigError
+from ..estimators.fd import coordinate_differences
 from ..model.oracle import LogProbOracle
 
 NORMS = ("linf", "l2")
@@ -144,9 +146,14 @@ class RowRng:
         self.gens = list(gens)
 
     @classmethod
-    def seeded(cls, seed: int, indices, *stream: int) -> "RowRng":
-        """Row i draws from ``default_rng([seed, indices[i], *stream])``."""
-        return cls([np.random.default_rng([int(seed), int(i), *stream]) for i in indices])
+    def named(cls, seed: int, name: str, indices, *keys: int) -> "RowRng":
+        """Row i draws from stream ``name`` of ``fimaudit.streams`` with keys ``(indices[i], *keys)``."""
+        return cls([streams.rng(seed, name, int(i), *keys) for i in indices])
+
+    @classmethod
+    def seeded(cls, seed: int, indices, eps_index: int) -> "RowRng":
+        """Row i draws from the "attack.rows" stream ``[seed, indices[i], eps_index]``."""
+        return cls.named(seed, "attack.rows", indices, eps_index)
 
     def __len__(self) -> int:
         return len(self.gens)
@@ -190,7 +197,6 @@ def fd_margin_grad(oracle: LogProbOracle, x: np.ndarray, y: np.ndarray, h: float
     """Gradient of the margin at each row by central differences on every coordinate (2d queries per row)."""
     n = len(x)
     d = int(np.prod(x.shape[1:]))
-    flat = x.reshape(n, d)
     lp0 = oracle.logp(x)
     other = lp0.copy()
     other[np.arange(n), y] = -np.inf
@@ -199,14 +205,7 @@ def fd_margin_grad(oracle: LogProbOracle, x: np.ndarray, y: np.ndarray, h: float
     chunk = max(1, 4096 // max(1, 2 * n))
     for start in range(0, d, chunk):
         idx = np.arange(start, min(d, start + chunk))
-        m = len(idx)
-        plus = np.repeat(flat[:, None, :], m, axis=1)
-        minus = plus.copy()
-        plus[:, np.arange(m), idx] += h
-        minus[:, np.arange(m), idx] -= h
-        both = np.concatenate([plus.reshape(n * m, d), minus.reshape(n * m, d)]).reshape((-1,) + x.shape[1:])
-        lp = oracle.logp(both)
-        diff = (lp[: n * m] - lp[n * m :]).reshape(n, m, -1) / (2 * h)
+        diff = coordinate_differences(oracle.logp, x, idx, h)
         grads[:, idx] = diff[np.arange(n), :, y] - diff[np.arange(n), :, runner]
     return grads.reshape(x.shape)
 

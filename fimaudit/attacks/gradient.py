@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..estimators.fd import RANGE_REL_STEP, range_step
 from .base import Attack, Budget, fd_margin_grad, margins, nes_margin_grad, project, rows_of
 
 GRAD_SOURCES = ("auto", "fd", "zo")
@@ -32,7 +33,7 @@ class GradientAttack(Attack):
     default_steps = 10
 
     def __init__(self, steps: int | None = None, grad: str = "auto", zo_probes: int = 50, min_fd_steps: int = 1,
-                 fd_rel_step: float = 1e-3) -> None:
+                 fd_rel_step: float = RANGE_REL_STEP) -> None:
         if grad not in GRAD_SOURCES:
             raise ConfigError(f"--gradients for --attack {self.name} must be one of {', '.join(GRAD_SOURCES)} "
                               f"(black-box gradients; --attack pgd-wb or apgd take exact ones from the graph), not '{grad}'")
@@ -63,7 +64,7 @@ class GradientAttack(Attack):
         lo, hi = bounds
         d = int(np.prod(x.shape[1:]))
         source, steps, m = self._plan(d, int(acct.left().min()))
-        h = self.fd_rel_step * (hi - lo)
+        h = range_step((lo, hi), self.fd_rel_step)
         x_adv = x.copy()
         if self.random_start:
             if norm == "linf":

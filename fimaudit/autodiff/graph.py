@@ -17,6 +17,8 @@ import onnx
 from google.protobuf.message import Message
 from onnx import helper, numpy_helper
 
+from .. import streams
+from ..model.probe import with_outputs  # noqa: F401  (re-exported for autodiff.check)
 from ..model.session import create_session
 from .emit import Emitter, GradientUnsupported
 from .rules import JVP, NON_DIFFERENTIABLE, VJP, tiled_maxpool
@@ -222,7 +224,7 @@ class _Prober:
         """(the probe input, name -> onnxruntime value) at ``batch`` rows."""
         import onnxruntime as ort
 
-        rng = np.random.default_rng(0)
+        rng = streams.fixed("fallback.graph_probe")
         x = rng.uniform(0.0, 1.0, size=(batch,) + tuple(sample_shape)).astype(self.dtype)
         outs = self.session.run_with_ort_values(self.names, {self.input_name: ort.OrtValue.ortvalue_from_numpy(x)})
         return x, dict(zip(self.names, outs))
@@ -655,15 +657,6 @@ def _forward(m, x, opset, shapes, dtypes, values, active, batch):
     tl = tang.get(LOGP) or em.zeros_like(LOGP)
     em.nodes.append(helper.make_node("Identity", [tl], [JVP_OUT], name=JVP_OUT))
     return em, tang
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also returns the tensors ``names`` (for bisection)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    have = {o.name for o in out.graph.output}
-    out.graph.output.extend(helper.ValueInfoProto(name=n) for n in names if n not in have)
-    return out
 
 
 def open_session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, weights: dict[str, np.ndarray] | None = None,

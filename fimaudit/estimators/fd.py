@@ -49,25 +49,52 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0))
 
 
+RANGE_REL_STEP = 1e-3  # the uncalibrated step of attacks, CLEVER and validity: this share of the input range
+
+
+def range_step(input_range: tuple[float, float], rel: float = RANGE_REL_STEP) -> float:
+    """The step rule of the black-box gradients (attacks, CLEVER, validity): ``rel`` times the input range's width.
+
+    (scan calibrates its own step instead: ``choose_step``.)"""
+    lo, hi = input_range
+    return rel * (hi - lo)
+
+
+def coordinate_differences(logp, rows: np.ndarray, coords: np.ndarray, h: float, *, dtype=None,
+                           exact_step: bool = False) -> np.ndarray:
+    """Central differences of ``logp`` along unit coordinates: ``(n, m, K)`` for rows ``(n, *shape)`` and ``m`` coords.
+
+    The one finite-difference gradient helper (JVPs on coordinates for CLEVER/validity, the margin gradient of the
+    black-box attacks): every row is stepped by +-h along each coordinate in ``coords``, all 2nm points in ONE
+    ``logp`` call (plus rows first). ``dtype``: the rows' dtype (None keeps the input's); ``exact_step``: divide by
+    the step the rows really differ by in that dtype (float32 rows fed to the model as they are) rather than 2h.
+    """
+    n = rows.shape[0]
+    shape = rows.shape[1:]
+    flat = np.asarray(rows, dtype=dtype).reshape(n, -1)
+    m = coords.shape[0]
+    at = np.arange(m)
+    plus = np.repeat(flat[:, None, :], m, axis=1)
+    minus = plus.copy()
+    step = plus.dtype.type(h)
+    plus[:, at, coords] += step
+    minus[:, at, coords] -= step
+    if exact_step:
+        denom = (plus[:, at, coords].astype(np.float64) - minus[:, at, coords].astype(np.float64))[..., None]
+    else:
+        denom = 2.0 * h
+    d = flat.shape[1]
+    lp = logp(np.concatenate([plus.reshape(n * m, d), minus.reshape(n * m, d)]).reshape((-1,) + tuple(shape)))
+    return (lp[: n * m] - lp[n * m :]).reshape(n, m, -1) / denom
+
+
 def jvp_coordinates(oracle: LogProbOracle, x0: np.ndarray, coords: np.ndarray, h: float) -> np.ndarray:
     """JVPs along unit coordinate vectors e_i for i in ``coords``; returns ``(len(coords), K)``."""
-    shape = oracle.sample_shape
-    m = coords.shape[0]
-    rows = np.arange(m)
     direct = oracle.feeds_directly and oracle.model.input_dtype == np.float32
-    dtype = np.float32 if direct else np.float64
-    flat = np.asarray(x0, dtype=dtype).reshape(-1)
-    plus = np.repeat(flat[None, :], m, axis=0)
-    minus = plus.copy()
-    plus[rows, coords] += dtype(h)
-    minus[rows, coords] -= dtype(h)
-    if direct:
-        # The model sees exactly these float32 values: divide by the step they really differ by.
-        denom = plus[rows, coords].astype(np.float64) - minus[rows, coords].astype(np.float64)
-    else:
-        denom = np.full(m, 2.0 * h)
-    lp = oracle.logp(np.concatenate([plus, minus], axis=0).reshape((-1,) + shape))
-    return (lp[:m] - lp[m:]) / denom[:, None]
+    # The model sees exactly float32 rows when fed directly: divide by the step they really differ by.
+    row = np.asarray(x0).reshape((1,) + tuple(oracle.sample_shape))
+    return coordinate_differences(oracle.logp, row, coords, h, dtype=np.float32 if direct else np.float64,
+                                  exact_step=direct)[0]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
+from .. import streams
+
 PROBES = ("orthogonal", "gaussian")
 GAUSSIAN_BLOCK = 64  # rows per independently seeded block of Gaussian probes
 MAX_FACTOR_BASIS = 2048  # longest axis whose 1-D DCT basis (n x n float32) is held in memory
@@ -112,7 +114,7 @@ class ProbeStream:
         if self._group is not None and self._group[0] == g:
             return self._group[1]
         rows = min(GAUSSIAN_BLOCK, self.k - g * GAUSSIAN_BLOCK)
-        w = np.random.default_rng([self._seed, g]).standard_normal((rows, self.d), dtype=np.float32)
+        w = streams.rng(self._seed, "probes.block", g).standard_normal((rows, self.d), dtype=np.float32)
         self._group = (g, w)
         return w
 

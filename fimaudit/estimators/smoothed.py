@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg
 
+from .. import streams
 from ..model.oracle import LogProbOracle
 
 CI_LEVEL = 0.95
@@ -96,10 +97,11 @@ def _block_size(m: int, d: int, groups: int) -> int:
 
 
 def _block(key: Sequence[int], k: int, n: int, d: int) -> np.ndarray:
-    """Block k (n x d) from its own stream [*key, k]: n orthonormal directions (QR of a Gaussian d x n matrix,
+    """Block k (n x d) from its own stream "scan.smoothing" of key = (seed, sample index), block k: n orthonormal directions (QR of a Gaussian d x n matrix,
     signs fixed so that they are Haar-distributed), each scaled by an independent chi_d norm. Every row is
     marginally N(0, I_d); rows of one block are mutually orthogonal; blocks are independent."""
-    rng = np.random.default_rng([*key, k])
+    seed, *index = key
+    rng = streams.rng(seed, "scan.smoothing", *index, k)
     g = rng.standard_normal((n, d))
     radius = np.sqrt(rng.chisquare(d, n))
     q, r = np.linalg.qr(g.T)
@@ -252,8 +254,8 @@ def smoothed_fisher(oracle: LogProbOracle, x: np.ndarray, sigma: float, queries:
                     block: int = 256, groups: int = JACKKNIFE_GROUPS, direction: bool = False) -> SmoothedEstimate:
     """lambda_max(F_sigma) and tr(F_sigma) at ``x`` (``sample_shape``, estimation space) from at most ``queries``.
 
-    m = queries // 2 antithetic pairs; draw j is N(0, I_d) from the stream ``[*key, j]`` (``key`` e.g.
-    ``(seed, stream, sample_index)``), so a sample's result depends on its key, x, sigma and m only. p_sigma is
+    m = queries // 2 antithetic pairs; draw j is N(0, I_d) from the stream "scan.smoothing" of
+    ``key`` = ``(seed, sample_index)`` (``fimaudit.streams``), so a sample's result depends on its key, x, sigma and m only. p_sigma is
     the mean of the same 2m outputs (both x + sigma e and x - sigma e are draws of the smoothing distribution).
     The point estimates are clipped at 0 (F_sigma is PSD); the intervals are the estimate -/+ t_{B-1} times the
     delete-a-group jackknife standard error over ``groups`` contiguous groups of draws, clipped at 0.

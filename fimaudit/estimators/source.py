@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .. import streams
 from ..model.oracle import LogProbOracle
 from .fd import jvp as fd_jvp
 from .fd import jvp_coordinates
@@ -91,7 +92,7 @@ class FiniteDifferences:
         self.h = float(h)
         self.rel_error = rel_error
         self.vjp_probes = int(vjp_probes)
-        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.rng = rng if rng is not None else streams.fixed("fallback.fd_vjp")
         self.chunk = int(chunk)
         self._queries = 0
         self._passes = 0

@@ -13,6 +13,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from .. import streams
+
 # Lanczos converges to ~1e-10 here; the returned norm is raised by this factor so that
 # residual convergence error can never make it fall below the true norm.
 NORM_SAFETY = 1.0 + 1e-6
@@ -64,7 +66,7 @@ def sparse_operator_norm(a, rng: np.random.Generator | None = None) -> float:
     if min(m, n) <= 64:
         dense = a.toarray() if sparse.issparse(a) else np.asarray(a, dtype=np.float64)
         return float(np.linalg.norm(dense, 2)) if dense.size else 0.0
-    rng = rng or np.random.default_rng(0)
+    rng = rng or streams.fixed("fallback.operator_norm")
     at = a.T.tocsr() if sparse.issparse(a) else a.T
     op = LinearOperator((n, n), matvec=lambda v: at @ (a @ v), dtype=np.float64)
     try:

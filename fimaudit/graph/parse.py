@@ -15,7 +15,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
-from ..model.session import create_session
+from ..errors import FimauditError
+from ..model.probe import probe_session
+from ..model.session import ort_errors
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ def _fold_constant(node: Node, consts: dict[str, np.ndarray], shapes: dict[str, 
             return [np.sqrt(ins[0])]
         if op == "Reshape":
             return [ins[0].reshape([int(s) if s != 0 else ins[0].shape[i] for i, s in enumerate(ins[1])])]
-    except Exception:
+    except (ValueError, TypeError, IndexError):
+        # a malformed constant (an axis out of range, shapes that do not broadcast or reshape, a non-numeric value):
+        # its value stays unknown, as for an op not folded here; anything else is a bug and propagates
         return [None] * len(node.outputs)
     return [None] * len(node.outputs)
 
@@ -181,7 +185,8 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[i
     shapes: dict[str, tuple[int, ...]] = {}
     try:
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
-    except Exception:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        # onnx cannot infer this graph's shapes (an op or type it does not know): the declared shapes only
         inferred = m
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
@@ -194,16 +199,12 @@ def _infer_shapes(model: onnx.ModelProto, input_name: str, sample_shape: tuple[i
 
 def _runtime_shapes(model: onnx.ModelProto, input_name: str, sample_shape, names: list[str]) -> dict:
     """Shapes of ``names`` from one onnxruntime run on zeros (batch 1)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in existing:
-            m.graph.output.append(helper.ValueInfoProto(name=n))
     try:
-        sess, _ = create_session(m.SerializeToString(), device="cpu")
+        sess = probe_session(model, names)
         outs = sess.run(names, {input_name: np.zeros((1,) + tuple(sample_shape), dtype=np.float32)})
-    except Exception:
+    except (FimauditError, *ort_errors()):
+        # onnxruntime cannot load or run the probe (an unsupported op, a float64 input, a batch of 1 it refuses):
+        # runtime shapes are a refinement, so none; other errors (memory, interrupts, bugs) propagate
         return {}
     return {n: tuple(np.asarray(o).shape) for n, o in zip(names, outs)}
 

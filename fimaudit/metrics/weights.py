@@ -17,7 +17,8 @@ from onnx import helper, numpy_helper
 
 from ..graph.fold import fold_batchnorm
 from ..errors import ModelOutputError
-from ..model.session import create_session, translate_ort_error
+from ..model.probe import probe_session
+from ..model.session import translate_ort_error
 from ..model.spec import logit_output, onnx_producers
 
 
@@ -82,11 +83,7 @@ def _logit_output(model: onnx.ModelProto, output_name: str) -> str:
 
 
 def _run(model: onnx.ModelProto, feeds: dict, output: str) -> np.ndarray:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    if output not in {o.name for o in m.graph.output}:
-        m.graph.output.append(helper.ValueInfoProto(name=output))
-    sess, _ = create_session(m.SerializeToString(), device="cpu")
+    sess = probe_session(model, [output])
     return np.asarray(_session_run(sess, [output], feeds)[0])
 
 
@@ -135,9 +132,7 @@ class NoisyWeights:
                 m.graph.input.append(helper.make_tensor_value_info(
                     name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
         self.output = _logit_output(m, output_name)
-        if self.output not in {o.name for o in m.graph.output}:
-            m.graph.output.append(helper.ValueInfoProto(name=self.output))
-        self.session, _ = create_session(m.SerializeToString(), device="cpu")
+        self.session = probe_session(m, [self.output], copy=False)  # m is this object's own copy
         self.input_name = input_name
 
     def predict(self, x: np.ndarray, weights: dict[str, np.ndarray] | None = None, batch: int = 256) -> np.ndarray:

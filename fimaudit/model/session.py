@@ -87,6 +87,16 @@ _NOT_REGISTERED = re.compile(r"(?:Fatal error:\s*)?([\w.]*):?(\w+)\(-?\d+\) is n
 _NO_OP = re.compile(r"No Op registered for (\w+) with domain_version of (\d+)")
 
 
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions onnxruntime raises for a model it cannot load or run (its pybind11 error classes derive from
+    Exception directly), with RuntimeError for the few it raises plainly: what a probe of a model may catch."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
+             "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError,)
+
+
 def translate_ort_error(exc: BaseException) -> str:
     """Turn an onnxruntime exception into one readable line."""
     text = str(exc)

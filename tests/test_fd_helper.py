@@ -1,0 +1,45 @@
+"""The one finite-difference gradient helper (estimators.fd.coordinate_differences) and the range step rule."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from fimaudit.attacks.base import fd_margin_grad
+from fimaudit.estimators.fd import coordinate_differences, range_step
+
+W = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0], [2.0, 1.0, 1.0], [-1.0, 0.0, 4.0]])  # d=4, K=3
+
+
+def quad_logp(x):
+    """log-p-like scores with a known gradient: z = W^T x + 0.5 |x|^2 (every class), rows (n, 2, 2)."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    return flat @ W + 0.5 * np.sum(flat**2, axis=1, keepdims=True)
+
+
+def test_central_differences_are_exact_on_a_quadratic():
+    rows = np.array([[[0.3, -0.1], [0.7, 0.2]], [[-1.0, 0.5], [0.0, 2.0]]])
+    coords = np.array([0, 2, 3])
+    got = coordinate_differences(quad_logp, rows, coords, 1e-3)
+    want = W[coords][None] + rows.reshape(2, -1)[:, coords, None]
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
+
+
+def test_float32_rows_divide_by_the_step_they_really_take():
+    rows = np.full((1, 2, 2), 1000.0)
+    h = 1e-4  # below float32 resolution at 1000 (ulp 6e-5): the rows move by 2 ulps, not 2h
+    got = coordinate_differences(quad_logp, rows, np.array([0]), h, dtype=np.float32, exact_step=True)
+    np.testing.assert_allclose(got[0, 0], W[0] + 1000.0, rtol=1e-3)
+
+
+def test_the_attack_margin_gradient_is_built_on_it():
+    oracle = SimpleNamespace(logp=quad_logp)
+    x = np.array([[[0.3, -0.1], [0.7, 0.2]]])
+    y = np.array([0])
+    g = fd_margin_grad(oracle, x, y, 1e-3)
+    z = quad_logp(x)[0]
+    runner = int(np.argmax(np.where(np.arange(3) == 0, -np.inf, z)))
+    np.testing.assert_allclose(g.reshape(-1), W[:, 0] - W[:, runner], rtol=1e-7, atol=1e-8)
+
+
+def test_range_step():
+    assert range_step((0.0, 1.0)) == 1e-3 and range_step((-2.0, 2.0), 1e-2) == 0.04
