@@ -453,6 +453,14 @@ def test_cli_json_schema_report_and_exit_codes(tmp_path):
     from fimaudit.report.verify import render_verify_text
 
     assert again.output == render_verify_text(load_result(rep)[1])
+    # the HTML page uses the shared shell and names the set, the units and the certified accuracy per eps
+    page = tmp_path / "v.html"
+    assert CliRunner().invoke(app, ["report", str(out), "--format", "html", "--out", str(page)]).exit_code == 0
+    text = page.read_text()
+    assert 'data-kind="verify"' in text and "Content-Security-Policy" in text
+    assert "Certified robust accuracy" in text and rep["set"]["units"] in text
+    for row in rep["results"]:
+        assert f"{100 * row['certified_accuracy']:.1f}%" in text
     # an operator without a rule: one line, exit 2
     bad = _model([helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1), helper.make_node("Cos", ["h"], ["z"])],
                  {"W": np.ones((3, 8)), "b": np.zeros(3)}, (8,))

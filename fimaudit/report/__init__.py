@@ -19,7 +19,7 @@ from .audit import render_audit_html, render_audit_json, render_audit_junit, ren
 from .html import render_html
 from .markdown import render_markdown
 from .terminal import render_text
-from .verify import render_verify_text
+from .verify import render_verify_html, render_verify_text
 from ..evidence_result import VerifyResult
 
 
@@ -48,7 +48,7 @@ KIND_RENDERERS: dict[str, dict[str, Callable]] = {
     # certify has a terminal renderer only; json is the saved report again
     "certify": {"text": render_certify_text, "json": render_json, "html": render_certify_html},
     "bounds": {"text": render_bounds_text, "json": render_json, "html": render_bounds_html},
-    "verify": {"text": render_verify_text, "json": render_json},
+    "verify": {"text": render_verify_text, "json": render_json, "html": render_verify_html},
     **{k: _evidence.RENDERERS for k in EVIDENCE_KINDS},
 }
 EXTENSIONS[".xml"] = "junit"

@@ -64,3 +64,40 @@ def render_verify_text(result) -> str:
     buf = io.StringIO()
     render_verify(result, Console(file=buf, width=110, color_system=None, force_terminal=False))
     return buf.getvalue()
+
+
+def render_verify_html(result) -> str:
+    """The shared page (fimaudit.report.page): context, certified accuracy per eps, per-sample margin bounds."""
+    from .page import e, facts, page, section, table
+
+    r = result.to_dict()
+    cfg, m, st = r["config"], r["method"], r["set"]
+    n = len(r["samples"])
+    rows = [("command", "fimaudit verify"),
+            ("model", f"{r['model']['path']} (sha256 {r['model']['sha256']})"),
+            ("data", f"{cfg.get('data')}: {n} samples"),
+            ("set", f"{st['norm']} ball ∩ input box [{st['input_range'][0]:g}, {st['input_range'][1]:g}]"),
+            ("units", str(st["units"])),
+            ("method", str(m["description"])),
+            ("clean accuracy", f"{100 * r['clean_accuracy']:.1f}% (a misclassified sample is never verified)"),
+            ("soundness", str(r["soundness"])),
+            ("seed", str(cfg.get("seed", "")))]
+    cr = r.get("certified_radius")
+    if cr and cr.get("median") is not None:
+        rows.append(("certified radius", f"largest verified radius by bisection: median {_fmt(cr['median'])}, "
+                                         f"mean {_fmt(cr['mean'])}"))
+    acc = [[_fmt(x["eps"]), f"{x['verified']}/{n}", f"{100 * x['certified_accuracy']:.1f}%"] for x in r["results"]]
+    ps = r.get("per_sample_radius")
+    if ps:
+        acc.append([f"own ({ps['eps_from']})", f"{ps['verified']}/{n}", f"{100 * ps['certified_accuracy']:.1f}%"])
+    per = [[str(s["index"]), str(s["label"]), "ok" if s["correct"] else "wrong",
+            " ".join(_fmt(b["margin_lower"]) + (" ✓" if b["verified"] else "") for b in s["bounds"]),
+            _fmt(s["certified_radius"])] for s in r["samples"]]
+    notes = "".join(f'<p class="note">{e(x)}</p>' for x in r.get("notes", []))
+    body = (section("context", "Context", facts(rows)) + notes
+            + section("verified", f"Certified robust accuracy ({e(st['norm'])}, {e(str(st['units']))})",
+                      table(["eps", "verified", "certified accuracy"], acc, left=0))
+            + section("samples", "Per sample: lower bound of the smallest logit margin per eps (✓ verified)",
+                      table(["sample", "label", "clean", "min margin lower bound per eps", "certified radius"], per,
+                            left=0)))
+    return page("verify", r["model"]["path"], body, f"fimaudit verify result, schema {e(str(r.get('schema_version', '')))}")
