@@ -35,7 +35,7 @@ from scipy.special import expit
 from ..errors import UnsupportedModelError
 from .conv import window_argmax_offsets
 from .intervals import U32, Box, gamma
-from .ops import OPS, _pool_args, attach, unbroadcast
+from .ops import OPS, _pool_args, attach, layernorm_parts, unbroadcast
 
 ABS_FLOOR = 1e-37  # absolute widening per step (float32 subnormals flushed to zero)
 F64 = np.finfo(np.float64).eps
@@ -440,18 +440,7 @@ def _layernorm_jacobian(ctx, node, adj: Adj, ins, out: Box):
     """y = xhat * gamma + beta, xhat = (x - mean) / sigma: dx = (h - mean(h) - xhat mean(h xhat)) / sigma with
     h = gamma * g; xhat and 1/sigma enclosed as in the engine's IBP rule (finite when epsilon > 0)."""
     x = ins[0]
-    nd = len(x.shape)
-    ax = int(node.attrs.get("axis", -1)) % nd
-    axes = tuple(range(ax, nd))
-    n = int(np.prod(x.shape[ax:]))
-    eps = float(node.attrs.get("epsilon", 1e-5))
-    slo, shi = x.lo.sum(axis=axes, keepdims=True), x.hi.sum(axis=axes, keepdims=True)
-    d_lo = x.lo * (1 - 1 / n) - (shi - x.hi) / n
-    d_hi = x.hi * (1 - 1 / n) - (slo - x.lo) / n
-    sq_lo = np.where((d_lo < 0) & (d_hi > 0), 0.0, np.minimum(d_lo ** 2, d_hi ** 2))
-    sq_hi = np.maximum(d_lo ** 2, d_hi ** 2)
-    v_lo = sq_lo.mean(axis=axes, keepdims=True) + eps
-    v_hi = sq_hi.mean(axis=axes, keepdims=True) + eps
+    axes, n, d_lo, d_hi, v_lo, v_hi = layernorm_parts(node, x)
     w = 1e-6  # float32 evaluation of mean, variance and rsqrt: a generous relative margin
     r_lo, r_hi = (1 - w) / np.sqrt(v_hi), (1 + w) / np.sqrt(v_lo)
     cap = np.sqrt(n)

@@ -1299,10 +1299,9 @@ def _layernorm_p(c, n, i):
     return [y]
 
 
-def _layernorm_ibp(ctx, node, ins):
-    """IBP of the decomposition: d = x - mean(x) (with the dependence kept: d_i = (1 - 1/n) x_i - sum_{j!=i} x_j / n),
-    v = mean(d^2) + eps, y = d / sqrt(v) * gamma + beta. Finite whenever eps > 0."""
-    x = ins[0]
+def layernorm_parts(node, x: Box):
+    """LayerNorm's centred value d = x - mean(x) (dependence kept: d_i = (1 - 1/n) x_i - sum_{j!=i} x_j / n) and
+    v = mean(d^2) + eps as intervals over ``x``: (axes, n, d_lo, d_hi, v_lo, v_hi). Shared by IBP and the Jacobian rule."""
     nd = len(x.shape)
     ax = int(node.attrs.get("axis", -1)) % nd
     axes = tuple(range(ax, nd))
@@ -1315,6 +1314,14 @@ def _layernorm_ibp(ctx, node, ins):
     sq_hi = np.maximum(d_lo ** 2, d_hi ** 2)
     v_lo = sq_lo.mean(axis=axes, keepdims=True) + eps
     v_hi = sq_hi.mean(axis=axes, keepdims=True) + eps
+    return axes, n, d_lo, d_hi, v_lo, v_hi
+
+
+def _layernorm_ibp(ctx, node, ins):
+    """IBP of the decomposition: d = x - mean(x) (with the dependence kept: d_i = (1 - 1/n) x_i - sum_{j!=i} x_j / n),
+    v = mean(d^2) + eps, y = d / sqrt(v) * gamma + beta. Finite whenever eps > 0."""
+    x = ins[0]
+    axes, n, d_lo, d_hi, v_lo, v_hi = layernorm_parts(node, x)
     r = Box(1.0 / np.sqrt(v_hi), 1.0 / np.sqrt(v_lo))
     # |d_i| <= sqrt(n v): the normalised value lies in [-sqrt(n), sqrt(n)] whatever the intervals say
     y = _mul_box(Box(d_lo, d_hi), r)
