@@ -87,6 +87,7 @@ class AuditConfig(ModelDataOptions):
     certify_n: int = 1000
     certify_radii: tuple[float, ...] = (0.0, 0.25, 0.5)
     local_bound: float | None = None  # the scan's --local-bound EPS (L-inf, model-input units); None: not computed
+    verify: bool = False  # certified robust accuracy by bound propagation (fimaudit verify, CROWN) at the attack eps
     sections: tuple[str, ...] = ()  # empty: all
     # provenance (policy.apply_to_config): [audit] values this run took from the policy, and policy values that an
     # option given on the command line overrode ({key: {"policy": v, "command_line": w}})
@@ -667,6 +668,43 @@ def _certify_section(ctx: AuditContext) -> dict:
     return out
 
 
+def _verify_section(ctx: AuditContext) -> dict:
+    """Certified robust accuracy per eps by bound propagation (fimaudit.verify, CROWN), beside the attacks'
+    per-sample worst case: certified <= worst case always; a sample verified and broken is a soundness failure."""
+    from .errors import UnsupportedModelError
+    from .verify.run import VerifyConfig, run_verify
+
+    cfg = ctx.config
+    if not cfg.verify:
+        raise Unavailable("bound propagation runs when the policy's [audit] sets verify = true or a check names "
+                          "verify.certified_accuracy[NORM=EPS] (about 1-3 s per sample and eps on a small conv net)")
+    _labels_needed(ctx, "verified robust accuracy")
+    vcfg = cfg.build(VerifyConfig, eps=tuple(sorted(cfg.eps)), bisect=False, method="crown")
+    try:
+        out = run_verify(vcfg, execution=ctx.execution).to_dict()
+    except UnsupportedModelError as exc:
+        raise Unavailable(f"bound propagation does not cover this graph: {exc}") from None
+    att_data = ctx.data.get("attacks")  # the attacks section's result when it ran (it runs before this one)
+    worst = ((att_data or {}).get("worst_case") or {}).get("robust_accuracy") or {}
+    broken: dict[str, set] = {}
+    for run in (att_data or {}).get("runs", []):
+        for r in run["results"]:
+            broken.setdefault(f"{float(r['eps']):g}", set()).update(
+                smp["index"] for smp in r["samples"] if smp["success"])
+    rows, violations = [], 0
+    for k, res in enumerate(out["results"]):
+        key = f"{float(res['eps']):g}"
+        ver = {smp["index"] for smp in out["samples"] if smp["bounds"][k]["verified"]}
+        bad = sorted(ver & broken.get(key, set()))
+        violations += len(bad)
+        rows.append({"eps": float(res["eps"]), "certified_accuracy": res["certified_accuracy"],
+                     "attack_worst_case": worst.get(key), "verified_but_broken": bad})
+    out["comparison"] = {"norm": cfg.norm, "rows": rows, "violations": violations,
+                         "rule": "certified robust accuracy <= the attacks' per-sample worst case; a sample verified "
+                                 "and broken by an attack at the same eps would be a soundness failure"}
+    return out
+
+
 def _preprocessing_section(ctx: AuditContext) -> dict:
     if ctx.preprocessing is None:
         raise Unavailable("no --data: there are no clean predictions to check")
@@ -683,6 +721,7 @@ SECTIONS: list[SectionSpec] = [
     SectionSpec("metrics", "Metric suite and corruptions", _metrics_section),
     SectionSpec("validity", "FIM-predicted radius against attacks", _validity_section),
     SectionSpec("certify", "Certified radius (randomized smoothing)", _certify_section),
+    SectionSpec("verify", "Verified robust accuracy (bound propagation)", _verify_section),
 ]
 
 

@@ -51,6 +51,7 @@ AUDIT_KEYS: dict[str, type] = {
     "samples": int, "budget": int, "seed": int, "eps": list, "norm": str, "attacks": list, "gradients": str, "grad": str, "eps_from": str, "taus": list,
     "whitebox": bool, "clever_samples": int, "clever_points": int, "clever_radius": float, "metrics_samples": int, "corruptions": bool,
     "sections": list, "certify_sigma": float, "certify_n": int, "certify_radii": list, "local_bound": float,
+    "verify": bool,
 }
 
 
@@ -84,6 +85,9 @@ class Policy:
         out = []
         for c in self.checks:
             m = re.match(r"^attack\.\w+\.\w+\[" + _NUM + r"\]", c.key)
+            if m:
+                out.append(float(m.group(1)))
+            m = re.match(r"^verify\.certified_accuracy\[\w+=" + _NUM + r"\]", c.key)
             if m:
                 out.append(float(m.group(1)))
         return tuple(out)
@@ -244,6 +248,18 @@ def _certified(result: AuditResult, m: re.Match) -> float:
     raise Missing(f"certified accuracy at radius {r:g} was not computed (add it to [audit] certify_radii)")
 
 
+def _verified(result: AuditResult, m: re.Match) -> float:
+    """verify.certified_accuracy[NORM=EPS]: the audit's verify section (bound propagation) at that eps."""
+    data = _section(result, "verify")
+    norm, eps = m.group(1), float(m.group(2))
+    if data["set"]["norm"] != norm:
+        raise Missing(f"the audit verified {data['set']['norm']} balls, not {norm} (set [audit] norm)")
+    for row in data["results"]:
+        if row["eps"] != "inf" and math.isclose(float(row["eps"]), eps, rel_tol=1e-9, abs_tol=1e-12):
+            return row["certified_accuracy"]
+    raise Missing(f"verified accuracy at {norm} eps {eps:g} was not computed (add it to [audit] eps)")
+
+
 # (pattern, resolver, kind): kind "number" or "bool". Later sections add theirs here (e.g. certify.*).
 KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
     (re.compile(r"^fisher\.(lambda_max|trace|lower_bound)\.(mean|median|p90|max)$"), _fisher, "number"),
@@ -263,6 +279,7 @@ KEYS: list[tuple[re.Pattern, Callable[[AuditResult, re.Match], Any], str]] = [
     (re.compile(r"^clever\.(median_score|fit_ok_share)$"), _stat("clever", ("summary",)), "number"),
     (re.compile(r"^validity\.spearman$"), _stat("validity", ("spearman",)), "number"),
     (re.compile(r"^certify\.certified_accuracy\[r=" + _NUM + r"\]$"), _certified, "number"),
+    (re.compile(r"^verify\.certified_accuracy\[(linf|l2)=" + _NUM + r"\]$"), _verified, "number"),
 ]
 
 
@@ -384,6 +401,8 @@ def apply_to_config(policy: Policy | None, fields: dict, given: frozenset[str] |
     radii = [float(m.group(1)) for c in policy.checks for m in [re.match(r"^certify\.certified_accuracy\[r=" + _NUM, c.key)] if m]
     if radii:
         out["certify_radii"] = tuple(sorted(set(out.get("certify_radii", AuditConfig.certify_radii)) | set(radii)))
+    if any(c.key.startswith("verify.") for c in policy.checks):
+        out["verify"] = True
     if out.get("local_bound") is None and any(c.key.startswith("fisher.local_upper.") for c in policy.checks):
         out["local_bound"] = 0.0  # a check on the local upper bound with no radius: the bound at each point
     taus = [float(m.group(1)) for c in policy.checks for m in [re.search(r"\[tau=" + _NUM + r"\]", c.key)] if m]

@@ -83,7 +83,8 @@ def test_audit_writes_four_files_valid_schema_and_exit_by_policy(full):
     status = {s["name"]: s["status"] for s in rep["sections"]}
     assert status == {**{n: "ok" for n in ("preprocessing", "scan", "worst", "bounds", "attacks", "clever", "metrics",
                                            "validity")},
-                      "certify": "unavailable"}  # randomized smoothing only with [audit] certify_sigma
+                      "certify": "unavailable",  # randomized smoothing only with [audit] certify_sigma
+                      "verify": "unavailable"}  # bound propagation only with [audit] verify = true or a verify.* check
     checks = {c["key"]: c for c in rep["checks"]}
     assert [c["passed"] for c in rep["checks"]] == [True] * 6 + [False]
     assert checks["clean.accuracy"]["value"] == pytest.approx(4 / 6)  # samples 0,1 mislabelled of 6
@@ -142,7 +143,7 @@ def test_passing_policy_exits_zero_and_output_is_deterministic(zoo, tmp_path):
     assert (tmp_path / "a" / "junit.xml").read_bytes() == (tmp_path / "b" / "junit.xml").read_bytes()
     rep = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert {s["name"]: s["reason"] for s in rep["sections"] if s["status"] != "ok"} == {
-        n: "not requested" for n in ("attacks", "clever", "metrics", "validity", "certify")}
+        n: "not requested" for n in ("attacks", "clever", "metrics", "validity", "certify", "verify")}
 
 
 def test_sections_without_labels_carry_their_reason(zoo, tmp_path):

@@ -562,3 +562,39 @@ def test_bounds_command_domain_option(tmp_path):
         z = sess.run(None, {"x": _t(rng.uniform(-1, 1, shape))[None]})[0].reshape(-1)
         assert np.all(z >= lo) and np.all(z <= hi)
     assert "bound over the input box" in r.output
+
+
+def test_audit_verify_section_sits_below_the_attacks_worst_case(tmp_path):
+    """The audit's verify section (turned on by a verify.* check): certified accuracy per eps, the policy key reads
+    it, it never exceeds the attacks' per-sample worst case, and no verified sample is broken by an attack."""
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    model, data = _robust_mlp(tmp_path)
+    pol = tmp_path / "p.toml"
+    pol.write_text('[audit]\nsamples = 12\nbudget = 300\neps = [0.02, 0.2]\nattacks = ["square"]\nwhitebox = true\n'
+                   'sections = ["attacks", "verify"]\n[policy]\nname = "t"\n'
+                   'checks = ["verify.certified_accuracy[linf=0.02] >= 0.05", "verify.certified_accuracy[linf=0.2] >= 0"]\n')
+    r = CliRunner().invoke(app, ["audit", str(model), "--data", str(data), "--policy", str(pol), "--json", str(tmp_path / "a.json"),
+                                 "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "a.json").read_text())
+    sec = {s["name"]: s for s in rep["sections"]}
+    assert sec["verify"]["status"] == "ok", sec["verify"]
+    v = sec["verify"]["data"]
+    worst = sec["attacks"]["data"]["worst_case"]["robust_accuracy"]
+    rows = v["comparison"]["rows"]
+    assert [r["eps"] for r in rows] == [0.02, 0.2]
+    for row, res in zip(rows, v["results"]):
+        assert row["certified_accuracy"] == res["certified_accuracy"]
+        assert row["attack_worst_case"] == worst[f"{row['eps']:g}"]
+        assert row["certified_accuracy"] <= row["attack_worst_case"] and row["verified_but_broken"] == []
+    assert rows[0]["certified_accuracy"] > 0  # something verifies at the small radius
+    checks = {c["key"]: c for c in rep["checks"]}
+    assert checks["verify.certified_accuracy[linf=0.02]"]["value"] == rows[0]["certified_accuracy"]
+    from fimaudit.report import load_result
+    from fimaudit.report.audit import render_audit_html, render_audit_text
+
+    res = load_result(rep)[1]
+    assert "certified" in render_audit_text(res) and 'id="verify"' in render_audit_html(res).replace("id=verify", 'id="verify"')

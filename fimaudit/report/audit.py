@@ -368,6 +368,42 @@ def _certify_html(result: AuditResult) -> str:
     return section("certify", "Certified radius (randomized smoothing)", body)
 
 
+def _verify_rows(result: AuditResult) -> tuple[dict, list] | None:
+    v = result.section("verify")
+    if not v or v.status != "ok" or not v.data.get("comparison"):
+        return None
+    return v.data, v.data["comparison"]["rows"]
+
+
+def _verify_lines(result: AuditResult) -> list[str]:
+    got = _verify_rows(result)
+    if got is None:
+        return []
+    d, rows = got
+    cmp_ = d["comparison"]
+    out = [f"  verified robust accuracy ({cmp_['norm']}, bound propagation: {d['method']['name']}) <= attacks' worst case:"]
+    for r in rows:
+        out.append(f"    eps {r['eps']:g}: certified {_value(r['certified_accuracy'])} <= worst case "
+                   f"{_value(r['attack_worst_case'])}" + (f"  VERIFIED BUT BROKEN: samples {r['verified_but_broken']}"
+                                                         if r["verified_but_broken"] else ""))
+    return out
+
+
+def _verify_html(result: AuditResult) -> str:
+    got = _verify_rows(result)
+    if got is None:
+        return ""  # not run: the sections table says why
+    d, rows = got
+    body = (f"<p>{html.escape(d['method']['description'])}. A sample is verified at eps when every other class's logit "
+            f"margin has a positive certified lower bound over the {html.escape(d['set']['norm'])} ball intersected "
+            f"with the input box ({html.escape(str(d['set']['units']))}). Certified accuracy can never exceed the "
+            "attacks' per-sample worst case; the gap between them is what neither side can settle.</p>"
+            + table(["eps", "certified (verified) accuracy", "attacks' worst case", "verified but broken"],
+                    [[num(r["eps"]), pct(r["certified_accuracy"]), pct(r["attack_worst_case"]),
+                      ", ".join(map(str, r["verified_but_broken"])) or "none"] for r in rows], left=0))
+    return section("verify", "Verified robust accuracy (bound propagation)", body)
+
+
 _METRICS = ("accuracy", "ece", "log_loss", "margin_median", "corruption_relative_accuracy", "corruption_accuracy_gap",
             "spectral_product", "sharpness_flatness")
 
@@ -461,6 +497,7 @@ def render_audit_html(result: AuditResult) -> str:
         + _attacks_html(result)
         + _clever_validity_html(result)
         + _certify_html(result)
+        + _verify_html(result)
         + _metrics_html(result)
         + '<div class="plots">' + "".join(figures) + "</div>"
         + _worst_html(result)
@@ -548,6 +585,14 @@ def render_audit_markdown(result: AuditResult) -> str:
         lines += ["", "### Gradient-masking flags", ""]
         lines += [f"- **{f['flag']}**: {f['detail']}" for f in masking] or ["None: no sign of masked gradients."]
         lines += [""] + [f"- {n}" for n in att.data.get("notes") or []] + ([""] if att.data.get("notes") else [])
+    got = _verify_rows(result)
+    if got is not None:
+        d, rows = got
+        lines += ["## Verified robust accuracy (bound propagation)", "", f"{d['method']['description']}.", "",
+                  "| eps | certified accuracy | attacks' worst case | verified but broken |", "|---|---:|---:|---|"]
+        lines += [f"| {r['eps']:g} | {_value(r['certified_accuracy'])} | {_value(r['attack_worst_case'])} | "
+                  f"{', '.join(map(str, r['verified_but_broken'])) or 'none'} |" for r in rows]
+        lines.append("")
     lines += ["## Sections", "", "| section | status | reason |", "|---|---|---|"]
     lines += [f"| {s.name} | {s.status} | {s.reason or ''} |" for s in result.sections]
     lines += ["", f"fimaudit {result.fimaudit}, audit schema {result.schema_version}" + (f", {result.created}" if result.created else "")]
@@ -596,6 +641,7 @@ def render_audit_text(result: AuditResult) -> str:
         for eps, vals, worst in rows:
             lines.append(f"    eps {eps}: " + ", ".join(f"{n} {v}" for n, v in zip(names, vals)) + f"; worst case {worst}")
         lines += [f"  masking: {f['flag']}: {f['detail']}" for f in masking] or ["  masking: no sign of masked gradients"]
+    lines += _verify_lines(result)
     for s in result.sections:
         lines.append(f"  section {s.name}: {s.status}" + (f" ({s.reason})" if s.reason else ""))
     return "\n".join(lines) + "\n"
