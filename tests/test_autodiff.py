@@ -7,6 +7,8 @@ differences with a small step (float64: error ~1e-9). The graphs run in float32.
 
 from __future__ import annotations
 
+import dataclasses
+
 import glob
 import os
 from pathlib import Path
@@ -28,8 +30,8 @@ from fimaudit.autodiff import (
     build_graphs,
     check_graph,
     lanczos_top,
-    rules,
 )
+from fimaudit import ops
 from fimaudit.autodiff.reference import float64_copy
 from fimaudit.model import load_model
 
@@ -475,8 +477,8 @@ def _conv_net():
 
 @pytest.mark.parametrize("op, mode", [("Relu", "reverse"), ("Conv", "forward"), ("MaxPool", "reverse")])
 def test_self_check_refuses_a_broken_rule_and_names_it(monkeypatch, op, mode):
-    table = rules.VJP if mode == "reverse" else rules.JVP
-    good = table[op]
+    hook = "vjp" if mode == "reverse" else "jvp"
+    good = getattr(ops.table()[op], hook)
     calls = []
 
     def broken(em, node, g):
@@ -487,7 +489,7 @@ def test_self_check_refuses_a_broken_rule_and_names_it(monkeypatch, op, mode):
             return out
         return [em.op("Neg", [o]) if o is not None and i == 0 else o for i, o in enumerate(out)]
 
-    monkeypatch.setitem(table, op, broken)
+    monkeypatch.setitem(ops.table(), op, dataclasses.replace(ops.table()[op], **{hook: broken}))
     model = _conv_net()
     engine = GraphEngine(graphs_of(model, [1, 10, 10]), device="cpu")
     x = np.random.default_rng(9).standard_normal((2, 1, 10, 10))
@@ -499,14 +501,14 @@ def test_self_check_refuses_a_broken_rule_and_names_it(monkeypatch, op, mode):
 
 @pytest.mark.parametrize("op, mode", [("LayerNormalization", "reverse"), ("Softmax", "forward")])
 def test_self_check_names_the_broken_rule_in_a_transformer(monkeypatch, op, mode):
-    table = rules.VJP if mode == "reverse" else rules.JVP
-    good = table[op]
+    hook = "vjp" if mode == "reverse" else "jvp"
+    good = getattr(ops.table()[op], hook)
 
     def broken(em, node, g):
         out = good(em, node, g)
         return [em.op("Neg", [out[0]])] + list(out[1:])
 
-    monkeypatch.setitem(table, op, broken)
+    monkeypatch.setitem(ops.table(), op, dataclasses.replace(ops.table()[op], **{hook: broken}))
     model = load_model(ROOT / "sample_models" / "vit_tiny.onnx", device="cpu")
     graphs = build_graphs(model.proto, input_name=model.info.input.name, output_name=model.info.output.name,
                           sample_shape=model.info.sample_shape, fixed_batch=None, kind="logits")
@@ -686,13 +688,13 @@ def test_self_check_asks_float64_when_float32_cannot_judge_any_row(tmp_path):
 
 def flip_gemm_vjp(monkeypatch) -> None:
     """A broken reverse rule: Gemm's VJP with its sign flipped (a wrong rule every check must refuse)."""
-    good = rules.VJP["Gemm"]
+    good = ops.table()["Gemm"].vjp
 
     def broken(em, node, g):
         out = good(em, node, g)
         return [em.op("Neg", [out[0]])] + list(out[1:])
 
-    monkeypatch.setitem(rules.VJP, "Gemm", broken)
+    monkeypatch.setitem(ops.table(), "Gemm", dataclasses.replace(ops.table()["Gemm"], vjp=broken))
 
 
 def test_self_check_refuses_a_broken_graph_float32_cannot_judge(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 The primal graph is copied with the chosen input's per-sample shape made static and a
 log-probability head appended (MATH §1: log-softmax of logits, log of probabilities). One
 probe run with every intermediate tensor exposed gives static shapes, dtypes and the values
-of inactive tensors (pads, axes, indices); the rules of ``rules.py`` then emit derivative
+of inactive tensors (pads, axes, indices); the rules of the operator table (``fimaudit.ops``) then emit derivative
 nodes at the model's own opset. The batch axis stays symbolic when the graph allows it.
 """
 
@@ -21,7 +21,7 @@ from .. import streams
 from ..model.probe import with_outputs  # noqa: F401  (re-exported for autodiff.check)
 from ..model.session import create_session
 from .emit import Emitter, GradientUnsupported
-from .rules import JVP, NON_DIFFERENTIABLE, VJP, tiled_maxpool
+from .. import ops
 
 PREFIX = "fimaudit_ad_"
 LOGP = PREFIX + "logp"
@@ -187,19 +187,13 @@ def _name_nodes(m: onnx.ModelProto) -> None:
 
 
 def _extra_outputs(m: onnx.ModelProto) -> None:
-    """Ask MaxPool for its indices and LayerNormalization for mean and inverse std (their rules need them)."""
+    """Ask each node for the optional outputs its derivative rules read (its entry's ``outputs``: MaxPool's
+    indices, LayerNormalization's mean and inverse std)."""
     opset = _opset(m)
     for node in m.graph.node:
-        if node.op_type == "MaxPool" and not tiled_maxpool(node, opset) and (len(node.output) < 2 or not node.output[1]):
-            if len(node.output) < 2:
-                node.output.append("")
-            node.output[1] = PREFIX + node.name + "_indices"
-        if node.op_type == "LayerNormalization":
-            while len(node.output) < 3:
-                node.output.append("")
-            for i, what in ((1, "mean"), (2, "invstd")):
-                if not node.output[i]:
-                    node.output[i] = PREFIX + node.name + "_" + what
+        entry = ops.entry(node.op_type)
+        if entry is not None and entry.outputs is not None:
+            entry.outputs(node, opset, PREFIX + node.name)
 
 
 class _Prober:
@@ -239,7 +233,8 @@ def _shape_dtype(value) -> tuple[tuple[int, ...], np.dtype | None]:
 def _activity(m: onnx.ModelProto, x: str, dtypes: dict[str, np.dtype]) -> set[str]:
     active = {x}
     for node in m.graph.node:
-        if node.op_type in NON_DIFFERENTIABLE or not any(i in active for i in node.input if i):
+        entry = ops.entry(node.op_type)
+        if (entry is not None and entry.nondiff) or not any(i in active for i in node.input if i):
             continue
         for o in node.output:
             if o and dtypes.get(o) in _FLOATS:
@@ -455,7 +450,8 @@ def _reverse(m, x, opset, shapes, dtypes, values, active, batch, batched):
                 outs.append(None)
         if not any(outs) or not any(em.active(i) for i in node.input):
             continue
-        rule = VJP.get(node.op_type)
+        entry = ops.entry(node.op_type)
+        rule = entry.rule("vjp") if entry is not None else None
         if rule is None or (node.domain or "") not in ("", "ai.onnx"):
             raise GradientUnsupported(node.op_type, node.name, "no reverse-mode rule for this operator")
         view = onnx.NodeProto()
@@ -646,7 +642,8 @@ def _forward(m, x, opset, shapes, dtypes, values, active, batch):
         tin = [tang.get(i) if i else None for i in node.input]
         if not any(tin) or not any(o in active for o in node.output):
             continue
-        rule = JVP.get(node.op_type)
+        entry = ops.entry(node.op_type)
+        rule = entry.rule("jvp") if entry is not None else None
         if rule is None or (node.domain or "") not in ("", "ai.onnx"):
             raise GradientUnsupported(node.op_type, node.name, "no forward-mode rule for this operator")
         outs = rule(em, node, tin)

@@ -25,7 +25,9 @@ from scipy.special import erf
 
 from .emit import Emitter
 from .graph import POOL_SIZE, with_placeholders
-from .rules import _refuse_batch_axis, _resize_matrix, _window, attrs, pool_divisor
+from ..ops.common import attrs, refuse_batch_axis, window
+from ..ops.pool import pool_divisor
+from ..ops.shape import resize_matrix
 
 PREFIX = "fimaudit_f64_"
 ROW_BYTES = 16 * 1024 * 1024  # the float64 session's largest tensor per run stays below this (rows per run follow)
@@ -127,7 +129,7 @@ def _lower_conv(em: _Lowering, node: onnx.NodeProto) -> None:
     m, cg = em.shape(w)[:2]
     kernel = tuple(em.shape(w)[2:])
     group = int(attrs(node).get("group", 1))
-    strides, dil, begins, ends = _window(em, node, x, kernel)
+    strides, dil, begins, ends = window(em, node, x, kernel)
     out_sp = tuple(em.shape(node.output[0])[2:])
     kk = int(np.prod(kernel))
     p = int(np.prod(out_sp))
@@ -185,7 +187,7 @@ def _lower_avgpool(em: _Lowering, node: onnx.NodeProto) -> None:
     x = node.input[0]
     a = attrs(node)
     kernel = tuple(a["kernel_shape"])
-    strides, dil, begins, ends = _window(em, node, x, kernel)
+    strides, dil, begins, ends = window(em, node, x, kernel)
     if any(d != 1 for d in dil):
         raise Float64Unsupported("dilated average pooling")
     spatial = em.shape(x)[2:]
@@ -293,8 +295,8 @@ def _lower_resize(em: _Lowering, node: onnx.NodeProto) -> None:
     for ax in range(rank):
         if sin[ax] == sout[ax]:
             continue
-        _refuse_batch_axis(em, node, ax)
-        mat = _resize_matrix(em, node, ax, rank, sin[ax], sout[ax], double=True)  # (out, in), in float64
+        refuse_batch_axis(em, node, ax)
+        mat = resize_matrix(em, node, ax, rank, sin[ax], sout[ax], double=True)  # (out, in), in float64
         perm = [i for i in range(rank) if i != ax] + [ax]
         inv = [perm.index(i) for i in range(rank)]
         moved = em.op("MatMul", [em.op("Transpose", [t], perm=perm), _f64(em, mat.T)])

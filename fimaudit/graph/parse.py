@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import UnsupportedModelError
-from ..errors import FimauditError
+from .. import ops
+from ..errors import FimauditError, UnsupportedModelError
 from ..model.probe import probe_session
 from ..model.session import ort_errors
 
@@ -104,41 +104,20 @@ def _node_inputs(n: onnx.NodeProto) -> tuple[str, ...]:
 
 
 def _fold_constant(node: Node, consts: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> list:
-    """Evaluate the few constant ops that export pipelines leave behind; None when unknown."""
+    """Evaluate the few constant ops that export pipelines leave behind (their entry's ``fold`` in the operator
+    table); None where a value stays unknown."""
     ins = [consts.get(i) for i in node.inputs]
-    op = node.op
+    entry = ops.entry(node.op)
+    rule = entry.rule("fold") if entry is not None else None
+    if rule is None:
+        return [None] * len(node.outputs)
     try:
-        if op == "Shape" and node.inputs[0] in shapes:
-            return [np.array(shapes[node.inputs[0]], dtype=np.int64)]
-        if any(v is None for v in ins if v is not None) or any(v is None for v in ins):
-            return [None] * len(node.outputs)
-        if op == "Identity" or op == "Cast":
-            return [ins[0]]
-        if op == "Unsqueeze":
-            axes = node.attrs.get("axes") if "axes" in node.attrs else ins[1]
-            out = ins[0]
-            for ax in sorted(int(a) for a in np.atleast_1d(axes)):
-                out = np.expand_dims(out, ax)
-            return [out]
-        if op == "Squeeze":
-            axes = node.attrs.get("axes") if "axes" in node.attrs else (ins[1] if len(ins) > 1 else None)
-            return [np.squeeze(ins[0], axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)))]
-        if op == "Concat":
-            return [np.concatenate([np.atleast_1d(v) for v in ins], axis=int(node.attrs.get("axis", 0)))]
-        if op == "Gather":
-            return [np.take(ins[0], ins[1], axis=int(node.attrs.get("axis", 0)))]
-        if op in ("Add", "Sub", "Mul", "Div"):
-            f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
-            return [f(ins[0], ins[1])]
-        if op == "Sqrt":
-            return [np.sqrt(ins[0])]
-        if op == "Reshape":
-            return [ins[0].reshape([int(s) if s != 0 else ins[0].shape[i] for i, s in enumerate(ins[1])])]
+        out = rule(node, ins, shapes)
     except (ValueError, TypeError, IndexError):
         # a malformed constant (an axis out of range, shapes that do not broadcast or reshape, a non-numeric value):
         # its value stays unknown, as for an op not folded here; anything else is a bug and propagates
         return [None] * len(node.outputs)
-    return [None] * len(node.outputs)
+    return [None] * len(node.outputs) if out is None else out
 
 
 _FLOAT_DATA = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -221,6 +200,7 @@ def parse(
     ]
     shapes = _infer_shapes(model, input_name, sample_shape)
     static: set[str] = set(consts)
+    shape_readers = ops.with_flag("reads_shape_only")  # Shape, Size: static whatever their input
     for node in nodes:
         if node.op == "Constant":
             a = node.attrs
@@ -237,7 +217,7 @@ def parse(
             static.update(node.outputs)
             continue
         data_inputs = [i for i in node.inputs if i]
-        if node.op in ("Shape", "Size") or (data_inputs and all(i in static for i in data_inputs)):
+        if node.op in shape_readers or (data_inputs and all(i in static for i in data_inputs)):
             static.update(node.outputs)
             for name, val in zip(node.outputs, _fold_constant(node, consts, shapes)):
                 if val is not None:
@@ -247,8 +227,7 @@ def parse(
     for n in nodes:
         for i in n.inputs:
             consumers.setdefault(i, []).append(n)
-    shape_ops = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum",
-                 "LayerNormalization", "Gather", "Expand"}
+    shape_ops = ops.with_flag("needs_shape")  # their Lipschitz rules read their input's shape
     missing = sorted({n.inputs[0] for n in nodes if n.op in shape_ops and n.inputs[0] not in shapes
                       and n.inputs[0] not in static})
     if missing:

@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph.fold import fold_batchnorm
+from .. import ops
 from ..errors import ModelOutputError
+from ..graph.fold import fold_batchnorm
 from ..model.probe import probe_session
 from ..model.session import translate_ort_error
 from ..model.spec import logit_output, onnx_producers
@@ -36,25 +37,15 @@ class Layer:
 
 
 def layers(model: onnx.ModelProto) -> list[Layer]:
-    """Conv/Gemm/MatMul layers with constant weights, as (out, in) matrices."""
+    """Layers with constant weights, as (out, in) matrices: the operators whose entry in the operator table
+    (``fimaudit.ops``) has a ``weights`` rule (Conv, Gemm, MatMul)."""
     inits = _init_map(model)
     out = []
     for n in model.graph.node:
-        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
-            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-            out.append(Layer(n.name, n.op_type, n.input[1], n.input[2] if len(n.input) > 2 and n.input[2] else None,
-                             w.reshape(w.shape[0], -1)))
-        elif n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in inits:
-            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
-            out.append(Layer(n.name, n.op_type, n.input[1], n.input[2] if len(n.input) > 2 and n.input[2] else None,
-                             w if trans_b else w.T))
-        elif n.op_type == "MatMul":
-            for pos, name in enumerate(n.input[:2]):
-                if name in inits:
-                    w = numpy_helper.to_array(inits[name]).astype(np.float64)
-                    if w.ndim == 2:
-                        out.append(Layer(n.name, n.op_type, name, None, w.T if pos == 1 else w))
+        entry = ops.entry(n.op_type)
+        rule = entry.rule("weights") if entry is not None else None
+        if rule is not None:
+            out.extend(Layer(n.name, n.op_type, weight, bias, matrix) for weight, bias, matrix in rule(n, inits))
     return out
 
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import onnx
 
+from .. import ops
 from ..choices import LAYOUTS
 from ..errors import ConfigError
 
-# Ops a pixel tensor passes through unchanged in its axes before the first convolution. Sub/Div/
-# Mul/Add count only with a constant operand (normalisation); with two data operands (gating)
-# the trace stops there.
-_PASS_THROUGH = ("Identity", "Cast", "Pad", "Dropout")
-_NORMALISE = ("Sub", "Div", "Mul", "Add")
+# Each operator's role on the way from the input to the first convolution is its entry's ``layout`` in the
+# operator table (fimaudit.ops): "keeps axes" (Identity, Cast, Pad, Dropout: a pixel tensor passes unchanged in
+# its axes), "normalise" (Sub/Div/Mul/Add, counted only with a constant operand; with two data operands (gating)
+# the trace stops there), "transpose" (axes permuted) and "conv" (the convolution read).
 _IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB/BGR, RGBA: counts an image's channel axis plausibly has
 
 
@@ -108,15 +108,17 @@ def first_convs(graph: onnx.GraphProto, input_name: str) -> list[tuple[onnx.Node
         seen.add((name, axes))
         for node in consumers.get(name, []):
             op = node.op_type
-            if op == "Conv" and node.input[0] == name:
+            entry = ops.entry(op)
+            role = entry.layout if entry is not None else ""
+            if role == "conv" and node.input[0] == name:
                 found.append((node, axes, path))
-            elif op == "Transpose":
+            elif role == "transpose":
                 perm = _perm(node, len(axes))
                 if sorted(perm) == list(range(len(axes))):
                     stack.append((node.output[0], tuple(axes[p] for p in perm), path + [f"Transpose perm {list(perm)}"]))
-            elif op in _PASS_THROUGH and node.input[0] == name:
+            elif role == "keeps axes" and node.input[0] == name:
                 stack.append((node.output[0], axes, path + [op]))
-            elif op in _NORMALISE and len(node.input) == 2:
+            elif role == "normalise" and len(node.input) == 2:
                 other = node.input[1] if node.input[0] == name else node.input[0]
                 if other in constants:
                     shape = _initializer_shape(graph, other)

@@ -22,16 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from .intervals import Box, U32, round_margin
-from .ops import LOWER_SLOPES, OPS, OpContext, concretize_lower
+from .. import ops
+from .intervals import LOWER_SLOPES, U32, Box, OpContext, concretize_lower, round_margin
 
-# Operators whose relaxation depends on their input interval: refining those inputs by CROWN tightens it.
-NONLINEAR = frozenset(("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Clip", "HardSigmoid", "MaxPool", "Pow",
-                       "Mul", "MatMul", "Gemm", "Div", "Softmax", "LayerNormalization", "HardSwish", "Exp", "Log",
-                       "Sqrt", "Reciprocal", "Softplus", "Elu", "Abs", "Sign", "Floor", "Ceil", "Round",
-                       "QuantizeLinear", "GlobalMaxPool", "Max", "Min"))
-# Operators whose linear relaxation depends on their input interval (refinement targets).
-RELAXED = frozenset(("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Clip", "HardSigmoid", "MaxPool", "Pow"))
 SLACK64 = 1e-11  # relative slack for the float64 arithmetic of the backward pass and its concretisation
 ROW_BYTES = 256 * 1024 * 1024  # largest coefficient tensor (spec rows x tensor size x 8 bytes) per backward pass
 
@@ -74,10 +67,11 @@ class BoundGraph:
             if not any(self.graph.is_var(o) for o in node.outputs):
                 self._fold(node)
                 continue
-            r = OPS.get(node.op)
-            if r is None or r.ibp is None:
-                raise UnsupportedModelError(f"the bound engine has no rule for operator {node.op} (node '{node.name}'); "
-                                            "verify supports: " + ", ".join(sorted(k for k, v in OPS.items() if v.ibp)))
+            r = ops.entry(node.op)
+            if r is None or not r.has("ibp"):
+                why = f": {r.reason('ibp')}" if r is not None else ""
+                raise UnsupportedModelError(f"the bound engine has no rule for operator {node.op} (node '{node.name}')"
+                                            f"{why}; verify supports: " + ", ".join(ops.supported("ibp")))
             self.var_nodes.append(node)
         self.logit_name = self._logits(output_name)
 
@@ -90,12 +84,12 @@ class BoundGraph:
     def _fold(self, node) -> None:
         if all(o in self.consts for o in node.outputs if o):
             return
-        r = OPS.get(node.op)
+        r = ops.entry(node.op)
         ins = [self.consts.get(i) if i else None for i in node.inputs]
         if node.op == "Shape" and node.inputs[0] in self.graph.shapes:
             self.consts[node.outputs[0]] = np.array(self.graph.shapes[node.inputs[0]], dtype=np.int64)
             return
-        if r is None or any(i and v is None for i, v in zip(node.inputs, ins)):
+        if r is None or not r.has("point") or any(i and v is None for i, v in zip(node.inputs, ins)):
             raise UnsupportedModelError(f"cannot fold the constant operator {node.op} (node '{node.name}') for bounds")
         for name, val in zip(node.outputs, r.point(self.ctx, node, ins)):
             self.consts[name] = np.asarray(val)
@@ -115,7 +109,7 @@ class BoundGraph:
         """Every tensor of the graph at x (one sample, sample shape or (1, *sample)) in float64."""
         values = {self.input_name: np.asarray(x, dtype=np.float64).reshape(self.input_shape)}
         for node in self.var_nodes:
-            outs = OPS[node.op].point(self.ctx, node, self._ins(node, values))
+            outs = ops.TABLE[node.op].point(self.ctx, node, self._ins(node, values))
             for name, v in zip(node.outputs, outs):
                 values[name] = np.asarray(v, dtype=np.float64)
         return values
@@ -139,7 +133,7 @@ class BoundGraph:
         bounds = Bounds(boxes, margins)
         for node in self.var_nodes:
             ins = [None if not i else (boxes[i] if self.graph.is_var(i) else self.consts.get(i)) for i in node.inputs]
-            out, margin = OPS[node.op].ibp(self.ctx, node, ins)
+            out, margin = ops.TABLE[node.op].ibp(self.ctx, node, ins)
             name = node.outputs[0]
             m = np.broadcast_to(np.asarray(margin, dtype=np.float64), out.shape)
             out = out.widen(m)
@@ -165,7 +159,7 @@ class BoundGraph:
         """The intervals of the varying inputs of every nonlinear operator (e.g. ReLU pre-activations)."""
         out = {}
         for node in self.var_nodes:
-            if node.op in NONLINEAR:
+            if ops.TABLE[node.op].nonlinear:
                 for i in node.inputs:
                     if i and self.graph.is_var(i) and i in bounds:
                         out[i] = bounds[i]
@@ -177,7 +171,8 @@ class BoundGraph:
         names = []
         for node in self.var_nodes:
             var = [i for i in node.inputs if i and self.graph.is_var(i)]
-            if node.op in RELAXED or (node.op in ("Mul", "MatMul") and len(var) == 2):
+            when = ops.TABLE[node.op].refine
+            if when == "always" or (when == "two activations" and len(var) == 2):
                 names += [i for i in var if i != self.input_name]
         return set(dict.fromkeys(names))
 
@@ -185,7 +180,7 @@ class BoundGraph:
         """Elements worth tightening: for a tensor read only by ReLU/LeakyReLU, the unstable ones (interval across
         0: a stable neuron's relaxation is exact whatever its bounds); otherwise all."""
         cons = self.graph.consumers.get(name, [])
-        if cons and all(c.op in ("Relu", "LeakyRelu") for c in cons):
+        if cons and all(ops.entry(c.op) is not None and ops.entry(c.op).kink_at_zero for c in cons):
             return (box.lo < 0) & (box.hi > 0)
         return np.ones(box.shape, dtype=bool)
 
@@ -227,9 +222,9 @@ class BoundGraph:
             a = coeffs.pop(out, None)
             if a is None:
                 continue
-            r = OPS[node.op]
+            r = ops.TABLE[node.op]
             res = None
-            if r.linear is not None:
+            if r.has("linear"):
                 ins = [None if not i else (bounds[i] if self.graph.is_var(i) else self.consts.get(i)) for i in node.inputs]
                 if all(np.all(np.isfinite(b.lo)) and np.all(np.isfinite(b.hi)) for b in ins if isinstance(b, Box)):
                     res = r.linear(self.ctx, node, a, ins, bounds[out])
@@ -298,4 +293,14 @@ class BoundGraph:
         return out
 
 
-__all__ = ["BoundGraph", "Bounds", "NONLINEAR", "U32"]
+def supported_ops() -> tuple[str, ...]:
+    """Operators the bound engine evaluates (a float64 rule; those with an interval rule may depend on the input)."""
+    return ops.supported("point")
+
+
+def relaxed_ops() -> tuple[str, ...]:
+    """Operators with a linear relaxation (CROWN); the others are concretised by their interval."""
+    return ops.supported("linear")
+
+
+__all__ = ["BoundGraph", "Bounds", "U32", "relaxed_ops", "supported_ops"]

@@ -10,7 +10,7 @@ the float32 evaluation error of that one operator given float32 inputs inside th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -80,3 +80,49 @@ def elementwise_margin(mag) -> np.ndarray:
 
 def as_box(v) -> Box:
     return v if isinstance(v, Box) else Box.point(np.asarray(v, dtype=np.float64))
+
+
+# ------------------------------------------------------------------ what operator rules share
+@dataclass
+class OpContext:
+    """What an interval rule may read beside its inputs: the opset, the static shapes and a per-node cache."""
+
+    opset: int
+    shapes: dict[str, tuple[int, ...]]
+    cache: dict = field(default_factory=dict)
+
+
+def unbroadcast(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum a (S, *out) over the axes broadcasting added to an input of ``shape`` -> (S, *shape)."""
+    out_nd = a.ndim - 1
+    lead = out_nd - len(shape)
+    if lead:
+        a = a.sum(axis=tuple(range(1, 1 + lead)))
+    axes = tuple(1 + i for i, n in enumerate(shape) if n == 1 and a.shape[1 + i] != 1)
+    if axes:
+        a = a.sum(axis=axes, keepdims=True)
+    return a.reshape((a.shape[0],) + tuple(shape))
+
+
+def sum_rows(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Row-wise <a[s], v> with v broadcast to a's trailing shape -> (S,)."""
+    v = np.broadcast_to(np.asarray(v, dtype=np.float64), a.shape[1:])
+    return a.reshape(a.shape[0], -1) @ v.reshape(-1)
+
+
+def pos_neg(a: np.ndarray):
+    return np.maximum(a, 0.0), np.minimum(a, 0.0)
+
+
+def concretize_lower(a: np.ndarray, box: Box) -> np.ndarray:
+    """min over the box of the rows of a: sum(a+ lo + a- hi) -> (S,); a zero coefficient ignores an infinite end."""
+    ap, an = pos_neg(a)
+    if np.all(np.isfinite(box.lo)) and np.all(np.isfinite(box.hi)):
+        return sum_rows(ap, box.lo) + sum_rows(an, box.hi)
+    lo = np.broadcast_to(box.lo, a.shape[1:])[None]
+    hi = np.broadcast_to(box.hi, a.shape[1:])[None]
+    terms = np.where(ap > 0, ap * np.where(ap > 0, lo, 0.0), 0.0) + np.where(an < 0, an * np.where(an < 0, hi, 0.0), 0.0)
+    return terms.reshape(a.shape[0], -1).sum(axis=1)
+
+
+LOWER_SLOPES = ("adaptive", "low", "high")  # ReLU-like lower lines tried by ``BoundGraph.margins``

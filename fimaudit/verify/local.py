@@ -28,8 +28,8 @@ from scipy.special import expit
 
 from ..errors import FimauditError, UnsupportedModelError
 from .intervals import U32, Box
+from .. import ops
 from .jacobian import backward_intervals, check_supported
-from .ops import OPS
 
 F64 = np.finfo(np.float64).eps
 P_SLACK = 16 * U32  # float32 softmax of the model: a few ulps on each probability
@@ -113,42 +113,13 @@ def probability_upper(z_lo: np.ndarray, z_hi: np.ndarray, margins: np.ndarray, y
     return pu.reshape(k)
 
 
-SHARPEN_OPS = frozenset(("Relu", "LeakyRelu", "MaxPool", "GlobalMaxPool", "Clip"))
 CHUNK = 256  # CROWN rows per backward pass
 SHARPEN_ROWS = 8192  # CROWN rows per sample at most (deciding ReLU/MaxPool derivatives)
 
 
 def _ambiguous(node, box: Box, consts: dict | None = None) -> np.ndarray:
     """Flat indices of the input entries whose interval leaves the operator's derivative undecided."""
-    lo, hi = box.lo.reshape(-1), box.hi.reshape(-1)
-    if node.op in ("Relu", "LeakyRelu"):
-        return np.flatnonzero((lo <= 0) & (hi >= 0))
-    if node.op == "Clip":
-        from .ops import _clip_params
-
-        ins = [box] + [(consts or {}).get(i) if i else None for i in node.inputs[1:]]
-        a, b = _clip_params(None, node, ins)
-        return np.flatnonzero(((lo <= a) & (hi >= a)) | ((lo <= b) & (hi >= b)))
-    # max pooling: every entry whose upper bound reaches its window's largest lower bound (loose: the global max)
-    from .conv import window_argmax_offsets
-    from .ops import _pool_args
-
-    if node.op == "GlobalMaxPool":
-        axes = tuple(range(2, len(box.shape)))
-        best = box.lo.max(axis=axes, keepdims=True)
-        cand = box.hi >= best
-        multi = cand.sum(axis=axes, keepdims=True) > 1
-        return np.flatnonzero((cand & multi).reshape(-1))
-    kernel, st, dl, bg, en = _pool_args(None, node, box.shape)
-    lo_v, _ = window_argmax_offsets(box.lo, kernel, st, dl, bg, en)
-    hi_v, _ = window_argmax_offsets(box.hi, kernel, st, dl, bg, en)
-    idx = np.arange(1, lo.size + 1, dtype=np.float64).reshape(box.shape)
-    idx_v, _ = window_argmax_offsets(idx, kernel, st, dl, bg, en)
-    best = np.stack(lo_v).max(axis=0)
-    cand = (np.stack(hi_v) >= best[None]) & np.isfinite(np.stack(hi_v))
-    multi = cand.sum(axis=0) > 1
-    chosen = np.stack(idx_v)[cand & multi[None]]
-    return np.unique(chosen[np.isfinite(chosen)].astype(np.int64) - 1)
+    return ops.TABLE[node.op].undecided(node, box, consts)
 
 
 def _reforward(g, b, start: int) -> None:
@@ -156,7 +127,7 @@ def _reforward(g, b, start: int) -> None:
     for node in g.var_nodes[start:]:
         ins = [None if not i else (b.boxes[i] if g.graph.is_var(i) else g.consts.get(i)) for i in node.inputs]
         try:
-            out, margin = OPS[node.op].ibp(g.ctx, node, ins)
+            out, margin = ops.TABLE[node.op].ibp(g.ctx, node, ins)
         except FimauditError:
             continue
         name = node.outputs[0]
@@ -174,7 +145,7 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
     spent = 0
     order = {id(n): k for k, n in enumerate(g.var_nodes)}
     layers = [n for n in g.var_nodes
-              if n.op in SHARPEN_OPS and g.graph.is_var(n.inputs[0]) and n.inputs[0] != g.input_name]
+              if ops.TABLE[n.op].undecided is not None and g.graph.is_var(n.inputs[0]) and n.inputs[0] != g.input_name]
     for k, node in enumerate(layers):
         name = node.inputs[0]
         box = b.boxes[name]
@@ -211,11 +182,11 @@ def sharpen(g, b, input_set, max_rows: int = 4096) -> int:
 def _maxpool_dominance(g, b, input_set, node, rows_left: int) -> int:
     """CROWN lower bounds of x_best - x_j for the other candidates j of each window with several: j with a
     positive bound can never be the maximum (a hint the MaxPool Jacobian rule reads, ``b.hints``)."""
+    from ..ops.pool import pool_args
     from .conv import window_argmax_offsets
-    from .ops import _pool_args
 
     box = b.boxes[node.inputs[0]]
-    kernel, st, dl, bg, en = _pool_args(None, node, box.shape)
+    kernel, st, dl, bg, en = pool_args(None, node, box.shape)
     lo = np.stack(window_argmax_offsets(box.lo, kernel, st, dl, bg, en)[0])
     hi = np.stack(window_argmax_offsets(box.hi, kernel, st, dl, bg, en)[0])
     idx = np.stack(window_argmax_offsets(np.arange(1, box.lo.size + 1, dtype=np.float64).reshape(box.shape),

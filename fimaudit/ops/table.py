@@ -1,0 +1,197 @@
+"""The operator table: one ``Op`` per ONNX operator, holding everything fimaudit knows about it.
+
+Each hook is either a rule (a callable) or a ``Reason`` (why fimaudit has no rule for it), so that a
+missing rule is a stated fact rather than an absent key:
+
+  * ``vjp`` / ``jvp``: derivative emission for the gradient graphs (``fimaudit.autodiff``);
+    ``rule(em, node, cotangents | tangents) -> list`` (see ``fimaudit.autodiff.emit``);
+  * ``lipschitz``: the global L2 Lipschitz constant for the closed-form bounds (``fimaudit.graph.bounds``);
+    ``rule(prop, node) -> None`` records it on the propagator (``prop.scale/assign/unbounded``);
+  * ``point`` / ``ibp`` / ``linear`` / ``jacobian``: the bound engine (``fimaudit.verify``): float64
+    evaluation, interval bound propagation, CROWN's backward step, the interval VJP;
+  * ``fold``: constant folding while parsing (``fimaudit.graph.parse``), ``rule(node, ins) -> list``;
+  * ``weights``: how the weight measures read a layer (``fimaudit.metrics.weights``),
+    ``rule(node, inits) -> list[(weight name, bias name | None, (out, in) matrix)]``.
+
+Plain fields: ``shape`` (how output shapes are known), ``nondiff`` (why its outputs carry no derivative;
+empty: they do), ``outputs`` (``(node, opset, prefix) -> None``: names the optional outputs its derivative
+rules read, e.g. MaxPool's indices, on the copy the gradient graphs are built from), ``layout`` (its role when ``fimaudit.model.layout`` traces pixels to the first Conv),
+``bn_fold`` (``(node, weight, scale) -> weight | None``: a following BatchNormalization folds into it,
+``fimaudit.graph.fold``), ``checks_weights`` (NaN/Inf in its constant
+inputs refuses the Lipschitz bound), ``reads_shape_only`` (its output depends on its input's shape alone: static
+while parsing), ``needs_shape`` (parsing must know its first input's shape),
+``weight_inputs`` (inputs whose constant values are weights: |w| for the Jacobian's radius),
+``fan`` (the most terms one element of an input's cotangent sums, for its float32 rounding), and for the
+bound engine ``nonlinear`` (its inputs are pre-activations: its output interval is not affine in theirs),
+``refine`` (when CROWN refines its inputs' intervals: "always", or "two activations" for a product of two),
+``kink_at_zero`` (piecewise linear with one kink at 0, as ReLU: an input interval keeping one sign makes
+its relaxation exact) and ``undecided`` (``(node, box, consts) -> flat indices`` of the input entries whose
+interval leaves its derivative undecided: the local bounds sharpen those).
+
+Families of operators live in ``elementwise``, ``linear``, ``pool``, ``shape``, ``norm``, ``quant`` and
+``other``; ``fimaudit.ops`` imports them all. ``docs/operators.md`` is generated from the table
+(``python -m fimaudit.ops --markdown``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class Reason(str):
+    """Why an operator has no rule for a hook (a hook holds either a callable rule or a Reason)."""
+
+
+# The reasons given when a family does not state a more specific one.
+NO_GRADIENT = Reason("no derivative rule")
+NO_LIPSCHITZ = Reason("no known Lipschitz constant")
+NO_INTERVAL = Reason("no interval rule")
+IBP_ONLY = Reason("no linear relaxation: CROWN concretises it by its interval")
+NO_JACOBIAN = Reason("no interval Jacobian rule")
+NOT_FOLDED = Reason("not folded while parsing: its value stays unknown")
+NOT_A_LAYER = Reason("not a weight layer")
+NO_VALUE = Reason("no float64 evaluation")
+
+Hook = Any  # Callable | Reason
+
+HOOKS = ("vjp", "jvp", "lipschitz", "point", "ibp", "linear", "jacobian", "fold", "weights")
+LAYOUT_ROLES = ("", "conv", "keeps axes", "normalise", "transpose")
+REFINE_WHEN = ("", "always", "two activations")
+
+
+@dataclass(frozen=True)
+class Op:
+    """Everything fimaudit knows about one ONNX operator (default domain). See the module docstring."""
+
+    name: str
+    family: str = ""
+    shape: str = "onnx shape inference"
+    vjp: Hook = NO_GRADIENT
+    jvp: Hook = NO_GRADIENT
+    nondiff: str = ""
+    outputs: Callable | None = None
+    lipschitz: Hook = NO_LIPSCHITZ
+    checks_weights: bool = False
+    point: Hook = NO_VALUE
+    ibp: Hook = NO_INTERVAL
+    linear: Hook = IBP_ONLY
+    jacobian: Hook = NO_JACOBIAN
+    nonlinear: bool = False
+    refine: str = ""
+    kink_at_zero: bool = False
+    undecided: Callable | None = None
+    weight_inputs: tuple[int, ...] = ()
+    fan: Callable | None = None
+    fold: Hook = NOT_FOLDED
+    reads_shape_only: bool = False
+    needs_shape: bool = False
+    layout: str = ""
+    weights: Hook = NOT_A_LAYER
+    bn_fold: Callable | None = None
+    note: str = ""
+
+    def has(self, hook: str) -> bool:
+        """Whether ``hook`` holds a rule (not a Reason)."""
+        return callable(getattr(self, hook))
+
+    def rule(self, hook: str) -> Callable | None:
+        v = getattr(self, hook)
+        return v if callable(v) else None
+
+    def reason(self, hook: str) -> str:
+        """Why there is no rule for ``hook`` ('' when there is one)."""
+        v = getattr(self, hook)
+        return "" if callable(v) else str(v)
+
+
+# The one registry, keyed by op type. Tests replace entries with ``dataclasses.replace`` (monkeypatch.setitem);
+# readers therefore look entries up at call time.
+TABLE: dict[str, Op] = {}
+
+
+def register(family: str, *ops: Op) -> None:
+    """Add the entries of one family module (each operator once, in one family)."""
+    for op in ops:
+        if op.name in TABLE:
+            raise ValueError(f"operator {op.name} is registered twice ({TABLE[op.name].family}, {family})")
+        for hook in HOOKS:
+            v = getattr(op, hook)
+            if not (callable(v) or (isinstance(v, Reason) and v)):
+                raise TypeError(f"{op.name}.{hook} must be a rule or a Reason, not {v!r}")
+        if op.layout not in LAYOUT_ROLES:
+            raise ValueError(f"{op.name}: unknown layout role {op.layout!r}")
+        if op.refine not in REFINE_WHEN:
+            raise ValueError(f"{op.name}: unknown refine condition {op.refine!r}")
+        TABLE[op.name] = Op(**{**{f.name: getattr(op, f.name) for f in fields(Op)}, "family": family})
+
+
+def entry(name: str) -> Op | None:
+    return TABLE.get(name)
+
+
+def supported(hook: str) -> tuple[str, ...]:
+    """Operators with a rule for ``hook``, sorted."""
+    return tuple(sorted(k for k, op in TABLE.items() if op.has(hook)))
+
+
+def with_flag(flag: str) -> tuple[str, ...]:
+    """Operators whose plain field ``flag`` is set (truthy), sorted."""
+    return tuple(sorted(k for k, op in TABLE.items() if getattr(op, flag)))
+
+
+def differentiable() -> tuple[str, ...]:
+    """Operators whose outputs carry a derivative and that have both derivative rules."""
+    return tuple(sorted(k for k, op in TABLE.items() if not op.nondiff and op.has("vjp") and op.has("jvp")))
+
+
+def markdown() -> str:
+    """docs/operators.md: the table, one row per operator (a tick for a rule, else the reason's number)."""
+    cols = ("vjp", "jvp", "lipschitz", "point", "ibp", "linear", "jacobian", "fold", "weights")
+    reasons: list[str] = []
+
+    def cell(op: Op, hook: str) -> str:
+        if op.has(hook):
+            return "yes"
+        r = op.reason(hook)
+        if r not in reasons:
+            reasons.append(r)
+        return f"({reasons.index(r) + 1})"
+
+    lines = [
+        "# Operators",
+        "",
+        "Generated from the operator table (`fimaudit/ops/`) by `python -m fimaudit.ops --markdown > docs/operators.md`;",
+        "a test checks that this file is current. One entry per ONNX operator holds every rule fimaudit has for it:",
+        "derivatives for the gradient graphs (vjp, jvp), the global Lipschitz constant of the closed-form bounds,",
+        "the bound engine's float64 evaluation (point), interval (ibp), CROWN (linear) and interval-Jacobian rules,",
+        "constant folding while parsing, and how the weight measures read a layer. Adding an operator is one",
+        "`Op(...)` entry in its family module (docs/architecture.md).",
+        "",
+        "| operator | family | " + " | ".join(cols) + " | other |",
+        "|---" * (len(cols) + 3) + "|",
+    ]
+    for name in sorted(TABLE):
+        op = TABLE[name]
+        other = []
+        if op.nondiff:
+            other.append("no derivative: " + op.nondiff)
+        if op.layout:
+            other.append("layout: " + op.layout)
+        if op.bn_fold:
+            other.append("BatchNorm folds in")
+        if op.checks_weights:
+            other.append("weights checked")
+        if op.needs_shape:
+            other.append("input shape probed")
+        if op.nonlinear:
+            other.append("nonlinear" + (f", refined: {op.refine}" if op.refine else ""))
+        if op.shape != "onnx shape inference":
+            other.append("shape: " + op.shape)
+        if op.note:
+            other.append(op.note)
+        lines.append(f"| {name} | {op.family} | " + " | ".join(cell(op, c) for c in cols) + " | " + "; ".join(other) + " |")
+    lines += ["", "Reasons:", ""]
+    lines += [f"{i + 1}. {r}" for i, r in enumerate(reasons)]
+    return "\n".join(lines) + "\n"
