@@ -1,4 +1,4 @@
-"""The operator table: one entry per ONNX operator with every rule fimaudit has for it (``fimaudit.ops.table``).
+"""The operator table: one entry per ONNX operator with every rule fimaudit has for it (``fimaudit.ops.registry``).
 
 The families (``elementwise``, ``linear``, ``pool``, ``shape``, ``norm``, ``quant``, ``other``) register their
 entries when the table is first read (``table()``), not when this package is imported: the families use the
@@ -7,8 +7,8 @@ interval and emission helpers of ``fimaudit.verify`` and ``fimaudit.autodiff``, 
 
 from __future__ import annotations
 
-from . import table as _table
-from .table import HOOKS, TABLE, Op, Reason
+from . import registry as _registry
+from .registry import HOOKS, TABLE, Op, Reason
 
 _loaded = False
 
@@ -31,25 +31,25 @@ def entry(name: str) -> Op | None:
 def supported(hook: str) -> tuple[str, ...]:
     """Operators with a rule for ``hook`` (one of ``HOOKS``), sorted."""
     table()
-    return _table.supported(hook)
+    return _registry.supported(hook)
 
 
 def with_flag(flag: str) -> tuple[str, ...]:
     """Operators whose plain field ``flag`` is set, sorted."""
     table()
-    return _table.with_flag(flag)
+    return _registry.with_flag(flag)
 
 
 def differentiable() -> tuple[str, ...]:
     """Operators whose outputs carry a derivative and that have both derivative rules."""
     table()
-    return _table.differentiable()
+    return _registry.differentiable()
 
 
 def markdown() -> str:
     """docs/operators.md, generated from the table."""
     table()
-    return _table.markdown()
+    return _registry.markdown()
 
 
 __all__ = ["HOOKS", "Op", "Reason", "TABLE", "differentiable", "entry", "markdown", "supported", "table", "with_flag"]

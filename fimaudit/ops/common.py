@@ -14,7 +14,7 @@ from onnx import helper
 from ..errors import UnsupportedModelError
 from ..verify.adjoint import ABS_FLOOR, Adj
 from ..verify.intervals import Box, gamma
-from .table import TABLE
+from .registry import TABLE
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter

@@ -14,7 +14,7 @@ from ..verify.adjoint import DERIV_ULPS, Adj
 from ..verify.intervals import U32, Box, as_box, gamma, elementwise_margin, pos_neg, round_margin, sum_rows, unbroadcast
 from .common import (affine_jacobian, attrs, const_input, default_fan, derivative_rule, input_name, known_inputs,
                       lip_one, lip_sum, mul_box, none_rest, refuse, static_only)
-from .table import IBP_ONLY, Op, Reason, register
+from .registry import IBP_ONLY, Op, Reason, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter

@@ -14,7 +14,7 @@ from ..verify.conv import conv, conv_adjoint
 from ..verify.intervals import Box, as_box, gamma, pos_neg, round_margin, sum_rows, unbroadcast
 from .common import (affine_jacobian, attrs, const_input, conv_pads, input_at, input_name, place, refuse, text,
                       window, window_attrs)
-from .table import Op, register
+from .registry import Op, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter

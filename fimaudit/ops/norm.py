@@ -13,7 +13,7 @@ from ..verify.adjoint import Adj
 from ..verify.intervals import Box, elementwise_margin, gamma, round_margin, sum_rows
 from .common import (affine_jacobian, attrs, axis_of, const_input, const_value, input_at, mul_box, none_rest,
                       refuse)
-from .table import Op, register
+from .registry import Op, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter

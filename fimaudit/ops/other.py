@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .table import Op, Reason, register
+from .registry import Op, Reason, register
 
 _INDEX = "an index output: integer values"
 _RANDOM = "a random draw: no derivative with respect to the input"

@@ -15,7 +15,7 @@ from ..verify.conv import conv, conv_adjoint, out_size, window_argmax_offsets, w
 from ..verify.intervals import Box, gamma, pos_neg, sum_rows
 from .common import (affine_jacobian, attrs, axes_arg, const_value, conv_pads, jvp_linear, lip_one, none_rest, place,
                       refuse, text, window, window_attrs)
-from .table import Op, register
+from .registry import Op, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter

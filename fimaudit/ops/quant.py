@@ -6,7 +6,7 @@ import numpy as np
 
 from ..verify.intervals import Box, round_margin
 from .common import input_at
-from .table import Op, Reason, register
+from .registry import Op, Reason, register
 
 # --------------------------------------------------------------------------------- quantization
 def _q_params(ins):

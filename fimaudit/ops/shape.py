@@ -13,7 +13,7 @@ from scipy import sparse
 from ..verify.intervals import Box, OpContext, as_box, sum_rows
 from .common import (affine_jacobian, attrs, axes_arg, axis_of, const_value, input_at, input_name, jvp_linear,
                       known_inputs, lip_one, refuse, refuse_batch_axis, static_only, text)
-from .table import TABLE, Op, Reason, register
+from .registry import TABLE, Op, Reason, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter
