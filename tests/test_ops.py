@@ -43,7 +43,8 @@ def _unary_net(op: str) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Gemm", ["x", "W1"], ["h"], transB=1), helper.make_node(op, ["h"], ["a"]),
              helper.make_node("Gemm", ["a", "W2"], ["z"], transB=1)]
-    return _model(nodes, [helper.make_tensor_value_info("x", F32, ["N", 4])], [helper.make_tensor_value_info("z", F32, ["N", 2])],
+    return _model(nodes, [helper.make_tensor_value_info("x", F32, ["N", 4])],
+                  [helper.make_tensor_value_info("z", F32, ["N", 2])],
                   [_init("W1", rng.standard_normal((3, 4))), _init("W2", rng.standard_normal((2, 3)))])
 
 
@@ -190,8 +191,8 @@ def test_parse_folds_what_the_table_folds(monkeypatch):
              helper.make_node("Reshape", ["x", "shape"], ["z"])]
     inits = [numpy_helper.from_array(np.array(1, np.int64), "a"), numpy_helper.from_array(np.array(6, np.int64), "b"),
              numpy_helper.from_array(np.array([0], np.int64), "ax")]
-    proto = _model(nodes, [helper.make_tensor_value_info("x", F32, [1, 2, 3])], [helper.make_tensor_value_info("z", F32, [1, 6])],
-                   inits, opset=OPSET)
+    proto = _model(nodes, [helper.make_tensor_value_info("x", F32, [1, 2, 3])],
+                   [helper.make_tensor_value_info("z", F32, [1, 6])], inits, opset=OPSET)
     assert parse(proto, "x", "z", (2, 3)).consts["shape"].tolist() == [1, 6]
     _patch(monkeypatch, "Concat", fold=Reason("not folded in this test"))
     g = parse(proto, "x", "z", (2, 3))

@@ -427,7 +427,8 @@ def _interval_unary(f, *, exact=False, crit=(), relax=None) -> dict:
     def point(ctx, node, ins):
         return [f(ctx, node, ins, np.asarray(ins[0], dtype=np.float64))]
 
-    return {"point": point, "ibp": _monotone_ibp(f, exact, crit), "linear": IBP_ONLY if relax is None else _unary_linear(relax)}
+    linear = IBP_ONLY if relax is None else _unary_linear(relax)
+    return {"point": point, "ibp": _monotone_ibp(f, exact, crit), "linear": linear}
 
 
 def _slope_mode(ctx) -> str:
@@ -945,14 +946,16 @@ register(
        **_interval_unary(lambda c, n, i, x: np.log(np.where(x > 0, x, 0.0)))),
     Op("Sqrt", nonlinear=True,
        **_unary_derivatives(_d_sqrt), lipschitz=_UNBOUNDED_SLOPE,
-       **_interval_unary(lambda c, n, i, x: np.sqrt(np.maximum(x, 0.0))), fold=known_inputs(lambda node, ins: [np.sqrt(ins[0])])),
+       **_interval_unary(lambda c, n, i, x: np.sqrt(np.maximum(x, 0.0))),
+       fold=known_inputs(lambda node, ins: [np.sqrt(ins[0])])),
     Op("Softplus", nonlinear=True,
        **_unary_derivatives(_d_softplus), lipschitz=lip_one,
        **_interval_unary(lambda c, n, i, x: np.logaddexp(0.0, x)), jacobian=derivative_rule(_softplus_range)),
     Op("Softsign", **_unary_derivatives(_d_softsign), lipschitz=lip_one),
     Op("Elu", nonlinear=True,
        **_unary_derivatives(_d_elu), lipschitz=_lip_elu,
-       **_interval_unary(lambda c, n, i, x: np.where(x > 0, x, float(n.attrs.get("alpha", 1.0)) * np.expm1(np.minimum(x, 0))))),
+       **_interval_unary(lambda c, n, i, x: np.where(x > 0, x, float(n.attrs.get("alpha", 1.0))
+                                                     * np.expm1(np.minimum(x, 0))))),
     Op("Celu", lipschitz=_lip_elu),
     Op("Selu", **_unary_derivatives(_d_selu), lipschitz=_lip_selu),
     Op("Gelu", lipschitz=_lip_gelu),
@@ -965,7 +968,8 @@ register(
     Op("Sin", **_unary_derivatives(_d_sin)),
     Op("Cos", **_unary_derivatives(_d_cos)),
     Op("Neg", vjp=_vjp_neg, jvp=_jvp_neg, lipschitz=lip_one,
-       **{**_interval_unary(lambda c, n, i, x: -x, exact=True), "linear": _affine_unary_linear(lambda c, n, i: (-1.0, 0.0))},
+       **{**_interval_unary(lambda c, n, i, x: -x, exact=True),
+          "linear": _affine_unary_linear(lambda c, n, i: (-1.0, 0.0))},
        jacobian=affine_jacobian),
     Op("Cast", vjp=_vjp_cast, jvp=_jvp_cast, lipschitz=lip_one,
        # float casts only (integer casts of inputs are refused upstream)

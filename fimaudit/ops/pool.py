@@ -512,7 +512,8 @@ def _lip_gap(p, node) -> None:
 register(
     "pool",
     Op("MaxPool", nonlinear=True, refine="always", undecided=_maxpool_undecided,
-       vjp=_vjp_maxpool, jvp=_jvp_maxpool, outputs=_maxpool_outputs, lipschitz=_lip_maxpool, point=_maxpool_p, ibp=_maxpool_ibp,
+       vjp=_vjp_maxpool, jvp=_jvp_maxpool, outputs=_maxpool_outputs, lipschitz=_lip_maxpool, point=_maxpool_p,
+       ibp=_maxpool_ibp,
        linear=_maxpool_linear, jacobian=_maxpool_jacobian, needs_shape=True),
     Op("AveragePool", vjp=_vjp_avgpool, jvp=jvp_linear, lipschitz=_lip_avgpool, point=_avgpool_p, ibp=_avgpool_ibp,
        linear=_avgpool_linear, jacobian=affine_jacobian, needs_shape=True),

@@ -1,36 +1,39 @@
 """The operator table: one ``Op`` per ONNX operator, holding everything fimaudit knows about it.
 
-Each hook is either a rule (a callable) or a ``Reason`` (why fimaudit has no rule for it), so that a
-missing rule is a stated fact rather than an absent key:
+Hooks hold either a rule (a callable) or a ``Reason`` (why fimaudit has no rule), so that a missing rule is a
+stated fact rather than an absent key:
 
-  * ``vjp`` / ``jvp``: derivative emission for the gradient graphs (``fimaudit.autodiff``);
+  * ``vjp`` / ``jvp``: derivative emission for the gradient graphs (``fimaudit.autodiff``),
     ``rule(em, node, cotangents | tangents) -> list`` (see ``fimaudit.autodiff.emit``);
-  * ``lipschitz``: the global L2 Lipschitz constant for the closed-form bounds (``fimaudit.graph.bounds``);
-    ``rule(prop, node) -> None`` records it on the propagator (``prop.scale/assign/unbounded``);
+  * ``lipschitz``: the global L2 Lipschitz constant of the closed-form bounds (``fimaudit.graph.bounds``),
+    ``rule(prop, node) -> None`` records it on the propagator (``prop.scale``, ``assign``, ``unbounded``);
   * ``point`` / ``ibp`` / ``linear`` / ``jacobian``: the bound engine (``fimaudit.verify``): float64
     evaluation, interval bound propagation, CROWN's backward step, the interval VJP;
-  * ``fold``: constant folding while parsing (``fimaudit.graph.parse``), ``rule(node, ins) -> list``;
+  * ``fold``: constant folding while parsing (``fimaudit.graph.parse``), ``rule(node, ins, shapes) -> list | None``;
   * ``weights``: how the weight measures read a layer (``fimaudit.metrics.weights``),
-    ``rule(node, inits) -> list[(weight name, bias name | None, (out, in) matrix)]``.
+    ``rule(node, inits) -> [(weight name, bias name | None, (out, in) matrix)]``.
 
-Plain fields: ``shape`` (how output shapes are known), ``nondiff`` (why its outputs carry no derivative;
-empty: they do), ``outputs`` (``(node, opset, prefix) -> None``: names the optional outputs its derivative
-rules read, e.g. MaxPool's indices, on the copy the gradient graphs are built from), ``layout`` (its role when ``fimaudit.model.layout`` traces pixels to the first Conv),
-``bn_fold`` (``(node, weight, scale) -> weight | None``: a following BatchNormalization folds into it,
-``fimaudit.graph.fold``), ``checks_weights`` (NaN/Inf in its constant
-inputs refuses the Lipschitz bound), ``reads_shape_only`` (its output depends on its input's shape alone: static
-while parsing), ``needs_shape`` (parsing must know its first input's shape),
-``weight_inputs`` (inputs whose constant values are weights: |w| for the Jacobian's radius),
-``fan`` (the most terms one element of an input's cotangent sums, for its float32 rounding), and for the
-bound engine ``nonlinear`` (its inputs are pre-activations: its output interval is not affine in theirs),
-``refine`` (when CROWN refines its inputs' intervals: "always", or "two activations" for a product of two),
-``kink_at_zero`` (piecewise linear with one kink at 0, as ReLU: an input interval keeping one sign makes
-its relaxation exact) and ``undecided`` (``(node, box, consts) -> flat indices`` of the input entries whose
-interval leaves its derivative undecided: the local bounds sharpen those).
+Plain fields:
+
+  * ``shape``: how its output shapes are known; ``needs_shape``: parsing must know its first input's shape
+    (its Lipschitz rule reads it); ``reads_shape_only``: its output depends on its input's shape alone;
+  * ``nondiff``: why its outputs carry no derivative (empty: they do); ``outputs``: ``(node, opset, prefix)``
+    names the optional outputs its derivative rules read (MaxPool's indices) on the gradient graphs' copy;
+  * ``checks_weights``: NaN/Inf in its constant inputs refuses the Lipschitz bound;
+  * ``weight_inputs``: inputs whose constant values are weights (|w| for the interval VJP's radius);
+    ``fan``: the most terms one element of an input's cotangent sums (its float32 rounding);
+  * ``nonlinear``: its inputs are pre-activations (its output interval is not affine in theirs); ``refine``:
+    when CROWN refines its inputs' intervals ("always", or "two activations" for a product of two);
+    ``kink_at_zero``: piecewise linear with one kink at 0 (an input interval of one sign makes it exact);
+    ``undecided``: ``(node, box, consts) -> flat indices`` of the input entries whose interval leaves its
+    derivative undecided (the local bounds sharpen those);
+  * ``layout``: its role when ``fimaudit.model.layout`` traces pixels to the first Conv; ``bn_fold``:
+    ``(node, weight, scale) -> weight | None``, a following BatchNormalization folds into it
+    (``fimaudit.graph.fold``).
 
 Families of operators live in ``elementwise``, ``linear``, ``pool``, ``shape``, ``norm``, ``quant`` and
-``other``; ``fimaudit.ops`` imports them all. ``docs/operators.md`` is generated from the table
-(``python -m fimaudit.ops --markdown``).
+``other``; ``fimaudit.ops.table()`` imports them all on first use. ``docs/operators.md`` is generated from
+the table (``python -m fimaudit.ops --markdown``).
 """
 
 from __future__ import annotations
@@ -167,7 +170,9 @@ def markdown() -> str:
         "derivatives for the gradient graphs (vjp, jvp), the global Lipschitz constant of the closed-form bounds,",
         "the bound engine's float64 evaluation (point), interval (ibp), CROWN (linear) and interval-Jacobian rules,",
         "constant folding while parsing, and how the weight measures read a layer. Adding an operator is one",
-        "`Op(...)` entry in its family module (docs/architecture.md).",
+        "`Op(...)` entry, its rules beside it, in its family module (`fimaudit/ops/elementwise.py`, `linear.py`,",
+        "`pool.py`, `shape.py`, `norm.py`, `quant.py`, `other.py`); then regenerate this file. A cell is `yes` for",
+        "a rule, else the number of the reason fimaudit has none (listed below the table).",
         "",
         "| operator | family | " + " | ".join(cols) + " | other |",
         "|---" * (len(cols) + 3) + "|",

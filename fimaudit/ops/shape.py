@@ -596,7 +596,7 @@ register(
     # shape computations: static (folded), never differentiated
     Op("Shape", nondiff=_SHAPES, vjp=Reason(_SHAPES), jvp=Reason(_SHAPES),
        point=lambda c, n, i: [np.array(np.asarray(i[0]).shape, dtype=np.int64)],
-       ibp=static_only("Shape"), fold=_fold_shape, reads_shape_only=True),  # a Shape is static: folded from the inferred shapes
+       ibp=static_only("Shape"), fold=_fold_shape, reads_shape_only=True),  # static: folded from the inferred shapes
     Op("Size", nondiff=_SHAPES, vjp=Reason(_SHAPES), jvp=Reason(_SHAPES), reads_shape_only=True),
     Op("ConstantOfShape", nondiff=_SHAPES, vjp=Reason(_SHAPES), jvp=Reason(_SHAPES), point=_cos_point,
        ibp=static_only("ConstantOfShape")),

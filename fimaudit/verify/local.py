@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit
 
+from .. import ops
 from ..errors import FimauditError, UnsupportedModelError
 from .intervals import U32, Box
-from .. import ops
 from .jacobian import backward_intervals, check_supported
 
 F64 = np.finfo(np.float64).eps
