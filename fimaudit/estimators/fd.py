@@ -50,12 +50,15 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
 
 
 RANGE_REL_STEP = 1e-3  # the uncalibrated step of attacks, CLEVER and validity: this share of the input range
+UNIT_RANGE = (0.0, 1.0)  # the range compare's CLEVER assumes (its step: 1e-3 whatever the model's input range)
 
 
 def range_step(input_range: tuple[float, float], rel: float = RANGE_REL_STEP) -> float:
     """The step rule of the black-box gradients (attacks, CLEVER, validity): ``rel`` times the input range's width.
 
-    (scan calibrates its own step instead: ``choose_step``.)"""
+    Callers today: the gradient attacks (``rel`` = their ``fd_rel_step``, NES sigma 10x the step), ``clever`` and
+    ``validity`` (the attack config's input range), compare's CLEVER (``UNIT_RANGE``). scan calibrates its own step
+    instead: ``choose_step``."""
     lo, hi = input_range
     return rel * (hi - lo)
 
