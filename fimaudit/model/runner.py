@@ -6,7 +6,9 @@ Sessions come from ``model.session`` (``create_session``: providers, quiet logs,
 feeds into batches of at most ``batch`` rows, pads a fixed batch axis with copies of the first row, feeds contiguous
 arrays of the session's input dtype, returns float64 outputs of the real rows only, and counts real rows, passes and
 seconds inside onnxruntime (``RunCounts``, shareable by the runners of one engine). An onnxruntime failure is one
-``ModelOutputError`` line naming ``what`` ran.
+``ModelOutputError`` line naming ``what`` ran (``what=None``: the exception as raised, for callers that judge it).
+Users: the model's queries, the gradient graphs (``autodiff.source``) and the float64 check copy
+(``autodiff.reference.Float64Logp``, whose ``execute`` may be onnx's reference evaluator).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class BatchRunner:
     ``execute(outputs, feed) -> list`` replaces ``session.run`` (e.g. I/O binding on CUDA, ``model.gpu``).
     """
 
-    def __init__(self, session, dtype, *, batch: int, fixed_batch: int | None = None, what: str = "the model",
+    def __init__(self, session, dtype, *, batch: int, fixed_batch: int | None = None, what: str | None = "the model",
                  counts: RunCounts | None = None) -> None:
         self.session = session
         self.dtype = np.dtype(dtype)
@@ -51,7 +53,7 @@ class BatchRunner:
         self.batch = int(fixed_batch) if fixed_batch is not None else max(1, int(batch))
         self.what = what
         self.counts = counts if counts is not None else RunCounts()
-        self.execute: Callable[[list[str], dict], list] = session.run
+        self.execute: Callable[[list[str], dict], list] = session.run if session is not None else None
 
     def feed(self, feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` of every feed, padded to the fixed batch, contiguous in the session's dtype."""
@@ -61,7 +63,9 @@ class BatchRunner:
             out = {k: np.concatenate([v, np.repeat(v[:1], self.fixed_batch - real, axis=0)]) for k, v in out.items()}
         return {k: np.ascontiguousarray(v, dtype=self.dtype) for k, v in out.items()}
 
-    def failure(self, exc: BaseException) -> ModelOutputError:
+    def failure(self, exc: BaseException) -> BaseException:
+        if self.what is None:
+            return exc
         return ModelOutputError(f"onnxruntime failed while running {self.what}: {translate_ort_error(exc)}")
 
     def once(self, outputs: list[str], feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
@@ -70,6 +74,8 @@ class BatchRunner:
         try:
             outs = self.execute(outputs, feed)
         except Exception as exc:
+            if self.what is None:
+                raise
             raise self.failure(exc) from None
         self._count(rows, t0)
         return [np.asarray(o, dtype=np.float64) for o in outs]
@@ -97,6 +103,8 @@ class BatchRunner:
             except Exception as exc:
                 if retry is not None and retry(feed, real):
                     continue  # the same rows again (in smaller batches)
+                if self.what is None:
+                    raise
                 raise self.failure(exc) from None
             outs = [np.asarray(o) for o in outs]
             if retry is not None and any(o.ndim == 0 or o.shape[0] != fed for o in outs) and retry(feed, real):
