@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 
 from .. import streams
 from ..model.probe import open_probe, with_outputs  # noqa: F401  (with_outputs re-exported for autodiff.check)
-from ..model.session import create_session, open_session, reads, with_placeholders  # noqa: F401  (re-exported)
+from ..model.session import reads
 from .emit import Emitter, GradientUnsupported
 from .rules import JVP, NON_DIFFERENTIABLE, VJP, tiled_maxpool
 

@@ -25,7 +25,8 @@ from scipy.special import erf
 
 from ..model.runner import BatchRunner
 from .emit import Emitter
-from .graph import POOL_SIZE, with_placeholders
+from ..model.session import with_placeholders
+from .graph import POOL_SIZE
 from .rules import _refuse_batch_axis, _resize_matrix, _window, attrs, pool_divisor
 
 PREFIX = "fimaudit_f64_"

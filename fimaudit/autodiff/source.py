@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..model.runner import BatchRunner, RunCounts
-from .graph import COTANGENT, GRAD, JVP_OUT, LOGP, TANGENT, DerivativeGraphs, open_session
+from ..model.session import open_session
+from .graph import COTANGENT, GRAD, JVP_OUT, LOGP, TANGENT, DerivativeGraphs
 
 
 # Rows per run: at most this many bytes of primal activations (the reverse graph keeps them for the
