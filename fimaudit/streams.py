@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 
 TAG_FIRST = "tag-first"
-KEYS_FIRST = "keys-first"  # the former layout of the attack streams (RowRng), [seed, *keys, *tag]; none uses it now
 NAMED = "named"
 FIXED_SEED = 0  # the documented seed of every ``fixed`` stream
 # The second entropy word of every ``named`` stream: no legacy stream has it there (their tags are at most 8, their
@@ -55,13 +54,11 @@ class Stream:
         ks = [int(k) for k in keys]
         if self.order == NAMED:
             return [int(seed), NAMED_MARK, *self.tag, *ks]
-        if self.order == TAG_FIRST:
-            return [int(seed), *self.tag, *ks]
-        return [int(seed), *ks, *self.tag]
+        return [int(seed), *self.tag, *ks]  # tag-first
 
 
 _STREAMS = [
-    # name, tag, keys, legacy order, purpose
+    # name, tag (a named stream's number), keys, order, purpose
     Stream("data.synthetic", (1,), (), TAG_FIRST, "synthetic inputs when no --data is given (scan and certify: "
            "the same inputs for the same seed, by design)"),
     Stream("scan.fd_step", (2,), (), TAG_FIRST, "finite-difference step calibration at the first sample"),
@@ -129,9 +126,6 @@ def table() -> str:
     lines = ["| name | entropy | purpose |", "|---|---|---|"]
     for s in _STREAMS:
         seed = str(FIXED_SEED) if s.fixed else ("drawn" if s.derived else "seed")
-        if s.order == NAMED:
-            parts = [seed, "MARK", *map(str, s.tag), *s.keys]
-        else:
-            parts = [seed, *map(str, s.tag), *s.keys] if s.order == TAG_FIRST else [seed, *s.keys, *map(str, s.tag)]
+        parts = [seed, *(["MARK"] if s.order == NAMED else []), *map(str, s.tag), *s.keys]
         lines.append(f"| {s.name} | [{', '.join(parts)}] ({s.order}) | {s.purpose} |")
     return "\n".join(lines)
