@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from fimaudit.attacks.base import fd_margin_grad
-from fimaudit.estimators.fd import coordinate_differences, range_step
+from fimaudit.estimators.fd import coordinate_differences, paired_differences, range_step
 
 W = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0], [2.0, 1.0, 1.0], [-1.0, 0.0, 4.0]])  # d=4, K=3
 
@@ -73,3 +73,20 @@ def test_every_black_box_caller_takes_its_step_from_range_step(monkeypatch):
     monkeypatch.setattr(clever_mod, "jvp_coordinates", jvp)
     clever_mod.clever(oracle, np.zeros((2, 2)), "l2", 0.5, np.random.default_rng(0), n_batches=2, batch_size=2)
     assert steps and set(steps) == {range_step((0.0, 1.0))}
+
+
+def test_paired_differences_step_each_row_along_its_own_direction():
+    """The self-check's helper: exact on a quadratic (central differences), and ``first`` rows are not asked again."""
+    rows = np.array([[[0.3, -0.1], [0.7, 0.2]], [[-1.0, 0.5], [0.0, 2.0]]])
+    dirs = np.array([[[1.0, 0.0], [0.0, 0.0]], [[0.5, -0.5], [1.0, 2.0]]])
+    want = np.stack([dirs[i].reshape(-1) @ (W + rows[i].reshape(-1)[:, None]) for i in range(2)])
+    np.testing.assert_allclose(paired_differences(quad_logp, rows, dirs, 1e-3), want, rtol=1e-8, atol=1e-8)
+    asked = []
+
+    def counted(x):
+        asked.append(len(x))
+        return quad_logp(x)
+
+    first = quad_logp(rows[:1] + 1e-3 * dirs[:1])
+    np.testing.assert_allclose(paired_differences(counted, rows, dirs, 1e-3, first), want, rtol=1e-8, atol=1e-8)
+    assert asked == [3]

@@ -91,6 +91,19 @@ def coordinate_differences(logp, rows: np.ndarray, coords: np.ndarray, h: float,
     return (lp[: n * m] - lp[n * m :]).reshape(n, m, -1) / denom
 
 
+def paired_differences(logp, x: np.ndarray, dirs: np.ndarray, h: float, first: np.ndarray | None = None) -> np.ndarray:
+    """Central differences of ``logp`` at rows ``x`` ``(n, *shape)``, each along its own direction ``dirs[i]``
+    (same shape): ``(n, K)`` from the ``2n`` rows ``x + h dirs, x - h dirs`` (float64) in one ``logp`` call.
+
+    The gradient graph's self-check (``autodiff.check``, float32 model and float64 copy alike) is built on it.
+    ``first``: log p of the leading rows of that stack, already known (they are not evaluated again).
+    """
+    rows = np.concatenate([x + h * dirs, x - h * dirs], axis=0)
+    out = logp(rows) if first is None else np.concatenate([first, logp(rows[first.shape[0]:])], axis=0)
+    n = x.shape[0]
+    return (out[:n] - out[n:]) / (2.0 * h)
+
+
 def jvp_coordinates(oracle: LogProbOracle, x0: np.ndarray, coords: np.ndarray, h: float) -> np.ndarray:
     """JVPs along unit coordinate vectors e_i for i in ``coords``; returns ``(len(coords), K)``."""
     direct = oracle.feeds_directly and oracle.model.input_dtype == np.float32
