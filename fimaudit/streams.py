@@ -4,17 +4,18 @@ A stream is named by its purpose (``"scan.probes"``); ``rng(seed, name, *keys)``
 the indices the stream declares (a sample index, an eps index, a draw block...). Nothing outside this module calls
 ``np.random.default_rng`` or ``np.random.SeedSequence`` (``tests/test_streams.py`` checks the source).
 
-Ordering convention (new streams): ``[seed, *tag, *keys]`` -- the user's seed, the stream's fixed numeric tag, then
-its keys in the declared order ("tag-first"). The registry keeps, per stream, the EXACT SeedSequence entropy list
-fimaudit used before it existed, so every report is unchanged; two legacy layouts exist:
+Ordering convention (new streams): ``named`` -- ``[seed, NAMED_MARK, number, *keys]``: the user's seed, a constant
+no legacy stream has in second place, the stream's own number, then its keys in the declared order. Every purpose that
+was drawn in the same run as another purpose sharing its numbers moved to it (docs/streams.md lists the pairs and the
+outputs that moved); the others keep the EXACT SeedSequence entropy fimaudit used before the registry existed:
 
-* ``tag-first``   ``[seed, *tag, *keys]``  (scan, certify, metrics, validity, clever, compare)
-* ``keys-first``  ``[seed, *keys, *tag]``  (the per-row attack streams of ``RowRng``: ``[seed, row, eps index, ...]``)
+* ``tag-first``   ``[seed, *tag, *keys]``  (scan's streams, the synthetic data, the gradient graph, the metrics'
+  Square, the fixed Lanczos start and FiniteDifferences' fallback)
 
 SeedSequence pads its entropy with zeros up to 4 words, so ``[s, 5] == [s, 5, 0] == [s, 5, 0, 0]``: distinct
-lists are not always distinct streams. ``tests/test_streams.py`` compares the generated states, and lists the
-pairs of purposes that share a stream today (``KNOWN_SHARED`` there) -- each a bug to remove, in a change that is
-allowed to move the affected outputs.
+lists are not always distinct streams. ``tests/test_streams.py`` compares the generated states: no two purposes drawn
+in one run (its COMMANDS map, checked against a real audit) share a stream, and the one pair sharing one at all
+(``HARMLESS`` there) is never drawn in one run.
 
 ``fixed`` streams use a constant seed (0), documented below: they are deterministic internals (a Lanczos start
 vector, a graph probe's input) used where a caller gives no Generator, never a statistical draw of a report.
@@ -28,8 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 TAG_FIRST = "tag-first"
-KEYS_FIRST = "keys-first"
+NAMED = "named"
 FIXED_SEED = 0  # the documented seed of every ``fixed`` stream
+# The second entropy word of every ``named`` stream: no legacy stream has it there (their tags are at most 8, their
+# keys sample indices), so a named stream never meets a legacy one; the third word is the stream's own number.
+NAMED_MARK = 0x5EEDF1A0
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,13 @@ class Stream:
         if self.fixed and int(seed) != FIXED_SEED:
             raise ValueError(f"stream {self.name!r} is fixed-seed ({FIXED_SEED}), got seed {seed}")
         ks = [int(k) for k in keys]
-        if self.order == TAG_FIRST:
-            return [int(seed), *self.tag, *ks]
-        return [int(seed), *ks, *self.tag]
+        if self.order == NAMED:
+            return [int(seed), NAMED_MARK, *self.tag, *ks]
+        return [int(seed), *self.tag, *ks]  # tag-first
 
 
 _STREAMS = [
-    # name, tag, keys, legacy order, purpose
+    # name, tag (a named stream's number), keys, order, purpose
     Stream("data.synthetic", (1,), (), TAG_FIRST, "synthetic inputs when no --data is given (scan and certify: "
            "the same inputs for the same seed, by design)"),
     Stream("scan.fd_step", (2,), (), TAG_FIRST, "finite-difference step calibration at the first sample"),
@@ -65,28 +69,29 @@ _STREAMS = [
            "attack, clever, validity)"),
     Stream("scan.smoothing", (6,), ("sample", "block"), TAG_FIRST, "block j of a sample's smoothed-Fisher draws"),
     Stream("scan.piecewise", (7,), (), TAG_FIRST, "the piecewise-constant behaviour probe"),
-    Stream("certify.noise", (5,), ("sample",), TAG_FIRST, "a sample's randomized-smoothing noise (certify)"),
-    Stream("metrics.sharpness", (5,), (), TAG_FIRST, "sharpness sigma search (metrics)"),
-    Stream("metrics.sharpness_magnitude", (6,), (), TAG_FIRST, "magnitude-aware sharpness (metrics)"),
-    Stream("metrics.corruptions", (7,), (), TAG_FIRST, "corruption noise (metrics)"),
+    Stream("certify.noise", (12,), ("sample",), NAMED, "a sample's randomized-smoothing noise (certify)"),
+    Stream("metrics.sharpness", (9,), (), NAMED, "sharpness sigma search (metrics)"),
+    Stream("metrics.sharpness_magnitude", (10,), (), NAMED, "magnitude-aware sharpness (metrics)"),
+    Stream("metrics.corruptions", (11,), (), NAMED, "corruption noise (metrics)"),
     Stream("metrics.attack", (8,), (), TAG_FIRST, "the Square attack of the metrics suite"),
-    Stream("validity.distance", (7,), (), TAG_FIRST, "minimal adversarial distance for validity"),
-    Stream("validity.bootstrap", (8,), (), TAG_FIRST, "validity's bootstrap"),
-    Stream("compare.clever", (), ("sample",), TAG_FIRST, "compare's CLEVER score of a sample"),
-    Stream("compare.correlation", (), (), TAG_FIRST, "compare's correlation bootstrap"),
-    Stream("clever.runs", (), ("run", "sample"), TAG_FIRST, "clever: run s of sample i"),
-    Stream("attack.rows", (), ("row", "eps_index"), KEYS_FIRST, "a sample's attack at the k-th eps (k = number "
+    Stream("validity.distance", (7,), (), NAMED, "minimal adversarial distance for validity"),
+    Stream("validity.bootstrap", (8,), (), NAMED, "validity's bootstrap"),
+    Stream("compare.clever", (5,), ("sample",), NAMED, "compare's CLEVER score of a sample"),
+    Stream("compare.correlation", (6,), (), NAMED, "compare's correlation bootstrap"),
+    Stream("clever.runs", (4,), ("run", "sample"), NAMED, "clever: run s of sample i"),
+    Stream("attack.rows", (1,), ("row", "eps_index"), NAMED, "a sample's attack at the k-th eps (k = number "
            "of eps for its own radius, --eps-from); RowRng"),
-    Stream("attack.sanity_square", (1,), ("row", "eps_index"), KEYS_FIRST, "the sanity Square beside a "
+    Stream("attack.sanity_square", (2,), ("row", "eps_index"), NAMED, "the sanity Square beside a "
            "white-box attack"),
-    Stream("attack.min_distance", (9,), ("row",), KEYS_FIRST, "--min-distance's minimal-distance search"),
+    Stream("attack.min_distance", (3,), ("row",), NAMED, "--min-distance's minimal-distance search (attack; audit's "
+           "validity section)"),
     Stream("probes.block", (), ("block",), TAG_FIRST, "block g of a ProbeStream (seed drawn from the caller's "
            "Generator)", derived=True),
     Stream("fallback.fd_vjp", (), (), TAG_FIRST, "FiniteDifferences' VJP probes when the caller gives no "
            "Generator (tests, tools; scan always passes scan.probes)", fixed=True),
     Stream("fallback.operator_norm", (), (), TAG_FIRST, "Lanczos start vector of a sparse operator norm "
            "(bounds)", fixed=True),
-    Stream("fallback.graph_probe", (), (), TAG_FIRST, "input of the intermediate-tensor probe of a gradient "
+    Stream("fallback.graph_probe", (13,), (), NAMED, "input of the intermediate-tensor probe of a gradient "
            "graph", fixed=True),
 ]
 
@@ -118,9 +123,9 @@ def fixed(name: str) -> np.random.Generator:
 
 def table() -> str:
     """The stream table (markdown), for docs and reports."""
-    lines = ["| name | legacy entropy | purpose |", "|---|---|---|"]
+    lines = ["| name | entropy | purpose |", "|---|---|---|"]
     for s in _STREAMS:
         seed = str(FIXED_SEED) if s.fixed else ("drawn" if s.derived else "seed")
-        parts = [seed, *map(str, s.tag), *s.keys] if s.order == TAG_FIRST else [seed, *s.keys, *map(str, s.tag)]
+        parts = [seed, *(["MARK"] if s.order == NAMED else []), *map(str, s.tag), *s.keys]
         lines.append(f"| {s.name} | [{', '.join(parts)}] ({s.order}) | {s.purpose} |")
     return "\n".join(lines)

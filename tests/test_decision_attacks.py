@@ -139,15 +139,15 @@ def test_rays_refuses_l2_and_gradients(case, tmp_path):
 
 # ----------------------------------------------------------------------------- HopSkipJump (L2)
 def test_hsja_distance_converges_to_the_closed_form(both):
-    """Run to the budget (eps 0): the closest adversarial point found is within 2% of the L2 distance (measured:
-    0.6-1.7% after 2000 queries in d = 20), never below."""
+    """Run to the budget (eps 0): the closest adversarial point found is within 3% of the L2 distance (measured:
+    0.6-1.7% after 2000 queries in d = 20 with the legacy attack stream, 0.6-2.2% with the named one), never below."""
     path, oracle, x, y, _, dist2 = both
     acct = Budget(len(x), 2000)
     pts = HopSkipJump().run(oracle, x, y, 0.0, "l2", BOUNDS, RowRng.seeded(0, range(len(x)), 0), acct,
                             np.ones(len(x), dtype=bool))
     found = np.linalg.norm(pts - x, axis=1)
     assert np.all(found >= dist2 * (1 - 1e-5)), found / dist2
-    assert np.all(found <= dist2 * 1.02), found / dist2
+    assert np.all(found <= dist2 * 1.03), found / dist2
     assert np.all(acct.used <= 2000)
     recheck(path, x, pts, y, np.ones(len(x), bool), float(found.max()) * (1 + 1e-12), "l2")
 

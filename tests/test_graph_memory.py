@@ -72,10 +72,10 @@ def test_released_sessions_reopen_with_the_same_numbers():
     v = np.random.default_rng(2).standard_normal(x.shape)
     before = engine.jvp(x, v)[1]
     check_graph(engine, x, np.random.default_rng(0))  # closes the forward and log p sessions when done
-    assert "forward" not in engine._sessions and "logp_model" not in engine._sessions and "reverse" in engine._sessions
+    assert "forward" not in engine.open_graphs and "logp_model" not in engine.open_graphs and "reverse" in engine.open_graphs
     np.testing.assert_array_equal(engine.jvp(x, v)[1], before)
     engine.release()
-    assert not engine._sessions
+    assert not engine.open_graphs
 
 
 @pytest.mark.parametrize("with_p", [False, True])

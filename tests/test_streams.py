@@ -33,8 +33,9 @@ def _shared_pairs(names) -> set[tuple[str, str]]:
     return pairs
 
 
-def test_every_legacy_entropy_is_kept():
-    """The registry reproduces the entropy lists used before it existed (so every report is unchanged)."""
+def test_every_entropy_is_the_documented_one():
+    """Legacy entropies kept where no purpose drawn in the same run shares them (scan's own streams, the data, the
+    gradient graph, the metrics' Square, the Lanczos start); the rest moved to the named layout (docs/streams.md)."""
     e = streams.entropy
     assert e(7, "data.synthetic") == [7, 1]
     assert e(7, "scan.fd_step") == [7, 2]
@@ -43,20 +44,24 @@ def test_every_legacy_entropy_is_kept():
     assert e(7, "gradients.build") == [7, 5]
     assert e(7, "scan.smoothing", 4, 2) == [7, 6, 4, 2]
     assert e(7, "scan.piecewise") == [7, 7]
-    assert e(7, "certify.noise", 4) == [7, 5, 4]
-    assert [e(7, f"metrics.{n}") for n in ("sharpness", "sharpness_magnitude", "corruptions", "attack")] == \
-        [[7, 5], [7, 6], [7, 7], [7, 8]]
-    assert e(7, "validity.distance") == [7, 7] and e(7, "validity.bootstrap") == [7, 8]
-    assert e(7, "compare.clever", 4) == [7, 4] and e(7, "compare.correlation") == [7]
-    assert e(7, "clever.runs", 2, 4) == [7, 2, 4]
-    # RowRng's keys-first order
-    assert e(7, "attack.rows", 4, 2) == [7, 4, 2]
-    assert e(7, "attack.sanity_square", 4, 2) == [7, 4, 2, 1]
-    assert e(7, "attack.min_distance", 4) == [7, 4, 9]
-    assert e(0, "fallback.fd_vjp") == [0]
+    assert e(7, "metrics.attack") == [7, 8]
+    assert e(0, "fallback.operator_norm") == [0]
+    m = streams.NAMED_MARK
+    assert e(7, "attack.rows", 4, 2) == [7, m, 1, 4, 2]
+    assert e(7, "attack.sanity_square", 4, 2) == [7, m, 2, 4, 2]
+    assert e(7, "attack.min_distance", 4) == [7, m, 3, 4]
+    assert e(7, "clever.runs", 2, 4) == [7, m, 4, 2, 4]
+    assert e(7, "compare.clever", 4) == [7, m, 5, 4] and e(7, "compare.correlation") == [7, m, 6]
+    assert e(7, "validity.distance") == [7, m, 7] and e(7, "validity.bootstrap") == [7, m, 8]
+    assert [e(7, f"metrics.{n}") for n in ("sharpness", "sharpness_magnitude", "corruptions")] == \
+        [[7, m, 9], [7, m, 10], [7, m, 11]]
+    assert e(7, "certify.noise", 4) == [7, m, 12, 4]
+    assert e(0, "fallback.graph_probe") == [0, m, 13] and e(0, "fallback.fd_vjp") == [0]
+    numbers = [s.tag for s in streams.STREAMS.values() if s.order == streams.NAMED]
+    assert len(numbers) == len(set(numbers)), "two named streams share a number"
     a = RowRng.seeded(7, [4, 9], 2).gens
-    assert [g.standard_normal() for g in a] == \
-        [np.random.Generator(np.random.PCG64(np.random.SeedSequence(x))).standard_normal() for x in ([7, 4, 2], [7, 9, 2])]
+    assert [g.standard_normal() for g in a] == [np.random.Generator(np.random.PCG64(np.random.SeedSequence(x))).standard_normal()
+                                                for x in ([7, m, 1, 4, 2], [7, m, 1, 9, 2])]
 
 
 def test_keys_are_checked():
@@ -68,76 +73,91 @@ def test_keys_are_checked():
         streams.rng(1, "fallback.operator_norm")  # fixed-seed streams take only their documented seed
 
 
-def test_scan_certify_and_metrics_each_draw_distinct_streams():
-    """Within each of these jobs no two purposes share a stream (scan.probes and metrics.sharpness differ too)."""
-    scan = ["data.synthetic", "scan.fd_step", "scan.probes", "scan.dither", "gradients.build", "scan.smoothing",
-            "scan.piecewise", "fallback.fd_vjp"]
-    assert _shared_pairs(scan) == set()
-    assert _shared_pairs(["data.synthetic", "certify.noise"]) == set()
-    assert _shared_pairs([n for n in streams.STREAMS if n.startswith("metrics.")]) == set()
-    assert _shared_pairs(["scan.probes", "metrics.sharpness"]) == set()
-
-
-# Pairs of purposes that draw the SAME stream today for some seed and keys (seeds 0-2, keys 0-11), because the
-# legacy layouts overlap: RowRng's keys-first [seed, row, k] meets every tag-first [seed, tag, i]; SeedSequence's
-# zero padding makes [s, t] equal [s, t, 0]; metrics/validity/scan/certify reuse tags 5-8. Keeping them keeps every
-# report identical; each one is a bug for the redesign to remove (a change that moves the affected outputs), and
-# this list may only shrink. Pairs whose members run in one process today (audit runs scan, attacks, clever,
-# metrics and certify; compare runs scan, attacks, CLEVER, metrics and validity) are marked "# same run" (when both purposes are drawn).
-KNOWN_SHARED = {
-    ("attack.min_distance", "attack.rows"),  # same run (attack --min-distance with >= 10 eps)
-    ("attack.min_distance", "certify.noise"), ("attack.min_distance", "clever.runs"),
-    ("attack.min_distance", "scan.dither"),
-    ("attack.min_distance", "scan.probes"), ("attack.min_distance", "scan.smoothing"),
-    ("attack.rows", "certify.noise"),  # same run (audit)
-    ("attack.rows", "clever.runs"),  # same run (audit)
-    ("attack.rows", "compare.clever"),  # same run (compare)
-    ("attack.rows", "compare.correlation"), ("attack.rows", "data.synthetic"),
-    ("attack.rows", "fallback.fd_vjp"), ("attack.rows", "fallback.graph_probe"), ("attack.rows", "fallback.operator_norm"),
-    ("attack.rows", "gradients.build"),  # same run (attack --gradients graph: row 5 at the first eps)
-    ("attack.rows", "metrics.attack"), ("attack.rows", "metrics.corruptions"), ("attack.rows", "metrics.sharpness"),
-    ("attack.rows", "metrics.sharpness_magnitude"),
-    ("attack.rows", "scan.dither"),  # same run (attack's gradient self-check dither, rows 0-1)
-    ("attack.rows", "scan.fd_step"), ("attack.rows", "scan.piecewise"), ("attack.rows", "scan.probes"),
-    ("attack.rows", "scan.smoothing"), ("attack.rows", "validity.bootstrap"), ("attack.rows", "validity.distance"),
-    ("attack.sanity_square", "scan.smoothing"),
-    ("certify.noise", "clever.runs"), ("certify.noise", "compare.clever"),
-    ("certify.noise", "gradients.build"),  # same run (audit: certify's sample 0 and the gradient graph)
-    ("certify.noise", "metrics.sharpness"),  # same run (audit)
-    ("clever.runs", "compare.clever"), ("clever.runs", "compare.correlation"), ("clever.runs", "data.synthetic"),
-    ("clever.runs", "fallback.fd_vjp"), ("clever.runs", "fallback.graph_probe"), ("clever.runs", "fallback.operator_norm"),
-    ("clever.runs", "gradients.build"),  # same run (clever --seeds >= 6: run 5, sample 0)
-    ("clever.runs", "metrics.attack"), ("clever.runs", "metrics.corruptions"), ("clever.runs", "metrics.sharpness"),
-    ("clever.runs", "metrics.sharpness_magnitude"),
-    ("clever.runs", "scan.dither"),  # same run (clever --seeds >= 5: run 4, samples 0-1)
-    ("clever.runs", "scan.fd_step"), ("clever.runs", "scan.piecewise"), ("clever.runs", "scan.probes"),
-    ("clever.runs", "scan.smoothing"), ("clever.runs", "validity.bootstrap"), ("clever.runs", "validity.distance"),
-    ("compare.clever", "compare.correlation"),  # same run (compare)
-    ("compare.clever", "data.synthetic"), ("compare.clever", "fallback.fd_vjp"), ("compare.clever", "fallback.graph_probe"),
-    ("compare.clever", "fallback.operator_norm"),
-    ("compare.clever", "gradients.build"),  # same run (compare)
-    ("compare.clever", "metrics.attack"),  # same run (compare)
-    ("compare.clever", "metrics.corruptions"), ("compare.clever", "metrics.sharpness"),  # same run (compare)
-    ("compare.clever", "metrics.sharpness_magnitude"), ("compare.clever", "scan.dither"),
-    ("compare.clever", "scan.fd_step"), ("compare.clever", "scan.piecewise"), ("compare.clever", "scan.probes"),
-    ("compare.clever", "scan.smoothing"), ("compare.clever", "validity.bootstrap"), ("compare.clever", "validity.distance"),
-    ("compare.correlation", "fallback.fd_vjp"), ("compare.correlation", "fallback.graph_probe"),
-    ("compare.correlation", "fallback.operator_norm"),
-    ("fallback.fd_vjp", "fallback.graph_probe"), ("fallback.fd_vjp", "fallback.operator_norm"),
-    ("fallback.graph_probe", "fallback.operator_norm"),
-    ("gradients.build", "metrics.sharpness"),  # same run (audit, compare): tag 5
-    ("metrics.attack", "validity.bootstrap"),  # same run (compare): tag 8
-    ("metrics.corruptions", "scan.piecewise"),  # same run (audit): tag 7
-    ("metrics.corruptions", "validity.distance"),  # same run (compare): tag 7
-    ("metrics.sharpness_magnitude", "scan.smoothing"),  # same run (audit): [s, 6] == [s, 6, 0, 0]
-    ("scan.piecewise", "validity.distance"),  # same run (compare): tag 7
+# The streams each command draws in ONE run, all with the user's one seed (fixed streams with theirs): docs/streams.md
+# says where each is drawn. audit runs scan, the attacks (white-box APGD with its sanity Square; the minimal
+# distances of its validity section), CLEVER (2 runs),
+# the metric suite without its Square (attack_samples = 0), certify, bounds and verify; compare runs per model scan,
+# three attacks, its own CLEVER, the metric suite and (--validity) validity, then the correlation bootstrap.
+SCAN = {"data.synthetic", "scan.fd_step", "scan.probes", "scan.dither", "gradients.build", "scan.smoothing",
+        "scan.piecewise", "fallback.operator_norm", "fallback.graph_probe"}
+GRADIENTS = {"gradients.build", "scan.dither", "fallback.graph_probe"}  # the graph's build and dithered self-check
+COMMANDS = {
+    "scan": SCAN,
+    "bounds": {"fallback.operator_norm"},
+    "verify": set(),
+    "attack": {"attack.rows", "attack.sanity_square", "attack.min_distance"} | GRADIENTS,
+    "clever": {"clever.runs"} | GRADIENTS,
+    "metrics": {"metrics.sharpness", "metrics.sharpness_magnitude", "metrics.corruptions", "metrics.attack"},
+    "certify": {"data.synthetic", "certify.noise"},
+    "validity": SCAN | {"validity.distance", "validity.bootstrap"} | GRADIENTS,
+    "audit": SCAN | {"attack.rows", "attack.sanity_square", "attack.min_distance", "clever.runs", "metrics.sharpness",
+                     "metrics.sharpness_magnitude", "metrics.corruptions", "certify.noise"} | GRADIENTS,
+    "compare": SCAN | {"attack.rows", "compare.clever", "metrics.sharpness", "metrics.sharpness_magnitude",
+                       "metrics.corruptions", "metrics.attack", "validity.distance", "validity.bootstrap",
+                       "compare.correlation"} | GRADIENTS,
+    "tools": {"fallback.fd_vjp"},  # FiniteDifferences without a Generator (tests, bench); never a command
 }
 
 
-def test_no_purposes_share_a_stream_beyond_the_recorded_legacy_ones():
-    shared = _shared_pairs([n for n, s in streams.STREAMS.items() if not s.derived])
-    assert shared - KNOWN_SHARED == set(), "new shared streams: give the new purpose its own tag"
-    assert KNOWN_SHARED - shared == set(), "a recorded sharing is gone: remove it from KNOWN_SHARED"
+def test_the_command_map_covers_every_stream():
+    assert set().union(*COMMANDS.values()) == {n for n, s in streams.STREAMS.items() if not s.derived}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_no_two_purposes_drawn_in_one_run_share_a_stream(command):
+    """The bug the legacy layouts had (e.g. audit: attack row 5 at eps index i drew certify's noise of sample i;
+    metrics' corruption noise was scan's piecewise probe): every purpose of one run draws its own numbers."""
+    assert _shared_pairs(COMMANDS[command]) == set()
+
+
+# The one pair of purposes that share a stream (both fixed-seed [0]): FiniteDifferences' fallback is never drawn by a
+# command, so never in a run with the Lanczos start. It keeps its legacy entropy; this set may only shrink.
+HARMLESS = {("fallback.fd_vjp", "fallback.operator_norm")}
+
+
+def test_only_harmless_pairs_share_a_stream():
+    """Beyond single commands: no two registered purposes share a stream (seeds 0-2, keys 0-11) except HARMLESS,
+    whose members never run together, so a new command combining any of the others is safe too."""
+    assert _shared_pairs([n for n, s in streams.STREAMS.items() if not s.derived]) == HARMLESS
+    assert not any(a in c and b in c for a, b in HARMLESS for c in COMMANDS.values())
+
+
+def test_an_audit_draws_only_the_streams_the_map_lists(tmp_path, monkeypatch):
+    """The map above is checked where it matters most: every stream one audit draws (scan, attacks with APGD and its
+    sanity Square, CLEVER, metrics, certify, verify) is in COMMANDS["audit"]."""
+    import json
+
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from fimaudit.cli import app
+
+    from . import builders as B
+
+    drawn = set()
+    real = streams.rng
+
+    def spy(seed, name, *keys):
+        drawn.add(name)
+        return real(seed, name, *keys)
+
+    monkeypatch.setattr(streams, "rng", spy)  # streams.fixed and RowRng go through it too
+    gen = np.random.Generator(np.random.PCG64(11))
+    model = B.save(B.conv_model(gen.standard_normal((2, 1, 3, 3)) * 0.8, np.zeros(2),
+                                gen.standard_normal((3, 2 * 8 * 8)) * 0.3, np.zeros(3), (1, 8, 8)), tmp_path / "conv.onnx")
+    x = gen.integers(0, 256, size=(8, 1, 8, 8)).astype(np.uint8)
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.savez(tmp_path / "d.npz", x=x, y=sess.run(None, {"x": (x / 255.0).astype(np.float32)})[0].argmax(1))
+    settings = dict(samples=4, budget=200, metrics_samples=8, clever_samples=2, clever_points=20, eps=[0.02],
+                    certify_sigma=0.25, certify_n=100, verify=True)
+    (tmp_path / "p.toml").write_text("[audit]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+                                     + '[policy]\nname = "t"\nchecks = ["clean.accuracy >= 0"]\n')
+    res = CliRunner().invoke(app, ["audit", str(model), "--data", str(tmp_path / "d.npz"), "--scale", "1/255",
+                                   "--policy", str(tmp_path / "p.toml"), "--out", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert {"scan.probes", "attack.rows", "attack.sanity_square", "clever.runs", "certify.noise",
+            "metrics.corruptions", "gradients.build"} <= drawn
+    assert drawn <= COMMANDS["audit"], drawn - COMMANDS["audit"]
 
 
 def _calls(tree):

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..estimators.fd import paired_differences
 from .graph import COTANGENT, TANGENT, with_outputs
 from .reference import Float64Logp, onnxruntime_can_run
 from .source import GraphEngine
@@ -45,15 +46,6 @@ class GraphCheck:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _fd(logp, x: np.ndarray, v: np.ndarray, h: float, first: np.ndarray | None = None) -> np.ndarray:
-    """Central differences of ``logp`` at rows ``x`` along ``v``; ``first``: log p of the leading rows of
-    (x + h v, x - h v), already known."""
-    rows = np.concatenate([x + h * v, x - h * v], axis=0)
-    out = logp(rows) if first is None else np.concatenate([first, logp(rows[first.shape[0]:])], axis=0)
-    n = x.shape[0]
-    return (out[:n] - out[n:]) / (2.0 * h)
 
 
 def _tol(fd_h: np.ndarray, fd_h2: np.ndarray, scale: float, h: float, floor: float) -> np.ndarray:
@@ -104,7 +96,7 @@ def check_graph(
     engine.open("logp_model")  # so that the timing below is of rows only
     t_fd = time.perf_counter()
     for hh in steps:
-        a_, b_ = _fd(engine.logp, xr, v, hh), _fd(engine.logp, xr, v, hh / 2)
+        a_, b_ = paired_differences(engine.logp, xr, v, hh), paired_differences(engine.logp, xr, v, hh / 2)
         fd_h.append(a_)
         fd_h2.append(b_)
         tol.append(_tol(a_, b_, scale, hh, floor))
@@ -246,7 +238,8 @@ def _float64_opinion(engine: GraphEngine, x, v, sv, rev, u, rms: float, budget_s
         fwd_ok, back_ok, informative = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
         for rel_step in steps:
             hh = rel_step * rms
-            a, b = _fd(logp, x, v, hh, first if rel_step == steps[0] else None), _fd(logp, x, v, hh / 2)
+            a = paired_differences(logp, x, v, hh, first if rel_step == steps[0] else None)
+            b = paired_differences(logp, x, v, hh / 2)
             disc = np.linalg.norm(a - b, axis=1)
             tol = 2 * disc + FLOAT64_FLOOR * np.linalg.norm(b, axis=1) + 1e-9
             measured = np.linalg.norm(b, axis=1) > 0  # a zero difference verifies nothing

@@ -18,8 +18,8 @@ from google.protobuf.message import Message
 from onnx import helper, numpy_helper
 
 from .. import streams
-from ..model.probe import with_outputs  # noqa: F401  (re-exported for autodiff.check)
-from ..model.session import create_session
+from ..model.probe import open_probe, with_outputs  # noqa: F401  (with_outputs re-exported for autodiff.check)
+from ..model.session import reads
 from .emit import Emitter, GradientUnsupported
 from .. import ops
 
@@ -87,15 +87,6 @@ def pooled(t: onnx.TensorProto) -> bool:
         return np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)) in _POOL_TYPES
     except Exception:
         return False
-
-
-def reads(model: onnx.ModelProto, weights: dict) -> list[str]:
-    """The names in ``weights`` that ``model`` reads (all of them when a node has a subgraph), in pool order."""
-    g = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
-        return list(weights)
-    used = {i for n in g.node for i in n.input} | {i.name for i in g.input}
-    return [n for n in weights if n in used]
 
 
 def _copy_without_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -204,14 +195,10 @@ class _Prober:
     """
 
     def __init__(self, m: onnx.ModelProto, input_name: str, dtype, threads: int, weights: dict[str, np.ndarray]):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(m)  # no large initializers in m: they are in ``weights``
-        self.names = [LOGP] + [o for n in probe.graph.node for o in n.output if o and o != LOGP]
-        del probe.graph.output[:]
-        probe.graph.output.append(helper.make_tensor_value_info(LOGP, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), None))
-        probe.graph.output.extend(helper.ValueInfoProto(name=n) for n in self.names[1:])
-        self.model = probe
-        self.session, _ = open_session(probe, "cpu", threads, weights)
+        # no large initializers in m: they are in ``weights``; the probe returns log p (typed) and every other tensor
+        self.names = [LOGP] + [o for n in m.graph.node for o in n.output if o and o != LOGP]
+        self.model, self.session = open_probe(m, self.names, only=True, types={LOGP: dtype}, threads=threads,
+                                              weights=weights)
         self.input_name, self.dtype = input_name, dtype
 
     def run(self, sample_shape, batch: int) -> tuple[np.ndarray, dict]:
@@ -656,27 +643,3 @@ def _forward(m, x, opset, shapes, dtypes, values, active, batch):
     return em, tang
 
 
-def open_session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, weights: dict[str, np.ndarray] | None = None,
-                 **options):
-    """An onnxruntime session for a derivative graph; the initializers it reads from ``weights`` are handed to
-    onnxruntime as arrays (declared in the model as external data), never serialised."""
-    names = reads(model, weights) if weights else []
-    if names:
-        model = with_placeholders(model, {n: weights[n] for n in names})
-    return create_session(model.SerializeToString(), device=device, threads=threads,
-                          initializers={n: weights[n] for n in names} or None, **options)
-
-
-def with_placeholders(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """A copy of ``model`` declaring ``arrays`` as initializers whose data onnxruntime gets from memory."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for name, arr in arrays.items():
-        t = out.graph.initializer.add()
-        t.name = name
-        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-        t.dims.extend(arr.shape)
-        t.data_location = onnx.TensorProto.EXTERNAL
-        entry = t.external_data.add()
-        entry.key, entry.value = "location", "fimaudit-in-memory"  # never read: the session gets the array
-    return out

@@ -23,8 +23,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from scipy.special import erf
 
+from ..model.runner import BatchRunner
 from .emit import Emitter
-from .graph import POOL_SIZE, with_placeholders
+from ..model.session import with_placeholders
+from .graph import POOL_SIZE
 from ..ops.common import attrs, refuse_batch_axis, window
 from ..ops.pool import pool_divisor
 from ..ops.shape import resize_matrix
@@ -449,20 +451,20 @@ class Float64Logp:
                 full.graph.initializer.extend(numpy_helper.from_array(a, k) for k, a in weights.items() if k in used)
             self._ev = ReferenceEvaluator(float64_copy(full), new_ops=[_erf_op()])
         self.evaluator = "onnxruntime" if self._session is not None else "reference evaluator"
+        self._runner: BatchRunner | None = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """log p rows ``(n, K)`` for rows ``x``, in batches of ``rows_per_run`` (``model.runner.BatchRunner``)."""
         x = np.asarray(x, dtype=np.float64)
-        step = self.rows_per_run or x.shape[0]
-        parts = []
-        for start in range(0, x.shape[0], step):
-            rows = x[start : start + step]
-            real = rows.shape[0]
-            if self.batch is not None and real < self.batch:
-                rows = np.concatenate([rows, np.repeat(rows[:1], self.batch - real, axis=0)])
-            feed = {self._name: np.ascontiguousarray(rows)}
-            out = self._ev.run(None, feed)[0] if self._session is None else self._session.run(None, feed)[0]
-            parts.append(np.asarray(out, dtype=np.float64)[:real].reshape(real, -1))
-        return np.concatenate(parts, axis=0)
+        if self._runner is None:
+            run = (lambda outputs, feed: self._ev.run(None, feed)[:1]) if self._session is None else \
+                (lambda outputs, feed: self._session.run(None, feed)[:1])
+            self._runner = BatchRunner(self._session, np.float64, batch=1, fixed_batch=self.batch, what=None)
+            self._runner.execute = run
+        self._runner.batch = self.batch or self.rows_per_run or max(1, x.shape[0])
+        if x.shape[0] == 0:
+            return np.zeros((0, 0))
+        return self._runner.run([None], {self._name: x}, flat=True)[0]
 
 
 def _float64_session(logp_model: onnx.ModelProto, shapes: dict, weights: dict | None, threads: int):

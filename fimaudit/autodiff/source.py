@@ -12,14 +12,13 @@ preprocessing u = a ⊙ x + b; then S_x = S_u diag(a).
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import ModelOutputError
-from ..model.session import translate_ort_error
-from .graph import COTANGENT, GRAD, JVP_OUT, LOGP, TANGENT, DerivativeGraphs, open_session
+from ..model.runner import BatchRunner, RunCounts
+from ..model.session import open_session
+from .graph import COTANGENT, GRAD, JVP_OUT, LOGP, TANGENT, DerivativeGraphs
 
 
 # Rows per run: at most this many bytes of primal activations (the reverse graph keeps them for the
@@ -41,10 +40,23 @@ class GraphEngine:
         per_row = graphs.activation_bytes()
         self.max_rows = int(graphs.batch) if graphs.batch is not None else max(1, min(int(max_rows), GRAPH_RUN_BYTES // per_row))
         self.arena = per_row <= ARENA_ROW_BYTES
-        self._sessions: dict[str, object] = {}
-        self.rows = 0  # rows evaluated (a row = one point through one derivative pass)
-        self.passes = 0  # session runs
-        self.seconds = 0.0
+        self._providers: dict[str, str] = {}
+        self._runners: dict[str, BatchRunner] = {}  # one per open graph session (``model.runner``), counts shared
+        self.counts = RunCounts()
+
+    @property
+    def rows(self) -> int:
+        """Rows evaluated (a row = one point through one derivative pass)."""
+        return self.counts.rows
+
+    @property
+    def passes(self) -> int:
+        """Session runs."""
+        return self.counts.passes
+
+    @property
+    def seconds(self) -> float:
+        return self.counts.seconds
 
     @property
     def n_classes(self) -> int:
@@ -56,54 +68,42 @@ class GraphEngine:
 
     @property
     def provider(self) -> str:
-        return self._session("reverse")[1]
+        self._runner("reverse")
+        return self._providers["reverse"]
 
     def variant(self, **models) -> GraphEngine:
         """An engine over the same graphs with some models replaced (extra outputs for bisection)."""
         graphs = dataclasses.replace(self.graphs, **models)
         return GraphEngine(graphs, device=self.device, threads=self.threads, max_rows=self.max_rows)
 
+    @property
+    def open_graphs(self) -> frozenset[str]:
+        """The graphs whose sessions are open now."""
+        return frozenset(self._runners)
+
     def release(self, *which: str) -> None:
         """Close the sessions of graphs ``which`` (all when none is named); a later run opens them again."""
-        for name in which or tuple(self._sessions):
-            self._sessions.pop(name, None)
+        for name in which or tuple(self._runners):
+            self._runners.pop(name, None)
 
     def open(self, which: str) -> None:
         """Open the session of graph ``which`` now (it opens on first use otherwise)."""
-        self._session(which)
+        self._runner(which)
 
-    def _session(self, which: str):
-        if which not in self._sessions:
-            self._sessions[which] = open_session(getattr(self.graphs, which), self.device, self.threads, self.graphs.weights,
-                                                 arena=self.arena)
-        return self._sessions[which]
+    def _runner(self, which: str) -> BatchRunner:
+        if which not in self._runners:
+            session, provider = open_session(getattr(self.graphs, which), self.device, self.threads, self.graphs.weights,
+                                             arena=self.arena)
+            self._providers[which] = provider
+            self._runners[which] = BatchRunner(session, self.graphs.input_dtype, batch=self.max_rows,
+                                               fixed_batch=self.graphs.batch, what="the gradient graph", counts=self.counts)
+        runner = self._runners[which]
+        runner.batch = self.max_rows
+        return runner
 
     def run(self, which: str, outputs: list[str], x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list:
         """Evaluate ``outputs`` of graph ``which`` on rows ``x`` (and row-aligned ``extra`` feeds), float64."""
-        session = self._session(which)[0]
-        dtype = self.graphs.input_dtype
-        n = x.shape[0]
-        chunks: list[list[np.ndarray]] = [[] for _ in outputs]
-        for start in range(0, n, self.max_rows):
-            stop = min(n, start + self.max_rows)
-            real = stop - start
-            feed = {self.graphs.input_name: x[start:stop]}
-            for k, v in (extra or {}).items():
-                feed[k] = v[start:stop]
-            if self.graphs.batch is not None and real < self.graphs.batch:
-                feed = {k: np.concatenate([v, np.repeat(v[:1], self.graphs.batch - real, axis=0)]) for k, v in feed.items()}
-            feed = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in feed.items()}
-            t0 = time.perf_counter()
-            try:
-                outs = session.run(outputs, feed)
-            except Exception as exc:
-                raise ModelOutputError(f"onnxruntime failed while running the gradient graph: {translate_ort_error(exc)}") from None
-            self.seconds += time.perf_counter() - t0
-            self.rows += real
-            self.passes += 1
-            for i, o in enumerate(outs):
-                chunks[i].append(np.asarray(o)[:real].astype(np.float64))
-        return [np.concatenate(c, axis=0) for c in chunks]
+        return self._runner(which).run(outputs, {self.graphs.input_name: x, **(extra or {})})
 
     def logp(self, x: np.ndarray) -> np.ndarray:
         (lp,) = self.run("logp_model", [LOGP], x)
@@ -193,18 +193,11 @@ class GraphEngine:
 
     def _run_multi(self, x: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One reverse run with u.shape[0] / x.shape[0] cotangent rows per point."""
-        session = self._session("reverse")[0]
-        dtype = self.graphs.input_dtype
-        feed = {self.graphs.input_name: np.ascontiguousarray(x, dtype=dtype), COTANGENT: np.ascontiguousarray(u, dtype=dtype)}
-        t0 = time.perf_counter()
-        try:
-            lp, g = session.run([LOGP, GRAD], feed)
-        except Exception as exc:
-            raise ModelOutputError(f"onnxruntime failed while running the gradient graph: {translate_ort_error(exc)}") from None
-        self.seconds += time.perf_counter() - t0
-        self.rows += u.shape[0]
-        self.passes += 1
-        return np.asarray(lp, dtype=np.float64), np.asarray(g, dtype=np.float64)
+        runner = self._runner("reverse")
+        feed = {self.graphs.input_name: np.ascontiguousarray(x, dtype=runner.dtype),
+                COTANGENT: np.ascontiguousarray(u, dtype=runner.dtype)}
+        lp, g = runner.once([LOGP, GRAD], feed, u.shape[0])
+        return lp, g
 
 
 class GradientGraph:

@@ -50,12 +50,15 @@ def jvp(oracle: LogProbOracle, x0: np.ndarray, dirs: np.ndarray, h: float, chunk
 
 
 RANGE_REL_STEP = 1e-3  # the uncalibrated step of attacks, CLEVER and validity: this share of the input range
+UNIT_RANGE = (0.0, 1.0)  # the range compare's CLEVER assumes (its step: 1e-3 whatever the model's input range)
 
 
 def range_step(input_range: tuple[float, float], rel: float = RANGE_REL_STEP) -> float:
     """The step rule of the black-box gradients (attacks, CLEVER, validity): ``rel`` times the input range's width.
 
-    (scan calibrates its own step instead: ``choose_step``.)"""
+    Callers today: the gradient attacks (``rel`` = their ``fd_rel_step``, NES sigma 10x the step), ``clever`` and
+    ``validity`` (the attack config's input range), compare's CLEVER (``UNIT_RANGE``). scan calibrates its own step
+    instead: ``choose_step``."""
     lo, hi = input_range
     return rel * (hi - lo)
 
@@ -86,6 +89,19 @@ def coordinate_differences(logp, rows: np.ndarray, coords: np.ndarray, h: float,
     d = flat.shape[1]
     lp = logp(np.concatenate([plus.reshape(n * m, d), minus.reshape(n * m, d)]).reshape((-1,) + tuple(shape)))
     return (lp[: n * m] - lp[n * m :]).reshape(n, m, -1) / denom
+
+
+def paired_differences(logp, x: np.ndarray, dirs: np.ndarray, h: float, first: np.ndarray | None = None) -> np.ndarray:
+    """Central differences of ``logp`` at rows ``x`` ``(n, *shape)``, each along its own direction ``dirs[i]``
+    (same shape): ``(n, K)`` from the ``2n`` rows ``x + h dirs, x - h dirs`` (float64) in one ``logp`` call.
+
+    The gradient graph's self-check (``autodiff.check``, float32 model and float64 copy alike) is built on it.
+    ``first``: log p of the leading rows of that stack, already known (they are not evaluated again).
+    """
+    rows = np.concatenate([x + h * dirs, x - h * dirs], axis=0)
+    out = logp(rows) if first is None else np.concatenate([first, logp(rows[first.shape[0]:])], axis=0)
+    n = x.shape[0]
+    return (out[:n] - out[n:]) / (2.0 * h)
 
 
 def jvp_coordinates(oracle: LogProbOracle, x0: np.ndarray, coords: np.ndarray, h: float) -> np.ndarray:

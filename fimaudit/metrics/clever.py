@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..estimators.fd import jvp_coordinates
+from ..estimators.fd import UNIT_RANGE, jvp_coordinates, range_step
 from ..model.oracle import LogProbOracle
 
 
@@ -66,14 +66,16 @@ def clever(
     rng: np.random.Generator,
     n_batches: int = 10,
     batch_size: int = 10,
-    h: float = 1e-3,
+    h: float | None = None,
     vjp_at=None,
 ) -> CleverResult:
     """Untargeted CLEVER score at one sample ``x`` (shape ``sample_shape``).
 
     ``vjp_at(points, u)``: exact gradients from a gradient graph (rows S(x_i)^T u_i); the K-1
-    margin gradients at each point are then K-1 VJP rows instead of 2d finite-difference queries.
+    margin gradients at each point are then K-1 VJP rows instead of 2d finite-difference queries. ``h``: the
+    central-difference step (None: the one step rule ``range_step`` on the unit range, 1e-3, what compare uses).
     """
+    h = range_step(UNIT_RANGE) if h is None else h
     before = oracle.queries
     d = x.size
     lp0 = oracle.logp(x[None])[0]

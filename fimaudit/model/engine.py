@@ -1,20 +1,18 @@
 """The query engine: batched evaluation of an onnxruntime session with query counting.
 
-A query is one row of input evaluated by the model (MATH §2). ``Model.run`` splits any
-number of rows into batches the model accepts (``max_batch`` for a symbolic batch axis,
-the fixed size otherwise, padding the last batch) and counts the real rows.
+A query is one row of input evaluated by the model (MATH §2). ``Model.run`` hands any number of
+rows to the one batched runner (``model.runner.BatchRunner``: batches of ``max_batch`` rows for a
+symbolic batch axis, the fixed size otherwise, padding the last batch), which counts the real rows.
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 
 from ..errors import ModelOutputError
 from .gpu import BoundRunner, device_plan
+from .runner import BatchRunner
 from .spec import ModelInfo
-from .session import translate_ort_error
 
 
 CPU_BATCH_BYTES = 32 * 1024 * 1024
@@ -36,22 +34,39 @@ class Model:
         # On CUDA the batch follows free device memory and rows go through I/O binding (model/gpu.py).
         self.requested_batch = int(max_batch)
         self.device_plan = device_plan(provider, int(max_batch), proto, info.sample_shape)
-        self.max_batch = self.device_plan.batch if info.fixed_batch is None else int(info.fixed_batch)
+        batch = self.device_plan.batch if info.fixed_batch is None else int(info.fixed_batch)
         if info.fixed_batch is None and self.device_plan.binding is None:
             # Large inputs on the CPU: at most CPU_BATCH_BYTES of input rows per run, since
             # onnxruntime's activations grow with the batch (3x224x224: 55 rows rather than 256).
             per_row = max(1, info.d * self._dtype.itemsize)
-            self.max_batch = max(1, min(self.max_batch, CPU_BATCH_BYTES // per_row))
+            batch = max(1, min(batch, CPU_BATCH_BYTES // per_row))
+        self.runner = BatchRunner(session, self._dtype, batch=batch, fixed_batch=info.fixed_batch, what="the model")
         self._bound = None
         if self.device_plan.binding is not None:
             self.bind_io(self.device_plan.binding)
-        self.queries = 0
-        self.passes = 0  # onnxruntime run calls
-        self.run_seconds = 0.0  # wall time inside onnxruntime's run
         self.n_classes: int | None = None
         self.proto = proto  # the validated onnx.ModelProto (external data loaded), for graph analysis
         self.notes: list[str] = []  # what running the model taught us (e.g. a batch it cannot take)
         self._batch_ok = False  # a batch of more than one row has run
+
+    @property
+    def max_batch(self) -> int:
+        """Rows per onnxruntime run."""
+        return self.runner.batch
+
+    @property
+    def queries(self) -> int:
+        return self.runner.counts.rows
+
+    @property
+    def passes(self) -> int:
+        """onnxruntime run calls."""
+        return self.runner.counts.passes
+
+    @property
+    def run_seconds(self) -> float:
+        """Wall time inside onnxruntime's run."""
+        return self.runner.counts.seconds
 
     def _one_row_fallback(self, chunk: np.ndarray, rows: int) -> bool:
         """After a failed multi-row batch on a dynamic batch axis, switch to one row per run if that works.
@@ -64,7 +79,7 @@ class Model:
             self._session.run([self.info.output.name], {self.info.input.name: np.ascontiguousarray(chunk[:1], dtype=self._dtype)})
         except Exception:
             return False
-        self.max_batch = 1
+        self.runner.batch = 1
         self.notes.append("the model declares a dynamic batch but fails on batches of more than one row; "
                           "it is queried one row at a time")
         return True
@@ -73,6 +88,16 @@ class Model:
         """Run through I/O binding on ``device`` (automatic on CUDA; "cpu" exercises it in tests)."""
         self._bound = BoundRunner(self._session, self.info.input.name, self.info.output.name, self._dtype,
                                   self.sample_shape, self.max_batch, device)
+        self.runner.execute = lambda outputs, feed: [self._bound.run(feed[self.info.input.name])]
+
+    def _check_pass(self, outs: list, fed: int) -> None:
+        """After a counted pass of ``fed`` rows: the output must have a batch axis of that many rows."""
+        self._batch_ok = self._batch_ok or fed > 1
+        out = outs[0]
+        if out.ndim == 0 or out.shape[0] != fed:
+            raise ModelOutputError(
+                f"output '{self.info.output.name}' has shape {list(out.shape)}, which has no batch axis of {fed} rows"
+            )
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -87,43 +112,14 @@ class Model:
 
         Raises ``ModelOutputError`` when the model returns NaN or Inf.
         """
-        n = x.shape[0]
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(f"expected rows of shape {self.sample_shape}, got {x.shape[1:]}")
-        outs = []
-        start = 0
-        while start < n:
-            chunk = x[start : start + self.max_batch]
-            real = chunk.shape[0]
-            if self.info.fixed_batch is not None and real < self.info.fixed_batch:
-                pad = np.repeat(chunk[:1], self.info.fixed_batch - real, axis=0)
-                chunk = np.concatenate([chunk, pad], axis=0)
-            feed = {self.info.input.name: np.ascontiguousarray(chunk, dtype=self._dtype)}
-            t0 = time.perf_counter()
-            try:
-                if self._bound is not None:
-                    out = self._bound.run(feed[self.info.input.name])
-                else:
-                    (out,) = self._session.run([self.info.output.name], feed)
-            except Exception as exc:
-                if self._one_row_fallback(chunk, real):
-                    continue  # the same rows again, one at a time
-                raise ModelOutputError(f"onnxruntime failed while running the model: {translate_ort_error(exc)}") from None
-            out = np.asarray(out)
-            if (out.ndim == 0 or out.shape[0] != chunk.shape[0]) and self._one_row_fallback(chunk, real):
-                continue
-            self.run_seconds += time.perf_counter() - t0
-            self.queries += real
-            self.passes += 1
-            self._batch_ok = self._batch_ok or chunk.shape[0] > 1
-            if out.ndim == 0 or out.shape[0] != chunk.shape[0]:
-                raise ModelOutputError(
-                    f"output '{self.info.output.name}' has shape {list(out.shape)}, which has no batch axis of "
-                    f"{chunk.shape[0]} rows"
-                )
-            outs.append(out[:real].reshape(real, -1).astype(np.float64))
-            start += real
-        result = np.concatenate(outs, axis=0) if outs else np.zeros((0, self.n_classes or 0))
+        if x.shape[0] == 0:
+            result = np.zeros((0, self.n_classes or 0))
+        else:
+            (result,) = self.runner.run([self.info.output.name], {self.info.input.name: x}, flat=True,
+                                        retry=lambda feed, real: self._one_row_fallback(feed[self.info.input.name], real),
+                                        check=self._check_pass)
         if not np.all(np.isfinite(result)):
             raise ModelOutputError(f"the model returned NaN or Inf in output '{self.info.output.name}'")
         if self.n_classes is None and result.shape[0]:

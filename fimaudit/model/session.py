@@ -11,6 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper
 
 from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
 
@@ -149,3 +151,39 @@ def create_session(model_bytes: bytes, *, device: str = "auto", threads: int = 0
     if device == "cuda" and used != "CUDAExecutionProvider":
         raise ConfigError("--device cuda: the CUDA provider failed to initialise for this model")
     return session, used
+
+
+# --------------------------------------------------------------- graphs whose large initializers stay numpy arrays
+def reads(model: onnx.ModelProto, weights: dict) -> list[str]:
+    """The names in ``weights`` that ``model`` reads (all of them when a node has a subgraph), in pool order."""
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return list(weights)
+    used = {i for n in g.node for i in n.input} | {i.name for i in g.input}
+    return [n for n in weights if n in used]
+
+
+def with_placeholders(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` declaring ``arrays`` as initializers whose data onnxruntime gets from memory."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name, arr in arrays.items():
+        t = out.graph.initializer.add()
+        t.name = name
+        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        t.dims.extend(arr.shape)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        entry = t.external_data.add()
+        entry.key, entry.value = "location", "fimaudit-in-memory"  # never read: the session gets the array
+    return out
+
+
+def open_session(model: onnx.ModelProto, device: str = "auto", threads: int = 0, weights: dict[str, np.ndarray] | None = None,
+                 **options):
+    """An onnxruntime session for a derivative graph; the initializers it reads from ``weights`` are handed to
+    onnxruntime as arrays (declared in the model as external data), never serialised."""
+    names = reads(model, weights) if weights else []
+    if names:
+        model = with_placeholders(model, {n: weights[n] for n in names})
+    return create_session(model.SerializeToString(), device=device, threads=threads,
+                          initializers={n: weights[n] for n in names} or None, **options)
