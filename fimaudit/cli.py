@@ -75,7 +75,7 @@ from .runtime_guard import Interrupted, RunTimeout, guarded_run
 from .runtime_guard import write_atomic as atomic_file
 
 if TYPE_CHECKING:
-    from .result import ScanResult
+    from .results import ScanResult
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
