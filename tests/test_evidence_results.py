@@ -36,7 +36,7 @@ COMMANDS = {
 }
 
 
-TEXT_NEEDLE = {"attack": "robust acc.", "clever": "median score", "compare": "Models", "metrics": "precision_macro"}
+TEXT_NEEDLE = {"attack": "clean accuracy", "clever": "median score", "compare": "Models", "metrics": "precision_macro"}
 
 
 @pytest.mark.parametrize("kind", sorted(COMMANDS))

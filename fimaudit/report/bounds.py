@@ -39,8 +39,11 @@ def _draw(result: BoundResult, console: Console) -> None:
     over = result.domain_bounds  # `bounds --domain LO,HI`
     if over is not None:
         box = over["input_range"]
-        lo, hi = min(over["logits_lower"]), max(over["logits_upper"])
-        spread = max(u - l for l, u in zip(over["logits_lower"], over["logits_upper"]))
+        inf = float("inf")  # the JSON writes an infinite bound as null
+        lower = [-inf if v is None else v for v in over["logits_lower"]]
+        upper = [inf if v is None else v for v in over["logits_upper"]]
+        lo, hi = min(lower), max(upper)
+        spread = max(u - l for l, u in zip(lower, upper))
         console.print(f"[bold]bound over the input box[/bold] [{box[0]:g}, {box[1]:g}] (IBP, fimaudit verify's "
                       f"engine): every logit in [{lo:.4g}, {hi:.4g}], widest logit interval {spread:.4g}", soft_wrap=True)
 
