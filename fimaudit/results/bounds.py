@@ -13,6 +13,8 @@ from .base import SCHEMA_VERSION, check_kind, clean, read_version
 
 @dataclass(frozen=True)
 class OpBound:
+    """One operation's Lipschitz constant (None: none that is global) and how it was computed."""
+
     name: str
     op: str
     lipschitz: float | None
@@ -100,7 +102,6 @@ class BoundResult:
                    show_ops=bool(d.get("show_ops", False)), domain_bounds=d.get("domain_bounds"))
 
 
-
-
 def finite_or_none(x: float | None) -> float | None:
+    """A constant as JSON writes it: None when there is none or it is infinite."""
     return None if x is None or not math.isfinite(x) else float(x)
