@@ -11,7 +11,7 @@ from ._version import __version__
 from .errors import FimauditError
 
 if TYPE_CHECKING:
-    from .result import ScanResult
+    from .results import ScanResult
     from .scan import ScanConfig
 
 
@@ -170,7 +170,7 @@ def _api_options(options: dict, fn: str = "scan") -> dict:
 
 # Loaded on first use (PEP 562), so that `import fimaudit` and `fimaudit --help` do not import onnx,
 # onnxruntime or scipy.
-_LAZY = {"ScanConfig": "scan", "ScanResult": "result"}
+_LAZY = {"ScanConfig": "scan", "ScanResult": "results"}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .options import ModelDataOptions
-from ._version import __version__
 from .audit_context import audit_context
 from .errors import ConfigError, FimauditError
 from .certify import CertifyConfig, certify
@@ -27,12 +26,10 @@ from .graph import compute_bounds
 from .images import DataOptions, prepare
 from .model import load_model
 from .metrics.suite import MetricsConfig, run_metrics
-from .result import ScanResult, _clean
+from .results import AuditResult, ScanResult, Section
 from .sanity import checked, muted
 from .scan import ScanConfig, scan
 
-AUDIT_SCHEMA_VERSION = "1.0"
-STATUSES = ("ok", "unavailable", "error")
 
 ProgressFn = Callable[[str, int, int], None]  # (section, step done, steps total)
 
@@ -169,103 +166,6 @@ class AuditConfig(ModelDataOptions):
         """``cls`` (ScanConfig, AttackConfig, MetricsConfig) from the fields it shares with this config, then ``own``."""
         names = set(cls.__dataclass_fields__) - {"extra", "from_policy", "overridden"}  # type: ignore[attr-defined]
         return cls(**{**{k: v for k, v in asdict(self).items() if k in names}, **own})
-
-
-@dataclass(frozen=True)
-class Section:
-    """One kind of evidence: ``data`` is that command's own JSON result, or empty with a reason."""
-
-    name: str
-    status: str  # ok | unavailable | error
-    reason: str | None
-    data: dict
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "reason": self.reason, "seconds": _clean(self.seconds),
-                "data": _clean(self.data)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Section":
-        if d["status"] not in STATUSES:
-            raise ValueError(f"section {d.get('name')}: unknown status {d['status']!r}")
-        return cls(str(d["name"]), str(d["status"]), d.get("reason"), dict(d.get("data") or {}),
-                   float(d.get("seconds") or 0.0))
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One policy check: ``key op threshold`` evaluated to ``value``; ``reason`` when it could not be."""
-
-    key: str
-    op: str
-    threshold: Any
-    value: Any
-    passed: bool
-    reason: str | None = None
-
-    @property
-    def text(self) -> str:
-        thr = str(self.threshold).lower() if isinstance(self.threshold, bool) else f"{self.threshold:g}"
-        return f"{self.key} {self.op} {thr}"
-
-    def to_dict(self) -> dict:
-        return _clean(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CheckResult":
-        return cls(d["key"], d["op"], d["threshold"], d.get("value"), bool(d["passed"]), d.get("reason"))
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    model: dict
-    config: dict
-    sections: tuple[Section, ...]
-    checks: tuple[CheckResult, ...] = ()
-    policy: dict | None = None
-    created: str | None = None  # passed in by the caller: renderers never read the clock
-    fimaudit: str = __version__
-    schema_version: str = AUDIT_SCHEMA_VERSION
-    kind: str = "audit"
-    context: dict | None = None  # fimaudit.audit_context: data, preprocessing, units, policy file, versions
-
-    def section(self, name: str) -> Section | None:
-        return next((s for s in self.sections if s.name == name), None)
-
-    @property
-    def verdict(self) -> str:
-        if not self.checks:
-            return "no policy"
-        return "pass" if all(c.passed for c in self.checks) else "fail"
-
-    def to_dict(self) -> dict:
-        return {
-            "schema_version": self.schema_version,
-            "kind": self.kind,
-            "fimaudit": self.fimaudit,
-            "created": self.created,
-            "model": _clean(self.model),
-            "config": _clean(self.config),
-            "verdict": self.verdict,
-            "policy": _clean(self.policy),
-            "checks": [c.to_dict() for c in self.checks],
-            "sections": [s.to_dict() for s in self.sections],
-        } | ({} if self.context is None else {"context": _clean(self.context)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AuditResult":
-        version = str(d.get("schema_version", ""))
-        if d.get("kind") != "audit":
-            raise ValueError(f"not an audit result (kind {d.get('kind')!r})")
-        if version.split(".")[0] != AUDIT_SCHEMA_VERSION.split(".")[0]:
-            raise ValueError(f"unsupported audit schema_version {version!r} (this fimaudit reads {AUDIT_SCHEMA_VERSION})")
-        return cls(
-            model=d["model"], config=d["config"], sections=tuple(Section.from_dict(s) for s in d["sections"]),
-            checks=tuple(CheckResult.from_dict(c) for c in d.get("checks", ())), policy=d.get("policy"),
-            created=d.get("created"), fimaudit=str(d.get("fimaudit", "")), schema_version=version,
-            context=d.get("context"),
-        )
 
 
 # --------------------------------------------------------------------------- sections

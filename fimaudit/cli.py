@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 from typer.models import OptionInfo
 
@@ -75,7 +74,7 @@ from .runtime_guard import Interrupted, RunTimeout, guarded_run
 from .runtime_guard import write_atomic as atomic_file
 
 if TYPE_CHECKING:
-    from .result import ScanResult
+    from .results import ScanResult
 
 EXIT_OK, EXIT_GATE, EXIT_ERROR = 0, 1, 2
 
@@ -371,11 +370,6 @@ class Opts:
         ex.validate()
         return ex if ex.distributed else None
 
-    @property
-    def console(self) -> Console:
-        """Where tables go: stderr when the JSON goes to stdout."""
-        return Console(stderr=True) if self._values.get("json") == "-" else Console()
-
 
 def _shown_default(value: Any, none_means: Optional[str]) -> bool | str:
     """typer's ``show_default``: the value, or what None means (``[default: (all)]``); nothing when required."""
@@ -493,9 +487,23 @@ def _run_guarded_body(fn: Callable[[], int], timeout: float | None) -> int:
         return EXIT_ERROR
 
 
-def _write_json(opts: Opts, payload: dict | str) -> None:
+def _write_json(opts: Opts, result: Any) -> None:
+    """``--json FILE``: the result's JSON (fimaudit.results.dumps, the one JSON writer)."""
     if opts.json is not None:
-        write_atomic(opts.json, payload if isinstance(payload, str) else json.dumps(payload, indent=2) + "\n")
+        from .results import dumps
+
+        write_atomic(opts.json, dumps(result))
+
+
+def _show(opts: Opts, result: Any) -> None:
+    """The result's text (the registry's text renderer: what ``fimaudit report`` prints from the JSON), unless -q;
+    on stderr when the JSON goes to stdout."""
+    if not opts.quiet:
+        from .report import render
+
+        out = sys.stderr if opts.json == "-" else sys.stdout
+        out.write(render(result, "text"))
+        out.flush()
 
 
 def _deprecated_alias(old_flag: str, old_value: Any, new_flag: str, new_value: Any, default: Any) -> Any:
@@ -585,8 +593,7 @@ def scan_cmd(
     ),
 ) -> int:
     """Estimate lambda_max and trace of the input-space Fisher information at each sample."""
-    from .report import render_json, renderer_for
-    from .report.terminal import render_to_console
+    from .report import renderer_for
     from .scan import ScanConfig, scan
 
     config = opts.config(
@@ -599,11 +606,10 @@ def scan_cmd(
     config.validate()
     execution = opts.execution()
     result = _with_progress(opts.quiet, "scan", lambda progress: scan(config, progress, execution))
-    _write_json(opts, render_json(result))
+    _write_json(opts, result)
     if report_path is not None:
         write_atomic(report_path, renderer_for(None, report_path)(result))
-    if not opts.quiet:
-        render_to_console(result, opts.console)
+    _show(opts, result)
     return _gate(result, fail_above, opts.quiet)
 
 
@@ -611,8 +617,8 @@ def _gate(result: ScanResult, fail_above: float | None, quiet: bool) -> int:
     """``--fail-above X`` is the one-line policy ``fisher.lambda_max.median <= X``."""
     if fail_above is None:
         return EXIT_OK
-    from .audit import AuditResult, Section
     from .policy import Policy, evaluate, parse_check
+    from .results import AuditResult, Section
 
     policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
     wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
@@ -636,12 +642,12 @@ def bounds_cmd(
     ),
 ) -> int:
     """Closed-form upper bound on lambda_max(F) from the exported weights (per-block Lipschitz constants)."""
+    from dataclasses import replace
+
     from .graph import compute_bounds
-    from .report.bounds import render_bounds
 
     box = _domain_range(domain) if domain is not None else None
     result = compute_bounds(str(model), **opts.config_fields())
-    payload = result.to_dict()
     over = None
     if box is not None:
         from .model import load_model
@@ -653,16 +659,9 @@ def bounds_cmd(
         z = domain_bounds(m, box)
         over = {"input_range": list(box), "method": "ibp", "units": "model-input units",
                 "logits_lower": [float(v) for v in z.lo.reshape(-1)], "logits_upper": [float(v) for v in z.hi.reshape(-1)]}
-        payload["domain_bounds"] = over
-    _write_json(opts, payload)
-    if not opts.quiet:
-        render_bounds(result, opts.console, show_ops=ops)
-        if over is not None:
-            lo, hi = min(over["logits_lower"]), max(over["logits_upper"])
-            spread = max(u - l for l, u in zip(over["logits_lower"], over["logits_upper"]))
-            opts.console.print(f"[bold]bound over the input box[/bold] [{box[0]:g}, {box[1]:g}] (IBP, fimaudit verify's "
-                               f"engine): every logit in [{lo:.4g}, {hi:.4g}], widest logit interval {spread:.4g}",
-                               soft_wrap=True)
+    result = replace(result, show_ops=ops, domain_bounds=over)
+    _write_json(opts, result)
+    _show(opts, result)
     return EXIT_OK
 
 
@@ -717,7 +716,6 @@ def attack_cmd(
 ) -> int:
     """Robust accuracy and robust ratio under a black-box or white-box attack at one or more eps."""
     from .evidence import AttackConfig, run_attack
-    from .report.evidence import tables as evidence_tables
 
     if norm not in ("linf", "l2"):
         raise ConfigError(f"--norm must be linf or l2, not '{norm}'")
@@ -728,23 +726,8 @@ def attack_cmd(
                       min_distance=min_distance, surrogate=None if surrogate is None else str(surrogate))
     execution = opts.execution()
     result = _with_progress(opts.quiet, "attack", lambda _p: run_attack(cfg, execution=execution))
-    _write_json(opts, result.to_dict())
-    if not opts.quiet:
-        for item in evidence_tables(result):
-            opts.console.print(item)
-        from .report.evidence import attack_rows
-
-        rep = result.to_dict()
-        for label, r in attack_rows(result):
-            sanity = r.get("sanity") or {}
-            if sanity:
-                opts.console.print(f"eps {label}: black-box Square robust accuracy "
-                                   f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
-            for w in sanity.get("warnings", []):
-                opts.console.print(f"warning (eps {label}): {w}", style="yellow", soft_wrap=True)
-        for norm_name, m in (rep.get("minimal_distance") or {}).items():
-            opts.console.print(f"smallest adversarial {norm_name} distance found: median {m['median']:.4g}"
-                               if m["median"] is not None else f"no adversarial {norm_name} point found")
+    _write_json(opts, result)
+    _show(opts, result)
     return EXIT_OK
 
 
@@ -756,14 +739,11 @@ def metrics_cmd(
 ) -> int:
     """Performance, uncertainty, weight norms, path norm, sharpness and corruption robustness of one model."""
     from .metrics.suite import MetricsConfig, run_metrics
-    from .report.evidence import tables as evidence_tables
 
     cfg = opts.config(MetricsConfig, model=str(model), corruptions=not no_corruptions)
     result = _with_progress(opts.quiet, "metrics", lambda _p: run_metrics(cfg))
-    _write_json(opts, result.to_dict())
-    if not opts.quiet:
-        for item in evidence_tables(result):
-            opts.console.print(item)
+    _write_json(opts, result)
+    _show(opts, result)
     return EXIT_OK
 
 
@@ -783,15 +763,12 @@ def clever_cmd(
 ) -> int:
     """CLEVER scores (extreme-value estimate of the minimal adversarial distance) with their spread over seeds."""
     from .evidence import AttackConfig, run_clever
-    from .report.evidence import tables as evidence_tables
 
     cfg = opts.config(AttackConfig, model=str(model))
     result = _with_progress(opts.quiet, "clever", lambda _p: run_clever(cfg, norm, radius, points, seeds,
                                                                          gradients=gradients))
-    _write_json(opts, result.to_dict())
-    if not opts.quiet:
-        for item in evidence_tables(result):
-            opts.console.print(item)
+    _write_json(opts, result)
+    _show(opts, result)
     return EXIT_OK
 
 
@@ -836,7 +813,6 @@ def compare_cmd(
     """
     from .evidence import ModelSpec, compare_models
     from .progress import reporting
-    from .report.evidence import tables as evidence_tables
 
     if clever_samples < 1 or clever_points < 10 or metric_samples < 1:
         raise ConfigError("--clever-samples and --metric-samples must be >= 1, --clever-points >= 10")
@@ -854,10 +830,8 @@ def compare_cmd(
                                 seed=opts.seed, clever_points=clever_points, clever_samples=clever_samples,
                                 with_metrics=not no_metrics, metric_samples=metric_samples, options=common,
                                 execution=opts.execution(), with_validity=validity, kl_star=kl_star)
-    _write_json(opts, result.to_dict())
-    if not opts.quiet:
-        for item in evidence_tables(result):
-            opts.console.print(item)
+    _write_json(opts, result)
+    _show(opts, result)
     if result.get("partial"):
         left = ", ".join(u["model"] for u in result["unfinished"])
         where = "" if opts.json is None else f"; partial report written to {opts.json}"
@@ -923,16 +897,14 @@ def certify_cmd(
 ) -> int:
     """Certified L2 radius per sample by Gaussian randomized smoothing (Cohen et al. 2019), certified accuracy."""
     from .certify import CertifyConfig, certify
-    from .report.certify import render_certify
 
     config = opts.config(CertifyConfig, model=str(model), sigma=sigma, n0=n0, n=n, alpha=alpha,
                          radii=_floats_list(radii, "--radii"), space=space)
     config.validate()
     execution = opts.execution()
     result = _with_progress(opts.quiet, "certify", lambda progress: certify(config, progress, execution))
-    _write_json(opts, result.to_dict())
-    if not opts.quiet:
-        render_certify(result, opts.console)
+    _write_json(opts, result)
+    _show(opts, result)
     return EXIT_OK
 
 
@@ -959,7 +931,6 @@ def verify_cmd(
 ) -> int:
     """Sound robustness verification: per sample and eps, is every other class's margin provably positive?"""
     from .verify.run import VerifyConfig, run_verify
-    from .report.verify import render_verify
 
     eps_list = _eps_list(eps) if eps is not None else (() if eps_from else (0.03,))
     if branches < 0:
@@ -968,9 +939,8 @@ def verify_cmd(
                       bisect=bisect, branches=branches)
     cfg.validate()
     result = _with_progress(opts.quiet, "verifying", lambda progress: run_verify(cfg, progress, opts.execution()))
-    _write_json(opts, result.to_dict())
-    if not opts.quiet:
-        render_verify(result, opts.console)
+    _write_json(opts, result)
+    _show(opts, result)
     return EXIT_OK
 
 
@@ -1043,7 +1013,7 @@ def audit_cmd(
     """Every kind of evidence, one policy, one dossier: exit 0 all checks pass, 1 a check fails, 2 bad input."""
     from .audit import AuditConfig, AuditResult, run_audit
     from .policy import apply_to_config, evaluate, load_policy
-    from .report import renderer_for
+    from .report import render
 
     policy = None if policy_path is None else load_policy(policy_path)
     default_out = out is None and opts.json is None
@@ -1067,14 +1037,13 @@ def audit_cmd(
     result = AuditResult(result.model, result.config, result.sections, checks,
                          None if policy is None else policy.to_dict(), created, context=context)
     if out is not None:
-        pages = {name: renderer_for(fmt, None, "audit")(result) for name, fmt in AUDIT_FILES.items()}  # all, then write
+        pages = {name: render(result, fmt) for name, fmt in AUDIT_FILES.items()}  # all, then write
         out.mkdir(exist_ok=True)
         for name, text in pages.items():
             write_atomic(str(out / name), text)
-    _write_json(opts, renderer_for("json", None, "audit")(result))
-    if not opts.quiet:
-        (sys.stderr if opts.json == "-" else sys.stdout).write(renderer_for("text", None, "audit")(result))
-    elif result.verdict == "fail":  # -q: still one line per failed check, so a red CI log says why
+    _write_json(opts, result)
+    _show(opts, result)
+    if opts.quiet and result.verdict == "fail":  # -q: still one line per failed check, so a red CI log says why
         for c in result.checks:
             if not c.passed:
                 value = "not computed" if c.value is None else c.value
@@ -1088,15 +1057,15 @@ def audit_cmd(
 @command("report")
 def report_cmd(
     opts: Opts,
-    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan`, `bounds`, `attack`, `clever`, `metrics`, `compare` or `certify` "
-                               "with --json, or by `fimaudit audit`."),
+    saved: Path = typer.Argument(..., help="A JSON result written by `fimaudit scan`, `bounds`, `attack`, `clever`, `metrics`, `compare`, "
+                               "`certify` or `verify` with --json, or by `fimaudit audit`."),
     fmt: Optional[str] = typer.Option(
         None, "--format", metavar="FORMAT", show_default="from --out, else text",
         help="text | markdown | html | json | junit (audit).",
     ),
     out: str = typer.Option("-", "--out", "-o", metavar="FILE", help="Output file ('-': stdout)."),
 ) -> int:
-    """Re-render a saved JSON report in another format."""
+    """Re-render a saved JSON report: as text, exactly what the command printed; or in another format."""
     from .report import load_result, renderer_for
 
     try:

@@ -21,7 +21,7 @@ from .attack_space import attack_oracle
 from .data import Preprocess
 from .errors import ConfigError
 from .estimators.fd import range_step
-from .evidence_result import AttackResult, CleverResult, CompareResult
+from .results import AttackResult, CleverResult, CompareResult
 from .images import DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import prob_change, robust_accuracy, robust_ratio

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .audit import AuditConfig, AuditResult, CheckResult
+from .audit import AuditConfig
+from .results import AuditResult, CheckResult
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):

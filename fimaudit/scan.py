@@ -30,7 +30,7 @@ from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, d
 from .images import DataOptions, Prepared, prepare
 from .model import OUTPUT_KINDS, LogProbOracle, Model, detect_output_kind, load_model
 from .model.oracle import check_output_kind, to_log_probs
-from .result import RunInfo, SampleResult, ScanResult, Stats, Summary
+from .results import RunInfo, SampleResult, ScanResult, Stats, Summary
 
 METHODS = ("auto", "exact", "sketch", "power", "power-fresh", "deflated")
 SPACES = ("input", "data")

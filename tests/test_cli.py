@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import fimaudit
 from fimaudit.cli import app
-from fimaudit.result import ScanResult
+from fimaudit.results import ScanResult
 from fimaudit.scan import plan
 
 from . import builders as B
@@ -56,7 +56,7 @@ def test_json_report_matches_schema_and_issue_fields(setup):
     tmp, model, data = setup
     rep = scan_json(model, "--data", data, "--scale", "1/255", "--method", "sketch", "--budget", "61")
     jsonschema.validate(rep, SCHEMA)
-    assert rep["schema_version"] == "1.2"
+    assert rep["schema_version"] == "2.0" and rep["kind"] == "scan"
     assert rep["run"]["method_used"] == "sketch" and rep["run"]["samples_scanned"] == 12
     assert not {"method_used", "data_source", "tie_share"} & set(rep["config"])  # run outputs are not options
     assert rep["model"]["input"]["name"] == "x" and rep["model"]["output"]["classes"] == 5

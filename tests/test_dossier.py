@@ -206,7 +206,7 @@ def test_every_report_kind_has_an_html_page_in_the_shared_shell(saved, kind):
 
 
 def test_compare_html_is_in_the_shared_shell_too():
-    from fimaudit.evidence_result import CompareResult
+    from fimaudit.results import CompareResult
     from fimaudit.report.evidence import render_html
 
     rep = {"target": "ra_pgd_linf", "rows": [{"model": "a", "clean_accuracy": 0.9}, {"model": "b", "clean_accuracy": 0.8}],
@@ -290,7 +290,7 @@ def test_bounds_label_every_vit_block():
     unb = [b for b in blocks.values() if b["status"] == "unbounded"]
     assert all(b["kind"] == "transformer-attention" or "contains attention" in b["reason"] for b in unb), unb
     page = runner.invoke(app, ["bounds", "sample_models/vit_tiny.onnx", "--json", "-", "-q"]).stdout
-    from fimaudit.graph.bounds import BoundResult
+    from fimaudit.results import BoundResult
     from fimaudit.report.bounds import render_bounds_html, render_bounds_text
 
     back = BoundResult.from_dict(json.loads(page))

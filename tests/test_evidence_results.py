@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fimaudit.cli import app
-from fimaudit.evidence_result import EVIDENCE_KINDS, AttackResult
+from fimaudit.results import EVIDENCE_KINDS, SCHEMA_VERSION, AttackResult
 
 from . import builders as B
 
@@ -36,7 +36,7 @@ COMMANDS = {
 }
 
 
-TEXT_NEEDLE = {"attack": "robust acc.", "clever": "median score", "compare": "Models", "metrics": "precision_macro"}
+TEXT_NEEDLE = {"attack": "clean accuracy", "clever": "median score", "compare": "Models", "metrics": "precision_macro"}
 
 
 @pytest.mark.parametrize("kind", sorted(COMMANDS))
@@ -46,7 +46,7 @@ def test_saved_result_rerenders_in_every_format(setup, kind):
     res = runner.invoke(app, [*map(str, COMMANDS[kind](a, b, d)), "--json", str(saved), "-q"])
     assert res.exit_code == 0, res.stderr
     raw = json.loads(saved.read_text())
-    assert raw["kind"] == kind and raw["schema_version"] == "1.0"
+    assert raw["kind"] == kind and raw["schema_version"] == SCHEMA_VERSION
     result = EVIDENCE_KINDS[kind].from_dict(raw)
     assert result.to_dict() == raw
     again = runner.invoke(app, ["report", str(saved), "--format", "json"])
@@ -68,6 +68,6 @@ def test_results_are_frozen_and_refuse_other_kinds(setup):
     with pytest.raises(ValueError):
         EVIDENCE_KINDS["clever"].from_dict(raw)
     with pytest.raises(ValueError):
-        AttackResult.from_dict({**raw, "schema_version": "2.0"})
+        AttackResult.from_dict({**raw, "schema_version": "3.0"})
     bad = runner.invoke(app, ["report", str(tmp / "frozen.json"), "--format", "junit"])
     assert bad.exit_code == 2 and "junit" in bad.stderr

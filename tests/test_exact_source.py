@@ -95,7 +95,7 @@ def test_graph_scan_report_round_trips_and_renders(tmp_path):
     from fimaudit.report.html import render_html
     from fimaudit.report.markdown import render_markdown
     from fimaudit.report.terminal import render_text
-    from fimaudit.result import ScanResult
+    from fimaudit.results import ScanResult
 
     rng = np.random.default_rng(6)
     net = _linear(rng, 4, 12)

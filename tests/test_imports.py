@@ -159,7 +159,7 @@ def test_public_api_loads_on_first_use():
             "assert issubclass(fimaudit.FimauditError, Exception) and fimaudit.__version__\n"
             "from fimaudit import ScanResult, scan\n"
             "assert set(fimaudit.__all__) <= set(dir(fimaudit))\n")
-    assert {"fimaudit.scan", "fimaudit.result"} <= _loaded(code)
+    assert {"fimaudit.scan", "fimaudit.results"} <= _loaded(code)
 
 
 if __name__ == "__main__":

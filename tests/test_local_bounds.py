@@ -161,7 +161,7 @@ def test_sample_models_sound(name):
 
 def test_scan_reports_sandwich(tmp_path):
     import fimaudit
-    from fimaudit.result import ScanResult
+    from fimaudit.results import ScanResult
 
     res = fimaudit.scan(str(ZOO / "mlp_small.onnx"), str(ZOO / "fmnist_test_1000_28.npz"), samples=3, scale=1 / 255,
                         local_bound=0.0)

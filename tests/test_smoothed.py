@@ -23,7 +23,7 @@ from fimaudit.model import LogProbOracle, load_model
 from fimaudit.report.html import render_html
 from fimaudit.report.markdown import render_markdown
 from fimaudit.report.terminal import render_text
-from fimaudit.result import ScanResult
+from fimaudit.results import ScanResult
 
 from .builders import _model, linear_model, save
 

@@ -11,7 +11,7 @@ import fimaudit
 from fimaudit.estimators import FiniteDifferences, JacobianSource, exact, sketch
 from fimaudit.estimators.power import power_fresh
 from fimaudit.model import LogProbOracle, load_model
-from fimaudit.result import ScanResult
+from fimaudit.results import ScanResult
 
 from . import builders as B
 

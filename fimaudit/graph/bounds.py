@@ -12,7 +12,7 @@ lambda_max(F) <= L^2 / 2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -21,99 +21,17 @@ from .. import ops
 from ..model.loader import load_model
 from ..model.spec import logit_output
 from ..ops.elementwise import layernorm_pattern, same_input_pattern
+from ..results.bounds import Block, BoundResult, OpBound
 from .fold import fold_batchnorm
 from .parse import Node, OpGraph, parse
 
 INF = math.inf
-SCHEMA_VERSION = "1.0"
 
 
-@dataclass(frozen=True)
-class OpBound:
-    name: str
-    op: str
-    lipschitz: float | None
-    how: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "op": self.op, "lipschitz": _num(self.lipschitz), "how": self.how}
-
-
-BLOCK_STATUSES = ("bounded", "unbounded", "not computed")
-
-
-@dataclass(frozen=True)
-class Block:
-    """A recognised block; ``status`` bounded (``lipschitz`` is its constant), unbounded (``reason``: what in it has
-    no global constant) or not computed (``reason``: why its constant was not measured)."""
-
-    name: str
-    kind: str
-    lipschitz: float | None
-    nodes: tuple[str, ...] = ()
-    detail: str = ""
-    status: str = ""
-    reason: str | None = None
-    span: tuple[str, str] | None = field(default=None, compare=False, repr=False)  # (input, output) tensors
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "lipschitz": _num(self.lipschitz), "detail": self.detail,
-                "status": self.status or ("bounded" if self.lipschitz is not None else "unbounded"),
-                "reason": self.reason, "nodes": list(self.nodes)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Block":
-        return cls(d["name"], d["kind"], d.get("lipschitz"), tuple(d.get("nodes") or ()), d.get("detail", ""),
-                   d.get("status", ""), d.get("reason"))
-
-
-@dataclass(frozen=True)
-class BoundResult:
-    """``lipschitz`` bounds |J|_2 of the logit map (model-input units); ``fim_upper`` = L^2/2."""
-
-    model: str
-    lipschitz: float | None
-    fim_upper: float | None
-    reason: str | None
-    family: str | None
-    blocks: tuple[Block, ...]
-    ops: tuple[OpBound, ...]
-    excluded_output_op: str | None
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    schema_version: str = SCHEMA_VERSION
-
-    def to_dict(self) -> dict:
-        return {
-            "schema_version": self.schema_version,
-            "model": self.model,
-            "lipschitz": _num(self.lipschitz),
-            "fim_upper": _num(self.fim_upper),
-            "reason": self.reason,
-            "family": self.family,
-            "excluded_output_op": self.excluded_output_op,
-            "blocks": [b.to_dict() for b in self.blocks],
-            "ops": [o.to_dict() for o in self.ops],
-            "notes": list(self.notes),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BoundResult":
-        """A saved ``fimaudit bounds --json`` result (per-op constants kept, as read)."""
-        if "blocks" not in d or "fim_upper" not in d:
-            raise ValueError("not a bounds result (no blocks or fim_upper)")
-        return cls(model=str(d.get("model", "")), lipschitz=d.get("lipschitz"), fim_upper=d.get("fim_upper"),
-                   reason=d.get("reason"), family=d.get("family"), blocks=tuple(Block.from_dict(b) for b in d["blocks"]),
-                   ops=tuple(OpBound(o["name"], o["op"], o.get("lipschitz"), o.get("how", "")) for o in d.get("ops") or ()),
-                   excluded_output_op=d.get("excluded_output_op"), notes=tuple(d.get("notes") or ()),
-                   schema_version=str(d.get("schema_version", SCHEMA_VERSION)))
 
 
 def _non_finite(c: np.ndarray | None) -> bool:
     return c is not None and c.dtype.kind in "fc" and not bool(np.all(np.isfinite(c)))
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
 
 
 class _Propagator:

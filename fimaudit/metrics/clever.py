@@ -21,7 +21,9 @@ from ..model.oracle import LogProbOracle
 
 
 @dataclass(frozen=True)
-class CleverResult:
+class CleverScore:
+    """One sample's CLEVER estimate (one seed); ``fimaudit clever``'s whole report is ``fimaudit.results.CleverResult``."""
+
     score: float
     lipschitz: float  # the L_j of the class attaining the minimum
     target: int
@@ -68,7 +70,7 @@ def clever(
     batch_size: int = 10,
     h: float | None = None,
     vjp_at=None,
-) -> CleverResult:
+) -> CleverScore:
     """Untargeted CLEVER score at one sample ``x`` (shape ``sample_shape``).
 
     ``vjp_at(points, u)``: exact gradients from a gradient graph (rows S(x_i)^T u_i); the K-1
@@ -106,5 +108,5 @@ def clever(
         if score < best[0]:
             best = (score, lip, j, ok)
     score = float(min(best[0], radius))
-    return CleverResult(score=score, lipschitz=float(best[1]), target=int(best[2]), fit_ok=bool(best[3]),
+    return CleverScore(score=score, lipschitz=float(best[1]), target=int(best[2]), fit_ok=bool(best[3]),
                         queries=oracle.queries - before)

@@ -13,7 +13,7 @@ from ..options import ModelDataOptions
 from ..attack_space import attack_oracle
 from ..attacks import make_attack
 from ..errors import ConfigError
-from ..evidence_result import MetricsResult
+from ..results import MetricsResult
 from ..images import DataOptions, prepare
 from ..model.layout import Layout
 from ..model import load_model

@@ -11,7 +11,7 @@ import json
 import numpy as np
 from xml.etree import ElementTree as ET
 
-from ..audit import AuditResult
+from ..results import AuditResult, dumps
 from . import plots
 from .page import facts, num, page, pct, preprocessing_text, section, table, versions_text
 from .terminal import _fmt
@@ -618,7 +618,7 @@ def render_audit_junit(result: AuditResult) -> str:
 
 
 def render_audit_json(result: AuditResult) -> str:
-    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return dumps(result)
 
 
 def render_audit_text(result: AuditResult) -> str:

@@ -1,15 +1,16 @@
-"""Terminal rendering of a closed-form bound result: one row per recognised block, then totals."""
+"""Text and HTML of a closed-form bound result: one row per recognised block, then totals (pure: result -> text)."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-from ..graph.bounds import BoundResult
+from ..results import BoundResult
 from .terminal import _fmt
+from .text import capture
 
 
-def render_bounds(result: BoundResult, console: Console, show_ops: bool = False) -> None:
+def _draw(result: BoundResult, console: Console) -> None:
     table = Table(title=f"Recognised blocks ({result.family or 'unknown'} family)", title_justify="left")
     table.add_column("block")
     table.add_column("kind")
@@ -21,7 +22,7 @@ def render_bounds(result: BoundResult, console: Console, show_ops: bool = False)
         table.add_row(b.name, b.kind, status, "-" if b.lipschitz is None else _fmt(b.lipschitz),
                       b.detail if status == "bounded" else (b.reason or b.detail))
     console.print(table)
-    if show_ops:
+    if result.show_ops:  # `bounds --ops`
         ops = Table(title="Per-operation constants", title_justify="left")
         for col in ("node", "op", "L", "how computed"):
             ops.add_column(col, justify="right" if col == "L" else "left")
@@ -35,6 +36,16 @@ def render_bounds(result: BoundResult, console: Console, show_ops: bool = False)
         console.print(f"[bold]lambda_max(F) <= L^2/2[/bold] = {_fmt(result.fim_upper)}")
     for note in result.notes:
         console.print(f"note: {note}", style="yellow")
+    over = result.domain_bounds  # `bounds --domain LO,HI`
+    if over is not None:
+        box = over["input_range"]
+        inf = float("inf")  # the JSON writes an infinite bound as null
+        lower = [-inf if v is None else v for v in over["logits_lower"]]
+        upper = [inf if v is None else v for v in over["logits_upper"]]
+        lo, hi = min(lower), max(upper)
+        spread = max(u - l for l, u in zip(lower, upper))
+        console.print(f"[bold]bound over the input box[/bold] [{box[0]:g}, {box[1]:g}] (IBP, fimaudit verify's "
+                      f"engine): every logit in [{lo:.4g}, {hi:.4g}], widest logit interval {spread:.4g}", soft_wrap=True)
 
 
 def _status(b: dict) -> str:
@@ -60,8 +71,5 @@ def render_bounds_html(result: BoundResult) -> str:
 
 
 def render_bounds_text(result: BoundResult) -> str:
-    import io
-
-    buf = io.StringIO()
-    render_bounds(result, Console(file=buf, width=120, color_system=None, force_terminal=False))
-    return buf.getvalue()
+    """What ``fimaudit bounds`` prints: the blocks, per-operation constants with --ops, the bound, the box bound."""
+    return capture(lambda console: _draw(result, console))

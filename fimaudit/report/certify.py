@@ -1,4 +1,4 @@
-"""Terminal rendering of a certification: certified accuracy per radius, then the facts to read it.
+"""Text and HTML of a certification: certified accuracy per radius, then the facts to read it.
 
     Certified L2 robustness (Gaussian smoothing, sigma = 0.25, input units)
     ┏━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━┓
@@ -11,20 +11,19 @@
 
 from __future__ import annotations
 
-import io
-
 from rich.console import Console
 from rich.table import Table
 
-from ..certify import CertifyResult
+from ..results import CertifyResult
 from .terminal import _fmt, print_facts
+from .text import capture
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def render_certify(result: CertifyResult, console: Console) -> None:
+def _draw(result: CertifyResult, console: Console) -> None:
     s, cfg, m = result.summary, result.config, result.model
     title = (f"Certified L2 robustness (Gaussian smoothing, sigma = {cfg['sigma']:g}, "
              f"{result.units.get('space', 'input')} units)")
@@ -63,10 +62,8 @@ def render_certify(result: CertifyResult, console: Console) -> None:
 
 
 def render_certify_text(result: CertifyResult) -> str:
-    """Plain-text rendering (no colour)."""
-    buf = io.StringIO()
-    render_certify(result, Console(file=buf, width=110, color_system=None, force_terminal=False))
-    return buf.getvalue()
+    """What ``fimaudit certify`` prints (plain text, no colour)."""
+    return capture(lambda console: _draw(result, console))
 
 
 def render_certify_html(result: CertifyResult) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import textwrap
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -32,11 +31,6 @@ LEGEND = ("acc = clean_accuracy; lam med, lam p90 = lambda_max(F) median, 90th p
           "bound = fim_upper (closed-form bound); RA/RR = robust accuracy/ratio (RR at tau) under PGD L-inf (pgd-i), "
           "Square L-inf (sq-i), PGD L2 (pgd-2); CLEVER = clever_l2_median")
 WIDTH = 80  # the tables are laid out for this width
-
-
-def render_compare(rep: dict, console: Console) -> None:
-    for item in compare_tables(rep):
-        console.print(item)
 
 
 def _wrapped(text: str, style: str = "", indent: str = "") -> Text:

@@ -1,21 +1,18 @@
-"""Renderers of attack, metrics, clever and compare results: rich tables, text, Markdown, HTML, JSON.
+"""Renderers of attack, metrics, clever and compare results: text (rich tables), Markdown, HTML.
 
-Every renderer is a pure function of the result; the terminal ones return rich renderables the CLI prints.
+Every renderer is a pure function of the result returning text; ``render_text`` is what the command prints.
 """
 
 from __future__ import annotations
 
-import html
-import io
-import json
-
 from rich.console import Console
 from rich.table import Table
 
-from ..evidence_result import EvidenceResult
+from ..results import EvidenceResult
 from .compare import COLUMNS as COMPARE_COLUMNS
 from .compare import compare_markdown, compare_tables, partial_lines
 from .terminal import _fmt
+from .text import capture
 
 
 def _pct(x) -> str:
@@ -35,6 +32,21 @@ def tables(result: EvidenceResult) -> list:
     """The rich renderables of a result (tables and lines), in order, then its notes."""
     out = _tables(result)
     return out + [f"note: {n}" for n in (result.get("notes") or [])]
+
+
+def _attack_lines(result: EvidenceResult, console: Console) -> None:
+    """Under an attack's table: the black-box Square run beside a white-box one and its warnings (gradient
+    masking), then the smallest adversarial distances found (``--min-distance``)."""
+    for label, r in attack_rows(result):
+        sanity = r.get("sanity") or {}
+        if sanity:
+            console.print(f"eps {label}: black-box Square robust accuracy "
+                          f"{100 * sanity['square_robust_accuracy']:.1f}% beside it")
+        for w in sanity.get("warnings", []):
+            console.print(f"warning (eps {label}): {w}", style="yellow", soft_wrap=True)
+    for norm_name, m in (result.get("minimal_distance") or {}).items():
+        console.print(f"smallest adversarial {norm_name} distance found: median {m['median']:.4g}"
+                      if m["median"] is not None else f"no adversarial {norm_name} point found")
 
 
 def _tables(result: EvidenceResult) -> list:
@@ -81,16 +93,16 @@ def _tables(result: EvidenceResult) -> list:
     raise ValueError(f"no tables for kind {result.kind}")
 
 
-def render_text(result: EvidenceResult) -> str:
-    buf = io.StringIO()
-    console = Console(file=buf, width=120, color_system=None, force_terminal=False)
+def _draw(result: EvidenceResult, console: Console) -> None:
     for item in tables(result):
         console.print(item)
-    return buf.getvalue()
+    if result.kind == "attack":
+        _attack_lines(result, console)
 
 
-def render_json(result: EvidenceResult) -> str:
-    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+def render_text(result: EvidenceResult) -> str:
+    """What ``fimaudit attack``, ``metrics``, ``clever`` and ``compare`` print (plain text)."""
+    return capture(lambda console: _draw(result, console))
 
 
 def _rows(result: EvidenceResult) -> tuple[list[str], list[list[str]]]:
@@ -235,5 +247,3 @@ def _compare_html(rep: dict) -> str:
                                     "distance (attack units)", table(["model", "n", "Spearman", "median dist/r"], vrows))
     return body
 
-
-RENDERERS = {"text": render_text, "json": render_json, "markdown": render_markdown, "html": render_html}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from ..result import ScanResult
+from ..results import ScanResult
 from .page import facts as facts_table
 from .page import page, section, versions_text
 from .terminal import (_dither_text, _fmt, _gradients_text, cap, piecewise_fact, preprocess_line, smoothing_label,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..result import ScanResult
+from ..results import ScanResult
 from .terminal import (_dither_text, _fmt, _gradients_text, cap, piecewise_fact, preprocess_line, smoothing_label,
                         smoothing_text, summary_rows)
 

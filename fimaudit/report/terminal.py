@@ -1,13 +1,12 @@
-"""Terminal rendering of a scan: a rich summary table plus the facts needed to read it."""
+"""Text rendering of a scan: a rich summary table plus the facts needed to read it (pure: result -> text)."""
 
 from __future__ import annotations
-
-import io
 
 from rich.console import Console
 from rich.table import Table
 
-from ..result import ScanResult, Stats
+from ..results import ScanResult, Stats
+from .text import capture
 
 
 def _fmt(x: float | None) -> str:
@@ -133,7 +132,7 @@ def summary_table(result: ScanResult) -> Table:
     return table
 
 
-def render_to_console(result: ScanResult, console: Console) -> None:
+def _draw(result: ScanResult, console: Console) -> None:
     s = result.summary
     cfg = result.config
     console.print(summary_table(result))
@@ -203,8 +202,5 @@ def print_facts(console: Console, facts: list[tuple[str, str]], notes: tuple[str
 
 
 def render_text(result: ScanResult) -> str:
-    """Plain-text rendering (no colour), e.g. for a .txt report."""
-    buf = io.StringIO()
-    console = Console(file=buf, width=110, color_system=None, force_terminal=False)
-    render_to_console(result, console)
-    return buf.getvalue()
+    """What ``fimaudit scan`` prints: the summary table, the facts to read it, the notes (plain text)."""
+    return capture(lambda console: _draw(result, console))

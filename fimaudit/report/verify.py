@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 from rich.console import Console
 from rich.table import Table
+
+from ..results import VerifyResult
+from .text import capture
 
 
 def _fmt(v) -> str:
@@ -16,7 +17,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}"
 
 
-def render_verify(result, console: Console) -> None:
+def _draw(result: VerifyResult, console: Console) -> None:
     r = result.to_dict()
     cfg, m = r["config"], r["method"]
     console.print(f"Verified robustness ({r['set']['norm']} ball ∩ input box [{r['set']['input_range'][0]:g}, "
@@ -60,13 +61,12 @@ def render_verify(result, console: Console) -> None:
         console.print(f"note: {note}", soft_wrap=True)
 
 
-def render_verify_text(result) -> str:
-    buf = io.StringIO()
-    render_verify(result, Console(file=buf, width=110, color_system=None, force_terminal=False))
-    return buf.getvalue()
+def render_verify_text(result: VerifyResult) -> str:
+    """What ``fimaudit verify`` prints (plain text)."""
+    return capture(lambda console: _draw(result, console))
 
 
-def render_verify_html(result) -> str:
+def render_verify_html(result: VerifyResult) -> str:
     """The shared page (fimaudit.report.page): context, certified accuracy per eps, per-sample margin bounds."""
     from .page import e, facts, page, section, table
 

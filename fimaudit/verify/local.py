@@ -91,9 +91,9 @@ class LocalBound:
     reason: str | None = None
 
     def to_dict(self) -> dict:
-        from ..result import _clean
+        from ..results import clean
 
-        return _clean({"eps": self.eps, "norm": self.norm, "fisher_upper": self.fisher_upper,
+        return clean({"eps": self.eps, "norm": self.norm, "fisher_upper": self.fisher_upper,
                        "lipschitz": self.lipschitz, "reference_class": self.reference_class,
                        "candidates": self.candidates, "sharpen_rows": self.sharpen_rows,
                        "seconds": round(self.seconds, 4), "reason": self.reason})
@@ -359,7 +359,7 @@ def _scan_set(x: np.ndarray, eps: float, pre, data_space: bool, shape):
 
 
 def _summary(per: list, lambdas: list, eps: float, reason: str | None, seconds: float) -> tuple[dict, list[str]]:
-    from ..result import Stats
+    from ..results import Stats
 
     ups = [d.get("fisher_upper") for d in per]
     lips = [d.get("lipschitz") for d in per]

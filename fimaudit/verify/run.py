@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..evidence_result import VerifyResult
+from ..results import VerifyResult
 from ..options import ModelDataOptions
 
 METHODS = ("crown", "ibp")

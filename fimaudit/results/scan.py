@@ -1,34 +1,16 @@
-"""Frozen result objects of a scan, with ``to_dict``/``from_dict`` and the schema version.
+"""The scan's result (``kind`` "scan"): per-sample values, the summary, what the run decided; ``to_dict``/``from_dict``.
 
-The JSON report is ``ScanResult.to_dict()``; any renderer can re-render a saved report
-through ``ScanResult.from_dict``. fimaudit/report/scan.schema.json describes the format.
+The JSON report is ``ScanResult.to_dict()``; any renderer re-renders a saved report through ``ScanResult.from_dict``.
+fimaudit/report/scan.schema.json describes the format.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.2"  # 1.1: timing apart from the summary; 1.2: run outputs moved from "config" to "run"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe plain values: numpy scalars to Python, tuples to lists, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_clean(v) for v in value.tolist()]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        return f if np.isfinite(f) else None
-    return value
-
+from .base import SCHEMA_VERSION, check_kind, clean, read_version
 
 @dataclass(frozen=True)
 class Stats:
@@ -54,7 +36,7 @@ class Stats:
         )
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        return clean(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stats":
@@ -96,7 +78,7 @@ class SampleResult:
     local_upper: dict | None = None
 
     def to_dict(self) -> dict:
-        out = _clean(asdict(self))
+        out = clean(asdict(self))
         for key in ("surrogate_lambda_max", "surrogate_predicted", "smoothed", "local_upper"):
             if out.get(key) is None:
                 out.pop(key, None)  # present only where they apply: pointwise reports are unchanged
@@ -152,11 +134,11 @@ class Summary:
     def to_dict(self) -> dict:
         out = self._core()
         if self.surrogate is not None:
-            out["surrogate"] = _clean(self.surrogate)
+            out["surrogate"] = clean(self.surrogate)
         if self.smoothed is not None:
-            out["smoothed"] = _clean(self.smoothed)
+            out["smoothed"] = clean(self.smoothed)
         if self.local_upper is not None:
-            out["local_upper"] = _clean(self.local_upper)
+            out["local_upper"] = clean(self.local_upper)
         return out
 
     def _core(self) -> dict:
@@ -165,14 +147,14 @@ class Summary:
             "trace": self.trace.to_dict(),
             "lower_bound": self.lower_bound.to_dict(),
             "lower_estimate": self.lower_estimate.to_dict(),
-            "accuracy": _clean(self.accuracy),
+            "accuracy": clean(self.accuracy),
             "queries_total": self.queries_total,
             "calibration_queries": self.calibration_queries,
         }
 
     def timing_dict(self) -> dict:
         """Wall-clock fields, kept apart from the results so that equal seeds give equal results."""
-        return {"seconds": _clean(self.seconds), "runtime_fraction": _clean(self.runtime_fraction)}
+        return {"seconds": clean(self.seconds), "runtime_fraction": clean(self.runtime_fraction)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Summary":
@@ -211,7 +193,7 @@ class RunInfo:
     cross_check_result: dict | None = None  # --cross-check: the black-box estimator's error against the graph
 
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        return clean(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunInfo":
@@ -244,18 +226,20 @@ class ScanResult:
     bound: dict | None = None
     schema_version: str = SCHEMA_VERSION
     piecewise: dict | None = None  # fimaudit.piecewise.PiecewiseInfo.to_dict(): why F is not reported
+    kind: str = field(default="scan", init=False)
 
     def to_dict(self) -> dict:
-        extra = {} if self.piecewise is None else {"piecewise": _clean(self.piecewise)}
+        extra = {} if self.piecewise is None else {"piecewise": clean(self.piecewise)}
         return extra | {
             "schema_version": self.schema_version,
-            "model": _clean(self.model),
-            "runtime": _clean(self.runtime),
-            "config": _clean(self.config),
+            "kind": self.kind,
+            "model": clean(self.model),
+            "runtime": clean(self.runtime),
+            "config": clean(self.config),
             "run": self.run.to_dict(),
-            "units": _clean(self.units),
-            "finite_differences": _clean(self.finite_differences),
-            "bound": _clean(self.bound),
+            "units": clean(self.units),
+            "finite_differences": clean(self.finite_differences),
+            "bound": clean(self.bound),
             "samples": [s.to_dict() for s in self.samples],
             "summary": self.summary.to_dict(),
             "notes": list(self.notes),
@@ -264,9 +248,8 @@ class ScanResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScanResult":
-        version = str(d.get("schema_version", ""))
-        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-            raise ValueError(f"unsupported report schema_version {version!r} (this fimaudit reads {SCHEMA_VERSION})")
+        read_version(d, "scan")
+        check_kind(d, "scan")
         config = dict(d["config"])
         if "run" in d:
             run = RunInfo.from_dict(d["run"])
@@ -286,6 +269,5 @@ class ScanResult:
             summary=Summary.from_dict({**d["summary"], **(d.get("timing") or {})}),
             notes=tuple(d.get("notes", ())),
             bound=d.get("bound"),
-            schema_version=version,
             piecewise=d.get("piecewise"),
         )

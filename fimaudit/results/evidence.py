@@ -1,4 +1,4 @@
-"""Frozen results of ``attack``, ``metrics``, ``clever`` and ``compare``: ``to_dict``/``from_dict``, ``schema_version``.
+"""Results of ``attack``, ``metrics``, ``clever``, ``compare`` and ``verify``: a read-only JSON body and a ``kind``.
 
 Each holds its JSON body read-only (``result["results"]`` reads it); the kind decides the renderers.
 """
@@ -11,15 +11,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from .result import _clean
-
-EVIDENCE_SCHEMA_VERSION = "1.0"
+from .base import SCHEMA_VERSION, clean, read_version
 
 
 @dataclass(frozen=True)
 class EvidenceResult:
     body: Mapping[str, Any]
-    schema_version: str = EVIDENCE_SCHEMA_VERSION
+    schema_version: str = SCHEMA_VERSION
     KIND: ClassVar[str] = ""
     REQUIRED: ClassVar[tuple[str, ...]] = ()
 
@@ -40,7 +38,7 @@ class EvidenceResult:
         return self.body.get(key, default)
 
     def to_dict(self) -> dict:
-        return {"schema_version": self.schema_version, "kind": self.KIND, **_clean(copy.deepcopy(dict(self.body)))}
+        return {"schema_version": self.schema_version, "kind": self.KIND, **clean(copy.deepcopy(dict(self.body)))}
 
     @classmethod
     def of(cls, body: dict) -> "EvidenceResult":
@@ -50,12 +48,11 @@ class EvidenceResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EvidenceResult":
-        version = str(d.get("schema_version", ""))
+        """A saved result; one of schema 1.x reads the same (only the version number changed) and is kept at 2.0."""
         if d.get("kind") != cls.KIND:
             raise ValueError(f"not a {cls.KIND} result (kind {d.get('kind')!r})")
-        if version.split(".")[0] != EVIDENCE_SCHEMA_VERSION.split(".")[0]:
-            raise ValueError(f"unsupported {cls.KIND} schema_version {version!r} (this fimaudit reads {EVIDENCE_SCHEMA_VERSION})")
-        return cls({k: v for k, v in d.items() if k not in ("kind", "schema_version")}, version)
+        read_version(d, cls.KIND)
+        return cls({k: v for k, v in d.items() if k not in ("kind", "schema_version")})
 
 
 class AttackResult(EvidenceResult):
@@ -69,6 +66,8 @@ class MetricsResult(EvidenceResult):
 
 
 class CleverResult(EvidenceResult):
+    """``fimaudit clever``'s report (per-sample scores over seeds); one score is ``fimaudit.metrics.CleverScore``."""
+
     KIND = "clever"
     REQUIRED = ("model", "config", "samples", "summary")
 
