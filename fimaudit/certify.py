@@ -26,8 +26,9 @@ from .data import Preprocess, synthetic_data
 from .errors import ConfigError
 from .model.engine import Model
 from .result import Stats, _clean
-from .scan import _runtime as scan_runtime
 from .scan import load as scan_load
+from .scan import runtime_info
+from .subject import Subject
 
 SCHEMA_VERSION = "1.0"
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -415,14 +416,20 @@ def _units(data_space: bool, identity: bool, images: bool, preset: str | None) -
 
 
 def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution=None) -> CertifyResult:
-    """Certify each sample. ``execution`` (``fimaudit.distributed.Execution``) spreads samples over
-    Dask workers; the result is the same as in one process apart from timing and ``execution``.
-    Raises ``FimauditError`` subclasses for bad input (one-line messages).
+    """``certify_job`` on the subject of ``config.model`` (opened once the config is validated)."""
+    return certify_job(None, config, progress, execution)
+
+
+def certify_job(subject: Subject | None, config: CertifyConfig, progress: ProgressFn | None = None,
+                execution=None) -> CertifyResult:
+    """Certify each sample of ``subject`` (None: opened from ``config``). ``execution``
+    (``fimaudit.distributed.Execution``) spreads samples over Dask workers; the result is the same as in one
+    process apart from timing and ``execution``. Raises ``FimauditError`` subclasses for bad input (one-line messages).
     """
     from .distributed import run_per_sample
 
     t_start = time.perf_counter()
-    loaded = scan_load(config)  # validates, loads the model, prepares the data: the same stage 1 as scan
+    loaded = scan_load(config, subject)  # validates, opens the subject, prepares the data: the same stage 1 as scan
     model, prepared = loaded.model, loaded.prepared
     shape = model.sample_shape
     pre = prepared.pre
@@ -465,7 +472,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         samples, run_info = run_per_sample(job, model, points, labels, execution=execution,
                                            progress=bar.callback(progress, lambda queries: f"{queries} queries"),
                                            device=config.device,
-                                           threads=config.threads)
+                                           threads=config.threads, blob=loaded.subject.model_bytes)
     samples = tuple(samples)
     seconds = time.perf_counter() - t_start
     labelled = dataset.y is not None
@@ -501,7 +508,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
             "ir_version": info.ir_version,
             "opsets": info.opsets,
         },
-        runtime=scan_runtime(model) | {"provider": run_info["provider"]},
+        runtime=runtime_info(model) | {"provider": run_info["provider"]},
         config=cfg,
         units=units,
         samples=samples,

@@ -14,9 +14,9 @@ from ..attack_space import attack_oracle
 from ..attacks import make_attack
 from ..errors import ConfigError
 from ..evidence_result import MetricsResult
-from ..images import DataOptions, prepare
+from ..images import DataOptions
 from ..model.layout import Layout
-from ..model import load_model
+from ..subject import Subject, open_subject
 from .corruptions import CORRUPTIONS, SEVERITIES, applicable, corrupt
 from .performance import performance, shift_robustness
 from .weights import norm_measures, path_norm, sharpness_sigma
@@ -40,14 +40,22 @@ class MetricsConfig(ModelDataOptions):
 
 
 def run_metrics(cfg: MetricsConfig) -> MetricsResult:
+    """``metrics_job`` on the subject of ``cfg.model``."""
+    return metrics_job(None, cfg)
+
+
+def metrics_job(subject: Subject | None, cfg: MetricsConfig) -> MetricsResult:
+    """The metric suite on ``subject`` (None: opened from ``cfg``)."""
     t0 = time.perf_counter()
-    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
-                       device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
+    if subject is None:
+        subject = open_subject(cfg)
+    subject.check(cfg)
+    model = subject.model()
+    prep = subject.prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
-    x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
+    x = subject.spaces(prep).to_attack(ds.x)  # attack/corruption space, e.g. [0, 1]
     y = ds.y
     oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
                                   y, ds.source)
@@ -66,7 +74,7 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     metrics["path_norm"] = pn
     metrics["path_norm_over_margin"] = pn / gamma**2 if gamma > 0 else float("nan")
     ns = min(cfg.sharpness_samples, len(x))
-    u = (oracle._to_input(x[:ns]) if oracle._to_input is not None else x[:ns]).astype(np.float32)
+    u = oracle.model_input(x[:ns]).astype(np.float32)
     sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
                          streams.rng(cfg.seed, "metrics.sharpness"), draws=cfg.sharpness_draws,
                          fixed_batch=model.info.fixed_batch)
