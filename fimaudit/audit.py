@@ -25,7 +25,8 @@ from .evidence import SCORELESS, AttackConfig, attack_job, clever_job
 from .graph import bounds_from_proto
 from .images import DataOptions
 from .metrics.suite import MetricsConfig, metrics_job
-from .result import ScanResult, _clean
+from .result import ScanResult
+from .result import clean as _clean
 from .sanity import checked, muted
 from .scan import ScanConfig, scan_job
 from .subject import Subject, open_subject

@@ -25,7 +25,8 @@ from .options import ModelDataOptions
 from .data import Preprocess, synthetic_data
 from .errors import ConfigError
 from .model.engine import Model
-from .result import Stats, _clean
+from .result import Stats
+from .result import clean as _clean
 from .scan import load as scan_load
 from .scan import runtime_info
 from .subject import Subject

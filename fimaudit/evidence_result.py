@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from .result import _clean
+from .result import clean as _clean
 
 EVIDENCE_SCHEMA_VERSION = "1.0"
 

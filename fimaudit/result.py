@@ -14,7 +14,7 @@ import numpy as np
 SCHEMA_VERSION = "1.2"  # 1.1: timing apart from the summary; 1.2: run outputs moved from "config" to "run"
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """JSON-safe plain values: numpy scalars to Python, tuples to lists, NaN/inf to None."""
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
@@ -28,6 +28,9 @@ def _clean(value: Any) -> Any:
         f = float(value)
         return f if np.isfinite(f) else None
     return value
+
+
+_clean = clean  # this module's own uses
 
 
 @dataclass(frozen=True)

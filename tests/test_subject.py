@@ -136,3 +136,23 @@ def test_subject_rng_is_the_registry_stream(setup):
     _, (model, _), _ = setup
     subject = open_subject(OpenOptions(str(model), seed=7))
     assert subject.rng("scan.probes", 3).integers(1 << 30) == streams.rng(7, "scan.probes", 3).integers(1 << 30)
+
+
+def test_a_worker_task_rebuilds_the_subject_from_bytes_without_reading_the_model(setup, reads):
+    """run_per_model's task (what a Dask worker runs per model) gets the validated bytes, never a path to reload."""
+    from fimaudit.distributed import _model_task
+    from fimaudit.evidence import ModelSpec
+
+    _, (model, _), data = setup
+    subject = open_subject(OpenOptions(str(model)))
+    seen = {}
+
+    def row(spec, *, subject, tag):
+        seen.update(spec=spec, subject=subject, tag=tag)
+        return {"model": spec.name}
+
+    out = _model_task(row, ModelSpec(str(model), str(data)), subject.model_bytes, subject.spec,
+                      data.read_bytes(), {"tag": 1})
+    assert reads[str(model)] == 1  # the open above; the task read no model file
+    assert out["model"] == str(model) and seen["tag"] == 1
+    assert seen["subject"].info.sha256 == subject.info.sha256 and seen["spec"].path == str(model)

@@ -91,7 +91,7 @@ class LocalBound:
     reason: str | None = None
 
     def to_dict(self) -> dict:
-        from ..result import _clean
+        from ..result import clean as _clean
 
         return _clean({"eps": self.eps, "norm": self.norm, "fisher_upper": self.fisher_upper,
                        "lipschitz": self.lipschitz, "reference_class": self.reference_class,
@@ -382,8 +382,8 @@ def _scan_set(x: np.ndarray, eps: float, pre, data_space: bool, shape):
     if not data_space or pre is None or pre.is_identity:
         return InputSet(x, float(eps), "linf")
     # u = (x scale - mean) / std = (x - mean / scale) / (std / scale)
-    mean = pre._broadcast(pre.mean, shape) / pre.scale
-    std = pre._broadcast(pre.std, shape) / pre.scale
+    mean = pre.broadcast(pre.mean, shape) / pre.scale
+    std = pre.broadcast(pre.std, shape) / pre.scale
     return InputSet(x, float(eps), "linf", mean=mean, std=std)
 
 

@@ -198,7 +198,7 @@ def verify_job(subject, cfg: VerifyConfig, progress=None, execution=None) -> Ver
     work = VerifyWork(cfg, pre, radii, tuple(int(p) for p in predicted))
     rows, info = run_per_sample(work, model, x, [int(v) for v in y], execution=execution, progress=progress,
                                 device=cfg.device, threads=cfg.threads, blob=inputs.subject.model_bytes)
-    refined = bool(cfg.method == "crown" and graph._refine_targets("auto", cfg.refine_limit))
+    refined = bool(cfg.method == "crown" and graph.refine_targets("auto", cfg.refine_limit))
     if cfg.branches and cfg.method != "crown":
         notes.append("--branches applies to --method crown only; ignored")
     results = []
