@@ -445,7 +445,7 @@ def certify_job(subject: Subject | None, config: CertifyConfig, progress: Progre
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
-        rng_data = streams.rng(config.seed, "data.synthetic")
+        rng_data = loaded.subject.rng("data.synthetic")
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points, job_pre = dataset.x, None
         notes.append(

@@ -474,9 +474,9 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
                                                                         gradients, seed)
     if wb is None:
         wb = GradientOracle(oracle, fd_vjp_at(oracle, range_step(spec.input_range)))
-    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), streams.rng(seed, "validity.distance"), steps=steps,
+    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), subject.rng("validity.distance"), steps=steps,
                                search=search)
-    out = validity(lam, dist, streams.rng(seed, "validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
+    out = validity(lam, dist, subject.rng("validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
     out.update({
         "model": spec.name or spec.path,
         "lambda_method": res.run.method_used,
@@ -577,7 +577,7 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
             for i in range(n_clever):
                 cbar.update(i)
                 scores.append(clever(wb if wb is not None else oracle, x[i], "l2", eps_l2 * 4,
-                                     streams.rng(seed, "compare.clever", i), n_batches=n_batches, batch_size=5,
+                                     subject.rng("compare.clever", i), n_batches=n_batches, batch_size=5,
                                      vjp_at=None if wb is None else wb.vjp_at).score)
         row["clever_l2_median"] = float(np.median(scores))
         row["clever_gradients"] = "graph" if wb is not None else "fd"
@@ -781,7 +781,8 @@ def clever_job(subject: Subject | None, cfg: AttackConfig, norm: str, radius: fl
     t0 = time.perf_counter()
     if gradients not in ("auto", "graph", "fd"):
         raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
-    model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg, subject)
+    inputs = load_attack_inputs(cfg, subject)
+    model, oracle, kind, x, y, pre, notes = inputs
     h = range_step(cfg.input_range)
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, cfg.seed)
@@ -796,7 +797,7 @@ def clever_job(subject: Subject | None, cfg: AttackConfig, norm: str, radius: fl
     with ambient.task("clever", total=len(x), unit="samples") as bar:
         for i in range(len(x)):
             bar.update(i)
-            runs = [clever(counted, x[i], norm, radius, streams.rng(cfg.seed, "clever.runs", s, i),
+            runs = [clever(counted, x[i], norm, radius, inputs.subject.rng("clever.runs", s, i),
                            n_batches=points // batch_size, batch_size=batch_size, h=h,
                            vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
             scores = np.array([r.score for r in runs])

@@ -502,7 +502,7 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
-        rng_data = streams.rng(config.seed, "data.synthetic")
+        rng_data = loaded.subject.rng("data.synthetic")
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points = dataset.x
         notes.append(

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import progress
-from .. import streams
 from ..options import ModelDataOptions
 from ..attack_space import attack_oracle
 from ..attacks import make_attack
@@ -76,10 +75,10 @@ def metrics_job(subject: Subject | None, cfg: MetricsConfig) -> MetricsResult:
     ns = min(cfg.sharpness_samples, len(x))
     u = oracle.model_input(x[:ns]).astype(np.float32)
     sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                         streams.rng(cfg.seed, "metrics.sharpness"), draws=cfg.sharpness_draws,
+                         subject.rng("metrics.sharpness"), draws=cfg.sharpness_draws,
                          fixed_batch=model.info.fixed_batch)
     sh_m = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                           streams.rng(cfg.seed, "metrics.sharpness_magnitude"), draws=cfg.sharpness_draws, magnitude_aware=True,
+                           subject.rng("metrics.sharpness_magnitude"), draws=cfg.sharpness_draws, magnitude_aware=True,
                            fixed_batch=model.info.fixed_batch)
     metrics.update({"sharpness_sigma": sh["sigma"], "sharpness_flatness": sh["flatness"],
                     "sharpness_magnitude_sigma": sh_m["sigma"], "sharpness_magnitude_flatness": sh_m["flatness"]})
@@ -90,7 +89,7 @@ def metrics_job(subject: Subject | None, cfg: MetricsConfig) -> MetricsResult:
         # float32 exports round 0 and 1 by a few ulps of 1 (values such as -5e-9 occur): allow 1e-6.
         if lo < -1e-6 or hi > 1 + 1e-6:
             raise ConfigError("corruptions need images in [0, 1] after --scale (e.g. --scale 1/255 for uint8 pixels)")
-        rng = streams.rng(cfg.seed, "metrics.corruptions")
+        rng = subject.rng("metrics.corruptions")
         names = applicable(_image_shape(model.sample_shape, prep.layout))
         skipped = [n for n in CORRUPTIONS if n not in names]
         if skipped:
@@ -112,7 +111,7 @@ def metrics_job(subject: Subject | None, cfg: MetricsConfig) -> MetricsResult:
         na = min(cfg.attack_samples, len(x))
         lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
         out = make_attack("square", channel_axis=pre.channel_axis)(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
-                                    streams.rng(cfg.seed, "metrics.attack"), cfg.attack_budget)
+                                    subject.rng("metrics.attack"), cfg.attack_budget)
         clean_a = performance(out.clean_logp, y[:na])
         adv = performance(out.adv_logp, y[:na])
         for key, val in shift_robustness(clean_a, adv).items():
