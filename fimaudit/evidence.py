@@ -244,7 +244,7 @@ def surrogate_oracle(cfg: AttackConfig, model, pre: Preprocess, x: np.ndarray):
     if tuple(sur.sample_shape) != tuple(model.sample_shape):
         raise ConfigError(f"the surrogate takes samples of shape {list(sur.sample_shape)}, the model "
                           f"{list(model.sample_shape)}: a surrogate must take the model's input")
-    sur_oracle, sur_kind = attack_oracle(sur, pre.mean, pre.std, "auto", x, pre.channel_axis)
+    sur_oracle, sur_kind = attack_oracle(sur, pre, "auto", x)
     wb, record = gradient_oracle(sur, sur_oracle, sur_kind, pre, x, "graph" if cfg.gradients == "graph" else "auto",
                                  cfg.seed)
     if wb is None:

@@ -203,7 +203,7 @@ class Subject:
         notes: list[str] = piecewise_notes(model) + list(prep.notes)
         x = fit_to_range(spaces.to_attack(ds.x), cfg.input_range, notes)
         pre = spaces.attack_to_input
-        oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
+        oracle, kind = attack_oracle(model, pre, cfg.output_kind, x, ds.y, ds.source)
         return AttackInputs(model, oracle, kind, x, ds.y, pre, notes, prep, self)
 
     # ------------------------------------------------------------------ workers

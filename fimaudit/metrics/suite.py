@@ -54,10 +54,10 @@ def metrics_job(subject: Subject | None, cfg: MetricsConfig) -> MetricsResult:
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
-    x = subject.spaces(prep).to_attack(ds.x)  # attack/corruption space, e.g. [0, 1]
+    spaces = subject.spaces(prep)
+    x = spaces.to_attack(ds.x)  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
-                                  y, ds.source)
+    oracle, kind = attack_oracle(model, spaces.attack_to_input, cfg.output_kind, x, y, ds.source)
     from ..piecewise import piecewise_notes
 
     notes: list[str] = piecewise_notes(model)
