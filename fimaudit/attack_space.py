@@ -12,16 +12,18 @@ from .model import LogProbOracle, Model, detect_output_kind
 
 
 def attack_oracle(
-    model: Model, mean: tuple[float, ...], std: tuple[float, ...], output_kind: str, x_attack: np.ndarray,
-    channel_axis: int = 0, labels: np.ndarray | None = None, source: str = "",
+    model: Model, pre: Preprocess, output_kind: str, x_attack: np.ndarray,
+    labels: np.ndarray | None = None, source: str = "",
 ) -> tuple[LogProbOracle, str]:
-    """Oracle over attack-space rows (model input = (x - mean)/std) and the output kind it uses.
+    """Oracle over attack-space rows (model input = ``pre`` of them: (x - mean)/std) and the output kind it uses.
 
-    ``output_kind`` "auto" is detected from the outputs at the first rows of ``x_attack``; ``labels``,
-    when given, are checked against the model's number of classes.
+    ``pre`` is the attack-space map (``fimaudit.subject.Spaces.attack_to_input``: scale 1). ``output_kind`` "auto" is
+    detected from the outputs at the first rows of ``x_attack``; ``labels``, when given, are checked against the
+    model's number of classes.
     """
     shape = model.sample_shape
-    pre = Preprocess(1.0, tuple(mean), tuple(std), channel_axis)
+    if pre.scale != 1.0:
+        raise ValueError("attack_oracle takes the attack-space map (scale 1): attack space is already scaled")
     pre.check(shape)
     to_input = None if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     probe = LogProbOracle(model, "logits", to_input)

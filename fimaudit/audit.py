@@ -9,7 +9,6 @@ policy checks on it, a resolver in ``fimaudit.policy``).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,15 +19,15 @@ import numpy as np
 from .options import ModelDataOptions
 from .audit_context import audit_context
 from .errors import ConfigError, FimauditError
-from .certify import CertifyConfig, certify
-from .evidence import SCORELESS, AttackConfig, run_attack, run_clever
-from .graph import compute_bounds
-from .images import DataOptions, prepare
-from .model import load_model
-from .metrics.suite import MetricsConfig, run_metrics
+from .certify import CertifyConfig, certify_job
+from .evidence import SCORELESS, AttackConfig, attack_job, clever_job
+from .graph import bounds_from_proto
+from .images import DataOptions
+from .metrics.suite import MetricsConfig, metrics_job
 from .results import AuditResult, ScanResult, Section
 from .sanity import checked, muted
-from .scan import ScanConfig, scan
+from .scan import ScanConfig, scan_job
+from .subject import Subject, open_subject
 
 
 ProgressFn = Callable[[str, int, int], None]  # (section, step done, steps total)
@@ -171,9 +170,11 @@ class AuditConfig(ModelDataOptions):
 # --------------------------------------------------------------------------- sections
 @dataclass
 class AuditContext:
-    """What sections share: the config, earlier sections' data, arrays kept out of the JSON."""
+    """What sections share: the config, the subject (the model opened once), earlier sections' data, arrays kept
+    out of the JSON."""
 
     config: AuditConfig
+    subject: Subject
     data: dict[str, dict] = field(default_factory=dict)  # section name -> its data (ok sections only)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. inputs and worst directions
     progress: ProgressFn | None = None
@@ -209,20 +210,17 @@ class SectionSpec:
 
 def _scan_section(ctx: AuditContext) -> dict:
     cfg = ctx.config
-    with tempfile.TemporaryDirectory(prefix="fimaudit-") as tmp:
-        direction_path = os.path.join(tmp, "directions.npy")
-        scfg = cfg.build(ScanConfig, save_direction=direction_path, gradients=cfg.gradients_for("scan"))
-        scfg.validate()
-        result = scan(scfg, lambda done, total, _q: ctx.step("scan", done, total), ctx.execution)
-        if os.path.exists(direction_path):
-            ctx.arrays["directions"] = np.load(direction_path, allow_pickle=False)
+    scfg = cfg.build(ScanConfig, gradients=cfg.gradients_for("scan"))
+    scfg.validate()
+    result = scan_job(ctx.subject, scfg, lambda done, total, _q: ctx.step("scan", done, total), ctx.execution,
+                      directions=lambda worst: ctx.arrays.__setitem__("directions", worst))
     return result.to_dict()
 
 
 def _bounds_section(ctx: AuditContext) -> dict:
-    cfg = ctx.config
-    res = compute_bounds(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
-                         input_shape=cfg.input_shape).to_dict()
+    cfg, subject = ctx.config, ctx.subject
+    res = bounds_from_proto(subject.proto, subject.info.input.name, subject.info.output.name, subject.sample_shape,
+                            str(cfg.model)).to_dict()
     if res.get("fim_upper") is None:
         # Still a result: the dossier shows why; the policy check bound.finite fails on it.
         res.setdefault("reason", "no finite closed-form bound")
@@ -302,7 +300,7 @@ def _attack_section(ctx: AuditContext) -> dict:
         # APGD from exact graph gradients when the graph allows them; the black-box attacks run either way.
         try:
             # also each sample's minimal adversarial distance (binary search with the exact gradients): validity
-            runs.append(run_attack(cfg.build(AttackConfig, attack="apgd", eps=tuple(sorted(cfg.eps)),
+            runs.append(attack_job(ctx.subject, cfg.build(AttackConfig, attack="apgd", eps=tuple(sorted(cfg.eps)),
                                              min_distance=True, gradients=cfg.gradients_for("whitebox"))).to_dict())
         except FimauditError as exc:
             whitebox_note = f"white-box APGD unavailable: {exc}"
@@ -320,7 +318,7 @@ def _attack_section(ctx: AuditContext) -> dict:
             own["surrogate"] = surrogate.model
         acfg = cfg.build(AttackConfig, attack=name, eps=tuple(sorted(cfg.eps)),
                          gradients=cfg.gradients_for("blackbox") if name not in SCORELESS else "auto", **own)
-        runs.append(run_attack(acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
+        runs.append(attack_job(ctx.subject, acfg, execution=ctx.execution).to_dict())  # black-box: per-sample streams, any worker
         ctx.step("attacks", k + 1, len(cfg.attacks))
     bar.end()
     out = {"norm": cfg.norm, "eps": sorted(cfg.eps), "taus": list(cfg.taus), "runs": runs,
@@ -482,7 +480,7 @@ def _clever_section(ctx: AuditContext) -> dict:
                           "norms are 0 almost everywhere")
     _labels_needed(ctx, "CLEVER scores")
     acfg = cfg.build(AttackConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), budget=10**9)
-    return run_clever(acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2,
+    return clever_job(ctx.subject, acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2,
                       gradients=cfg.gradients_for("scan")).to_dict()
 
 
@@ -493,7 +491,7 @@ def _metrics_section(ctx: AuditContext) -> dict:
     # Corruptions are defined on images in [0, 1]; other inputs still get the rest of the suite.
     in_unit = x is None or (float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6)  # sanity.RANGE_TOLERANCE
     mcfg = cfg.build(MetricsConfig, samples=cfg.metrics_samples, attack_samples=0, corruptions=cfg.corruptions and in_unit)
-    rep = run_metrics(mcfg).to_dict()
+    rep = metrics_job(ctx.subject, mcfg).to_dict()
     if cfg.corruptions and not in_unit:
         rep["corruptions_skipped"] = corruption_skip_reason(float(x.min()), float(x.max()), cfg.scale)
     if rep["corruptions"]:
@@ -561,7 +559,7 @@ def _certify_section(ctx: AuditContext) -> dict:
                           "default on a piecewise-constant model)")
     ccfg = cfg.build(CertifyConfig, sigma=cfg.certify_sigma, n=cfg.certify_n, radii=tuple(cfg.certify_radii))
     ccfg.validate()
-    out = certify(ccfg, lambda done, total, _q: ctx.step("certify", done, total), ctx.execution).to_dict()
+    out = certify_job(ctx.subject, ccfg, lambda done, total, _q: ctx.step("certify", done, total), ctx.execution).to_dict()
     chosen = [n for n in ctx.defaults if n.startswith("certify")]
     out["sigma_source"] = {"source": "default" if chosen else "policy", "rule": CERTIFY_SIGMA_RULE if chosen else
                            "set by the policy's [audit] certify_sigma", "sigma": cfg.certify_sigma}
@@ -572,7 +570,7 @@ def _verify_section(ctx: AuditContext) -> dict:
     """Certified robust accuracy per eps by bound propagation (fimaudit.verify, CROWN), beside the attacks'
     per-sample worst case: certified <= worst case always; a sample verified and broken is a soundness failure."""
     from .errors import UnsupportedModelError
-    from .verify.run import VerifyConfig, run_verify
+    from .verify.run import VerifyConfig, verify_job
 
     cfg = ctx.config
     if not cfg.verify:
@@ -581,7 +579,7 @@ def _verify_section(ctx: AuditContext) -> dict:
     _labels_needed(ctx, "verified robust accuracy")
     vcfg = cfg.build(VerifyConfig, eps=tuple(sorted(cfg.eps)), bisect=False, method="crown")
     try:
-        out = run_verify(vcfg, execution=ctx.execution).to_dict()
+        out = verify_job(ctx.subject, vcfg, execution=ctx.execution).to_dict()
     except UnsupportedModelError as exc:
         raise Unavailable(f"bound propagation does not cover this graph: {exc}") from None
     att_data = ctx.data.get("attacks")  # the attacks section's result when it ran (it runs before this one)
@@ -636,21 +634,21 @@ def run_audit(cfg: AuditConfig, progress: ProgressFn | None = None, execution: A
 def _run_audit(cfg: AuditConfig, progress: ProgressFn | None, execution: Any, bar) -> AuditResult:
     cfg.validate()
     given_range = cfg.input_range is not None
-    # Load model and data once up front so that bad input is exit 2, not N unavailable sections.
-    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
-                       input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
+    # Open the model (once: every section runs on this subject) and read the data up front, so that bad input is
+    # exit 2, not N unavailable sections.
+    subject = open_subject(cfg)
+    model = subject.model()
     pw = model.info.piecewise
     piecewise = pw is not None and pw.complete
     prep = inputs = None
     if cfg.data is not None:
-        prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std,
-                       DataOptions.of(cfg))
-        inputs = np.asarray(prep.dataset.x, dtype=np.float64) * prep.pre.scale
+        prep = subject.prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
+        inputs = subject.spaces(prep).to_attack(prep.dataset.x)
     cfg, derived_range = cfg.resolve_input_range(inputs)
     cfg, defaults = cfg.resolve_defaults(piecewise)
     if derived_range is not None:
         defaults = [derived_range["note"], *defaults]
-    ctx = AuditContext(cfg, progress=progress, execution=execution, piecewise=pw if piecewise else None,
+    ctx = AuditContext(cfg, subject, progress=progress, execution=execution, piecewise=pw if piecewise else None,
                        proto=model.proto if piecewise else None,
                        io_names=(model.info.input.name, model.info.output.name), defaults=defaults)
     if prep is not None:

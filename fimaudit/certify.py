@@ -26,8 +26,9 @@ from .errors import ConfigError
 from .model.engine import Model
 from .results import SCHEMA_VERSION, Stats  # noqa: F401 - SCHEMA_VERSION: the version certify writes
 from .results.certify import CertifiedSample, CertifyResult, CertifySummary, certified_rows
-from .scan import _runtime as scan_runtime
 from .scan import load as scan_load
+from .scan import runtime_info
+from .subject import Subject
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 SPACES = ("input", "data")
@@ -222,14 +223,20 @@ def _units(data_space: bool, identity: bool, images: bool, preset: str | None) -
 
 
 def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution=None) -> CertifyResult:
-    """Certify each sample. ``execution`` (``fimaudit.distributed.Execution``) spreads samples over
-    Dask workers; the result is the same as in one process apart from timing and ``execution``.
-    Raises ``FimauditError`` subclasses for bad input (one-line messages).
+    """``certify_job`` on the subject of ``config.model`` (opened once the config is validated)."""
+    return certify_job(None, config, progress, execution)
+
+
+def certify_job(subject: Subject | None, config: CertifyConfig, progress: ProgressFn | None = None,
+                execution=None) -> CertifyResult:
+    """Certify each sample of ``subject`` (None: opened from ``config``). ``execution``
+    (``fimaudit.distributed.Execution``) spreads samples over Dask workers; the result is the same as in one
+    process apart from timing and ``execution``. Raises ``FimauditError`` subclasses for bad input (one-line messages).
     """
     from .distributed import run_per_sample
 
     t_start = time.perf_counter()
-    loaded = scan_load(config)  # validates, loads the model, prepares the data: the same stage 1 as scan
+    loaded = scan_load(config, subject)  # validates, opens the subject, prepares the data: the same stage 1 as scan
     model, prepared = loaded.model, loaded.prepared
     shape = model.sample_shape
     pre = prepared.pre
@@ -244,7 +251,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
-        rng_data = streams.rng(config.seed, "data.synthetic")
+        rng_data = loaded.subject.rng("data.synthetic")
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points, job_pre = dataset.x, None
         notes.append(
@@ -272,7 +279,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
         samples, run_info = run_per_sample(job, model, points, labels, execution=execution,
                                            progress=bar.callback(progress, lambda queries: f"{queries} queries"),
                                            device=config.device,
-                                           threads=config.threads)
+                                           threads=config.threads, blob=loaded.subject.model_bytes)
     samples = tuple(samples)
     seconds = time.perf_counter() - t_start
     labelled = dataset.y is not None
@@ -308,7 +315,7 @@ def certify(config: CertifyConfig, progress: ProgressFn | None = None, execution
             "ir_version": info.ir_version,
             "opsets": info.opsets,
         },
-        runtime=scan_runtime(model) | {"provider": run_info["provider"]},
+        runtime=runtime_info(model) | {"provider": run_info["provider"]},
         config=cfg,
         units=units,
         samples=samples,

@@ -644,19 +644,18 @@ def bounds_cmd(
     """Closed-form upper bound on lambda_max(F) from the exported weights (per-block Lipschitz constants)."""
     from dataclasses import replace
 
-    from .graph import compute_bounds
+    from .graph import bounds_from_proto
+    from .subject import OpenOptions, open_subject
 
     box = _domain_range(domain) if domain is not None else None
-    result = compute_bounds(str(model), **opts.config_fields())
+    subject = open_subject(OpenOptions(str(model), device="cpu", **opts.config_fields()))  # the bound and the box
+    result = bounds_from_proto(subject.proto, subject.info.input.name, subject.info.output.name, subject.sample_shape,
+                               str(model))
     over = None
     if box is not None:
-        from .model import load_model
         from .verify import domain_bounds
 
-        fields_ = opts.config_fields()
-        m = load_model(str(model), input_name=fields_.get("input_name"), output_name=fields_.get("output_name"),
-                       input_shape=fields_.get("input_shape"), device="cpu")
-        z = domain_bounds(m, box)
+        z = domain_bounds(subject.model(), box)
         over = {"input_range": list(box), "method": "ibp", "units": "model-input units",
                 "logits_lower": [float(v) for v in z.lo.reshape(-1)], "logits_upper": [float(v) for v in z.hi.reshape(-1)]}
     result = replace(result, show_ops=ops, domain_bounds=over)

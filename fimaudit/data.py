@@ -31,7 +31,8 @@ class Preprocess:
     def is_identity(self) -> bool:
         return self.scale == 1.0 and all(m == 0.0 for m in self.mean) and all(s == 1.0 for s in self.std)
 
-    def _broadcast(self, values: tuple[float, ...], sample_shape: tuple[int, ...]) -> np.ndarray:
+    def broadcast(self, values: tuple[float, ...], sample_shape: tuple[int, ...]) -> np.ndarray:
+        """Per-channel ``values`` (this map's mean or std) shaped to broadcast against one sample (a scalar for one)."""
         arr = np.asarray(values, dtype=np.float64)
         if arr.size == 1:
             return arr.reshape(())
@@ -50,18 +51,18 @@ class Preprocess:
             raise ConfigError("--scale must be a nonzero finite number")
         if any((not np.isfinite(s)) or s == 0 for s in self.std):
             raise ConfigError("--std values must be nonzero and finite")
-        self._broadcast(self.mean, sample_shape)
-        self._broadcast(self.std, sample_shape)
+        self.broadcast(self.mean, sample_shape)
+        self.broadcast(self.std, sample_shape)
 
     def apply(self, x: np.ndarray, sample_shape: tuple[int, ...]) -> np.ndarray:
         """Rows ``(n, *sample_shape)`` of stored data -> model input, float64."""
-        mean = self._broadcast(self.mean, sample_shape)
-        std = self._broadcast(self.std, sample_shape)
+        mean = self.broadcast(self.mean, sample_shape)
+        std = self.broadcast(self.std, sample_shape)
         return (np.asarray(x, dtype=np.float64) * self.scale - mean) / std
 
     def jacobian_diag(self, sample_shape: tuple[int, ...]) -> np.ndarray:
         """du/dx = scale / std, broadcast to ``sample_shape`` (MATH §1: D)."""
-        std = self._broadcast(self.std, sample_shape)
+        std = self.broadcast(self.std, sample_shape)
         return np.broadcast_to(self.scale / std, sample_shape).astype(np.float64)
 
     def to_dict(self) -> dict:

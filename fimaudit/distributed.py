@@ -125,10 +125,10 @@ def worker_model(blob: bytes, spec: SessionSpec) -> Model:
     if model is None:
         import onnx
 
-        from .model.loader import _open
+        from .model.loader import open_session
 
         proto = onnx.load_from_string(blob)
-        session, provider, _ = _open(proto, Path(spec.info.path), spec.device, spec.threads)
+        session, provider, _ = open_session(proto, Path(spec.info.path), spec.device, spec.threads)
         model = Model(session, spec.info, provider=provider, input_dtype=spec.input_dtype, max_batch=spec.max_batch,
                       proto=proto)
         _WORKER_MODELS[spec.key] = model
@@ -179,8 +179,12 @@ def run_per_sample(
     progress: ProgressFn | None = None,
     device: str = "auto",
     threads: int = 0,
+    blob: bytes | None = None,
 ) -> tuple[list, dict]:
     """Run ``work`` on every sample; returns the results in sample order and ``run_info``.
+
+    ``blob``: the model's validated bytes when the caller holds them (``Subject.model_bytes``), sent to the workers
+    as they are; otherwise serialised from ``model.proto``.
 
     ``run_info`` holds ``provider``, ``run_seconds`` (inside onnxruntime, summed over workers),
     ``busy_seconds`` (worker time on the chunks; absent in one process) and ``execution`` (mode, workers, chunks, per-worker provider/samples/queries/seconds).
@@ -194,7 +198,7 @@ def run_per_sample(
         # Dask gives each worker one thread; onnxruntime's pool would otherwise take every core per worker.
         local_threads = max(1, (os.cpu_count() or 1) // execution.workers)
     spec = SessionSpec.of(model, device, local_threads)
-    blob = model.proto.SerializeToString()
+    blob = model.proto.SerializeToString() if blob is None else blob
     with open_client(execution, local_threads) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         chunk = execution.chunk or max(1, math.ceil(n / (4 * n_workers)))
@@ -291,22 +295,24 @@ def _run_on_client(client, work, blob, spec, points, labels, chunk, progress) ->
 
 
 # --------------------------------------------------------------------------- one task per model
-def _model_task(fn: Callable[..., dict], spec: Any, model_blob: bytes, data_blob: bytes | None, kwargs: dict) -> dict:
-    """Run ``fn(spec, **kwargs)`` on a worker, with the model (and a data file) materialised locally."""
+def _model_task(fn: Callable[..., dict], spec: Any, model_blob: bytes, subject_spec: Any, data_blob: bytes | None,
+                kwargs: dict) -> dict:
+    """Run ``fn(spec, subject=..., **kwargs)`` on a worker: the subject rebuilt from its validated bytes (a session,
+    no file, no second validation), a data file materialised locally."""
     import dataclasses
     import tempfile
 
+    from .subject import Subject
+
+    t0 = time.perf_counter()
+    subject = Subject.from_bytes(model_blob, subject_spec)
     with tempfile.TemporaryDirectory(prefix="fimaudit-worker-") as tmp:
-        model_path = Path(tmp) / "model.onnx"
-        model_path.write_bytes(model_blob)
         data = spec.data
         if data_blob is not None:
             data = str(Path(tmp) / ("data" + Path(spec.data).suffix))
             Path(data).write_bytes(data_blob)
-        # The row names the model as the caller named it, not by the worker's temporary path.
-        local = dataclasses.replace(spec, path=str(model_path), data=data, name=spec.name or spec.path)
-        t0 = time.perf_counter()
-        row = fn(local, **kwargs)
+        local = dataclasses.replace(spec, data=data, name=spec.name or spec.path)
+        row = fn(local, subject=subject, **kwargs)
     row["timing"] = {**row.get("timing", {}), "worker": _worker_name(), "worker_seconds": time.perf_counter() - t0}
     return row
 
@@ -315,31 +321,32 @@ def run_per_model(
     fn: Callable[..., dict], specs: Sequence[Any], kwargs: dict, execution: Execution,
     progress: Callable[[str], None] | None = None,
     collected: dict[int, dict] | None = None,
+    *, open_subject: Callable[[Any], Any],
 ) -> list[dict]:
-    """``[fn(spec, **kwargs) for spec in specs]`` with one Dask task per model, in the order of ``specs``.
+    """``[fn(spec, subject=open_subject(spec), **kwargs) for spec in specs]`` with one Dask task per model, in the
+    order of ``specs``.
 
     ``collected`` (spec index -> row) fills as models finish, so a caller stopped by ``--timeout``
     keeps the rows that were done.
 
-    Each model travels once, as the validated bytes (external data inlined), with its data file
-    when that is a file; an image folder is read by path, so the workers must see it.
+    Each model is validated once, here (``open_subject``), and travels once, as its subject's validated bytes
+    (external data inlined); the worker rebuilds the subject from them. A data file travels with it; an image
+    folder is read by path, so the workers must see it.
     """
-    from .model import load_model
-
     execution.validate()
     blobs = []
     for spec in specs:
-        model_blob = load_model(spec.path, device="cpu").proto.SerializeToString()
+        subject = open_subject(spec)
         data_blob = Path(spec.data).read_bytes() if spec.data and Path(spec.data).is_file() else None
-        blobs.append((model_blob, data_blob))
+        blobs.append((subject.model_bytes, subject.spec, data_blob))
     with open_client(execution) as client:
         from distributed import as_completed
 
         futures = {}
-        for i, (spec, (model_blob, data_blob)) in enumerate(zip(specs, blobs)):
+        for i, (spec, (model_blob, subject_spec, data_blob)) in enumerate(zip(specs, blobs)):
             model_f = client.scatter(model_blob, hash=False)
             data_f = None if data_blob is None else client.scatter(data_blob, hash=False)
-            futures[client.submit(_model_task, fn, spec, model_f, data_f, kwargs, pure=False)] = i
+            futures[client.submit(_model_task, fn, spec, model_f, subject_spec, data_f, kwargs, pure=False)] = i
         rows: dict[int, dict] = {} if collected is None else collected
         for fut in as_completed(list(futures)):
             rows[futures[fut]] = fut.result()

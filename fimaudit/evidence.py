@@ -22,12 +22,11 @@ from .data import Preprocess
 from .errors import ConfigError
 from .estimators.fd import range_step
 from .results import AttackResult, CleverResult, CompareResult
-from .images import DataOptions, prepare
 from .metrics.clever import clever
 from .metrics.robustness import prob_change, robust_accuracy, robust_ratio
-from .metrics.suite import MetricsConfig, run_metrics
-from .model import load_model
-from .scan import ScanConfig, scan
+from .metrics.suite import MetricsConfig, metrics_job
+from .scan import ScanConfig, scan_job
+from .subject import OPEN_FIELDS, AttackInputs, OpenOptions, Subject, open_subject
 
 DEFAULT_TAUS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -61,29 +60,16 @@ class AttackConfig(ModelDataOptions):
     extra: dict = field(default_factory=dict)
 
 
-def load_attack_inputs(cfg: AttackConfig) -> tuple:
-    """(model, oracle, output kind, attack-space rows x, labels y, attack-space preprocessing, notes).
-
-    Attack space is the data times the scale; the returned ``Preprocess`` (scale 1) maps it to
-    model input with the resolved mean/std (preset or flags) on the detected channel axis. Rows
-    within float noise of ``--input-range`` are clipped into it (noted); larger excursions are refused.
+def load_attack_inputs(cfg: AttackConfig, subject: Subject | None = None) -> AttackInputs:
+    """The attack-space inputs of ``cfg`` on ``subject`` (None: opened from ``cfg``): ``Subject.attack_inputs``,
+    which unpacks as (model, oracle, output kind, attack-space rows x, labels y, attack-space preprocessing, notes).
     """
-    from .sanity import fit_to_range
-
     if cfg.budget < 3:
         raise ConfigError("--budget must be at least 3 queries per sample")
-    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name,
-                       input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
-    ds, pre = prep.dataset, prep.pre
-    if ds.y is None:
-        raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): attacks and robust accuracy need labels")
-    from .piecewise import piecewise_notes
-
-    notes: list[str] = piecewise_notes(model) + list(prep.notes)
-    x = fit_to_range(np.asarray(ds.x, dtype=np.float64) * pre.scale, cfg.input_range, notes)
-    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis, ds.y, ds.source)
-    return model, oracle, kind, x, ds.y, Preprocess(1.0, pre.mean, pre.std, pre.channel_axis), notes
+    if subject is None:
+        subject = open_subject(cfg)
+    subject.check(cfg)
+    return subject.attack_inputs(cfg)
 
 
 def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mode: str, seed: int):
@@ -98,11 +84,11 @@ def gradient_oracle(model, oracle, kind: str, pre: Preprocess, x: np.ndarray, mo
     shape = model.sample_shape
     to_input = (lambda rows: rows) if pre.is_identity else (lambda rows: pre.apply(rows, shape))
     from .estimators.fd import input_scale
-    from .scan import DITHER_REL, TIE_WARNING_SHARE, _tie_fraction
+    from .scan import DITHER_REL, TIE_WARNING_SHARE, tie_fraction
 
     check = np.asarray(x[:2], dtype=np.float64).copy()
     for j, row in enumerate(check):
-        if _tie_fraction(row) >= TIE_WARNING_SHARE:
+        if tie_fraction(row) >= TIE_WARNING_SHARE:
             # the self-check compares with central differences, which mean nothing at exact ties (the scan's
             # per-sample dither rule: 3% of that sample's RMS, stream [seed, 4, index])
             xi = streams.rng(seed, "scan.dither", j).standard_normal(row.shape)
@@ -252,12 +238,13 @@ def surrogate_oracle(cfg: AttackConfig, model, pre: Preprocess, x: np.ndarray):
                 raise ConfigError(f"the surrogate must be an ONNX file or an onnx.ModelProto, not {type(path).__name__}")
             path = Path(tmp) / "surrogate.onnx"
             onnx.save(cfg.surrogate, str(path))
-        sur = load_model(path, input_name=cfg.input_name, output_name=None, input_shape=cfg.input_shape,
-                         device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
+        sur = open_subject(OpenOptions(str(path), input_name=cfg.input_name, output_name=None,
+                                       input_shape=cfg.input_shape, device=cfg.device, max_batch=cfg.max_batch,
+                                       threads=cfg.threads)).model()
     if tuple(sur.sample_shape) != tuple(model.sample_shape):
         raise ConfigError(f"the surrogate takes samples of shape {list(sur.sample_shape)}, the model "
                           f"{list(model.sample_shape)}: a surrogate must take the model's input")
-    sur_oracle, sur_kind = attack_oracle(sur, pre.mean, pre.std, "auto", x, pre.channel_axis)
+    sur_oracle, sur_kind = attack_oracle(sur, pre, "auto", x)
     wb, record = gradient_oracle(sur, sur_oracle, sur_kind, pre, x, "graph" if cfg.gradients == "graph" else "auto",
                                  cfg.seed)
     if wb is None:
@@ -268,7 +255,13 @@ def surrogate_oracle(cfg: AttackConfig, model, pre: Preprocess, x: np.ndarray):
 
 def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = None,
                execution=None) -> AttackResult:
-    """Attack every sample at every eps; returns the JSON-ready report.
+    """``attack_job`` on the subject of ``cfg.model`` (opened once its options are checked)."""
+    return attack_job(None, cfg, progress, execution)
+
+
+def attack_job(subject: Subject | None, cfg: AttackConfig, progress: Callable[[int, int], None] | None = None,
+               execution=None) -> AttackResult:
+    """Attack every sample at every eps of ``subject`` (None: opened from ``cfg``); returns the JSON-ready report.
 
     Each sample draws from its own stream ``[seed, sample index, eps index]``, so the report is
     the same for any batching; ``execution`` (``fimaudit.distributed.Execution``) runs black-box
@@ -276,10 +269,10 @@ def run_attack(cfg: AttackConfig, progress: Callable[[int, int], None] | None = 
     the gradient graph and also run black-box Square at each eps for the sanity flags (``sanity``).
     """
     with ambient.task(f"{cfg.attack} {cfg.norm}", unit="eps") as bar:
-        return _run_attack(cfg, progress, execution, bar)
+        return _run_attack(cfg, progress, execution, bar, subject)
 
 
-def _run_attack(cfg: AttackConfig, progress, execution, bar) -> AttackResult:
+def _run_attack(cfg: AttackConfig, progress, execution, bar, subject: Subject | None) -> AttackResult:
     from .attacks import WHITEBOX, Square, sanity_flags
 
     t0 = time.perf_counter()
@@ -290,7 +283,8 @@ def _run_attack(cfg: AttackConfig, progress, execution, bar) -> AttackResult:
             raise ConfigError(f"--attack {cfg.attack} cannot run on --workers/--scheduler yet (its gradient graph is "
                               "not rebuilt per worker); run it in one process or use a black-box attack")
     check_gradients(cfg.attack, cfg.gradients)
-    model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
+    inputs = load_attack_inputs(cfg, subject)
+    model, oracle, kind, x, y, pre, notes = inputs
     gradients = None
     surrogate = None
     if cfg.attack == "transfer":
@@ -325,7 +319,7 @@ def _run_attack(cfg: AttackConfig, progress, execution, bar) -> AttackResult:
         from .distributed import run_per_sample
 
         rows, info = run_per_sample(AttackWork(cfg, kind, pre, radii), model, x, [int(v) for v in y], execution=execution,
-                                    device=cfg.device, threads=cfg.threads)
+                                    device=cfg.device, threads=cfg.threads, blob=inputs.subject.model_bytes)
         runtime, spread = {"provider": info["provider"]}, {"execution": info["execution"]}
     everyone = np.arange(len(x))
     square = Square(channel_axis=pre.channel_axis) if cfg.attack in WHITEBOX else None
@@ -454,7 +448,7 @@ def fd_vjp_at(oracle, h: float):
 
 
 def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: float | None = None, steps: int = 30,
-                   search: int = 10, gradients: str = "auto") -> dict:
+                   search: int = 10, gradients: str = "auto", subject: Subject | None = None) -> dict:
     """Per-sample FIM-predicted radius against the smallest adversarial L2 distance found, for one model.
 
     lambda_max per attack unit (data x --scale) from a scan (exact with the gradient graph when it
@@ -463,25 +457,26 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
     """
     from .attacks import GradientOracle, minimal_distance
     from .metrics.validity import KL_STAR, validity
-    from .scan import ScanConfig, scan
-
     if kl_star is not None and not (np.isfinite(kl_star) and kl_star > 0):
         raise ConfigError(f"--kl-star must be a positive number, not {kl_star}")
     pre = Preprocess(spec.scale, tuple(spec.mean), tuple(spec.std))
     space = "input" if pre.is_identity else "data"
-    res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, seed=seed, scale=spec.scale,
-                          mean=tuple(spec.mean), std=tuple(spec.std), space=space, gradients=gradients, bounds=False))
+    scfg = ScanConfig(model=spec.path, data=spec.data, samples=samples, seed=seed, scale=spec.scale,
+                      mean=tuple(spec.mean), std=tuple(spec.std), space=space, gradients=gradients, bounds=False)
+    scfg.validate()
+    subject = subject or open_subject(scfg)  # one validation for the scan and the distances
+    res = scan_job(subject, scfg)
     lam = np.array([s.lambda_max for s in res.samples]) / (spec.scale**2 if space == "data" else 1.0)
     base = AttackConfig(model=spec.path, data=spec.data, samples=samples, scale=spec.scale, mean=tuple(spec.mean),
                         std=tuple(spec.std), seed=seed, input_range=tuple(spec.input_range))
-    model, oracle, kind, x, y, pre, _ = load_attack_inputs(base)
+    model, oracle, kind, x, y, pre, _ = load_attack_inputs(base, subject)
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, seed)
     if wb is None:
         wb = GradientOracle(oracle, fd_vjp_at(oracle, range_step(spec.input_range)))
-    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), streams.rng(seed, "validity.distance"), steps=steps,
+    dist, _ = minimal_distance(wb, x, y, "l2", tuple(spec.input_range), subject.rng("validity.distance"), steps=steps,
                                search=search)
-    out = validity(lam, dist, streams.rng(seed, "validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
+    out = validity(lam, dist, subject.rng("validity.bootstrap"), KL_STAR if kl_star is None else kl_star)
     out.update({
         "model": spec.name or spec.path,
         "lambda_method": res.run.method_used,
@@ -496,15 +491,20 @@ def model_validity(spec: ModelSpec, samples: int = 20, seed: int = 0, kl_star: f
 def compare_row(
     spec: ModelSpec, *, samples: int, eps_linf: float, eps_l2: float, budget: int, clever_points: int,
     clever_samples: int, seed: int, tau: float, with_metrics: bool, metric_samples: int, common: dict,
+    subject: Subject | None = None,
 ) -> dict:
-    """One model's row of the comparison (a function of the model alone, so models can run on Dask workers)."""
+    """One model's row of the comparison (a function of the model alone, so models can run on Dask workers).
+
+    Every section runs on one subject: ``subject``, or the model opened once from ``spec`` and ``common``.
+    """
     from .sanity import muted, warn
 
     t0 = time.perf_counter()
     with muted():  # the jobs' own warnings would not say which model; one warning per model below names it
         row = _compare_row(spec, samples=samples, eps_linf=eps_linf, eps_l2=eps_l2, budget=budget,
                            clever_points=clever_points, clever_samples=clever_samples, seed=seed, tau=tau,
-                           with_metrics=with_metrics, metric_samples=metric_samples, common=common)
+                           with_metrics=with_metrics, metric_samples=metric_samples, common=common,
+                           subject=subject)
     for note in row["notes"]:
         warn(f"{row['model']}: {note}")
     row["timing"] = {"seconds": time.perf_counter() - t0, "sections": row.pop("section_seconds")}
@@ -514,8 +514,13 @@ def compare_row(
 COMPARE_SECTIONS = ("scan", "pgd linf", "square linf", "pgd l2", "clever", "metrics")  # per model, cheap first
 
 
+def compare_options(spec: ModelSpec, seed: int, common: dict) -> OpenOptions:
+    """How compare opens ``spec``'s model: the options shared by its scan, attack and metric configs."""
+    return OpenOptions(spec.path, seed=seed, **{k: v for k, v in common.items() if k in OPEN_FIELDS})
+
+
 def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_points, clever_samples, seed, tau,
-                 with_metrics, metric_samples, common) -> dict:
+                 with_metrics, metric_samples, common, subject: Subject | None) -> dict:
     from .sanity import preprocessing_check
 
     sections = [s for s in COMPARE_SECTIONS if with_metrics or s != "metrics"]
@@ -529,8 +534,12 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
             seconds[name] = time.perf_counter() - seconds[name]
 
         begin(0)
-        res = scan(ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
-                              scale=spec.scale, mean=spec.mean, std=spec.std, **common))
+        scfg = ScanConfig(model=spec.path, data=spec.data, samples=samples, budget=budget, seed=seed,
+                          scale=spec.scale, mean=spec.mean, std=spec.std, **common)
+        scfg.validate()
+        if subject is None:
+            subject = open_subject(compare_options(spec, seed, common))
+        res = scan_job(subject, scfg)
         labels = [s.label for s in res.samples]
         sane = preprocessing_check([s.predicted for s in res.samples], None if None in labels else labels,
                                    int(res.model["output"]["classes"]))
@@ -550,14 +559,14 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
         for k, (attack, norm, eps) in enumerate((("pgd", "linf", eps_linf), ("square", "linf", eps_linf),
                                                  ("pgd", "l2", eps_l2)), start=1):
             begin(k)
-            rep = run_attack(AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
-                                             "taus": (tau,)}))
+            rep = attack_job(subject, AttackConfig(**{**asdict(base), "attack": attack, "norm": norm, "eps": (eps,),
+                                                      "taus": (tau,)}))
             r = rep["results"][0]
             row[f"ra_{attack}_{norm}"] = r["robust_accuracy"]
             row[f"rr_{attack}_{norm}"] = r["robust_ratio"][f"{tau:g}"]
             end(sections[k])
         begin(4)
-        model, oracle, kind, x, y, pre, _ = load_attack_inputs(base)
+        model, oracle, kind, x, y, pre, _ = load_attack_inputs(base, subject)
         n_clever = min(clever_samples, len(x))
         # Exact margin gradients from the gradient graph (self-checked) when it builds: K-1 VJP rows per point
         # instead of 2d finite-difference queries (at d = 9216 the difference between seconds and many minutes).
@@ -568,14 +577,14 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
             for i in range(n_clever):
                 cbar.update(i)
                 scores.append(clever(wb if wb is not None else oracle, x[i], "l2", eps_l2 * 4,
-                                     streams.rng(seed, "compare.clever", i), n_batches=n_batches, batch_size=5,
+                                     subject.rng("compare.clever", i), n_batches=n_batches, batch_size=5,
                                      vjp_at=None if wb is None else wb.vjp_at).score)
         row["clever_l2_median"] = float(np.median(scores))
         row["clever_gradients"] = "graph" if wb is not None else "fd"
         end("clever")
         if with_metrics:
             begin(5)
-            met = run_metrics(MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples,
+            met = metrics_job(subject, MetricsConfig(model=spec.path, data=spec.data, samples=metric_samples,
                                             scale=spec.scale, mean=spec.mean, std=spec.std, seed=seed,
                                             **{k: v for k, v in common.items() if k != "input_range"}))["metrics"]
             for k, v in met.items():
@@ -632,7 +641,8 @@ def compare_models(
                     if progress:
                         progress(name)
 
-                run_per_model(compare_row, specs, kwargs, execution, done, collected=finished)
+                run_per_model(compare_row, specs, kwargs, execution, done, collected=finished,
+                              open_subject=lambda spec: open_subject(compare_options(spec, seed, common)))
             else:
                 for i, spec in enumerate(specs):
                     bar.update(i)
@@ -752,7 +762,14 @@ CLEVER_UNUSED = ("extra", "attack", "eps", "budget", "taus", "steps", "gradients
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
                batch_size: int = 10, gradients: str = "auto") -> CleverResult:
-    """CLEVER scores per sample, repeated over ``seeds`` seeds to show their spread.
+    """``clever_job`` on the subject of ``cfg.model`` (opened once the options are checked)."""
+    return clever_job(None, cfg, norm, radius, points, seeds, batch_size, gradients)
+
+
+def clever_job(subject: Subject | None, cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
+               batch_size: int = 10, gradients: str = "auto") -> CleverResult:
+    """CLEVER scores per sample of ``subject`` (None: opened from ``cfg``), repeated over ``seeds`` seeds to show
+    their spread.
 
     ``gradients`` auto|graph: the margin gradients come from the model's gradient graph (K-1 VJP
     rows per point instead of 2d queries) when it builds and passes its self-check.
@@ -764,7 +781,8 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     t0 = time.perf_counter()
     if gradients not in ("auto", "graph", "fd"):
         raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
-    model, oracle, kind, x, y, pre, notes = load_attack_inputs(cfg)
+    inputs = load_attack_inputs(cfg, subject)
+    model, oracle, kind, x, y, pre, notes = inputs
     h = range_step(cfg.input_range)
     wb, record = (None, None) if gradients == "fd" else gradient_oracle(model, oracle, kind, pre, x,
                                                                         gradients, cfg.seed)
@@ -779,7 +797,7 @@ def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, se
     with ambient.task("clever", total=len(x), unit="samples") as bar:
         for i in range(len(x)):
             bar.update(i)
-            runs = [clever(counted, x[i], norm, radius, streams.rng(cfg.seed, "clever.runs", s, i),
+            runs = [clever(counted, x[i], norm, radius, inputs.subject.rng("clever.runs", s, i),
                            n_batches=points // batch_size, batch_size=batch_size, h=h,
                            vjp_at=None if wb is None else wb.vjp_at) for s in range(seeds)]
             scores = np.array([r.score for r in runs])

@@ -27,10 +27,11 @@ from .estimators.smoothed import MIN_PAIRS, SMOOTHING_RULE, SmoothedEstimate, de
 from .estimators.probes import PROBES
 from .estimators.source import FiniteDifferences
 from .estimators.subspace import SUBSPACES, LearntSubspace, dct_lowfreq_basis, deflated_sketch, sketch
-from .images import DataOptions, Prepared, prepare
-from .model import OUTPUT_KINDS, LogProbOracle, Model, detect_output_kind, load_model
+from .images import DataOptions, Prepared
+from .model import OUTPUT_KINDS, LogProbOracle, Model, detect_output_kind
 from .model.oracle import check_output_kind, to_log_probs
 from .results import RunInfo, SampleResult, ScanResult, Stats, Summary
+from .subject import Subject, open_subject
 
 METHODS = ("auto", "exact", "sketch", "power", "power-fresh", "deflated")
 SPACES = ("input", "data")
@@ -194,7 +195,7 @@ def plan(
 TIE_WARNING_SHARE = 0.05
 
 
-def _tie_fraction(row: np.ndarray) -> float:
+def tie_fraction(row: np.ndarray) -> float:
     """Share of a sample's coordinates equal to its most common exact value."""
     _, counts = np.unique(np.asarray(row).ravel(), return_counts=True)
     return float(counts.max() / counts.sum()) if counts.size and counts.max() > 1 else 0.0
@@ -415,7 +416,8 @@ def kink_note(kept: list[int], ties: np.ndarray, gradients: dict | None) -> str:
             f"reported for them are {what}; leave out --no-dither to measure F at a seeded dithered point")
 
 
-def _runtime(model) -> dict:
+def runtime_info(model) -> dict:
+    """The report's ``runtime``: the model's execution provider and the versions that computed it."""
     import onnx
     import onnxruntime
     import scipy
@@ -434,31 +436,25 @@ def _runtime(model) -> dict:
 # ------------------------------------------------------------------ stage 1: load
 @dataclass(frozen=True)
 class Loaded:
-    """The validated model with the loader's notes."""
+    """The job's view of the validated model with the loader's notes."""
 
-    model: Model
+    model: Model  # this job's query-counting view (``Subject.model``)
     pre: Preprocess
     prepared: Prepared  # layout, preprocessing and (with --data) the samples
     notes: tuple[str, ...]
+    subject: Subject | None = None
 
 
-def load(config: ScanConfig) -> Loaded:
-    """Validate the config and load the model."""
+def load(config: ScanConfig, subject: Subject | None = None) -> Loaded:
+    """Validate the config, open the subject (unless given: it must match the config) and prepare the data."""
     config.validate()
-    model = load_model(
-        config.model,
-        input_name=config.input_name,
-        output_name=config.output_name,
-        input_shape=config.input_shape,
-        device=config.device,
-        max_batch=config.max_batch,
-        threads=config.threads,
-    )
-    prepared = prepare(
-        model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, tuple(config.mean),
-        tuple(config.std), DataOptions.of(config),
-    )
-    return Loaded(model, prepared.pre, prepared, tuple(model.info.notes) + tuple(prepared.notes))
+    if subject is None:
+        subject = open_subject(config)
+    subject.check(config)
+    model = subject.model()
+    prepared = subject.prepare(model, config.data, config.samples or DEFAULT_SAMPLES_DATA, config.scale, config.mean,
+                               config.std, DataOptions.of(config))
+    return Loaded(model, prepared.pre, prepared, tuple(model.info.notes) + tuple(prepared.notes), subject)
 
 
 # ------------------------------------------------------------------ stage 2: points
@@ -506,14 +502,14 @@ def prepare_points(config: ScanConfig, loaded: Loaded) -> Points:
     else:
         if not pre.is_identity:
             notes.append("--scale/--mean/--std are ignored for synthetic inputs (drawn in model-input units)")
-        rng_data = streams.rng(config.seed, "data.synthetic")
+        rng_data = loaded.subject.rng("data.synthetic")
         dataset = synthetic_data(shape, config.samples or DEFAULT_SAMPLES_SYNTHETIC, config.input_range, rng_data)
         points = dataset.x
         notes.append(
             "NOT REPRESENTATIVE: no --data given, so samples are synthetic uniform inputs in "
             f"[{config.input_range[0]:g}, {config.input_range[1]:g}]; real data can differ by orders of magnitude"
         )
-    ties = np.array([_tie_fraction(row) for row in points])
+    ties = np.array([tie_fraction(row) for row in points])
     smooth, smooth_record = None, None
     auto, why_not = auto_smoothing(config, loaded.model)
     if why_not:
@@ -659,14 +655,16 @@ def estimate_sample(
     x: np.ndarray,
     label: int | None = None,
     learnt_basis: np.ndarray | None = None,
+    direction: bool = False,
 ) -> SampleOutcome:
     """The planned estimator, trace and checks at sample ``index`` (point ``x``); seeded by (seed, 3, index).
 
     Depends on nothing mutable across samples; ``learnt_basis`` (rows orthonormal) is the
-    only input from earlier samples, required when ``needs_learnt_basis``.
+    only input from earlier samples, required when ``needs_learnt_basis``. ``direction``: the smoothed estimator
+    also returns its top direction (with ``--save-direction`` it always does; the pointwise ones always do).
     """
     if calib.smoothing_sigmas is not None:
-        return _estimate_smoothed(oracle, config, calib, index, x, label)
+        return _estimate_smoothed(oracle, config, calib, index, x, label, direction)
     chosen, step = calib.plan, calib.step
     rng = streams.rng(config.seed, "scan.probes", index)
     logp0 = calib.logp[index]
@@ -719,12 +717,12 @@ def estimate_sample(
 
 
 def _estimate_smoothed(oracle: LogProbOracle, config: ScanConfig, calib: Calibration, index: int, x: np.ndarray,
-                       label: int | None) -> SampleOutcome:
+                       label: int | None, direction: bool = False) -> SampleOutcome:
     """F_sigma at sample ``index``: draws from the stream "scan.smoothing" of (seed, index), so independent of the others."""
     sigma = float(calib.smoothing_sigmas[index])
     logp0 = calib.logp[index]
     est: SmoothedEstimate = smoothed_fisher(oracle, x, sigma, 2 * calib.plan.k, (config.seed, index),
-                                            block=oracle.model.max_batch, direction=bool(config.save_direction))
+                                            block=oracle.model.max_batch, direction=bool(config.save_direction) or direction)
     spent = est.queries + 1  # + the centre query made in calibration
     if spent > config.budget:  # a planning bug, never a user error
         raise AssertionError(f"sample {index} spent {spent} queries over the budget {config.budget}")
@@ -957,7 +955,7 @@ def assemble(
         run = replace(run, method_used=samples[0].method, probes_per_sample=samples[0].probes)
     return ScanResult(
         model=model_dict,
-        runtime=_runtime(model),
+        runtime=runtime_info(model),
         config=cfg,
         run=run,
         units=units,
@@ -1099,6 +1097,7 @@ class ScanWork:
     calib: Calibration  # without its gradient graph (it holds onnxruntime sessions, which do not pickle)
     pre: Preprocess | None  # estimation space -> model input when the points are in data units
     graph_rows: np.ndarray | None = None  # the rows the client built and checked its graph on; None: no graph
+    directions: bool = False  # the caller takes the worst directions (``scan_job(directions=...)``)
 
     def __call__(self, model: Model, indices, points: np.ndarray, labels) -> list[SampleOutcome]:
         from dataclasses import replace
@@ -1109,7 +1108,7 @@ class ScanWork:
         calib = self.calib
         if self.graph_rows is not None:
             calib = replace(calib, graph=_worker_graph(model, self.calib.kind, self.config, self.graph_rows))
-        return [estimate_sample(oracle, self.config, calib, int(i), x, label)
+        return [estimate_sample(oracle, self.config, calib, int(i), x, label, direction=self.directions)
                 for i, x, label in zip(indices, points, labels)]
 
 
@@ -1131,27 +1130,37 @@ def _worker_graph(model: Model, kind: str, config: ScanConfig, rows: np.ndarray)
 
 
 def scan(config: ScanConfig, progress: ProgressFn | None = None, execution=None) -> ScanResult:
-    """Run a scan: load, prepare points, calibrate, estimate each sample, assemble.
+    """Run a scan of ``config.model``: open its subject, then ``scan_job``.
 
     ``execution`` (``fimaudit.distributed.Execution``) runs stage 4 on Dask workers; the
     report is the same apart from ``timing``. Raises ``FimauditError`` subclasses for bad
     input (one-line messages). Progress also goes to the ambient reporter (``fimaudit.progress``).
     """
+    return scan_job(None, config, progress, execution)
+
+
+def scan_job(subject: Subject | None, config: ScanConfig, progress: ProgressFn | None = None, execution=None,
+             directions: Callable[[np.ndarray], None] | None = None) -> ScanResult:
+    """The scan job on an opened subject (None: opened from ``config`` after it is validated): load, prepare points,
+    calibrate, estimate each sample, assemble. ``directions`` receives the per-sample worst directions (as
+    ``--save-direction`` writes them) without a file."""
     from . import progress as ambient
 
     with ambient.task("scan", unit="samples") as bar:
-        return _scan(config, bar.callback(progress, lambda queries: f"{queries} queries"), execution)
+        return _scan(config, bar.callback(progress, lambda queries: f"{queries} queries"), execution, subject,
+                     directions)
 
 
-def _scan(config: ScanConfig, progress: ProgressFn | None, execution) -> ScanResult:
+def _scan(config: ScanConfig, progress: ProgressFn | None, execution, subject: Subject | None = None,
+          directions: Callable[[np.ndarray], None] | None = None) -> ScanResult:
     t_start = time.perf_counter()
-    loaded = load(config)
+    loaded = load(config, subject)
     model = loaded.model
     points = prepare_points(config, loaded)
     oracle, calib = calibrate(config, model, points, loaded.pre)
     n = points.x.shape[0]
     if execution is not None and execution.distributed:
-        return _scan_distributed(config, loaded, points, calib, execution, progress, t_start)
+        return _scan_distributed(config, loaded, points, calib, execution, progress, t_start, directions)
     learnt = LearntSubspace(model.d) if needs_learnt_basis(config, calib) else None
     outcomes: list[SampleOutcome] = []
     if progress:
@@ -1159,7 +1168,7 @@ def _scan(config: ScanConfig, progress: ProgressFn | None, execution) -> ScanRes
     for i in range(n):
         label = None if points.labels is None else int(points.labels[i])
         basis = learnt.basis(calib.plan.r) if learnt is not None else None
-        outcome = estimate_sample(oracle, config, calib, i, points.x[i], label, basis)
+        outcome = estimate_sample(oracle, config, calib, i, points.x[i], label, basis, directions is not None)
         if learnt is not None and outcome.direction is not None:
             learnt.add(outcome.direction)
         outcomes.append(outcome)
@@ -1167,11 +1176,13 @@ def _scan(config: ScanConfig, progress: ProgressFn | None, execution) -> ScanRes
             progress(i + 1, n, model.queries)
     if config.save_direction:
         _save_directions(config.save_direction, outcomes, model.sample_shape)
+    if directions is not None:
+        directions(direction_array(outcomes, model.sample_shape))
     return assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
 
 
 def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib: Calibration, execution, progress,
-                      t_start: float) -> ScanResult:
+                      t_start: float, directions: Callable[[np.ndarray], None] | None = None) -> ScanResult:
     """Stage 4 on Dask workers (fimaudit/distributed.py); stages 1-3 and 5 stay here."""
     from dataclasses import replace
 
@@ -1186,14 +1197,18 @@ def _scan_distributed(config: ScanConfig, loaded: Loaded, points: Points, calib:
     rows = None
     if calib.graph is not None:
         rows = points.to_input(points.x[:2]) if points.to_input is not None else points.x[:2]
-    work = ScanWork(config, replace(calib, graph=None), loaded.pre if points.to_input is not None else None, rows)
+    work = ScanWork(config, replace(calib, graph=None), loaded.pre if points.to_input is not None else None, rows,
+                    directions is not None)
     client_queries = model.queries + _graph_rows(calib)  # centre queries and the graph's self-check, made here
     outcomes, info = run_per_sample(
         work, model, points.x, labels, execution=execution, device=config.device, threads=config.threads,
+        blob=loaded.subject.model_bytes,
         progress=None if progress is None else (lambda done, total, q: progress(done, total, client_queries + q)),
     )
     if config.save_direction:
         _save_directions(config.save_direction, outcomes, model.sample_shape)
+    if directions is not None:
+        directions(direction_array(outcomes, model.sample_shape))
     result = assemble(config, loaded, points, calib, outcomes, time.perf_counter() - t_start)
     # The workers' queries (each sample's count includes its centre query, made here in stage 3).
     total = client_queries + sum(o.result.queries - 1 for o in outcomes)
@@ -1228,12 +1243,17 @@ def _save_directions(path: str, outcomes: list[SampleOutcome], sample_shape: tup
 
     if Path(path).suffix != ".npy":
         raise ConfigError("--save-direction must name a .npy file")
+    directions = direction_array(outcomes, sample_shape)
+    write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
+
+
+def direction_array(outcomes: list[SampleOutcome], sample_shape: tuple[int, ...]) -> np.ndarray:
+    """The per-sample worst directions, float32 ``(n, *sample_shape)`` (unit, estimation space; zeros where none)."""
     directions = np.zeros((len(outcomes), math.prod(sample_shape)), dtype=np.float32)
     for i, o in enumerate(outcomes):
         if o.direction is not None:
             directions[i] = o.direction
-    directions = directions.reshape((len(outcomes),) + tuple(sample_shape))
-    write_atomic(path, lambda fh: np.save(fh, directions), binary=True)
+    return directions.reshape((len(outcomes),) + tuple(sample_shape))
 
 
 def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int, ...]) -> dict:

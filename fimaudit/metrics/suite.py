@@ -8,15 +8,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import progress
-from .. import streams
 from ..options import ModelDataOptions
 from ..attack_space import attack_oracle
 from ..attacks import make_attack
 from ..errors import ConfigError
 from ..results import MetricsResult
-from ..images import DataOptions, prepare
+from ..images import DataOptions
 from ..model.layout import Layout
-from ..model import load_model
+from ..subject import Subject, open_subject
 from .corruptions import CORRUPTIONS, SEVERITIES, applicable, corrupt
 from .performance import performance, shift_robustness
 from .weights import norm_measures, path_norm, sharpness_sigma
@@ -40,17 +39,25 @@ class MetricsConfig(ModelDataOptions):
 
 
 def run_metrics(cfg: MetricsConfig) -> MetricsResult:
+    """``metrics_job`` on the subject of ``cfg.model``."""
+    return metrics_job(None, cfg)
+
+
+def metrics_job(subject: Subject | None, cfg: MetricsConfig) -> MetricsResult:
+    """The metric suite on ``subject`` (None: opened from ``cfg``)."""
     t0 = time.perf_counter()
-    model = load_model(cfg.model, input_name=cfg.input_name, output_name=cfg.output_name, input_shape=cfg.input_shape,
-                       device=cfg.device, max_batch=cfg.max_batch, threads=cfg.threads)
-    prep = prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
+    if subject is None:
+        subject = open_subject(cfg)
+    subject.check(cfg)
+    model = subject.model()
+    prep = subject.prepare(model, cfg.data, cfg.samples, cfg.scale, cfg.mean, cfg.std, DataOptions.of(cfg))
     ds, pre = prep.dataset, prep.pre
     if ds.y is None:
         raise ConfigError(f"{cfg.data} has no labels (y, subfolders or labels.csv): the metric suite needs labels")
-    x = np.asarray(ds.x, dtype=np.float64) * pre.scale  # attack/corruption space, e.g. [0, 1]
+    spaces = subject.spaces(prep)
+    x = spaces.to_attack(ds.x)  # attack/corruption space, e.g. [0, 1]
     y = ds.y
-    oracle, kind = attack_oracle(model, pre.mean, pre.std, cfg.output_kind, x, pre.channel_axis,
-                                  y, ds.source)
+    oracle, kind = attack_oracle(model, spaces.attack_to_input, cfg.output_kind, x, y, ds.source)
     from ..piecewise import piecewise_notes
 
     notes: list[str] = piecewise_notes(model)
@@ -66,12 +73,12 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
     metrics["path_norm"] = pn
     metrics["path_norm_over_margin"] = pn / gamma**2 if gamma > 0 else float("nan")
     ns = min(cfg.sharpness_samples, len(x))
-    u = (oracle._to_input(x[:ns]) if oracle._to_input is not None else x[:ns]).astype(np.float32)
+    u = oracle.model_input(x[:ns]).astype(np.float32)
     sh = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                         streams.rng(cfg.seed, "metrics.sharpness"), draws=cfg.sharpness_draws,
+                         subject.rng("metrics.sharpness"), draws=cfg.sharpness_draws,
                          fixed_batch=model.info.fixed_batch)
     sh_m = sharpness_sigma(model.proto, model.info.input.name, model.info.output.name, u, y[:ns],
-                           streams.rng(cfg.seed, "metrics.sharpness_magnitude"), draws=cfg.sharpness_draws, magnitude_aware=True,
+                           subject.rng("metrics.sharpness_magnitude"), draws=cfg.sharpness_draws, magnitude_aware=True,
                            fixed_batch=model.info.fixed_batch)
     metrics.update({"sharpness_sigma": sh["sigma"], "sharpness_flatness": sh["flatness"],
                     "sharpness_magnitude_sigma": sh_m["sigma"], "sharpness_magnitude_flatness": sh_m["flatness"]})
@@ -82,7 +89,7 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
         # float32 exports round 0 and 1 by a few ulps of 1 (values such as -5e-9 occur): allow 1e-6.
         if lo < -1e-6 or hi > 1 + 1e-6:
             raise ConfigError("corruptions need images in [0, 1] after --scale (e.g. --scale 1/255 for uint8 pixels)")
-        rng = streams.rng(cfg.seed, "metrics.corruptions")
+        rng = subject.rng("metrics.corruptions")
         names = applicable(_image_shape(model.sample_shape, prep.layout))
         skipped = [n for n in CORRUPTIONS if n not in names]
         if skipped:
@@ -104,7 +111,7 @@ def run_metrics(cfg: MetricsConfig) -> MetricsResult:
         na = min(cfg.attack_samples, len(x))
         lo, hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
         out = make_attack("square", channel_axis=pre.channel_axis)(oracle, x[:na], y[:na], cfg.attack_eps, "linf", (lo, hi),
-                                    streams.rng(cfg.seed, "metrics.attack"), cfg.attack_budget)
+                                    subject.rng("metrics.attack"), cfg.attack_budget)
         clean_a = performance(out.clean_logp, y[:na])
         adv = performance(out.adv_logp, y[:na])
         for key, val in shift_robustness(clean_a, adv).items():

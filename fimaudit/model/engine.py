@@ -68,6 +68,12 @@ class Model:
         """Wall time inside onnxruntime's run."""
         return self.runner.counts.seconds
 
+    def fresh(self) -> "Model":
+        """A new ``Model`` over this one's session (the validated model opened once): counters, class count and
+        batch choice start afresh, as if the file had been opened again (``fimaudit.subject``)."""
+        return Model(self._session, self.info, provider=self.provider, input_dtype=self._dtype,
+                     max_batch=self.requested_batch, proto=self.proto)
+
     def _one_row_fallback(self, chunk: np.ndarray, rows: int) -> bool:
         """After a failed multi-row batch on a dynamic batch axis, switch to one row per run if that works.
 

@@ -85,7 +85,11 @@ def _dtype_name(elem_type: int) -> str:
         return f"type{elem_type}"
 
 
-def _read_model(path: Path) -> onnx.ModelProto:
+def read_model(path: Path) -> onnx.ModelProto:
+    """The file's ModelProto (external data not yet read), refusing what is not a readable ONNX model.
+
+    The first step of every validation: ``tests/test_subject.py`` counts its calls (one per command).
+    """
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
@@ -300,7 +304,7 @@ def load_model(
     """Load, validate and open ``path``; returns a ready ``Model`` (see ``fimaudit.model.engine``)."""
 
     p = Path(path)
-    model = _read_model(p)
+    model = read_model(p)
     digest = sha256_file(p)
     notes: list[str] = []
     check_declared_tensors(_all_tensors(model), p)  # before external data or weights are read
@@ -376,7 +380,7 @@ def load_model(
     if piecewise is not None:
         notes.insert(0, piecewise.note())
     _free_batch_axis(chosen_in, chosen_out)
-    session, provider, ir_note = _open(model, p, device, threads)
+    session, provider, ir_note = open_session(model, p, device, threads)
     if ir_note:
         notes.append(ir_note)
     info = ModelInfo(
@@ -398,8 +402,12 @@ def load_model(
 _IR_MAX_RE = re.compile(r"max supported IR version:\s*(\d+)")
 
 
-def _open(model: onnx.ModelProto, path: Path, device: str, threads: int):
-    """Create the onnxruntime session, patching an IR version onnxruntime refuses when that is safe."""
+def open_session(model: onnx.ModelProto, path: Path, device: str, threads: int):
+    """Create the onnxruntime session of a validated model: (session, provider, note).
+
+    An IR version onnxruntime refuses is patched in memory when that is safe (the note says so). Also used by
+    ``Subject.from_bytes`` and Dask workers, which rebuild sessions from the validated bytes without validating again.
+    """
     if model.ByteSize() > _MAX_PROTO_BYTES:
         raise ModelLoadError(f"{path.name} is larger than 2 GB once loaded; fimaudit cannot open models that large")
     note = None

@@ -87,9 +87,12 @@ class LogProbOracle:
         """True when rows reach the model unchanged (no preprocessing map in between)."""
         return self._to_input is None
 
+    def model_input(self, x: np.ndarray) -> np.ndarray:
+        """Estimation-space rows ``x`` as the model receives them (``x`` itself when nothing maps them)."""
+        return self._to_input(x) if self._to_input is not None else x
+
     def raw(self, x: np.ndarray) -> np.ndarray:
-        u = self._to_input(x) if self._to_input is not None else x
-        return self.model.run(u)
+        return self.model.run(self.model_input(x))
 
     def logp(self, x: np.ndarray) -> np.ndarray:
         """``x``: ``(n, *sample_shape)``; returns ``(n, K)`` float64 log-probabilities."""

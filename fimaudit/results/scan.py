@@ -12,6 +12,9 @@ import numpy as np
 
 from .base import SCHEMA_VERSION, check_kind, clean, read_version
 
+_clean = clean  # this module's own uses
+
+
 @dataclass(frozen=True)
 class Stats:
     """Aggregate of per-sample values (MATH: mean, median, 90th percentile, max, count)."""

@@ -129,7 +129,7 @@ class BoundGraph:
         m_in = round_margin(box.mag)  # the float32 cast of the model input
         boxes = {self.input_name: box.widen(m_in)}
         margins = {self.input_name: m_in}
-        targets = self._refine_targets(refine, refine_limit)
+        targets = self.refine_targets(refine, refine_limit)
         bounds = Bounds(boxes, margins)
         for node in self.var_nodes:
             ins = [None if not i else (boxes[i] if self.graph.is_var(i) else self.consts.get(i)) for i in node.inputs]
@@ -165,7 +165,8 @@ class BoundGraph:
                         out[i] = bounds[i]
         return out
 
-    def _refine_targets(self, refine, limit: int) -> set[str]:
+    def refine_targets(self, refine, limit: int) -> set[str]:
+        """The tensors whose intervals CROWN refines: the inputs of the relaxed nodes (none when ``refine`` is off)."""
         if not refine:
             return set()
         names = []

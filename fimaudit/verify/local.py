@@ -353,8 +353,8 @@ def _scan_set(x: np.ndarray, eps: float, pre, data_space: bool, shape):
     if not data_space or pre is None or pre.is_identity:
         return InputSet(x, float(eps), "linf")
     # u = (x scale - mean) / std = (x - mean / scale) / (std / scale)
-    mean = pre._broadcast(pre.mean, shape) / pre.scale
-    std = pre._broadcast(pre.std, shape) / pre.scale
+    mean = pre.broadcast(pre.mean, shape) / pre.scale
+    std = pre.broadcast(pre.std, shape) / pre.scale
     return InputSet(x, float(eps), "linf", mean=mean, std=std)
 
 

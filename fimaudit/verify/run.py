@@ -163,7 +163,13 @@ def _json_eps(e: float):
 
 
 def run_verify(cfg: VerifyConfig, progress=None, execution=None) -> VerifyResult:
-    """Verify every sample at every eps (and its own radius with --eps-from); bisect the certified radius."""
+    """``verify_job`` on the subject of ``cfg.model`` (opened once the config is validated)."""
+    return verify_job(None, cfg, progress, execution)
+
+
+def verify_job(subject, cfg: VerifyConfig, progress=None, execution=None) -> VerifyResult:
+    """Verify every sample of ``subject`` (a ``fimaudit.subject.Subject``; None: opened from ``cfg``) at every eps
+    (and its own radius with --eps-from); bisect the certified radius."""
     from ..distributed import run_per_sample
     from ..evidence import AttackConfig, load_attack_inputs
     from .engine import BoundGraph
@@ -173,7 +179,8 @@ def run_verify(cfg: VerifyConfig, progress=None, execution=None) -> VerifyResult
     shared = {f: getattr(cfg, f) for f in ModelDataOptions.__dataclass_fields__}
     acfg = AttackConfig(**shared, model=cfg.model, data=cfg.data, samples=cfg.samples, input_range=cfg.input_range,
                         scale=cfg.scale, mean=cfg.mean, std=cfg.std, seed=cfg.seed, eps=cfg.eps, norm=cfg.norm)
-    model, oracle, kind, x, y, pre, notes = load_attack_inputs(acfg)
+    inputs = load_attack_inputs(acfg, subject)
+    model, oracle, kind, x, y, pre, notes = inputs
     graph = BoundGraph.from_model(model)  # refuses unsupported operators before any work
     clean = oracle.logp(x)
     predicted = np.argmax(clean, axis=1)
@@ -190,8 +197,8 @@ def run_verify(cfg: VerifyConfig, progress=None, execution=None) -> VerifyResult
     radii = tuple(tuple(cfg.eps) + ((float(own[i]),) if own is not None else ()) for i in range(len(x)))
     work = VerifyWork(cfg, pre, radii, tuple(int(p) for p in predicted))
     rows, info = run_per_sample(work, model, x, [int(v) for v in y], execution=execution, progress=progress,
-                                device=cfg.device, threads=cfg.threads)
-    refined = bool(cfg.method == "crown" and graph._refine_targets("auto", cfg.refine_limit))
+                                device=cfg.device, threads=cfg.threads, blob=inputs.subject.model_bytes)
+    refined = bool(cfg.method == "crown" and graph.refine_targets("auto", cfg.refine_limit))
     if cfg.branches and cfg.method != "crown":
         notes.append("--branches applies to --method crown only; ignored")
     results = []

@@ -26,7 +26,7 @@ GOLDEN_STEPS = 40
 class InputSet:
     """{x : |x - x0|_norm <= eps} intersected with [lo, hi] (attack space), seen by the model as (x - mean)/std.
 
-    ``x0`` has the sample shape; ``mean``/``std`` broadcast to it (``Preprocess._broadcast``); eps = inf
+    ``x0`` has the sample shape; ``mean``/``std`` broadcast to it (``Preprocess.broadcast``); eps = inf
     is the whole box (bounds over the input domain).
     """
 
@@ -46,8 +46,8 @@ class InputSet:
         if pre is not None and not pre.is_identity:
             if pre.scale != 1.0:
                 x0 = x0  # attack space is data x scale already; the map used here is (x - mean) / std
-            mean = pre._broadcast(pre.mean, x0.shape)
-            std = pre._broadcast(pre.std, x0.shape)
+            mean = pre.broadcast(pre.mean, x0.shape)
+            std = pre.broadcast(pre.std, x0.shape)
         if norm not in ("linf", "l2"):
             raise ValueError(norm)
         return cls(x0, float(eps), norm, float(input_range[0]), float(input_range[1]), mean, std)
