@@ -15,14 +15,6 @@ PKG = Path(fimaudit.__file__).parent
 
 PRIVATE_IMPORTS_TODAY = {
     ("fimaudit.model.gpu", "fimaudit.model.session", "_ort"),
-    ("fimaudit.autodiff.reference", "fimaudit.autodiff.rules", "_refuse_batch_axis"),
-    ("fimaudit.autodiff.reference", "fimaudit.autodiff.rules", "_resize_matrix"),
-    ("fimaudit.autodiff.reference", "fimaudit.autodiff.rules", "_window"),
-    ("fimaudit.verify.jacobian", "fimaudit.verify.ops", "_pool_args"),
-    ("fimaudit.verify.jacobian", "fimaudit.verify.ops", "_clip_params"),
-    ("fimaudit.verify.jacobian", "fimaudit.verify.ops", "_softmax_axis"),
-    ("fimaudit.verify.local", "fimaudit.verify.ops", "_clip_params"),
-    ("fimaudit.verify.local", "fimaudit.verify.ops", "_pool_args"),
 } | {(f"fimaudit.report.{m}", "fimaudit.report.terminal", "_fmt")
      for m in ("compare", "evidence", "certify", "markdown", "bounds", "audit", "html")} | {
     (f"fimaudit.report.{m}", "fimaudit.report.terminal", name)
