@@ -20,7 +20,7 @@ from .options import ModelDataOptions
 from .audit_context import audit_context
 from .errors import ConfigError, FimauditError
 from .certify import CertifyConfig, certify_job
-from .evidence import SCORELESS, AttackConfig, attack_job, clever_job
+from .evidence import SCORELESS, AttackConfig, CleverConfig, attack_job, clever_job
 from .graph import bounds_from_proto
 from .images import DataOptions
 from .metrics.suite import MetricsConfig, metrics_job
@@ -479,9 +479,9 @@ def _clever_section(ctx: AuditContext) -> dict:
         raise Unavailable(f"not applicable: piecewise-constant model ({ctx.piecewise.ops_text()}): CLEVER's gradient "
                           "norms are 0 almost everywhere")
     _labels_needed(ctx, "CLEVER scores")
-    acfg = cfg.build(AttackConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), budget=10**9)
-    return clever_job(ctx.subject, acfg, "l2", cfg.clever_radius, cfg.clever_points, seeds=2,
-                      gradients=cfg.gradients_for("scan")).to_dict()
+    ccfg = cfg.build(CleverConfig, samples=min(cfg.clever_samples, cfg.samples or cfg.clever_samples), norm="l2",
+                     radius=cfg.clever_radius, points=cfg.clever_points, seeds=2, gradients=cfg.gradients_for("scan"))
+    return clever_job(ctx.subject, ccfg).to_dict()
 
 
 def _metrics_section(ctx: AuditContext) -> dict:
@@ -702,3 +702,4 @@ def _run_audit(cfg: AuditConfig, progress: ProgressFn | None, execution: Any, ba
 def scan_result_of(result: AuditResult) -> ScanResult | None:
     sec = result.section("scan")
     return ScanResult.from_dict(sec.data) if sec is not None and sec.status == "ok" else None
+

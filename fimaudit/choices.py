@@ -86,3 +86,38 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     if not dims or any(d <= 0 for d in dims):
         raise UnsupportedModelError(f"--input-shape '{text}' must be positive integers such as 3,224,224")
     return dims
+
+
+def parse_nonnegative(text: str, flag: str) -> tuple[float, ...]:
+    """``--eps``/``--tau``/``--radii``: nonnegative numbers (or fractions) separated by commas."""
+    vals = parse_floats(text, flag)
+    if vals is None or any(v < 0 for v in vals):
+        raise ConfigError(f"{flag} '{text}' must be nonnegative numbers separated by commas")
+    return vals
+
+
+def parse_eps_or_inf(text: str) -> tuple[float, ...]:
+    """--eps of verify: numbers or fractions, and inf (the whole input box)."""
+    out = []
+    for tok in text.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if tok.lower() in ("inf", "infinity"):
+            out.append(float("inf"))
+            continue
+        try:
+            out.append(eval_fraction(tok))
+        except ValueError:
+            raise ConfigError(f"--eps '{text}' must be numbers (or inf) separated by commas") from None
+    if not out:
+        raise ConfigError("--eps needs at least one number")
+    return tuple(out)
+
+
+def parse_domain(text: str) -> tuple[float, float]:
+    """``bounds --domain LO,HI``."""
+    try:
+        return parse_range(text)
+    except ConfigError:
+        raise ConfigError(f"--domain '{text}' must be LO,HI with LO < HI") from None

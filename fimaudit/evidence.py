@@ -7,9 +7,12 @@ units.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -596,6 +599,100 @@ def _compare_row(spec: ModelSpec, *, samples, eps_linf, eps_l2, budget, clever_p
     return row
 
 
+# `fimaudit compare` defaults: chosen so that the README's `compare --manifest sample_models/manifest.json` (14
+# models, two of them 96x96) finishes within 5 minutes on 2 CPU cores (docs/compare.md has the per-section profile).
+COMPARE_SAMPLES, COMPARE_BUDGET, COMPARE_CLEVER_SAMPLES, COMPARE_CLEVER_POINTS, COMPARE_METRIC_SAMPLES = 10, 2000, 3, 20, 100
+
+
+@dataclass(frozen=True)
+class CompareConfig(ModelDataOptions):
+    """``fimaudit compare``: the models (paths, each with ``data`` and the preprocessing given here, and/or a zoo
+    ``manifest`` whose entries carry their own), the shared options every model's jobs take, and compare's own."""
+
+    models: tuple[str, ...] = ()
+    manifest: str | None = None
+    data: str | None = None
+    samples: int | None = COMPARE_SAMPLES
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    input_range: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+    budget: int = COMPARE_BUDGET
+    eps_linf: float = 0.03
+    eps_l2: float = 0.5
+    clever_points: int = COMPARE_CLEVER_POINTS
+    clever_samples: int = COMPARE_CLEVER_SAMPLES
+    metrics: bool = True
+    metric_samples: int = COMPARE_METRIC_SAMPLES
+    validity: bool = False
+    kl_star: float | None = 0.1
+
+    def validate(self) -> None:
+        if self.clever_samples < 1 or self.clever_points < 10 or self.metric_samples < 1:
+            raise ConfigError("--clever-samples and --metric-samples must be >= 1, --clever-points >= 10")
+
+    def specs(self) -> list[ModelSpec]:
+        """The manifest's models, then those named on the command line (with ``data`` and this preprocessing)."""
+        specs = [] if self.manifest is None else manifest_specs(Path(self.manifest), self.input_range)
+        for m in self.models:
+            if self.data is None:
+                raise ConfigError("--data is needed for models given on the command line")
+            specs.append(ModelSpec(str(m), self.data, self.scale, self.mean, self.std, Path(m).stem, self.input_range))
+        if len(specs) < 2:
+            raise ConfigError("compare needs at least two models")
+        return specs
+
+
+def manifest_specs(manifest: Path, input_range: tuple[float, float]) -> list[ModelSpec]:
+    """The models of a zoo manifest (``{"models": [{"name", "file", "data", "preprocess": {scale, mean, std}}]}``),
+    paths relative to the manifest's folder; a malformed entry is one line naming it."""
+    try:
+        entries = json.loads(manifest.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read manifest {manifest}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(entries, list):
+        raise ConfigError(f"manifest {manifest}: 'models' must be a list")
+
+    def floats(value: Any) -> tuple[float, ...]:
+        return tuple(float(v) for v in (value if isinstance(value, list) else [value]))
+
+    specs = []
+    for k, e in enumerate(entries):
+        try:
+            pp = e.get("preprocess") or {}
+            name = str(e.get("name") or Path(e["file"]).stem)
+            specs.append(ModelSpec(str(manifest.parent / e["file"]), str(manifest.parent / e["data"]),
+                                   float(pp.get("scale", 1.0)), floats(pp.get("mean", 0.0)), floats(pp.get("std", 1.0)),
+                                   name, input_range))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"manifest {manifest}: model {k + 1} is malformed ({type(exc).__name__}: {exc}); each "
+                              "needs 'file' and 'data', optionally 'name' and 'preprocess' {scale, mean, std}") from None
+    return specs
+
+
+def compare_job(cfg: CompareConfig, execution=None) -> CompareResult:
+    """``fimaudit compare``: ``compare_models`` over ``cfg.specs()``, every model opened once (its own subject)."""
+    cfg.validate()
+    specs = cfg.specs()
+    common = {f: getattr(cfg, f) for f in ModelDataOptions.__dataclass_fields__}
+    common["input_range"] = cfg.input_range
+    return compare_models(specs, samples=cfg.samples, eps_linf=cfg.eps_linf, eps_l2=cfg.eps_l2, budget=cfg.budget,
+                          seed=cfg.seed, clever_points=cfg.clever_points, clever_samples=cfg.clever_samples,
+                          with_metrics=cfg.metrics, metric_samples=cfg.metric_samples, options=common,
+                          execution=execution, with_validity=cfg.validity, kl_star=cfg.kl_star)
+
+
+def partial_message(result: CompareResult, json_path: str | None) -> str | None:
+    """The one error line of a compare stopped by ``--timeout`` (its finished models are kept), else None."""
+    if not result.get("partial"):
+        return None
+    left = ", ".join(u["model"] for u in result["unfinished"])
+    where = "" if json_path is None else f"; partial report written to {json_path}"
+    return (f"compare stopped: {result['stopped']['reason']}; {len(result['rows'])} of "
+            f"{len(result['rows']) + len(result['unfinished'])} models finished; not finished: {left}{where}")
+
+
 def compare_models(
     specs: list[ModelSpec],
     samples: int = 20,
@@ -757,30 +854,51 @@ def _kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (sa * sb).sum(axis=1) / np.sqrt((sa * sa).sum(axis=1) * (sb * sb).sum(axis=1))
 
 
-CLEVER_UNUSED = ("extra", "attack", "eps", "budget", "taus", "steps", "gradients", "loss", "restarts", "min_distance")
+CLEVER_UNUSED = ("extra", "attack", "eps", "budget", "taus", "steps", "gradients", "loss", "restarts", "min_distance",
+                 "radius", "points", "seeds", "batch_size")  # the last four: written after norm, in this order
+
+
+@dataclass(frozen=True)
+class CleverConfig(AttackConfig):
+    """``fimaudit clever``: the attack options it shares (model, data, preprocessing, seed, ``gradients``) and its own:
+    the norm of the distance, the sampling ball's ``radius``, ``points`` per sample in batches of ``batch_size``,
+    and ``seeds`` repeats whose spread is reported."""
+
+    norm: str = "l2"
+    radius: float = 2.0
+    points: int = 50
+    seeds: int = 3
+    batch_size: int = 10
+
+    def validate(self) -> None:
+        if self.norm not in ("l2", "linf"):
+            raise ConfigError(f"--norm must be l2 or linf, not '{self.norm}'")
+        if self.radius <= 0 or self.points < 2 * self.batch_size or self.seeds < 1:
+            raise ConfigError("--radius must be positive, --points at least 2 batches of 10, --seeds at least 1")
+        if self.gradients not in ("auto", "graph", "fd"):
+            raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{self.gradients}'")
 
 
 def run_clever(cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
                batch_size: int = 10, gradients: str = "auto") -> CleverResult:
-    """``clever_job`` on the subject of ``cfg.model`` (opened once the options are checked)."""
-    return clever_job(None, cfg, norm, radius, points, seeds, batch_size, gradients)
+    """``clever_job`` on the subject of ``cfg.model`` (the API spelling: an attack config and CLEVER's own values)."""
+    own = dict(norm=norm, radius=radius, points=points, seeds=seeds, batch_size=batch_size, gradients=gradients)
+    if isinstance(cfg, CleverConfig):
+        return clever_job(None, replace(cfg, **own))
+    return clever_job(None, CleverConfig(**{**{k: v for k, v in asdict(cfg).items() if k not in own}, **own}))
 
 
-def clever_job(subject: Subject | None, cfg: AttackConfig, norm: str, radius: float, points: int = 50, seeds: int = 3,
-               batch_size: int = 10, gradients: str = "auto") -> CleverResult:
-    """CLEVER scores per sample of ``subject`` (None: opened from ``cfg``), repeated over ``seeds`` seeds to show
+def clever_job(subject: Subject | None, cfg: CleverConfig) -> CleverResult:
+    """CLEVER scores per sample of ``subject`` (None: opened from ``cfg``), repeated over ``cfg.seeds`` seeds to show
     their spread.
 
     ``gradients`` auto|graph: the margin gradients come from the model's gradient graph (K-1 VJP
     rows per point instead of 2d queries) when it builds and passes its self-check.
     """
-    if norm not in ("l2", "linf"):
-        raise ConfigError(f"--norm must be l2 or linf, not '{norm}'")
-    if radius <= 0 or points < 2 * batch_size or seeds < 1:
-        raise ConfigError("--radius must be positive, --points at least 2 batches of 10, --seeds at least 1")
+    cfg.validate()
+    norm, radius, points, seeds, batch_size, gradients = (cfg.norm, cfg.radius, cfg.points, cfg.seeds, cfg.batch_size,
+                                                          cfg.gradients)
     t0 = time.perf_counter()
-    if gradients not in ("auto", "graph", "fd"):
-        raise ConfigError(f"--gradients must be one of auto, graph, fd, not '{gradients}'")
     inputs = load_attack_inputs(cfg, subject)
     model, oracle, kind, x, y, pre, notes = inputs
     h = range_step(cfg.input_range)

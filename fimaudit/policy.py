@@ -434,3 +434,19 @@ def evaluate(policy: Policy, result: AuditResult) -> tuple[CheckResult, ...]:
         out.append(CheckResult("preprocessing.sane", "=", True, False, False,
                                "added by fimaudit: " + str(sec.data.get("note"))))
     return tuple(out)
+
+
+def fail_above_gate(result, fail_above: float | None) -> str | None:
+    """``--fail-above X`` is the one-line policy ``fisher.lambda_max.median <= X``: the line saying why it failed,
+    else None."""
+    if fail_above is None:
+        return None
+    from .results import AuditResult, Section
+
+    policy = Policy("--fail-above", (parse_check(f"fisher.lambda_max.median <= {fail_above!r}", "--fail-above"),), {})
+    wrapped = AuditResult(result.model, result.config, (Section("scan", "ok", None, result.to_dict()),))
+    failed = [c for c in evaluate(policy, wrapped) if not c.passed]
+    if not failed:
+        return None
+    value = "not computed" if failed[0].value is None else f"{failed[0].value:.4g}"
+    return f"fimaudit: gate failed: median lambda_max {value} > --fail-above {fail_above:g}"

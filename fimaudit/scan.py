@@ -1273,3 +1273,4 @@ def _bound_summary(model, config: ScanConfig, pre: Preprocess, shape: tuple[int,
         factor = float(np.max(np.abs(pre.jacobian_diag(shape))))  # |D|_2 for F_data = D F D
         lip, upper = lip * factor, upper * factor * factor
     return {"lipschitz": lip, "fim_upper": upper, "reason": res.reason, "family": res.family}
+

@@ -99,6 +99,15 @@ def test_scan_samples_text_agrees_with_the_scan():
     assert cli.SCAN_SAMPLES_SYNTHETIC == certify.DEFAULT_SAMPLES_SYNTHETIC
 
 
+def test_compare_defaults_in_the_help_agree_with_the_compare_config():
+    from fimaudit import cli
+    from fimaudit.evidence import CompareConfig
+
+    c = CompareConfig()
+    assert (cli.COMPARE_SAMPLES, cli.COMPARE_BUDGET, cli.COMPARE_CLEVER_SAMPLES, cli.COMPARE_CLEVER_POINTS,
+            cli.COMPARE_METRIC_SAMPLES) == (c.samples, c.budget, c.clever_samples, c.clever_points, c.metric_samples)
+
+
 @pytest.mark.parametrize("name, flag, shown", [
     ("attack", "--steps", "10 for BIM/PGD, 100 white-box"), ("scan", "--subspace-dim", "budget/4"),
     ("scan", "--fd-step", "chosen and checked"), ("report", "--format", "from --out, else text"),

@@ -8,8 +8,8 @@ import fimaudit
 PKG = Path(fimaudit.__file__).parent
 
 # Job modules: they load models and data and run a command end to end.
-JOBS = {"fimaudit.scan", "fimaudit.audit", "fimaudit.evidence", "fimaudit.certify", "fimaudit.metrics.suite"}
-CLI = {"fimaudit.cli", "fimaudit.__main__"}
+JOBS = {"fimaudit.scan", "fimaudit.audit", "fimaudit.audit_command", "fimaudit.verify.run", "fimaudit.evidence", "fimaudit.certify", "fimaudit.metrics.suite"}
+CLI = {"fimaudit.cli", "fimaudit.commandline", "fimaudit.__main__"}
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PKG.parent).with_suffix("").parts)

@@ -283,6 +283,24 @@ def compute_bounds(model_path: str, input_name: str | None = None, output_name: 
     return bounds_from_proto(m.proto, m.info.input.name, m.info.output.name, m.sample_shape, str(model_path))
 
 
+def bounds_job(subject, domain: tuple[float, float] | None = None, show_ops: bool = False) -> BoundResult:
+    """``fimaudit bounds``: the closed-form bound of ``subject``'s graph; with ``domain`` (LO, HI in model-input units)
+    also every logit's interval over that whole input box (IBP, fimaudit verify's engine). ``show_ops`` asks the
+    renderer for the per-operation table."""
+    from dataclasses import replace
+
+    result = bounds_from_proto(subject.proto, subject.info.input.name, subject.info.output.name, subject.sample_shape,
+                               subject.options.model)
+    over = None
+    if domain is not None:
+        from ..verify import domain_bounds
+
+        z = domain_bounds(subject.model(), domain)
+        over = {"input_range": list(domain), "method": "ibp", "units": "model-input units",
+                "logits_lower": [float(v) for v in z.lo.reshape(-1)], "logits_upper": [float(v) for v in z.hi.reshape(-1)]}
+    return replace(result, show_ops=show_ops, domain_bounds=over)
+
+
 def bounds_from_proto(proto: onnx.ModelProto, input_name: str, output_name: str, sample_shape: tuple[int, ...],
                       label: str = "") -> BoundResult:
     folded = fold_batchnorm(proto)
