@@ -34,8 +34,10 @@ def test_the_smoke_run_can_fail(fuzz):
     assert c(2, "fimaudit: error: bad\n", "", 0, [], limit) not in fuzz.FAILURES
 
 
-def test_fuzz_smoke(fuzz):
-    # ~200 cases over every command (about 30 s on 2 cores); the full campaign is bench/fuzz.py.
+def test_fuzz_smoke(fuzz, tmp_path, monkeypatch):
+    # ~200 cases over every command (about 30 s on 2 cores); the full campaign is bench/fuzz.py. In a scratch folder:
+    # an `audit` case without --out writes its dossier to ./fimaudit-audit-MODEL, which must not land in the checkout.
+    monkeypatch.chdir(tmp_path)
     rep = fuzz.run_fuzz(200, seed=11, workers=2, wall_limit=60.0, verbose=False)
     results = rep["results"]
     assert len(results) == 200
