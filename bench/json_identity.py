@@ -1,4 +1,4 @@
-"""Do two commits give the same JSON? Runs scan, attack, clever, metrics, bounds, certify and audit (small settings)
+"""Do two commits give the same JSON? Runs scan, attack, clever, metrics, bounds, certify, audit and verify (small settings)
 with --json on sample and corpus models from each commit's tree, and compares the JSONs ignoring timing, durations,
 versions and creation fields.
 
@@ -35,7 +35,7 @@ MODELS = {
 }
 # the corpus model's data are normalised: commands that check the input range get the data's own range
 RANGE = {"oval": "--input-range=-2.156,2.64"}
-TAKES_RANGE = {"attack", "clever", "certify", "audit"}
+TAKES_RANGE = {"attack", "clever", "certify", "audit", "verify"}
 COMMANDS = {
     "scan": lambda images: ["scan", "--budget", "40"],
     "attack": lambda images: ["attack", "--eps", "0.02,0.05", "--budget", "60"],
@@ -44,6 +44,7 @@ COMMANDS = {
     "bounds": lambda images: ["bounds"],
     "certify": lambda images: ["certify", "--sigma", "0.25"],
     "audit": lambda images: ["audit", "--budget", "40"],
+    "verify": lambda images: ["verify", "--eps", "0.005", "--no-bisect"],
 }
 NO_DATA = {"bounds"}  # takes the model only
 # keys whose values are timing, versions or creation stamps: never compared
