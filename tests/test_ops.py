@@ -197,3 +197,69 @@ def test_parse_folds_what_the_table_folds(monkeypatch):
     _patch(monkeypatch, "Concat", fold=Reason("not folded in this test"))
     g = parse(proto, "x", "z", (2, 3))
     assert "shape" not in g.consts and "shape" in g.static
+
+
+def test_float64_copy_takes_its_rewrites_and_refusals_from_the_table(monkeypatch):
+    """``float64``: a rule rewrites the node for onnxruntime, None keeps it as it is, a Reason refuses the copy."""
+    from fimaudit.autodiff.reference import Float64Unsupported, float64_model, onnxruntime_can_run
+
+    proto = _unary_net("Softsign")
+    shapes = {"x": (1, 4), "h": (1, 3), "a": (1, 3), "z": (1, 2)}
+    kinds = lambda: [n.op_type for n in float64_model(proto, shapes)[0].graph.node]  # noqa: E731
+    assert onnxruntime_can_run(proto, shapes) is None
+    assert "Softsign" not in kinds() and "Div" in kinds()  # the entry's rewrite: x / (1 + |x|)
+    _patch(monkeypatch, "Softsign", float64=None)  # as if onnxruntime had a double kernel: the node stays
+    assert kinds() == ["Gemm", "Softsign", "Gemm"]
+    _patch(monkeypatch, "Softsign", float64=lambda em, node: em.nodes.append(
+        onnx.helper.make_node("Neg", [node.input[0]], [node.output[0]])))
+    assert kinds() == ["Gemm", "Neg", "Gemm"]
+    _patch(monkeypatch, "Softsign", float64=Reason("no double kernel in this test"))
+    assert onnxruntime_can_run(proto, shapes) == "Softsign has no double kernel in this test"
+    with pytest.raises(Float64Unsupported, match="no double kernel in this test"):
+        float64_model(proto, shapes)
+    erf = _unary_net("Erf")
+    assert onnxruntime_can_run(erf, shapes) == "Erf has no double kernel in onnxruntime"
+    _patch(monkeypatch, "Erf", float64=None)
+    assert onnxruntime_can_run(erf, shapes) is None
+    monkeypatch.setattr("fimaudit.ops.registry.TABLE", dict(TABLE))
+    with pytest.raises(TypeError, match="Foo.float64"):
+        register("test", Op("Foo", float64=Reason("")))
+
+
+def test_logit_walks_read_the_table(monkeypatch):
+    """``logit_walk``: the loader's walk (model.spec) and the bound engine's (verify) look through what it says."""
+    from fimaudit.model.spec import LogitOutput, logit_output
+
+    made = {"out": ("Flatten", ["p"]), "p": ("LogSoftmax", ["l"]), "l": ("Relu", ["h"])}
+    assert logit_output(made, "out") == LogitOutput("LogSoftmax", "l")
+    _patch(monkeypatch, "Flatten", logit_walk="")
+    assert logit_output(made, "out") == LogitOutput("Flatten", "out")
+    _patch(monkeypatch, "Flatten", logit_walk="moves")
+    _patch(monkeypatch, "LogSoftmax", logit_walk="")
+    assert logit_output(made, "out") == LogitOutput("LogSoftmax", "out")
+    _patch(monkeypatch, "LogSoftmax", logit_walk="moves")
+    _patch(monkeypatch, "Relu", logit_walk="softmax")
+    assert logit_output(made, "out") == LogitOutput("Relu", "h")
+
+    monkeypatch.undo()
+    net = _unary_net("Relu")
+    net.graph.node[-1].output[0] = "l"
+    net.graph.node.append(helper.make_node("Softmax", ["l"], ["z"], axis=1))
+    assert BoundGraph(net, "x", "z", (4,)).logit_name == "l"
+    _patch(monkeypatch, "Softmax", logit_walk="")
+    assert BoundGraph(net, "x", "z", (4,)).logit_name == "z"
+    _patch(monkeypatch, "Softmax", logit_walk="moves")  # the engine looks through "softmax" and "copy" only
+    assert BoundGraph(net, "x", "z", (4,)).logit_name == "z"
+    _patch(monkeypatch, "Softmax", logit_walk="copy")
+    assert BoundGraph(net, "x", "z", (4,)).logit_name == "l"
+
+
+def test_rowwise_is_the_tables(monkeypatch):
+    """``rowwise``: the gradient graphs compute per point only what the table says acts row by row."""
+    from fimaudit.autodiff.graph import _rowwise
+
+    assert _rowwise("Relu") and _rowwise("Slice") and not _rowwise("MatMul") and not _rowwise("IsNaN")
+    assert not _rowwise("NotAnOperator")
+    _patch(monkeypatch, "Relu", rowwise=False)
+    _patch(monkeypatch, "MatMul", rowwise=True)
+    assert not _rowwise("Relu") and _rowwise("MatMul")

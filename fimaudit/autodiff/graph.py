@@ -467,13 +467,11 @@ def _reverse(m, x, opset, shapes, dtypes, values, active, batch, batched):
     return em, summed, contributions
 
 
-# Operators that act on each row alone (elementwise, or Slice/Pad off the batch axis): a chain of
-# them over primal tensors alone can run once per point and be repeated afterwards.
-_ROWWISE = frozenset((
-    "Sign", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Not", "Xor", "Cast", "Where",
-    "Mul", "Add", "Sub", "Div", "Neg", "Abs", "Exp", "Log", "Reciprocal", "Sqrt", "Sigmoid", "Tanh", "Relu", "Erf",
-    "Pow", "Max", "Min", "HardSigmoid", "Softplus", "Identity", "Slice", "Pad",
-))
+def _rowwise(op_type: str) -> bool:
+    """The operator acts on each row alone (its entry's ``rowwise``): a chain of them over primal tensors alone
+    can run once per point and be repeated afterwards."""
+    entry = ops.entry(op_type)
+    return entry is not None and entry.rowwise
 
 
 def _untile(em: Emitter, tiled: dict[str, str], repeat, batched: set[str], protect: set[str]) -> None:
@@ -481,7 +479,7 @@ def _untile(em: Emitter, tiled: dict[str, str], repeat, batched: set[str], prote
 
     The rules read primal tensors repeated once per cotangent row, so e.g. ReLU's mask Sign(y)
     was computed M times per point. Here every node that depends on primal tensors alone and
-    acts row by row (``_ROWWISE``, Slice/Pad with constant sizes off axis 0) reads the primal
+    acts row by row (the operator table's ``rowwise``; Slice/Pad with constant sizes off axis 0) reads the primal
     tensors themselves (B rows); where such a per-point result meets the cotangent it is
     repeated once (Expand + Reshape). Repeats nobody reads any more are dropped.
     """
@@ -591,7 +589,7 @@ def _untile(em: Emitter, tiled: dict[str, str], repeat, batched: set[str], prote
             out_nodes.append(node)  # the repeats themselves (kept for now, dropped below when unread)
             continue
         is_tainted = any(i in tainted for i in node.input if i)
-        if (not is_tainted and node.op_type in _ROWWISE and fixed_axes_ok(node)
+        if (not is_tainted and _rowwise(node.op_type) and fixed_axes_ok(node)
                 and any(i in tiled or i in per_point for i in node.input if i) and all(source_ok(i) for i in node.input)):
             shape = infer(node)
             for i, name in enumerate(node.input):

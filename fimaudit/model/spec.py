@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .. import ops
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -42,9 +44,10 @@ class ModelInfo:
         return int(np.prod(self.sample_shape))
 
 
-# Ops that only move or relabel values: the walk to the logits looks through them.
-SHAPE_ONLY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast")
-SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+def _walk(op_type: str) -> str:
+    """The operator table's ``logit_walk`` role of ``op_type`` ('' for an operator it does not know)."""
+    entry = ops.entry(op_type)
+    return entry.logit_walk if entry is not None else ""
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,18 @@ class LogitOutput:
 
 
 def logit_output(producers: Mapping[str, tuple[str, Sequence[str]]], output_name: str) -> LogitOutput:
-    """Walk back from ``output_name`` through shape-only ops; stop at a (Log)Softmax and take its input.
+    """Walk back from ``output_name`` through ops that only move values; stop at a (Log)Softmax and take its input
+    (the operator table's ``logit_walk`` roles "copy"/"moves" and "softmax").
 
     ``producers`` maps a tensor to (op type, input names) of the node making it; every caller
     (loader, bounds, weight measures) builds it from its own graph type.
     """
     made = producers.get(output_name)
-    while made is not None and made[0] in SHAPE_ONLY_OPS and made[1]:
+    while made is not None and _walk(made[0]) in ("copy", "moves") and made[1]:
         made = producers.get(made[1][0])
     if made is None:
         return LogitOutput(None, output_name)
-    if made[0] in SOFTMAX_OPS and made[1]:
+    if _walk(made[0]) == "softmax" and made[1]:
         return LogitOutput(made[0], made[1][0])
     return LogitOutput(made[0], output_name)
 

@@ -266,3 +266,46 @@ def conv_pads(node, hw, k, strides, dil) -> tuple[int, int, int, int]:
         return (0, 0, 0, 0)
     p = list(node.attrs.get("pads", [0, 0, 0, 0]))
     return tuple(int(v) for v in p)  # type: ignore[return-value]
+
+# --------------------------------------------------- float64 lowering (fimaudit.autodiff.reference)
+class Float64Unsupported(Exception):
+    """The float64 copy cannot run in onnxruntime (an operator without a double kernel or rewrite, see an entry's
+    ``float64``)."""
+
+
+def f64(em: Emitter, value) -> str:
+    """A float64 constant (the lowering emitter keeps large ones outside the model)."""
+    return em.const(np.asarray(value, dtype=np.float64))
+
+
+def im2col(em: Emitter, x: str, kernel, strides, dil, begins, ends, out_sp) -> str:
+    """im2col: x (N, C, *S) -> (N, C, *kernel, *out) with the window elements at each output position.
+
+    Zero padding, then one strided Slice per kernel offset, stacked (opset >= 10); before
+    opset 10 (no stepped Slice), one Gather per spatial axis with the (k, out) index table
+    k·d + o·s, which turns that axis into two, and a Transpose putting the kernel axes first.
+    """
+    spatial = em.shape(x)[2:]
+    c = em.shape(x)[1]
+    n = len(kernel)
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sp, strides, kernel, dil)]
+    extra = [max(0, nd - (sp + b + e)) for nd, sp, b, e in zip(need, spatial, begins, ends)]
+    if any(p < 0 for p in list(begins) + list(ends)):
+        raise Float64Unsupported("negative pads")
+    t = em.pad(x, [0, 0] + list(begins) + [0, 0] + [e + x_ for e, x_ in zip(ends, extra)])
+    if em.opset >= 10:
+        parts = []
+        for off in np.ndindex(*kernel):
+            starts = [o * d for o, d in zip(off, dil)]
+            stops = [st + (o - 1) * s + 1 for st, o, s in zip(starts, out_sp, strides)]
+            parts.append(em.unsqueeze(em.slice(t, starts, stops, range(2, 2 + n), strides), [2]))
+        stacked = em.op("Concat", parts, axis=2) if len(parts) > 1 else parts[0]
+        return em.op("Reshape", [stacked, em.const(np.array([0, c] + list(kernel) + list(out_sp), np.int64))])
+    for i in range(n):
+        idx = np.arange(kernel[i])[:, None] * dil[i] + np.arange(out_sp[i])[None, :] * strides[i]
+        t = em.op("Gather", [t, em.const(idx.astype(np.int64))], axis=2 + 2 * i)
+    if any(k > 1 for k in kernel[1:]):  # (k0, O0, k1, O1, ...) -> (k0, k1, ..., O0, O1, ...)
+        perm = [0, 1] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)]
+        t = em.op("Transpose", [t], perm=perm)
+    # Without the Transpose only size-1 kernel axes are out of place: the same memory, relabelled.
+    return em.op("Reshape", [t, em.const(np.array([0, c] + list(kernel) + list(out_sp), np.int64))])

@@ -7,14 +7,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+from onnx import helper
 from scipy.special import erf, expit
 
 from ..errors import UnsupportedModelError
 from ..verify.adjoint import DERIV_ULPS, Adj
 from ..verify.intervals import U32, Box, as_box, gamma, elementwise_margin, pos_neg, round_margin, sum_rows, unbroadcast
-from .common import (affine_jacobian, attrs, const_input, default_fan, derivative_rule, input_name, known_inputs,
-                      lip_one, lip_sum, mul_box, none_rest, refuse, static_only)
-from .registry import IBP_ONLY, Op, Reason, register
+from .common import (Float64Unsupported, affine_jacobian, attrs, const_input, default_fan, derivative_rule, f64,
+                     input_name, known_inputs, lip_one, lip_sum, mul_box, none_rest, refuse, static_only)
+from .registry import IBP_ONLY, NO_DOUBLE, Op, Reason, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter
@@ -903,9 +904,81 @@ def _minmax_ibp(f):
     return lambda c, n, i: (Box(_fold(f, [as_box(v).lo for v in i]), _fold(f, [as_box(v).hi for v in i])), 0.0)
 
 
+# ------------------------------------------------------------------ float64 lowering (autodiff.reference)
+def _clamp(em: Emitter, t: str, lo: float | None, hi: float | None, out: str) -> None:
+    if em.opset >= 12:  # Clip with double kernels: one pass
+        bounds = [f64(em, v) if v is not None else "" for v in (lo, hi)]
+        em.nodes.append(helper.make_node("Clip", [t] + bounds, [out], name=out))
+        return
+    if em.opset < 8:
+        raise Float64Unsupported("Max/Min without broadcasting (opset < 8)")
+    if hi is not None:
+        t = em.op("Min", [t, f64(em, hi)])
+    if lo is not None:
+        t = em.op("Max", [t, f64(em, lo)])
+    em.nodes.append(helper.make_node("Identity", [t], [out], name=out))
+
+
+def _hard_sigmoid(em: Emitter, x: str, alpha: float, beta: float, out: str) -> None:
+    _clamp(em, em.op("Add", [em.op("Mul", [x, f64(em, alpha)]), f64(em, beta)]), 0.0, 1.0, out)
+
+
+def _lower_hardsigmoid(em: Emitter, node: onnx.NodeProto) -> None:
+    a = attrs(node)
+    _hard_sigmoid(em, node.input[0], a.get("alpha", 0.2), a.get("beta", 0.5), node.output[0])
+
+
+def _lower_hardswish(em: Emitter, node: onnx.NodeProto) -> None:
+    gate = em.fresh("hswish_gate")
+    # alpha as ONNX's function body for HardSwish writes it: a float attribute, 1/6 rounded to float32.
+    _hard_sigmoid(em, node.input[0], float(np.float32(1.0 / 6.0)), 0.5, gate)
+    em.nodes.append(helper.make_node("Mul", [node.input[0], gate], [node.output[0]], name=node.output[0]))
+
+
+def _lower_clip(em: Emitter, node: onnx.NodeProto) -> None:
+    if em.opset >= 11:  # Clip-11+ has double kernels; this is only for the attribute form
+        em.nodes.append(node)
+        return
+    a = attrs(node)
+    _clamp(em, node.input[0], a.get("min"), a.get("max"), node.output[0])
+
+
+def _negative_part_exp(em: Emitter, x: str, alpha: float) -> str:
+    """alpha·(exp(min(x, 0)) - 1): the negative branch of Elu and Selu."""
+    if em.opset < 8:
+        raise Float64Unsupported("Min without broadcasting (opset < 8)")
+    e = em.op("Exp", [em.op("Min", [x, f64(em, 0.0)])])
+    return em.op("Mul", [em.op("Sub", [e, f64(em, 1.0)]), f64(em, alpha)])
+
+
+def _lower_elu(em: Emitter, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    neg = _negative_part_exp(em, x, attrs(node).get("alpha", 1.0))
+    em.nodes.append(helper.make_node("Add", [em.op("Relu", [x]), neg], [node.output[0]], name=node.output[0]))
+
+
+def _lower_selu(em: Emitter, node: onnx.NodeProto) -> None:
+    x, a = node.input[0], attrs(node)
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    inner = em.op("Add", [em.op("Relu", [x]), _negative_part_exp(em, x, alpha)])
+    em.nodes.append(helper.make_node("Mul", [inner, f64(em, gamma)], [node.output[0]], name=node.output[0]))
+
+
+def _lower_softplus(em: Emitter, node: onnx.NodeProto) -> None:
+    x = node.input[0]  # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), without overflow
+    tail = em.op("Log", [em.op("Add", [f64(em, 1.0), em.op("Exp", [em.op("Neg", [em.op("Abs", [x])])])])])
+    em.nodes.append(helper.make_node("Add", [em.op("Relu", [x]), tail], [node.output[0]], name=node.output[0]))
+
+
+def _lower_softsign(em: Emitter, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    den = em.op("Add", [f64(em, 1.0), em.op("Abs", [x])])
+    em.nodes.append(helper.make_node("Div", [x, den], [node.output[0]], name=node.output[0]))
+
+
 register(
     "elementwise",
-    Op("Relu", nonlinear=True, refine="always", kink_at_zero=True, undecided=_relu_undecided,
+    Op("Relu", rowwise=True, nonlinear=True, refine="always", kink_at_zero=True, undecided=_relu_undecided,
        **_unary_derivatives(_d_relu), lipschitz=lip_one,
        **{**_interval_unary(lambda c, n, i, x: np.maximum(x, 0.0), exact=True), "linear": _relu_linear},
        jacobian=derivative_rule(_relu_range)),
@@ -914,71 +987,71 @@ register(
        point=lambda c, n, i: [_leaky(c, n, i, np.asarray(i[0], np.float64))], ibp=_monotone_ibp(_leaky, crit=(0.0,)),
        linear=_leaky_linear, jacobian=derivative_rule(_leaky_range)),
     Op("PRelu", **_unary_derivatives(_d_p_relu, "a slope that depends on the input")),
-    Op("Sigmoid", nonlinear=True, refine="always",
+    Op("Sigmoid", rowwise=True, nonlinear=True, refine="always",
        **_unary_derivatives(_d_sigmoid), lipschitz=_lip_slope(0.25),
        **_interval_unary(lambda c, n, i, x: expit(x), relax=lambda node: _sigmoid_like_relax(expit, _dsig)),
        jacobian=derivative_rule(_bell_range(_dsig, 0.25))),
-    Op("Tanh", nonlinear=True, refine="always",
+    Op("Tanh", rowwise=True, nonlinear=True, refine="always",
        **_unary_derivatives(_d_tanh), lipschitz=lip_one,
        **_interval_unary(lambda c, n, i, x: np.tanh(x), relax=lambda node: _sigmoid_like_relax(np.tanh, _dtanh)),
        jacobian=derivative_rule(_bell_range(lambda v: 1.0 - np.tanh(v) ** 2, 1.0))),
-    Op("Erf", nonlinear=True, refine="always",
+    Op("Erf", rowwise=True, nonlinear=True, refine="always", float64=NO_DOUBLE,
        **_unary_derivatives(_d_erf), lipschitz=_lip_slope(ERF_SLOPE),
        **_interval_unary(lambda c, n, i, x: erf(x), relax=lambda node: _sigmoid_like_relax(erf, _derf)),
        jacobian=derivative_rule(_bell_range(lambda v: 2.0 / np.sqrt(np.pi) * np.exp(-v * v), 2.0 / np.sqrt(np.pi)))),
-    Op("HardSigmoid", nonlinear=True, refine="always",
+    Op("HardSigmoid", rowwise=True, nonlinear=True, refine="always", float64=_lower_hardsigmoid,
        **_unary_derivatives(_d_hard_sigmoid), lipschitz=_lip_hardsigmoid,
        **{**_interval_unary(lambda c, n, i, x: np.clip(_hardsigmoid_params(n)[0] * x + _hardsigmoid_params(n)[1], 0, 1)),
           "linear": _hs_linear},
        jacobian=derivative_rule(_hardsigmoid_range)),
-    Op("HardSwish", nonlinear=True,
+    Op("HardSwish", nonlinear=True, float64=_lower_hardswish,
        **_unary_derivatives(_d_hard_swish), lipschitz=_lip_slope(HARDSWISH_SLOPE),
        **_interval_unary(lambda c, n, i, x: x * np.clip(x / 6.0 + 0.5, 0, 1), crit=(-1.5,))),
-    Op("Clip", nonlinear=True, refine="always", undecided=_clip_undecided,
+    Op("Clip", nonlinear=True, refine="always", undecided=_clip_undecided, float64=_lower_clip,
        **_unary_derivatives(_d_clip, "bounds that depend on the input"), lipschitz=lip_one,
        **{**_interval_unary(lambda c, n, i, x: np.clip(x, *_clip_params(c, n, i)), exact=True), "linear": _clip_linear},
        jacobian=_clip_jacobian),
-    Op("Exp", nonlinear=True,
+    Op("Exp", rowwise=True, nonlinear=True,
        **_unary_derivatives(_d_exp), lipschitz=_UNBOUNDED_SLOPE,
        **_interval_unary(lambda c, n, i, x: np.exp(x))),
-    Op("Log", nonlinear=True,
+    Op("Log", rowwise=True, nonlinear=True,
        **_unary_derivatives(_d_log), lipschitz=_UNBOUNDED_SLOPE,
        **_interval_unary(lambda c, n, i, x: np.log(np.where(x > 0, x, 0.0)))),
-    Op("Sqrt", nonlinear=True,
+    Op("Sqrt", rowwise=True, nonlinear=True,
        **_unary_derivatives(_d_sqrt), lipschitz=_UNBOUNDED_SLOPE,
        **_interval_unary(lambda c, n, i, x: np.sqrt(np.maximum(x, 0.0))),
        fold=known_inputs(lambda node, ins: [np.sqrt(ins[0])])),
-    Op("Softplus", nonlinear=True,
+    Op("Softplus", rowwise=True, nonlinear=True, float64=_lower_softplus,
        **_unary_derivatives(_d_softplus), lipschitz=lip_one,
        **_interval_unary(lambda c, n, i, x: np.logaddexp(0.0, x)), jacobian=derivative_rule(_softplus_range)),
-    Op("Softsign", **_unary_derivatives(_d_softsign), lipschitz=lip_one),
-    Op("Elu", nonlinear=True,
+    Op("Softsign", **_unary_derivatives(_d_softsign), lipschitz=lip_one, float64=_lower_softsign),
+    Op("Elu", nonlinear=True, float64=_lower_elu,
        **_unary_derivatives(_d_elu), lipschitz=_lip_elu,
        **_interval_unary(lambda c, n, i, x: np.where(x > 0, x, float(n.attrs.get("alpha", 1.0))
                                                      * np.expm1(np.minimum(x, 0))))),
-    Op("Celu", lipschitz=_lip_elu),
-    Op("Selu", **_unary_derivatives(_d_selu), lipschitz=_lip_selu),
-    Op("Gelu", lipschitz=_lip_gelu),
-    Op("Abs", nonlinear=True,
+    Op("Celu", lipschitz=_lip_elu, float64=NO_DOUBLE),
+    Op("Selu", **_unary_derivatives(_d_selu), lipschitz=_lip_selu, float64=_lower_selu),
+    Op("Gelu", lipschitz=_lip_gelu, float64=NO_DOUBLE),
+    Op("Abs", rowwise=True, nonlinear=True,
        **_unary_derivatives(_d_abs), lipschitz=lip_one,
        **_interval_unary(lambda c, n, i, x: np.abs(x), exact=True, crit=(0.0,))),
-    Op("Reciprocal", nonlinear=True,
+    Op("Reciprocal", rowwise=True, nonlinear=True,
        **_unary_derivatives(_d_reciprocal), lipschitz=_UNBOUNDED_SLOPE,
        **_interval_unary(lambda c, n, i, x: 1.0 / x)),
     Op("Sin", **_unary_derivatives(_d_sin)),
     Op("Cos", **_unary_derivatives(_d_cos)),
-    Op("Neg", vjp=_vjp_neg, jvp=_jvp_neg, lipschitz=lip_one,
+    Op("Neg", rowwise=True, vjp=_vjp_neg, jvp=_jvp_neg, lipschitz=lip_one,
        **{**_interval_unary(lambda c, n, i, x: -x, exact=True),
           "linear": _affine_unary_linear(lambda c, n, i: (-1.0, 0.0))},
        jacobian=affine_jacobian),
-    Op("Cast", vjp=_vjp_cast, jvp=_jvp_cast, lipschitz=lip_one,
+    Op("Cast", rowwise=True, vjp=_vjp_cast, jvp=_jvp_cast, lipschitz=lip_one,
        # float casts only (integer casts of inputs are refused upstream)
        **{**_interval_unary(lambda c, n, i, x: x, exact=True), "linear": _affine_unary_linear(lambda c, n, i: (1.0, 0.0))},
-       jacobian=affine_jacobian, fold=fold_identity, layout="keeps axes"),
-    Op("Identity", vjp=_vjp_identity, jvp=_jvp_identity, lipschitz=lip_one, **_ONE_LINEAR, fold=fold_identity,
-       layout="keeps axes"),
+       jacobian=affine_jacobian, fold=fold_identity, layout="keeps axes", logit_walk="moves"),
+    Op("Identity", rowwise=True, vjp=_vjp_identity, jvp=_jvp_identity, lipschitz=lip_one, **_ONE_LINEAR, fold=fold_identity,
+       layout="keeps axes", logit_walk="copy"),
     Op("Dropout", vjp=_vjp_identity, jvp=_jvp_identity, lipschitz=lip_one, **_ONE_LINEAR, layout="keeps axes"),
-    Op("Sign", nonlinear=True,
+    Op("Sign", rowwise=True, nonlinear=True,
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.sign(x), exact=True)),
     Op("Floor", nonlinear=True,
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.floor(x), exact=True)),
@@ -988,35 +1061,35 @@ register(
     Op("Round", nonlinear=True,
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.round(x), exact=True)),
     # broadcasting binary operators
-    Op("Add", vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=lip_sum, point=_bin_point(np.add), ibp=_add_ibp,
+    Op("Add", rowwise=True, vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=lip_sum, point=_bin_point(np.add), ibp=_add_ibp,
        linear=_add_linear(1.0), jacobian=affine_jacobian, fold=_fold_binary(np.add), layout="normalise"),
-    Op("Sub", vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=lip_sum, point=_bin_point(np.subtract), ibp=_sub_ibp,
+    Op("Sub", rowwise=True, vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=lip_sum, point=_bin_point(np.subtract), ibp=_sub_ibp,
        linear=_add_linear(-1.0), jacobian=affine_jacobian, fold=_fold_binary(np.subtract), layout="normalise"),
-    Op("Mul", nonlinear=True, refine="two activations",
+    Op("Mul", rowwise=True, nonlinear=True, refine="two activations",
        vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=_lip_mul, checks_weights=True, point=_bin_point(np.multiply),
        ibp=_mul_ibp, linear=_mul_linear, jacobian=_mul_jacobian, weight_inputs=(0, 1), fold=_fold_binary(np.multiply),
        layout="normalise"),
-    Op("Div", nonlinear=True,
+    Op("Div", rowwise=True, nonlinear=True,
        vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=_lip_div, checks_weights=True,
        point=_bin_point(lambda x, y: x / y if np.issubdtype(np.result_type(x, y), np.floating) else np.floor_divide(x, y)),
        ibp=_div_ibp, linear=_div_linear, jacobian=_div_jacobian, weight_inputs=(1,), fold=_fold_binary(np.divide),
        layout="normalise"),
-    Op("Pow", nonlinear=True, refine="always",
+    Op("Pow", rowwise=True, nonlinear=True, refine="always",
        vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=_UNBOUNDED_SLOPE, point=_bin_point(np.power), ibp=_pow_ibp,
        linear=_pow_linear),
-    Op("Max", nonlinear=True,
+    Op("Max", rowwise=True, nonlinear=True,
        vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=_lip_max_min,
        point=lambda c, n, i: [_fold(np.maximum, [np.asarray(v) for v in i])], ibp=_minmax_ibp(np.maximum)),
-    Op("Min", nonlinear=True,
+    Op("Min", rowwise=True, nonlinear=True,
        vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=_lip_max_min,
        point=lambda c, n, i: [_fold(np.minimum, [np.asarray(v) for v in i])], ibp=_minmax_ibp(np.minimum)),
     Op("Sum", vjp=_vjp_sum, jvp=_jvp_sum, lipschitz=lip_sum,
        point=lambda c, n, i: [sum(np.asarray(v, np.float64) for v in i)], ibp=_sum_ibp, linear=_sum_linear),
-    Op("Where", vjp=_vjp_where, jvp=_jvp_where, point=_where_point, ibp=static_only("Where")),
+    Op("Where", rowwise=True, vjp=_vjp_where, jvp=_jvp_where, point=_where_point, ibp=static_only("Where")),
     # comparisons and logic: boolean outputs
-    Op("Equal", nondiff="a comparison: boolean output", vjp=Reason("a comparison"), jvp=Reason("a comparison"),
+    Op("Equal", rowwise=True, nondiff="a comparison: boolean output", vjp=Reason("a comparison"), jvp=Reason("a comparison"),
        point=_bin_point(np.equal), ibp=static_only("Equal")),
     *(Op(name, nondiff="a comparison or logical operator: boolean output", vjp=Reason("boolean output"),
-         jvp=Reason("boolean output"))
+         jvp=Reason("boolean output"), rowwise=name not in ("IsNaN", "IsInf"))
       for name in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf")),
 )

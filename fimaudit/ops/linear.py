@@ -6,15 +6,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..verify.adjoint import ABS_FLOOR, Adj
 from ..verify.conv import conv, conv_adjoint
 from ..verify.intervals import Box, as_box, gamma, pos_neg, round_margin, sum_rows, unbroadcast
-from .common import (affine_jacobian, attrs, const_input, conv_pads, input_at, input_name, place, refuse, text,
-                      window, window_attrs)
-from .registry import Op, register
+from .common import (Float64Unsupported, affine_jacobian, attrs, const_input, conv_pads, f64, im2col, input_at,
+                     input_name, place, refuse, text, window, window_attrs)
+from .registry import NO_DOUBLE, Op, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter
@@ -504,6 +504,67 @@ def _gemm_bn_fold(node: onnx.NodeProto, w: np.ndarray, scale: np.ndarray) -> np.
     return w * (scale[:, None] if trans_b else scale[None, :])
 
 
+# ------------------------------------------------------------------ float64 lowering (autodiff.reference)
+def _lower_conv(em: Emitter, node: onnx.NodeProto) -> None:
+    x, w = node.input[:2]
+    b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    m, cg = em.shape(w)[:2]
+    kernel = tuple(em.shape(w)[2:])
+    group = int(attrs(node).get("group", 1))
+    strides, dil, begins, ends = window(em, node, x, kernel)
+    out_sp = tuple(em.shape(node.output[0])[2:])
+    kk = int(np.prod(kernel))
+    p = int(np.prod(out_sp))
+    pointwise = all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(begins) and not any(ends)
+    weight = em.value(w)
+    if cg == 1 and m == group and weight is not None and not pointwise and em.opset >= 10:
+        _depthwise(em, node, weight, kernel, strides, dil, begins, ends, out_sp)
+        return
+    cols = x if pointwise else im2col(em, x, kernel, strides, dil, begins, ends, out_sp)
+    em.widest = max(em.widest, cg * group * kk * p)
+    cols = em.op("Reshape", [cols, em.const(np.array([0, group, cg * kk, p], np.int64))])
+    shape_w = np.array([group, m // group, cg * kk], np.int64)
+    wm = f64(em, weight.reshape(shape_w)) if weight is not None else em.op("Reshape", [w, em.const(shape_w)])
+    y = em.op("MatMul", [wm, cols])  # (G, M/G, Cg·kk) @ (N, G, Cg·kk, P) -> (N, G, M/G, P)
+    shape_y = np.array([0, m] + list(out_sp), np.int64)
+    if b is None:
+        em.nodes.append(helper.make_node("Reshape", [y, em.const(shape_y)], [node.output[0]], name=node.output[0]))
+        return
+    y = em.op("Reshape", [y, em.const(shape_y)])
+    shape_b = np.array([m] + [1] * len(kernel), np.int64)
+    bias = em.value(b)
+    bb = f64(em, bias.reshape(shape_b)) if bias is not None else em.op("Reshape", [b, em.const(shape_b)])
+    em.nodes.append(helper.make_node("Add", [y, bb], [node.output[0]], name=node.output[0]))
+
+
+def _depthwise(em: Emitter, node: onnx.NodeProto, weight: np.ndarray, kernel, strides, dil, begins, ends, out_sp) -> None:
+    """A depthwise convolution (one input channel per group) as Σ over kernel offsets of strided slice ⊙ weight.
+
+    No im2col: the stacked windows are kernel-size times the output, and the per-channel
+    products would be thousands of 1-row matrix products.
+    """
+    x = node.input[0]
+    n = len(kernel)
+    spatial = em.shape(x)[2:]
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sp, strides, kernel, dil)]
+    extra = [max(0, nd - (sp + b + e)) for nd, sp, b, e in zip(need, spatial, begins, ends)]
+    if any(p < 0 for p in list(begins) + list(ends)):
+        raise Float64Unsupported("negative pads")
+    t = em.pad(x, [0, 0] + list(begins) + [0, 0] + [e + x_ for e, x_ in zip(ends, extra)])
+    terms = []
+    for off in np.ndindex(*kernel):
+        starts = [o * d for o, d in zip(off, dil)]
+        stops = [st + (o - 1) * s + 1 for st, o, s in zip(starts, out_sp, strides)]
+        tap = weight[(slice(None), 0) + off].reshape((-1,) + (1,) * n)
+        terms.append(em.op("Mul", [em.slice(t, starts, stops, range(2, 2 + n), strides), f64(em, tap)]))
+    b = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if b is not None:
+        bias = em.value(b)
+        shape_b = np.array([weight.shape[0]] + [1] * n, np.int64)
+        terms.append(f64(em, bias.reshape(shape_b)) if bias is not None else em.op("Reshape", [b, em.const(shape_b)]))
+    em.nodes.append(helper.make_node("Sum", terms, [node.output[0]], name=node.output[0]))  # one pass over all terms
+
+
 # ------------------------------------------------------------------------------------------------ the entries
 register(
     "linear",
@@ -518,8 +579,8 @@ register(
        bn_fold=_gemm_bn_fold),
     Op("Conv", vjp=_vjp_conv, jvp=_jvp_conv, lipschitz=_lip_conv, checks_weights=True, point=_conv_p, ibp=_conv_ibp,
        linear=_conv_linear, jacobian=affine_jacobian, weight_inputs=(1,), fan=_conv_fan, weights=_conv_layer,
-       bn_fold=_conv_bn_fold, needs_shape=True, layout="conv"),
+       bn_fold=_conv_bn_fold, needs_shape=True, layout="conv", float64=_lower_conv),
     Op("ConvTranspose", point=_convt_p, ibp=_convt_ibp, linear=_convt_linear, jacobian=affine_jacobian,
-       weight_inputs=(1,), fan=_convt_fan),
+       weight_inputs=(1,), fan=_convt_fan, float64=NO_DOUBLE),
 )
 

@@ -345,6 +345,6 @@ register(
        point=_layernorm_p, ibp=_layernorm_ibp, jacobian=_layernorm_jacobian, needs_shape=True),
     Op("Softmax", nonlinear=True,
        vjp=_softmax_product, jvp=_softmax_product, lipschitz=_lip_softmax, point=_softmax_p,
-       ibp=_softmax_ibp, jacobian=_softmax_jacobian),
-    Op("LogSoftmax", vjp=_vjp_logsoftmax, jvp=_jvp_logsoftmax, lipschitz=_lip_logsoftmax),
+       ibp=_softmax_ibp, jacobian=_softmax_jacobian, logit_walk="softmax"),
+    Op("LogSoftmax", vjp=_vjp_logsoftmax, jvp=_jvp_logsoftmax, lipschitz=_lip_logsoftmax, logit_walk="softmax"),
 )

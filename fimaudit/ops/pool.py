@@ -7,15 +7,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+from onnx import helper
 from scipy import sparse
 
 from ..errors import UnsupportedModelError
 from ..verify.adjoint import Adj
 from ..verify.conv import conv, conv_adjoint, out_size, window_argmax_offsets, window_reduce
 from ..verify.intervals import Box, gamma, pos_neg, sum_rows
-from .common import (affine_jacobian, attrs, axes_arg, const_value, conv_pads, jvp_linear, lip_one, none_rest, place,
-                      refuse, text, window, window_attrs)
-from .registry import Op, register
+from .common import (Float64Unsupported, affine_jacobian, attrs, axes_arg, const_value, conv_pads, f64, im2col,
+                     jvp_linear, lip_one, none_rest, place, refuse, text, window, window_attrs)
+from .registry import NO_DOUBLE, Op, register
 
 if TYPE_CHECKING:
     from ..autodiff.emit import Emitter
@@ -508,6 +509,34 @@ def _lip_gap(p, node) -> None:
     return p.scale(node, 1 / math.sqrt(n), f"1/sqrt({n}) (mean over {n} positions)")
 
 
+# ------------------------------------------------------------------ float64 lowering (autodiff.reference)
+def _lower_avgpool(em: Emitter, node: onnx.NodeProto) -> None:
+    x = node.input[0]
+    a = attrs(node)
+    kernel = tuple(a["kernel_shape"])
+    strides, dil, begins, ends = window(em, node, x, kernel)
+    if any(d != 1 for d in dil):
+        raise Float64Unsupported("dilated average pooling")
+    spatial = em.shape(x)[2:]
+    out_sp = tuple(em.shape(node.output[0])[2:])
+    include = int(a.get("count_include_pad", 0))
+    div = pool_divisor(kernel, strides, begins, ends, spatial, out_sp, include)  # as the AveragePool VJP rule
+    win = im2col(em, x, kernel, strides, [1] * len(kernel), begins, ends, out_sp)
+    em.widest = max(em.widest, em.shape(x)[1] * int(np.prod(kernel)) * int(np.prod(out_sp)))
+    total = em.reduce_sum(win, list(range(2, 2 + len(kernel))), keepdims=False)
+    em.nodes.append(helper.make_node("Div", [total, f64(em, div)], [node.output[0]], name=node.output[0]))
+
+
+def _lower_gap(em: Emitter, node: onnx.NodeProto) -> None:
+    axes = list(range(2, len(em.shape(node.input[0]))))
+    if em.opset >= 18:
+        em.nodes.append(helper.make_node("ReduceMean", [node.input[0], em.const(np.array(axes, np.int64))],
+                                         [node.output[0]], name=node.output[0], keepdims=1))
+    else:
+        em.nodes.append(helper.make_node("ReduceMean", [node.input[0]], [node.output[0]], name=node.output[0], axes=axes,
+                                         keepdims=1))
+
+
 # ------------------------------------------------------------------------------------------------ the entries
 register(
     "pool",
@@ -516,10 +545,10 @@ register(
        ibp=_maxpool_ibp,
        linear=_maxpool_linear, jacobian=_maxpool_jacobian, needs_shape=True),
     Op("AveragePool", vjp=_vjp_avgpool, jvp=jvp_linear, lipschitz=_lip_avgpool, point=_avgpool_p, ibp=_avgpool_ibp,
-       linear=_avgpool_linear, jacobian=affine_jacobian, needs_shape=True),
+       linear=_avgpool_linear, jacobian=affine_jacobian, needs_shape=True, float64=_lower_avgpool),
     Op("GlobalAveragePool", vjp=_vjp_gap, jvp=jvp_linear, lipschitz=_lip_gap, point=_gap_p, ibp=_gap_ibp,
-       linear=_gap_linear, jacobian=affine_jacobian, needs_shape=True),
-    Op("GlobalMaxPool", nonlinear=True, undecided=_global_maxpool_undecided,
+       linear=_gap_linear, jacobian=affine_jacobian, needs_shape=True, float64=_lower_gap),
+    Op("GlobalMaxPool", nonlinear=True, undecided=_global_maxpool_undecided, float64=NO_DOUBLE,
        lipschitz=lip_one,
        point=lambda c, n, i: [np.asarray(i[0], np.float64).max(axis=_gap_node_axes(np.shape(i[0])), keepdims=True)],
        ibp=lambda c, n, i: (i[0].map(lambda v: v.max(axis=_gap_node_axes(v.shape), keepdims=True)), 0.0),

@@ -11,7 +11,11 @@ stated fact rather than an absent key:
     evaluation, interval bound propagation, CROWN's backward step, the interval VJP;
   * ``fold``: constant folding while parsing (``fimaudit.graph.parse``), ``rule(node, ins, shapes) -> list | None``;
   * ``weights``: how the weight measures read a layer (``fimaudit.metrics.weights``),
-    ``rule(node, inits) -> [(weight name, bias name | None, (out, in) matrix)]``.
+    ``rule(node, inits) -> [(weight name, bias name | None, (out, in) matrix)]``;
+  * ``float64``: the float64 copy run by onnxruntime (``fimaudit.autodiff.reference``): None (the default)
+    when its CPU provider has a double kernel and the node runs as it is, a rule ``(em, node) -> None``
+    writing nodes of double-capable operators that compute the node's outputs under the same names, or a
+    Reason completing "<operator> has ..." when neither (the numpy reference evaluator runs the copy instead).
 
 Plain fields:
 
@@ -27,6 +31,13 @@ Plain fields:
     ``kink_at_zero``: piecewise linear with one kink at 0 (an input interval of one sign makes it exact);
     ``undecided``: ``(node, box, consts) -> flat indices`` of the input entries whose interval leaves its
     derivative undecided (the local bounds sharpen those);
+  * ``logit_walk``: what the walks from a model's output back to its logits see in it: "copy" (the output
+    is the input: both walks look through it), "moves" (it only moves or relabels values: the loader's walk,
+    ``fimaudit.model.spec.logit_output``, looks through it), "softmax" (a monotone normaliser: its input is
+    the logits, for the loader and for the bound engine's ``_logits``);
+  * ``rowwise``: it acts on each row (sample) alone, so the gradient graphs may compute it once per point
+    before repeating per cotangent (``fimaudit.autodiff.graph._untile``; Slice and Pad also need constant
+    sizes off the batch axis there);
   * ``layout``: its role when ``fimaudit.model.layout`` traces pixels to the first Conv; ``bn_fold``:
     ``(node, weight, scale) -> weight | None``, a following BatchNormalization folds into it
     (``fimaudit.graph.fold``).
@@ -56,12 +67,14 @@ NO_JACOBIAN = Reason("no interval Jacobian rule")
 NOT_FOLDED = Reason("not folded while parsing: its value stays unknown")
 NOT_A_LAYER = Reason("not a weight layer")
 NO_VALUE = Reason("no float64 evaluation")
+NO_DOUBLE = Reason("no double kernel in onnxruntime")  # a ``float64`` reason: read as "<operator> has ..."
 
 Hook = Any  # Callable | Reason
 
 HOOKS = ("vjp", "jvp", "lipschitz", "point", "ibp", "linear", "jacobian", "fold", "weights")
 LAYOUT_ROLES = ("", "conv", "keeps axes", "normalise", "transpose")
 REFINE_WHEN = ("", "always", "two activations")
+LOGIT_WALK = ("", "copy", "moves", "softmax")
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,9 @@ class Op:
     layout: str = ""
     weights: Hook = NOT_A_LAYER
     bn_fold: Callable | None = None
+    float64: Hook | None = None
+    logit_walk: str = ""
+    rowwise: bool = False
     note: str = ""
 
     def has(self, hook: str) -> bool:
@@ -127,6 +143,10 @@ def register(family: str, *ops: Op) -> None:
             raise ValueError(f"{op.name}: unknown layout role {op.layout!r}")
         if op.refine not in REFINE_WHEN:
             raise ValueError(f"{op.name}: unknown refine condition {op.refine!r}")
+        if op.logit_walk not in LOGIT_WALK:
+            raise ValueError(f"{op.name}: unknown logit walk role {op.logit_walk!r}")
+        if not (op.float64 is None or callable(op.float64) or (isinstance(op.float64, Reason) and op.float64)):
+            raise TypeError(f"{op.name}.float64 must be None, a rule or a Reason, not {op.float64!r}")
         TABLE[op.name] = Op(**{**{f.name: getattr(op, f.name) for f in fields(Op)}, "family": family})
 
 
@@ -169,7 +189,8 @@ def markdown() -> str:
         "a test checks that this file is current. One entry per ONNX operator holds every rule fimaudit has for it:",
         "derivatives for the gradient graphs (vjp, jvp), the global Lipschitz constant of the closed-form bounds,",
         "the bound engine's float64 evaluation (point), interval (ibp), CROWN (linear) and interval-Jacobian rules,",
-        "constant folding while parsing, and how the weight measures read a layer. Adding an operator is one",
+        "constant folding while parsing, how the weight measures read a layer, and how the float64 copy runs it",
+        "(other: rewritten for onnxruntime, or why onnxruntime cannot run it in double). Adding an operator is one",
         "`Op(...)` entry, its rules beside it, in its family module (`fimaudit/ops/elementwise.py`, `linear.py`,",
         "`pool.py`, `shape.py`, `norm.py`, `quant.py`, `other.py`); then regenerate this file. A cell is `yes` for",
         "a rule, else the number of the reason fimaudit has none (listed below the table).",
@@ -186,6 +207,14 @@ def markdown() -> str:
             other.append("layout: " + op.layout)
         if op.bn_fold:
             other.append("BatchNorm folds in")
+        if callable(op.float64):
+            other.append("float64: rewritten")
+        elif op.float64 is not None:
+            other.append("float64: " + str(op.float64))
+        if op.logit_walk:
+            other.append("logit walk: " + op.logit_walk)
+        if op.rowwise:
+            other.append("row by row")
         if op.checks_weights:
             other.append("weights checked")
         if op.needs_shape:

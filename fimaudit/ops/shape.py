@@ -11,8 +11,8 @@ from onnx import helper
 from scipy import sparse
 
 from ..verify.intervals import Box, OpContext, as_box, sum_rows
-from .common import (affine_jacobian, attrs, axes_arg, axis_of, const_value, input_at, input_name, jvp_linear,
-                      known_inputs, lip_one, refuse, refuse_batch_axis, static_only, text)
+from .common import (Float64Unsupported, affine_jacobian, attrs, axes_arg, axis_of, const_value, f64, input_at,
+                     input_name, jvp_linear, known_inputs, lip_one, refuse, refuse_batch_axis, static_only, text)
 from .registry import TABLE, Op, Reason, register
 
 if TYPE_CHECKING:
@@ -567,32 +567,58 @@ def _fold_reshape(node, ins):
     return [ins[0].reshape([int(s) if s != 0 else ins[0].shape[i] for i, s in enumerate(ins[1])])]
 
 
+# ------------------------------------------------------------------ float64 lowering (autodiff.reference)
+def _lower_resize(em: Emitter, node: onnx.NodeProto) -> None:
+    x, y = node.input[0], node.output[0]
+    a = attrs(node)
+    mode = a.get("coordinate_transformation_mode", b"")
+    if (mode.decode() if isinstance(mode, bytes) else mode) == "tf_crop_and_resize":
+        raise Float64Unsupported("Resize with a region of interest")
+    if any(n and n not in em.values for n in node.input[1:]):
+        raise Float64Unsupported("Resize scales or sizes computed in the graph")
+    sin, sout = em.shape(x), em.shape(y)
+    rank = len(sin)
+    t = x
+    for ax in range(rank):
+        if sin[ax] == sout[ax]:
+            continue
+        refuse_batch_axis(em, node, ax)
+        mat = resize_matrix(em, node, ax, rank, sin[ax], sout[ax], double=True)  # (out, in), in float64
+        perm = [i for i in range(rank) if i != ax] + [ax]
+        inv = [perm.index(i) for i in range(rank)]
+        moved = em.op("MatMul", [em.op("Transpose", [t], perm=perm), f64(em, mat.T)])
+        t = em.op("Transpose", [moved], perm=inv)
+    em.nodes.append(helper.make_node("Identity", [t], [y], name=y))
+
+
 # ------------------------------------------------------------------------------------------------ the entries
 _MOVE = {"ibp": _move_ibp, "linear": _move_linear, "jacobian": affine_jacobian}  # y = P x + q: exact rules
 _SHAPES = "a shape or index computation: integer output"
 
 register(
     "shape",
-    Op("Reshape", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_reshape_p, **_MOVE, fold=_fold_reshape),
-    Op("Flatten", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_flatten_p, **_MOVE),
-    Op("Squeeze", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_squeeze_p, **_MOVE, fold=_fold_squeeze),
+    Op("Reshape", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_reshape_p, **_MOVE, fold=_fold_reshape,
+       logit_walk="moves"),
+    Op("Flatten", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_flatten_p, **_MOVE, logit_walk="moves"),
+    Op("Squeeze", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_squeeze_p, **_MOVE, fold=_fold_squeeze,
+       logit_walk="moves"),
     Op("Unsqueeze", vjp=_vjp_reshape, jvp=jvp_linear, lipschitz=lip_one, point=_unsqueeze_p, **_MOVE,
-       fold=_fold_unsqueeze),
+       fold=_fold_unsqueeze, logit_walk="moves"),
     Op("Transpose", vjp=_vjp_transpose, jvp=jvp_linear, lipschitz=lip_one, point=_transpose_p, **_MOVE,
        layout="transpose"),
     Op("Expand", vjp=_vjp_expand, jvp=jvp_linear, lipschitz=_lip_expand, point=_expand_p, **_MOVE, needs_shape=True),
-    Op("Slice", vjp=_vjp_slice, jvp=jvp_linear, lipschitz=lip_one, point=_slice_p, **_MOVE),
+    Op("Slice", rowwise=True, vjp=_vjp_slice, jvp=jvp_linear, lipschitz=lip_one, point=_slice_p, **_MOVE),
     Op("Gather", vjp=_vjp_gather, jvp=jvp_linear, lipschitz=_lip_gather, checks_weights=True, point=_gather_p, **_MOVE,
        fold=_fold_gather, needs_shape=True),
-    Op("Pad", vjp=_vjp_pad, jvp=_jvp_pad, lipschitz=lip_one, point=_pad_p, **_MOVE, layout="keeps axes"),
+    Op("Pad", rowwise=True, vjp=_vjp_pad, jvp=_jvp_pad, lipschitz=lip_one, point=_pad_p, **_MOVE, layout="keeps axes"),
     Op("Tile", point=_tile_p, **_MOVE),
     Op("DepthToSpace", point=_d2s_p, **_MOVE),
     Op("SpaceToDepth", point=_s2d_p, **_MOVE),
     Op("Concat", vjp=_vjp_concat, jvp=_jvp_concat, lipschitz=_lip_concat, point=_concat_p, ibp=_concat_ibp,
        linear=_concat_linear, jacobian=affine_jacobian, fold=_fold_concat),
     Op("Split", vjp=_vjp_split, jvp=_jvp_split, lipschitz=lip_one),
-    Op("Resize", vjp=_vjp_resize, jvp=_jvp_resize),
-    Op("Upsample", vjp=_vjp_resize, jvp=_jvp_resize),
+    Op("Resize", vjp=_vjp_resize, jvp=_jvp_resize, float64=_lower_resize),
+    Op("Upsample", vjp=_vjp_resize, jvp=_jvp_resize, float64=_lower_resize),
     # shape computations: static (folded), never differentiated
     Op("Shape", nondiff=_SHAPES, vjp=Reason(_SHAPES), jvp=Reason(_SHAPES),
        point=lambda c, n, i: [np.array(np.asarray(i[0]).shape, dtype=np.int64)],

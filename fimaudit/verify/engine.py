@@ -95,9 +95,11 @@ class BoundGraph:
             self.consts[name] = np.asarray(val)
 
     def _logits(self, name: str) -> str:
-        """The tensor whose argmax the model outputs: through a final Softmax/LogSoftmax (monotone)."""
+        """The tensor whose argmax the model outputs: through a final Softmax/LogSoftmax (monotone) and Identity
+        (the operator table's ``logit_walk`` roles "softmax" and "copy")."""
         node = self.graph.producer.get(name)
-        while node is not None and node.op in ("Softmax", "LogSoftmax", "Identity") and self.graph.is_var(node.inputs[0]):
+        while (node is not None and ops.entry(node.op) is not None and ops.entry(node.op).logit_walk in ("softmax", "copy")
+               and self.graph.is_var(node.inputs[0])):
             name = node.inputs[0]
             node = self.graph.producer.get(name)
         return name
