@@ -19,25 +19,39 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import ops
 from .errors import UnsupportedModelError
 
-# Ops whose output is piecewise constant in their (activation) input.
-QUANT_OPS = ("QuantizeLinear", "DynamicQuantizeLinear")
+# Ops whose output is piecewise constant in their (activation) input: the operator table's ``piecewise`` kinds
+# ("quantize", "step", "index", "comparison"), and here those of operators it has no entry for: the QLinear and
+# integer operators (com.microsoft and default domain), the ai.onnx.ml tree ensembles and three default-domain
+# operators nothing else in fimaudit reads.
 QLINEAR_OPS = (
     "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
     "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax", "QLinearConcat",
     "QLinearReduceMean", "QLinearWhere", "QAttention", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
     "MatMulIntegerToFloat",
 )
-STEP_OPS = ("Sign", "Round", "Floor", "Ceil")
-INDEX_OPS = ("ArgMax", "ArgMin", "Hardmax", "TopK", "OneHot")
-COMPARISONS = ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual")
 TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble")
-_BOOL_PASS = ("Cast", "Not", "And", "Or", "Xor")
+_UNTABLED = {"DynamicQuantizeLinear": "quantize", "Hardmax": "index", "TopK": "index",
+             **{op: "qlinear" for op in QLINEAR_OPS}, **{op: "tree" for op in TREE_OPS}}
 
-# Scale inputs per quantized op (positions), checked for zero / NaN at load time.
+
+def _kind(op_type: str) -> str:
+    """The piecewise-constant kind of ``op_type`` ('' for none): its table entry's ``piecewise``, else ``_UNTABLED``."""
+    entry = ops.entry(op_type)
+    return entry.piecewise if entry is not None else _UNTABLED.get(op_type, "")
+
+
+def _passes_booleans(op_type: str) -> bool:
+    entry = ops.entry(op_type)
+    return entry is not None and entry.passes_booleans
+
+
+# Scale inputs (positions) of the QLinear operators, checked for zero / NaN at load time (the table's
+# ``scale_inputs`` for QuantizeLinear and DequantizeLinear).
 _SCALES: dict[str, tuple[int, ...]] = {
-    "QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6),
+    "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6),
     "QGemm": (1, 4, 7), "QLinearAdd": (1, 4, 6), "QLinearMul": (1, 4, 6), "QLinearGlobalAveragePool": (1, 3),
     "QLinearAveragePool": (1, 3), "QLinearLeakyRelu": (1, 3), "QLinearSigmoid": (1, 3), "QLinearSoftmax": (1, 3),
 }
@@ -97,7 +111,8 @@ def check_scales(proto: onnx.ModelProto) -> None:
     """Refuse a quantized model whose constant scales are zero, negative, NaN or infinite (one line)."""
     consts = None
     for node in proto.graph.node:
-        where = _SCALES.get(node.op_type)
+        entry = ops.entry(node.op_type)
+        where = entry.scale_inputs or None if entry is not None else _SCALES.get(node.op_type)
         if where is None and node.op_type == "QLinearConcat":
             where = (0,) + tuple(range(3, len(node.input), 3))
         if where is None:
@@ -117,8 +132,11 @@ def check_scales(proto: onnx.ModelProto) -> None:
                     "the quantized model is invalid (every scale must be positive and finite)")
 
 
-# Outputs that depend on a tensor's shape only, never on its values: paths of values stop there.
-SHAPE_OF = ("Shape", "Size")
+def _shape_of(op_type: str) -> bool:
+    """Its output depends on a tensor's shape only, never on its values (the table's ``reads_shape_only``): paths
+    of values stop there."""
+    entry = ops.entry(op_type)
+    return entry is not None and entry.reads_shape_only
 
 
 def _reach(nodes, start: set[str], forward: bool) -> set[int]:
@@ -133,7 +151,7 @@ def _reach(nodes, start: set[str], forward: bool) -> set[int]:
                 continue
             n = nodes[i]
             src, dst = (n.input, n.output) if forward else (n.output, n.input)
-            if forward and n.op_type in SHAPE_OF:
+            if forward and _shape_of(n.op_type):
                 continue
             if any(t in seen_t for t in src if t):
                 seen_n.add(i)
@@ -146,12 +164,12 @@ def _piecewise_outputs(nodes, i: int, consumers: dict[str, list[int]], live: set
     """The outputs of node ``i`` that are piecewise constant in the input (empty: none)."""
     n = nodes[i]
     op = n.op_type
-    if op in QUANT_OPS or op in QLINEAR_OPS or op in STEP_OPS or op in TREE_OPS or op in ("ArgMax", "ArgMin", "Hardmax",
-                                                                                          "OneHot"):
-        return [o for o in n.output if o]
+    kind = _kind(op)
     if op == "TopK":  # the values are differentiable; the indices are not
         return [n.output[1]] if len(n.output) > 1 and n.output[1] else []
-    if op in COMPARISONS:
+    if kind in ("quantize", "qlinear", "step", "tree", "index"):
+        return [o for o in n.output if o]
+    if kind == "comparison":
         # A comparison that only selects between input-dependent branches of a Where is a gate (ReLU-like,
         # piecewise smooth); one whose value reaches anything else is piecewise constant there.
         stack, flagged = [n.output[0]], False
@@ -159,7 +177,7 @@ def _piecewise_outputs(nodes, i: int, consumers: dict[str, list[int]], live: set
             t = stack.pop()
             for j in consumers.get(t, []):
                 c = nodes[j]
-                if c.op_type in _BOOL_PASS:
+                if _passes_booleans(c.op_type):
                     stack.extend(o for o in c.output if o)
                 elif c.op_type == "Where" and c.input[0] == t and t not in c.input[1:]:
                     if not any(x in live for x in c.input[1:]):
@@ -205,20 +223,21 @@ def detect_piecewise(proto: onnx.ModelProto, input_name: str, output_name: str) 
     # Complete when the output cannot be reached from the input without crossing a piecewise-constant output.
     smooth = {input_name}
     for n in nodes:  # nodes are topologically sorted (ONNX requires it)
-        if n.op_type not in SHAPE_OF and any(t in smooth for t in n.input if t):
+        if not _shape_of(n.op_type) and any(t in smooth for t in n.input if t):
             smooth.update(o for o in n.output if o and o not in cut)
     complete = output_name not in smooth
-    quantized = any(k in QUANT_OPS or k in QLINEAR_OPS or k == "DequantizeLinear" for k in found)
+    kinds_found = {_kind(k) for k in found}
+    quantized = bool(kinds_found & {"quantize", "qlinear"}) or "DequantizeLinear" in found
     kinds = []
     if quantized:
         kinds.append("integer quantization rounds activations to a grid")
-    if any(k in STEP_OPS for k in found):
+    if "step" in kinds_found:
         kinds.append("sign/rounding steps")
-    if any(k in INDEX_OPS for k in found):
+    if "index" in kinds_found:
         kinds.append("argmax/index operators feed later layers")
-    if any(k in COMPARISONS for k in found):
+    if "comparison" in kinds_found:
         kinds.append("comparisons select constant values")
-    if any(k in TREE_OPS for k in found):
+    if "tree" in kinds_found:
         kinds.append("tree ensembles split on thresholds")
     reason = " and ".join(kinds) + ("" if complete else " on some paths from the input to the output")
     order = sorted(found.items(), key=lambda kv: (kv[0] != "QuantizeLinear", kv[0] != "DequantizeLinear", kv[0]))
@@ -369,7 +388,7 @@ class _Rewriter:
         self.after_quant: set[str] = set()  # tensors downstream of a quantization
         for node in self.proto.graph.node:
             self.rewrite(node)
-            if node.op_type in QUANT_OPS or node.op_type in QLINEAR_OPS or any(t in self.after_quant for t in node.input):
+            if _kind(node.op_type) in ("quantize", "qlinear") or any(t in self.after_quant for t in node.input):
                 self.after_quant.update(o for o in node.output if o)
 
     def rewrite(self, node) -> None:
@@ -479,9 +498,9 @@ class _Rewriter:
         elif op == "DynamicQuantizeLinear":
             raise _NoSurrogate("DynamicQuantizeLinear computes its scale from the input at run time (dynamic "
                                "quantization): no fixed float surrogate")
-        elif op in QLINEAR_OPS:
+        elif _kind(op) == "qlinear":
             raise _NoSurrogate(f"{op} is not rewritten to float")
-        elif op in STEP_OPS or op in TREE_OPS or op in INDEX_OPS or op in COMPARISONS:
+        elif _kind(op) in ("step", "tree", "index", "comparison"):
             if any(t in self.live for t in ins):
                 raise _NoSurrogate(f"{op} on activations is part of the model's function, not an artefact of "
                                    "quantization: it has no float counterpart")

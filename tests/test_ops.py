@@ -263,3 +263,57 @@ def test_rowwise_is_the_tables(monkeypatch):
     _patch(monkeypatch, "Relu", rowwise=False)
     _patch(monkeypatch, "MatMul", rowwise=True)
     assert not _rowwise("Relu") and _rowwise("MatMul")
+
+
+def test_piecewise_detection_reads_the_table(monkeypatch):
+    """``piecewise``, ``passes_booleans``, ``scale_inputs`` and ``reads_shape_only`` as ``fimaudit.piecewise`` reads them."""
+    from fimaudit.piecewise import check_scales, detect_piecewise
+
+    from .quantized import sign_mlp
+
+    sign = sign_mlp(np.random.default_rng(0))
+    info = detect_piecewise(sign, "x", "z")
+    assert dict(info.ops) == {"Sign": 1} and not info.quantized and "sign/rounding" in info.reason
+    _patch(monkeypatch, "Sign", piecewise="")
+    assert detect_piecewise(sign, "x", "z") is None
+    _patch(monkeypatch, "Sign", piecewise="quantize")
+    info = detect_piecewise(sign, "x", "z")
+    assert info.quantized and info.reason.startswith("integer quantization")
+    monkeypatch.undo()
+
+    # a comparison whose boolean passes through Not into a Where between input-dependent branches: a gate
+    zero = numpy_helper.from_array(np.float32(0), "zero")
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["c0"]), helper.make_node("Not", ["c0"], ["c"]),
+             helper.make_node("Where", ["c", "x", "zero"], ["z"])]
+    gate = _model(nodes, [helper.make_tensor_value_info("x", F32, ["N", 3])],
+                  [helper.make_tensor_value_info("z", F32, ["N", 3])], [zero])
+    assert detect_piecewise(gate, "x", "z") is None
+    _patch(monkeypatch, "Not", passes_booleans=False)  # the walk stops at Not: its value reaches more than a gate
+    assert dict(detect_piecewise(gate, "x", "z").ops) == {"Greater": 1}
+    monkeypatch.undo()
+
+    # Round of the input's shape: no path of values (Shape reads the shape only) until the table says otherwise
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Cast", ["s"], ["f"], to=F32),
+             helper.make_node("Round", ["f"], ["z"])]
+    shaped = _model(nodes, [helper.make_tensor_value_info("x", F32, [1, 3])],
+                    [helper.make_tensor_value_info("z", F32, [2])], [])
+    assert detect_piecewise(shaped, "x", "z") is None
+    _patch(monkeypatch, "Shape", reads_shape_only=False)
+    assert dict(detect_piecewise(shaped, "x", "z").ops) == {"Round": 1}
+    monkeypatch.undo()
+
+    inits = [_init("s", 0.0), numpy_helper.from_array(np.uint8(0), "zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["z"])]
+    qdq = _model(nodes, [helper.make_tensor_value_info("x", F32, [1, 3])],
+                 [helper.make_tensor_value_info("z", F32, [1, 3])], inits)
+    with pytest.raises(UnsupportedModelError, match="scale 's' of QuantizeLinear .* is zero"):
+        check_scales(qdq)
+    _patch(monkeypatch, "QuantizeLinear", scale_inputs=())
+    with pytest.raises(UnsupportedModelError, match="scale 's' of DequantizeLinear"):
+        check_scales(qdq)
+    _patch(monkeypatch, "DequantizeLinear", scale_inputs=())
+    check_scales(qdq)
+    monkeypatch.setattr("fimaudit.ops.registry.TABLE", dict(TABLE))
+    with pytest.raises(ValueError, match="piecewise kind"):
+        register("test", Op("Foo", piecewise="sometimes"))

@@ -1047,18 +1047,19 @@ register(
     Op("Cast", rowwise=True, vjp=_vjp_cast, jvp=_jvp_cast, lipschitz=lip_one,
        # float casts only (integer casts of inputs are refused upstream)
        **{**_interval_unary(lambda c, n, i, x: x, exact=True), "linear": _affine_unary_linear(lambda c, n, i: (1.0, 0.0))},
-       jacobian=affine_jacobian, fold=fold_identity, layout="keeps axes", logit_walk="moves"),
+       jacobian=affine_jacobian, fold=fold_identity, layout="keeps axes", logit_walk="moves",
+       passes_booleans=True),
     Op("Identity", rowwise=True, vjp=_vjp_identity, jvp=_jvp_identity, lipschitz=lip_one, **_ONE_LINEAR, fold=fold_identity,
        layout="keeps axes", logit_walk="copy"),
     Op("Dropout", vjp=_vjp_identity, jvp=_jvp_identity, lipschitz=lip_one, **_ONE_LINEAR, layout="keeps axes"),
-    Op("Sign", rowwise=True, nonlinear=True,
+    Op("Sign", rowwise=True, nonlinear=True, piecewise="step",
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.sign(x), exact=True)),
-    Op("Floor", nonlinear=True,
+    Op("Floor", nonlinear=True, piecewise="step",
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.floor(x), exact=True)),
-    Op("Ceil", nonlinear=True,
+    Op("Ceil", nonlinear=True, piecewise="step",
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.ceil(x), exact=True)),
     # numpy and ONNX both round half to even
-    Op("Round", nonlinear=True,
+    Op("Round", nonlinear=True, piecewise="step",
        nondiff=_STEP, vjp=Reason(_STEP), jvp=Reason(_STEP), **_interval_unary(lambda c, n, i, x: np.round(x), exact=True)),
     # broadcasting binary operators
     Op("Add", rowwise=True, vjp=_vjp_binary, jvp=_jvp_binary, lipschitz=lip_sum, point=_bin_point(np.add), ibp=_add_ibp,
@@ -1087,9 +1088,12 @@ register(
        point=lambda c, n, i: [sum(np.asarray(v, np.float64) for v in i)], ibp=_sum_ibp, linear=_sum_linear),
     Op("Where", rowwise=True, vjp=_vjp_where, jvp=_jvp_where, point=_where_point, ibp=static_only("Where")),
     # comparisons and logic: boolean outputs
-    Op("Equal", rowwise=True, nondiff="a comparison: boolean output", vjp=Reason("a comparison"), jvp=Reason("a comparison"),
+    Op("Equal", rowwise=True, piecewise="comparison", nondiff="a comparison: boolean output",
+       vjp=Reason("a comparison"), jvp=Reason("a comparison"),
        point=_bin_point(np.equal), ibp=static_only("Equal")),
     *(Op(name, nondiff="a comparison or logical operator: boolean output", vjp=Reason("boolean output"),
-         jvp=Reason("boolean output"), rowwise=name not in ("IsNaN", "IsInf"))
+         jvp=Reason("boolean output"), rowwise=name not in ("IsNaN", "IsInf"),
+         piecewise="comparison" if name in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual") else "",
+         passes_booleans=name in ("Not", "And", "Or", "Xor"))
       for name in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf")),
 )

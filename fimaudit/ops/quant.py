@@ -65,8 +65,8 @@ _QUANT = "piecewise constant (rounding to integers): no derivative, no global Li
 
 register(
     "quant",
-    Op("QuantizeLinear", nonlinear=True,
+    Op("QuantizeLinear", nonlinear=True, piecewise="quantize", scale_inputs=(1,),
        vjp=Reason(_QUANT), jvp=Reason(_QUANT), lipschitz=Reason(_QUANT), point=_quantize_p,
        ibp=_quantize_ibp),
-    Op("DequantizeLinear", point=_dequantize_p, ibp=_dequantize_ibp),
+    Op("DequantizeLinear", scale_inputs=(1,), point=_dequantize_p, ibp=_dequantize_ibp),
 )

@@ -38,6 +38,11 @@ Plain fields:
   * ``rowwise``: it acts on each row (sample) alone, so the gradient graphs may compute it once per point
     before repeating per cotangent (``fimaudit.autodiff.graph._untile``; Slice and Pad also need constant
     sizes off the batch axis there);
+  * ``piecewise``: its output is piecewise constant in its input (``fimaudit.piecewise``): "quantize"
+    (rounding to an integer grid), "step" (sign and rounding), "index" (argmax-like indices), "comparison"
+    (boolean; it counts only when its value reaches more than a Where's condition); ``passes_booleans``: a
+    comparison's boolean value flows through it unchanged in kind (the comparison walk follows it);
+    ``scale_inputs``: positions of its quantization scales (refused when zero, negative, NaN or infinite);
   * ``layout``: its role when ``fimaudit.model.layout`` traces pixels to the first Conv; ``bn_fold``:
     ``(node, weight, scale) -> weight | None``, a following BatchNormalization folds into it
     (``fimaudit.graph.fold``).
@@ -75,6 +80,7 @@ HOOKS = ("vjp", "jvp", "lipschitz", "point", "ibp", "linear", "jacobian", "fold"
 LAYOUT_ROLES = ("", "conv", "keeps axes", "normalise", "transpose")
 REFINE_WHEN = ("", "always", "two activations")
 LOGIT_WALK = ("", "copy", "moves", "softmax")
+PIECEWISE = ("", "quantize", "step", "index", "comparison")
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class Op:
     float64: Hook | None = None
     logit_walk: str = ""
     rowwise: bool = False
+    piecewise: str = ""
+    passes_booleans: bool = False
+    scale_inputs: tuple[int, ...] = ()
     note: str = ""
 
     def has(self, hook: str) -> bool:
@@ -143,6 +152,8 @@ def register(family: str, *ops: Op) -> None:
             raise ValueError(f"{op.name}: unknown layout role {op.layout!r}")
         if op.refine not in REFINE_WHEN:
             raise ValueError(f"{op.name}: unknown refine condition {op.refine!r}")
+        if op.piecewise not in PIECEWISE:
+            raise ValueError(f"{op.name}: unknown piecewise kind {op.piecewise!r}")
         if op.logit_walk not in LOGIT_WALK:
             raise ValueError(f"{op.name}: unknown logit walk role {op.logit_walk!r}")
         if not (op.float64 is None or callable(op.float64) or (isinstance(op.float64, Reason) and op.float64)):
@@ -215,6 +226,8 @@ def markdown() -> str:
             other.append("logit walk: " + op.logit_walk)
         if op.rowwise:
             other.append("row by row")
+        if op.piecewise:
+            other.append("piecewise constant: " + op.piecewise)
         if op.checks_weights:
             other.append("weights checked")
         if op.needs_shape:
