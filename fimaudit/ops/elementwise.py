@@ -888,22 +888,6 @@ def _fold_binary(f):
 fold_identity = known_inputs(lambda node, ins: [ins[0]])
 
 
-# ------------------------------------------------------------------------------------------------ the entries
-_UNBOUNDED_SLOPE = Reason("its slope is unbounded: no global Lipschitz constant")
-_STEP = "piecewise constant: its derivative is zero almost everywhere"
-_ONE_LINEAR = {"point": lambda c, n, i: [np.asarray(i[0])], "ibp": lambda c, n, i: (i[0], 0.0),
-               "linear": lambda c, n, a, i, o: ([a] + [None] * (len(n.inputs) - 1), np.zeros(a.shape[0])),
-               "jacobian": affine_jacobian}
-
-
-def _relu_linear(c, n, a, i, o):
-    return _unary_linear(lambda _n: _relu_like_relax(0.0, _slope_mode(c)))(c, n, a, i, o)
-
-
-def _minmax_ibp(f):
-    return lambda c, n, i: (Box(_fold(f, [as_box(v).lo for v in i]), _fold(f, [as_box(v).hi for v in i])), 0.0)
-
-
 # ------------------------------------------------------------------ float64 lowering (autodiff.reference)
 def _clamp(em: Emitter, t: str, lo: float | None, hi: float | None, out: str) -> None:
     if em.opset >= 12:  # Clip with double kernels: one pass
@@ -974,6 +958,22 @@ def _lower_softsign(em: Emitter, node: onnx.NodeProto) -> None:
     x = node.input[0]
     den = em.op("Add", [f64(em, 1.0), em.op("Abs", [x])])
     em.nodes.append(helper.make_node("Div", [x, den], [node.output[0]], name=node.output[0]))
+
+
+# ------------------------------------------------------------------------------------------------ the entries
+_UNBOUNDED_SLOPE = Reason("its slope is unbounded: no global Lipschitz constant")
+_STEP = "piecewise constant: its derivative is zero almost everywhere"
+_ONE_LINEAR = {"point": lambda c, n, i: [np.asarray(i[0])], "ibp": lambda c, n, i: (i[0], 0.0),
+               "linear": lambda c, n, a, i, o: ([a] + [None] * (len(n.inputs) - 1), np.zeros(a.shape[0])),
+               "jacobian": affine_jacobian}
+
+
+def _relu_linear(c, n, a, i, o):
+    return _unary_linear(lambda _n: _relu_like_relax(0.0, _slope_mode(c)))(c, n, a, i, o)
+
+
+def _minmax_ibp(f):
+    return lambda c, n, i: (Box(_fold(f, [as_box(v).lo for v in i]), _fold(f, [as_box(v).hi for v in i])), 0.0)
 
 
 register(
